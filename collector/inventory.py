@@ -1,0 +1,277 @@
+"""Load the inventory: YAML files -> `${ENV}` substitution -> merge -> schema -> cross-checks.
+
+Every problem is reported with its file, line and dotted path, all at once, sorted, in one
+`ConfigError`; nothing downstream ever sees a raw dict.
+"""
+
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from collector.schema import (
+    CostKpi,
+    DurationKpi,
+    Inventory,
+    OverdueKpi,
+    Process,
+    RatioKpi,
+    SlaKpi,
+)
+
+_VAR = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
+RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency", "le", "source",
+                             "reason", "bound", "job", "instance", "quantile"})
+_SQL_WORDS = frozenset("""and or not is null in like between case when then else end true false
+    coalesce cast as integer real text float double precision lower upper abs exists select from
+    where distinct length substr trim""".split())
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    file: str
+    line: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The inventory is invalid; `problems` lists each reason with its place."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = sorted(set(problems))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass
+class _Origins:
+    """Which file and line each dotted path came from (the first file wins)."""
+
+    lines: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def locate(self, path: str) -> tuple[str, int]:
+        probe = path
+        while probe:
+            if probe in self.lines:
+                return self.lines[probe]
+            probe = probe.rpartition(".")[0]
+        return self.lines.get("", ("<inventory>", 0))
+
+
+def load_inventory(paths: Sequence[str | Path], environ: Mapping[str, str] | None = None) -> Inventory:
+    """Load, merge and check the inventory files; raise `ConfigError` naming every problem."""
+    env = os.environ if environ is None else environ
+    origins = _Origins()
+    problems: list[Problem] = []
+    merged: dict[str, Any] = {}
+    for path in paths:
+        document = _read_file(Path(path), origins, problems)
+        if document is not None:
+            _merge(merged, document, "", str(path), origins, problems)
+    # Top-level `x-...` keys hold YAML anchors to reuse (as in Compose files); they are not config.
+    merged = {k: v for k, v in merged.items() if not str(k).startswith("x-")}
+    substituted = _substitute(merged, "", env, origins, problems)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        inventory = Inventory.model_validate(substituted)
+    except ValidationError as exc:
+        raise ConfigError(_validation_problems(exc, origins)) from None
+    problems = [_problem(origins, path, msg) for path, msg in cross_check(inventory)]
+    if problems:
+        raise ConfigError(problems)
+    return inventory
+
+
+def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[str, Any] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        problems.append(Problem(str(path), 0, "", f"cannot read the file: {exc.strerror}"))
+        return None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else 0
+        problems.append(Problem(str(path), line, "", f"invalid YAML: {exc.problem}"))
+        return None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append(Problem(str(path), 1, "", "the file must hold a mapping (service, sources, processes)"))
+        return None
+    if origins.lines.get("") is None:
+        origins.lines[""] = (str(path), 1)
+    _record_lines(node, "", str(path), origins)
+    return data
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (e.g. a duplicate KPI)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first given on line {seen[key]})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _record_lines(node: yaml.Node | None, path: str, file: str, origins: _Origins) -> None:
+    if node is None:
+        return
+    origins.lines.setdefault(path, (file, node.start_mark.line + 1))
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = f"{path}.{key.value}" if path else str(key.value)
+            origins.lines.setdefault(child, (file, key.start_mark.line + 1))
+            _record_lines(value, child, file, origins)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _record_lines(item, f"{path}.{index}", file, origins)
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any], path: str, file: str,
+           origins: _Origins, problems: list[Problem]) -> None:
+    """Merge mappings recursively; a value given by two files is a problem, not an override."""
+    for key, value in new.items():
+        child = f"{path}.{key}" if path else str(key)
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            _merge(into[key], value, child, file, origins, problems)
+        else:
+            first, _ = origins.locate(child)
+            what = "duplicate KPI" if ".kpis." in child and child.count(".") == 3 else "given twice"
+            problems.append(Problem(file, 0, child, f"{what}: already defined in {first}"))
+
+
+def _substitute(value: Any, path: str, env: Mapping[str, str], origins: _Origins,
+                problems: list[Problem]) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute(v, f"{path}.{k}" if path else str(k), env, origins, problems)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, f"{path}.{i}", env, origins, problems) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group("file"):
+            return _read_secret(match.group("file"), path, origins, problems)
+        name, default = match.group("name"), match.group("default")
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(_problem(origins, path, f"environment variable {name} is not set"))
+        return ""
+
+    return _VAR.sub(replace, value)
+
+
+def _read_secret(file: str, path: str, origins: _Origins, problems: list[Problem]) -> str:
+    try:
+        return Path(file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.append(_problem(origins, path, f"cannot read secret file {file}: {exc.strerror}"))
+        return ""
+
+
+def _validation_problems(exc: ValidationError, origins: _Origins) -> list[Problem]:
+    problems = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        # A discriminated union adds the chosen tag ("sla") to the location: drop it.
+        if len(loc) >= 5 and loc[2] == "kpis" and loc[4] in {"volume", "backlog", "overdue", "duration",
+                                                               "sla", "ratio", "cost", "value"}:
+            del loc[4]
+        if len(loc) >= 3 and loc[0] == "sources" and loc[2] == "sql":
+            del loc[2]
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif error["type"] == "string_pattern_mismatch":
+            message = f"{error['input']!r} does not match {error['ctx']['pattern']}"
+        problems.append(_problem(origins, ".".join(loc), message))
+    return problems
+
+
+def _problem(origins: _Origins, path: str, message: str) -> Problem:
+    file, line = origins.locate(path)
+    return Problem(file, line, path, message)
+
+
+def cross_check(inventory: Inventory) -> list[tuple[str, str]]:
+    """Return (path, message) for each inconsistency between parts of the inventory."""
+    problems: list[tuple[str, str]] = []
+    for name, process in inventory.processes.items():
+        problems += _check_process(f"processes.{name}", process, set(inventory.sources))
+    return problems
+
+
+def _check_process(path: str, process: Process, sources: set[str]) -> list[tuple[str, str]]:
+    records, columns = process.records, process.records.columns
+    known = columns.all()
+    problems: list[tuple[str, str]] = []
+    if records.source not in sources:
+        problems.append((f"{path}.records.source",
+                         f"unknown source {records.source!r}; known: {', '.join(sorted(sources)) or 'none'}"))
+    for index, dim in enumerate(columns.dimensions):
+        if dim in RESERVED_LABELS:
+            problems.append((f"{path}.records.columns.dimensions.{index}",
+                             f"{dim!r} is a label fabwatch sets itself; rename the column in the mapping"))
+    for name, cost in process.costs.items():
+        if cost.driver is not None and cost.driver not in known:
+            problems.append((f"{path}.costs.{name}.driver", _unknown_column(cost.driver, known)))
+    for name, kpi in process.kpis.items():
+        problems += [(f"{path}.kpis.{name}{sub}", msg) for sub, msg in _check_kpi(kpi, process, known)]
+    buckets = {k.buckets for k in process.kpis.values() if isinstance(k, DurationKpi)}
+    if len(buckets) > 1:
+        problems.append((f"{path}.kpis", "all duration KPIs of a process share one histogram: "
+                         "give them the same buckets"))
+    if records.where:
+        problems += [(f"{path}.records.where", _unknown_column(c, known))
+                     for c in predicate_columns(records.where) - known]
+    return problems
+
+
+def _check_kpi(kpi: object, process: Process, known: set[str]) -> list[tuple[str, str]]:
+    columns = process.records.columns
+    needs: list[tuple[str, str | None]] = []
+    if isinstance(kpi, DurationKpi | SlaKpi | CostKpi) or getattr(kpi, "of", None) == "completed":
+        needs.append(("completed", columns.completed))
+    if isinstance(kpi, SlaKpi | OverdueKpi):
+        needs.append(("due", columns.due))
+    problems = [("", f"a {kpi.kind} KPI needs records.columns.{what}")  # type: ignore[attr-defined]
+                for what, column in needs if column is None]
+    if isinstance(kpi, CostKpi) and not process.costs:
+        problems.append(("", "a cost KPI needs at least one entry under costs"))
+    if isinstance(kpi, RatioKpi):
+        problems += [(".good", _unknown_column(c, known)) for c in predicate_columns(kpi.good) - known]
+    return problems
+
+
+def _unknown_column(column: str, known: set[str]) -> str:
+    return f"unknown column {column!r}; the records mapping declares: {', '.join(sorted(known))}"
+
+
+def predicate_columns(predicate: str) -> set[str]:
+    """Return the identifiers a simple SQL predicate refers to (string literals and keywords removed)."""
+    without_strings = re.sub(r"'(?:[^']|'')*'", " ", predicate)
+    words = re.findall(r"(?<![\w.])([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()", without_strings)
+    return {w for w in words if w.lower() not in _SQL_WORDS}

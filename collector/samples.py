@@ -1,0 +1,65 @@
+"""What one sample of a source produces: plain values, no database or exporter types.
+
+The KPI engine fills these; exporters (Prometheus, OTLP, JSON) read them. A `SourceSample`
+is immutable once built, so a scrape can serve it while the next sample is being taken.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Labels = tuple[tuple[str, str], ...]
+"""Label pairs in a fixed order, e.g. (("process", "problem"), ("priority", "high"))."""
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """A cumulative histogram: (upper bound, cumulative count) pairs ending with +Inf."""
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+    count: float
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric family. `name` is the base name: a counter `fab_cost` is exposed as `fab_cost_total`."""
+
+    name: str
+    kind: Kind
+    documentation: str
+    samples: list[tuple[Labels, float]] = field(default_factory=list)
+    histograms: list[tuple[Labels, Histogram]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class KpiReading:
+    """The current value of one KPI over its window, with its target (for tables and reports)."""
+
+    process: str
+    kpi: str
+    kind: str
+    value: float | None
+    target_min: float | None = None
+    target_max: float | None = None
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the value is within its target; None without a target or a value."""
+        if self.value is None or (self.target_min is None and self.target_max is None):
+            return None
+        if self.target_min is not None and self.value < self.target_min:
+            return False
+        return not (self.target_max is not None and self.value > self.target_max)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSample:
+    source: str
+    sampled_at: float
+    duration_seconds: float
+    families: tuple[Family, ...]
+    kpis: tuple[KpiReading, ...]
+    kpi_seconds: tuple[tuple[str, str, float], ...] = ()
+    """(process, kpi, seconds) spent querying each KPI, for `fabwatch check`."""

@@ -1,0 +1,254 @@
+"""The inventory's shape: pydantic v2 models, frozen, with `extra="forbid"` everywhere.
+
+Cross-checks that need the whole inventory (unknown source, unknown column...) live in
+`collector.inventory`; this module only checks what one value can tell about itself.
+"""
+
+import re
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from collector.durations import Duration
+
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+"""A process, KPI, source or cost component name: also a Prometheus label value."""
+
+Team = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*$", max_length=64)]
+"""A team name: routes alerts; lower case, digits, `-` and `_`."""
+
+Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
+"""A plain SQL column name (quoted by SQLAlchemy when the dialect needs it)."""
+
+_LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Target(Model):
+    """An enterprise target: the KPI must stay within [min, max]."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> "Target":
+        if self.min is None and self.max is None:
+            raise ValueError("a target needs a bound: min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class ServiceConfig(Model):
+    listen: str = "127.0.0.1:9464"
+    timezone: str = "UTC"
+    currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
+    state_path: str = "fabwatch-state.db"
+    max_series_per_process: Annotated[int, Field(gt=0)] = 2000
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        match = _LISTEN.match(value)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise ValueError(f"listen must be HOST:PORT, e.g. 127.0.0.1:9464, got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class SqlSource(Model):
+    """A database queried where it lives; the dialect comes from the DSN."""
+
+    kind: Literal["sql"]
+    dsn: str
+    timeout: Duration = 10.0
+    interval: Duration = 60.0
+    cron: str | None = None
+    jitter: Duration | None = None
+    pool_size: Annotated[int, Field(ge=1, le=20)] = 2
+    settle: Annotated[float, Field(ge=0)] = 5.0
+    """Seconds a row may arrive late: counters only read rows older than `now - settle`."""
+    reconcile: Duration = 3600.0
+    """How often window sums are recomputed in full instead of from their edges."""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"cron needs five fields (minute hour day month weekday), got {value!r}")
+        return value
+
+
+Source = SqlSource
+
+
+class Columns(Model):
+    """Where each work-item field lives in the records table."""
+
+    id: Column = "id"
+    created: Column = "created_at"
+    completed: Column | None = "completed_at"
+    due: Column | None = None
+    status: Column = "status"
+    paused: Column | None = None
+    """Seconds spent in paused states, excluded from cycle times."""
+    outcome: Column | None = None
+    dimensions: tuple[Column, ...] = ()
+    measures: tuple[Column, ...] = ()
+    """Other columns that KPIs and cost drivers may name (handling minutes, amounts, flags)."""
+
+    def all(self) -> set[str]:
+        named = {self.id, self.created, self.completed, self.due, self.status, self.paused, self.outcome}
+        return {c for c in named if c} | set(self.dimensions) | set(self.measures)
+
+
+class Records(Model):
+    source: Name
+    table: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")]
+    columns: Columns = Columns()
+    open_statuses: tuple[str, ...]
+    paused_statuses: tuple[str, ...] = ()
+    where: str | None = None
+    """An extra SQL predicate every query of this process adds (e.g. `tenant = 'retail'`)."""
+
+
+class _Kpi(Model):
+    description: str = ""
+    target: Target | None = None
+
+
+class VolumeKpi(_Kpi):
+    kind: Literal["volume"]
+    of: Literal["created", "completed"] = "created"
+    window: Duration = 86400.0
+
+
+class BacklogKpi(_Kpi):
+    kind: Literal["backlog"]
+
+
+class OverdueKpi(_Kpi):
+    kind: Literal["overdue"]
+
+
+class DurationKpi(_Kpi):
+    kind: Literal["duration"]
+    buckets: tuple[Duration, ...]
+    stat: Literal["quantile", "mean"] = "quantile"
+    quantile: Annotated[float, Field(gt=0, lt=1)] = 0.9
+    window: Duration = 30 * 86400.0
+
+    @field_validator("buckets")
+    @classmethod
+    def _increasing(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("give at least one bucket bound")
+        if list(value) != sorted(set(value)):
+            raise ValueError("bucket bounds must be strictly increasing")
+        return value
+
+
+class SlaKpi(_Kpi):
+    kind: Literal["sla"]
+    objective: float
+    window: Duration = 30 * 86400.0
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError(f"objective must be between 0 and 1 exclusive (0.99 = 99%), got {value}")
+        return value
+
+
+class RatioKpi(_Kpi):
+    kind: Literal["ratio"]
+    good: str
+    """SQL predicate over the records' columns that makes an item count as good."""
+    of: Literal["created", "completed"] = "completed"
+    window: Duration = 30 * 86400.0
+
+
+class CostKpi(_Kpi):
+    kind: Literal["cost"]
+    per: Literal["created", "completed"] = "completed"
+    window: Duration = 30 * 86400.0
+
+
+class ValueKpi(_Kpi):
+    kind: Literal["value"]
+    sql: str
+    """A SELECT returning one row with one numeric column; read-only like every query."""
+
+    @field_validator("sql")
+    @classmethod
+    def _select(cls, value: str) -> str:
+        if value.lstrip().split(None, 1)[0].lower() not in {"select", "with"}:
+            raise ValueError("a value KPI's sql must be a SELECT (or WITH ... SELECT)")
+        return value
+
+
+Kpi = Annotated[
+    VolumeKpi | BacklogKpi | OverdueKpi | DurationKpi | SlaKpi | RatioKpi | CostKpi | ValueKpi,
+    Field(discriminator="kind"),
+]
+
+
+class CostComponent(Model):
+    """Activity-based cost: a driver column times a rate, booked on completion, or a fixed amount."""
+
+    driver: Column | None = None
+    rate_per_hour: Annotated[float, Field(ge=0)] | None = None
+    """Rate for a driver measured in minutes (handling minutes x rate / 60)."""
+    rate_per_unit: Annotated[float, Field(ge=0)] | None = None
+    per_item: Annotated[float, Field(ge=0)] | None = None
+    fixed_per_month: Annotated[float, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "CostComponent":
+        rules = [r for r in ("rate_per_hour", "rate_per_unit", "per_item", "fixed_per_month")
+                 if getattr(self, r) is not None]
+        if len(rules) != 1:
+            raise ValueError("give exactly one of rate_per_hour, rate_per_unit, per_item, fixed_per_month")
+        needs_driver = rules[0] in ("rate_per_hour", "rate_per_unit")
+        if needs_driver and self.driver is None:
+            raise ValueError(f"{rules[0]} needs a driver column")
+        if not needs_driver and self.driver is not None:
+            raise ValueError(f"{rules[0]} takes no driver column")
+        return self
+
+
+class Process(Model):
+    etom: Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)*$")]
+    name: str
+    team: Team
+    runbook: str | None = None
+    records: Records
+    kpis: dict[Name, Kpi]
+    costs: dict[Name, CostComponent] = {}
+
+
+class Inventory(Model):
+    service: ServiceConfig = ServiceConfig()
+    sources: dict[Name, Source]
+    processes: dict[Name, Process]
