@@ -1,0 +1,49 @@
+"""The state store: watermarks, cumulative counters and window sums, kept across restarts.
+
+One SQLite file (WAL) with one JSON document per source. A source's state is replaced whole
+and atomically after each successful sample, so a crash loses at most the sample in flight
+and never counts a row twice: the next sample re-reads from the last saved watermark.
+"""
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS source_state (
+    source TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    saved_at REAL NOT NULL
+)
+"""
+
+
+class StateStore:
+    """Per-source JSON state in a local SQLite file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+
+    def load(self, source: str) -> dict[str, Any]:
+        """Return the saved state of a source, or an empty state if it was never sampled."""
+        row = self._db.execute("SELECT state FROM source_state WHERE source = ?", (source,)).fetchone()
+        return json.loads(row[0]) if row else {}
+
+    def save(self, source: str, state: dict[str, Any]) -> None:
+        """Replace the state of a source in one transaction."""
+        document = json.dumps(state, separators=(",", ":"), sort_keys=True)
+        self._db.execute(
+            "INSERT INTO source_state (source, state, saved_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(source) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at",
+            (source, document, time.time()),
+        )
+
+    def close(self) -> None:
+        self._db.close()
