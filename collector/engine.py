@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
@@ -229,12 +229,13 @@ class SourceSampler:
         known = state.setdefault("dimsets", [])
         for row in result:
             key = self._cap(_key(row[:dims]), known, dims)
-            _add(found.backlog.setdefault(key, {}), {"n": float(row.n), "overdue": float(row.overdue or 0)})
+            _add(found.backlog.setdefault(key, {}), {"n": float(row.n or 0), "overdue": float(row.overdue or 0)})
             if row.oldest is not None:
                 found.oldest = float(row.oldest) if found.oldest is None else min(found.oldest, float(row.oldest))
         return found
 
-    def _publish(self, runs: Mapping[str, _ProcessRun], now: float) -> tuple[tuple[Family, ...], tuple[KpiReading, ...]]:
+    def _publish(self, runs: Mapping[str, _ProcessRun],
+                 now: float) -> tuple[tuple[Family, ...], tuple[KpiReading, ...]]:
         out = _Families()
         readings: list[KpiReading] = []
         for name, process in self.processes.items():
@@ -355,7 +356,7 @@ async def _value_kpi(conn: AsyncConnection, kpi: ValueKpi) -> float | None:
 class _Families:
     """Families by name, in first-seen order."""
 
-    _KINDS = {
+    _KINDS: ClassVar[dict[str, tuple[str, str]]] = {
         "fab_items_created": ("counter", "Work items created."),
         "fab_items_completed": ("counter", "Work items completed, by outcome."),
         "fab_backlog_items": ("gauge", "Open work items."),

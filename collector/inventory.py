@@ -100,7 +100,7 @@ def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[s
         return None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         problems.append(Problem(str(path), line, "", f"invalid YAML: {exc.problem}"))

@@ -6,14 +6,15 @@ not the size of the table.
 """
 
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 
 from sqlalchemy import (
     ColumnElement,
     Double,
-    bindparam,
     Select,
     and_,
+    bindparam,
     case,
     column,
     func,
@@ -23,9 +24,12 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.expression import TableClause
 
 from collector.schema import CostKpi, DurationKpi, Process, RatioKpi, SlaKpi
 
+Expr = ColumnElement[Any]
+Statement = Select[Any]
 Edge = str
 """Which timestamp an edge query ranges over: "created" or "completed"."""
 
@@ -38,7 +42,7 @@ class EdgeQuery:
     """One statement aggregating the rows whose `edge` time falls in (:lo, :hi]."""
 
     edge: Edge
-    statement: Select[tuple[object, ...]]
+    statement: Statement
     groups: int
     """How many group columns (the dimensions, then the outcome column if mapped) lead each row."""
     sum_names: tuple[str, ...]
@@ -49,7 +53,7 @@ class EdgeQuery:
 class ProcessQueries:
     created: EdgeQuery
     completed: EdgeQuery | None
-    open_items: Select[tuple[object, ...]]
+    open_items: Statement
     """Backlog, overdue and the oldest creation time per dimension set (params :now)."""
     buckets: tuple[float, ...]
 
@@ -59,46 +63,47 @@ def build_queries(process: Process) -> ProcessQueries:
     records, cols = process.records, process.records.columns
     names = cols.all()
     tbl = _table(records.table, names)
-    filters: list[ColumnElement[bool]] = [text(f"({records.where})")] if records.where else []  # type: ignore[list-item]
-    dims = [tbl.c[d] for d in cols.dimensions]
+    filters: list[Expr] = [text(f"({records.where})")] if records.where else []  # type: ignore[list-item]
+    dims: list[Expr] = [tbl.c[d] for d in cols.dimensions]
     buckets = next((k.buckets for k in process.kpis.values() if isinstance(k, DurationKpi)), ())
     created = _edge_query(
         "created", tbl.c[cols.created], dims, filters, _created_sums(process))
     completed = None
     if cols.completed:
-        groups = [*dims, tbl.c[cols.outcome]] if cols.outcome else dims
+        groups: list[Expr] = [*dims, tbl.c[cols.outcome]] if cols.outcome else dims
         completed = _edge_query(
             "completed", tbl.c[cols.completed], groups, filters,
             _completed_sums(process, tbl, buckets))
     return ProcessQueries(created, completed, _open_query(process, tbl, dims, filters), buckets)
 
 
-def _table(name: str, columns: set[str]):  # type: ignore[no-untyped-def]
+def _table(name: str, columns: set[str]) -> TableClause:
     schema, _, bare = name.rpartition(".")
     return table(bare, *[column(c) for c in sorted(columns)], schema=schema or None)
 
 
-def _count_if(predicate: ColumnElement[bool] | TextClause) -> ColumnElement[int]:
-    return func.sum(case((predicate, 1), else_=0))  # type: ignore[arg-type]
+def _count_if(predicate: Expr | TextClause) -> Expr:
+    return func.sum(case((predicate, 1), else_=0))
 
 
-def _created_sums(process: Process) -> list[tuple[str, ColumnElement[object]]]:
+def _created_sums(process: Process) -> list[tuple[str, Expr]]:
     return [(f"ratio_{name}", _count_if(text(f"({kpi.good})")))
             for name, kpi in process.kpis.items() if isinstance(kpi, RatioKpi) and kpi.of == "created"]
 
 
-def _completed_sums(process: Process, tbl, buckets: Sequence[float]  # type: ignore[no-untyped-def]
-                    ) -> list[tuple[str, ColumnElement[object]]]:
+def _completed_sums(process: Process, tbl: TableClause, buckets: Sequence[float]
+                    ) -> list[tuple[str, Expr]]:
     cols = process.records.columns
+    assert cols.completed is not None
     duration = tbl.c[cols.completed] - tbl.c[cols.created]
     if cols.paused:
         duration = duration - func.coalesce(tbl.c[cols.paused], 0)
-    sums: list[tuple[str, ColumnElement[object]]] = []
+    sums: list[tuple[str, Expr]] = []
     if buckets:
         sums.append(("dur_sum", func.sum(duration)))
         sums += [(f"le_{i}", _count_if(duration <= bound)) for i, bound in enumerate(buckets)]
     for name, kpi in process.kpis.items():
-        if isinstance(kpi, SlaKpi):
+        if isinstance(kpi, SlaKpi) and cols.due:
             due = tbl.c[cols.due]
             sums.append((f"sla_good_{name}", _count_if(and_(due.is_not(None), tbl.c[cols.completed] <= due))))
             sums.append((f"sla_valid_{name}", _count_if(due.is_not(None))))
@@ -110,9 +115,9 @@ def _completed_sums(process: Process, tbl, buckets: Sequence[float]  # type: ign
     return sums
 
 
-def _edge_query(edge: Edge, time_column: ColumnElement[float], groups: list[ColumnElement[object]],
-                filters: list[ColumnElement[bool]],
-                sums: list[tuple[str, ColumnElement[object]]]) -> EdgeQuery:
+def _edge_query(edge: Edge, time_column: Expr, groups: list[Expr],
+                filters: list[Expr],
+                sums: list[tuple[str, Expr]]) -> EdgeQuery:
     labelled_groups = [g.label(f"g{i}") for i, g in enumerate(groups)]
     aggregates = [func.count().label("n"), *[expr.label(name) for name, expr in sums]]
     statement = (
@@ -124,11 +129,11 @@ def _edge_query(edge: Edge, time_column: ColumnElement[float], groups: list[Colu
     return EdgeQuery(edge, statement, len(groups), ("n", *[name for name, _ in sums]))
 
 
-def _open_query(process: Process, tbl, dims: list[ColumnElement[object]],  # type: ignore[no-untyped-def]
-                filters: list[ColumnElement[bool]]) -> Select[tuple[object, ...]]:
+def _open_query(process: Process, tbl: TableClause, dims: list[Expr],
+                filters: list[Expr]) -> Statement:
     records, cols = process.records, process.records.columns
     now = bindparam("now", type_=Double)
-    overdue: ColumnElement[object] = literal(0)
+    overdue: Expr = literal(0)
     if cols.due:
         late = and_(tbl.c[cols.due].is_not(None), tbl.c[cols.due] < now)
         if records.paused_statuses:

@@ -1,0 +1,35 @@
+# The README's commands. `make test` is what CI runs (.ci/run).
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint fmt clean distclean venv deps
+
+demo: venv
+	$(BIN)/fabwatch demo
+
+test: deps venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+venv:
+	@VENV=$(VENV) bash scripts/bootstrap.sh
+
+deps:
+	@bash scripts/ensure-deps.sh
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

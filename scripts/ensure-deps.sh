@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install the system packages the test suite starts for real (idempotent, Debian 12):
+# prometheus + promtool, prometheus-alertmanager + amtool, PostgreSQL (initdb, postgres, psql).
+# Only missing packages are installed; `apt-get update` runs once, and only if needed.
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+
+missing=()
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+have_postgres() {
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
+        && compgen -G '/usr/lib/postgresql/*/bin/pg_isready' >/dev/null \
+        && getent passwd postgres >/dev/null
+}
+
+{ have prometheus && have promtool; } || missing+=(prometheus)
+{ have prometheus-alertmanager && have amtool; } || missing+=(prometheus-alertmanager)
+have_postgres || missing+=(postgresql)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+
+if (( ${#missing[@]} == 0 )); then
+    exit 0
+fi
+
+sudo=()
+if (( EUID != 0 )); then
+    if ! have sudo; then
+        echo "ensure-deps: missing ${missing[*]}; run this script as root" >&2
+        exit 1
+    fi
+    sudo=(sudo -E)
+fi
+
+# Keep the packages' own services from starting: the tests start their own servers.
+policy=/usr/sbin/policy-rc.d
+if [[ ! -e "$policy" ]]; then
+    "${sudo[@]}" sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
+    trap '"${sudo[@]}" rm -f "$policy"' EXIT
+fi
+
+echo "ensure-deps: installing ${missing[*]}"
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "ensure-deps: installed ${missing[*]}"

@@ -1,0 +1,83 @@
+"""Shared fixtures: real PostgreSQL, Prometheus, Alertmanager, promtool and amtool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.servers import (
+    DEFAULT_ALERTMANAGER_CONFIG,
+    DEFAULT_PROMETHEUS_CONFIG,
+    AlertmanagerServer,
+    HttpServer,
+    PostgresServer,
+    PrometheusServer,
+    require_binary,
+    run_postgres,
+    start_alertmanager,
+    start_prometheus,
+)
+
+PrometheusFactory = Callable[..., PrometheusServer]
+AlertmanagerFactory = Callable[..., AlertmanagerServer]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """Start one PostgreSQL for the whole session (database `fabwatch`, roles owner + read-only)."""
+    with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Return the path of promtool."""
+    return require_binary("promtool")
+
+
+@pytest.fixture(scope="session")
+def amtool() -> str:
+    """Return the path of amtool."""
+    return require_binary("amtool")
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[PrometheusFactory]:
+    """Start Prometheus servers on demand; each is stopped when the test ends."""
+    started: list[HttpServer] = []
+
+    def start(
+        config: str = DEFAULT_PROMETHEUS_CONFIG,
+        *,
+        files: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> PrometheusServer:
+        server = start_prometheus(tmp_path / f"prometheus-{len(started)}", config, files, args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def alertmanager_factory(tmp_path: Path) -> Iterator[AlertmanagerFactory]:
+    """Start Alertmanager servers on demand; each is stopped when the test ends."""
+    started: list[HttpServer] = []
+
+    def start(
+        config: str = DEFAULT_ALERTMANAGER_CONFIG,
+        *,
+        files: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> AlertmanagerServer:
+        server = start_alertmanager(tmp_path / f"alertmanager-{len(started)}", config, files, args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()

@@ -1,0 +1,472 @@
+"""Real servers for the integration tests: PostgreSQL, Prometheus and Alertmanager on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+ENSURE_DEPS = "run `scripts/ensure-deps.sh` (or `make test`) to install it"
+
+ResultPredicate = Callable[[list[dict[str, Any]]], bool]
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def require_binary(name: str) -> str:
+    """Return the path of an executable on PATH, failing the test when it is missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` not found on PATH; {ENSURE_DEPS}", pytrace=False)
+    return path
+
+
+def postgres_bin_dir() -> Path:
+    """Return the newest PostgreSQL server bin directory, failing the test when none exists."""
+    on_path = shutil.which("initdb")
+    if on_path is not None:
+        return Path(on_path).resolve().parent
+    found = glob.glob("/usr/lib/postgresql/*/bin/initdb")
+    if not found:
+        pytest.fail(f"PostgreSQL `initdb` not found; {ENSURE_DEPS}", pytrace=False)
+    newest = max(found, key=lambda p: int(Path(p).parent.parent.name.split(".")[0]))
+    return Path(newest).parent
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """Return the last lines of a log file, for failure messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Stop a server: send `sig`, wait, then kill."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT)
+
+
+def wait_until(
+    ready: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, log: Path
+) -> None:
+    """Poll `ready` until it is true; fail when the process dies or the time is up."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log_tail(log)}", pytrace=False)
+        if ready():
+            return
+        time.sleep(0.1)
+    stop_process(proc)
+    pytest.fail(f"{what} not ready after {START_TIMEOUT}s:\n{log_tail(log)}", pytrace=False)
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """GET a URL; return (status, body), with status 0 when the connection fails."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, b""
+
+
+def http_json(url: str, data: Any = None, method: str | None = None) -> Any:
+    """Send a request with an optional JSON body and return the decoded JSON answer."""
+    body = None if data is None else json.dumps(data).encode()
+    req = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(req, timeout=10.0) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def poll(
+    fetch: Callable[[], list[dict[str, Any]]],
+    predicate: ResultPredicate,
+    timeout: float,
+    interval: float,
+    what: str,
+) -> list[dict[str, Any]]:
+    """Call `fetch` until `predicate` holds on its result; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    result = fetch()
+    while not predicate(result):
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}; last result: {result}")
+        time.sleep(interval)
+        result = fetch()
+    return result
+
+
+async def poll_async(
+    fetch: Callable[[], list[dict[str, Any]]],
+    predicate: ResultPredicate,
+    timeout: float,
+    interval: float,
+    what: str,
+) -> list[dict[str, Any]]:
+    """Like `poll`, without blocking the event loop (servers in this loop keep answering)."""
+    deadline = time.monotonic() + timeout
+    result = await asyncio.to_thread(fetch)
+    while not predicate(result):
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}; last result: {result}")
+        await asyncio.sleep(interval)
+        result = await asyncio.to_thread(fetch)
+    return result
+
+
+def write_files(directory: Path, files: Mapping[str, str] | None) -> None:
+    """Write extra files (rule files, templates...) next to a server's config."""
+    for name, text in (files or {}).items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+PG_PASSWORDS = {
+    "postgres": "postgres-pw",
+    "fabwatch": "fabwatch-pw",
+    "fabwatch_ro": "fabwatch-ro-pw",
+}
+
+
+class PostgresServer:
+    """A running PostgreSQL: database `fabwatch`, owner role `fabwatch`, reader `fabwatch_ro`."""
+
+    owner = "fabwatch"
+    readonly = "fabwatch_ro"
+    database = "fabwatch"
+
+    def __init__(self, bin_dir: Path, base: Path, port: int) -> None:
+        self.bin_dir = bin_dir
+        self.base = base
+        self.port = port
+        self.host = HOST
+        self.socket_dir = base / "sock"
+        self._databases = 0
+
+    def dsn(
+        self,
+        user: str = "fabwatch",
+        *,
+        database: str | None = None,
+        driver: str = "postgresql+asyncpg",
+        password: str | None = None,
+    ) -> str:
+        """Return a SQLAlchemy URL for `user` (owner by default) over TCP on loopback."""
+        secret = PG_PASSWORDS.get(user, "") if password is None else password
+        quoted = urllib.parse.quote(secret, safe="")
+        return f"{driver}://{user}:{quoted}@{HOST}:{self.port}/{database or self.database}"
+
+    def psql(self, sql: str, *, user: str = "postgres", database: str | None = None) -> str:
+        """Run SQL with psql over the unix socket (trusted); return its unaligned output."""
+        cmd = [
+            str(self.bin_dir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+            "-h", str(self.socket_dir), "-p", str(self.port),
+            "-U", user, "-d", database or self.database,
+        ]  # fmt: skip
+        proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"psql failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout
+
+    def create_database(self, name: str | None = None) -> str:
+        """Create a database owned by `fabwatch`, readable by `fabwatch_ro`; return its name."""
+        if name is None:
+            self._databases += 1
+            name = f"fabwatch_{self._databases}"
+        self.psql(f'CREATE DATABASE "{name}" OWNER {self.owner}', database="postgres")
+        self.psql(readonly_grants_sql(name), database=name)
+        return name
+
+
+def readonly_grants_sql(database: str) -> str:
+    """Return SQL giving `fabwatch_ro` SELECT on present and future tables of `fabwatch`."""
+    return f"""
+        REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+        GRANT CONNECT ON DATABASE "{database}" TO fabwatch_ro;
+        GRANT USAGE ON SCHEMA public TO fabwatch_ro;
+        GRANT SELECT ON ALL TABLES IN SCHEMA public TO fabwatch_ro;
+        ALTER DEFAULT PRIVILEGES FOR ROLE fabwatch IN SCHEMA public
+            GRANT SELECT ON TABLES TO fabwatch_ro;
+    """
+
+
+def pg_process_user() -> dict[str, Any]:
+    """Return Popen keywords that drop root to `postgres` (the server refuses to run as root)."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        pw = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.fail(f"running as root but there is no `postgres` user; {ENSURE_DEPS}")
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+
+
+def make_pg_base() -> Path:
+    """Create the cluster's directory, reachable by the server's user (pytest's is root-only)."""
+    base = Path(tempfile.mkdtemp(prefix="fabwatch-pg-"))
+    (base / "sock").mkdir()
+    (base / "pwfile").write_text(PG_PASSWORDS["postgres"] + "\n")
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        for path in (base, base / "sock", base / "pwfile"):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+    return base
+
+
+def pg_initdb(bin_dir: Path, base: Path, user_kw: Mapping[str, Any]) -> None:
+    """Create the cluster: trust on the unix socket, passwords (scram) over TCP."""
+    cmd = [
+        str(bin_dir / "initdb"), "-D", str(base / "data"), "-U", "postgres",
+        "--pwfile", str(base / "pwfile"), "--auth-local=trust", "--auth-host=scram-sha-256",
+        "-E", "UTF8", "--no-locale", "--no-sync",
+    ]  # fmt: skip
+    env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"}
+    proc = subprocess.run(cmd, cwd=base, env=env, capture_output=True, text=True, **user_kw)
+    if proc.returncode != 0:
+        pytest.fail(f"initdb failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+def pg_setup_roles(server: PostgresServer) -> None:
+    """Create the owner and read-only roles and the `fabwatch` database."""
+    pw = PG_PASSWORDS
+    server.psql(
+        f"CREATE ROLE fabwatch LOGIN PASSWORD '{pw['fabwatch']}';"
+        f"CREATE ROLE fabwatch_ro LOGIN PASSWORD '{pw['fabwatch_ro']}';",
+        database="postgres",
+    )
+    server.create_database("fabwatch")
+
+
+@contextlib.contextmanager
+def run_postgres() -> Iterator[PostgresServer]:
+    """Start a throwaway PostgreSQL on a free loopback port; stop it and remove it after."""
+    bin_dir = postgres_bin_dir()
+    user_kw = pg_process_user()
+    base = make_pg_base()
+    log = base / "postgres.log"
+    try:
+        pg_initdb(bin_dir, base, user_kw)
+        server = PostgresServer(bin_dir, base, free_port())
+        cmd = [
+            str(bin_dir / "postgres"), "-D", str(base / "data"), "-p", str(server.port),
+            "-c", f"listen_addresses={HOST}", "-c", f"unix_socket_directories={server.socket_dir}",
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            "-c", "max_connections=200",
+        ]  # fmt: skip
+        with log.open("wb") as out:
+            proc = subprocess.Popen(cmd, cwd=base, stdout=out, stderr=subprocess.STDOUT, **user_kw)
+        try:
+            ready = [str(bin_dir / "pg_isready"), "-q", "-h", HOST, "-p", str(server.port)]
+            wait_until(lambda: subprocess.run(ready).returncode == 0, proc, "postgres", log)
+            pg_setup_roles(server)
+            yield server
+        finally:
+            stop_process(proc, signal.SIGINT)  # SIGINT = fast shutdown
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- Prometheus
+
+DEFAULT_PROMETHEUS_CONFIG = """\
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+"""
+
+
+class HttpServer:
+    """A server process with an HTTP API on 127.0.0.1:port."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, workdir: Path) -> None:
+        self.proc = proc
+        self.port = port
+        self.workdir = workdir
+        self.address = f"{HOST}:{port}"
+        self.url = f"http://{self.address}"
+
+    @property
+    def log(self) -> str:
+        """Return the server's log so far."""
+        return (self.workdir / "server.log").read_text(errors="replace")
+
+    def get_json(self, path: str, **params: str) -> Any:
+        """GET `path` (with query parameters) and return the decoded JSON."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        return http_json(f"{self.url}{path}{query}")
+
+    def reload(self) -> None:
+        """Ask the server to reload its configuration (POST /-/reload)."""
+        http_json(f"{self.url}/-/reload", data={}, method="POST")
+
+    def stop(self) -> None:
+        """Stop the server: terminate, wait, kill."""
+        stop_process(self.proc)
+
+
+class PrometheusServer(HttpServer):
+    """A running Prometheus; `.query` and `.wait_for` talk to its HTTP API."""
+
+    def api(self, path: str, **params: str) -> Any:
+        """GET /api/v1/<path> and return its `data`, failing on an error answer."""
+        body = self.get_json(f"/api/v1/{path}", **params)
+        if body.get("status") != "success":
+            pytest.fail(f"Prometheus /api/v1/{path} {params}: {body}")
+        return body["data"]
+
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Evaluate an instant query; return the result list (`metric`, `value` dicts)."""
+        params = {"query": expr} if at is None else {"query": expr, "time": str(at)}
+        data = self.api("query", **params)
+        if data["resultType"] == "vector":
+            return list(data["result"])
+        return [{"metric": {}, "value": data["result"]}]  # scalar or string
+
+    def wait_for(
+        self,
+        expr: str,
+        predicate: ResultPredicate = bool,
+        timeout: float = 30.0,
+        interval: float = 0.25,
+    ) -> list[dict[str, Any]]:
+        """Poll `expr` until `predicate(result)` holds (default: non-empty); fail on timeout."""
+        return poll(lambda: self.query(expr), predicate, timeout, interval, f"`{expr}`")
+
+    async def query_async(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """`query` without blocking the event loop."""
+        return await asyncio.to_thread(self.query, expr, at)
+
+    async def wait_for_async(
+        self,
+        expr: str,
+        predicate: ResultPredicate = bool,
+        timeout: float = 30.0,
+        interval: float = 0.25,
+    ) -> list[dict[str, Any]]:
+        """`wait_for` without blocking the event loop (for exporters served in the same loop)."""
+        return await poll_async(lambda: self.query(expr), predicate, timeout, interval, f"`{expr}`")
+
+
+class AlertmanagerServer(HttpServer):
+    """A running Alertmanager; `.alerts` and `.wait_for_alerts` use its v2 API."""
+
+    def alerts(self, **filters: str) -> list[dict[str, Any]]:
+        """Return the alerts Alertmanager holds (GET /api/v2/alerts)."""
+        return list(self.get_json("/api/v2/alerts", **filters))
+
+    def post_alerts(self, alerts: Sequence[Mapping[str, Any]]) -> None:
+        """Push alerts as Prometheus would (POST /api/v2/alerts)."""
+        http_json(f"{self.url}/api/v2/alerts", data=list(alerts), method="POST")
+
+    def wait_for_alerts(
+        self,
+        predicate: ResultPredicate = bool,
+        timeout: float = 30.0,
+        interval: float = 0.25,
+    ) -> list[dict[str, Any]]:
+        """Poll the alerts until `predicate(alerts)` holds (default: non-empty); fail on timeout."""
+        return poll(self.alerts, predicate, timeout, interval, "alertmanager alerts")
+
+    async def wait_for_alerts_async(
+        self,
+        predicate: ResultPredicate = bool,
+        timeout: float = 30.0,
+        interval: float = 0.25,
+    ) -> list[dict[str, Any]]:
+        """`wait_for_alerts` without blocking the event loop."""
+        return await poll_async(self.alerts, predicate, timeout, interval, "alertmanager alerts")
+
+
+DEFAULT_ALERTMANAGER_CONFIG = """\
+route:
+  receiver: blackhole
+receivers:
+  - name: blackhole
+"""
+
+
+def start_http_server(
+    cmd: list[str], port: int, workdir: Path, what: str
+) -> subprocess.Popen[bytes]:
+    """Start a server with its log in `workdir`, wait for GET /-/ready to answer 200."""
+    log = workdir / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
+    ready = f"http://{HOST}:{port}/-/ready"
+    wait_until(lambda: http_get(ready, timeout=1.0)[0] == 200, proc, what, log)
+    return proc
+
+
+def start_prometheus(
+    workdir: Path, config: str, files: Mapping[str, str] | None, args: Sequence[str]
+) -> PrometheusServer:
+    """Write the config (and rule files) in `workdir`, start Prometheus, wait until ready."""
+    binary = require_binary("prometheus")
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_files(workdir, files)
+    (workdir / "prometheus.yml").write_text(config)
+    port = free_port()
+    cmd = [
+        binary, f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}",
+        "--web.enable-lifecycle", "--log.level=warn", *args,
+    ]  # fmt: skip
+    return PrometheusServer(start_http_server(cmd, port, workdir, "prometheus"), port, workdir)
+
+
+def start_alertmanager(
+    workdir: Path, config: str, files: Mapping[str, str] | None, args: Sequence[str]
+) -> AlertmanagerServer:
+    """Write the config in `workdir`, start Alertmanager without clustering, wait until ready."""
+    binary = require_binary("prometheus-alertmanager")
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_files(workdir, files)
+    (workdir / "alertmanager.yml").write_text(config)
+    port = free_port()
+    cmd = [
+        binary, f"--config.file={workdir / 'alertmanager.yml'}",
+        f"--storage.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}",
+        "--cluster.listen-address=", "--log.level=warn", *args,
+    ]  # fmt: skip
+    proc = start_http_server(cmd, port, workdir, "alertmanager")
+    return AlertmanagerServer(proc, port, workdir)
