@@ -27,6 +27,8 @@ from collector.schema import (
 _VAR = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
 RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency", "le", "source",
                              "reason", "bound", "job", "instance", "quantile"})
+_MERGEABLE = re.compile(r"^(service|sources|processes|processes\.[^.]+|processes\.[^.]+\.(kpis|costs))$")
+"""Mappings that several files may extend; anything below them is defined by one file only."""
 _SQL_WORDS = frozenset("""and or not is null in like between case when then else end true false
     coalesce cast as integer real text float double precision lower upper abs exists select from
     where distinct length substr trim""".split())
@@ -152,11 +154,11 @@ def _merge(into: dict[str, Any], new: Mapping[str, Any], path: str, file: str,
         child = f"{path}.{key}" if path else str(key)
         if key not in into:
             into[key] = value
-        elif isinstance(into[key], dict) and isinstance(value, dict):
+        elif _MERGEABLE.match(child) and isinstance(into[key], dict) and isinstance(value, dict):
             _merge(into[key], value, child, file, origins, problems)
         else:
             first, _ = origins.locate(child)
-            what = "duplicate KPI" if ".kpis." in child and child.count(".") == 3 else "given twice"
+            what = "duplicate KPI" if ".kpis." in child else "given twice"
             problems.append(Problem(file, 0, child, f"{what}: already defined in {first}"))
 
 

@@ -1,0 +1,153 @@
+"""The inventory loader: the bundled example, merging, substitution and every cross-check."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from collector.inventory import ConfigError, load_inventory, predicate_columns
+from collector.schema import SlaKpi
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
+
+GOOD = """
+sources:
+  crm: {kind: sql, dsn: "sqlite+aiosqlite:///x.db", interval: 30s}
+processes:
+  problem:
+    etom: "1.3.1.3"
+    name: Problem
+    team: assurance-ops
+    records:
+      source: crm
+      table: trouble_ticket
+      columns: {due: due_at, dimensions: [priority], measures: [reopened, handling_minutes]}
+      open_statuses: [open]
+    kpis:
+      in_time: {kind: sla, objective: 0.9, window: 30d}
+      reopen: {kind: ratio, good: "reopened = 0"}
+    costs:
+      labour: {driver: handling_minutes, rate_per_hour: 40}
+"""
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems(paths: list[Path], env: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_inventory(paths, env or {})
+    return str(caught.value).splitlines()
+
+
+def test_example_covers_the_eight_level3_processes() -> None:
+    inventory = load_inventory([EXAMPLE], {})
+    assert sorted(p.etom for p in inventory.processes.values()) == [f"1.3.1.{i}" for i in range(1, 9)]
+    kinds = {k.kind for p in inventory.processes.values() for k in p.kpis.values()}
+    assert kinds >= {"volume", "backlog", "overdue", "duration", "sla", "ratio", "cost"}
+    assert all(p.costs for p in inventory.processes.values())
+
+
+def test_a_good_file_loads_into_typed_frozen_models(tmp_path: Path) -> None:
+    inventory = load_inventory([write(tmp_path, "a.yaml", GOOD)], {})
+    kpi = inventory.processes["problem"].kpis["in_time"]
+    assert isinstance(kpi, SlaKpi)
+    assert kpi.window == 30 * 86400
+    assert inventory.sources["crm"].interval == 30
+    with pytest.raises(Exception, match="frozen"):
+        kpi.objective = 0.5  # type: ignore[misc]
+
+
+def test_every_cross_check_is_reported_at_once_with_file_line_and_path(tmp_path: Path) -> None:
+    broken = (GOOD.replace("source: crm", "source: crm2")
+              .replace("objective: 0.9", "objective: 1.0")
+              .replace("interval: 30s", "interval: 30 seconds")
+              .replace("driver: handling_minutes", "driver: minutes")
+              .replace('good: "reopened = 0"', 'good: "reopend = 0"'))
+    path = write(tmp_path, "bad.yaml", broken)
+    lines = problems([path])
+    assert any(f"{path}:3: sources.crm.interval: bad duration" in line for line in lines), lines
+    assert any(f"{path}:15: processes.problem.kpis.in_time.objective" in line and "between 0 and 1" in line
+               for line in lines), lines
+    # Pydantic stops before the cross-checks, so fix the schema errors and look again.
+    path.write_text(textwrap.dedent(broken.replace("1.0", "0.9").replace("30 seconds", "30s")))
+    lines = problems([path])
+    assert lines == sorted(lines)
+    assert f"{path}:10: processes.problem.records.source: unknown source 'crm2'; known: crm" in lines
+    assert any(line.startswith(f"{path}:18: processes.problem.costs.labour.driver: unknown column 'minutes'")
+               for line in lines), lines
+    assert any(line.startswith(f"{path}:16: processes.problem.kpis.reopen.good: unknown column 'reopend'")
+               for line in lines), lines
+
+
+@pytest.mark.parametrize("objective", ["0", "1.0", "1.5", "-0.1"])
+def test_objective_outside_zero_one_is_refused(tmp_path: Path, objective: str) -> None:
+    path = write(tmp_path, "a.yaml", GOOD.replace("objective: 0.9", f"objective: {objective}"))
+    (line,) = problems([path])
+    assert "processes.problem.kpis.in_time.objective: objective must be between 0 and 1" in line
+
+
+def test_duplicate_kpi_in_one_file(tmp_path: Path) -> None:
+    text = GOOD.replace("      reopen:", "      in_time: {kind: backlog}\n      reopen:")
+    (line,) = problems([write(tmp_path, "a.yaml", text)])
+    assert "duplicate key 'in_time' (first given on line 15)" in line
+
+
+def test_duplicate_kpi_across_merged_files(tmp_path: Path) -> None:
+    extra = "processes:\n  problem:\n    kpis:\n      in_time: {kind: sla, objective: 0.8}\n"
+    first, second = write(tmp_path, "a.yaml", GOOD), write(tmp_path, "b.yaml", extra)
+    (line,) = problems([first, second])
+    assert line == f"{second}: processes.problem.kpis.in_time: duplicate KPI: already defined in {first}"
+
+
+def test_files_merge_and_a_second_file_may_add_kpis_and_processes(tmp_path: Path) -> None:
+    extra = "processes:\n  problem:\n    kpis:\n      backlog: {kind: backlog, target: {max: 10}}\n"
+    inventory = load_inventory([write(tmp_path, "a.yaml", GOOD), write(tmp_path, "b.yaml", extra)], {})
+    assert set(inventory.processes["problem"].kpis) == {"in_time", "reopen", "backlog"}
+
+
+def test_environment_substitution_with_default_and_secret_file(tmp_path: Path) -> None:
+    secret = tmp_path / "dsn"
+    secret.write_text("sqlite+aiosqlite:///from-file.db\n")
+    text = GOOD.replace('"sqlite+aiosqlite:///x.db"', f'"${{file:{secret}}}"').replace(
+        "interval: 30s", 'interval: "${INTERVAL:-45s}"')
+    inventory = load_inventory([write(tmp_path, "a.yaml", text)], {})
+    assert inventory.sources["crm"].dsn == "sqlite+aiosqlite:///from-file.db"
+    assert inventory.sources["crm"].interval == 45
+    inventory = load_inventory([write(tmp_path, "a.yaml", text)], {"INTERVAL": "2m"})
+    assert inventory.sources["crm"].interval == 120
+
+
+def test_missing_environment_variable_names_the_path(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml", GOOD.replace('"sqlite+aiosqlite:///x.db"', '"${CRM_DSN}"'))
+    assert problems([path]) == [f"{path}:3: sources.crm.dsn: environment variable CRM_DSN is not set"]
+
+
+def test_unknown_field_and_bad_target(tmp_path: Path) -> None:
+    text = GOOD.replace("team: assurance-ops", "team: assurance-ops\n    owner: bob").replace(
+        '{kind: ratio, good: "reopened = 0"}', '{kind: ratio, good: "reopened = 0", target: {}}')
+    lines = problems([write(tmp_path, "a.yaml", text)])
+    assert any("processes.problem.owner: unknown field" in line for line in lines), lines
+    assert any("processes.problem.kpis.reopen.target: a target needs a bound" in line for line in lines), lines
+
+
+def test_kpi_needing_a_missing_column(tmp_path: Path) -> None:
+    text = GOOD.replace("columns: {due: due_at, ", "columns: {")
+    (line,) = problems([write(tmp_path, "a.yaml", text)])
+    assert "processes.problem.kpis.in_time: a sla KPI needs records.columns.due" in line
+
+
+def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert problems([missing]) == [f"{missing}: cannot read the file: No such file or directory"]
+    bad = write(tmp_path, "bad.yaml", "sources: [\n")
+    (line,) = problems([bad])
+    assert line.startswith(f"{bad}:2: invalid YAML")
+
+
+def test_predicate_columns_ignores_keywords_strings_and_functions() -> None:
+    assert predicate_columns("channel IN ('chat', 'app') AND coalesce(x, 0) = 1 AND y IS NOT NULL") == {
+        "channel", "x", "y"}
