@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from sqlalchemy import event, inspect, text
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 OTHER = "other"
 """Dimension value standing for every label set beyond the per-process cap."""
 DEFAULT_LOOKBACK = 86400.0
+BACKSTOP_SECONDS = 2.0
 
 Sums = dict[str, float]
 Groups = dict[str, Sums]
@@ -125,7 +127,8 @@ class SourceSampler:
     async def _guard(self) -> AsyncIterator[None]:
         """Bound the sample in time and turn driver exceptions into typed `SourceError`s."""
         try:
-            async with asyncio.timeout(self.source.timeout):
+            # The database enforces the timeout first; this is the backstop for a stuck driver.
+            async with asyncio.timeout(self.source.timeout + BACKSTOP_SECONDS):
                 yield
         except SourceError:
             raise
@@ -141,6 +144,7 @@ class SourceSampler:
         if self._engine is None:
             await self.open()
         assert self._engine is not None
+        _require_sqlite_file(self.name, self._engine)
         try:
             conn = await self._engine.connect()
         except (OSError, DBAPIError) as exc:
@@ -151,10 +155,11 @@ class SourceSampler:
             if conn.dialect.name == "postgresql":
                 await conn.execute(text("SET TRANSACTION READ ONLY"))
                 await conn.execute(text(f"SET LOCAL statement_timeout = {int(self.source.timeout * 1000)}"))
+            elif conn.dialect.name == "sqlite":
+                await _sqlite_deadline(conn, time.monotonic() + self.source.timeout)
             yield conn
         finally:
-            await conn.rollback()
-            await conn.close()
+            await _release(conn)
 
     async def _sample_process(self, conn: AsyncConnection, name: str, process: Process,
                               state: dict[str, Any], now: float) -> _ProcessRun:
@@ -273,13 +278,12 @@ class SourceSampler:
 
     def _publish_histogram(self, out: "_Families", base: Labels, process: Process, state: dict[str, Any]) -> None:
         queries = self._queries[base[0][1]]
-        if not queries.buckets:
-            return
         sums = state.get("completed_sums", {})
-        count = sums.get("n", 0.0)
-        buckets = tuple((b, sums.get(f"le_{i}", 0.0)) for i, b in enumerate(queries.buckets))
-        out.histogram("fab_cycle_time_seconds", base,
-                      Histogram((*buckets, (float("inf"), count)), sums.get("dur_sum", 0.0), count))
+        if queries.buckets:
+            count = sums.get("n", 0.0)
+            buckets = tuple((b, sums.get(f"le_{i}", 0.0)) for i, b in enumerate(queries.buckets))
+            out.histogram("fab_cycle_time_seconds", base,
+                          Histogram((*buckets, (float("inf"), count)), sums.get("dur_sum", 0.0), count))
         for name, kpi in process.kpis.items():
             if kpi.kind == "sla":
                 labels = base + (("kpi", name),)
@@ -402,6 +406,29 @@ def _create_engine(source: SqlSource) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_read_only)
     return engine
+
+
+async def _release(conn: AsyncConnection) -> None:
+    """Roll back and return the connection; a connection broken by a cancelled query is discarded."""
+    try:
+        await conn.rollback()
+    except SQLAlchemyError:
+        await conn.invalidate()
+    await conn.close()
+
+
+def _require_sqlite_file(source: str, engine: AsyncEngine) -> None:
+    """Refuse to connect to a missing SQLite file: connecting would create an empty database."""
+    database = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and database and database != ":memory:" \
+            and not database.startswith("file:") and not Path(database).exists():
+        raise SourceUnreachable(source, f"SQLite database file {database} does not exist")
+
+
+async def _sqlite_deadline(conn: AsyncConnection, deadline: float) -> None:
+    """Make SQLite abort this connection's statements after `deadline` (it has no statement timeout)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    await driver.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # type: ignore[union-attr]
 
 
 def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:

@@ -1,0 +1,216 @@
+"""The KPI engine against simulated records: values, counters, windows, restarts, safety."""
+
+import asyncio
+import math
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.engine import SourceSampler
+from collector.errors import SourceQueryFailed, SourceRefused, SourceTimeout, SourceUnreachable
+from collector.inventory import load_inventory
+from collector.samples import SourceSample
+from collector.schema import Inventory, SqlSource
+from collector.state import StateStore
+from simulator import Simulator
+from tests.collector.kpi_oracle import Row, expected_kpis, in_window
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
+T0 = 1767225600.0  # 2026-01-01T00:00:00Z
+SETTLE = 2.0
+
+
+def example(dsn: str) -> Inventory:
+    return load_inventory([EXAMPLE], {"FABWATCH_DEMO_DSN": dsn})
+
+
+async def simulate(dsn: str, *, days: float = 8, seed: int = 7, scale: float = 0.5) -> Simulator:
+    sim = Simulator(dsn, seed=seed, scale=scale)
+    await sim.create_schema()
+    await sim.backfill(days, T0)
+    return sim
+
+
+def read_rows(db: Path, inventory: Inventory) -> dict[str, list[Row]]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return {p.records.table: [dict(r) for r in conn.execute(f"SELECT * FROM {p.records.table}")]
+                for p in inventory.processes.values()}
+
+
+def sampler(inventory: Inventory, state: Path) -> SourceSampler:
+    return SourceSampler("operator", inventory.sources["operator"], inventory.processes, StateStore(state))
+
+
+def values(sample: SourceSample) -> dict[tuple[str, str], float | None]:
+    return {(k.process, k.kpi): k.value for k in sample.kpis}
+
+
+def family(sample: SourceSample, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {labels: value for f in sample.families if f.name == name for labels, value in f.samples}
+
+
+def assert_same(got: dict[Any, float | None], want: dict[Any, float | None]) -> None:
+    assert got.keys() == want.keys()
+    wrong = {k: (got[k], want[k]) for k in want
+             if (got[k] is None) != (want[k] is None)
+             or (want[k] is not None and not math.isclose(got[k], want[k], rel_tol=1e-9, abs_tol=1e-9))}  # type: ignore[arg-type]
+    assert not wrong, wrong
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "operator.db"
+
+
+async def test_every_kpi_kind_matches_an_independent_computation(db: Path, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{db}"
+    inventory = example(dsn)
+    sim = await simulate(dsn)
+    engine = sampler(inventory, tmp_path / "state.db")
+    first = await engine.sample(T0)
+    assert {k.kind for k in first.kpis} == {"volume", "backlog", "overdue", "duration", "sla", "ratio",
+                                            "cost", "value"}
+    assert_same(values(first), expected_kpis(inventory, read_rows(db, inventory), T0, T0 - SETTLE))
+
+    # Two hours of live operation later, the windows moved by their edges alone: still exact.
+    await sim.step(T0 + 7200)
+    second = await engine.sample(T0 + 7200)
+    assert_same(values(second), expected_kpis(inventory, read_rows(db, inventory), T0 + 7200, T0 + 7200 - SETTLE))
+    await engine.close()
+    await sim.close()
+
+
+async def test_counters_count_each_row_once_across_samples_and_restarts(db: Path, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{db}"
+    inventory = example(dsn)
+    sim = await simulate(dsn)
+    state = tmp_path / "state.db"
+    engine = sampler(inventory, state)
+    await engine.sample(T0)
+    times = [T0 + 600, T0 + 1800]
+    for t in times:
+        await sim.step(t)
+        await engine.sample(t)
+    await engine.close()
+    # A new process on the same state file continues the counters from the watermark.
+    restarted = sampler(inventory, state)
+    await sim.step(T0 + 3600)
+    last = await restarted.sample(T0 + 3600)
+    await restarted.close()
+    await sim.close()
+
+    rows = read_rows(db, inventory)
+    lookback = 30 * 86400  # the longest KPI window: how far back the first sample counts
+    created = family(last, "fab_items_created")
+    for name, process in inventory.processes.items():
+        want = sum(1 for r in rows[process.records.table]
+                   if in_window(r["created_at"], T0 + 3600 - SETTLE, lookback + 3600))
+        got = sum(v for labels, v in created.items() if ("process", name) in labels)
+        assert got == want, name
+
+
+async def test_histogram_and_slo_counters_agree_with_rows(db: Path, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{db}"
+    inventory = example(dsn)
+    sim = await simulate(dsn, days=3)
+    engine = sampler(inventory, tmp_path / "state.db")
+    sample = await engine.sample(T0)
+    await engine.close()
+    await sim.close()
+    rows = read_rows(db, inventory)["trouble_ticket"]
+    done = [r for r in rows if in_window(r["completed_at"], T0 - SETTLE, 30 * 86400)]
+    (hist,) = [h for f in sample.families if f.name == "fab_cycle_time_seconds"
+               for labels, h in f.histograms if labels == (("process", "problem"),)]
+    assert hist.count == len(done)
+    one_hour = dict(hist.buckets)[3600.0]
+    assert one_hour == sum(1 for r in done if r["completed_at"] - r["created_at"] - r["paused_seconds"] <= 3600)
+    good = family(sample, "fab_sla_good")[(("process", "problem"), ("kpi", "resolved_in_time"))]
+    assert good == sum(1 for r in done if r["completed_at"] <= r["due_at"])
+
+
+async def test_a_sql_source_never_writes(db: Path, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    extra = tmp_path / "write.yaml"
+    extra.write_text("processes:\n  problem:\n    kpis:\n      sneaky: {kind: value, sql: "
+                     "\"WITH gone AS (DELETE FROM trouble_ticket RETURNING 1) SELECT COUNT(*) FROM gone\"}\n")
+    inventory = load_inventory([EXAMPLE, extra], {"FABWATCH_DEMO_DSN": dsn})
+    before = read_rows(db, inventory)["trouble_ticket"]
+    engine = sampler(inventory, tmp_path / "state.db")
+    with pytest.raises((SourceRefused, SourceQueryFailed)):
+        await engine.sample(T0)
+    await engine.close()
+    assert read_rows(db, inventory)["trouble_ticket"] == before
+
+
+async def test_a_failed_sample_advances_nothing(db: Path, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{db}"
+    inventory = example(dsn)
+    sim = await simulate(dsn, days=2)
+    state = tmp_path / "state.db"
+    engine = sampler(inventory, state)
+    await engine.sample(T0)
+    saved = StateStore(state).load("operator")
+    await sim.step(T0 + 600)
+    with sqlite3.connect(db) as conn:  # one table disappears between samples
+        conn.execute("DROP TABLE bill_inquiry")
+    with pytest.raises(SourceQueryFailed):
+        await engine.sample(T0 + 600)
+    assert StateStore(state).load("operator") == saved
+    await engine.close()
+    await sim.close()
+
+
+async def test_missing_sqlite_file_is_unreachable_and_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    engine = sampler(example(f"sqlite+aiosqlite:///{missing}"), tmp_path / "s.db")
+    with pytest.raises(SourceUnreachable, match=r"nope\.db"):
+        await engine.sample(T0)
+    await engine.close()
+    assert not missing.exists()
+
+
+async def test_unreachable_database_is_a_connection_error(tmp_path: Path) -> None:
+    source = SqlSource(kind="sql", dsn="postgresql+asyncpg://u:p@127.0.0.1:1/x", timeout=5)
+    inventory = example("sqlite+aiosqlite:///unused.db")
+    engine = SourceSampler("down", source, inventory.processes, StateStore(tmp_path / "s.db"))
+    with pytest.raises(SourceUnreachable) as caught:
+        await engine.sample(T0)
+    assert caught.value.reason == "connection"
+    await engine.close()
+
+
+async def test_slow_sqlite_query_times_out(db: Path, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    slow = tmp_path / "slow.yaml"
+    slow.write_text("processes:\n  problem:\n    kpis:\n      slow: {kind: value, sql: \"WITH RECURSIVE c(x) AS "
+                    "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000000) SELECT MAX(x) FROM c\"}\n")
+    inventory = load_inventory([EXAMPLE, slow], {"FABWATCH_DEMO_DSN": dsn})
+    source = inventory.sources["operator"].model_copy(update={"timeout": 0.5})
+    engine = SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.db"))
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(SourceTimeout):
+        await engine.sample(T0)
+    assert asyncio.get_running_loop().time() - started < 5
+    await engine.close()
+
+
+async def test_check_columns_names_missing_tables_and_columns(db: Path, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TABLE sla_case")
+        conn.execute("ALTER TABLE payment DROP COLUMN written_off")
+    engine = sampler(example(dsn), tmp_path / "s.db")
+    assert await engine.check_columns() == [
+        "process qos_sla: table 'sla_case' not found",
+        "process payments: table payment has no column written_off",
+    ]
+    await engine.close()
