@@ -1,0 +1,398 @@
+"""The `fabwatch` command: serve, check, demo, simulate.
+
+Every flag can also come from an environment variable `FABWATCH_<FLAG>` (e.g. `--listen` from
+`FABWATCH_LISTEN`; `-c/--config` from `FABWATCH_CONFIG`, several files separated by
+`os.pathsep`); a flag given on the command line wins.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from pydantic import ValidationError
+
+from collector.engine import SourceSampler
+from collector.errors import SourceError
+from collector.health import fabwatch_version
+from collector.inventory import ConfigError, load_inventory
+from collector.logs import safe_dsn, setup_logging
+from collector.schema import Inventory, ServiceConfig
+from collector.service import build_app, processes_of, serve
+from collector.state import StateStore
+from dashboards import cli as dashboards_cli
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+DEMO_DIR = ".fabwatch-demo"
+DEMO_DSN_VAR = "FABWATCH_DEMO_DSN"
+Listen = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class EnvFlag:
+    """A flag that falls back to an environment variable, then to a default."""
+
+    dest: str
+    env: str
+    convert: Callable[[str], Any]
+    default: Any = None
+
+
+def parse_listen(value: str) -> Listen:
+    """Parse HOST:PORT (IPv6 in brackets) into (host, port)."""
+    try:
+        config = ServiceConfig(listen=value)
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+        raise argparse.ArgumentTypeError(message) from None
+    return config.host, config.port
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _paths(value: str) -> list[str]:
+    return [part for part in value.split(os.pathsep) if part]
+
+
+def _flag(parser: argparse.ArgumentParser, flags: list[EnvFlag], *names: str, env: str,
+          help: str, convert: Callable[[str], Any] = str, default: Any = None,
+          **kwargs: Any) -> None:
+    """Add an option whose value falls back to `FABWATCH_<env>`, then to `default`."""
+    action = parser.add_argument(*names, default=None, help=f"{help} [env FABWATCH_{env}]",
+                                 **kwargs)
+    if "type" not in kwargs and kwargs.get("action") != "append":
+        action.type = convert
+    flags.append(EnvFlag(action.dest, f"FABWATCH_{env}", convert, default))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="fabwatch", description="Monitor the customer processes (eTOM 1.3.1) of an operator.")
+    parser.add_argument("--version", action="version", version=f"fabwatch {fabwatch_version()}")
+    common: list[EnvFlag] = []
+    _flag(parser, common, "--log-level", env="LOG_LEVEL", default="info", help="log level",
+          choices=["debug", "info", "warning", "error"], convert=str.lower)
+    parser.set_defaults(env_flags=common, command=None)
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    flags: list[EnvFlag] = []
+    serve_cmd = commands.add_parser("serve", help="sample the sources and serve /metrics")
+    _config_flag(serve_cmd, flags)
+    _flag(serve_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
+          help="HOST:PORT to listen on (default: service.listen of the inventory)")
+    _flag(serve_cmd, flags, "--state", env="STATE", help="state file (default: service.state_path)")
+    serve_cmd.set_defaults(command=cmd_serve, env_flags=common + flags)
+
+    flags = []
+    check_cmd = commands.add_parser(
+        "check", help="validate the inventory, connect to every source and sample it once")
+    _config_flag(check_cmd, flags)
+    check_cmd.set_defaults(command=cmd_check, env_flags=common + flags)
+
+    flags = []
+    demo_cmd = commands.add_parser("demo", help="run a simulated operator and fabwatch on it")
+    _flag(demo_cmd, flags, "--data-dir", env="DATA_DIR", default=DEMO_DIR,
+          help=f"where the demo database and state live (default {DEMO_DIR})")
+    _flag(demo_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
+          help="HOST:PORT to listen on (default: service.listen of examples/operator.yaml)")
+    _flag(demo_cmd, flags, "--speed", env="SPEED", convert=_positive, default=1.0,
+          help="simulated seconds per real second (default 1)")
+    _flag(demo_cmd, flags, "--days", env="DAYS", convert=_positive, default=35.0,
+          help="days of history to backfill on the first run (default 35)")
+    _flag(demo_cmd, flags, "--seed", env="SEED", convert=int, default=1, help="random seed")
+    _flag(demo_cmd, flags, "--scale", env="SCALE", convert=_positive, default=1.0,
+          help="volume multiplier of the simulated operator (default 1)")
+    demo_cmd.set_defaults(command=cmd_demo, env_flags=common + flags)
+
+    _add_simulate(commands, common)
+    dashboards_cli.add_parser(commands).set_defaults(command=dashboards_cli.run, env_flags=common)
+    return parser
+
+
+def _config_flag(parser: argparse.ArgumentParser, flags: list[EnvFlag]) -> None:
+    _flag(parser, flags, "-c", "--config", env="CONFIG", convert=_paths, action="append",
+          metavar="FILE", help="inventory file; repeat to merge several")
+
+
+def _add_simulate(commands: Any, common: list[EnvFlag]) -> None:
+    """Add `simulate`, delegated to the simulator's own CLI when the simulator is installed."""
+    try:  # optional: fabwatch serves without the simulator
+        simulator_cli = importlib.import_module("simulator.cli")
+    except ModuleNotFoundError as exc:
+        if exc.name != "simulator.cli" and exc.name != "simulator":
+            raise
+        return
+    before = set(commands.choices)
+    simulator_cli.add_parser(commands)
+    for name in set(commands.choices) - before:
+        commands.choices[name].set_defaults(command=_delegate(simulator_cli.run), env_flags=common)
+
+
+def _delegate(run: Callable[[argparse.Namespace], Any]) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        result = run(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    return command
+
+
+def resolve_env(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Fill every flag left unset from its environment variable, then from its default."""
+    for flag in args.env_flags:
+        if getattr(args, flag.dest) is not None:
+            continue
+        raw = environ.get(flag.env)
+        if raw is None or raw == "":
+            setattr(args, flag.dest, flag.default)
+            continue
+        try:
+            setattr(args, flag.dest, flag.convert(raw))
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            raise SystemExit(f"fabwatch: error: {flag.env}={raw!r}: {exc}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the fabwatch command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    try:
+        resolve_env(args, os.environ)
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_CONFIG
+    if getattr(args, "config", "") is None:
+        print("fabwatch: error: give an inventory with -c FILE (or FABWATCH_CONFIG)",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if isinstance(getattr(args, "config", None), list):
+        args.config = [path for item in args.config for path in _as_list(item)]
+    setup_logging(args.log_level)
+    return int(args.command(args))
+
+
+def _as_list(item: str | list[str]) -> list[str]:
+    return item if isinstance(item, list) else [item]
+
+
+def load_or_report(paths: Sequence[str], environ: Mapping[str, str] | None = None,
+                   err: TextIO | None = None) -> Inventory | None:
+    """Load the inventory; on `ConfigError` print one line per problem and return None."""
+    try:
+        return load_inventory(paths, environ)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=err or sys.stderr)
+        return None
+
+
+# --- serve -------------------------------------------------------------------------------
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve /metrics for the inventory until SIGINT or SIGTERM."""
+    inventory = load_or_report(args.config)
+    if inventory is None:
+        return EXIT_CONFIG
+    host, port = args.listen or (inventory.service.host, inventory.service.port)
+    return asyncio.run(_serve(inventory, host, port, args.state))
+
+
+async def _serve(inventory: Inventory, host: str, port: int, state: str | None) -> int:
+    app = build_app(inventory, state_path=state)
+    try:
+        async with _stop_on_signals() as stop:
+            await serve(app, host, port, stop)
+    except OSError as exc:
+        _cannot_listen(host, port, exc)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cannot_listen(host: str, port: int, exc: OSError) -> None:
+    print(f"fabwatch: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+
+
+@contextlib.asynccontextmanager
+async def _stop_on_signals() -> Any:
+    """Yield an event set by SIGINT or SIGTERM; restore the default handlers afterwards."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+# --- check -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CheckRow:
+    source: str
+    process: str
+    kpi: str
+    value: str
+    seconds: str
+    status: str
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the inventory, then check and sample every source once; print a table."""
+    inventory = load_or_report(args.config)
+    if inventory is None:
+        return EXIT_CONFIG
+    rows = asyncio.run(check_sources(inventory))
+    print_table(rows, sys.stdout)
+    failed = sum(1 for row in rows if row.status != "ok")
+    print(f"\n{len(inventory.sources)} source(s), {len(rows) - failed} ok, {failed} failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def check_sources(inventory: Inventory) -> list[CheckRow]:
+    """Check the columns of every source and sample it once, on a throw-away state file."""
+    rows: list[CheckRow] = []
+    with tempfile.TemporaryDirectory(prefix="fabwatch-check-") as tmp:
+        state = StateStore(Path(tmp) / "state.db")  # never advances the real watermarks
+        try:
+            for name in inventory.sources:
+                rows += await _check_source(inventory, name, state)
+        finally:
+            state.close()
+    return rows
+
+
+async def _check_source(inventory: Inventory, name: str, state: StateStore) -> list[CheckRow]:
+    source = inventory.sources[name]
+    sampler = SourceSampler(name, source, processes_of(inventory, name), state,
+                            currency=inventory.service.currency,
+                            max_series=inventory.service.max_series_per_process)
+    started = time.perf_counter()
+    try:
+        await sampler.open()
+        problems = await sampler.check_columns()
+        if problems:
+            return [CheckRow(name, "-", "-", "-", _secs(time.perf_counter() - started),
+                             f"error (columns): {problem}") for problem in problems]
+        sample = await sampler.sample()
+    except SourceError as exc:
+        return [CheckRow(name, "-", "-", "-", _secs(time.perf_counter() - started),
+                         f"error ({exc.reason}): {exc} [{safe_dsn(source.dsn)}]")]
+    finally:
+        await sampler.close()
+    seconds = {(process, kpi): secs for process, kpi, secs in sample.kpi_seconds}
+    return [CheckRow(name, r.process, r.kpi, "-" if r.value is None else f"{r.value:.6g}",
+                     _secs(seconds.get((r.process, r.kpi))), "ok") for r in sample.kpis]
+
+
+def _secs(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.3f}"
+
+
+def print_table(rows: Sequence[CheckRow], out: TextIO) -> None:
+    """Print the rows as an aligned text table."""
+    header = CheckRow("SOURCE", "PROCESS", "KPI", "VALUE", "SECONDS", "STATUS")
+    table = [header, *rows]
+    columns = list(zip(*(_cells(row) for row in table), strict=True))
+    widths = [max(len(cell) for cell in column) for column in columns[:-1]]
+    for row in table:
+        cells = _cells(row)
+        print("  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False))
+              + "  " + cells[-1], file=out)
+
+
+def _cells(row: CheckRow) -> tuple[str, ...]:
+    return (row.source, row.process, row.kpi, row.value, row.seconds, row.status)
+
+
+# --- demo --------------------------------------------------------------------------------
+
+def example_inventory() -> Path:
+    """Find examples/operator.yaml in the checkout, or where a package install put it."""
+    here = Path(__file__).resolve()
+    candidates = [here.parents[1] / "examples" / "operator.yaml",
+                  Path(sys.prefix) / "share" / "fabwatch" / "examples" / "operator.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("examples/operator.yaml not found (looked in "
+                            + ", ".join(str(c) for c in candidates) + ")")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Backfill a simulated operator, then run it live and serve fabwatch on it."""
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    database = data_dir / "operator.db"
+    dsn = f"sqlite+aiosqlite:///{database}"
+    try:
+        example = example_inventory()
+    except FileNotFoundError as exc:
+        print(f"fabwatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    inventory = load_or_report([str(example)], {**os.environ, DEMO_DSN_VAR: dsn})
+    if inventory is None:
+        return EXIT_CONFIG
+    host, port = args.listen or (inventory.service.host, inventory.service.port)
+    return asyncio.run(_demo(inventory, args, dsn, data_dir, host, port))
+
+
+async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_dir: Path,
+                host: str, port: int) -> int:
+    from simulator import Simulator  # only the demo needs it
+
+    simulator = Simulator(dsn, seed=args.seed, scale=args.scale, speed=args.speed)
+    try:
+        await simulator.create_schema()
+        if await simulator.cursor() is None:
+            print(f"Backfilling {args.days:g} days of a simulated operator into "
+                  f"{data_dir / 'operator.db'} ...", flush=True)
+            rows = await simulator.backfill(args.days, time.time())
+            print(f"Backfilled {rows} rows.", flush=True)
+        return await _demo_live(simulator, inventory, data_dir, host, port)
+    finally:
+        await simulator.close()
+
+
+async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host: str,
+                     port: int) -> int:
+    """Run the live simulator and the service in this loop until a signal."""
+    app = build_app(inventory, state_path=data_dir / "state.db")
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    async with _stop_on_signals() as stop:
+        live = asyncio.create_task(simulator.run(stop, 1.0), name="simulator")
+        print(f"fabwatch demo running on {data_dir}\n"
+              f"  metrics: {url}/metrics\n  ready:   {url}/readyz\n  index:   {url}/\n"
+              "Press Ctrl+C (or send SIGTERM) to stop.", flush=True)
+        try:
+            await serve(app, host, port, stop)
+        except OSError as exc:
+            _cannot_listen(host, port, exc)
+            return EXIT_FAILED
+        finally:
+            stop.set()
+            await live
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Per-source health: up, last success, sample durations and errors by reason.
+
+The tracker keeps plain numbers and renders them as `samples.Family` objects, like the KPI
+engine does, so exporters treat health and KPIs the same way.
+"""
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from collector.samples import Family, Histogram, Labels
+
+REASONS = ("timeout", "connection", "query", "permission", "internal")
+"""Every `fab_source_errors_total` reason, exported at 0 from the start so `increase()` works."""
+
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+"""Upper bounds (seconds) of `fab_source_sample_duration_seconds`: 1 ms .. 60 s."""
+
+
+def fabwatch_version() -> str:
+    """Return the installed fabwatch version, or `unknown` when run from a bare checkout."""
+    try:
+        return metadata.version("fabwatch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@dataclass
+class _SourceHealth:
+    up: bool = False
+    sampled: bool = False
+    last_success: float | None = None
+    last_reason: str | None = None
+    bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    duration_count: int = 0
+    duration_sum: float = 0.0
+    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+
+    def observe(self, seconds: float) -> None:
+        """Add one sample duration to the histogram."""
+        index = bisect.bisect_left(DURATION_BUCKETS, seconds)
+        if index < len(DURATION_BUCKETS):
+            self.bucket_counts[index] += 1
+        self.duration_count += 1
+        self.duration_sum += seconds
+
+    def histogram(self) -> Histogram:
+        """Return the cumulative histogram of sample durations."""
+        cumulative, running = [], 0
+        for bound, count in zip(DURATION_BUCKETS, self.bucket_counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        cumulative.append((float("inf"), float(self.duration_count)))
+        return Histogram(tuple(cumulative), self.duration_sum, float(self.duration_count))
+
+
+class HealthTracker:
+    """Health of every configured source; a source not sampled yet is down."""
+
+    def __init__(self, sources: Iterable[str], version: str | None = None) -> None:
+        self._sources = {name: _SourceHealth() for name in sources}
+        self.version = version or fabwatch_version()
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Names of the tracked sources, in configuration order."""
+        return tuple(self._sources)
+
+    def record_success(self, source: str, seconds: float, at: float) -> None:
+        """Record a successful sample that took `seconds` and finished at `at` (epoch)."""
+        health = self._sources[source]
+        health.up, health.sampled, health.last_success, health.last_reason = True, True, at, None
+        health.observe(seconds)
+
+    def record_failure(self, source: str, reason: str, seconds: float) -> None:
+        """Record a failed sample; `reason` is a `SourceError.reason` or `internal`."""
+        health = self._sources[source]
+        health.up, health.sampled, health.last_reason = False, True, reason
+        health.errors[reason] = health.errors.get(reason, 0) + 1
+        health.observe(seconds)
+
+    def is_up(self, source: str) -> bool:
+        """Whether the last sample of `source` succeeded."""
+        return self._sources[source].up
+
+    def last_reason(self, source: str) -> str | None:
+        """The reason of the last failure of `source`, None after a success or before any sample."""
+        return self._sources[source].last_reason
+
+    def errors(self, source: str) -> dict[str, int]:
+        """Failures of `source` by reason so far."""
+        return dict(self._sources[source].errors)
+
+    def not_sampled(self) -> list[str]:
+        """Sources not sampled yet (neither a success nor a failure so far)."""
+        return [name for name, health in self._sources.items() if not health.sampled]
+
+    def families(self) -> tuple[Family, ...]:
+        """Render the health of every source as metric families."""
+        up = Family("fab_source_up", "gauge",
+                    "1 if the last sample of the source succeeded, else 0.")
+        last = Family("fab_source_last_success_timestamp_seconds", "gauge",
+                      "When the last successful sample of the source finished (Unix time).")
+        durations = Family("fab_source_sample_duration_seconds", "histogram",
+                           "Time taken by each sample of the source, successful or not.")
+        errors = Family("fab_source_errors", "counter", "Failed samples of the source, by reason.")
+        for name, health in self._sources.items():
+            labels: Labels = (("source", name),)
+            up.samples.append((labels, 1.0 if health.up else 0.0))
+            if health.last_success is not None:
+                last.samples.append((labels, health.last_success))
+            durations.histograms.append((labels, health.histogram()))
+            for reason, count in sorted(health.errors.items()):
+                errors.samples.append(((("source", name), ("reason", reason)), float(count)))
+        info = Family("fab_build_info", "gauge",
+                      "fabwatch build information; the value is always 1.",
+                      [((("version", self.version),), 1.0)])
+        return (up, last, durations, errors, info)

@@ -1,0 +1,90 @@
+"""Structured logs: one event per line, `key=value` pairs, through the `logging` module.
+
+    log_event(logger, "sample_done", source="crm", seconds=0.42)
+    -> ts=2026-01-01T10:00:00.123Z level=info logger=fabwatch.scheduler event=sample_done
+       source=crm seconds=0.42   (on one line)
+
+DSNs are logged only through `safe_dsn`, which hides the password.
+"""
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+_BARE = re.compile(r"^[A-Za-z0-9_.:/@+\-,\[\]()]+$")
+_FIELDS = "fabwatch_fields"
+_HANDLER = "fabwatch"
+
+
+def safe_dsn(dsn: str) -> str:
+    """Render a DSN with its password hidden (`***`), fit for logs and tables."""
+    try:
+        return make_url(dsn).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "<unparsable DSN>"
+
+
+def quote(value: object) -> str:
+    """Quote a value when it holds spaces, quotes, `=` or newlines, so each line stays parseable."""
+    text = value if isinstance(value, str) else _scalar(value)
+    if text and _BARE.match(text):
+        return text
+    escaped = (text.replace("\\", "\\\\").replace('"', '\\"')
+               .replace("\n", "\\n").replace("\r", "\\r"))
+    return f'"{escaped}"'
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+class KeyValueFormatter(logging.Formatter):
+    """Format each record as one line of `key=value` pairs, the traceback included as `exc=`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render the record as a single line."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        pairs: list[tuple[str, object]] = [
+            ("ts", f"{stamp}.{int(record.msecs):03d}Z"),
+            ("level", record.levelname.lower()),
+            ("logger", record.name),
+            ("event", record.getMessage()),
+        ]
+        fields: Mapping[str, object] = getattr(record, _FIELDS, {})
+        pairs.extend(fields.items())
+        if record.exc_info:
+            pairs.append(("exc", self.formatException(record.exc_info)))
+        return " ".join(f"{key}={quote(value)}" for key, value in pairs)
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO,
+              exc_info: bool = False, **fields: Any) -> None:
+    """Log one event with its fields; `exc_info=True` adds the current traceback."""
+    if logger.isEnabledFor(level):
+        logger.log(level, event, exc_info=exc_info, extra={_FIELDS: fields})
+
+
+def setup_logging(level: str | int = "info", stream: TextIO | None = None) -> None:
+    """Send fabwatch's (and the libraries') logs to `stream` (stderr) as key=value lines."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(KeyValueFormatter())
+    handler.set_name(_HANDLER)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == _HANDLER:  # ours, from an earlier call
+            root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    # apscheduler logs every run at INFO; our own events say what matters.
+    logging.getLogger("apscheduler").setLevel(max(root.level, logging.WARNING))
+    logging.getLogger("aiohttp.access").setLevel(max(root.level, logging.WARNING))

@@ -1,0 +1,180 @@
+"""Sample every source on its own schedule: one apscheduler job per source, never overlapping.
+
+Each run calls `sampler.sample()` and hands the result to the health tracker and the exporter;
+scrapes only read what the last run left. Runs of one source never overlap (`max_instances=1`)
+and runs missed while the loop was busy collapse into one (`coalesce=True`).
+"""
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from collector.errors import SourceError
+from collector.health import HealthTracker
+from collector.logs import log_event
+from collector.samples import SourceSample
+from collector.schema import SqlSource
+from exporters.prometheus import PrometheusExporter
+
+_LOG = logging.getLogger("fabwatch.scheduler")
+CRON_MISFIRE_GRACE = 300
+"""A cron run may start up to 5 minutes late (busy loop, suspended host) before it is skipped."""
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+class Sampler(Protocol):
+    """What the scheduler needs from a source sampler (`collector.engine.SourceSampler`)."""
+
+    async def sample(self, now: float | None = None) -> SourceSample:
+        """Take one sample; raise `SourceError` when the source cannot be sampled."""
+        ...
+
+
+def crontab_weekdays(field: str) -> str:
+    """Translate a crontab weekday field (0 or 7 = Sunday) to names apscheduler 3 reads right.
+
+    apscheduler 3.x numbers weekdays from Monday = 0, unlike cron; names are unambiguous.
+    """
+    if field == "*" or any(c.isalpha() for c in field):
+        return field
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            first, last = (int(x) for x in span.split("-", 1))
+        else:
+            first = last = int(span)
+            if step_text:
+                last = 6
+        if not (0 <= first <= 7 and 0 <= last <= 7 and first <= last and step > 0):
+            raise ValueError(f"invalid weekday field {field!r}")
+        days.update(day % 7 for day in range(first, last + 1, step))
+    return ",".join(_WEEKDAYS[day] for day in sorted(days))
+
+
+def trigger_for(source: SqlSource, timezone: ZoneInfo) -> BaseTrigger:
+    """Build the trigger of a source: its crontab if given, else its interval; with its jitter."""
+    if source.cron:
+        minute, hour, day, month, weekday = source.cron.split()
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                           day_of_week=crontab_weekdays(weekday), timezone=timezone,
+                           jitter=source.jitter)
+    return IntervalTrigger(seconds=source.interval, jitter=source.jitter, timezone=timezone)
+
+
+def misfire_grace(source: SqlSource) -> int:
+    """How late a run may start (whole seconds): one interval, after which the next run is due
+    anyway, or 5 minutes for cron."""
+    return CRON_MISFIRE_GRACE if source.cron else max(1, math.ceil(source.interval))
+
+
+class SamplingScheduler:
+    """Owns the `AsyncIOScheduler` that samples every source; start and stop it inside the loop."""
+
+    def __init__(self, sources: Mapping[str, SqlSource], samplers: Mapping[str, Sampler],
+                 health: HealthTracker, exporter: PrometheusExporter, *,
+                 timezone: str = "UTC", clock: Callable[[], float] = time.time) -> None:
+        self._sources = dict(sources)
+        self._samplers = dict(samplers)
+        self._health = health
+        self._exporter = exporter
+        self._timezone = ZoneInfo(timezone)
+        self._clock = clock
+        self._scheduler = AsyncIOScheduler(timezone=self._timezone)
+        self._scheduler.add_listener(self._on_skip, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self.runs: dict[str, int] = dict.fromkeys(self._sources, 0)
+        self.skipped: dict[str, int] = dict.fromkeys(self._sources, 0)
+
+    @property
+    def running(self) -> bool:
+        """Whether the scheduler has been started and not stopped."""
+        return bool(self._scheduler.running) and not self._stopping
+
+    def start(self) -> None:
+        """Add one job per source, each first run due now, and start (inside the running loop)."""
+        now = datetime.now(self._timezone)
+        for name, source in self._sources.items():
+            self._scheduler.add_job(
+                self._job, trigger_for(source, self._timezone), args=(name,), id=name,
+                name=f"sample {name}", max_instances=1, coalesce=True,
+                misfire_grace_time=misfire_grace(source), next_run_time=now)
+        self._scheduler.start()
+        log_event(_LOG, "scheduler_started", sources=",".join(self._sources) or "-")
+
+    async def stop(self) -> None:
+        """Stop scheduling, cancel the samples in flight and wait until they have unwound."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # let the scheduler's own shutdown callback run
+        log_event(_LOG, "scheduler_stopped", cancelled=len(tasks))
+
+    async def _job(self, name: str) -> None:
+        task = asyncio.create_task(self.run_once(name), name=f"sample-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+
+    async def run_once(self, name: str) -> SourceSample | None:
+        """Sample one source now; record the outcome; return the sample, None on failure."""
+        self.runs[name] += 1
+        started = time.perf_counter()
+        try:
+            sample = await self._samplers[name].sample()
+        except SourceError as exc:
+            self._failed(name, exc.reason, time.perf_counter() - started, str(exc))
+            return None
+        except Exception as exc:
+            # A bug, not a source failure: keep serving, but with the traceback in the log.
+            self._failed(name, "internal", time.perf_counter() - started, repr(exc), trace=True)
+            return None
+        seconds = time.perf_counter() - started
+        was_up = self._health.is_up(name)
+        self._health.record_success(name, seconds, self._clock())
+        self._exporter.update(sample)
+        level = logging.DEBUG if was_up else logging.INFO
+        log_event(_LOG, "sample_done", level, source=name, seconds=round(seconds, 4),
+                  families=len(sample.families))
+        return sample
+
+    def _failed(self, name: str, reason: str, seconds: float, error: str,
+                trace: bool = False) -> None:
+        self._health.record_failure(name, reason, seconds)
+        self._exporter.invalidate()
+        level = logging.ERROR if trace else logging.WARNING
+        log_event(_LOG, "sample_failed", level, exc_info=trace, source=name, reason=reason,
+                  seconds=round(seconds, 4), error=error)
+
+    def _on_skip(self, event: JobEvent) -> None:
+        name = str(event.job_id)
+        if name in self.skipped:
+            self.skipped[name] += 1
+        skipped = event.code == EVENT_JOB_MAX_INSTANCES
+        log_event(_LOG, "run_skipped_still_running" if skipped else "run_missed", logging.WARNING,
+                  source=name)

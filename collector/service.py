@@ -1,0 +1,179 @@
+"""The aiohttp service: /metrics, /healthz, /readyz and a tiny index.
+
+`build_app` wires the health tracker, the exporter and the sampling scheduler; the scheduler
+and the samplers are started and stopped with the app (`cleanup_ctx`). Handlers only read what
+the last samples left: a scrape never runs a query.
+"""
+
+import asyncio
+import html
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
+
+from collector.engine import SourceSampler
+from collector.health import HealthTracker
+from collector.logs import log_event, safe_dsn
+from collector.scheduler import Sampler, SamplingScheduler
+from collector.schema import Inventory, Process
+from collector.state import StateStore
+from exporters.prometheus import PrometheusExporter
+
+INVENTORY = web.AppKey("inventory", Inventory)
+HEALTH = web.AppKey("health", HealthTracker)
+EXPORTER = web.AppKey("exporter", PrometheusExporter)
+SCHEDULER = web.AppKey("scheduler", SamplingScheduler)
+
+_LOG = logging.getLogger("fabwatch.service")
+_ACCESS_LOG = logging.getLogger("fabwatch.access")
+_VARY = "Accept, Accept-Encoding"
+
+
+def processes_of(inventory: Inventory, source: str) -> dict[str, Process]:
+    """Return the processes whose records live in `source`."""
+    return {name: process for name, process in inventory.processes.items()
+            if process.records.source == source}
+
+
+def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
+              samplers: Mapping[str, Sampler] | None = None) -> web.Application:
+    """Build the service for `inventory`.
+
+    Samplers are built from the inventory (and opened and closed with the app) unless
+    `samplers` is given, in which case the caller owns them. `state_path` overrides
+    `service.state_path`.
+    """
+    app = web.Application()
+    health = HealthTracker(inventory.sources)
+    app[INVENTORY] = inventory
+    app[HEALTH] = health
+    app[EXPORTER] = PrometheusExporter(health)
+    app.cleanup_ctx.append(_sampling(state_path, samplers))
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None,
+              ) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Return the cleanup context that opens samplers, starts the scheduler, and undoes both."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        inventory = app[INVENTORY]
+        async with AsyncExitStack() as stack:
+            samplers = dict(given) if given is not None else await _open_samplers(
+                inventory, state_path or inventory.service.state_path, stack)
+            scheduler = SamplingScheduler(inventory.sources, samplers, app[HEALTH], app[EXPORTER],
+                                          timezone=inventory.service.timezone)
+            app[SCHEDULER] = scheduler
+            scheduler.start()
+            stack.push_async_callback(scheduler.stop)  # runs first: stop sampling, then close
+            yield
+
+    return context
+
+
+async def _open_samplers(inventory: Inventory, state_path: str | Path,
+                         stack: AsyncExitStack) -> dict[str, Sampler]:
+    """Open the state store and one sampler per source; register their closing on `stack`."""
+    state = StateStore(state_path)
+    stack.callback(state.close)
+    samplers: dict[str, Sampler] = {}
+    for name, source in inventory.sources.items():
+        sampler = SourceSampler(name, source, processes_of(inventory, name), state,
+                                currency=inventory.service.currency,
+                                max_series=inventory.service.max_series_per_process)
+        await sampler.open()
+        stack.push_async_callback(sampler.close)
+        samplers[name] = sampler
+        log_event(_LOG, "source_opened", source=name, dsn=safe_dsn(source.dsn),
+                  processes=",".join(processes_of(inventory, name)) or "-")
+    return samplers
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Serve the cached exposition in the negotiated format and encoding."""
+    exposition = request.app[EXPORTER].respond(request.headers.get("Accept"),
+                                               request.headers.get("Accept-Encoding"))
+    headers = {"Content-Type": exposition.content_type, "Vary": _VARY}
+    if exposition.encoding:
+        headers["Content-Encoding"] = exposition.encoding
+    return web.Response(body=exposition.body, headers=headers)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Answer 200 while the process serves requests."""
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 once every source has been sampled at least once (successfully or not), else 503."""
+    health = request.app[HEALTH]
+    pending = health.not_sampled()
+    down = [name for name in health.sources if name not in pending and not health.is_up(name)]
+    if pending:
+        return web.json_response({"status": "not ready", "not_sampled": pending, "down": down},
+                                 status=503)
+    return web.json_response({"status": "ready", "sources": list(health.sources), "down": down})
+
+
+async def index(request: web.Request) -> web.Response:
+    """A tiny HTML page linking to the endpoints, with each source's state."""
+    health = request.app[HEALTH]
+    pending = set(health.not_sampled())
+    rows = "".join(f"<li>{html.escape(name)}: {html.escape(_state(health, name, pending))}</li>"
+                   for name in health.sources)
+    body = (
+        "<!doctype html><html><head><meta charset=utf-8><title>fabwatch</title></head><body>"
+        "<h1>fabwatch</h1><ul><li><a href=metrics>/metrics</a></li>"
+        "<li><a href=readyz>/readyz</a></li><li><a href=healthz>/healthz</a></li></ul>"
+        f"<h2>Sources</h2><ul>{rows}</ul></body></html>\n")
+    return web.Response(text=body, content_type="text/html")
+
+
+def _state(health: HealthTracker, name: str, pending: set[str]) -> str:
+    if name in pending:
+        return "not sampled yet"
+    return "up" if health.is_up(name) else f"down ({health.last_reason(name)})"
+
+
+class AccessLogger(AbstractAccessLogger):
+    """Access log as key=value events, at DEBUG so that scrapes don't flood the log."""
+
+    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
+        """Log one request."""
+        log_event(self.logger, "http_request", logging.DEBUG, method=request.method,
+                  path=request.path, status=response.status, bytes=response.body_length,
+                  seconds=round(time, 6), remote=request.remote or "-")
+
+    @property
+    def enabled(self) -> bool:
+        """Skip the work when DEBUG is off."""
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+
+async def serve(app: web.Application, host: str, port: int, stop: asyncio.Event) -> None:
+    """Serve `app` on host:port until `stop` is set, then shut down cleanly."""
+    runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=_ACCESS_LOG,
+                           shutdown_timeout=5.0, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log_event(_LOG, "listening", url=f"http://{_url_host(host)}:{port}/")
+        await stop.wait()
+    finally:
+        log_event(_LOG, "stopping")
+        await runner.cleanup()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

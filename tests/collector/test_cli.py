@@ -1,0 +1,186 @@
+"""The fabwatch command line: check, serve and demo, flags from the environment."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from collector.cli import build_parser, main, parse_listen, resolve_env
+from collector.inventory import ConfigError, load_inventory
+from tests.collector.test_service import make_records, write_inventory
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """main() installs its log handler on the root logger; take it off after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def inventory_file(tmp_path: Path) -> Path:
+    records = tmp_path / "records.db"
+    make_records(records)
+    return write_inventory(tmp_path, records)
+
+
+def broken_inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump({
+        "sources": {"crm": {"kind": "sql", "dsn": "sqlite+aiosqlite://", "interval": "soon"}},
+        "processes": {"problem": {
+            "etom": "1.3.1.3", "name": "Problem", "team": "ops",
+            "records": {"source": "crm", "table": "trouble_ticket", "open_statuses": ["open"]},
+            "kpis": {"in_time": {"kind": "sla", "objective": 90}}}}}))
+    return path
+
+
+def test_check_on_a_broken_inventory_prints_each_problem_and_exits_2(tmp_path, capsys):
+    path = broken_inventory(tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        load_inventory([path])
+    assert len(raised.value.problems) >= 2
+    assert main(["check", "-c", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [str(problem) for problem in raised.value.problems]
+    assert any("interval" in line for line in err)
+    assert any("objective" in line for line in err)
+
+
+def test_check_samples_every_kpi_without_touching_the_real_state(tmp_path, inventory_file,
+                                                                 capsys):
+    assert main(["check", "-c", str(inventory_file)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].split() == ["SOURCE", "PROCESS", "KPI", "VALUE", "SECONDS", "STATUS"]
+    kpis = {line.split()[2]: line.split() for line in lines[1:] if line.startswith("crm ")}
+    assert set(kpis) == {"inflow", "backlog", "resolved_in_time", "time_to_restore",
+                         "reopen_rate"}
+    assert kpis["backlog"][3] == "10"
+    assert all(row[-1] == "ok" for row in kpis.values())
+    assert "1 source(s), 5 ok, 0 failed" in out
+    assert not (tmp_path / "state.db").exists()  # the inventory's state file stays untouched
+
+
+def test_check_reports_an_unreachable_source_and_exits_1(tmp_path, capsys):
+    records = tmp_path / "records.db"
+    make_records(records)
+    path = write_inventory(tmp_path, records, unreachable=True)
+    assert main(["check", "-c", str(path)]) == 1
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("remote "))
+    assert "error (connection)" in row
+    assert "u:***@127.0.0.1:1" in row
+    assert "secret" not in out
+
+
+def test_check_reports_missing_columns(tmp_path, capsys):
+    records = tmp_path / "records.db"
+    make_records(records)
+    path = write_inventory(tmp_path, records)
+    document = yaml.safe_load(path.read_text())
+    document["processes"]["problem"]["records"]["columns"]["dimensions"] = ["priority", "region"]
+    path.write_text(yaml.safe_dump(document))
+    assert main(["check", "-c", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "error (columns)" in out
+    assert "region" in out
+
+
+def test_flags_fall_back_to_environment_variables(inventory_file, capsys, monkeypatch):
+    monkeypatch.setenv("FABWATCH_CONFIG", str(inventory_file))
+    assert main(["check"]) == 0
+    args = build_parser().parse_args(["serve", "--listen", "127.0.0.1:1234"])
+    resolve_env(args, {"FABWATCH_LISTEN": "127.0.0.1:9999", "FABWATCH_STATE": "/tmp/s.db",
+                       "FABWATCH_LOG_LEVEL": "DEBUG"})
+    assert args.listen == ("127.0.0.1", 1234)  # the command line wins
+    assert args.state == "/tmp/s.db"
+    assert args.log_level == "debug"
+    demo = build_parser().parse_args(["demo"])
+    resolve_env(demo, {"FABWATCH_DAYS": "3", "FABWATCH_LISTEN": "[::1]:9465"})
+    assert (demo.days, demo.speed, demo.data_dir) == (3.0, 1.0, ".fabwatch-demo")
+    assert demo.listen == ("::1", 9465)
+
+
+def test_missing_config_and_bad_listen(capsys, monkeypatch):
+    monkeypatch.delenv("FABWATCH_CONFIG", raising=False)
+    assert main(["check"]) == 2
+    assert "-c FILE" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as raised:
+        main(["serve", "-c", "x.yaml", "--listen", "nowhere"])
+    assert raised.value.code == 2
+    with pytest.raises(Exception, match="HOST:PORT"):
+        parse_listen("nowhere")
+
+
+def run_fabwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "collector.cli", *args], cwd=ROOT,
+                            env={**os.environ, **(env or {})}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_http(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) -> bytes:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return response.read()
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail(f"{url} never answered 200: {proc.communicate()}")
+
+
+def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, str, str]:
+    proc.send_signal(sig)
+    try:
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    return proc.returncode, out, err
+
+
+def test_serve_stops_cleanly_on_sigterm(inventory_file):
+    port = free_port()
+    proc = run_fabwatch("serve", "-c", str(inventory_file), env={"FABWATCH_LISTEN":
+                                                                 f"127.0.0.1:{port}"})
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc)
+    body = wait_http(f"http://127.0.0.1:{port}/metrics", proc)
+    assert b'fab_source_up{source="crm"} 1.0' in body
+    code, _, err = stop(proc)
+    assert code == 0, err
+    assert "event=scheduler_stopped" in err
+    assert all(line.startswith("ts=") for line in err.splitlines()), err
+
+
+def test_demo_backfills_then_serves_until_sigint(tmp_path):
+    port = free_port()
+    data = tmp_path / "demo"
+    proc = run_fabwatch("demo", "--data-dir", str(data), "--days", "1", "--listen",
+                        f"127.0.0.1:{port}")
+    wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=120)
+    body = wait_http(f"http://127.0.0.1:{port}/metrics", proc)
+    assert b'fab_source_up{source="operator"} 1.0' in body
+    assert b'fab_items_created_total{' in body
+    code, out, err = stop(proc, signal.SIGINT)
+    assert code == 0, err
+    assert f"http://127.0.0.1:{port}/metrics" in out
+    assert "Ctrl+C" in out
+    assert (data / "operator.db").exists()
+    assert (data / "state.db").exists()

@@ -1,0 +1,37 @@
+"""Per-source health: up, last success, durations and errors by reason."""
+
+from collector.health import DURATION_BUCKETS, REASONS, HealthTracker
+
+
+def families(tracker: HealthTracker) -> dict[str, object]:
+    return {family.name: family for family in tracker.families()}
+
+
+def test_a_source_is_down_until_its_first_sample():
+    tracker = HealthTracker(["crm"], version="9.9")
+    found = families(tracker)
+    assert found["fab_source_up"].samples == [((("source", "crm"),), 0.0)]
+    assert found["fab_source_last_success_timestamp_seconds"].samples == []
+    assert {labels[1][1] for labels, _ in found["fab_source_errors"].samples} == set(REASONS)
+    assert found["fab_build_info"].samples == [((("version", "9.9"),), 1.0)]
+    assert tracker.not_sampled() == ["crm"]
+
+
+def test_success_then_failure():
+    tracker = HealthTracker(["crm"])
+    tracker.record_success("crm", 0.003, 1000.0)
+    tracker.record_failure("crm", "timeout", 61.0)
+    found = families(tracker)
+    assert found["fab_source_up"].samples[0][1] == 0.0
+    assert found["fab_source_last_success_timestamp_seconds"].samples[0][1] == 1000.0
+    errors = {labels[1][1]: value for labels, value in found["fab_source_errors"].samples}
+    assert errors["timeout"] == 1.0
+    assert errors["connection"] == 0.0
+    (_, histogram), = found["fab_source_sample_duration_seconds"].histograms
+    assert len(histogram.buckets) == len(DURATION_BUCKETS) + 1
+    assert dict(histogram.buckets)[0.005] == 1.0  # 3 ms
+    assert dict(histogram.buckets)[60.0] == 1.0  # 61 s only in +Inf
+    assert histogram.buckets[-1] == (float("inf"), 2.0)
+    assert histogram.sum == 61.003
+    assert tracker.not_sampled() == []
+    assert tracker.last_reason("crm") == "timeout"

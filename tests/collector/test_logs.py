@@ -1,0 +1,46 @@
+"""Structured logs: one key=value event per line, passwords never shown."""
+
+import io
+import logging
+
+from collector.logs import log_event, quote, safe_dsn, setup_logging
+
+
+def test_safe_dsn_hides_the_password():
+    assert safe_dsn("postgresql+asyncpg://fab:s3cret@db:5432/crm") == \
+        "postgresql+asyncpg://fab:***@db:5432/crm"
+    assert safe_dsn("not a dsn") == "<unparsable DSN>"
+
+
+def test_quote():
+    assert quote("crm") == "crm"
+    assert quote("two words") == '"two words"'
+    assert quote('a "b"\nc') == '"a \\"b\\"\\nc"'
+    assert quote(0.25) == "0.25"
+    assert quote(None) == '""'
+
+
+def test_one_event_per_line_with_traceback_inline():
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        setup_logging("debug", stream)
+        setup_logging("debug", stream)  # a second call replaces, not duplicates, the handler
+        logger = logging.getLogger("fabwatch.test")
+        log_event(logger, "sample_done", source="crm", seconds=0.5, note="a b")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log_event(logger, "sample_failed", logging.ERROR, exc_info=True, source="crm")
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert "level=info logger=fabwatch.test event=sample_done source=crm seconds=0.5 " \
+           'note="a b"' in lines[0]
+    assert lines[1].startswith("ts=")
+    assert "event=sample_failed" in lines[1]
+    assert 'exc="Traceback' in lines[1]
+    assert "ValueError: boom" in lines[1]

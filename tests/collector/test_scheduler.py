@@ -1,0 +1,213 @@
+"""The sampling scheduler: first run at once, no overlap, coalescing, outcomes recorded."""
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.engine import SourceSampler
+from collector.errors import SourceTimeout
+from collector.health import HealthTracker
+from collector.samples import Family, SourceSample
+from collector.scheduler import SamplingScheduler, crontab_weekdays, misfire_grace, trigger_for
+from collector.schema import Process, SqlSource
+from collector.state import StateStore
+from exporters.prometheus import PrometheusExporter
+
+
+class ScriptedSampler:
+    """Implements the sampler interface: sleeps `delay`, then returns a sample or raises."""
+
+    def __init__(self, name: str, delay: float = 0.0, error: BaseException | None = None) -> None:
+        self.name, self.delay, self.error = name, delay, error
+        self.calls: list[float] = []
+        self.active = 0
+        self.max_active = 0
+
+    async def sample(self, now: float | None = None) -> SourceSample:
+        self.calls.append(time.monotonic())
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.active -= 1
+        if self.error is not None:
+            raise self.error
+        family = Family("fab_backlog_items", "gauge", "Open.", [((("process", "p"),), 1.0)])
+        return SourceSample(self.name, time.time(), self.delay, (family,), ())
+
+
+def source(interval: str = "60s", **extra) -> SqlSource:
+    return SqlSource.model_validate({"kind": "sql", "dsn": "sqlite+aiosqlite://",
+                                     "interval": interval, **extra})
+
+
+def scheduler_for(sampler, src: SqlSource) -> tuple[SamplingScheduler, HealthTracker,
+                                                    PrometheusExporter]:
+    health = HealthTracker([sampler.name])
+    exporter = PrometheusExporter(health)
+    return SamplingScheduler({sampler.name: src}, {sampler.name: sampler}, health, exporter), \
+        health, exporter
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_first_run_is_immediate_and_recorded():
+    sampler = ScriptedSampler("crm")
+    scheduler, health, exporter = scheduler_for(sampler, source("1h"))
+    scheduler.start()
+    try:
+        await wait_for(lambda: health.is_up("crm"))
+    finally:
+        await scheduler.stop()
+    assert len(sampler.calls) == 1
+    assert exporter.latest("crm") is not None
+    assert b'fab_source_up{source="crm"} 1.0' in exporter.render()
+
+
+async def test_slow_sampler_never_overlaps():
+    sampler = ScriptedSampler("crm", delay=0.45)
+    scheduler, _, _ = scheduler_for(sampler, source("100ms"))
+    scheduler.start()
+    try:
+        await asyncio.sleep(1.2)
+    finally:
+        await scheduler.stop()
+    assert sampler.max_active == 1
+    assert 2 <= len(sampler.calls) <= 3
+    assert scheduler.skipped["crm"] >= 3  # runs due while one was in flight were skipped
+
+
+async def test_runs_missed_while_the_loop_was_busy_coalesce_into_one():
+    sampler = ScriptedSampler("crm")
+    scheduler, _, _ = scheduler_for(sampler, source("100ms"))
+    scheduler.start()
+    try:
+        await asyncio.sleep(0.25)
+        time.sleep(1.0)  # block the loop: about ten run times pass
+        unblocked = time.monotonic()
+        await asyncio.sleep(0.05)
+        after = [t for t in sampler.calls if t >= unblocked]
+    finally:
+        await scheduler.stop()
+    assert 1 <= len(after) <= 2, f"{len(after)} runs right after the pause"
+
+
+async def test_failures_are_recorded_by_reason_and_keep_the_last_sample():
+    sampler = ScriptedSampler("crm")
+    scheduler, health, exporter = scheduler_for(sampler, source("1h"))
+    assert await scheduler.run_once("crm") is not None
+    sampler.error = SourceTimeout("crm", "no answer within 1s")
+    assert await scheduler.run_once("crm") is None
+    sampler.error = ZeroDivisionError("bug")
+    assert await scheduler.run_once("crm") is None
+    assert not health.is_up("crm")
+    assert health.errors("crm")["timeout"] == 1
+    assert health.errors("crm")["internal"] == 1
+    assert exporter.latest("crm") is not None
+    text = exporter.render().decode()
+    assert 'fab_source_errors_total{reason="internal",source="crm"} 1.0' in text
+    assert 'fab_backlog_items{process="p"} 1.0' in text
+
+
+async def test_internal_errors_are_logged_with_traceback(caplog):
+    sampler = ScriptedSampler("crm", error=ZeroDivisionError("bug"))
+    scheduler, _, _ = scheduler_for(sampler, source("1h"))
+    with caplog.at_level("ERROR", logger="fabwatch.scheduler"):
+        await scheduler.run_once("crm")
+    record = caplog.records[-1]
+    assert record.getMessage() == "sample_failed"
+    assert record.exc_info is not None
+    assert record.exc_info[0] is ZeroDivisionError
+
+
+async def test_stop_cancels_a_sample_in_flight():
+    sampler = ScriptedSampler("crm", delay=30)
+    scheduler, health, _ = scheduler_for(sampler, source("1h"))
+    scheduler.start()
+    await wait_for(lambda: sampler.active == 1)
+    started = time.monotonic()
+    await scheduler.stop()
+    assert time.monotonic() - started < 1
+    assert sampler.active == 0
+    assert health.not_sampled() == ["crm"]  # a cancelled sample is neither success nor failure
+
+
+def test_crontab_weekdays_follow_cron_numbering():
+    assert crontab_weekdays("1-5") == "mon,tue,wed,thu,fri"
+    assert crontab_weekdays("0") == "sun"
+    assert crontab_weekdays("7") == "sun"
+    assert crontab_weekdays("*/2") == "sun,tue,thu,sat"
+    assert crontab_weekdays("mon-fri") == "mon-fri"
+    assert crontab_weekdays("*") == "*"
+    with pytest.raises(ValueError, match="weekday"):
+        crontab_weekdays("5-1")
+
+
+def test_triggers_and_grace():
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo("Europe/Berlin")
+    cron = source(cron="30 6 * * 1-5")
+    trigger = trigger_for(cron, tz)
+    saturday = datetime(2026, 1, 3, 12, 0, tzinfo=tz)
+    fire = trigger.get_next_fire_time(None, saturday)
+    assert (fire.weekday(), fire.hour, fire.minute) == (0, 6, 30)  # Monday 06:30
+    assert misfire_grace(cron) == 300
+    assert misfire_grace(source("15s")) == 15
+    assert misfire_grace(source("100ms")) == 1
+
+
+def make_records(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE trouble_ticket (id TEXT PRIMARY KEY, created_at REAL NOT NULL,
+            completed_at REAL, updated_at REAL NOT NULL, status TEXT NOT NULL, priority TEXT);
+    """)
+    now = time.time()
+    db.executemany("INSERT INTO trouble_ticket VALUES (?, ?, ?, ?, ?, ?)",
+                   [(f"t{i}", now - 600 * i, None, now, "open", "high") for i in range(1, 5)])
+    db.commit()
+    db.close()
+
+
+async def test_a_real_sampler_blocked_by_a_lock_is_not_run_twice(tmp_path):
+    records = tmp_path / "records.db"
+    make_records(records)
+    src = source("100ms", dsn=f"sqlite+aiosqlite:///{records}", timeout="10s")
+    process = Process.model_validate({
+        "etom": "1.3.1.3", "name": "Problem", "team": "ops",
+        "records": {"source": "crm", "table": "trouble_ticket", "open_statuses": ["open"],
+                    "columns": {"dimensions": ["priority"]}},
+        "kpis": {"backlog": {"kind": "backlog"}}})
+    state = StateStore(tmp_path / "state.db")
+    sampler = SourceSampler("crm", src, {"problem": process}, state)
+    await sampler.open()
+    health = HealthTracker(["crm"])
+    exporter = PrometheusExporter(health)
+    scheduler = SamplingScheduler({"crm": src}, {"crm": sampler}, health, exporter)
+    lock = sqlite3.connect(records, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # readers wait (busy timeout) until it is released
+    try:
+        scheduler.start()
+        await asyncio.sleep(0.8)
+        assert scheduler.runs["crm"] == 1
+        assert scheduler.skipped["crm"] >= 3
+        assert health.not_sampled() == ["crm"]
+        lock.execute("COMMIT")
+        await wait_for(lambda: health.is_up("crm"))
+        assert b'fab_backlog_items{priority="high",process="problem"} 4.0' in exporter.render()
+    finally:
+        lock.close()
+        await scheduler.stop()
+        await sampler.close()
+        state.close()
