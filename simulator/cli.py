@@ -1,0 +1,96 @@
+"""`fabwatch simulate`: backfill history and/or run the simulated operator live."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from simulator.incidents import Incident
+from simulator.runner import Simulator, SimulatorError
+
+log = logging.getLogger(__name__)
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    """Return FABWATCH_SIMULATE_<NAME> (read when the parser is built, never at import)."""
+    return os.environ.get(f"FABWATCH_SIMULATE_{name}", default)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+    """Add the `simulate` sub-command (every flag also reads FABWATCH_SIMULATE_<FLAG>)."""
+    parser = subparsers.add_parser(
+        "simulate",
+        help="write simulated work items of the eight eTOM 1.3.1 processes into a database",
+        description="Backfill history (--days) and/or keep writing live (--live) into the records tables.",
+    )
+    dsn = _env("DSN")
+    parser.add_argument(
+        "--dsn", default=dsn, required=dsn is None, help="sqlite+aiosqlite:///path or postgresql+asyncpg://..."
+    )
+    parser.add_argument("--days", type=float, default=float(_env("DAYS", "0") or 0), help="days of history")
+    parser.add_argument("--seed", type=int, default=int(_env("SEED", "1") or 1))
+    parser.add_argument("--scale", type=float, default=float(_env("SCALE", "1") or 1), help="volume factor")
+    parser.add_argument("--live", action="store_true", default=_env("LIVE", "") not in ("", "0", "false"))
+    parser.add_argument("--speed", type=float, default=float(_env("SPEED", "1") or 1), help="time acceleration")
+    parser.add_argument("--tick", type=float, default=float(_env("TICK", "1") or 1), help="live step seconds")
+    parser.add_argument("--timezone", default=_env("TIMEZONE", "Europe/Berlin"), help="for diurnal patterns")
+    parser.add_argument(
+        "--incident",
+        action="append",
+        default=[s for s in (_env("INCIDENT") or "").split(",") if s],
+        metavar="SPEC",
+        help="process:kind:factor[:start_offset[:duration]] (kind: slow, fallout, surge); repeatable",
+    )
+    parser.add_argument("--duration", type=float, default=None, help="stop the live run after S seconds")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the sub-command; return the exit code."""
+    try:
+        return asyncio.run(simulate(args))
+    except (ValueError, SimulatorError) as exc:
+        log.error("simulate failed error=%r", str(exc))
+        return 2
+
+
+async def simulate(args: argparse.Namespace) -> int:
+    """Backfill, then run live or catch up once."""
+    now = time.time()
+    incidents = [Incident.parse(spec, now) for spec in args.incident]
+    sim = Simulator(
+        args.dsn, seed=args.seed, scale=args.scale, speed=args.speed, incidents=incidents, timezone=args.timezone
+    )
+    try:
+        cursor = await sim.cursor()
+        if args.days > 0 and cursor is None:
+            await sim.backfill(args.days, now)
+        elif args.days > 0:
+            log.info("simulate backfill skipped reason=history_present cursor=%.3f", cursor)
+        if args.live or args.duration is not None:
+            await _live(sim, args.tick, args.duration)
+        else:
+            rows = await sim.step(time.time())
+            log.info("simulate step rows=%d", rows)
+    finally:
+        await sim.close()
+    return 0
+
+
+async def _live(sim: Simulator, tick: float, duration: float | None) -> None:
+    """Step every tick until SIGINT/SIGTERM or the duration is over."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if duration is not None:
+        loop.call_later(duration, stop.set)
+    try:
+        await sim.run(stop, tick)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

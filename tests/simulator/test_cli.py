@@ -1,0 +1,45 @@
+import argparse
+import logging
+
+from simulator import cli
+from tests.simulator.helpers import scalar
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser(prog="fabwatch")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["simulate", *argv])
+
+
+def test_backfill_then_catch_up(tmp_path, caplog):
+    path = tmp_path / "cli.db"
+    caplog.set_level(logging.INFO)
+    args = parse("--dsn", f"sqlite+aiosqlite:///{path}", "--days", "0.5", "--scale", "0.2", "--seed", "3")
+    assert cli.run(args) == 0
+    assert scalar(path, "SELECT COUNT(*) FROM party_interaction") > 10
+    assert "simulate backfill days=0.5 rows=" in caplog.text
+    assert cli.run(args) == 0  # history present: no second backfill, just a step
+    assert "simulate backfill skipped reason=history_present" in caplog.text
+
+
+def test_live_with_duration_and_incident(tmp_path):
+    path = tmp_path / "live.db"
+    args = parse(
+        "--dsn", f"sqlite+aiosqlite:///{path}", "--live", "--speed", "500", "--scale", "0.2",
+        "--duration", "0.5", "--tick", "0.1", "--incident", "interface:surge:3",
+    )  # fmt: skip
+    assert cli.run(args) == 0
+    assert scalar(path, "SELECT value FROM sim_state") > 0
+
+
+def test_bad_incident_is_an_error(tmp_path, caplog):
+    args = parse("--dsn", f"sqlite+aiosqlite:///{tmp_path / 'x.db'}", "--incident", "problem:slow:nope")
+    assert cli.run(args) == 2
+    assert "factor 'nope' is not a number" in caplog.text
+
+
+def test_env_defaults(monkeypatch):
+    monkeypatch.setenv("FABWATCH_SIMULATE_DSN", "sqlite+aiosqlite:///x.db")
+    monkeypatch.setenv("FABWATCH_SIMULATE_SPEED", "10")
+    args = parse()
+    assert (args.dsn, args.speed, args.days) == ("sqlite+aiosqlite:///x.db", 10.0, 0.0)
