@@ -1,0 +1,96 @@
+"""Generation: committed output matches the code, uids are stable, the CLI writes every file."""
+
+import json
+
+import yaml
+
+from collector.cli import main
+from dashboards.build import build, write
+from dashboards.common import DATASOURCE_UID, process_uid
+from dashboards.contents import contents_markdown
+from tests.dashboards.conftest import COMMITTED, EXAMPLE
+
+REBUILD = "run `fabwatch dashboards build -c examples/operator.yaml --out examples/dashboards`"
+
+
+def test_committed_output_matches_the_code(inventory):
+    files = build(inventory).files
+    committed = {str(p.relative_to(COMMITTED)): p.read_text(encoding="utf-8")
+                 for p in COMMITTED.rglob("*") if p.is_file()}
+    stale = sorted(set(committed) - set(files))
+    drifted = sorted(path for path, text in files.items() if committed.get(path) != text)
+    assert (stale, drifted) == ([], []), REBUILD
+
+
+def test_uids_are_stable_and_derived_from_the_inventory(dashboards, inventory):
+    expected = {"fabwatch-overview", "fabwatch-management", "fabwatch-self",
+                *(process_uid(name) for name in inventory.processes)}
+    assert set(dashboards) == expected
+    assert process_uid("bill_inquiry") == "fabwatch-process-bill-inquiry"
+
+
+def test_long_process_names_get_short_unique_uids():
+    long_a, long_b = "a" * 60, "a" * 59 + "b"
+    assert len(process_uid(long_a)) <= 40
+    assert process_uid(long_a) != process_uid(long_b)
+
+
+def test_every_panel_links_back_or_on(dashboards, inventory):
+    overview = dashboards["fabwatch-overview"]
+    tiles = [p for p in overview["panels"] if p["type"] == "stat"]
+    targets = {link["url"].split("?")[0] for p in tiles for link in p["fieldConfig"]["defaults"]["links"]}
+    assert targets == {f"/d/{process_uid(name)}" for name in inventory.processes}
+
+
+def test_processes_without_a_histogram_have_no_cycle_time_row(dashboards):
+    rows = [p["title"] for p in dashboards[process_uid("retention")]["panels"] if p["type"] == "row"]
+    assert "Cycle time" not in rows
+    assert "Cycle time" in [p["title"] for p in dashboards[process_uid("order")]["panels"] if p["type"] == "row"]
+
+
+def test_thresholds_come_from_the_targets(dashboards):
+    problem = dashboards[process_uid("problem")]
+    backlog = next(p for p in problem["panels"] if p["title"] == "Backlog" and p["type"] == "stat")
+    steps = backlog["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert steps == [{"color": "green", "value": None}, {"color": "red", "value": 500}]
+
+
+def test_provisioning_points_at_the_datasource_the_dashboards_use(inventory):
+    files = build(inventory, prometheus_url="http://prometheus:9090").files
+    datasources = yaml.safe_load(files["provisioning/datasources/fabwatch.yaml"])["datasources"]
+    providers = yaml.safe_load(files["provisioning/dashboards/fabwatch.yaml"])["providers"]
+    assert [(d["uid"], d["type"], d["url"]) for d in datasources] == [(DATASOURCE_UID, "prometheus",
+                                                                       "http://prometheus:9090")]
+    assert [(p["type"], p["folder"]) for p in providers] == [("file", "fabwatch")]
+    overview = json.loads(files["dashboards/fabwatch-overview.json"])
+    assert overview["templating"]["list"][0]["current"]["value"] == DATASOURCE_UID
+
+
+def test_contents_lists_every_row_and_panel(dashboards):
+    text = contents_markdown(dashboards.values())
+    assert text.count("### ") == len(dashboards)
+    assert "| Cycle time | Cycle time percentiles (timeseries, s); Cycle time distribution (heatmap, s) |" in text
+
+
+def test_cli_build_writes_everything_and_removes_stale_dashboards(tmp_path, monkeypatch, capsys):
+    for name in ("FABWATCH_LISTEN", "FABWATCH_STATE", "FABWATCH_DEMO_DSN", "FABWATCH_INTERVAL"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "dashboards").mkdir()
+    (tmp_path / "dashboards" / "gone.json").write_text("{}")
+    assert main(["dashboards", "build", "-c", str(EXAMPLE), "--out", str(tmp_path)]) == 0
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    committed = sorted(str(p.relative_to(COMMITTED)) for p in COMMITTED.rglob("*") if p.is_file())
+    assert written == committed
+    assert "Wrote 11 dashboards" in capsys.readouterr().out
+
+
+def test_cli_build_reports_inventory_problems(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources: {}\nprocesses: {x: {}}\n")
+    assert main(["dashboards", "build", "-c", str(bad), "--out", str(tmp_path / "out")]) == 2
+    assert "processes.x" in capsys.readouterr().err
+
+
+def test_write_returns_every_path(tmp_path, inventory):
+    output = build(inventory)
+    assert len(write(output, tmp_path)) == len(output.files)
