@@ -257,13 +257,13 @@ def _check_kpi(kpi: object, process: Process, known: set[str]) -> list[tuple[str
     needs: list[tuple[str, str | None]] = []
     if isinstance(kpi, DurationKpi | SlaKpi | CostKpi) or getattr(kpi, "of", None) == "completed":
         needs.append(("completed", columns.completed))
-    if isinstance(kpi, SlaKpi | OverdueKpi):
+    if isinstance(kpi, OverdueKpi) or (isinstance(kpi, SlaKpi) and kpi.good is None):
         needs.append(("due", columns.due))
     problems = [("", f"a {kpi.kind} KPI needs records.columns.{what}")  # type: ignore[attr-defined]
                 for what, column in needs if column is None]
     if isinstance(kpi, CostKpi) and not process.costs:
         problems.append(("", "a cost KPI needs at least one entry under costs"))
-    if isinstance(kpi, RatioKpi):
+    if isinstance(kpi, RatioKpi | SlaKpi) and kpi.good:
         problems += [(".good", _unknown_column(c, known)) for c in predicate_columns(kpi.good) - known]
     return problems
 

@@ -173,6 +173,8 @@ class SlaKpi(_Kpi):
     objective: float
     window: Duration = 30 * 86400.0
 
+    good: str | None = None
+    """SQL predicate for a good event; without it, good means completed by the due time."""
     @field_validator("objective")
     @classmethod
     def _objective(cls, value: float) -> float:

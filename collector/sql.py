@@ -103,7 +103,10 @@ def _completed_sums(process: Process, tbl: TableClause, buckets: Sequence[float]
         sums.append(("dur_sum", func.sum(duration)))
         sums += [(f"le_{i}", _count_if(duration <= bound)) for i, bound in enumerate(buckets)]
     for name, kpi in process.kpis.items():
-        if isinstance(kpi, SlaKpi) and cols.due:
+        if isinstance(kpi, SlaKpi) and kpi.good:
+            sums.append((f"sla_good_{name}", _count_if(text(f"({kpi.good})"))))
+            sums.append((f"sla_valid_{name}", func.count()))
+        elif isinstance(kpi, SlaKpi) and cols.due:
             due = tbl.c[cols.due]
             sums.append((f"sla_good_{name}", _count_if(and_(due.is_not(None), tbl.c[cols.completed] <= due))))
             sums.append((f"sla_valid_{name}", _count_if(due.is_not(None))))

@@ -91,6 +91,8 @@ def _kpi(process: Process, name: str, kpi: object, rows: list[Row], now: float, 
     if isinstance(kpi, VolumeKpi):
         return float(sum(1 for r in rows if in_window(r[f"{kpi.of}_at"], hi, kpi.window)))
     done = [r for r in rows if in_window(r["completed_at"], hi, getattr(kpi, "window", 0.0))]
+    if isinstance(kpi, SlaKpi) and kpi.good:
+        return sum(1 for r in done if PREDICATES[kpi.good](r)) / len(done) if done else None
     if isinstance(kpi, SlaKpi):
         valid = [r for r in done if r["due_at"] is not None]
         return sum(1 for r in valid if r["completed_at"] <= r["due_at"]) / len(valid) if valid else None

@@ -1,0 +1,73 @@
+"""Issue acceptance on the real thing: `fabwatch demo` as a user starts it, scraped by a real Prometheus."""
+
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PrometheusFactory
+from tests.servers import free_port, stop_process
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).parents[1]
+PROCESSES = {"interface", "order", "problem", "retention", "qos_sla", "invoice", "payments", "bill_inquiry"}
+CONTRACT = ("fab_items_created_total", "fab_backlog_items", "fab_cycle_time_seconds_bucket", "fab_sla_good_total",
+            "fab_sla_valid_total", "fab_cost_total", "fab_kpi_value", "fab_kpi_target")
+PROMETHEUS = """
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+scrape_configs:
+  - job_name: fabwatch
+    static_configs: [{targets: ["%s"]}]
+"""
+
+
+def processes_of(body: str, metric: str) -> set[str]:
+    return set(re.findall(rf'^{metric}\{{[^}}]*process="([a-z_]+)"', body, re.MULTILINE))
+
+
+def complete(body: str) -> bool:
+    up = 'fab_source_up{source="operator"} 1.0' in body
+    return up and all(processes_of(body, metric) == PROCESSES for metric in CONTRACT)
+
+
+@pytest.fixture
+def demo(tmp_path: Path):
+    """Start the demo exactly as the README does (default 35-day backfill), on a free port."""
+    address = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector.cli", "demo", "--data-dir", str(tmp_path / "demo"), "--listen", address],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    yield address, proc, started
+    stop_process(proc)  # type: ignore[arg-type]
+
+
+def test_demo_serves_the_contract_for_all_eight_processes_within_30_seconds(demo, promtool, prometheus_factory:
+                                                                            PrometheusFactory) -> None:
+    address, proc, started = demo
+    body = ""
+    while time.monotonic() - started < 30 and not complete(body):
+        assert proc.poll() is None, proc.communicate()
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+                body = response.read().decode()
+        except OSError:
+            pass
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
+    missing = {m: PROCESSES - processes_of(body, m) for m in CONTRACT if processes_of(body, m) != PROCESSES}
+    assert complete(body), f"after {elapsed:.1f}s, missing processes per metric: {missing}"
+
+    lint = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True, check=False)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
+
+    prometheus = prometheus_factory(PROMETHEUS % address)
+    series = prometheus.wait_for("sum by (process) (fab_items_created_total)",
+                                 lambda result: len(result) == len(PROCESSES), timeout=30)
+    assert {s["metric"]["process"] for s in series} == PROCESSES
+    assert all(float(s["value"][1]) > 0 for s in series)
