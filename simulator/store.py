@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import (
@@ -157,7 +158,8 @@ async def _chunked(conn: AsyncConnection, stmt: Any, rows: Sequence[Row]) -> Non
     sql = str(compiled)
     params: Sequence[Any] = rows
     if compiled.positional:
-        order = compiled.positiontup or []
-        params = [tuple(row[key] for key in order) for row in rows]
+        keys = list(compiled.positiontup or ())
+        pick = itemgetter(*keys)  # one key gives a bare value, not a 1-tuple
+        params = [pick(row) for row in rows] if len(keys) > 1 else [(pick(row),) for row in rows]
     for i in range(0, len(params), CHUNK):
         await conn.exec_driver_sql(sql, params[i : i + CHUNK])

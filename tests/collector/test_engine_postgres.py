@@ -70,7 +70,8 @@ async def test_statement_timeout_is_enforced_by_postgresql(postgres: PostgresSer
     dsn = postgres.dsn("fabwatch_ro", database=database)
     await fill(postgres.dsn("fabwatch", database=database))
     slow = tmp_path / "slow.yaml"
-    slow.write_text("processes:\n  problem:\n    kpis:\n      slow: {kind: value, sql: \"SELECT 1 FROM pg_sleep(30)\"}\n")
+    slow.write_text("processes:\n  problem:\n    kpis:\n"
+                    "      slow: {kind: value, sql: \"SELECT 1 FROM pg_sleep(30)\"}\n")
     inventory = load_inventory([EXAMPLE, slow], {"FABWATCH_DEMO_DSN": dsn})
     source = inventory.sources["operator"].model_copy(update={"timeout": 1.0})
     engine = SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.state"))

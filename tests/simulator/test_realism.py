@@ -82,7 +82,8 @@ def test_weekend_and_night_volumes_are_lower(db):
     zone = ZoneInfo("Europe/Berlin")
     per_day: dict[int, int] = {}
     per_hour: dict[int, int] = {}
-    for (created,) in query(db, "SELECT created_at FROM party_interaction UNION ALL SELECT created_at FROM trouble_ticket"):
+    sql = "SELECT created_at FROM party_interaction UNION ALL SELECT created_at FROM trouble_ticket"
+    for (created,) in query(db, sql):
         local = datetime.fromtimestamp(created, zone)
         per_day[local.weekday()] = per_day.get(local.weekday(), 0) + 1
         per_hour[local.hour] = per_hour.get(local.hour, 0) + 1
