@@ -29,6 +29,7 @@ from collector.logs import safe_dsn, setup_logging
 from collector.schema import Inventory, ServiceConfig
 from collector.service import build_app, processes_of, serve
 from collector.state import StateStore
+from alerts import cli as alerts_cli
 from dashboards import cli as dashboards_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_simulate(commands, common)
     dashboards_cli.add_parser(commands).set_defaults(command=dashboards_cli.run, env_flags=common)
+    alerts_cli.add_parser(commands).set_defaults(command=alerts_cli.run, env_flags=common)
     return parser
 
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from alerts.config import AlertingConfig
 from collector.durations import Duration
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
@@ -172,7 +173,6 @@ class SlaKpi(_Kpi):
     kind: Literal["sla"]
     objective: float
     window: Duration = 30 * 86400.0
-
     good: str | None = None
     """SQL predicate for a good event; without it, good means completed by the due time."""
     @field_validator("objective")
@@ -254,3 +254,4 @@ class Inventory(Model):
     service: ServiceConfig = ServiceConfig()
     sources: dict[Name, Source]
     processes: dict[Name, Process]
+    alerting: AlertingConfig = AlertingConfig()

@@ -2,12 +2,12 @@
 
 from typing import Any
 
+from collector.naming import MANAGEMENT_UID
 from collector.schema import CostKpi, Inventory
 from dashboards import promql
 from dashboards.common import (
     BAD,
     GOOD,
-    MANAGEMENT_UID,
     WARN,
     PanelSpec,
     RowSpec,

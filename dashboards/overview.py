@@ -3,14 +3,12 @@
 from collections.abc import Iterator
 from typing import Any
 
+from collector.naming import MANAGEMENT_UID, OVERVIEW_UID, SELF_UID, process_uid
 from collector.schema import BacklogKpi, CostKpi, Inventory, OverdueKpi, Process, SlaKpi, Target
 from dashboards import promql
 from dashboards.common import (
     BAD,
     GOOD,
-    MANAGEMENT_UID,
-    OVERVIEW_UID,
-    SELF_UID,
     WARN,
     PanelSpec,
     RowSpec,
@@ -21,7 +19,6 @@ from dashboards.common import (
     data_link,
     datasource_variable,
     job_instance_variables,
-    process_uid,
     query,
     regex,
     stat_panel,

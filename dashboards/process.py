@@ -6,6 +6,7 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.models import dashboard as dm
 
+from collector.naming import process_uid
 from collector.schema import BacklogKpi, CostKpi, DurationKpi, Inventory, Kpi, OverdueKpi, Process, SlaKpi, ValueKpi
 from dashboards import promql
 from dashboards.common import (
@@ -20,7 +21,6 @@ from dashboards.common import (
     datasource_variable,
     heatmap_panel,
     job_instance_variables,
-    process_uid,
     query,
     stat_panel,
     state_panel,

@@ -2,12 +2,12 @@
 
 from typing import Any
 
+from collector.naming import SELF_UID
 from collector.schema import Inventory
 from dashboards import promql
 from dashboards.common import (
     BAD,
     GOOD,
-    SELF_UID,
     WARN,
     RowSpec,
     alerts_annotation,

@@ -5,8 +5,9 @@ import json
 import yaml
 
 from collector.cli import main
-from dashboards.build import build, write
-from dashboards.common import DATASOURCE_UID, process_uid
+from collector.naming import process_uid
+from dashboards.build import build, build_dashboards, write
+from dashboards.common import DATASOURCE_UID
 from dashboards.contents import contents_markdown
 from tests.dashboards.conftest import COMMITTED, EXAMPLE
 
@@ -42,10 +43,15 @@ def test_every_panel_links_back_or_on(dashboards, inventory):
     assert targets == {f"/d/{process_uid(name)}" for name in inventory.processes}
 
 
-def test_processes_without_a_histogram_have_no_cycle_time_row(dashboards):
-    rows = [p["title"] for p in dashboards[process_uid("retention")]["panels"] if p["type"] == "row"]
+def test_processes_without_a_histogram_have_no_cycle_time_row(inventory):
+    retention = inventory.processes["retention"]
+    kpis = {name: kpi for name, kpi in retention.kpis.items() if kpi.kind != "duration"}
+    without = inventory.model_copy(update={"processes": {
+        **inventory.processes, "retention": retention.model_copy(update={"kpis": kpis})}})
+    built = build_dashboards(without)
+    rows = [p["title"] for p in built[process_uid("retention")]["panels"] if p["type"] == "row"]
     assert "Cycle time" not in rows
-    assert "Cycle time" in [p["title"] for p in dashboards[process_uid("order")]["panels"] if p["type"] == "row"]
+    assert "Cycle time" in [p["title"] for p in built[process_uid("order")]["panels"] if p["type"] == "row"]
 
 
 def test_thresholds_come_from_the_targets(dashboards):

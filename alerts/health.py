@@ -1,0 +1,79 @@
+"""Health alerts: a source down, absent or stale, and a KPI that stopped being exported.
+
+Each is raised once per process the source feeds, so it reaches that process's team.
+"""
+
+from __future__ import annotations
+
+from alerts.config import AlertingConfig
+from alerts.model import Rule, RuleGroup
+from alerts.promql import number, selector, window
+from alerts.text import dashboard_url, runbook_url
+from collector.schema import Inventory, Process
+
+DOWN_ALERT = "FabSourceDown"
+ABSENT_ALERT = "FabSourceAbsent"
+STALE_ALERT = "FabSourceStale"
+KPI_ABSENT_ALERT = "FabKpiAbsent"
+SOURCE_KPI = "source"
+
+
+def stale_after(inventory: Inventory, source: str) -> float:
+    """Return how old the last successful sample may get before the data counts as stale."""
+    health = inventory.alerting.health
+    return max(health.stale_intervals * inventory.sources[source].interval, health.stale_min)
+
+
+def health_group(inventory: Inventory) -> RuleGroup:
+    """Return the health alerts of every process."""
+    rules: list[Rule] = []
+    for name, process in inventory.processes.items():
+        rules += source_alerts(inventory, name, process)
+        rules += [kpi_absent_alert(name, process, kpi, inventory.alerting) for kpi in process.kpis]
+    return RuleGroup("fabwatch-health", tuple(rules))
+
+
+def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rule]:
+    """Return the down, absent and stale alerts of the source feeding one process."""
+    alerting, source = inventory.alerting, process.records.source
+    health = alerting.health
+    up = selector("fab_source_up", source=source)
+    last = selector("fab_source_last_success_timestamp_seconds", source=source)
+    labels = {"severity": health.severity, "team": process.team, "process": name, "kpi": SOURCE_KPI}
+    links = {"runbook_url": "", "dashboard_url": dashboard_url(alerting.grafana_url, None)}
+
+    def annotate(alert: str, summary: str, description: str) -> dict[str, str]:
+        return {"summary": summary, "description": description,
+                **links, "runbook_url": runbook_url(process, alert, alerting.runbook_url)}
+
+    return [
+        Rule(f"max by (source) ({up}) == 0", alert=DOWN_ALERT, for_=health.source_down_for, labels=labels,
+             annotations=annotate(DOWN_ALERT, "A source cannot be sampled.",
+                                  f"Source {{{{ $labels.source }}}} failed every sample for "
+                                  f"{window(health.source_down_for)}: the KPIs of {name} are not updated.")),
+        Rule(f"absent({up})", alert=ABSENT_ALERT, for_=health.source_down_for, labels=labels,
+             annotations=annotate(ABSENT_ALERT, "No fabwatch instance exports a source.",
+                                  f"Prometheus has no fab_source_up for source {source} "
+                                  f"(fabwatch down or not scraped): {name} is not monitored.")),
+        Rule(f"time() - max by (source) ({last}) > {number(stale_after(inventory, source))}",
+             alert=STALE_ALERT, labels=labels,
+             annotations=annotate(STALE_ALERT, "The data of a source is stale.",
+                                  f"The last successful sample of source {{{{ $labels.source }}}} is "
+                                  f"{{{{ $value | humanizeDuration }}}} old: the KPIs of {name} are stale.")),
+    ]
+
+
+def kpi_absent_alert(name: str, process: Process, kpi: str, alerting: AlertingConfig) -> Rule:
+    """Return the alert for a KPI with no value exported for `health.absent_for`."""
+    health = alerting.health
+    return Rule(
+        f"absent({selector('fab_kpi_value', process=name, kpi=kpi)})",
+        alert=KPI_ABSENT_ALERT, for_=health.absent_for,
+        labels={"severity": health.absent_severity, "team": process.team, "process": name, "kpi": kpi},
+        annotations={
+            "summary": "A KPI has no value.",
+            "description": (f"No fab_kpi_value for {{{{ $labels.kpi }}}} of {{{{ $labels.process }}}} for "
+                            f"{window(health.absent_for)}: no events in its window, or the KPI query fails."),
+            "runbook_url": runbook_url(process, KPI_ABSENT_ALERT, alerting.runbook_url),
+            "dashboard_url": dashboard_url(alerting.grafana_url, name),
+        })

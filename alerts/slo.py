@@ -1,0 +1,218 @@
+"""SLA KPIs: error-ratio recording rules and multi-window multi-burn-rate alerts (SRE Workbook ch. 5).
+
+Events are the counters `fab_sla_good_total` / `fab_sla_valid_total{process, kpi}`; the error
+ratio over a window is `1 - increase(good) / increase(valid)`. Windows up to
+`slo.raw_window_max` read the counters; longer ones (1d, 3d, the SLO window) sum the recorded
+base-window increases, as Sloth does with `sum_over_time`, but as a ratio of sums: an average of
+short ratios would be NaN as soon as one base window of a low-volume process saw no event.
+
+Low volumes are handled twice: a long window needs `min_events` valid events before its ratio
+counts, and a short window with no event at all does not reset a firing alert (no news is not
+recovery), so a process with a few tickets per hour neither pages on one late ticket nor flaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from alerts.config import AlertingConfig, BurnWindow, SloAlerting
+from alerts.model import Rule, RuleGroup
+from alerts.promql import indent, number, selector, window
+from alerts.text import dashboard_url, runbook_url
+from collector.schema import Process, SlaKpi
+
+GOOD, VALID = "fab_sla_good_total", "fab_sla_valid_total"
+GOOD_BASE = "process_kpi:fab_sla_good:increase{w}"
+VALID_W = "process_kpi:fab_sla_valid:increase{w}"
+ERROR_W = "process_kpi:fab_sla_error:ratio_rate{w}"
+VALID_PERIOD = "process_kpi:fab_sla_valid:increase_period"
+ERROR_PERIOD = "process_kpi:fab_sla_error:ratio_period"
+OBJECTIVE = "process_kpi:fab_sla_objective:ratio"
+BUDGET = "process_kpi:fab_sla_error_budget:ratio"
+BURN_CURRENT = "process_kpi:fab_sla_burn_rate:current"
+BURN_PERIOD = "process_kpi:fab_sla_burn_rate:period"
+REMAINING = "process_kpi:fab_sla_error_budget_remaining:period"
+REMAINING_EVENTS = "process_kpi:fab_sla_error_budget_remaining:events"
+BURN_ALERT = "FabSlaErrorBudgetBurn"
+AT_RISK_ALERT = "FabSlaAtRisk"
+
+
+@dataclass(frozen=True)
+class BurnPair:
+    """A window pair with its derived burn-rate factor and error-ratio threshold."""
+
+    severity: str
+    long: float
+    short: float
+    budget_share: float
+    min_events: int
+    factor: float
+    budget: float
+
+    @property
+    def threshold(self) -> float:
+        return self.factor * self.budget
+
+    @property
+    def reachable(self) -> bool:
+        """Whether an error ratio (at most 1) can exceed the threshold at all."""
+        return self.threshold < 1
+
+
+def burn_factor(slo_window: float, long: float, budget_share: float) -> float:
+    """Return the burn rate that spends `budget_share` of the budget within `long`."""
+    return budget_share * slo_window / long
+
+
+def burn_pairs(slo_window: float, objective: float, slo: SloAlerting) -> tuple[BurnPair, ...]:
+    """Return every configured window pair with its factor for this SLO."""
+    return tuple(_pair(w, slo_window, 1 - objective, slo.min_events) for w in slo.windows)
+
+
+def _pair(w: BurnWindow, slo_window: float, budget: float, min_events: int) -> BurnPair:
+    factor = round(burn_factor(slo_window, w.long, w.budget_share), 9)
+    events = w.min_events if w.min_events is not None else min_events
+    return BurnPair(w.severity, w.long, w.short, w.budget_share, events, factor, round(budget, 12))
+
+
+def sla_kpis(process: Process) -> dict[str, SlaKpi]:
+    """Return the SLA KPIs of a process."""
+    return {name: kpi for name, kpi in process.kpis.items() if isinstance(kpi, SlaKpi)}
+
+
+def recording_group(name: str, process: Process, slo: SloAlerting) -> RuleGroup:
+    """Return the SLO recording rules of one process (one group: later rules read earlier ones)."""
+    rules: list[Rule] = []
+    for kpi_name, kpi in sla_kpis(process).items():
+        rules += kpi_recordings(name, kpi_name, kpi, slo)
+    return RuleGroup(f"fabwatch-sla-recordings-{name}", tuple(rules), slo.evaluation_interval)
+
+
+def kpi_recordings(process: str, kpi: str, sla: SlaKpi, slo: SloAlerting) -> list[Rule]:
+    """Return the recording rules of one SLA KPI."""
+    labels = {"process": process, "kpi": kpi}
+    base = slo.base_window
+    rules = [Rule(_sum_increase(GOOD, base, labels), record=GOOD_BASE.format(w=window(base))),
+             Rule(_sum_increase(VALID, base, labels), record=VALID_W.format(w=window(base)))]
+    for length in slo.ratio_windows():
+        valid = VALID_W.format(w=window(length))
+        error = ERROR_W.format(w=window(length))
+        rules += _window_rules(length, labels, slo, error, None if length == base else valid)
+    rules += _window_rules(sla.window, labels, slo, ERROR_PERIOD, VALID_PERIOD)
+    budget = 1 - sla.objective
+    rules += [
+        Rule(f"vector({number(sla.objective)})", record=OBJECTIVE, labels=labels),
+        Rule(f"vector({number(budget)})", record=BUDGET, labels=labels),
+        Rule(_divide(ERROR_W.format(w=window(_current_window(slo))), BUDGET, labels), record=BURN_CURRENT),
+        Rule(_divide(ERROR_PERIOD, BUDGET, labels), record=BURN_PERIOD),
+        Rule(f"1 - {selector(BURN_PERIOD, **labels)}", record=REMAINING),
+        Rule(f"{selector(VALID_PERIOD, **labels)}\n* on (process, kpi)\n"
+             f"({selector(BUDGET, **labels)} - on (process, kpi) {selector(ERROR_PERIOD, **labels)})",
+             record=REMAINING_EVENTS),
+    ]
+    return rules
+
+
+def _current_window(slo: SloAlerting) -> float:
+    """Return the window of the 'current' burn rate: the fastest page's long window."""
+    return min(w.long for w in slo.windows)
+
+
+def _window_rules(length: float, labels: dict[str, str], slo: SloAlerting, error: str,
+                  valid: str | None) -> list[Rule]:
+    if length <= slo.raw_window_max:
+        ratio = (f"1 - (\n{indent(_sum_increase(GOOD, length, labels))}\n  /\n"
+                 f"{indent(_sum_increase(VALID, length, labels))}\n)")
+        count = _sum_increase(VALID, length, labels)
+    else:
+        good = f"sum_over_time({selector(GOOD_BASE.format(w=window(slo.base_window)), **labels)}[{window(length)}])"
+        total = f"sum_over_time({selector(VALID_W.format(w=window(slo.base_window)), **labels)}[{window(length)}])"
+        ratio = f"1 - (\n  {good}\n  /\n  {total}\n)"
+        # Each evaluation adds one base-window increase: the sum counts every event base/interval times.
+        count = f"{total}\n* {number(slo.evaluation_interval)} / {number(slo.base_window)}"
+    rules = [Rule(ratio, record=error)]
+    if valid is not None:
+        rules.append(Rule(count, record=valid))
+    return rules
+
+
+def _sum_increase(metric: str, length: float, labels: dict[str, str]) -> str:
+    return f"sum by (process, kpi) (increase({selector(metric, **labels)}[{window(length)}]))"
+
+
+def _divide(numerator: str, denominator: str, labels: dict[str, str]) -> str:
+    return f"{selector(numerator, **labels)}\n/ on (process, kpi)\n{selector(denominator, **labels)}"
+
+
+def alert_group(name: str, process: Process, alerting: AlertingConfig) -> RuleGroup:
+    """Return the burn-rate and in-flight alerts of one process's SLA KPIs."""
+    rules: list[Rule] = []
+    for kpi_name, kpi in sla_kpis(process).items():
+        pairs = burn_pairs(kpi.window, kpi.objective, alerting.slo)
+        for severity in ("critical", "warning"):
+            chosen = [p for p in pairs if p.severity == severity and p.reachable]
+            if chosen:
+                rules.append(burn_alert(name, kpi_name, kpi, process, chosen, severity, alerting))
+        rules.append(at_risk_alert(name, kpi_name, kpi, process, alerting))
+    return RuleGroup(f"fabwatch-sla-alerts-{name}", tuple(rules), alerting.slo.evaluation_interval)
+
+
+def burn_condition(pair: BurnPair, labels: dict[str, str]) -> str:
+    """Return one pair's condition: both ratios over the threshold, enough events in the long window."""
+    threshold = f"({number(pair.factor)} * {number(pair.budget)})"
+    long_ratio = f"{selector(ERROR_W.format(w=window(pair.long)), **labels)} > {threshold}"
+    if pair.min_events:
+        long_ratio += (f"\nand on (process, kpi)\n"
+                       f"{selector(VALID_W.format(w=window(pair.long)), **labels)} >= {pair.min_events}")
+    short = (f"{selector(ERROR_W.format(w=window(pair.short)), **labels)} > {threshold}\n"
+             f"or on (process, kpi)\n{selector(VALID_W.format(w=window(pair.short)), **labels)} == 0")
+    return f"(\n{indent(long_ratio)}\n  and on (process, kpi)\n  (\n{indent(short, 4)}\n  )\n)"
+
+
+def burn_alert(process_name: str, kpi_name: str, kpi: SlaKpi, process: Process, pairs: list[BurnPair],
+               severity: str, alerting: AlertingConfig) -> Rule:
+    """Return the page (critical) or ticket (warning) burn-rate alert of one SLA KPI."""
+    labels = {"process": process_name, "kpi": kpi_name}
+    expr = "\nor on (process, kpi)\n".join(burn_condition(p, labels) for p in pairs)
+    speed = "fast" if severity == "critical" else "steadily"
+    described = ", ".join(f"{window(p.long)}/{window(p.short)} at {number(p.factor)}x" for p in pairs)
+    return Rule(
+        expr, alert=BURN_ALERT,
+        labels={"severity": severity, "team": process.team, **labels},
+        annotations={
+            "summary": f"An SLA is burning its error budget {speed}.",
+            "description": (f"{{{{ $labels.kpi }}}} of {{{{ $labels.process }}}} failed {{{{ $value | "
+                            f"humanizePercentage }}}} of its events over the long window; the objective is "
+                            f"{_percent(kpi.objective)} over {window(kpi.window)} (windows {described})."),
+            "runbook_url": runbook_url(process, BURN_ALERT, alerting.runbook_url),
+            "dashboard_url": dashboard_url(alerting.grafana_url, process_name),
+        })
+
+
+def at_risk_alert(process_name: str, kpi_name: str, kpi: SlaKpi, process: Process,
+                  alerting: AlertingConfig) -> Rule:
+    """Return the in-flight risk alert: items already late outnumber the budget left.
+
+    An event-based SLO only counts a late item when it completes; a stuck process shows no burn.
+    """
+    labels = {"process": process_name, "kpi": kpi_name}
+    overdue = f"sum by (process) ({selector('fab_overdue_items', process=process_name)})"
+    guard = f" >= {alerting.slo.min_events}" if alerting.slo.min_events else " > 0"
+    expr = (f"({overdue}{guard})\n> on (process) group_right ()\n"
+            f"{selector(REMAINING_EVENTS, **labels)}")
+    return Rule(
+        expr, alert=AT_RISK_ALERT, for_=alerting.slo.at_risk_for,
+        labels={"severity": "critical", "team": process.team, **labels},
+        annotations={
+            "summary": "Items already overdue will exhaust an SLA error budget.",
+            "description": (f"{{{{ $value | humanize }}}} open items of {{{{ $labels.process }}}} are past their "
+                            f"due time: more than the error budget of {{{{ $labels.kpi }}}} "
+                            f"({_percent(kpi.objective)} over {window(kpi.window)}) has left; they will count "
+                            f"as late when they complete."),
+            "runbook_url": runbook_url(process, AT_RISK_ALERT, alerting.runbook_url),
+            "dashboard_url": dashboard_url(alerting.grafana_url, process_name),
+        })
+
+
+def _percent(ratio: float) -> str:
+    return f"{number(round(ratio * 100, 6))}%"

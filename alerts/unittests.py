@@ -1,0 +1,339 @@
+"""promtool unit tests generated with the rules: for every alert, series that fire it and series that must not.
+
+Scenarios are written in evaluation steps (`slo.evaluation_interval`, which the cheap
+long-window counts assume), so they hold for any configured windows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from alerts.config import AlertingConfig
+from alerts.health import ABSENT_ALERT, DOWN_ALERT, KPI_ABSENT_ALERT, STALE_ALERT, stale_after
+from alerts.model import Rule, RuleFile
+from alerts.promql import number, selector
+from alerts.slo import AT_RISK_ALERT, BURN_ALERT, GOOD, VALID, burn_pairs, sla_kpis
+from alerts.targets import BREACH_ALERT, OPEN_AGE_ALERT, TREND_ALERT, bounds, max_open_age
+from alerts.text import humanize, humanize_duration, humanize_percentage
+from collector.durations import format_duration
+from collector.schema import Inventory, SlaKpi
+
+Doc = dict[str, Any]
+JOB = {"job": "fabwatch"}
+_FUNCTIONS: dict[str, Callable[[float], str]] = {
+    "humanize": humanize, "humanizePercentage": humanize_percentage, "humanizeDuration": humanize_duration}
+_TEMPLATE = re.compile(r"\{\{ \$(labels\.(\w+)|value(?: \| (\w+))?) \}\}")
+
+
+class Steps:
+    """Test time in evaluation steps."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    def of(self, seconds: float) -> int:
+        return math.ceil(seconds / self.interval - 1e-9)
+
+    def at(self, steps: int) -> str:
+        return format_duration(steps * self.interval)
+
+
+def expand(rule: Rule, value: float, labels: dict[str, str]) -> dict[str, str]:
+    """Render a rule's annotations as Prometheus would for one alert."""
+    def replace(match: re.Match[str]) -> str:
+        if match.group(2):
+            return labels[match.group(2)]
+        return _FUNCTIONS[match.group(3) or "humanize"](value)
+    return {key: _TEMPLATE.sub(replace, text) for key, text in rule.annotations.items()}
+
+
+def expected(rule: Rule, value: float, extra: dict[str, str] | None = None) -> Doc:
+    """Return one `exp_alerts` entry for a rule firing with this value."""
+    labels = {**(extra or {}), **rule.labels}
+    return {"exp_labels": labels, "exp_annotations": expand(rule, value, labels)}
+
+
+def series(metric: str, labels: dict[str, str], values: Sequence[float] | str) -> Doc:
+    text = values if isinstance(values, str) else " ".join(number(v) for v in values)
+    return {"series": selector(metric, **labels, **JOB), "values": text}
+
+
+def check(steps: Steps, at: int, alertname: str, alerts: Sequence[Doc] = ()) -> Doc:
+    return {"eval_time": steps.at(at), "alertname": alertname, "exp_alerts": list(alerts)}
+
+
+def group(name: str, steps: Steps, inputs: list[Doc], checks: list[Doc]) -> Doc:
+    return {"name": name, "interval": format_duration(steps.interval), "input_series": inputs,
+            "alert_rule_test": checks}
+
+
+def find(rule_file: RuleFile, alertname: str, **labels: str) -> Rule | None:
+    """Return the alerting rule with this name whose static labels include these."""
+    for rule in rule_file.alerts():
+        if rule.alert == alertname and all(rule.labels.get(k) == v for k, v in labels.items()):
+            return rule
+    return None
+
+
+def process_tests(inventory: Inventory, name: str, rule_file: RuleFile) -> Doc:
+    """Return the promtool test document of one process's rule file."""
+    alerting = inventory.alerting
+    steps = Steps(alerting.slo.evaluation_interval)
+    process = inventory.processes[name]
+    tests: list[Doc] = []
+    for kpi_name, kpi in sla_kpis(process).items():
+        tests += sla_tests(steps, rule_file, name, kpi_name, kpi, alerting)
+    for bound in ("max", "min"):
+        limits = [(kpi, limit) for kpi, b, limit in bounds(process) if b == bound]
+        if limits:
+            tests += breach_tests(steps, rule_file, name, bound, limits, alerting)
+            tests += trend_tests(steps, rule_file, name, bound, [(k, v) for k, v in limits if v > 0], alerting)
+    age = max_open_age(name, process, alerting)
+    rule = find(rule_file, OPEN_AGE_ALERT, process=name)
+    if age is not None and rule is not None:
+        tests += open_age_tests(steps, rule, name, age, alerting)
+    return {"evaluation_interval": format_duration(steps.interval), "tests": tests}
+
+
+# --- SLA -----------------------------------------------------------------------------------
+
+def sla_inputs(labels: dict[str, str], valid: Sequence[float], good: Sequence[float]) -> list[Doc]:
+    return [series(VALID, labels, valid), series(GOOD, labels, good)]
+
+
+def sla_tests(steps: Steps, rule_file: RuleFile, name: str, kpi_name: str, kpi: SlaKpi,
+              alerting: AlertingConfig) -> list[Doc]:
+    """Return the burn-rate and in-flight scenarios of one SLA KPI."""
+    labels = {"process": name, "kpi": kpi_name}
+    burns = [r for r in (find(rule_file, BURN_ALERT, severity=s, **labels) for s in ("critical", "warning")) if r]
+    slo = alerting.slo
+    settle = steps.of(2 * slo.base_window) + 10
+    rate = 20.0
+    ramp = [rate * i for i in range(2 * settle + 1)]
+    tests = [
+        group(f"{name}/{kpi_name}: every event bad pages and tickets", steps,
+              sla_inputs(labels, ramp, [0.0] * len(ramp)),
+              [check(steps, settle, BURN_ALERT, [expected(r, 1.0) for r in burns])]),
+        group(f"{name}/{kpi_name}: every event good raises nothing", steps,
+              sla_inputs(labels, ramp, ramp),
+              [check(steps, at, BURN_ALERT) for at in (settle, 2 * settle)]),
+    ]
+    least = min(p.min_events for p in burn_pairs(kpi.window, kpi.objective, slo))
+    if least >= 2:
+        tests.append(_low_volume_test(steps, name, kpi_name, labels, least))
+    tests.append(_bursty_test(steps, name, kpi_name, labels, burns, max(least, 1), settle))
+    risk = find(rule_file, AT_RISK_ALERT, **labels)
+    if risk is not None:
+        tests += _at_risk_tests(steps, risk, name, kpi_name, labels, alerting)
+    return tests
+
+
+def _stairs(events: Sequence[float], every: int) -> list[float]:
+    """Return a counter that adds `events[i]` at step `(i + 1) * every` and holds in between."""
+    values, total = [], 0.0
+    for step in range((len(events) + 1) * every):
+        if step and step % every == 0:
+            total += events[step // every - 1]
+        values.append(total)
+    return values
+
+
+def _low_volume_test(steps: Steps, name: str, kpi_name: str, labels: dict[str, str], least: int) -> Doc:
+    """One late item among a handful (fewer than min_events) must neither page nor ticket."""
+    count = max(3, least // 2)
+    valid = _stairs([1.0] * count, 10)
+    good = _stairs([1.0, 1.0, 0.0] + [1.0] * (count - 3), 10)
+    return group(f"{name}/{kpi_name}: one late item among {count} raises nothing (low volume)", steps,
+                 sla_inputs(labels, valid, good),
+                 [check(steps, at, BURN_ALERT) for at in (32, 35, len(valid) - 1)])
+
+
+def _bursty_test(steps: Steps, name: str, kpi_name: str, labels: dict[str, str], burns: list[Rule],
+                 burst: int, settle: int) -> Doc:
+    """Bad items arriving in bursts keep the alerts firing at every step: empty short windows don't reset them."""
+    count = settle // 10 + 4
+    valid = _stairs([float(burst)] * count, 10)
+    first = len(valid) - 12
+    return group(f"{name}/{kpi_name}: bursts of bad items, empty short windows in between: no flapping", steps,
+                 sla_inputs(labels, valid, [0.0] * len(valid)),
+                 [check(steps, at, BURN_ALERT, [expected(r, 1.0) for r in burns]) for at in range(first, first + 11)])
+
+
+def _at_risk_tests(steps: Steps, rule: Rule, name: str, kpi_name: str, labels: dict[str, str],
+                   alerting: AlertingConfig) -> list[Doc]:
+    guard = max(alerting.slo.min_events, 1)
+    at = steps.of(alerting.slo.at_risk_for) + 5
+    ramp = [float(i) for i in range(at + 6)]
+    overdue = {"process": name, "priority": "high"}
+
+    def scenario(late: float) -> list[Doc]:
+        return [*sla_inputs(labels, ramp, ramp), series("fab_overdue_items", overdue, [late] * len(ramp))]
+
+    return [
+        group(f"{name}/{kpi_name}: overdue items beyond the budget left page", steps, scenario(2.0 * guard),
+              [check(steps, at, AT_RISK_ALERT, [expected(rule, 2.0 * guard)])]),
+        group(f"{name}/{kpi_name}: a few overdue items raise nothing", steps, scenario(guard - 1.0),
+              [check(steps, at, AT_RISK_ALERT)]),
+    ]
+
+
+# --- targets ---------------------------------------------------------------------------------
+
+def _kpi_inputs(name: str, bound: str, values: Mapping[str, tuple[float, Sequence[float]]]) -> list[Doc]:
+    """Return value and target series for several KPIs: kpi -> (limit, values)."""
+    docs = []
+    for kpi, (limit, series_values) in values.items():
+        labels = {"process": name, "kpi": kpi}
+        docs += [series("fab_kpi_value", labels, series_values),
+                 series("fab_kpi_target", {**labels, "bound": bound}, [limit] * len(series_values))]
+    return docs
+
+
+def _breach_rule(rule_file: RuleFile, name: str, kpi: str, bound: str) -> Rule | None:
+    return next((r for r in rule_file.alerts() if r.alert == BREACH_ALERT and r.labels["kpi"] == kpi
+                 and r.labels["process"] == name and f'bound="{bound}"' in r.expr), None)
+
+
+def _beyond(limit: float, bound: str) -> float:
+    if bound == "max":
+        return limit * 2 if limit > 0 else limit + 1
+    return limit / 2 if limit > 0 else limit - 1
+
+
+def breach_tests(steps: Steps, rule_file: RuleFile, name: str, bound: str, limits: list[tuple[str, float]],
+                 alerting: AlertingConfig) -> list[Doc]:
+    """KPIs beyond their target for `for` fire; KPIs right on it do not."""
+    at = steps.of(alerting.targets.for_) + 5
+    length = at + 3
+    bad = {kpi: (limit, [_beyond(limit, bound)] * length) for kpi, limit in limits}
+    fired = [expected(rule, _beyond(limit, bound)) for kpi, limit in limits
+             if (rule := _breach_rule(rule_file, name, kpi, bound)) is not None]
+    on_target = {kpi: (limit, [limit] * length) for kpi, limit in limits}
+    return [
+        group(f"{name}: KPIs beyond their {bound} target fire", steps, _kpi_inputs(name, bound, bad),
+              [check(steps, at, BREACH_ALERT, fired)]),
+        group(f"{name}: KPIs on their {bound} target raise nothing", steps, _kpi_inputs(name, bound, on_target),
+              [check(steps, at, BREACH_ALERT)]),
+    ]
+
+
+def seconds_to_month_end(at: float) -> float:
+    """Mirror the rules' month-end horizon for a time in January 1970 (promtool tests start at 0)."""
+    return 31 * 86400 - (at // 3600) * 3600 - (at % 3600 // 60) * 60
+
+
+def predict_linear(values: Sequence[float], interval: float, at_step: int, horizon: float) -> float:
+    """Mirror PromQL's predict_linear over the samples up to `at_step` (the lookback covers them all)."""
+    n = sum_x = sum_y = sum_xy = sum_x2 = 0.0
+    for step, value in enumerate(values[: at_step + 1]):
+        x = (step - at_step) * interval
+        n += 1.0
+        sum_y += value
+        sum_x += x
+        sum_xy += x * value
+        sum_x2 += x * x
+    slope = (sum_xy - sum_x * sum_y / n) / (sum_x2 - sum_x * sum_x / n)
+    intercept = sum_y / n - slope * sum_x / n
+    return slope * horizon + intercept
+
+
+def trend_tests(steps: Steps, rule_file: RuleFile, name: str, bound: str, limits: list[tuple[str, float]],
+                alerting: AlertingConfig) -> list[Doc]:
+    """KPIs near their target drifting towards it fire; flat ones or ones far from it do not."""
+    rules = {kpi: rule for kpi, _ in limits
+             if (rule := find(rule_file, TREND_ALERT, process=name, kpi=kpi)) is not None
+             and f'bound="{bound}"' in rule.expr}
+    if not rules:
+        return []
+    at = steps.of(alerting.trends.for_) + 5
+    length = at + 3
+    margin = alerting.trends.margin
+    sign = 1.0 if bound == "max" else -1.0
+    drifting, flat, far, fired = {}, {}, {}, []
+    for kpi, limit in limits:
+        if kpi not in rules:
+            continue
+        start = limit * (1 - sign * margin / 2)
+        distant = limit * (1 - margin) / 2 if bound == "max" else limit * (1 + margin) * 2
+        slope = sign * limit * margin / 4 / length
+        drifting[kpi] = (limit, [start + slope * i for i in range(length)])
+        flat[kpi] = (limit, [start] * length)
+        far[kpi] = (limit, [distant + slope * i for i in range(length)])
+        horizon = seconds_to_month_end(at * steps.interval)
+        fired.append(expected(rules[kpi], predict_linear(drifting[kpi][1], steps.interval, at, horizon)))
+    return [
+        group(f"{name}: KPIs drifting towards their {bound} target fire", steps, _kpi_inputs(name, bound, drifting),
+              [check(steps, at, TREND_ALERT, fired)]),
+        group(f"{name}: KPIs flat near their {bound} target raise nothing", steps, _kpi_inputs(name, bound, flat),
+              [check(steps, at, TREND_ALERT)]),
+        group(f"{name}: KPIs drifting far from their {bound} target raise nothing (level guard)", steps,
+              _kpi_inputs(name, bound, far), [check(steps, at, TREND_ALERT)]),
+    ]
+
+
+def open_age_tests(steps: Steps, rule: Rule, name: str, age: float, alerting: AlertingConfig) -> list[Doc]:
+    at = steps.of(alerting.targets.for_) + 5
+    labels = {"process": name}
+
+    def scenario(value: float) -> list[Doc]:
+        return [series("fab_oldest_open_item_age_seconds", labels, [value] * (at + 3))]
+
+    return [
+        group(f"{name}: an open item older than {format_duration(age)} fires", steps, scenario(age + 3600),
+              [check(steps, at, OPEN_AGE_ALERT, [expected(rule, age + 3600)])]),
+        group(f"{name}: young open items raise nothing", steps, scenario(age / 2), [check(steps, at, OPEN_AGE_ALERT)]),
+    ]
+
+
+# --- health ----------------------------------------------------------------------------------
+
+def health_tests(inventory: Inventory, rule_file: RuleFile) -> Doc:
+    """Return the promtool test document of the health rules."""
+    health = inventory.alerting.health
+    steps = Steps(inventory.alerting.slo.evaluation_interval)
+    sources = sorted({p.records.source for p in inventory.processes.values()})
+    at = steps.of(max(health.source_down_for, max(stale_after(inventory, s) for s in sources))) + 5
+    length = at + 3
+    every_kpi = [(name, kpi) for name, process in inventory.processes.items() for kpi in process.kpis]
+    first_kpis = {(name, next(iter(p.kpis))) for name, p in inventory.processes.items() if p.kpis}
+    absent_at = steps.of(health.absent_for) + 5
+
+    def per_process(alert: str, value: float) -> list[Doc]:
+        out = []
+        for name, process in inventory.processes.items():
+            rule = find(rule_file, alert, process=name)
+            if rule is not None:
+                out.append(expected(rule, value, {"source": process.records.source}))
+        return out
+
+    def sources_at(up: float, last: Callable[[int], float]) -> list[Doc]:
+        return [doc for s in sources for doc in (
+            series("fab_source_up", {"source": s}, [up] * length),
+            series("fab_source_last_success_timestamp_seconds", {"source": s},
+                   [last(i) for i in range(length)]))]
+
+    def kpis(skip: set[tuple[str, str]]) -> list[Doc]:
+        return [series("fab_kpi_value", {"process": p, "kpi": k}, f"1x{absent_at + 3}")
+                for p, k in every_kpi if (p, k) not in skip]
+
+    fresh = sources_at(1.0, lambda i: i * steps.interval)
+    absent_kpis = [expected(r, 1.0) for p, k in sorted(first_kpis)
+                   if (r := find(rule_file, KPI_ABSENT_ALERT, process=p, kpi=k)) is not None]
+    tests = [
+        group("sources sampled on time raise nothing", steps, fresh,
+              [check(steps, at, alert) for alert in (DOWN_ALERT, ABSENT_ALERT, STALE_ALERT)]),
+        group("a source failing every sample is down and stale", steps, sources_at(0.0, lambda i: 0.0),
+              [check(steps, at, DOWN_ALERT, per_process(DOWN_ALERT, 0.0)),
+               check(steps, at, STALE_ALERT, per_process(STALE_ALERT, at * steps.interval))]),
+        group("no fabwatch exports the sources", steps, [],
+              [check(steps, at, ABSENT_ALERT, [expected(find(rule_file, ABSENT_ALERT, process=p) or Rule(""), 1.0,
+                                                        {"source": s.records.source})
+                                               for p, s in inventory.processes.items()])]),
+        group("every KPI exported raises nothing", steps, kpis(set()), [check(steps, absent_at, KPI_ABSENT_ALERT)]),
+        group("a KPI with no value fires", steps, kpis(first_kpis),
+              [check(steps, absent_at, KPI_ABSENT_ALERT, absent_kpis)]),
+    ]
+    return {"evaluation_interval": format_duration(steps.interval), "tests": tests}

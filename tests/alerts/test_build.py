@@ -1,0 +1,93 @@
+"""The generated bundle: every alert is routable and documented; the committed example does not drift."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alerts.build import build, rule_files
+from alerts.writer import HEADER, dump, write
+from collector.schema import Inventory
+from tests.alerts.conftest import COMMITTED
+
+REQUIRED_LABELS = {"severity", "team", "process", "kpi"}
+REQUIRED_ANNOTATIONS = {"summary", "description", "runbook_url", "dashboard_url"}
+
+
+def all_alerts(inventory: Inventory) -> list:
+    return [rule for f in rule_files(inventory).values() for rule in f.alerts()]
+
+
+def test_every_alert_has_labels_and_annotations(example: Inventory) -> None:
+    for rule in all_alerts(example):
+        assert set(rule.labels) >= REQUIRED_LABELS, rule.alert
+        assert set(rule.annotations) == REQUIRED_ANNOTATIONS, rule.alert
+        assert rule.labels["severity"] in {"critical", "warning", "info"}
+        assert rule.labels["team"] == example.processes[rule.labels["process"]].team
+
+
+def test_summaries_are_static_sentences_and_names_camel_case(example: Inventory) -> None:
+    for rule in all_alerts(example):
+        assert re.fullmatch(r"Fab(?:[A-Z][a-z0-9]*)+", rule.alert or ""), rule.alert
+        assert rule.annotations["summary"].endswith(".")
+        assert "{{" not in rule.annotations["summary"]
+        assert "$value" in rule.annotations["description"] or "absent" in rule.expr or "== 0" in rule.expr
+
+
+def test_links_point_at_the_runbook_and_dashboard(example: Inventory) -> None:
+    for rule in all_alerts(example):
+        process = example.processes[rule.labels["process"]]
+        assert rule.annotations["runbook_url"].startswith(f"{process.runbook}#fab")
+        assert rule.annotations["dashboard_url"].startswith("http://127.0.0.1:3000/d/fabwatch-")
+
+
+def test_every_sla_kpi_gets_burn_and_in_flight_alerts(example: Inventory) -> None:
+    names = {(r.alert, r.labels["process"], r.labels["kpi"], r.labels["severity"]) for r in all_alerts(example)}
+    for process_name, process in example.processes.items():
+        for kpi_name, kpi in process.kpis.items():
+            if kpi.kind == "sla":
+                assert ("FabSlaErrorBudgetBurn", process_name, kpi_name, "critical") in names
+                assert ("FabSlaErrorBudgetBurn", process_name, kpi_name, "warning") in names
+                assert ("FabSlaAtRisk", process_name, kpi_name, "critical") in names
+            if kpi.target is not None:
+                assert ("FabKpiTargetMissed", process_name, kpi_name, "warning") in names
+
+
+def test_unreachable_pairs_are_reported(example: Inventory) -> None:
+    notes = build(example).notes
+    assert any("processes.problem.kpis.resolved_in_time: the 1h/5m critical pair" in n for n in notes)
+
+
+def test_every_file_carries_the_header(example: Inventory) -> None:
+    for document in build(example).documents.values():
+        assert dump(document).startswith(HEADER)
+
+
+def test_committed_example_output_does_not_drift(example: Inventory, tmp_path: Path) -> None:
+    written = write(build(example).documents, tmp_path)
+    committed = sorted(p.relative_to(COMMITTED) for p in COMMITTED.rglob("*.yml"))
+    assert sorted(p.relative_to(tmp_path) for p in written) == committed, \
+        "regenerate with: fabwatch alerts build -c examples/operator.yaml --out examples/alerts"
+    for path in written:
+        relative = path.relative_to(tmp_path)
+        assert path.read_text() == (COMMITTED / relative).read_text(), \
+            f"examples/alerts/{relative} drifted: fabwatch alerts build -c examples/operator.yaml --out examples/alerts"
+
+
+def test_write_removes_files_it_no_longer_generates(example: Inventory, tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    stale = tmp_path / "rules" / "process-gone.rules.yml"
+    stale.write_text(HEADER + "groups: []\n")
+    mine = tmp_path / "rules" / "mine.yml"
+    mine.write_text("groups: []\n")
+    write(build(example).documents, tmp_path)
+    assert not stale.exists()
+    assert mine.exists()
+
+
+def test_cli_builds_the_example(tmp_path: Path) -> None:
+    from collector.cli import main
+
+    assert main(["alerts", "build", "-c", str(COMMITTED.parent / "operator.yaml"), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "alertmanager.yml").is_file()
+    assert (tmp_path / "rules" / "health.rules.yml").is_file()

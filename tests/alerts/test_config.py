@@ -1,0 +1,114 @@
+"""Bad `alerting` input: each a clear error naming its path in the inventory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from alerts.config import check_alerting
+from collector.inventory import ConfigError, load_inventory
+from tests.alerts.conftest import SMALL, merged
+
+
+def problems(path: Path) -> list[tuple[str, str]]:
+    """Return (path, message) from loading plus the alerting cross-checks (until the lead wires them in)."""
+    try:
+        inventory = load_inventory([path], environ={})
+    except ConfigError as exc:
+        return [(p.path, p.message) for p in exc.problems]
+    return check_alerting(inventory)
+
+
+def one_problem(write: Callable[[dict], Path], patch: dict) -> tuple[str, str]:
+    found = problems(write(merged(SMALL, patch)))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_small_inventory_is_valid(write_inventory: Callable[[dict], Path]) -> None:
+    assert problems(write_inventory(SMALL)) == []
+
+
+def test_objective_of_one_is_refused(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"processes": {"problem": {"kpis": {
+        "resolved_in_time": {"objective": 1.0}}}}})
+    assert path == "processes.problem.kpis.resolved_in_time.objective"
+    assert "between 0 and 1 exclusive" in message
+
+
+def test_slo_window_shorter_than_the_longest_alert_window(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"processes": {"problem": {"kpis": {
+        "resolved_in_time": {"window": "1d"}}}}})
+    assert path == "processes.problem.kpis.resolved_in_time.window"
+    assert message == ("the SLO window (1d) is shorter than the longest alert window (3d, alerting.slo.windows)")
+
+
+def test_target_with_no_bound(write_inventory: Callable[[dict], Path]) -> None:
+    patch = {"processes": {"problem": {"kpis": {"backlog": {"target": {"max": None}}}}}}
+    path, message = one_problem(write_inventory, patch)
+    assert path == "processes.problem.kpis.backlog.target"
+    assert "needs a bound" in message
+
+
+def test_receiver_without_a_secret(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"alerting": {"teams": {"assurance-ops": {
+        "page": {"pagerduty": {"routing_key_file": None}}}}}})
+    assert path == "alerting.teams.assurance-ops.page.pagerduty"
+    assert "needs routing_key_file" in message
+
+
+def test_inline_secret_is_refused(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"alerting": {"teams": {"assurance-ops": {
+        "page": {"pagerduty": {"routing_key_file": None, "routing_key": "abc"}}}}}})
+    assert path == "alerting.teams.assurance-ops.page.pagerduty"
+    assert "must not be written inline" in message
+
+
+def test_opsgenie_without_a_key_file(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"alerting": {"teams": {"assurance-ops": {
+        "page": {"pagerduty": None, "opsgenie": {"responders": ["x"]}}}}}})
+    assert path == "alerting.teams.assurance-ops.page.opsgenie"
+    assert "needs api_key_file" in message
+
+
+def test_email_needs_smtp(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"alerting": {"teams": {"assurance-ops": {
+        "ticket": {"webhook": None, "email": {"to": "x@example.com"}}}}}})
+    assert path == "alerting.teams.assurance-ops.ticket.email"
+    assert "needs alerting.smtp" in message
+
+
+def test_smtp_user_needs_a_password_file(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"alerting": {"smtp": {
+        "smarthost": "smtp.example.com:587", "from": "a@example.com", "auth_username": "a"}}})
+    assert path == "alerting.smtp"
+    assert "needs auth_password_file" in message
+
+
+def test_team_without_receivers(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"processes": {"problem": {"team": "nobody"}}})
+    assert path == "processes.problem.team"
+    assert "alerting.teams.nobody" in message
+
+
+def test_unknown_time_interval(write_inventory: Callable[[dict], Path]) -> None:
+    path, message = one_problem(write_inventory, {"alerting": {"teams": {"assurance-ops": {
+        "tickets_during": "office_hours"}}}})
+    assert path == "alerting.teams.assurance-ops.tickets_during"
+    assert "unknown time interval 'office_hours'" in message
+
+
+@pytest.mark.parametrize(("patch", "where"), [
+    ({"short": "2h", "long": "1h"}, "alerting.slo.windows.0"),
+    ({"budget_share": 0}, "alerting.slo.windows.0.budget_share"),
+])
+def test_bad_window(write_inventory: Callable[[dict], Path], patch: dict, where: str) -> None:
+    window = {"severity": "critical", "long": "1h", "short": "5m", "budget_share": 0.02, **patch}
+    path, _ = one_problem(write_inventory, {"alerting": {"slo": {"windows": [window]}}})
+    assert path == where
+
+
+def test_the_example_is_valid(example: object) -> None:
+    assert check_alerting(example) == []  # type: ignore[arg-type]

@@ -1,0 +1,116 @@
+"""The generated rules and Alertmanager config, checked by the real promtool and amtool."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alerts.build import build
+from alerts.writer import write
+from collector.inventory import load_inventory
+from collector.schema import Inventory
+from tests.alerts.conftest import COMMITTED, SMALL, merged
+
+pytestmark = pytest.mark.integration
+NO_NEWS_CLAUSE = re.compile(r"\n\s*or on \(process, kpi\)\n\s*process_kpi:fab_sla_valid:increase\w+\{[^}]*\} == 0")
+
+
+def run(*cmd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_committed_rules_pass_promtool_check_with_lint(promtool: str) -> None:
+    result = run(promtool, "check", "rules", "--lint=all", "--lint-fatal", *map(str, COMMITTED.glob("rules/*.yml")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_committed_rules_pass_their_promtool_unit_tests(promtool: str) -> None:
+    files = sorted(COMMITTED.glob("tests/*.yml"))
+    assert len(files) >= 2
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda f: run(promtool, "test", "rules", str(f)), files))
+    failed = [r.stdout + r.stderr for r in results if r.returncode != 0]
+    assert not failed, "\n".join(failed)
+
+
+def test_alertmanager_config_passes_amtool(amtool: str) -> None:
+    result = run(amtool, "check-config", str(COMMITTED / "alertmanager.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def routed(amtool: str, *labels: str) -> str:
+    result = run(amtool, "config", "routes", "test", f"--config.file={COMMITTED / 'alertmanager.yml'}", *labels)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_critical_alert_of_each_team_reaches_its_page_receiver(amtool: str, example: Inventory) -> None:
+    teams = {p.team for p in example.processes.values()}
+    for team in sorted(teams):
+        assert routed(amtool, f"team={team}", "severity=critical", "process=x", "kpi=y") == f"{team}-page"
+        assert routed(amtool, f"team={team}", "severity=warning") == f"{team}-ticket"
+
+
+def test_unknown_team_goes_to_the_default_receiver(amtool: str) -> None:
+    assert routed(amtool, "team=nobody", "severity=critical") == "fabwatch-default"
+
+
+def test_office_hours_mute_tickets_not_pages() -> None:
+    config = yaml.safe_load((COMMITTED / "alertmanager.yml").read_text())
+    team = next(r for r in config["route"]["routes"] if r["matchers"] == ['team="assurance-ops"'])
+    page, ticket, _info = team["routes"]
+    assert "active_time_intervals" not in page
+    assert ticket["active_time_intervals"] == ["office_hours"]
+    assert ticket["mute_time_intervals"] == ["office_hours-holidays"]
+
+
+# --- low volume: the protections are what keeps these scenarios quiet -------------------------
+
+def small_bundle(tmp_path: Path, write_inventory: Callable[[dict], Path], **slo: object) -> Path:
+    inventory = load_inventory([write_inventory(merged(SMALL, {"alerting": {"slo": slo}}))], environ={})
+    out = tmp_path / f"bundle-{len(list(tmp_path.glob('bundle-*')))}"
+    write(build(inventory).documents, out)
+    return out
+
+
+def run_scenario(promtool: str, bundle: Path, scenario: str, strip_no_news: bool = False) -> str:
+    """Run one generated test group (by name fragment) of the small inventory; return promtool's output."""
+    rules = bundle / "rules" / "process-problem.rules.yml"
+    if strip_no_news:
+        rules.write_text(NO_NEWS_CLAUSE.sub("", rules.read_text()))
+    tests = yaml.safe_load((bundle / "tests" / "process-problem.test.yml").read_text())
+    tests["tests"] = [t for t in tests["tests"] if scenario in t["name"]]
+    assert tests["tests"], scenario
+    path = bundle / "tests" / "one.test.yml"
+    path.write_text(yaml.safe_dump(tests))
+    result = run(promtool, "test", "rules", str(path))
+    return ("ok " if result.returncode == 0 else "FAILED ") + result.stdout + result.stderr
+
+
+def test_one_late_item_among_few_pages_only_without_min_events(
+        promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
+    protected = small_bundle(tmp_path, write_inventory)
+    assert run_scenario(promtool, protected, "low volume").startswith("ok ")
+    unprotected = small_bundle(tmp_path, write_inventory, min_events=0)
+    # Same scenario, rules without the minimum: the one late item out of three pages.
+    tests = protected / "tests" / "process-problem.test.yml"
+    (unprotected / "tests" / "process-problem.test.yml").write_text(tests.read_text())
+    output = run_scenario(promtool, unprotected, "low volume")
+    assert output.startswith("FAILED "), output
+    assert "FabSlaErrorBudgetBurn" in output
+
+
+def test_bursts_keep_firing_only_thanks_to_the_no_news_clause(
+        promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
+    # One pair only, or the 6h/30m pair (whose 30m window always sees a burst) would hide the gap.
+    fast = {"severity": "critical", "long": "1h", "short": "5m", "budget_share": 0.02}
+    bundle = small_bundle(tmp_path, write_inventory, windows=[fast])
+    assert run_scenario(promtool, bundle, "no flapping").startswith("ok ")
+    output = run_scenario(promtool, bundle, "no flapping", strip_no_news=True)
+    assert output.startswith("FAILED "), output
