@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
+from alerts import cli as alerts_cli
 from collector.engine import SourceSampler
 from collector.errors import SourceError
 from collector.health import fabwatch_version
@@ -29,7 +30,6 @@ from collector.logs import safe_dsn, setup_logging
 from collector.schema import Inventory, ServiceConfig
 from collector.service import build_app, processes_of, serve
 from collector.state import StateStore
-from alerts import cli as alerts_cli
 from dashboards import cli as dashboards_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
