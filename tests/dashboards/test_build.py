@@ -100,3 +100,9 @@ def test_cli_build_reports_inventory_problems(tmp_path, capsys):
 def test_write_returns_every_path(tmp_path, inventory):
     output = build(inventory)
     assert len(write(output, tmp_path)) == len(output.files)
+
+
+def test_readme_shows_what_each_dashboard_contains(dashboards):
+    readme = (COMMITTED.parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- dashboards-contents:begin -->\n", 1)[1].split("\n<!-- dashboards-contents:end -->", 1)[0]
+    assert block == contents_markdown(dashboards.values()).strip(), "copy examples/dashboards/CONTENTS.md to README"
