@@ -23,6 +23,7 @@ from collector.schema import (
     RatioKpi,
     SlaKpi,
 )
+from collector.sources.schema import SOURCE_KINDS
 
 _VAR = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
 RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency", "le", "source",
@@ -202,7 +203,7 @@ def _validation_problems(exc: ValidationError, origins: _Origins) -> list[Proble
         if len(loc) >= 5 and loc[2] == "kpis" and loc[4] in {"volume", "backlog", "overdue", "duration",
                                                                "sla", "ratio", "cost", "value"}:
             del loc[4]
-        if len(loc) >= 3 and loc[0] == "sources" and loc[2] == "sql":
+        if len(loc) >= 3 and loc[0] == "sources" and loc[2] in SOURCE_KINDS:
             del loc[2]
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":

@@ -24,7 +24,7 @@ from collector.errors import SourceError
 from collector.health import HealthTracker
 from collector.logs import log_event
 from collector.samples import SourceSample
-from collector.schema import SqlSource
+from collector.schema import Source
 from exporters.prometheus import PrometheusExporter
 
 _LOG = logging.getLogger("fabwatch.scheduler")
@@ -66,7 +66,7 @@ def crontab_weekdays(field: str) -> str:
     return ",".join(_WEEKDAYS[day] for day in sorted(days))
 
 
-def trigger_for(source: SqlSource, timezone: ZoneInfo) -> BaseTrigger:
+def trigger_for(source: Source, timezone: ZoneInfo) -> BaseTrigger:
     """Build the trigger of a source: its crontab if given, else its interval; with its jitter."""
     if source.cron:
         minute, hour, day, month, weekday = source.cron.split()
@@ -76,7 +76,7 @@ def trigger_for(source: SqlSource, timezone: ZoneInfo) -> BaseTrigger:
     return IntervalTrigger(seconds=source.interval, jitter=source.jitter, timezone=timezone)
 
 
-def misfire_grace(source: SqlSource) -> int:
+def misfire_grace(source: Source) -> int:
     """How late a run may start (whole seconds): one interval, after which the next run is due
     anyway, or 5 minutes for cron."""
     return CRON_MISFIRE_GRACE if source.cron else max(1, math.ceil(source.interval))
@@ -85,7 +85,7 @@ def misfire_grace(source: SqlSource) -> int:
 class SamplingScheduler:
     """Owns the `AsyncIOScheduler` that samples every source; start and stop it inside the loop."""
 
-    def __init__(self, sources: Mapping[str, SqlSource], samplers: Mapping[str, Sampler],
+    def __init__(self, sources: Mapping[str, Source], samplers: Mapping[str, Sampler],
                  health: HealthTracker, exporter: PrometheusExporter, *,
                  timezone: str = "UTC", clock: Callable[[], float] = time.time) -> None:
         self._sources = dict(sources)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from alerts.config import AlertingConfig
 from collector.durations import Duration
+from collector.sources.schema import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 """A process, KPI, source or cost component name: also a Prometheus label value."""
@@ -87,7 +88,7 @@ class SqlSource(Model):
     cron: str | None = None
     jitter: Duration | None = None
     pool_size: Annotated[int, Field(ge=1, le=20)] = 2
-    settle: Annotated[float, Field(ge=0)] = 5.0
+    settle: Annotated[float, Field(ge=0)] = 2.0
     """Seconds a row may arrive late: counters only read rows older than `now - settle`."""
     reconcile: Duration = 3600.0
     """How often window sums are recomputed in full instead of from their edges."""
@@ -100,7 +101,8 @@ class SqlSource(Model):
         return value
 
 
-Source = SqlSource
+Source = Annotated[SqlSource | TmfSource | TmfEventsSource | HttpJsonSource | CostCsvSource,
+                   Field(discriminator="kind")]
 
 
 class Columns(Model):
@@ -175,6 +177,7 @@ class SlaKpi(_Kpi):
     window: Duration = 30 * 86400.0
     good: str | None = None
     """SQL predicate for a good event; without it, good means completed by the due time."""
+
     @field_validator("objective")
     @classmethod
     def _objective(cls, value: float) -> float:

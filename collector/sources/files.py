@@ -1,0 +1,97 @@
+"""Monthly cost files from finance: CSV with `process, component, amount, currency, month`.
+
+Rows go to table `cost_entry` of the record store (one per process, component and month; a
+later file replaces an earlier row), where `value` KPIs read them, e.g.
+`SELECT SUM(amount) FROM cost_entry WHERE process = 'problem' AND month = strftime('%Y-%m', 'now')`.
+"""
+
+import asyncio
+import csv
+import glob
+import math
+import re
+from calendar import timegm
+from pathlib import Path
+
+from collector.errors import SourceUnreachable
+from collector.sources.http import SourceSchemaMismatch
+from collector.sources.schema import CostCsvSource
+from collector.sources.store import RecordStore
+
+HEADER = ("process", "component", "amount", "currency", "month")
+_MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+CostRow = tuple[str, str, str, float, str, float, str]
+
+
+class CostCsvSync:
+    """Re-read the cost files whose modification time changed."""
+
+    def __init__(self, name: str, source: CostCsvSource, store: RecordStore) -> None:
+        self.name = name
+        self.source = source
+        self.store = store
+        self._seen: dict[str, float] = {}
+
+    async def sync(self, now: float | None = None) -> int:
+        """Load new or changed files; return the number of cost rows stored."""
+        return await asyncio.to_thread(self._sync)
+
+    def _sync(self) -> int:
+        paths = sorted(glob.glob(self.source.path))
+        if not paths:
+            raise SourceUnreachable(self.name, f"no file matches {self.source.path}")
+        stored = 0
+        for path in paths:
+            mtime = Path(path).stat().st_mtime
+            if self._seen.get(path) == mtime:
+                continue
+            rows = read_costs(self.name, path)
+            self.store.put_costs(rows)
+            self._seen[path] = mtime
+            stored += len(rows)
+        return stored
+
+    async def close(self) -> None:
+        return None
+
+
+def read_costs(source: str, path: str) -> list[CostRow]:
+    """Parse one cost CSV; raise `SourceSchemaMismatch` naming the file and line of a bad row."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = set(HEADER) - {(f or "").strip() for f in reader.fieldnames or ()}
+            if missing:
+                raise SourceSchemaMismatch(source, f"{path}:1: missing columns {', '.join(sorted(missing))}; "
+                                                   f"the header must name {', '.join(HEADER)}")
+            reader.fieldnames = [(f or "").strip() for f in reader.fieldnames or ()]
+            return [_cost_row(source, path, reader.line_num, line) for line in reader]
+    except UnicodeDecodeError as exc:
+        raise SourceSchemaMismatch(source, f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except csv.Error as exc:
+        raise SourceSchemaMismatch(source, f"{path}: not a readable CSV file: {exc}") from exc
+
+
+def _cost_row(source: str, path: str, number: int, line: dict[str, str | None]) -> CostRow:
+    """Check one row; the error names what is wrong with it."""
+    def field(name: str) -> str:
+        return (line.get(name) or "").strip()
+
+    problems = [f"no {name}" for name in ("process", "component") if not field(name)]
+    try:
+        amount = float(field("amount"))
+        if not math.isfinite(amount):
+            raise ValueError
+    except ValueError:
+        amount = 0.0
+        problems.append(f"amount {field('amount')!r} is not a number")
+    currency = field("currency")
+    if not re.fullmatch(r"[A-Z]{3}", currency):
+        problems.append(f"currency {currency!r} is not an ISO 4217 code (e.g. EUR)")
+    month = _MONTH.match(field("month"))
+    if month is None:
+        problems.append(f"month {field('month')!r} is not YYYY-MM")
+    if problems or month is None:
+        raise SourceSchemaMismatch(source, f"{path}:{number}: " + "; ".join(problems))
+    start = float(timegm((int(month.group(1)), int(month.group(2)), 1, 0, 0, 0)))
+    return (field("process"), field("component"), month.group(0), amount, currency, start, path)

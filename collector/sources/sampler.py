@@ -1,0 +1,208 @@
+"""Plug the non-SQL sources into the service: one sampler per source, listener routes, hubs.
+
+A syncing source's sample first syncs its record store (TMF polling, HTTP JSON, cost CSV, or
+making sure the hub registration stands for TMF events), then lets the ordinary SQL
+`SourceSampler` sample the record store. A failed sync fails the sample with its reason, so
+`fab_source_up` and `fab_source_errors_total{reason}` report it, and the service keeps serving.
+"""
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from collector.engine import SourceSampler
+from collector.errors import SourceError
+from collector.logs import log_event
+from collector.samples import SourceSample
+from collector.schema import Inventory, Process, ServiceConfig, Source, SqlSource
+from collector.sources.files import CostCsvSync
+from collector.sources.http import HttpClient, SourceSchemaMismatch, limits_of
+from collector.sources.http_json import HttpJsonSync
+from collector.sources.listener import Listener, _error
+from collector.sources.polling import TmfPoller
+from collector.sources.schema import CostCsvSource, HttpJsonSource, SyncedSource, TmfEventsSource, TmfSource
+from collector.sources.store import RecordStore, records_path
+from collector.sources.tmf import APIS
+from collector.state import StateStore
+
+LISTENERS = web.AppKey("tmf_listeners", dict)
+_LOG = logging.getLogger("fabwatch.sources")
+
+
+class Syncer(Protocol):
+    async def sync(self, now: float | None = None) -> int:
+        """Bring the record store up to date; raise `SourceError` when the source fails."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Sampler(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def sample(self, now: float | None = None) -> SourceSample: ...
+    async def check_columns(self) -> list[str]: ...
+
+
+class SyncingSampler:
+    """Sync the record store, then sample it with the SQL KPI engine."""
+
+    def __init__(self, name: str, syncer: Syncer | None, store: RecordStore | None, inner: SourceSampler) -> None:
+        self.name = name
+        self.syncer = syncer
+        self.store = store
+        self.inner = inner
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+        if self.syncer is not None:
+            await self.syncer.close()
+        if self.store is not None:
+            self.store.close()
+
+    async def sample(self, now: float | None = None) -> SourceSample:
+        """Sync, then sample the record store."""
+        if self.syncer is not None:
+            await self.syncer.sync(now)
+        return await self.inner.sample(now)
+
+    async def check_columns(self) -> list[str]:
+        return await self.inner.check_columns()
+
+
+class HubRegistration:
+    """Keeps this service registered with a TMF hub (`POST /hub`), and unregisters on close."""
+
+    def __init__(self, name: str, source: TmfEventsSource, callback: str, store: RecordStore) -> None:
+        self.name = name
+        self.source = source
+        self.callback = callback
+        self.store = store
+        self.client = HttpClient(name, limits_of(source), source.auth, source.ca_file)
+        self.hub_id: str | None = None
+
+    async def sync(self, now: float | None = None) -> int:
+        """Register when not registered yet (a failure fails the sample with its reason)."""
+        if self.hub_id is not None or self.source.hub_url is None:
+            return 0
+        reply = await self.client.request("POST", f"{self.source.hub_url.rstrip('/')}/hub",
+                                          payload={"callback": self.callback, "query": self.source.query})
+        if not isinstance(reply.body, dict) or not isinstance(reply.body.get("id"), str | int):
+            raise SourceSchemaMismatch(self.name, "the hub answered without an id")
+        self.hub_id = str(reply.body["id"])
+        log_event(_LOG, "hub_registered", source=self.name, hub=self.hub_id, callback=self.callback)
+        return 0
+
+    async def close(self) -> None:
+        """Unregister from the hub (best effort) and close the client."""
+        if self.hub_id is not None and self.source.hub_url is not None:
+            try:
+                await self.client.request("DELETE", f"{self.source.hub_url.rstrip('/')}/hub/{self.hub_id}")
+                log_event(_LOG, "hub_unregistered", source=self.name, hub=self.hub_id)
+            except SourceError as exc:
+                log_event(_LOG, "hub_unregister_failed", logging.WARNING, source=self.name, error=str(exc))
+            self.hub_id = None
+        await self.client.close()
+
+
+def store_path(name: str, source: SyncedSource, state_path: str | Path) -> Path:
+    """Where the record store of a source lives."""
+    return Path(source.store) if source.store else records_path(state_path, name)
+
+
+def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process],
+               state_path: str | Path) -> RecordStore:
+    """Open (creating the tables of) the record store of a source."""
+    tables = sorted({p.records.table for p in processes.values()}) or [name]
+    finals: dict[str, tuple[str, ...]] = {}
+    api = getattr(source, "api", None) or (source.kind if source.kind in APIS else None)
+    if api is not None:
+        finals = dict.fromkeys(tables, APIS[api].finals)
+    sync = "FULL" if isinstance(source, TmfEventsSource) and source.durability == "full" else "NORMAL"
+    return RecordStore(store_path(name, source, state_path), tables, synchronous=sync, final_statuses=finals)
+
+
+def store_source(source: SyncedSource, store: RecordStore) -> SqlSource:
+    """The SQL source the KPI engine samples: the record store, on the source's schedule."""
+    return SqlSource(kind="sql", dsn=store.dsn, timeout=source.timeout, interval=source.interval,
+                     cron=source.cron, jitter=source.jitter, pool_size=1, settle=source.settle,
+                     reconcile=source.reconcile)
+
+
+def build_sampler(name: str, source: Source, processes: Mapping[str, Process], state: StateStore,
+                  service: ServiceConfig, state_path: str | Path) -> Sampler:
+    """Return the sampler of any source: the SQL engine itself, or a syncing sampler around it."""
+    options: dict[str, Any] = {"currency": service.currency, "max_series": service.max_series_per_process}
+    if isinstance(source, SqlSource):
+        return SourceSampler(name, source, processes, state, **options)
+    store = open_store(name, source, processes, state_path)
+    inner = SourceSampler(name, store_source(source, store), processes, state, **options)
+    syncer = _syncer(name, source, store, service)
+    if isinstance(source, TmfEventsSource):
+        store.close()  # the listener writes through its own connection
+        return SyncingSampler(name, syncer, None, inner)
+    return SyncingSampler(name, syncer, store, inner)
+
+
+def _syncer(name: str, source: SyncedSource, store: RecordStore, service: ServiceConfig) -> Syncer:
+    if isinstance(source, TmfSource):
+        return _Polling(TmfPoller(name, source, HttpClient(name, limits_of(source), source.auth, source.ca_file),
+                                  store))
+    if isinstance(source, HttpJsonSource):
+        return HttpJsonSync(name, source, HttpClient(name, limits_of(source), source.auth, source.ca_file), store)
+    if isinstance(source, CostCsvSource):
+        return CostCsvSync(name, source, store)
+    callback = source.callback or f"http://{service.listen}/tmf/{name}"
+    return HubRegistration(name, source, callback, store)
+
+
+class _Polling:
+    def __init__(self, poller: TmfPoller) -> None:
+        self.poller = poller
+
+    async def sync(self, now: float | None = None) -> int:
+        return await self.poller.sync()
+
+    async def close(self) -> None:
+        await self.poller.client.close()
+
+
+def mount_sources(app: web.Application, inventory: Inventory, state_path: str | Path | None = None) -> None:
+    """Add the listener route and open/close the listeners of the `tmf_events` sources with the app."""
+    events = {n: s for n, s in inventory.sources.items() if isinstance(s, TmfEventsSource)}
+    if not events:
+        return
+    app[LISTENERS] = {}
+    app.router.add_post("/tmf/{source}/listener/{event}", _dispatch)
+    app.cleanup_ctx.append(_listeners(inventory, events, state_path or inventory.service.state_path))
+
+
+def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource],
+               state_path: str | Path) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            for name, source in events.items():
+                processes = {p: proc for p, proc in inventory.processes.items() if proc.records.source == name}
+                store = open_store(name, source, processes, state_path)
+                stack.callback(store.close)
+                listener = Listener(name, source, store)
+                await listener.start()
+                stack.push_async_callback(listener.stop)
+                app[LISTENERS][name] = listener
+            yield
+    return context
+
+
+async def _dispatch(request: web.Request) -> web.Response:
+    listener = request.app[LISTENERS].get(request.match_info["source"])
+    if listener is None:
+        return _error(404, "unknownSource", f"no tmf_events source {request.match_info['source']!r}")
+    response: web.Response = await listener.handle(request)
+    return response

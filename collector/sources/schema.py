@@ -1,0 +1,181 @@
+"""Inventory models of the sources that are not SQL databases.
+
+Each of them syncs work items into an embedded record store (SQLite, WAL) that the KPI engine
+then samples like any SQL source; `interval`, `cron`, `jitter`, `timeout`, `settle` and
+`reconcile` mean what they mean for `kind: sql`.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from collector.durations import Duration
+
+TmfApi = Literal["tmf621", "tmf622", "tmf678", "tmf676", "tmf683"]
+TMF_APIS: tuple[TmfApi, ...] = ("tmf621", "tmf622", "tmf678", "tmf676", "tmf683")
+Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
+MIB = 1024 * 1024
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BearerAuth(_Model):
+    """A static bearer token, inline (from `${ENV}`) or read from a file at each request."""
+
+    kind: Literal["bearer"]
+    token: str | None = None
+    token_file: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "BearerAuth":
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token, token_file")
+        return self
+
+
+class BasicAuth(_Model):
+    kind: Literal["basic"]
+    username: str
+    password: str
+
+
+class OAuth2Auth(_Model):
+    """OAuth2 client credentials: the token is fetched, cached, and re-fetched once on a 401."""
+
+    kind: Literal["oauth2"]
+    token_url: Url
+    client_id: str
+    client_secret: str
+    scope: str | None = None
+
+
+Auth = Annotated[BearerAuth | BasicAuth | OAuth2Auth, Field(discriminator="kind")]
+
+
+class _Synced(_Model):
+    """What every syncing source shares: schedule, limits and where its record store lives."""
+
+    interval: Duration = 60.0
+    cron: str | None = None
+    jitter: Duration | None = None
+    timeout: Duration = 10.0
+    """Per HTTP request (and per query of the record store)."""
+    settle: Annotated[float, Field(ge=0)] = 0.0
+    reconcile: Duration = 3600.0
+    store: str | None = None
+    """Record store file; default `<state file stem>-records-<source>.db` next to the state file."""
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError(f"cron needs five fields (minute hour day month weekday), got {value!r}")
+        return value
+
+
+class _Http(_Synced):
+    auth: Auth | None = None
+    ca_file: str | None = None
+    """PEM bundle of the CA that signs the server certificate (https only)."""
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    backoff: Duration = 0.5
+    """First retry delay; doubled each retry, with full jitter; `Retry-After` wins when longer."""
+    max_bytes: Annotated[int, Field(gt=0)] = 16 * MIB
+    """Largest response body accepted."""
+
+
+class TmfSource(_Http):
+    """Poll a TM Forum Open API list endpoint: paging, `fields=`, incremental by `lastUpdate`."""
+
+    kind: TmfApi
+    base_url: Url
+    """The API root, e.g. https://tt.example/tmf-api/troubleTicket/v4 (the resource is appended)."""
+    version: Literal[4, 5] = 4
+    page_size: Annotated[int, Field(ge=1, le=5000)] = 500
+    query: str = ""
+    """Extra list filter, e.g. `ticketType=billInquiry` (also sent as the hub query)."""
+    fields: bool = True
+    """Ask only for the attributes the record store needs (`fields=`)."""
+    full_sync: Duration = 6 * 3600.0
+    """Re-read the whole collection this often (heals missed updates and deletions)."""
+
+    @property
+    def dsn(self) -> str:
+        """Where the source reads (for logs; passwords are masked by the caller)."""
+        return self.base_url
+
+
+class TmfEventsSource(_Synced):
+    """Receive TMF event notifications on `/tmf/<source>/listener/<eventName>`."""
+
+    kind: Literal["tmf_events"]
+    api: TmfApi
+    version: Literal[4, 5] = 4
+    hub_url: Url | None = None
+    """API root to register with (`POST {hub_url}/hub`) on start; none: the hub is set up elsewhere."""
+    callback: Url | None = None
+    """URL the hub calls; default `http://<service.listen>/tmf/<source>`."""
+    query: str = ""
+    secret: str | None = None
+    """Shared secret the sender must put in the `X-Fabwatch-Secret` header."""
+    max_body: Annotated[int, Field(gt=0)] = MIB
+    batch_max: Annotated[int, Field(ge=1, le=10000)] = 1000
+    """Events committed together at most (group commit); each is acknowledged after its commit."""
+    durability: Literal["full", "normal"] = "full"
+    """SQLite `synchronous`: full survives power loss, normal survives a process crash."""
+    auth: Auth | None = None
+    """Credentials for the hub registration."""
+    ca_file: str | None = None
+
+    @property
+    def dsn(self) -> str:
+        """Where the source reads (for logs)."""
+        return self.hub_url or "listener"
+
+
+class HttpJsonSource(_Http):
+    """A JSON document mapped by JMESPath to work items (`items` + `columns`) or to `values`."""
+
+    kind: Literal["http_json"]
+    url: Url
+    items: str | None = None
+    """JMESPath to the list of work items in the payload."""
+    columns: dict[Column, str] = {}
+    """Record column -> JMESPath evaluated on each item (id, created_at and status are needed)."""
+    values: dict[Column, str] = {}
+    """Name -> JMESPath to a number; stored in table `kpi_value` for `kind: value` KPIs."""
+
+    @model_validator(mode="after")
+    def _mapped(self) -> "HttpJsonSource":
+        if self.items is None and not self.values:
+            raise ValueError("give items (with columns) or values")
+        missing = {"id", "created_at", "status"} - set(self.columns)
+        if self.items is not None and missing:
+            raise ValueError("columns must map " + ", ".join(sorted(missing)))
+        return self
+
+    @property
+    def dsn(self) -> str:
+        """Where the source reads (for logs)."""
+        return self.url
+
+
+class CostCsvSource(_Synced):
+    """Monthly costs from finance: CSV files with process, component, amount, currency, month."""
+
+    kind: Literal["cost_csv"]
+    path: str
+    """A file or a glob (`/data/finance/costs-*.csv`)."""
+
+    @property
+    def dsn(self) -> str:
+        """Where the source reads (for logs)."""
+        return self.path
+
+
+SyncedSource = TmfSource | TmfEventsSource | HttpJsonSource | CostCsvSource
+SOURCE_KINDS = frozenset({"sql", *TMF_APIS, "tmf_events", "http_json", "cost_csv"})
+"""Every `kind` of source (the tags of the `Source` union)."""

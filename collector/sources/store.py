@@ -1,0 +1,244 @@
+"""The record store: an embedded SQLite file (WAL) holding the work items non-SQL sources sync.
+
+Its records tables have the columns of the simulator's tables, so the KPI engine samples it as
+an ordinary SQL source. A row is replaced only by a version at least as recent (`updated_at`),
+which resolves out-of-order events; `reopened` and `fallout` never go back to 0, and a move out
+of a final status is a reopen. Received events are kept by `eventId`, so a redelivered event is
+acknowledged again but applied once. Writes happen on one connection, serialized by the caller.
+"""
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+COLUMNS: tuple[tuple[str, str, str | None], ...] = (
+    ("id", "TEXT PRIMARY KEY", None),
+    ("created_at", "REAL NOT NULL", None),
+    ("completed_at", "REAL", None),
+    ("due_at", "REAL", None),
+    ("updated_at", "REAL NOT NULL", None),
+    ("status", "TEXT NOT NULL", None),
+    ("outcome", "TEXT", None),
+    ("priority", "TEXT", None),
+    ("channel", "TEXT", None),
+    ("segment", "TEXT", None),
+    ("paused_seconds", "REAL NOT NULL", "0"),
+    ("reopened", "INTEGER NOT NULL", "0"),
+    ("fallout", "INTEGER NOT NULL", "0"),
+    ("first_contact_resolved", "INTEGER NOT NULL", "0"),
+    ("abandoned", "INTEGER NOT NULL", "0"),
+    ("wait_seconds", "REAL NOT NULL", "0"),
+    ("adjusted", "INTEGER NOT NULL", "0"),
+    ("ebill", "INTEGER NOT NULL", "0"),
+    ("saved", "INTEGER NOT NULL", "0"),
+    ("written_off", "INTEGER NOT NULL", "0"),
+    ("handling_minutes", "REAL NOT NULL", "0"),
+    ("amount", "REAL NOT NULL", "0"),
+)
+"""The records table shape (the simulator's `record_table`), with the defaults of a missing value."""
+NAMES = tuple(name for name, _, _ in COLUMNS)
+FLOATS = frozenset({"created_at", "completed_at", "due_at", "updated_at", "paused_seconds", "wait_seconds",
+                    "handling_minutes", "amount"})
+INTEGERS = frozenset({"reopened", "fallout", "first_contact_resolved", "abandoned", "adjusted", "ebill",
+                      "saved", "written_off"})
+STICKY = ("reopened", "fallout")
+_INDEXED = ("status", "created_at", "completed_at", "updated_at")
+
+_SIDE_TABLES = """
+CREATE TABLE IF NOT EXISTS sync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tmf_event (
+    event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL, resource_id TEXT NOT NULL,
+    event_time REAL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS kpi_value (name TEXT PRIMARY KEY, value REAL, updated_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cost_entry (
+    process TEXT NOT NULL, component TEXT NOT NULL, month TEXT NOT NULL, amount REAL NOT NULL,
+    currency TEXT NOT NULL, month_start REAL NOT NULL, file TEXT NOT NULL,
+    PRIMARY KEY (process, component, month));
+"""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One received notification, reduced to what the store needs."""
+
+    event_id: str
+    event_type: str
+    table: str
+    row: Row | None
+    resource_id: str
+    event_time: float | None
+    delete: bool = False
+
+
+class RecordStore:
+    """One SQLite file with a records table per process of a source, plus sync bookkeeping."""
+
+    def __init__(self, path: str | Path, tables: Iterable[str], *, synchronous: str = "NORMAL",
+                 final_statuses: Mapping[str, Sequence[str]] | None = None) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tables = tuple(dict.fromkeys(tables))
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.executescript(_SIDE_TABLES + "".join(_table_ddl(t) for t in self.tables))
+        finals = final_statuses or {}
+        self._upserts = {t: _upsert_sql(t, tuple(finals.get(t, ()))) for t in self.tables}
+
+    @property
+    def dsn(self) -> str:
+        """The SQLAlchemy URL the KPI engine samples."""
+        return f"sqlite+aiosqlite:///{self.path}"
+
+    def close(self) -> None:
+        self._db.close()
+
+    def upsert(self, table: str, rows: Sequence[Row], meta: Mapping[str, str] | None = None) -> int:
+        """Write rows (newer versions win) and bookkeeping in one transaction; return rows given."""
+        with self._transaction() as db:
+            db.executemany(self._upserts[table], [_params(r) for r in rows])
+            self._put_meta(db, meta or {})
+        return len(rows)
+
+    def apply_events(self, events: Sequence[Event]) -> list[bool]:
+        """Store events in one transaction; return for each whether it was new (not a duplicate).
+
+        Without deletions the batch is written with one `executemany` per table, in arrival order
+        (the upsert keeps the newest version whatever the order); with one, event by event.
+        """
+        now = time.time()
+        with self._transaction() as db:
+            if any(event.delete for event in events):
+                return [self._apply_one(db, event, now) for event in events]
+            known = self._known(db, [event.event_id for event in events])
+            fresh: list[bool] = []
+            for event in events:
+                fresh.append(event.event_id not in known)
+                known.add(event.event_id)
+            new = [event for event, is_new in zip(events, fresh, strict=True) if is_new]
+            db.executemany("INSERT INTO tmf_event (event_id, event_type, resource_id, event_time, received_at) "
+                           "VALUES (?, ?, ?, ?, ?)",
+                           [(e.event_id, e.event_type, e.resource_id, e.event_time, now) for e in new])
+            for table in dict.fromkeys(e.table for e in new if e.row is not None):
+                db.executemany(self._upserts[table],
+                               [_params(e.row) for e in new if e.row is not None and e.table == table])
+        return fresh
+
+    @staticmethod
+    def _known(db: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
+        """Which of these event ids are stored already."""
+        known: set[str] = set()
+        for start in range(0, len(event_ids), 500):
+            chunk = event_ids[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            known.update(r[0] for r in db.execute(f"SELECT event_id FROM tmf_event WHERE event_id IN ({marks})", chunk))
+        return known
+
+    def _apply_one(self, db: sqlite3.Connection, event: Event, now: float) -> bool:
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO tmf_event (event_id, event_type, resource_id, event_time, received_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (event.event_id, event.event_type, event.resource_id, event.event_time, now))
+        if cursor.rowcount != 1:
+            return False
+        self._apply(db, event)
+        return True
+
+    def _apply(self, db: sqlite3.Connection, event: Event) -> None:
+        if event.delete:
+            db.execute(f'DELETE FROM "{event.table}" WHERE id = ?', (event.resource_id,))
+        elif event.row is not None:
+            db.execute(self._upserts[event.table], _params(event.row))
+
+    def put_values(self, values: Mapping[str, float | None], now: float) -> None:
+        """Replace named KPI values (table `kpi_value`)."""
+        with self._transaction() as db:
+            db.executemany("INSERT INTO kpi_value (name, value, updated_at) VALUES (?, ?, ?) ON CONFLICT(name) "
+                           "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                           [(k, v, now) for k, v in values.items()])
+
+    def put_costs(self, rows: Sequence[tuple[str, str, str, float, str, float, str]]) -> None:
+        """Replace cost entries (process, component, month, amount, currency, month_start, file)."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO cost_entry (process, component, month, amount, currency, "
+                           "month_start, file) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM sync_meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self._transaction() as db:
+            self._put_meta(db, values)
+
+    def count(self, table: str) -> int:
+        return int(self._db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0])
+
+    def rows(self, table: str) -> list[Row]:
+        """Return every row of a table, by id (for tests and `fabwatch check`)."""
+        cursor = self._db.execute(f'SELECT {", ".join(NAMES)} FROM "{table}" ORDER BY id')
+        return [dict(zip(NAMES, r, strict=True)) for r in cursor]
+
+    @staticmethod
+    def _put_meta(db: sqlite3.Connection, values: Mapping[str, str]) -> None:
+        db.executemany("INSERT OR REPLACE INTO sync_meta (key, value) VALUES (?, ?)", list(values.items()))
+
+    def _transaction(self) -> "_Tx":
+        return _Tx(self._db)
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc is None else "ROLLBACK")
+
+
+def _table_ddl(table: str) -> str:
+    columns = ", ".join(f"{n} {t}" + (f" DEFAULT {d}" if d is not None else "") for n, t, d in COLUMNS)
+    indexes = "".join(f'CREATE INDEX IF NOT EXISTS "ix_{table}_{c}" ON "{table}" ({c});' for c in _INDEXED)
+    return f'CREATE TABLE IF NOT EXISTS "{table}" ({columns});{indexes}'
+
+
+def _upsert_sql(table: str, finals: tuple[str, ...]) -> str:
+    """An upsert that keeps the newer version, sticky flags, and counts a move out of a final status."""
+    names = ", ".join(NAMES)
+    marks = ", ".join(f":{n}" for n in NAMES)
+    plain = [f"{n} = excluded.{n}" for n in NAMES if n != "id" and n not in STICKY]
+    reopen = "0"
+    if finals:
+        listed = ", ".join(json.dumps(s).replace('"', "'") for s in finals)
+        reopen = f'CASE WHEN "{table}".status IN ({listed}) AND excluded.status NOT IN ({listed}) THEN 1 ELSE 0 END'
+    sticky = [f'reopened = MAX(excluded.reopened, "{table}".reopened, {reopen})',
+              f'fallout = MAX(excluded.fallout, "{table}".fallout)']
+    return (f'INSERT INTO "{table}" ({names}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET '
+            + ", ".join(plain + sticky) + f' WHERE excluded.updated_at >= "{table}".updated_at')
+
+
+def _params(row: Row) -> Row:
+    out: Row = {}
+    for name, _, default in COLUMNS:
+        value = row.get(name)
+        if value is None and default is not None:
+            value = 0
+        out[name] = value
+    return out
+
+
+def records_path(state_path: str | Path, source: str) -> Path:
+    """Default record store of a source: `<state stem>-records-<source>.db` next to the state file."""
+    state = Path(state_path)
+    return state.with_name(f"{state.stem}-records-{source}.db")

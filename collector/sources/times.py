@@ -1,0 +1,57 @@
+"""RFC 3339 date-times <-> epoch seconds, exact: a formatted float parses back to the same float.
+
+TMF APIs carry times as `date-time` strings; the record store keeps epoch seconds (DOUBLE). A
+fraction of up to 18 digits is written when needed, so a time read through a TMF API equals the
+one in the source system to the last bit and KPIs agree exactly with a direct SQL read.
+"""
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal, localcontext
+
+_RFC3339 = re.compile(
+    r"^(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d{1,18}))?([Zz]|[+-]\d\d:?\d\d)?$")
+
+
+def format_time(epoch: float) -> str:
+    """Return `epoch` as an RFC 3339 UTC date-time with the fewest fraction digits that round-trip."""
+    for digits in (0, 3, 6, 9, 12, 15, 18):
+        text = _format(epoch, digits)
+        if parse_time(text) == epoch:
+            return text
+    return _format(epoch, 18)
+
+
+def _format(epoch: float, digits: int) -> str:
+    with localcontext() as ctx:
+        ctx.prec = 60
+        scaled = round(Decimal(epoch) * (10**digits))
+    whole, frac = divmod(scaled, 10**digits)
+    stamp = datetime.fromtimestamp(int(whole), UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{int(frac):0{digits}d}Z" if digits else f"{stamp}Z"
+
+
+def parse_time(text: str) -> float:
+    """Return the epoch seconds of an RFC 3339 date-time; no zone means UTC."""
+    match = _RFC3339.match(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
+    day, clock, frac, zone = match.groups()
+    if zone is None or zone in "Zz":
+        zone = "+00:00"
+    elif ":" not in zone:
+        zone = f"{zone[:3]}:{zone[3:]}"
+    whole = int(datetime.fromisoformat(f"{day}T{clock}{zone}").timestamp())
+    if not frac:
+        return float(whole)
+    # float() of a decimal string rounds correctly, like float(Decimal(whole) + Decimal("0.frac")).
+    return float(f"{whole}.{frac}") if whole >= 0 else float(Decimal(whole) + Decimal(f"0.{frac}"))
+
+
+def maybe_time(value: object) -> float | None:
+    """Parse a date-time string; None for a missing value."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected a date-time string, got {type(value).__name__}")
+    return parse_time(value)

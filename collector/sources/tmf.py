@@ -1,0 +1,184 @@
+"""The TM Forum Open APIs fabwatch reads, and how a resource becomes a work-item row.
+
+Each API names where the work-item fields live (they differ by API and by version). Fields
+without a standard attribute are read from the `fabwatch` extension object when the server adds
+one (the simulator does), else they take the records table's default. Lifecycle rules: TMF621
+resolved/closed/cancelled -> an open status is a reopen (the record store counts it), TMF622
+failed/held/partial count as fallout, and a status history, when given, also reveals reopens.
+"""
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.sources.store import FLOATS, INTEGERS, NAMES, Row
+from collector.sources.times import maybe_time
+
+EXTENSION = "fabwatch"
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class TmfApi:
+    """What differs between the APIs: resource name, state attribute, base paths, field paths."""
+
+    kind: str
+    resource: str
+    type_name: str
+    state_key: str
+    base_paths: Mapping[int, str]
+    finals: tuple[str, ...]
+    fallout: tuple[str, ...] = ()
+    paths: Mapping[str, Path] = field(default_factory=dict)
+    v5_paths: Mapping[str, Path] = field(default_factory=dict)
+    history: Mapping[int, str] = field(default_factory=dict)
+    change_event: str = ""
+    """The status/state change event's name (TMF676 says `paymentStateChangeEvent` for a `status`)."""
+
+    def field_paths(self, version: int) -> dict[str, Path]:
+        """Column -> JSON path of the standard attribute holding it, for one version."""
+        paths = dict(self.paths)
+        if version == 5:
+            paths.update(self.v5_paths)
+        return paths
+
+    def event_names(self) -> dict[str, str]:
+        """Event name (as in `/listener/{eventName}`) -> kind: create, change or delete."""
+        prefix = self.resource
+        return {f"{prefix}CreateEvent": "create", self.change_event: "change",
+                f"{prefix}AttributeValueChangeEvent": "change", f"{prefix}DeleteEvent": "delete"}
+
+    def top_fields(self, version: int) -> list[str]:
+        """Top-level attributes to ask for with `fields=` (id and lastUpdate always)."""
+        tops = {str(p[0]) for p in self.field_paths(version).values()}
+        tops |= {"id", "lastUpdate", EXTENSION}
+        if version in self.history:
+            tops.add(self.history[version])
+        return sorted(tops)
+
+
+APIS: dict[str, TmfApi] = {
+    "tmf621": TmfApi(
+        "tmf621", "troubleTicket", "TroubleTicket", "status",
+        {4: "/tmf-api/troubleTicket/v4", 5: "/tmf-api/troubleTicket/v5"},
+        finals=("resolved", "closed", "cancelled", "rejected"),
+        paths={"created_at": ("creationDate",), "updated_at": ("lastUpdate",),
+               "due_at": ("expectedResolutionDate",), "completed_at": ("resolutionDate",),
+               "status": ("status",), "priority": ("priority",), "channel": ("channel", "name")},
+        history={4: "statusChange", 5: "statusChangeHistory"}, change_event="troubleTicketStatusChangeEvent"),
+    "tmf622": TmfApi(
+        "tmf622", "productOrder", "ProductOrder", "state",
+        {4: "/tmf-api/productOrderingManagement/v4", 5: "/tmf-api/productOrderingManagement/v5"},
+        finals=("completed", "failed", "partial", "cancelled", "rejected"), fallout=("failed", "held", "partial"),
+        paths={"created_at": ("orderDate",), "due_at": ("requestedCompletionDate",),
+               "completed_at": ("completionDate",), "status": ("state",), "priority": ("priority",),
+               "channel": ("channel", 0, "name"), "segment": ("category",)},
+        v5_paths={"created_at": ("creationDate",), "channel": ("channel", 0, "channel", "name")},
+        change_event="productOrderStateChangeEvent"),
+    "tmf678": TmfApi(
+        "tmf678", "customerBill", "CustomerBill", "state",
+        {4: "/tmf-api/customerBillManagement/v4", 5: "/tmf-api/customerBillManagement/v5"},
+        finals=("sent", "settled", "partiallyPaid"),
+        paths={"created_at": ("billDate",), "updated_at": ("lastUpdate",), "status": ("state",),
+               "amount": ("amountDue", "value")}, change_event="customerBillStateChangeEvent"),
+    "tmf676": TmfApi(
+        "tmf676", "payment", "Payment", "status",
+        {4: "/payment/v4"},
+        finals=("settled", "writtenOff"),
+        paths={"status": ("status",), "channel": ("channel", "name"), "amount": ("amount", "value")},
+        change_event="paymentStateChangeEvent"),
+    "tmf683": TmfApi(
+        "tmf683", "partyInteraction", "PartyInteraction", "status",
+        {4: "/tmf-api/partyInteraction/v4", 5: "/tmf-api/partyInteraction/v5"},
+        finals=("completed", "abandoned"),
+        paths={"created_at": ("creationDate",), "completed_at": ("interactionDate", "endDateTime"),
+               "status": ("status",), "channel": ("channel", 0, "name")},
+        v5_paths={"updated_at": ("lastUpdate",), "channel": ("relatedChannel", 0, "channel", "name")},
+        change_event="partyInteractionStatusChangeEvent"),
+}
+
+
+class MappingError(ValueError):
+    """A resource lacks what a work item needs, or holds a value of the wrong type."""
+
+
+def dig(document: Any, path: Path) -> Any:
+    """Follow a JSON path (keys and list indexes); None where it leads nowhere."""
+    node = document
+    for step in path:
+        if isinstance(step, int):
+            node = node[step] if isinstance(node, list) and len(node) > step else None
+        else:
+            node = node.get(step) if isinstance(node, dict) else None
+        if node is None:
+            return None
+    return node
+
+
+def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any]) -> Row:
+    """Map one TMF resource to a records-table row; raise `MappingError` when it cannot."""
+    if not isinstance(resource, Mapping):
+        raise MappingError(f"a {api.resource} must be a JSON object")
+    extension = resource.get(EXTENSION)
+    extension = extension if isinstance(extension, Mapping) else {}
+    row: Row = {"id": resource.get("id")}
+    for name, path in _plan(api, version):
+        value = None if path is None else dig(resource, path)
+        if value is None and extension:
+            value = extension.get(name)
+        if value is None and name == "updated_at":
+            value = resource.get("lastUpdate")
+        row[name] = None if value is None else _convert(api, name, value)
+    _lifecycle(api, version, resource, row)
+    for needed in ("id", "created_at", "updated_at", "status"):
+        if row[needed] is None or row[needed] == "":
+            raise MappingError(f"{api.resource} {resource.get('id')!r} has no {needed}")
+    if not isinstance(row["id"], str):
+        raise MappingError(f"{api.resource} id must be a string")
+    return row
+
+
+_PLANS: dict[tuple[str, int], tuple[tuple[str, Path | None], ...]] = {}
+
+
+def _plan(api: TmfApi, version: int) -> tuple[tuple[str, Path | None], ...]:
+    """Each column after id with the path of its standard attribute (None: extension only), cached."""
+    key = (api.kind, version)
+    plan = _PLANS.get(key)
+    if plan is None:
+        paths = api.field_paths(version)
+        plan = _PLANS[key] = tuple((name, paths.get(name)) for name in NAMES[1:])
+    return plan
+
+
+def _convert(api: TmfApi, name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        if name.endswith("_at"):
+            return maybe_time(value)
+        if name in FLOATS:
+            return float(value)
+        if name in INTEGERS:
+            return int(value)
+    except (TypeError, ValueError) as exc:
+        raise MappingError(f"{api.resource} {name}: {exc}") from exc
+    if not isinstance(value, str):
+        raise MappingError(f"{api.resource} {name}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _lifecycle(api: TmfApi, version: int, resource: Mapping[str, Any], row: Row) -> None:
+    """Derive fallout and reopens from the state and the status history, where the source has them."""
+    if row["status"] in api.fallout:
+        row["fallout"] = 1
+    history = resource.get(api.history.get(version, ""), None)
+    if not isinstance(history, list):
+        return
+    statuses = [h.get("status") for h in sorted(
+        (h for h in history if isinstance(h, Mapping) and h.get("changeDate")),
+        key=lambda h: maybe_time(h["changeDate"]) or 0.0)]
+    for before, after in itertools.pairwise(statuses):
+        if before in api.finals and after not in api.finals:
+            row["reopened"] = 1

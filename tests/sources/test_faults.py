@@ -1,0 +1,130 @@
+"""Faults of a polled TMF source: each one gives its reason label and `fab_source_up 0`, and the
+service keeps serving. The faulty API is a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from collector.service import HEALTH, SCHEDULER, build_app
+from collector.sources.times import format_time
+from tests.sources.helpers import API_OF, example, serve_app
+
+BASE = "/tmf-api/troubleTicket/v4"
+GOOD = [{"id": "TT-1", "status": "inProgress", "creationDate": format_time(1.767e9),
+         "lastUpdate": format_time(1.767e9 + 5), "priority": "high"}]
+
+
+class Faulty:
+    """A TMF621 list endpoint whose behaviour the test chooses; also an OAuth2 token endpoint."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.tokens = 0
+        self.valid_token = ""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get(f"{BASE}/troubleTicket", self.tickets)
+        app.router.add_post("/token", self.token)
+        return app
+
+    async def token(self, request: web.Request) -> web.Response:
+        self.tokens += 1
+        return web.json_response({"access_token": f"tok{self.tokens}", "expires_in": 3600})
+
+    async def tickets(self, request: web.Request) -> web.StreamResponse:
+        mode = self.mode
+        if mode == "expired" and request.headers.get("Authorization") != f"Bearer {self.valid_token}":
+            return web.json_response({"code": "expired"}, status=401)
+        answers: dict[str, Any] = {
+            "5xx": lambda: web.json_response({"code": "boom"}, status=503),
+            "429": lambda: web.json_response({}, status=429, headers={"Retry-After": "0"}),
+            "json": lambda: web.Response(text="[{not json", content_type="application/json"),
+            "big": lambda: web.json_response([GOOD[0] | {"note": "x" * 5000}] * 50),
+            "schema": lambda: web.json_response({"items": GOOD}),
+            "no_id": lambda: web.json_response([{"status": "held"}]),
+        }
+        if mode == "slow":
+            await asyncio.sleep(2)
+        if mode in answers:
+            response: web.StreamResponse = answers[mode]()
+            return response
+        return web.json_response(GOOD, headers={"X-Total-Count": "1"})
+
+
+@pytest.fixture
+async def faulty() -> AsyncIterator[tuple[Faulty, str]]:
+    server = Faulty()
+    async with serve_app(server.app()) as url:
+        yield server, url
+
+
+async def _service(url: str, tmp_path: Path, **extra: Any) -> web.Application:
+    sources = {"sql": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'none.db'}"},
+               "tickets": {"kind": "tmf621", "base_url": url + BASE, "timeout": "0.5s", "retries": 1,
+                           "backoff": "10ms", "max_bytes": 20000, "store": str(tmp_path / "tt.db"),
+                           "interval": "1h", **extra}}
+    inventory = example(sources, {p: "tickets" if p == "problem" else "sql" for p in API_OF},
+                        tmp_path / "state.db")
+    return build_app(inventory)
+
+
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("5xx", "http_status"), ("429", "rate_limited"), ("slow", "timeout"), ("json", "invalid_json"),
+    ("big", "oversize"), ("schema", "schema"), ("no_id", "schema"),
+])
+async def test_fault_gives_reason_and_source_down(faulty: tuple[Faulty, str], tmp_path: Path, mode: str,
+                                                  reason: str) -> None:
+    server, url = faulty
+    app = await _service(url, tmp_path)
+    async with serve_app(app) as service_url:
+        scheduler, health = app[SCHEDULER], app[HEALTH]
+        await _sampled(health)
+        assert health.is_up("tickets")
+        server.mode = mode
+        assert await scheduler.run_once("tickets") is None
+        assert health.errors("tickets")[reason] == 1
+        assert not health.is_up("tickets")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{service_url}/metrics") as response:
+                text = await response.text()
+            async with session.get(f"{service_url}/healthz") as response:
+                assert response.status == 200
+        assert 'fab_source_up{source="tickets"} 0.0' in text
+        assert f'fab_source_errors_total{{reason="{reason}",source="tickets"}} 1.0' in text
+        server.mode = "ok"
+        assert await scheduler.run_once("tickets") is not None
+        assert health.is_up("tickets")
+
+
+async def test_expired_token_is_fetched_again_once(faulty: tuple[Faulty, str], tmp_path: Path) -> None:
+    server, url = faulty
+    auth = {"kind": "oauth2", "token_url": f"{url}/token", "client_id": "fabwatch", "client_secret": "x"}
+    app = await _service(url, tmp_path, auth=auth)
+    async with serve_app(app):
+        scheduler, health = app[SCHEDULER], app[HEALTH]
+        await _sampled(health)
+        assert server.tokens == 1
+        assert health.is_up("tickets")
+        server.mode, server.valid_token = "expired", "tok2"  # the cached token has expired server-side
+        assert await scheduler.run_once("tickets") is not None
+        assert server.tokens == 2
+        assert health.is_up("tickets")
+        server.valid_token = "never"  # a fresh token that is refused too: one re-fetch, then auth fails
+        assert await scheduler.run_once("tickets") is None
+        assert server.tokens == 3
+        assert health.errors("tickets")["auth"] == 1
+
+
+async def _sampled(health: Any) -> None:
+    """Wait for the first scheduled sample of every source."""
+    async with asyncio.timeout(10):
+        while health.not_sampled():
+            await asyncio.sleep(0.01)

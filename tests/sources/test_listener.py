@@ -1,0 +1,115 @@
+"""The TMF event listener of the service: durable acknowledgement, duplicates, order, bad events."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from collector.service import build_app
+from collector.sources.times import format_time
+from tests.servers import free_port
+from tests.sources.helpers import API_OF, example, serve_app
+
+T0 = 1_767_225_600.0
+SECRET = "s3cret"
+
+
+def ticket(ident: str, status: str, updated: float) -> dict[str, Any]:
+    return {"id": ident, "@type": "TroubleTicket", "status": status, "ticketType": "problem",
+            "creationDate": format_time(T0), "lastUpdate": format_time(updated), "priority": "high"}
+
+
+def envelope(event_id: str, resource: dict[str, Any], *, v5: bool = False,
+             name: str = "TroubleTicketStatusChangeEvent") -> dict[str, Any]:
+    body = {"eventId": event_id, "eventTime": resource["lastUpdate"], "eventType": name,
+            "event": {"troubleTicket": resource}}
+    body["timeOccurred" if v5 else "timeOcurred"] = resource["lastUpdate"]
+    return body
+
+
+@pytest.fixture
+async def listener(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    port = free_port()
+    store = tmp_path / "events.db"
+    sources = {"sql": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'none.db'}"},
+               "tickets": {"kind": "tmf_events", "api": "tmf621", "store": str(store), "secret": SECRET,
+                           "max_body": 4096, "callback": f"http://127.0.0.1:{port}/tmf/tickets"}}
+    inventory = example(sources, {p: "tickets" if p == "problem" else "sql" for p in API_OF},
+                        tmp_path / "state.db")
+    async with serve_app(build_app(inventory), port=port) as url:
+        yield f"{url}/tmf/tickets/listener", store
+
+
+async def _post(url: str, body: Any, *, secret: str = SECRET, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "X-Fabwatch-Secret": secret}
+    async with aiohttp.ClientSession() as session, session.post(url, data=data, headers=headers) as response:
+        return response.status, await response.json()
+
+
+def _rows(store: Path) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(store)
+    try:
+        return db.execute("SELECT id, status, updated_at, reopened FROM trouble_ticket ORDER BY id").fetchall()
+    finally:
+        db.close()
+
+
+def _events(store: Path) -> int:
+    db = sqlite3.connect(store)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(listener: tuple[str, Path]) -> None:
+    url, store = listener
+    create = envelope("e1", ticket("TT-1", "acknowledged", T0), name="TroubleTicketCreateEvent")
+    assert (await _post(f"{url}/troubleTicketCreateEvent", create))[0] == 201
+    resolved = envelope("e3", ticket("TT-1", "resolved", T0 + 300), v5=True)
+    assert await _post(f"{url}/troubleTicketStatusChangeEvent", resolved) == (
+        201, {"eventId": "e3", "duplicate": False})
+    late = envelope("e2", ticket("TT-1", "inProgress", T0 + 100))  # arrives after a newer version
+    assert (await _post(f"{url}/troubleTicketStatusChangeEvent", late))[0] == 201
+    assert _rows(store) == [("TT-1", "resolved", T0 + 300, 0)]
+    assert await _post(f"{url}/troubleTicketStatusChangeEvent", resolved) == (
+        201, {"eventId": "e3", "duplicate": True})
+    reopened = envelope("e4", ticket("TT-1", "inProgress", T0 + 900))
+    assert (await _post(f"{url}/troubleTicketStatusChangeEvent", reopened))[0] == 201
+    assert _rows(store) == [("TT-1", "inProgress", T0 + 900, 1)]  # resolved -> inProgress is a reopen
+    assert _events(store) == 4
+
+
+@pytest.mark.parametrize(("event_name", "body", "raw", "secret", "status", "code"), [
+    ("troubleTicketStatusChangeEvent", None, b"{not json", SECRET, 400, "invalidJson"),
+    ("troubleTicketExplodedEvent", envelope("x1", ticket("TT-9", "held", T0)), None, SECRET, 400,
+     "unknownEventType"),
+    ("troubleTicketStatusChangeEvent", {"event": {"troubleTicket": ticket("TT-9", "held", T0)}}, None, SECRET,
+     400, "missingEventId"),
+    ("troubleTicketStatusChangeEvent", {"eventId": "x2", "event": {"troubleTicket": {"status": "held"}}}, None,
+     SECRET, 400, "missingResource"),
+    ("troubleTicketStatusChangeEvent", envelope("x3", {**ticket("TT-9", "held", T0), "creationDate": "yesterday"}),
+     None, SECRET, 400, "invalidResource"),
+    ("troubleTicketStatusChangeEvent", envelope("x4", {**ticket("TT-9", "held", T0), "note": "x" * 5000}), None,
+     SECRET, 413, "tooLarge"),
+    ("troubleTicketStatusChangeEvent", envelope("x5", ticket("TT-9", "held", T0)), None, "wrong", 401,
+     "unauthorized"),
+    ("troubleTicketCreateEvent", envelope("x6", ticket("TT-9", "held", T0)), None, SECRET, 400,
+     "eventTypeMismatch"),
+])
+async def test_bad_events_get_a_json_4xx_and_are_not_stored(
+        listener: tuple[str, Path], event_name: str, body: Any, raw: bytes | None, secret: str, status: int,
+        code: str) -> None:
+    url, store = listener
+    answer = await _post(f"{url}/{event_name}", body, raw=raw, secret=secret)
+    assert answer[0] == status
+    assert answer[1]["code"] == code
+    assert _rows(store) == []
+    assert _events(store) == 0
