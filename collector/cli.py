@@ -21,16 +21,14 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from alerts import cli as alerts_cli
-from collector.engine import SourceSampler
 from collector.errors import SourceError
 from collector.health import fabwatch_version
 from collector.inventory import ConfigError, load_inventory
 from collector.logs import safe_dsn, setup_logging
 from collector.schema import Inventory, ServiceConfig
-from collector.service import build_app, processes_of, serve
+from collector.service import build_app, processes_of, serve, shifted_clock
+from collector.sources.sampler import build_sampler
 from collector.state import StateStore
-from dashboards import cli as dashboards_cli
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_DIR = ".fabwatch-demo"
@@ -80,8 +78,9 @@ def _flag(parser: argparse.ArgumentParser, flags: list[EnvFlag], *names: str, en
     flags.append(EnvFlag(action.dest, f"FABWATCH_{env}", convert, default))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with its subcommands."""
+def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
+    """Build the argument parser with its subcommands; `wanted` names the command that will run
+    (its module is imported when it is a lazy one)."""
     parser = argparse.ArgumentParser(
         prog="fabwatch", description="Monitor the customer processes (eTOM 1.3.1) of an operator.")
     parser.add_argument("--version", action="version", version=f"fabwatch {fabwatch_version()}")
@@ -97,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(serve_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
           help="HOST:PORT to listen on (default: service.listen of the inventory)")
     _flag(serve_cmd, flags, "--state", env="STATE", help="state file (default: service.state_path)")
+    _flag(serve_cmd, flags, "--clock-start", env="CLOCK_START", convert=float, metavar="UNIX_TIME",
+          help="sample as if the clock read UNIX_TIME at start, running on from there: for replaying "
+               "a dataset whose timestamps end at a fixed instant (benchmarks); default: the real clock")
     serve_cmd.set_defaults(command=cmd_serve, env_flags=common + flags)
 
     flags = []
@@ -121,9 +123,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.set_defaults(command=cmd_demo, env_flags=common + flags)
 
     _add_simulate(commands, common)
-    dashboards_cli.add_parser(commands).set_defaults(command=dashboards_cli.run, env_flags=common)
-    alerts_cli.add_parser(commands).set_defaults(command=alerts_cli.run, env_flags=common)
+    _add_lazy(commands, common, wanted)
     return parser
+
+
+LAZY_COMMANDS = {
+    "dashboards": ("dashboards.cli", "generate Grafana dashboards and provisioning files, or push them to Grafana"),
+    "alerts": ("alerts.cli", "generate Prometheus rules and the Alertmanager config"),
+}
+"""Commands whose modules (Grafana SDK, rule builders) load only when the command runs, so that
+`serve` stays small in memory and quick to start."""
+
+
+def _add_lazy(commands: Any, common: list[EnvFlag], wanted: str | None) -> None:
+    """Add the lazy commands: the real parser for `wanted`, a help-only entry for the others."""
+    for name, (module, help_text) in LAZY_COMMANDS.items():
+        if name == wanted:
+            cli = importlib.import_module(module)
+            cli.add_parser(commands).set_defaults(command=cli.run, env_flags=common)
+        else:
+            commands.add_parser(name, help=help_text, add_help=False)
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv` (the first word that is neither an option nor its value)."""
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token == "--log-level":
+            skip = True
+        elif not token.startswith("-"):
+            return token
+    return None
 
 
 def _config_flag(parser: argparse.ArgumentParser, flags: list[EnvFlag]) -> None:
@@ -171,8 +203,9 @@ def resolve_env(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the fabwatch command line; return the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(command_word(words))
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
@@ -214,11 +247,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if inventory is None:
         return EXIT_CONFIG
     host, port = args.listen or (inventory.service.host, inventory.service.port)
-    return asyncio.run(_serve(inventory, host, port, args.state))
+    clock = time.time if args.clock_start is None else shifted_clock(args.clock_start)
+    return asyncio.run(_serve(inventory, host, port, args.state, clock))
 
 
-async def _serve(inventory: Inventory, host: str, port: int, state: str | None) -> int:
-    app = build_app(inventory, state_path=state)
+async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
+                 clock: Callable[[], float] = time.time) -> int:
+    app = build_app(inventory, state_path=state, clock=clock)
     try:
         async with _stop_on_signals() as stop:
             await serve(app, host, port, stop)
@@ -285,9 +320,7 @@ async def check_sources(inventory: Inventory) -> list[CheckRow]:
 
 async def _check_source(inventory: Inventory, name: str, state: StateStore) -> list[CheckRow]:
     source = inventory.sources[name]
-    sampler = SourceSampler(name, source, processes_of(inventory, name), state,
-                            currency=inventory.service.currency,
-                            max_series=inventory.service.max_series_per_process)
+    sampler = build_sampler(name, source, processes_of(inventory, name), state, inventory.service, state.path)
     started = time.perf_counter()
     try:
         await sampler.open()

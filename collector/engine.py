@@ -1,11 +1,14 @@
 """The KPI engine: sample one SQL source incrementally and turn the sums into metric families.
 
 Each sample reads, per process, only the rows whose creation or completion time moved past the
-last watermark (entering the windows) and the rows leaving each window, plus the open items
-from the status index. Counters accumulate the entering rows; window sums add the entering rows
-and subtract the leaving ones (recomputed in full every `reconcile` period, which also heals
-rows changed after they were counted). Everything a sample changes is saved in one transaction
-of the state store before it is published, so restarts neither lose nor double-count rows.
+last watermark (entering the windows) and the rows leaving each window, in one statement per
+edge; and the open items that were created or completed since the previous sample (the backlog
+is recounted in full from the status index at start and every `reconcile` period). Counters
+accumulate the entering rows; window sums add the entering rows and subtract the leaving ones
+(recomputed in full every `reconcile` period, which also heals rows changed after they were
+counted). So the rows a sample reads follow the rows that changed, not the size of the table.
+Everything a sample changes is saved in one transaction of the state store before it is
+published, so restarts neither lose nor double-count rows.
 """
 
 import asyncio
@@ -13,7 +16,7 @@ import copy
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +37,7 @@ from collector.errors import (
 from collector.kpis import fixed_cost, kpi_value, variable_cost, window_key, windows_of
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
 from collector.schema import Process, SqlSource, ValueKpi
-from collector.sql import MISSING, EdgeQuery, ProcessQueries, build_queries
+from collector.sql import MISSING, UPCOMING, EdgeQuery, OpenQueries, ProcessQueries, Shared, build_queries, share
 from collector.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,53 @@ class _Open:
 
 
 @dataclass
+class _Book:
+    """Open items of one process, counted in full at times and followed by their changes between.
+
+    A recount reads every open item (the status index); in between, each sample reads only the
+    items created since (still open) and those completed since (they left), on the time indexes.
+    `upcoming` keeps the due times of open items falling due before the next recount, so that
+    `overdue` follows the clock. Status changes that leave no completion time (cancelled, paused,
+    reopened) show at the next recount, every `reconcile` of the source.
+    """
+
+    recounted_at: float
+    counted_at: float
+    horizon: float
+    backlog: dict[str, float] = field(default_factory=dict)
+    overdue: dict[str, float] = field(default_factory=dict)
+    upcoming: dict[str, list[float]] = field(default_factory=dict)
+    oldest: float | None = None
+
+    def add(self, key: str, n: float, overdue: float, due: float | None, sign: float = 1.0) -> None:
+        """Add (or with sign -1 remove) a group of open items."""
+        self.backlog[key] = self.backlog.get(key, 0.0) + sign * n
+        self.overdue[key] = self.overdue.get(key, 0.0) + sign * overdue
+        if due is None:
+            return
+        dues = self.upcoming.setdefault(key, [])
+        for _ in range(int(n)):
+            if sign > 0:
+                dues.append(due)
+            elif due in dues:
+                dues.remove(due)
+
+    def fold(self, now: float) -> None:
+        """Count as overdue the upcoming items whose due time has passed."""
+        for key, dues in self.upcoming.items():
+            passed = [d for d in dues if d < now]
+            if passed:
+                self.overdue[key] = self.overdue.get(key, 0.0) + len(passed)
+                dues[:] = [d for d in dues if d >= now]
+
+    def snapshot(self) -> _Open:
+        found = _Open(oldest=self.oldest)
+        for key, n in self.backlog.items():
+            found.backlog[key] = {"n": max(0.0, n), "overdue": max(0.0, self.overdue.get(key, 0.0))}
+        return found
+
+
+@dataclass
 class _ProcessRun:
     """What one sample read for one process, besides what went into its saved state."""
 
@@ -68,8 +118,11 @@ class SourceSampler:
     """Samples every process whose records live in one SQL source."""
 
     def __init__(self, name: str, source: SqlSource, processes: Mapping[str, Process],
-                 state: StateStore, *, currency: str = "EUR", max_series: int = 2000) -> None:
+                 state: StateStore, *, currency: str = "EUR", max_series: int = 2000,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = name
+        self.clock = clock
+        """What `now` is when `sample()` is not given one (the wall clock unless replaying)."""
         self.source = source
         self.processes = dict(processes)
         self.currency = currency
@@ -77,6 +130,10 @@ class SourceSampler:
         self._store = state
         self._state: dict[str, Any] = state.load(name)
         self._queries = {p: build_queries(proc) for p, proc in self.processes.items()}
+        self._shared = share(self.processes)
+        self._books: dict[str, _Book] = {}
+        self._followed: set[str] = set()
+        """Processes whose open items a shared statement already followed in this sample."""
         self._engine: AsyncEngine | None = None
 
     async def open(self) -> None:
@@ -90,13 +147,23 @@ class SourceSampler:
 
     async def sample(self, now: float | None = None) -> SourceSample:
         """Read what changed since the last sample, save the new state, return the families."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         started = time.perf_counter()
         state = copy.deepcopy(self._state)
         runs: dict[str, _ProcessRun] = {}
-        async with self._guard(), self._read_only() as conn:
-            for name, process in self.processes.items():
-                runs[name] = await self._sample_process(conn, name, process, state.setdefault(name, {}), now)
+        try:
+            async with self._guard(), self._read_only() as conn:
+                readers = {name: _EdgeReader(conn, self._queries[name]) for name in self.processes}
+                self._followed = set()
+                for shared in self._shared:
+                    await self._read_shared(conn, shared, state, readers, now)
+                    await self._follow_shared(conn, shared, state, now)
+                for name, process in self.processes.items():
+                    runs[name] = await self._sample_process(conn, name, process, state.setdefault(name, {}), now,
+                                                            readers[name])
+        except BaseException:
+            self._books.clear()  # half-applied changes: recount on the next sample
+            raise
         await asyncio.to_thread(self._store.save, self.name, state)
         self._state = state
         families, readings = self._publish(runs, now)
@@ -154,28 +221,97 @@ class SourceSampler:
         try:
             if conn.dialect.name == "postgresql":
                 await conn.execute(text("SET TRANSACTION READ ONLY"))
-                await conn.execute(text(f"SET LOCAL statement_timeout = {int(self.source.timeout * 1000)}"))
+                # One round trip: the timeout, and custom plans for the range queries (a generic plan
+                # cannot see that (:lo, :hi] is a few seconds wide and scans whole indexes instead).
+                await conn.execute(text(
+                    f"SELECT set_config('statement_timeout', '{int(self.source.timeout * 1000)}', true), "
+                    "set_config('plan_cache_mode', 'force_custom_plan', true)"))
             elif conn.dialect.name == "sqlite":
                 await _sqlite_deadline(conn, time.monotonic() + self.source.timeout)
             yield conn
         finally:
             await _release(conn)
 
-    async def _sample_process(self, conn: AsyncConnection, name: str, process: Process,
-                              state: dict[str, Any], now: float) -> _ProcessRun:
-        started = time.perf_counter()
-        queries = self._queries[name]
+    def _span(self, process: Process, state: dict[str, Any], now: float) -> tuple[float, float | None, float]:
+        """(lo, previous watermark, hi): the rows entering in this sample are those in (lo, hi]."""
         hi = now - self.source.settle
         prev: float | None = state.get("hi")
         lookback = max([w for k in process.kpis.values() for w in _window_lengths(k)], default=DEFAULT_LOOKBACK)
-        lo = hi - lookback if prev is None else prev
-        reader = _EdgeReader(conn, queries)
+        return (hi - lookback if prev is None else prev), prev, hi
+
+    async def _read_shared(self, conn: AsyncConnection, shared: Shared, state: dict[str, Any],
+                           readers: Mapping[str, "_EdgeReader"], now: float) -> None:
+        """Read every edge range the shared processes need in one statement per edge; route the rows."""
+        wanted: dict[str, set[tuple[float, float]]] = {}
+        for name in shared.processes.values():
+            process, pstate = self.processes[name], state.setdefault(name, {})
+            lo, prev, hi = self._span(process, pstate, now)
+            if hi > lo:
+                for edge, a, b in self._ranges(readers[name], process, pstate, lo, prev, hi, now):
+                    wanted.setdefault(edge, set()).add((a, b))
+        for edge, spans in wanted.items():
+            query = shared.queries.created if edge == "created" else shared.queries.completed
+            assert query is not None
+            ordered = sorted(spans)
+            params = {f"{bound}{i}": value for i, (lo, hi) in enumerate(ordered)
+                      for bound, value in (("lo", lo), ("hi", hi))}
+            found: dict[str, list[Groups]] = {name: [{} for _ in ordered] for name in shared.processes.values()}
+            for row in await conn.execute(query.parts(len(ordered)), params):
+                values: tuple[Any, ...] = tuple(row)
+                target = shared.processes.get(str(values[1]))
+                if target is not None:
+                    _add_row(found[target][int(values[0])], _edge_of(self._queries[target], edge), values[2:])
+            for target, groups in found.items():
+                for (lo, hi), part in zip(ordered, groups, strict=True):
+                    readers[target].keep(edge, lo, hi, part)
+
+    def _needs_recount(self, book: "_Book | None", queries: OpenQueries, now: float) -> bool:
+        return book is None or queries.closed is None or now - book.recounted_at >= self.source.reconcile \
+            or now > book.horizon or now < book.counted_at
+
+    async def _follow_shared(self, conn: AsyncConnection, shared: Shared, state: dict[str, Any], now: float) -> None:
+        """Recount, or follow, the open items of the shared processes in one statement when they agree."""
+        names = list(shared.processes.values())
+        books = [self._books.get(name) for name in names]
+        queries = shared.queries.open_items
+        if all(self._needs_recount(book, self._queries[name].open_items, now) for name, book in zip(names, books,
+                                                                                                     strict=True)):
+            horizon = now + self.source.reconcile + 60.0
+            fresh = {name: _Book(recounted_at=now, counted_at=now, horizon=horizon) for name in names}
+            for row in await conn.execute(queries.recount, {"now": now, "horizon": horizon}):
+                name = shared.processes.get(str(row[0]))
+                if name is not None:
+                    self._book_row(fresh[name], row, queries.dims, state.setdefault(name, {}), skip=1)
+            self._books.update(fresh)
+        elif all(book is not None and not self._needs_recount(book, self._queries[name].open_items, now)
+                 and (book.counted_at, book.horizon) == (books[0].counted_at, books[0].horizon)  # type: ignore[union-attr]
+                 and now > book.counted_at for name, book in zip(names, books, strict=True)):
+            assert queries.changes is not None
+            assert books[0] is not None
+            params = {"lo": books[0].counted_at, "now": now, "horizon": books[0].horizon}
+            for row in await conn.execute(queries.changes, params):
+                name = shared.processes.get(str(row[0]))
+                if name is not None:
+                    self._book_row(self._books[name], row, queries.dims, state.setdefault(name, {}),
+                                   sign=-1.0 if row.part else 1.0, skip=1)
+            for name in names:
+                self._books[name].counted_at = now
+        else:
+            return
+        self._followed.update(names)
+
+    async def _sample_process(self, conn: AsyncConnection, name: str, process: Process,
+                              state: dict[str, Any], now: float, reader: "_EdgeReader") -> _ProcessRun:
+        started = time.perf_counter()
+        queries = self._queries[name]
+        lo, prev, hi = self._span(process, state, now)
         if hi > lo:
+            await reader.prefetch(self._ranges(reader, process, state, lo, prev, hi, now))
             await self._count_entering(reader, state, lo, hi)
             await self._move_windows(reader, process, state, prev, hi, now)
             state["hi"] = hi
         self._accrue_fixed(process, state, now)
-        open_items = await self._read_open(conn, queries, state, now)
+        open_items = await self._follow_open(conn, name, queries.open_items, state, now)
         values = {k: await _value_kpi(conn, kpi) for k, kpi in process.kpis.items() if isinstance(kpi, ValueKpi)}
         return _ProcessRun(open_items, values, time.perf_counter() - started)
 
@@ -201,10 +337,27 @@ class SourceSampler:
             return key
         return json.dumps([OTHER] * dims + values[dims:])
 
+    def _reconcile_due(self, state: dict[str, Any], prev: float | None, now: float) -> bool:
+        return prev is None or now - state.get("reconciled_at", 0.0) >= self.source.reconcile
+
+    def _ranges(self, reader: "_EdgeReader", process: Process, state: dict[str, Any], lo: float,
+                prev: float | None, hi: float, now: float) -> list[tuple[str, float, float]]:
+        """Every (edge, lo, hi) range this sample reads: the entering rows, then each window's edges."""
+        ranges = [(edge, lo, hi) for edge in reader.edges()]
+        due = self._reconcile_due(state, prev, now)
+        windows = state.get("windows", {})
+        for key in sorted({key for kpi in process.kpis.values() for key in windows_of(kpi)}):
+            edge, length = key.split(":")[0], float(key.split(":")[1])
+            if due or key not in windows or prev is None:
+                ranges.append((edge, hi - length, hi))
+            else:
+                ranges += [(edge, prev, hi), (edge, prev - length, hi - length)]
+        return ranges
+
     async def _move_windows(self, reader: "_EdgeReader", process: Process, state: dict[str, Any],
                             prev: float | None, hi: float, now: float) -> None:
         windows: dict[str, Sums] = state.setdefault("windows", {})
-        due = prev is None or now - state.get("reconciled_at", 0.0) >= self.source.reconcile
+        due = self._reconcile_due(state, prev, now)
         needed = {key for kpi in process.kpis.values() for key in windows_of(kpi)}
         for key in sorted(needed):
             edge, length = key.split(":")[0], float(key.split(":")[1])
@@ -226,18 +379,39 @@ class SourceSampler:
                 accrued[name] = accrued.get(name, 0.0) + (fixed_cost(cost, now - since) if since else 0.0)
         state["fixed_at"] = now if since is None else max(since, now)
 
-    async def _read_open(self, conn: AsyncConnection, queries: ProcessQueries,
-                         state: dict[str, Any], now: float) -> _Open:
-        result = await conn.execute(queries.open_items, {"now": now})
-        dims = queries.created.groups
-        found = _Open()
-        known = state.setdefault("dimsets", [])
-        for row in result:
-            key = self._cap(_key(row[:dims]), known, dims)
-            _add(found.backlog.setdefault(key, {}), {"n": float(row.n or 0), "overdue": float(row.overdue or 0)})
-            if row.oldest is not None:
-                found.oldest = float(row.oldest) if found.oldest is None else min(found.oldest, float(row.oldest))
-        return found
+    async def _follow_open(self, conn: AsyncConnection, name: str, queries: OpenQueries,
+                           state: dict[str, Any], now: float) -> _Open:
+        """Recount the open items, or follow them by what was created and completed since."""
+        book = self._books.get(name)
+        reconcile = self.source.reconcile
+        if name in self._followed and book is not None:
+            pass  # a shared statement did it
+        elif self._needs_recount(book, queries, now):
+            book = _Book(recounted_at=now, counted_at=now, horizon=now + reconcile + 60.0)
+            params = {"now": now, "horizon": book.horizon}
+            for row in await conn.execute(queries.recount, params):
+                self._book_row(book, row, queries.dims, state)
+            self._books[name] = book
+        elif book is not None and now > book.counted_at:
+            params = {"lo": book.counted_at, "now": now, "horizon": book.horizon}
+            assert queries.changes is not None
+            for row in await conn.execute(queries.changes, params):
+                self._book_row(book, row, queries.dims, state, sign=-1.0 if row.part else 1.0)
+            book.counted_at = now
+        assert book is not None
+        book.fold(now)
+        return book.snapshot()
+
+    def _book_row(self, book: _Book, row: Any, dims: int, state: dict[str, Any], sign: float = 1.0,
+                  skip: int = 0) -> None:
+        """Add one row of an open-items statement; `skip` leading columns route it (shared statements)."""
+        key = self._cap(_key(row[skip:dims]), state.setdefault("dimsets", []), dims - skip)
+        mapping = row._mapping
+        due = mapping[UPCOMING]
+        book.add(key, float(row.n or 0), float(row.overdue or 0), None if due is None else float(due), sign)
+        oldest = mapping.get("oldest")
+        if oldest is not None:
+            book.oldest = float(oldest) if book.oldest is None else min(book.oldest, float(oldest))
 
     def _publish(self, runs: Mapping[str, _ProcessRun],
                  now: float) -> tuple[tuple[Family, ...], tuple[KpiReading, ...]]:
@@ -332,6 +506,26 @@ class _EdgeReader:
     def edges(self) -> list[str]:
         return [edge for edge, query in self._queries.items() if query is not None]
 
+    def keep(self, edge: str, lo: float, hi: float, groups: Groups) -> None:
+        """Remember what a shared statement read for this process."""
+        self._cache[(edge, lo, hi)] = groups
+
+    async def prefetch(self, ranges: list[tuple[str, float, float]]) -> None:
+        """Read every range of one edge not read yet in one statement (one round trip per edge)."""
+        for edge, query in self._queries.items():
+            wanted = sorted({(lo, hi) for e, lo, hi in ranges if e == edge and (e, lo, hi) not in self._cache})
+            if query is None or not wanted:
+                continue
+            if len(wanted) == 1:
+                continue  # read() runs the plain statement
+            params = {f"{bound}{i}": value for i, (lo, hi) in enumerate(wanted)
+                      for bound, value in (("lo", lo), ("hi", hi))}
+            found: list[Groups] = [{} for _ in wanted]
+            for row in await self._conn.execute(query.parts(len(wanted)), params):
+                _add_row(found[row[0]], query, row[1:])
+            for (lo, hi), groups in zip(wanted, found, strict=True):
+                self._cache[(edge, lo, hi)] = groups
+
     async def read(self, edge: str, lo: float, hi: float) -> Groups:
         key = (edge, lo, hi)
         if key not in self._cache:
@@ -344,10 +538,20 @@ class _EdgeReader:
 async def _run_edge(conn: AsyncConnection, query: EdgeQuery, lo: float, hi: float) -> Groups:
     groups: Groups = {}
     for row in await conn.execute(query.statement, {"lo": lo, "hi": hi}):
-        key = _key(row[:query.groups])
-        sums = {name: float(value or 0) for name, value in zip(query.sum_names, row[query.groups:], strict=True)}
-        _add(groups.setdefault(key, {}), sums)
+        _add_row(groups, query, row)
     return groups
+
+
+def _edge_of(queries: ProcessQueries, edge: str) -> EdgeQuery:
+    query = queries.created if edge == "created" else queries.completed
+    assert query is not None, f"no {edge} column mapped"
+    return query
+
+
+def _add_row(groups: Groups, query: EdgeQuery, row: Any) -> None:
+    key = _key(row[:query.groups])
+    sums = {name: float(value or 0) for name, value in zip(query.sum_names, row[query.groups:], strict=True)}
+    _add(groups.setdefault(key, {}), sums)
 
 
 async def _value_kpi(conn: AsyncConnection, kpi: ValueKpi) -> float | None:

@@ -8,6 +8,7 @@ the last samples left: a scrape never runs a query.
 import asyncio
 import html
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -22,6 +23,7 @@ from collector.health import HealthTracker
 from collector.logs import log_event, safe_dsn
 from collector.scheduler import Sampler, SamplingScheduler
 from collector.schema import Inventory, Process
+from collector.sources.sampler import build_sampler, mount_sources
 from collector.state import StateStore
 from exporters.prometheus import PrometheusExporter
 
@@ -42,19 +44,21 @@ def processes_of(inventory: Inventory, source: str) -> dict[str, Process]:
 
 
 def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
-              samplers: Mapping[str, Sampler] | None = None) -> web.Application:
+              samplers: Mapping[str, Sampler] | None = None,
+              clock: Callable[[], float] = time.time) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
     `samplers` is given, in which case the caller owns them. `state_path` overrides
-    `service.state_path`.
+    `service.state_path`. `clock` tells the time samples are taken at (see `shifted_clock`).
     """
     app = web.Application()
     health = HealthTracker(inventory.sources)
     app[INVENTORY] = inventory
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
-    app.cleanup_ctx.append(_sampling(state_path, samplers))
+    app.cleanup_ctx.append(_sampling(state_path, samplers, clock))
+    mount_sources(app, inventory, state_path)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -62,17 +66,28 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     return app
 
 
+def shifted_clock(start: float) -> Callable[[], float]:
+    """A clock that reads `start` now and runs at the wall clock's pace from there.
+
+    For replaying a recorded or generated dataset whose timestamps end at a fixed instant
+    (benchmarks, tests): sampling windows and watermarks then move over the data as they would
+    have when it was live. Timestamps that Prometheus stores are its own and stay real.
+    """
+    offset = start - time.time()
+    return lambda: time.time() + offset
+
+
 def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None,
-              ) -> Callable[[web.Application], AsyncIterator[None]]:
+              clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
     """Return the cleanup context that opens samplers, starts the scheduler, and undoes both."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         inventory = app[INVENTORY]
         async with AsyncExitStack() as stack:
             samplers = dict(given) if given is not None else await _open_samplers(
-                inventory, state_path or inventory.service.state_path, stack)
+                inventory, state_path or inventory.service.state_path, stack, clock)
             scheduler = SamplingScheduler(inventory.sources, samplers, app[HEALTH], app[EXPORTER],
-                                          timezone=inventory.service.timezone)
+                                          timezone=inventory.service.timezone, clock=clock)
             app[SCHEDULER] = scheduler
             scheduler.start()
             stack.push_async_callback(scheduler.stop)  # runs first: stop sampling, then close
@@ -82,15 +97,15 @@ def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None
 
 
 async def _open_samplers(inventory: Inventory, state_path: str | Path,
-                         stack: AsyncExitStack) -> dict[str, Sampler]:
+                         stack: AsyncExitStack, clock: Callable[[], float]) -> dict[str, Sampler]:
     """Open the state store and one sampler per source; register their closing on `stack`."""
     state = StateStore(state_path)
     stack.callback(state.close)
     samplers: dict[str, Sampler] = {}
     for name, source in inventory.sources.items():
-        sampler = SourceSampler(name, source, processes_of(inventory, name), state,
-                                currency=inventory.service.currency,
-                                max_series=inventory.service.max_series_per_process)
+        sampler = build_sampler(name, source, processes_of(inventory, name), state, inventory.service, state_path)
+        if isinstance(sampler, SourceSampler):
+            sampler.clock = clock
         await sampler.open()
         stack.push_async_callback(sampler.close)
         samplers[name] = sampler
@@ -101,6 +116,7 @@ async def _open_samplers(inventory: Inventory, state_path: str | Path,
 
 async def metrics(request: web.Request) -> web.Response:
     """Serve the cached exposition in the negotiated format and encoding."""
+    await request.app[EXPORTER].ready()
     exposition = request.app[EXPORTER].respond(request.headers.get("Accept"),
                                                request.headers.get("Accept-Encoding"))
     headers = {"Content-Type": exposition.content_type, "Vary": _VARY}

@@ -5,8 +5,10 @@ Every statement aggregates in the database and reads a range of one indexed colu
 not the size of the table.
 """
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -22,6 +24,7 @@ from sqlalchemy import (
     select,
     table,
     text,
+    union_all,
 )
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import TableClause
@@ -47,24 +50,57 @@ class EdgeQuery:
     """How many group columns (the dimensions, then the outcome column if mapped) lead each row."""
     sum_names: tuple[str, ...]
     """Names of the aggregate columns after the groups; "n" (the row count) comes first."""
+    parts: Callable[[int], Statement]
+    """The same aggregation over `n` ranges (:lo0, :hi0] ... in one statement, each row led by its
+    range's index `part`: one round trip for all the ranges a sample reads on this edge."""
+
+
+UPCOMING = "fab_upcoming"
+"""Label of the column giving the due time of an open item that falls due before the next recount."""
+
+
+@dataclass(frozen=True)
+class OpenQueries:
+    """Open items per dimension set, counted in full or followed by their changes.
+
+    Each statement returns the dimension columns, `fab_upcoming` (the due time of open items that
+    fall due in (:now, :horizon], one row each, else NULL), then `n` and `overdue`.
+    """
+
+    recount: Statement
+    """Every open item created up to :now; also `oldest` (params :now, :horizon)."""
+    opened: Statement
+    """Open items created in (:lo, :now] (params :lo, :now, :horizon)."""
+    changes: Statement | None
+    """`opened` and `closed` in one statement, each row led by `part` (0 opened, 1 closed)."""
+    closed: Statement | None
+    """Items created up to :lo and completed in (:lo, :now]: they left the backlog; `overdue`
+    counts those due before :lo, `fab_upcoming` gives the due time of those due in [:lo, :horizon]."""
+    dims: int
 
 
 @dataclass(frozen=True)
 class ProcessQueries:
     created: EdgeQuery
     completed: EdgeQuery | None
-    open_items: Statement
-    """Backlog, overdue and the oldest creation time per dimension set (params :now)."""
+    open_items: OpenQueries
     buckets: tuple[float, ...]
 
 
-def build_queries(process: Process) -> ProcessQueries:
-    """Return the statements that sample one process."""
+def build_queries(process: Process, split: tuple[str, tuple[str, ...]] | None = None) -> ProcessQueries:
+    """Return the statements that sample one process.
+
+    With `split` = (column, values), the statements read the rows of every value instead of
+    applying the process's `where`, and lead their groups with that column (see `Shared`).
+    """
     records, cols = process.records, process.records.columns
-    names = cols.all()
+    names = cols.all() | ({split[0]} if split else set())
     tbl = _table(records.table, names)
     filters: list[Expr] = [text(f"({records.where})")] if records.where else []  # type: ignore[list-item]
     dims: list[Expr] = [tbl.c[d] for d in cols.dimensions]
+    if split:
+        filters = [tbl.c[split[0]].in_(split[1])]
+        dims = [tbl.c[split[0]], *dims]
     buckets = next((k.buckets for k in process.kpis.values() if isinstance(k, DurationKpi)), ())
     created = _edge_query(
         "created", tbl.c[cols.created], dims, filters, _created_sums(process))
@@ -74,7 +110,56 @@ def build_queries(process: Process) -> ProcessQueries:
         completed = _edge_query(
             "completed", tbl.c[cols.completed], groups, filters,
             _completed_sums(process, tbl, buckets))
-    return ProcessQueries(created, completed, _open_query(process, tbl, dims, filters), buckets)
+    return ProcessQueries(created, completed, _open_queries(process, tbl, dims, filters), buckets)
+
+
+_EQUALS = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*'([^']*)'\s*$")
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Processes that read one table and differ only by a `column = 'value'` filter.
+
+    Their statements run once for all of them, grouped by that column: one index scan and one
+    round trip instead of one per process. Rows are routed back by the column's value.
+    """
+
+    column: str
+    processes: dict[str, str]
+    """Column value -> process name."""
+    queries: ProcessQueries
+
+
+def share(processes: Mapping[str, Process]) -> list[Shared]:
+    """Find the processes whose statements can be shared (two or more per group)."""
+    groups: dict[tuple[str, ...], dict[str, str]] = {}
+    column_of: dict[tuple[str, ...], str] = {}
+    for name, process in processes.items():
+        match = _EQUALS.match(process.records.where or "")
+        if not match or match.group(1) not in process.records.columns.all():
+            continue
+        plain = build_queries(process.model_copy(update={
+            "records": process.records.model_copy(update={"where": None})}))
+        key = (process.records.table, match.group(1), *_signature(plain))
+        if match.group(2) in groups.setdefault(key, {}):
+            continue  # two processes on one value: leave them to their own statements
+        groups[key][match.group(2)] = name
+        column_of[key] = match.group(1)
+    shared = []
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        first = processes[next(iter(members.values()))]
+        queries = build_queries(first, (column_of[key], tuple(members)))
+        shared.append(Shared(column_of[key], members, queries))
+    return shared
+
+
+def _signature(queries: ProcessQueries) -> list[str]:
+    statements = [queries.created.statement, queries.open_items.recount]
+    if queries.completed is not None:
+        statements.append(queries.completed.statement)
+    return [str(statement) for statement in statements] + [repr(queries.buckets)]
 
 
 def _table(name: str, columns: set[str]) -> TableClause:
@@ -123,31 +208,60 @@ def _edge_query(edge: Edge, time_column: Expr, groups: list[Expr],
                 sums: list[tuple[str, Expr]]) -> EdgeQuery:
     labelled_groups = [g.label(f"g{i}") for i, g in enumerate(groups)]
     aggregates = [func.count().label("n"), *[expr.label(name) for name, expr in sums]]
-    statement = (
-        select(*labelled_groups, *aggregates)
-        .where(time_column > bindparam("lo", type_=Double), time_column <= bindparam("hi", type_=Double),
-               *filters)
-        .group_by(*groups)
-    )
-    return EdgeQuery(edge, statement, len(groups), ("n", *[name for name, _ in sums]))
+
+    def ranged(lo: str, hi: str, *lead: Expr) -> Statement:
+        return (
+            select(*lead, *labelled_groups, *aggregates)
+            .where(time_column > bindparam(lo, type_=Double), time_column <= bindparam(hi, type_=Double),
+                   *filters)
+            .group_by(*groups)
+        )
+
+    @cache
+    def parts(n: int) -> Statement:
+        union = union_all(*[ranged(f"lo{i}", f"hi{i}", literal(i).label("part")) for i in range(n)])
+        return select(union.subquery())
+
+    return EdgeQuery(edge, ranged("lo", "hi"), len(groups), ("n", *[name for name, _ in sums]), parts)
 
 
-def _open_query(process: Process, tbl: TableClause, dims: list[Expr],
-                filters: list[Expr]) -> Statement:
+def _open_queries(process: Process, tbl: TableClause, dims: list[Expr], filters: list[Expr]) -> OpenQueries:
     records, cols = process.records, process.records.columns
-    now = bindparam("now", type_=Double)
-    overdue: Expr = literal(0)
-    if cols.due:
-        late = and_(tbl.c[cols.due].is_not(None), tbl.c[cols.due] < now)
-        if records.paused_statuses:
-            late = and_(late, tbl.c[cols.status].not_in(records.paused_statuses))
-        overdue = _count_if(late)
-    return (
-        select(*[d.label(f"g{i}") for i, d in enumerate(dims)], func.count().label("n"),
-               overdue.label("overdue"), func.min(tbl.c[cols.created]).label("oldest"))
-        .where(tbl.c[cols.status].in_(records.open_statuses), *filters)
-        .group_by(*dims)
-    )
+    now, horizon = bindparam("now", type_=Double), bindparam("horizon", type_=Double)
+    lo = bindparam("lo", type_=Double)
+    created = tbl.c[cols.created]
+    is_open = tbl.c[cols.status].in_(records.open_statuses)
+
+    def counted(due_from: Expr, late_before: Expr, where: list[Expr], oldest: bool) -> Statement:
+        upcoming: Expr = literal(None, Double)
+        overdue: Expr = literal(0)
+        if cols.due:
+            due = tbl.c[cols.due]
+            active = [tbl.c[cols.status].not_in(records.paused_statuses)] if records.paused_statuses else []
+            upcoming = case((and_(due >= due_from, due <= horizon, *active), due), else_=None)
+            overdue = _count_if(and_(due.is_not(None), due < late_before, *active))
+        columns = [*[d.label(f"g{i}") for i, d in enumerate(dims)], upcoming.label(UPCOMING),
+                   func.count().label("n"), overdue.label("overdue")]
+        if oldest:
+            columns.append(func.min(created).label("oldest"))
+        return select(*columns).where(*where, *filters).group_by(*dims, text(UPCOMING))
+
+    def counted_part(part: int, *args: Any) -> Statement:
+        plain = counted(*args)
+        return plain.add_columns(literal(part).label("part"))
+
+    opened_where = [is_open, created > lo, created <= now]
+    closed = changes = None
+    if cols.completed:
+        completed = tbl.c[cols.completed]
+        closed_where = [completed > lo, completed <= now, created <= lo]
+        closed = counted(lo, lo, closed_where, False)
+        changes = select(union_all(counted_part(0, now, now, opened_where, False),
+                                   counted_part(1, lo, lo, closed_where, False)).subquery())
+    return OpenQueries(
+        recount=counted(now, now, [is_open, created <= now], True),
+        opened=counted(now, now, opened_where, False),
+        changes=changes, closed=closed, dims=len(dims))
 
 
 def uses_cost(process: Process) -> bool:
