@@ -11,11 +11,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from collector.durations import Duration, format_duration
+from collector.types import TimeZoneName
 
 if TYPE_CHECKING:  # collector.schema imports this module: no runtime import back
     from collector.schema import Inventory
@@ -212,19 +212,10 @@ class TeamAlerting(Model):
 
 
 class TimeInterval(Model):
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     weekdays: tuple[str, ...] = ("monday:friday",)
     hours: tuple[str, ...] = ("08:00-18:00",)
     holidays: tuple[dt.date, ...] = ()
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
 
     @field_validator("weekdays")
     @classmethod
