@@ -122,11 +122,12 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
           help="volume multiplier of the simulated operator (default 1)")
     demo_cmd.set_defaults(command=cmd_demo, env_flags=common + flags)
 
-    _add_simulate(commands, common)
+    _add_simulate(commands, common, wanted)
     _add_lazy(commands, common, wanted)
     return parser
 
 
+SIMULATE_HELP = "write simulated work items of the eight eTOM 1.3.1 processes into a database"
 LAZY_COMMANDS = {
     "dashboards": ("dashboards.cli", "generate Grafana dashboards and provisioning files, or push them to Grafana"),
     "alerts": ("alerts.cli", "generate Prometheus rules and the Alertmanager config"),
@@ -163,8 +164,11 @@ def _config_flag(parser: argparse.ArgumentParser, flags: list[EnvFlag]) -> None:
           metavar="FILE", help="inventory file; repeat to merge several")
 
 
-def _add_simulate(commands: Any, common: list[EnvFlag]) -> None:
+def _add_simulate(commands: Any, common: list[EnvFlag], wanted: str | None) -> None:
     """Add `simulate`, delegated to the simulator's own CLI when the simulator is installed."""
+    if wanted != "simulate":  # like the lazy commands: `serve` never loads the simulator
+        commands.add_parser("simulate", help=SIMULATE_HELP, add_help=False)
+        return
     try:  # optional: fabwatch serves without the simulator
         simulator_cli = importlib.import_module("simulator.cli")
     except ModuleNotFoundError as exc:

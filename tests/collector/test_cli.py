@@ -3,6 +3,7 @@
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -184,3 +185,18 @@ def test_demo_backfills_then_serves_until_sigint(tmp_path):
     assert "Ctrl+C" in out
     assert (data / "operator.db").exists()
     assert (data / "state.db").exists()
+
+
+def test_serve_loads_neither_the_simulator_nor_the_generators():
+    code = ("import sys; from collector.cli import build_parser; build_parser('serve'); "
+            "print(sorted({m.split('.')[0] for m in sys.modules}"
+            " & {'simulator', 'dashboards', 'grafana_foundation_sdk'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_simulate_runs_through_the_fabwatch_command(tmp_path):
+    db = tmp_path / "op.db"
+    assert main(["simulate", "--dsn", f"sqlite+aiosqlite:///{db}", "--days", "1", "--scale", "0.1"]) == 0
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM trouble_ticket").fetchone()[0] > 0
