@@ -16,24 +16,16 @@ import copy
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
-from sqlalchemy import event, inspect, text
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from collector.errors import (
-    SourceError,
-    SourceQueryFailed,
-    SourceRefused,
-    SourceTimeout,
-    SourceUnreachable,
-)
+from collector.db import create_engine, guard, read_only
 from collector.kpis import fixed_cost, kpi_value, variable_cost, window_key, windows_of
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
 from collector.schema import Process, SqlSource, ValueKpi
@@ -45,7 +37,6 @@ log = logging.getLogger(__name__)
 OTHER = "other"
 """Dimension value standing for every label set beyond the per-process cap."""
 DEFAULT_LOOKBACK = 86400.0
-BACKSTOP_SECONDS = 2.0
 
 Sums = dict[str, float]
 Groups = dict[str, Sums]
@@ -138,7 +129,7 @@ class SourceSampler:
 
     async def open(self) -> None:
         """Create the connection pool; connecting happens on the first sample."""
-        self._engine = _create_engine(self.source)
+        self._engine = create_engine(self.source)
 
     async def close(self) -> None:
         if self._engine is not None:
@@ -190,47 +181,13 @@ class SourceSampler:
                                 + ", ".join(missing))
         return problems
 
-    @asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
-        """Bound the sample in time and turn driver exceptions into typed `SourceError`s."""
-        try:
-            # The database enforces the timeout first; this is the backstop for a stuck driver.
-            async with asyncio.timeout(self.source.timeout + BACKSTOP_SECONDS):
-                yield
-        except SourceError:
-            raise
-        except TimeoutError as exc:
-            raise SourceTimeout(self.name, f"no answer within {self.source.timeout:g}s") from exc
-        except DBAPIError as exc:
-            raise _classify(self.name, exc) from exc
-        except (SQLAlchemyError, ValueError, TypeError) as exc:
-            raise SourceQueryFailed(self.name, str(exc).splitlines()[0]) from exc
+    def _guard(self) -> AbstractAsyncContextManager[None]:
+        return guard(self.name, self.source.timeout)
 
-    @asynccontextmanager
-    async def _read_only(self) -> AsyncIterator[AsyncConnection]:
+    def _read_only(self) -> AbstractAsyncContextManager[AsyncConnection]:
         if self._engine is None:
-            await self.open()
-        assert self._engine is not None
-        _require_sqlite_file(self.name, self._engine)
-        try:
-            conn = await self._engine.connect()
-        except (OSError, DBAPIError) as exc:
-            refused = isinstance(exc, DBAPIError) and _sqlstate(exc).startswith("28")
-            error = SourceRefused if refused else SourceUnreachable
-            raise error(self.name, _first_line(exc)) from exc
-        try:
-            if conn.dialect.name == "postgresql":
-                await conn.execute(text("SET TRANSACTION READ ONLY"))
-                # One round trip: the timeout, and custom plans for the range queries (a generic plan
-                # cannot see that (:lo, :hi] is a few seconds wide and scans whole indexes instead).
-                await conn.execute(text(
-                    f"SELECT set_config('statement_timeout', '{int(self.source.timeout * 1000)}', true), "
-                    "set_config('plan_cache_mode', 'force_custom_plan', true)"))
-            elif conn.dialect.name == "sqlite":
-                await _sqlite_deadline(conn, time.monotonic() + self.source.timeout)
-            yield conn
-        finally:
-            await _release(conn)
+            self._engine = create_engine(self.source)
+        return read_only(self.name, self._engine, self.source.timeout)
 
     def _span(self, process: Process, state: dict[str, Any], now: float) -> tuple[float, float | None, float]:
         """(lo, previous watermark, hi): the rows entering in this sample are those in (lo, hi]."""
@@ -597,71 +554,6 @@ class _Families:
 
     def all(self) -> tuple[Family, ...]:
         return tuple(self._families.values())
-
-
-def _create_engine(source: SqlSource) -> AsyncEngine:
-    url = make_url(source.dsn)
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": source.timeout}
-    if url.get_backend_name() == "sqlite":
-        options["connect_args"] = {"timeout": source.timeout}
-    else:
-        options.update(pool_size=source.pool_size, max_overflow=0)
-    engine = create_async_engine(url, **options)
-    if url.get_backend_name() == "sqlite":
-        event.listen(engine.sync_engine, "connect", _sqlite_read_only)
-    return engine
-
-
-async def _release(conn: AsyncConnection) -> None:
-    """Roll back and return the connection; a connection broken by a cancelled query is discarded."""
-    try:
-        await conn.rollback()
-    except SQLAlchemyError:
-        await conn.invalidate()
-    await conn.close()
-
-
-def _require_sqlite_file(source: str, engine: AsyncEngine) -> None:
-    """Refuse to connect to a missing SQLite file: connecting would create an empty database."""
-    database = engine.url.database
-    if engine.url.get_backend_name() == "sqlite" and database and database != ":memory:" \
-            and not database.startswith("file:") and not Path(database).exists():
-        raise SourceUnreachable(source, f"SQLite database file {database} does not exist")
-
-
-async def _sqlite_deadline(conn: AsyncConnection, deadline: float) -> None:
-    """Make SQLite abort this connection's statements after `deadline` (it has no statement timeout)."""
-    driver = (await conn.get_raw_connection()).driver_connection
-    await driver.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # type: ignore[union-attr]
-
-
-def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
-    """Make every SQLite connection refuse writes (SQLite enforces PRAGMA query_only)."""
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA query_only = ON")
-    cursor.close()
-
-
-def _sqlstate(exc: DBAPIError) -> str:
-    orig = exc.orig
-    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
-
-
-def _classify(source: str, exc: DBAPIError) -> SourceError:
-    state, message = _sqlstate(exc), _first_line(exc)
-    lowered = message.lower()
-    if state == "57014" or "interrupted" in lowered:
-        return SourceTimeout(source, message)
-    if state in {"25006", "42501"} or state.startswith("28") or "readonly" in lowered or "read-only" in lowered:
-        return SourceRefused(source, message)
-    if state.startswith("08") or exc.connection_invalidated or "unable to open" in lowered:
-        return SourceUnreachable(source, message)
-    return SourceQueryFailed(source, message)
-
-
-def _first_line(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None) or exc
-    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def _window_lengths(kpi: object) -> list[float]:

@@ -1,0 +1,135 @@
+"""The database layer: read-only connections, timeouts enforced by the database, typed errors.
+
+It knows nothing of KPIs, schedulers or exporters; the engine asks it for a connection.
+"""
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from collector.errors import (
+    SourceError,
+    SourceQueryFailed,
+    SourceRefused,
+    SourceTimeout,
+    SourceUnreachable,
+)
+from collector.schema import SqlSource
+
+BACKSTOP_SECONDS = 2.0
+"""Extra time asyncio grants after the database's own timeout, for a stuck driver."""
+
+
+@asynccontextmanager
+async def guard(source: str, timeout: float) -> AsyncIterator[None]:
+    """Bound a sample in time and turn driver exceptions into typed `SourceError`s."""
+    try:
+        # The database enforces the timeout first; this is the backstop for a stuck driver.
+        async with asyncio.timeout(timeout + BACKSTOP_SECONDS):
+            yield
+    except SourceError:
+        raise
+    except TimeoutError as exc:
+        raise SourceTimeout(source, f"no answer within {timeout:g}s") from exc
+    except DBAPIError as exc:
+        raise _classify(source, exc) from exc
+    except (SQLAlchemyError, ValueError, TypeError) as exc:
+        raise SourceQueryFailed(source, str(exc).splitlines()[0]) from exc
+
+
+@asynccontextmanager
+async def read_only(source: str, engine: AsyncEngine, timeout: float) -> AsyncIterator[AsyncConnection]:
+    """Yield a connection in a read-only transaction whose statements stop after `timeout`."""
+    _require_sqlite_file(source, engine)
+    try:
+        conn = await engine.connect()
+    except (OSError, DBAPIError) as exc:
+        refused = isinstance(exc, DBAPIError) and _sqlstate(exc).startswith("28")
+        error = SourceRefused if refused else SourceUnreachable
+        raise error(source, _first_line(exc)) from exc
+    try:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(text("SET TRANSACTION READ ONLY"))
+            # One round trip: the timeout, and custom plans for the range queries (a generic plan
+            # cannot see that (:lo, :hi] is a few seconds wide and scans whole indexes instead).
+            await conn.execute(text(
+                f"SELECT set_config('statement_timeout', '{int(timeout * 1000)}', true), "
+                "set_config('plan_cache_mode', 'force_custom_plan', true)"))
+        elif conn.dialect.name == "sqlite":
+            await _sqlite_deadline(conn, time.monotonic() + timeout)
+        yield conn
+    finally:
+        await _release(conn)
+
+
+def create_engine(source: SqlSource) -> AsyncEngine:
+    url = make_url(source.dsn)
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_timeout": source.timeout}
+    if url.get_backend_name() == "sqlite":
+        options["connect_args"] = {"timeout": source.timeout}
+    else:
+        options.update(pool_size=source.pool_size, max_overflow=0)
+    engine = create_async_engine(url, **options)
+    if url.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_read_only)
+    return engine
+
+
+async def _release(conn: AsyncConnection) -> None:
+    """Roll back and return the connection; a connection broken by a cancelled query is discarded."""
+    try:
+        await conn.rollback()
+    except SQLAlchemyError:
+        await conn.invalidate()
+    await conn.close()
+
+
+def _require_sqlite_file(source: str, engine: AsyncEngine) -> None:
+    """Refuse to connect to a missing SQLite file: connecting would create an empty database."""
+    database = engine.url.database
+    if engine.url.get_backend_name() == "sqlite" and database and database != ":memory:" \
+            and not database.startswith("file:") and not Path(database).exists():
+        raise SourceUnreachable(source, f"SQLite database file {database} does not exist")
+
+
+async def _sqlite_deadline(conn: AsyncConnection, deadline: float) -> None:
+    """Make SQLite abort this connection's statements after `deadline` (it has no statement timeout)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    await driver.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # type: ignore[union-attr]
+
+
+def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
+    """Make every SQLite connection refuse writes (SQLite enforces PRAGMA query_only)."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only = ON")
+    cursor.close()
+
+
+def _sqlstate(exc: DBAPIError) -> str:
+    orig = exc.orig
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
+def _classify(source: str, exc: DBAPIError) -> SourceError:
+    state, message = _sqlstate(exc), _first_line(exc)
+    lowered = message.lower()
+    if state == "57014" or "interrupted" in lowered:
+        return SourceTimeout(source, message)
+    if state in {"25006", "42501"} or state.startswith("28") or "readonly" in lowered or "read-only" in lowered:
+        return SourceRefused(source, message)
+    if state.startswith("08") or exc.connection_invalidated or "unable to open" in lowered:
+        return SourceUnreachable(source, message)
+    return SourceQueryFailed(source, message)
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
