@@ -120,6 +120,8 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _flag(demo_cmd, flags, "--seed", env="SEED", convert=int, default=1, help="random seed")
     _flag(demo_cmd, flags, "--scale", env="SCALE", convert=_positive, default=1.0,
           help="volume multiplier of the simulated operator (default 1)")
+    _flag(demo_cmd, flags, "--tmf", env="TMF", convert=_truthy, default=False, action="store_const", const=True,
+          help="serve the simulator as TMF Open APIs and let fabwatch poll them instead of reading SQL")
     demo_cmd.set_defaults(command=cmd_demo, env_flags=common + flags)
 
     _add_simulate(commands, common, wanted)
@@ -157,6 +159,16 @@ def command_word(argv: Sequence[str]) -> str | None:
         elif not token.startswith("-"):
             return token
     return None
+
+
+def _truthy(text: str) -> bool:
+    """Read a boolean environment variable (1/true/yes/on or 0/false/no/off)."""
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("expected true or false")
 
 
 def _config_flag(parser: argparse.ArgumentParser, flags: list[EnvFlag]) -> None:
@@ -407,9 +419,50 @@ async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_d
                   f"{data_dir / 'operator.db'} ...", flush=True)
             rows = await simulator.backfill(args.days, time.time())
             print(f"Backfilled {rows} rows.", flush=True)
+        if args.tmf:
+            return await _demo_tmf(simulator, inventory, dsn, data_dir, host, port)
         return await _demo_live(simulator, inventory, data_dir, host, port)
     finally:
         await simulator.close()
+
+
+async def _demo_tmf(simulator: Any, inventory: Inventory, dsn: str, data_dir: Path, host: str,
+                    port: int) -> int:
+    """Serve the simulator as TMF APIs on a free loopback port and run fabwatch polling them."""
+    from aiohttp import web
+
+    from simulator.tmf import TmfServer
+
+    runner = web.AppRunner(TmfServer(dsn).app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    tmf_host, tmf_port = runner.addresses[0][:2]
+    url = f"http://{tmf_host}:{tmf_port}"
+    print(f"  TMF APIs of the simulated operator: {url}", flush=True)
+    try:
+        return await _demo_live(simulator, tmf_inventory(inventory, url, data_dir), data_dir, host, port)
+    finally:
+        await runner.cleanup()
+
+
+def tmf_inventory(inventory: Inventory, url: str, data_dir: Path) -> Inventory:
+    """Return the inventory with each process polled through the API the simulator serves it by."""
+    from collector.sources.schema import TmfSource
+    from collector.sources.tmf import APIS
+    from simulator.tmf import PROCESS_APIS
+
+    sources: dict[str, Any] = {}
+    processes = {}
+    for name, process in inventory.processes.items():
+        api, ticket_type = PROCESS_APIS[name]
+        version = 4 if api == "tmf676" else 5  # TMF676 has no official v5
+        sources[f"tmf_{name}"] = TmfSource(
+            kind=api, base_url=url + APIS[api].base_paths[version], version=version,  # type: ignore[arg-type]
+            query=f"ticketType={ticket_type}" if ticket_type else "", interval=15.0,
+            store=str(data_dir / f"records-{name}.db"))
+        records = process.records.model_copy(update={"source": f"tmf_{name}"})
+        processes[name] = process.model_copy(update={"records": records})
+    return inventory.model_copy(update={"sources": sources, "processes": processes})
 
 
 async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host: str,

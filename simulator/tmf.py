@@ -71,6 +71,14 @@ class Delivery:
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+PROCESS_APIS: dict[str, tuple[str, str | None]] = {
+    "problem": ("tmf621", "problem"), "qos_sla": ("tmf621", "qos_sla"),
+    "retention": ("tmf621", "retention"), "bill_inquiry": ("tmf621", "bill_inquiry"),
+    "order": ("tmf622", None), "invoice": ("tmf678", None), "payments": ("tmf676", None),
+    "interface": ("tmf683", None)}
+"""Simulated process -> (API, TMF621 ticketType) the server publishes it through."""
+
+
 class TmfServer:
     """Serves the records of a simulator database as TMF APIs and notifies registered hubs."""
 

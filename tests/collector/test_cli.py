@@ -2,6 +2,7 @@
 
 import logging
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -200,3 +201,25 @@ def test_simulate_runs_through_the_fabwatch_command(tmp_path):
     assert main(["simulate", "--dsn", f"sqlite+aiosqlite:///{db}", "--days", "1", "--scale", "0.1"]) == 0
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT COUNT(*) FROM trouble_ticket").fetchone()[0] > 0
+
+
+@pytest.mark.integration
+def test_demo_in_tmf_mode_polls_the_simulator_through_its_open_apis(tmp_path):
+    port = free_port()
+    proc = run_fabwatch("demo", "--tmf", "--data-dir", str(tmp_path / "demo"), "--days", "2",
+                        "--listen", f"127.0.0.1:{port}")
+    processes = {"interface", "order", "problem", "retention", "qos_sla", "invoice", "payments", "bill_inquiry"}
+    deadline = time.monotonic() + 90
+    body = b""
+    while time.monotonic() < deadline:
+        body = wait_http(f"http://127.0.0.1:{port}/metrics", proc)
+        up = {p for p in processes if f'fab_source_up{{source="tmf_{p}"}} 1.0'.encode() in body}
+        created = set(re.findall(rb'^fab_items_created_total\{[^}]*process="([a-z_]+)"', body, re.MULTILINE))
+        created = {p.decode() for p in created}
+        if up == created == processes:
+            break
+        time.sleep(0.5)
+    code, out, err = stop(proc, signal.SIGINT)
+    assert up == created == processes, (sorted(processes - up), sorted(processes - created))
+    assert code == 0, err
+    assert "TMF APIs of the simulated operator: http://127.0.0.1:" in out

@@ -21,15 +21,12 @@ from collector.engine import SourceSampler
 from collector.samples import SourceSample
 from collector.schema import Inventory, Process, SqlSource
 from collector.state import StateStore
-from simulator.tmf import TmfServer
+from simulator.tmf import PROCESS_APIS, TmfServer
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "operator.yaml"
-API_OF = {"problem": ("tmf621", "problem"), "qos_sla": ("tmf621", "qos_sla"),
-          "retention": ("tmf621", "retention"), "bill_inquiry": ("tmf621", "bill_inquiry"),
-          "order": ("tmf622", None), "invoice": ("tmf678", None), "payments": ("tmf676", None),
-          "interface": ("tmf683", None)}
+API_OF = PROCESS_APIS
 """Simulated process -> (API, TMF621 ticketType) the simulator serves it through."""
 
 
