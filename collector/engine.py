@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from collector.db import create_engine, guard, read_only
-from collector.kpis import fixed_cost, kpi_value, variable_cost, window_key, windows_of
+from collector.kpis import fixed_cost, kpi_value, variable_cost, windows_of
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
 from collector.schema import Process, SqlSource, ValueKpi
 from collector.sql import MISSING, UPCOMING, EdgeQuery, OpenQueries, ProcessQueries, Shared, build_queries, share
@@ -587,8 +587,3 @@ def _total(groups: Groups) -> Sums:
 def _add(into: Sums, sums: Mapping[str, float], sign: float = 1.0) -> None:
     for name, value in sums.items():
         into[name] = into.get(name, 0.0) + sign * value
-
-
-def window_sums(state: Mapping[str, Any], edge: str, window: float) -> Sums:
-    """Return the saved window sums of one process (for reports and tests)."""
-    return dict(state.get("windows", {}).get(window_key(edge, window), {}))

@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import TableClause
 
-from collector.schema import CostKpi, DurationKpi, Process, RatioKpi, SlaKpi
+from collector.schema import DurationKpi, Process, RatioKpi, SlaKpi
 
 Expr = ColumnElement[Any]
 Statement = Select[Any]
@@ -262,8 +262,3 @@ def _open_queries(process: Process, tbl: TableClause, dims: list[Expr], filters:
         recount=counted(now, now, [is_open, created <= now], True),
         opened=counted(now, now, opened_where, False),
         changes=changes, closed=closed, dims=len(dims))
-
-
-def uses_cost(process: Process) -> bool:
-    """Whether any KPI of the process divides cost by items."""
-    return any(isinstance(k, CostKpi) for k in process.kpis.values())

@@ -15,6 +15,7 @@ from collector.samples import SourceSample
 from collector.schema import Inventory, SqlSource
 from collector.state import StateStore
 from simulator import Simulator
+from tests.collector.helpers import value_kpi_file
 from tests.collector.kpi_oracle import Row, expected_kpis, in_window
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
@@ -135,9 +136,8 @@ async def test_a_sql_source_never_writes(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     sim = await simulate(dsn, days=1)
     await sim.close()
-    extra = tmp_path / "write.yaml"
-    extra.write_text("processes:\n  problem:\n    kpis:\n      sneaky: {kind: value, sql: "
-                     "\"WITH gone AS (DELETE FROM trouble_ticket RETURNING 1) SELECT COUNT(*) FROM gone\"}\n")
+    extra = value_kpi_file(tmp_path, "sneaky",
+                           "WITH gone AS (DELETE FROM trouble_ticket RETURNING 1) SELECT COUNT(*) FROM gone")
     inventory = load_inventory([EXAMPLE, extra], {"FABWATCH_DEMO_DSN": dsn})
     before = read_rows(db, inventory)["trouble_ticket"]
     engine = sampler(inventory, tmp_path / "state.db")
@@ -188,9 +188,8 @@ async def test_slow_sqlite_query_times_out(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     sim = await simulate(dsn, days=1)
     await sim.close()
-    slow = tmp_path / "slow.yaml"
-    slow.write_text("processes:\n  problem:\n    kpis:\n      slow: {kind: value, sql: \"WITH RECURSIVE c(x) AS "
-                    "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000000) SELECT MAX(x) FROM c\"}\n")
+    slow = value_kpi_file(tmp_path, "slow", "WITH RECURSIVE c(x) AS "
+                          "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000000) SELECT MAX(x) FROM c")
     inventory = load_inventory([EXAMPLE, slow], {"FABWATCH_DEMO_DSN": dsn})
     source = inventory.sources["operator"].model_copy(update={"timeout": 0.5})
     engine = SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.db"))

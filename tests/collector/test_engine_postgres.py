@@ -10,6 +10,7 @@ from collector.errors import SourceRefused, SourceTimeout
 from collector.inventory import load_inventory
 from collector.state import StateStore
 from simulator import Simulator
+from tests.collector.helpers import value_kpi_file
 from tests.servers import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -57,9 +58,8 @@ async def test_writes_are_refused_even_to_a_role_that_may_write(postgres: Postgr
     owner = postgres.dsn("fabwatch", database=database)
     await fill(owner)
     before = postgres.psql("SELECT COUNT(*) FROM trouble_ticket", database=database)
-    sneaky = tmp_path / "sneaky.yaml"
-    sneaky.write_text("processes:\n  problem:\n    kpis:\n      sneaky: {kind: value, sql: "
-                      "\"WITH gone AS (DELETE FROM trouble_ticket RETURNING 1) SELECT COUNT(*) FROM gone\"}\n")
+    sneaky = value_kpi_file(tmp_path, "sneaky",
+                            "WITH gone AS (DELETE FROM trouble_ticket RETURNING 1) SELECT COUNT(*) FROM gone")
     with pytest.raises(SourceRefused, match="read-only transaction"):
         await sample_kpis(owner, tmp_path / "s.state", sneaky)
     assert postgres.psql("SELECT COUNT(*) FROM trouble_ticket", database=database) == before
@@ -69,9 +69,7 @@ async def test_statement_timeout_is_enforced_by_postgresql(postgres: PostgresSer
     database = postgres.create_database()
     dsn = postgres.dsn("fabwatch_ro", database=database)
     await fill(postgres.dsn("fabwatch", database=database))
-    slow = tmp_path / "slow.yaml"
-    slow.write_text("processes:\n  problem:\n    kpis:\n"
-                    "      slow: {kind: value, sql: \"SELECT 1 FROM pg_sleep(30)\"}\n")
+    slow = value_kpi_file(tmp_path, "slow", "SELECT 1 FROM pg_sleep(30)")
     inventory = load_inventory([EXAMPLE, slow], {"FABWATCH_DEMO_DSN": dsn})
     source = inventory.sources["operator"].model_copy(update={"timeout": 1.0})
     engine = SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.state"))
