@@ -5,12 +5,14 @@ fraction of up to 18 digits is written when needed, so a time read through a TMF
 one in the source system to the last bit and KPIs agree exactly with a direct SQL read.
 """
 
+import functools
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal, localcontext
 
 _RFC3339 = re.compile(
     r"^(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d{1,18}))?([Zz]|[+-]\d\d:?\d\d)?$")
+_PLAIN = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
 def format_time(epoch: float) -> str:
@@ -31,21 +33,49 @@ def _format(epoch: float, digits: int) -> str:
     return f"{stamp}.{int(frac):0{digits}d}Z" if digits else f"{stamp}Z"
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_time(text: str) -> float:
-    """Return the epoch seconds of an RFC 3339 date-time; no zone means UTC."""
+    """Return the epoch seconds of an RFC 3339 date-time; no zone means UTC.
+
+    Cached: an event repeats its times (`eventTime` is usually the resource's `lastUpdate`, which
+    is also its `resolutionDate` or status-change date).
+    """
+    if _PLAIN.fullmatch(text):
+        # The common `YYYY-MM-DDTHH:MM:SSZ`, parsed in C: half the time of the general path.
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError as exc:
+            raise ValueError(f"not an RFC 3339 date-time: {text!r} ({exc})") from None
     match = _RFC3339.match(text.strip())
     if match is None:
         raise ValueError(f"not an RFC 3339 date-time: {text!r}")
     day, clock, frac, zone = match.groups()
-    if zone is None or zone in "Zz":
-        zone = "+00:00"
-    elif ":" not in zone:
-        zone = f"{zone[:3]}:{zone[3:]}"
-    whole = int(datetime.fromisoformat(f"{day}T{clock}{zone}").timestamp())
+    hour, minute, second = int(clock[:2]), int(clock[3:5]), int(clock[6:])
+    if hour > 23 or minute > 59 or second > 59:
+        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
+    whole = _day_start(day) + hour * 3600 + minute * 60 + second - _offset(zone)
     if not frac:
         return float(whole)
     # float() of a decimal string rounds correctly, like float(Decimal(whole) + Decimal("0.frac")).
     return float(f"{whole}.{frac}") if whole >= 0 else float(Decimal(whole) + Decimal(f"0.{frac}"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _day_start(day: str) -> int:
+    """Epoch seconds of 00:00 UTC of a `YYYY-MM-DD` day (cached: events cluster on few days)."""
+    return (date.fromisoformat(day).toordinal() - _EPOCH_DAY) * 86_400
+
+
+def _offset(zone: str | None) -> int:
+    """Seconds east of UTC of `Z`, `+hh:mm`, `-hhmm` (no zone: UTC)."""
+    if zone is None or zone in "Zz":
+        return 0
+    digits = zone[1:].replace(":", "")
+    seconds = int(digits[:2]) * 3600 + int(digits[2:]) * 60
+    return -seconds if zone[0] == "-" else seconds
+
+
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
 
 
 def maybe_time(value: object) -> float | None:

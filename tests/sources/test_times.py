@@ -1,0 +1,48 @@
+"""RFC 3339 parsing and formatting: exact round trips, zones, and refusals."""
+
+import random
+from datetime import datetime
+
+import pytest
+
+from collector.sources.times import format_time, maybe_time, parse_time
+
+
+def test_formatted_times_parse_back_to_the_same_float() -> None:
+    rng = random.Random(7)
+    for _ in range(5000):
+        epoch = rng.uniform(-86_400 * 400, 4_102_444_800)
+        assert parse_time(format_time(epoch)) == epoch
+
+
+@pytest.mark.parametrize("text", [
+    "2026-01-01T00:00:01Z", "2026-03-01T23:59:59+02:00", "2024-02-29T12:00:00-05:30", "1969-12-31T23:59:59Z",
+    "2026-06-30T08:15:00+0100", "2026-01-01t10:00:00z",
+])
+def test_zones_agree_with_datetime(text: str) -> None:
+    normal = text.upper().replace("Z", "+00:00")
+    if normal[-5] in "+-" and ":" not in normal[-5:]:
+        normal = f"{normal[:-2]}:{normal[-2:]}"
+    assert parse_time(text) == datetime.fromisoformat(normal).timestamp()
+
+
+def test_no_zone_means_utc_and_fractions_are_exact() -> None:
+    assert parse_time("2026-01-01 00:00:00") == 1_767_225_600.0
+    assert parse_time("2026-01-01T00:00:00.125Z") == 1_767_225_600.125
+    assert parse_time("1969-12-31T23:59:59.25Z") == -0.75
+
+
+@pytest.mark.parametrize("text", [
+    "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T10:60:00Z",
+    "2026-01-01T10:00:60Z", "yesterday", "2026-01-01", "2026-01-01T10:00Z",
+])
+def test_invalid_times_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"date|RFC 3339|month|day"):
+        parse_time(text)
+
+
+def test_maybe_time_passes_missing_values_and_refuses_other_types() -> None:
+    assert maybe_time(None) is None
+    assert maybe_time("") is None
+    with pytest.raises(ValueError, match="date-time string"):
+        maybe_time(1_767_225_600)
