@@ -7,13 +7,13 @@ of a final status is a reopen. Received events are kept by `eventId`, so a redel
 acknowledged again but applied once. Writes happen on one connection, serialized by the caller.
 """
 
+import functools
 import json
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 Row = dict[str, Any]
 
@@ -63,9 +63,8 @@ CREATE TABLE IF NOT EXISTS cost_entry (
 """
 
 
-@dataclass(frozen=True)
-class Event:
-    """One received notification, reduced to what the store needs."""
+class Event(NamedTuple):
+    """One received notification, reduced to what the store needs (a tuple: built per event, fast)."""
 
     event_id: str
     event_type: str
@@ -107,38 +106,58 @@ class RecordStore:
         return len(rows)
 
     def apply_events(self, events: Sequence[Event]) -> list[bool]:
-        """Store events in one transaction; return for each whether it was new (not a duplicate).
-
-        Without deletions the batch is written with one `executemany` per table, in arrival order
-        (the upsert keeps the newest version whatever the order); with one, event by event.
-        """
-        now = time.time()
-        with self._transaction() as db:
-            if any(event.delete for event in events):
-                return [self._apply_one(db, event, now) for event in events]
-            known = self._known(db, [event.event_id for event in events])
-            fresh: list[bool] = []
-            for event in events:
-                fresh.append(event.event_id not in known)
-                known.add(event.event_id)
-            new = [event for event, is_new in zip(events, fresh, strict=True) if is_new]
-            db.executemany("INSERT INTO tmf_event (event_id, event_type, resource_id, event_time, received_at) "
-                           "VALUES (?, ?, ?, ?, ?)",
-                           [(e.event_id, e.event_type, e.resource_id, e.event_time, now) for e in new])
-            for table in dict.fromkeys(e.table for e in new if e.row is not None):
-                db.executemany(self._upserts[table],
-                               [_params(e.row) for e in new if e.row is not None and e.table == table])
+        """Store events in one transaction; return for each whether it was new (not a duplicate)."""
+        fresh = self.stage_events(events)
+        self.commit()
         return fresh
 
+    def stage_events(self, events: Sequence[Event]) -> list[bool]:
+        """Write events in a transaction left open for `commit` (or `rollback`); return for each
+        whether it was new. The listener stages on its event loop (CPU work) and commits in a
+        thread (the fsync), so requests are parsed while the disk syncs.
+
+        Without deletions the batch is written with one multi-row insert of the event ids and one
+        `executemany` of rows per table, in arrival order (the upsert keeps the newest version
+        whatever the order); with one, event by event.
+        """
+        now = time.time()
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if any(event.delete for event in events):
+                return [self._apply_one(db, event, now) for event in events]
+            inserted = self._insert_event_ids(db, events, now)
+            fresh: list[bool] = []
+            for event in events:
+                fresh.append(event.event_id in inserted)
+                inserted.discard(event.event_id)  # a repeat within the batch is a duplicate
+            for table in dict.fromkeys(e.table for e in events if e.row is not None):
+                db.executemany(self._upserts[table],
+                               [_params(e.row) for e, new in zip(events, fresh, strict=True)
+                                if new and e.row is not None and e.table == table])
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return fresh
+
+    def commit(self) -> None:
+        """Commit the transaction `stage_events` opened (durable per `synchronous`)."""
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Undo a staged transaction, if one is open."""
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+
     @staticmethod
-    def _known(db: sqlite3.Connection, event_ids: Sequence[str]) -> set[str]:
-        """Which of these event ids are stored already."""
-        known: set[str] = set()
-        for start in range(0, len(event_ids), 500):
-            chunk = event_ids[start:start + 500]
-            marks = ", ".join("?" * len(chunk))
-            known.update(r[0] for r in db.execute(f"SELECT event_id FROM tmf_event WHERE event_id IN ({marks})", chunk))
-        return known
+    def _insert_event_ids(db: sqlite3.Connection, events: Sequence[Event], now: float) -> set[str]:
+        """Insert the events not stored yet; return the ids that were inserted."""
+        inserted: set[str] = set()
+        for start in range(0, len(events), _CHUNK):
+            chunk = events[start:start + _CHUNK]
+            params = [v for e in chunk for v in (e.event_id, e.event_type, e.resource_id, e.event_time, now)]
+            inserted.update(r[0] for r in db.execute(_insert_events_sql(len(chunk)), params))
+        return inserted
 
     def _apply_one(self, db: sqlite3.Connection, event: Event, now: float) -> bool:
         cursor = db.execute(
@@ -207,6 +226,16 @@ class _Tx:
         self._db.execute("COMMIT" if exc is None else "ROLLBACK")
 
 
+_CHUNK = 1000
+"""Events per multi-row insert (5 parameters each, well under SQLite's 32,766)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_events_sql(rows: int) -> str:
+    return ("INSERT INTO tmf_event (event_id, event_type, resource_id, event_time, received_at) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?)"] * rows) + " ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
+
+
 def _table_ddl(table: str) -> str:
     columns = ", ".join(f"{n} {t}" + (f" DEFAULT {d}" if d is not None else "") for n, t, d in COLUMNS)
     indexes = "".join(f'CREATE INDEX IF NOT EXISTS "ix_{table}_{c}" ON "{table}" ({c});' for c in _INDEXED)
@@ -216,7 +245,7 @@ def _table_ddl(table: str) -> str:
 def _upsert_sql(table: str, finals: tuple[str, ...]) -> str:
     """An upsert that keeps the newer version, sticky flags, and counts a move out of a final status."""
     names = ", ".join(NAMES)
-    marks = ", ".join(f":{n}" for n in NAMES)
+    marks = ", ".join("?" for _ in NAMES)
     plain = [f"{n} = excluded.{n}" for n in NAMES if n != "id" and n not in STICKY]
     reopen = "0"
     if finals:
@@ -228,14 +257,13 @@ def _upsert_sql(table: str, finals: tuple[str, ...]) -> str:
             + ", ".join(plain + sticky) + f' WHERE excluded.updated_at >= "{table}".updated_at')
 
 
-def _params(row: Row) -> Row:
-    out: Row = {}
-    for name, _, default in COLUMNS:
-        value = row.get(name)
-        if value is None and default is not None:
-            value = 0
-        out[name] = value
-    return out
+_ZERO_IF_MISSING = tuple((name, default is not None) for name, _, default in COLUMNS)
+
+
+def _params(row: Row) -> tuple[Any, ...]:
+    """The upsert's positional parameters (columns in `NAMES` order; a missing number is 0)."""
+    get = row.get
+    return tuple(0 if (value := get(name)) is None and zero else value for name, zero in _ZERO_IF_MISSING)
 
 
 def records_path(state_path: str | Path, source: str) -> Path:

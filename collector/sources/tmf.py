@@ -117,19 +117,26 @@ def dig(document: Any, path: Path) -> Any:
 
 
 def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any]) -> Row:
-    """Map one TMF resource to a records-table row; raise `MappingError` when it cannot."""
+    """Map one TMF resource to a records-table row; raise `MappingError` when it cannot.
+
+    A column takes its standard attribute, else the `fabwatch` extension's value, else (for
+    `updated_at`) `lastUpdate`; columns with neither stay None (the store's default).
+    """
     if not isinstance(resource, Mapping):
         raise MappingError(f"a {api.resource} must be a JSON object")
-    extension = resource.get(EXTENSION)
-    extension = extension if isinstance(extension, Mapping) else {}
-    row: Row = {"id": resource.get("id")}
+    row: Row = dict.fromkeys(NAMES)
+    row["id"] = resource.get("id")
     for name, path in _plan(api, version):
-        value = None if path is None else dig(resource, path)
-        if value is None and extension:
-            value = extension.get(name)
-        if value is None and name == "updated_at":
-            value = resource.get("lastUpdate")
-        row[name] = None if value is None else _convert(api, name, value)
+        value = resource.get(path[0]) if len(path) == 1 else dig(resource, path)  # type: ignore[arg-type]
+        if value is not None:
+            row[name] = _convert(api, name, value)
+    extension = resource.get(EXTENSION)
+    if isinstance(extension, Mapping) and extension:
+        for name in NAMES[1:]:
+            if row[name] is None and (value := extension.get(name)) is not None:
+                row[name] = _convert(api, name, value)
+    if row["updated_at"] is None and (updated := resource.get("lastUpdate")) is not None:
+        row["updated_at"] = _convert(api, "updated_at", updated)
     _lifecycle(api, version, resource, row)
     for needed in ("id", "created_at", "updated_at", "status"):
         if row[needed] is None or row[needed] == "":
@@ -139,24 +146,27 @@ def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any]) -> R
     return row
 
 
-_PLANS: dict[tuple[str, int], tuple[tuple[str, Path | None], ...]] = {}
+_PLANS: dict[tuple[str, int], tuple[tuple[str, Path], ...]] = {}
 
 
-def _plan(api: TmfApi, version: int) -> tuple[tuple[str, Path | None], ...]:
-    """Each column after id with the path of its standard attribute (None: extension only), cached."""
+def _plan(api: TmfApi, version: int) -> tuple[tuple[str, Path], ...]:
+    """The columns after id that have a standard attribute, with its path; cached."""
     key = (api.kind, version)
     plan = _PLANS.get(key)
     if plan is None:
         paths = api.field_paths(version)
-        plan = _PLANS[key] = tuple((name, paths.get(name)) for name in NAMES[1:])
+        plan = _PLANS[key] = tuple((name, paths[name]) for name in NAMES[1:] if name in paths)
     return plan
+
+
+_TIMES = frozenset(name for name in NAMES if name.endswith("_at"))
 
 
 def _convert(api: TmfApi, name: str, value: Any) -> Any:
     if value is None:
         return None
     try:
-        if name.endswith("_at"):
+        if name in _TIMES:
             return maybe_time(value)
         if name in FLOATS:
             return float(value)
