@@ -2,7 +2,9 @@
 
 Starts `fabwatch serve` (a real process, pinned with `taskset -c 0`) with one `tmf_events`
 source (TMF621 v4, `durability: full` = fsync per group commit unless `--durability normal`),
-and loads it from this process (pinned to CPU 1) over loopback with keep-alive connections:
+receiving on the events port (`service.events_listen`; `--via main` posts to the aiohttp route of
+the main port instead), and loads it from this process (pinned to CPU 1, on uvloop so that the
+load generator is not the bottleneck) over loopback with keep-alive connections:
 
 1. saturation: `--events` events through `--connections` connections, one in flight each;
    acknowledged (201) events per second, and the latency of each;
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import uvloop  # noqa: E402
 from tmf_http import Connection, connect, post  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
@@ -144,9 +147,11 @@ def stored_events(store: Path) -> int:
 
 async def one_run(a: argparse.Namespace, directory: Path) -> tuple[Phase, list[Phase], list[str]]:
     """Fresh fabwatch + store; saturation then fixed rate; check the store."""
-    port = free_port()
-    inventory = events_inventory(directory, durability=a.durability, batch_max=a.batch_max)
-    fabwatch = FabwatchProcess(inventory, port, cpu=0 if a.pin else None, log=directory / "fabwatch.log")
+    main_port = free_port()
+    port = main_port if a.via == "main" else free_port()
+    inventory = events_inventory(directory, durability=a.durability, batch_max=a.batch_max,
+                                 events_port=None if a.via == "main" else port)
+    fabwatch = FabwatchProcess(inventory, main_port, cpu=0 if a.pin else None, log=directory / "fabwatch.log")
     saturation_raw = requests(port, 0, a.events)
     first = a.events
     rate_raws = []
@@ -189,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-max", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=120.0, help="bound of each phase")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin to CPUs 0 and 1")
+    parser.add_argument("--via", choices=("events", "main"), default="events",
+                        help="post to the events port (default) or to the main port's aiohttp route")
     a = parser.parse_args(argv)
     a.rates = a.rates or [10_000.0]
     if a.pin and len(os.sched_getaffinity(0)) > 1:
@@ -197,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     command: list[str] = []
     for run in range(a.runs):
         with tempfile.TemporaryDirectory(prefix="fabwatch-bench-listener-") as tmp:
-            saturation, steadies, command = asyncio.run(one_run(a, Path(tmp)))
+            saturation, steadies, command = uvloop.run(one_run(a, Path(tmp)))
         results.append([saturation, *steadies])
         print(f"run {run + 1}: {saturation.rate:,.0f} events/s acked (p99 {saturation.quantile(0.99) * 1e3:.1f} ms, "
               f"{saturation.cpu_per_event * 1e6:.0f} µs CPU each); " + "; ".join(
@@ -215,7 +222,8 @@ def report(a: argparse.Namespace, results: list[list[Phase]], command: list[str]
     print(f"command: .venv/bin/python bench/{Path(__file__).name} {shlex.join(sys.argv[1:])}")
     print(f"fabwatch: {shlex.join(command)}")
     print(f"load: this process{' on CPU 1' if a.pin else ''}, {a.connections} keep-alive connections, "
-          f"durability={a.durability}, batch_max={a.batch_max}, median of {len(results)} runs")
+          f"posting to the {a.via} port, durability={a.durability}, batch_max={a.batch_max}, "
+          f"median of {len(results)} runs")
     print()
     print("| phase | events | acked/s | p50 ms | p99 ms | max ms | fabwatch CPU µs/event | events per CPU-s |")
     print("|---|---|---|---|---|---|---|---|")

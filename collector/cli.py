@@ -14,14 +14,14 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from collector.errors import SourceError
+from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
 from collector.inventory import ConfigError, load_inventory
 from collector.logs import safe_dsn, setup_logging
@@ -264,7 +264,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     host, port = args.listen or (inventory.service.host, inventory.service.port)
     clock = time.time if args.clock_start is None else shifted_clock(args.clock_start)
-    return asyncio.run(_serve(inventory, host, port, args.state, clock))
+    return _run(_serve(inventory, host, port, args.state, clock), fast=receives_events(inventory))
+
+
+def receives_events(inventory: Inventory) -> bool:
+    """Whether the service receives TMF events (then the event loop is uvloop's)."""
+    return any(source.kind == "tmf_events" for source in inventory.sources.values())
+
+
+def _run(main: Coroutine[Any, Any, int], *, fast: bool) -> int:
+    """Run the service; on uvloop when `fast`: it halves the CPU each event request costs, and a
+    service that only samples and answers scrapes does not need the extra megabyte."""
+    if fast:
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
@@ -273,6 +288,9 @@ async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
     try:
         async with _stop_on_signals() as stop:
             await serve(app, host, port, stop)
+    except CannotListen as exc:
+        print(f"fabwatch: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as exc:
         _cannot_listen(host, port, exc)
         return EXIT_FAILED

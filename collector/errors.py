@@ -27,3 +27,7 @@ class SourceRefused(SourceError):
     """The database refused the read-only session or the access (permissions, read-only violation)."""
 
     reason = "permission"
+
+
+class CannotListen(OSError):
+    """A port of the service could not be bound; `strerror` names the address and the cause."""

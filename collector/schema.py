@@ -47,17 +47,19 @@ class Target(Model):
 
 class ServiceConfig(Model):
     listen: str = "127.0.0.1:9464"
+    events_listen: str | None = None
+    """HOST:PORT of the events port: the lean server for `tmf_events` listeners (none: main port)."""
     timezone: TimeZoneName = "UTC"
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
     state_path: str = "fabwatch-state.db"
     max_series_per_process: Annotated[int, Field(gt=0)] = 2000
 
-    @field_validator("listen")
+    @field_validator("listen", "events_listen")
     @classmethod
-    def _listen(cls, value: str) -> str:
-        match = _LISTEN.match(value)
-        if not match or not 0 < int(match.group(2)) < 65536:
-            raise ValueError(f"listen must be HOST:PORT, e.g. 127.0.0.1:9464, got {value!r}")
+    def _listen(cls, value: str | None) -> str | None:
+        match = None if value is None else _LISTEN.match(value)
+        if value is not None and (not match or not 0 < int(match.group(2)) < 65536):
+            raise ValueError(f"must be HOST:PORT, e.g. 127.0.0.1:9464, got {value!r}")
         return value
 
     @property
@@ -67,6 +69,14 @@ class ServiceConfig(Model):
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def events_address(self) -> tuple[str, int] | None:
+        """(host, port) of the events port, when one is configured."""
+        if self.events_listen is None:
+            return None
+        host, port = self.events_listen.rsplit(":", 1)
+        return host.strip("[]"), int(port)
 
 
 class SqlSource(Model):

@@ -29,7 +29,7 @@ from collector.sources.store import RecordStore, records_path
 from collector.sources.tmf import APIS
 from collector.state import StateStore
 
-LISTENERS = web.AppKey("tmf_listeners", dict)
+LISTENERS = web.AppKey[dict[str, Listener]]("tmf_listeners")
 _LOG = logging.getLogger("fabwatch.sources")
 
 
@@ -159,7 +159,7 @@ def _syncer(name: str, source: SyncedSource, store: RecordStore, service: Servic
         return HttpJsonSync(name, source, HttpClient(name, limits_of(source), source.auth, source.ca_file), store)
     if isinstance(source, CostCsvSource):
         return CostCsvSync(name, source, store)
-    callback = source.callback or f"http://{service.listen}/tmf/{name}"
+    callback = source.callback or f"http://{service.events_listen or service.listen}/tmf/{name}"
     return HubRegistration(name, source, callback, store)
 
 
@@ -175,12 +175,14 @@ class _Polling:
 
 
 def mount_sources(app: web.Application, inventory: Inventory, state_path: str | Path | None = None) -> None:
-    """Add the listener route and open/close the listeners of the `tmf_events` sources with the app."""
+    """Open/close the listeners of the `tmf_events` sources with the app; they answer on the events
+    port (`service.events_listen`) when there is one, else on the main port's route."""
     events = {n: s for n, s in inventory.sources.items() if isinstance(s, TmfEventsSource)}
     if not events:
         return
     app[LISTENERS] = {}
-    app.router.add_post("/tmf/{source}/listener/{event}", _dispatch)
+    if inventory.service.events_address is None:
+        app.router.add_post("/tmf/{source}/listener/{event}", _dispatch)
     app.cleanup_ctx.append(_listeners(inventory, events, state_path or inventory.service.state_path))
 
 
@@ -196,6 +198,14 @@ def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource],
                 await listener.start()
                 stack.push_async_callback(listener.stop)
                 app[LISTENERS][name] = listener
+            address = inventory.service.events_address
+            if address is not None:
+                from collector.sources.events_http import EventsServer  # httptools only when used
+
+                listeners: dict[str, Listener] = app[LISTENERS]
+                server = EventsServer(listeners)
+                await server.start(*address)
+                stack.push_async_callback(server.stop)  # runs before the listeners drain and stop
             yield
     return context
 

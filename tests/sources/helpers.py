@@ -92,14 +92,16 @@ EVENT_T0 = 1_767_225_600.0
 
 
 def events_inventory(directory: Path, *, durability: str = "full", batch_max: int = 1000,
-                     interval: str = "60s") -> Path:
-    """Write an inventory with process `problem` fed by a `tmf_events` source `events` (TMF621 v4)."""
+                     interval: str = "60s", events_port: int | None = None) -> Path:
+    """Write an inventory with process `problem` fed by a `tmf_events` source `events` (TMF621 v4),
+    received on the events port when `events_port` is given, else on the main port."""
     document = yaml.safe_load(EXAMPLE.read_text())
     problem = document["processes"]["problem"]
     problem["records"]["source"] = "events"
     problem["kpis"] = {k: v for k, v in problem["kpis"].items() if v["kind"] != "value"}
     inventory = {
-        "service": {"state_path": str(directory / "state.db"), "currency": "EUR", "timezone": "UTC"},
+        "service": {"state_path": str(directory / "state.db"), "currency": "EUR", "timezone": "UTC",
+                    **({"events_listen": f"127.0.0.1:{events_port}"} if events_port else {})},
         "sources": {"events": {"kind": "tmf_events", "api": "tmf621", "version": 4,
                                "store": str(directory / "events.db"), "durability": durability,
                                "batch_max": batch_max, "interval": interval}},

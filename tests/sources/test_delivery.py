@@ -1,7 +1,8 @@
 """Delivery guarantee of the TMF listener, with real processes.
 
-`fabwatch serve` runs as a subprocess; a bounded load loop (aiohttp, bounded concurrency and
-time) posts 50,000 events while fabwatch is killed with SIGKILL and restarted twice. After each
+`fabwatch serve` runs as a subprocess, receiving on its events port; a bounded load loop (aiohttp,
+bounded concurrency and time) posts 50,000 events while fabwatch is killed with SIGKILL and
+restarted twice. After each
 kill, every event acknowledged so far (201) must be in the record store; events not acknowledged
 are then sent again, as a TMF hub would, and at the end every event is stored exactly once and the
 work items hold the newest version of each ticket.
@@ -99,11 +100,11 @@ async def kill_and_restart(load: Load, fabwatch: FabwatchProcess, store: Path, k
 
 @pytest.mark.integration
 async def test_acknowledged_events_survive_sigkill_and_are_stored_once(tmp_path: Path) -> None:
-    port = free_port()
-    inventory = events_inventory(tmp_path, durability="full")
+    port, events_port = free_port(), free_port()
+    inventory = events_inventory(tmp_path, durability="full", events_port=events_port)  # the events port
     store = tmp_path / "events.db"
     fabwatch = FabwatchProcess(inventory, port, log=tmp_path / "fabwatch.log")
-    load = Load(f"{fabwatch.url}{EVENT_PATH}")
+    load = Load(f"http://127.0.0.1:{events_port}{EVENT_PATH}")
     kills: list[int] = []
     started = time.monotonic()
     fabwatch.start()

@@ -1,4 +1,7 @@
-"""The TMF event listener of the service: durable acknowledgement, duplicates, order, bad events."""
+"""The TMF event listener of the service: durable acknowledgement, duplicates, order, bad events.
+
+Every test runs twice: through the main port's aiohttp route and through the events port.
+"""
 
 from __future__ import annotations
 
@@ -33,17 +36,21 @@ def envelope(event_id: str, resource: dict[str, Any], *, v5: bool = False,
     return body
 
 
-@pytest.fixture
-async def listener(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
-    port = free_port()
+@pytest.fixture(params=["main", "events"])
+async def listener(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Path]]:
+    port, events_port = free_port(), free_port()
     store = tmp_path / "events.db"
     sources = {"sql": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'none.db'}"},
                "tickets": {"kind": "tmf_events", "api": "tmf621", "store": str(store), "secret": SECRET,
-                           "max_body": 4096, "callback": f"http://127.0.0.1:{port}/tmf/tickets"}}
+                           "max_body": 4096}}
     inventory = example(sources, {p: "tickets" if p == "problem" else "sql" for p in API_OF},
                         tmp_path / "state.db")
+    if request.param == "events":
+        service = inventory.service.model_copy(update={"events_listen": f"127.0.0.1:{events_port}"})
+        inventory = inventory.model_copy(update={"service": service})
     async with serve_app(build_app(inventory), port=port) as url:
-        yield f"{url}/tmf/tickets/listener", store
+        base = url if request.param == "main" else f"http://127.0.0.1:{events_port}"
+        yield f"{base}/tmf/tickets/listener", store
 
 
 async def _post(url: str, body: Any, *, secret: str = SECRET, raw: bytes | None = None) -> tuple[int, Any]:

@@ -1,0 +1,173 @@
+"""The events port at the HTTP level: keep-alive, pipelining order, Expect, refusals, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.sources.events_http import EventsServer
+from collector.sources.listener import Listener
+from collector.sources.schema import TmfEventsSource
+from collector.sources.store import RecordStore
+from collector.sources.tmf import APIS
+from tests.servers import free_port
+from tests.sources.helpers import ticket_event
+
+PATH = "/tmf/tickets/listener/troubleTicketStatusChangeEvent"
+SECRET = "s3cret"
+LIMIT = 4096
+
+
+@pytest.fixture
+async def events(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """An events server on a free loopback port with one listener `tickets`; yields (port, store)."""
+    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=LIMIT)
+    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL",
+                        final_statuses={"trouble_ticket": APIS["tmf621"].finals})
+    listener = Listener("tickets", source, store)
+    await listener.start()
+    server = EventsServer({"tickets": listener})
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    try:
+        yield port, tmp_path / "events.db"
+    finally:
+        await server.stop()
+        await listener.stop()
+        store.close()
+
+
+def request(body: bytes, *, path: str = PATH, method: str = "POST", headers: str = "") -> bytes:
+    return (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"X-Fabwatch-Secret: {SECRET}\r\nContent-Length: {len(body)}\r\n{headers}\r\n").encode() + body
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], Any]:
+    """One response: status, headers (lower-case names), JSON body."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1").split("\r\n")
+    status = int(head[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+    body = await asyncio.wait_for(reader.readexactly(int(headers.get("content-length", "0"))), 10)
+    return status, headers, json.loads(body) if body else None
+
+
+def stored(store: Path) -> int:
+    db = sqlite3.connect(store)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0])
+    finally:
+        db.close()
+
+
+async def test_keep_alive_and_pipelined_answers_come_back_in_request_order(events: tuple[int, Path]) -> None:
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request(ticket_event(1, 1, 1)) + request(b"{not json") + request(ticket_event(2, 2, 1))
+                 + request(ticket_event(1, 1, 1)))
+    answers = [await read_answer(reader) for _ in range(4)]
+    assert [a[0] for a in answers] == [201, 400, 201, 201]
+    assert answers[0][2] == {"eventId": "E1", "duplicate": False}
+    assert answers[1][2]["code"] == "invalidJson"
+    assert answers[3][2] == {"eventId": "E1", "duplicate": True}
+    assert all(a[1]["content-type"] == "application/json" and "date" in a[1] for a in answers)
+    writer.write(request(ticket_event(3, 3, 1)))  # the connection is still usable
+    assert (await read_answer(reader))[0] == 201
+    writer.close()
+    assert stored(store) == 3
+
+
+async def test_connection_close_is_honoured(events: tuple[int, Path]) -> None:
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request(ticket_event(1, 1, 1), headers="Connection: close\r\n"))
+    status, headers, _ = await read_answer(reader)
+    assert (status, headers["connection"]) == (201, "close")
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+    writer.close()
+    assert stored(store) == 1
+
+
+async def test_expect_100_continue(events: tuple[int, Path]) -> None:
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = ticket_event(1, 1, 1)
+    writer.write(request(body)[:-len(body)].replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    assert (await read_answer(reader))[0] == 201
+    writer.close()
+    assert stored(store) == 1
+
+
+@pytest.mark.parametrize(("raw", "status", "code"), [
+    (request(b"{}", path="/metrics"), 404, "notFound"),
+    (request(b"{}", path="/tmf/nobody/listener/troubleTicketStatusChangeEvent"), 404, "unknownSource"),
+    (request(b"", method="GET"), 405, "methodNotAllowed"),
+    (request(ticket_event(1, 1, 1)).replace(SECRET.encode(), b"wrong!"), 401, "unauthorized"),
+    (request(ticket_event(1, 1, 1), path=PATH.replace("StatusChange", "Exploded")), 400, "unknownEventType"),
+])
+async def test_refusals_are_json_and_keep_the_connection(
+        events: tuple[int, Path], raw: bytes, status: int, code: str) -> None:
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw + request(ticket_event(9, 9, 1)))
+    answer = await read_answer(reader)
+    assert (answer[0], answer[2]["code"], answer[2]["status"]) == (status, code, str(status))
+    assert (await read_answer(reader))[0] == 201  # the next request on the connection is served
+    writer.close()
+    assert stored(store) == 1
+
+
+@pytest.mark.parametrize("raw", [
+    request(b"x" * (LIMIT + 1)),
+    (f"POST {PATH} HTTP/1.1\r\nHost: h\r\nX-Fabwatch-Secret: {SECRET}\r\nTransfer-Encoding: chunked\r\n\r\n"
+     f"{LIMIT:x}\r\n{'x' * LIMIT}\r\n10\r\n{'x' * 16}\r\n0\r\n\r\n").encode(),
+])
+async def test_a_body_over_the_limit_is_refused_and_the_connection_closed(
+        events: tuple[int, Path], raw: bytes) -> None:
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    status, headers, body = await read_answer(reader)
+    assert (status, body["code"], headers["connection"]) == (413, "tooLarge", "close")
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    assert stored(store) == 0
+
+
+async def test_malformed_http_gets_400_and_a_close(events: tuple[int, Path]) -> None:
+    port, _ = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /tmf/tickets HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
+    status, headers, body = await read_answer(reader)
+    assert (status, body["code"], headers["connection"]) == (400, "badRequest", "close")
+    writer.close()
+
+
+async def test_events_queued_when_the_server_stops_are_committed_and_answered(tmp_path: Path) -> None:
+    """Stopping drains: what was acknowledged is stored; what came after is refused with 503."""
+    source = TmfEventsSource(kind="tmf_events", api="tmf621", max_body=LIMIT)
+    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"])
+    listener = Listener("tickets", source, store)
+    await listener.start()
+    server = EventsServer({"tickets": listener})
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"".join(request(ticket_event(n, n, 1)) for n in range(50)))
+    first = await read_answer(reader)
+    await server.stop()
+    await listener.stop()  # drains: every queued event is committed before the writer ends
+    answers = [first] + [await read_answer(reader) for _ in range(49)]
+    acknowledged = sum(a[0] == 201 for a in answers)
+    assert {a[0] for a in answers} <= {201, 503}
+    assert all(a[2]["code"] == "stopping" for a in answers if a[0] == 503)
+    writer.close()
+    store.close()
+    assert stored(tmp_path / "events.db") == acknowledged >= 1
