@@ -132,6 +132,8 @@ class SamplingScheduler:
         log_event(_LOG, "scheduler_stopped", cancelled=len(tasks))
 
     async def _job(self, name: str) -> None:
+        if self._stopping:  # a run the scheduler had already queued when the service began to stop
+            return
         task = asyncio.create_task(self.run_once(name), name=f"sample-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

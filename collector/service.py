@@ -180,8 +180,8 @@ async def serve(app: web.Application, host: str, port: int, stop: asyncio.Event)
     """Serve `app` on host:port until `stop` is set, then shut down cleanly."""
     runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=_ACCESS_LOG,
                            shutdown_timeout=5.0, handle_signals=False)
-    await runner.setup()
     try:
+        await runner.setup()  # inside: a start-up that fails half-way still closes what it opened
         site = web.TCPSite(runner, host, port)
         await site.start()
         log_event(_LOG, "listening", url=f"http://{_url_host(host)}:{port}/")

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import functools
 import logging
+import os
 import time
 from collections.abc import Mapping
 from email.utils import formatdate
@@ -44,7 +45,8 @@ class EventsServer:
             self._server = await asyncio.get_running_loop().create_server(
                 lambda: _Connection(self.listeners), host, port, reuse_address=True, backlog=1024)
         except OSError as exc:
-            raise CannotListen(exc.errno, f"cannot listen for events on {host}:{port}: {exc.strerror or exc}") from exc
+            cause = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise CannotListen(exc.errno, f"cannot listen for events on {host}:{port}: {cause}") from exc
         log_event(_LOG, "events_listening", url=f"http://{host}:{port}{_PREFIX}<source>/listener/<eventName>")
 
     async def stop(self) -> None:

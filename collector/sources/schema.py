@@ -133,7 +133,7 @@ class TmfEventsSource(_Synced):
     @property
     def dsn(self) -> str:
         """Where the source reads (for logs)."""
-        return self.hub_url or "listener"
+        return self.hub_url or "listener://"
 
 
 class HttpJsonSource(_Http):

@@ -4,6 +4,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -223,3 +224,18 @@ def test_demo_in_tmf_mode_polls_the_simulator_through_its_open_apis(tmp_path):
     assert up == created == processes, (sorted(processes - up), sorted(processes - created))
     assert code == 0, err
     assert "TMF APIs of the simulated operator: http://127.0.0.1:" in out
+
+
+def test_serve_names_a_busy_events_port_and_exits_1(tmp_path):
+    from tests.sources.helpers import events_inventory
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        events_port = busy.getsockname()[1]
+        inventory = events_inventory(tmp_path, events_port=events_port)
+        proc = run_fabwatch("serve", "-c", str(inventory), "--listen", f"127.0.0.1:{free_port()}")
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert f"fabwatch: cannot listen for events on 127.0.0.1:{events_port}: Address already in use" in err
+    assert "Traceback" not in err  # a sample queued before the failure does not run on closed sources
