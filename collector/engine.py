@@ -23,9 +23,8 @@ from typing import Any, ClassVar
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from collector.db import create_engine, guard, read_only
+from collector.db import AsyncConnection, AsyncEngine, create_engine, guard, read_only
 from collector.kpis import fixed_cost, kpi_value, variable_cost, windows_of
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
 from collector.schema import Process, SqlSource, ValueKpi
