@@ -215,14 +215,14 @@ class SourceSampler:
             for row in await conn.execute(query.parts(len(ordered)), params):
                 values: tuple[Any, ...] = tuple(row)
                 target = shared.processes.get(str(values[1]))
-                if target is not None:
-                    _add_row(found[target][int(values[0])], _edge_of(self._queries[target], edge), values[2:])
+                if target is not None:  # the shared column leads the groups: skip it in the key
+                    _add_row(found[target][int(values[0])], query, values[1:], skip=1)
             for target, groups in found.items():
                 for (lo, hi), part in zip(ordered, groups, strict=True):
                     readers[target].keep(edge, lo, hi, part)
 
     def _needs_recount(self, book: "_Book | None", queries: OpenQueries, now: float) -> bool:
-        return book is None or queries.closed is None or now - book.recounted_at >= self.source.reconcile \
+        return book is None or not queries.followable or now - book.recounted_at >= self.source.reconcile \
             or now > book.horizon or now < book.counted_at
 
     async def _follow_shared(self, conn: AsyncConnection, shared: Shared, state: dict[str, Any], now: float) -> None:
@@ -498,14 +498,9 @@ async def _run_edge(conn: AsyncConnection, query: EdgeQuery, lo: float, hi: floa
     return groups
 
 
-def _edge_of(queries: ProcessQueries, edge: str) -> EdgeQuery:
-    query = queries.created if edge == "created" else queries.completed
-    assert query is not None, f"no {edge} column mapped"
-    return query
-
-
-def _add_row(groups: Groups, query: EdgeQuery, row: Any) -> None:
-    key = _key(row[:query.groups])
+def _add_row(groups: Groups, query: EdgeQuery, row: Any, skip: int = 0) -> None:
+    """Add one row of an edge statement; `skip` leading group columns route it (shared statements)."""
+    key = _key(row[skip:query.groups])
     sums = {name: float(value or 0) for name, value in zip(query.sum_names, row[query.groups:], strict=True)}
     _add(groups.setdefault(key, {}), sums)
 

@@ -3,12 +3,16 @@
 Every statement aggregates in the database and reads a range of one indexed column
 (`created`, `completed`) or the open statuses, so the rows read follow the rows that changed,
 not the size of the table.
+
+Statements are built on first use: a process whose rows a `Shared` statement reads never runs
+its own, and each process's statements are some 120 KiB of SQLAlchemy objects (most of them the
+histogram's bucket counts), which would only make `fabwatch serve` bigger.
 """
 
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import (
@@ -40,19 +44,61 @@ MISSING = "unknown"
 """Label value for a NULL dimension or outcome (an empty label would vanish in Prometheus)."""
 
 
-@dataclass(frozen=True)
-class EdgeQuery:
-    """One statement aggregating the rows whose `edge` time falls in (:lo, :hi]."""
+Sums = list[tuple[str, Expr]]
+"""Aggregate columns after the row count, by name."""
 
-    edge: Edge
-    statement: Statement
-    groups: int
-    """How many group columns (the dimensions, then the outcome column if mapped) lead each row."""
-    sum_names: tuple[str, ...]
-    """Names of the aggregate columns after the groups; "n" (the row count) comes first."""
-    parts: Callable[[int], Statement]
-    """The same aggregation over `n` ranges (:lo0, :hi0] ... in one statement, each row led by its
-    range's index `part`: one round trip for all the ranges a sample reads on this edge."""
+
+class EdgeQuery:
+    """One statement aggregating the rows whose `edge` time falls in (:lo, :hi].
+
+    `sums` builds the aggregates, called on first use (see the module's docstring).
+    """
+
+    def __init__(self, edge: Edge, time_column: Expr, groups: Sequence[Expr], filters: Sequence[Expr],
+                 sums: Callable[[], Sums]) -> None:
+        self.edge = edge
+        self.groups = len(groups)
+        """How many group columns (the dimensions, then the outcome column if mapped) lead each row."""
+        self._time_column = time_column
+        self._group_by = tuple(groups)
+        self._filters = tuple(filters)
+        self._build_sums = sums
+        self._parts: dict[int, Statement] = {}
+
+    @cached_property
+    def _sums(self) -> Sums:
+        return self._build_sums()
+
+    @cached_property
+    def sum_names(self) -> tuple[str, ...]:
+        """Names of the aggregate columns after the groups; "n" (the row count) comes first."""
+        return ("n", *[name for name, _ in self._sums])
+
+    @cached_property
+    def statement(self) -> Statement:
+        return self._ranged("lo", "hi")
+
+    def parts(self, n: int) -> Statement:
+        """The same aggregation over `n` ranges (:lo0, :hi0] ... in one statement, each row led by its
+        range's index `part`: one round trip for all the ranges a sample reads on this edge."""
+        if n not in self._parts:
+            union = union_all(*[self._ranged(f"lo{i}", f"hi{i}", literal(i).label("part")) for i in range(n)])
+            self._parts[n] = select(union.subquery())
+        return self._parts[n]
+
+    @cached_property
+    def _columns(self) -> list[Expr]:
+        """The labelled group columns, then the aggregates (shared by every statement of this edge)."""
+        groups = [g.label(f"g{i}") for i, g in enumerate(self._group_by)]
+        return [*groups, func.count().label("n"), *[expr.label(name) for name, expr in self._sums]]
+
+    def _ranged(self, lo: str, hi: str, *lead: Expr) -> Statement:
+        return (
+            select(*lead, *self._columns)
+            .where(self._time_column > bindparam(lo, type_=Double), self._time_column <= bindparam(hi, type_=Double),
+                   *self._filters)
+            .group_by(*self._group_by)
+        )
 
 
 UPCOMING = "fab_upcoming"
@@ -60,23 +106,44 @@ UPCOMING = "fab_upcoming"
 
 
 @dataclass(frozen=True)
+class _OpenStatements:
+    """The statements of `OpenQueries`, once built."""
+
+    recount: Statement
+    changes: Statement | None
+
+
 class OpenQueries:
     """Open items per dimension set, counted in full or followed by their changes.
 
     Each statement returns the dimension columns, `fab_upcoming` (the due time of open items that
-    fall due in (:now, :horizon], one row each, else NULL), then `n` and `overdue`.
+    fall due in (:now, :horizon], one row each, else NULL), then `n` and `overdue`. `build` makes
+    the statements, called on first use (see the module's docstring).
     """
 
-    recount: Statement
-    """Every open item created up to :now; also `oldest` (params :now, :horizon)."""
-    opened: Statement
-    """Open items created in (:lo, :now] (params :lo, :now, :horizon)."""
-    changes: Statement | None
-    """`opened` and `closed` in one statement, each row led by `part` (0 opened, 1 closed)."""
-    closed: Statement | None
-    """Items created up to :lo and completed in (:lo, :now]: they left the backlog; `overdue`
-    counts those due before :lo, `fab_upcoming` gives the due time of those due in [:lo, :horizon]."""
-    dims: int
+    def __init__(self, dims: int, followable: bool, build: Callable[[], _OpenStatements]) -> None:
+        self.dims = dims
+        self.followable = followable
+        """Whether the open items can be followed by their changes between recounts (`changes`
+        exists: a completion column is mapped)."""
+        self._build = build
+
+    @cached_property
+    def _statements(self) -> _OpenStatements:
+        return self._build()
+
+    @property
+    def recount(self) -> Statement:
+        """Every open item created up to :now; also `oldest` (params :now, :horizon)."""
+        return self._statements.recount
+
+    @property
+    def changes(self) -> Statement | None:
+        """In one statement (params :lo, :now, :horizon), each row led by `part`: 0 for the open
+        items created in (:lo, :now]; 1 for the items created up to :lo and completed in
+        (:lo, :now], which left the backlog (`overdue` counts those due before :lo, `fab_upcoming`
+        gives the due time of those due in [:lo, :horizon])."""
+        return self._statements.changes
 
 
 @dataclass(frozen=True)
@@ -102,15 +169,15 @@ def build_queries(process: Process, split: tuple[str, tuple[str, ...]] | None = 
         filters = [tbl.c[split[0]].in_(split[1])]
         dims = [tbl.c[split[0]], *dims]
     buckets = next((k.buckets for k in process.kpis.values() if isinstance(k, DurationKpi)), ())
-    created = _edge_query(
-        "created", tbl.c[cols.created], dims, filters, _created_sums(process))
+    created = EdgeQuery("created", tbl.c[cols.created], dims, filters, lambda: _created_sums(process))
     completed = None
     if cols.completed:
         groups: list[Expr] = [*dims, tbl.c[cols.outcome]] if cols.outcome else dims
-        completed = _edge_query(
-            "completed", tbl.c[cols.completed], groups, filters,
-            _completed_sums(process, tbl, buckets))
-    return ProcessQueries(created, completed, _open_queries(process, tbl, dims, filters), buckets)
+        completed = EdgeQuery("completed", tbl.c[cols.completed], groups, filters,
+                              lambda: _completed_sums(process, tbl, buckets))
+    open_items = OpenQueries(len(dims), cols.completed is not None,
+                             lambda: _open_statements(process, tbl, dims, filters))
+    return ProcessQueries(created, completed, open_items, buckets)
 
 
 _EQUALS = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*'([^']*)'\s*$")
@@ -171,19 +238,18 @@ def _count_if(predicate: Expr | TextClause) -> Expr:
     return func.sum(case((predicate, 1), else_=0))
 
 
-def _created_sums(process: Process) -> list[tuple[str, Expr]]:
+def _created_sums(process: Process) -> Sums:
     return [(f"ratio_{name}", _count_if(text(f"({kpi.good})")))
             for name, kpi in process.kpis.items() if isinstance(kpi, RatioKpi) and kpi.of == "created"]
 
 
-def _completed_sums(process: Process, tbl: TableClause, buckets: Sequence[float]
-                    ) -> list[tuple[str, Expr]]:
+def _completed_sums(process: Process, tbl: TableClause, buckets: Sequence[float]) -> Sums:
     cols = process.records.columns
     assert cols.completed is not None
     duration = tbl.c[cols.completed] - tbl.c[cols.created]
     if cols.paused:
         duration = duration - func.coalesce(tbl.c[cols.paused], 0)
-    sums: list[tuple[str, Expr]] = []
+    sums: Sums = []
     if buckets:
         sums.append(("dur_sum", func.sum(duration)))
         sums += [(f"le_{i}", _count_if(duration <= bound)) for i, bound in enumerate(buckets)]
@@ -203,29 +269,7 @@ def _completed_sums(process: Process, tbl: TableClause, buckets: Sequence[float]
     return sums
 
 
-def _edge_query(edge: Edge, time_column: Expr, groups: list[Expr],
-                filters: list[Expr],
-                sums: list[tuple[str, Expr]]) -> EdgeQuery:
-    labelled_groups = [g.label(f"g{i}") for i, g in enumerate(groups)]
-    aggregates = [func.count().label("n"), *[expr.label(name) for name, expr in sums]]
-
-    def ranged(lo: str, hi: str, *lead: Expr) -> Statement:
-        return (
-            select(*lead, *labelled_groups, *aggregates)
-            .where(time_column > bindparam(lo, type_=Double), time_column <= bindparam(hi, type_=Double),
-                   *filters)
-            .group_by(*groups)
-        )
-
-    @cache
-    def parts(n: int) -> Statement:
-        union = union_all(*[ranged(f"lo{i}", f"hi{i}", literal(i).label("part")) for i in range(n)])
-        return select(union.subquery())
-
-    return EdgeQuery(edge, ranged("lo", "hi"), len(groups), ("n", *[name for name, _ in sums]), parts)
-
-
-def _open_queries(process: Process, tbl: TableClause, dims: list[Expr], filters: list[Expr]) -> OpenQueries:
+def _open_statements(process: Process, tbl: TableClause, dims: list[Expr], filters: list[Expr]) -> _OpenStatements:
     records, cols = process.records, process.records.columns
     now, horizon = bindparam("now", type_=Double), bindparam("horizon", type_=Double)
     lo = bindparam("lo", type_=Double)
@@ -250,15 +294,11 @@ def _open_queries(process: Process, tbl: TableClause, dims: list[Expr], filters:
         plain = counted(*args)
         return plain.add_columns(literal(part).label("part"))
 
-    opened_where = [is_open, created > lo, created <= now]
-    closed = changes = None
+    changes = None
     if cols.completed:
         completed = tbl.c[cols.completed]
+        opened_where = [is_open, created > lo, created <= now]
         closed_where = [completed > lo, completed <= now, created <= lo]
-        closed = counted(lo, lo, closed_where, False)
         changes = select(union_all(counted_part(0, now, now, opened_where, False),
                                    counted_part(1, lo, lo, closed_where, False)).subquery())
-    return OpenQueries(
-        recount=counted(now, now, [is_open, created <= now], True),
-        opened=counted(now, now, opened_where, False),
-        changes=changes, closed=closed, dims=len(dims))
+    return _OpenStatements(recount=counted(now, now, [is_open, created <= now], True), changes=changes)
