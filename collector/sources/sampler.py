@@ -4,13 +4,17 @@ A syncing source's sample first syncs its record store (TMF polling, HTTP JSON, 
 making sure the hub registration stands for TMF events), then lets the ordinary SQL
 `SourceSampler` sample the record store. A failed sync fails the sample with its reason, so
 `fab_source_up` and `fab_source_errors_total{reason}` report it, and the service keeps serving.
+
+The modules of the syncing sources (HTTP client, TMF mapping, JMESPath, CSV, record store,
+listener) are imported by the functions that use them: an inventory of SQL sources only never
+loads them, which keeps `fabwatch serve` smaller in memory.
 """
 
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -19,17 +23,16 @@ from collector.errors import SourceError
 from collector.logs import log_event
 from collector.samples import SourceSample
 from collector.schema import Inventory, Process, ServiceConfig, Source, SqlSource
-from collector.sources.files import CostCsvSync
-from collector.sources.http import HttpClient, SourceSchemaMismatch, limits_of
-from collector.sources.http_json import HttpJsonSync
-from collector.sources.listener import Listener, _error
-from collector.sources.polling import TmfPoller
 from collector.sources.schema import CostCsvSource, HttpJsonSource, SyncedSource, TmfEventsSource, TmfSource
-from collector.sources.store import RecordStore, records_path
-from collector.sources.tmf import APIS
 from collector.state import StateStore
 
-LISTENERS = web.AppKey[dict[str, Listener]]("tmf_listeners")
+if TYPE_CHECKING:
+    from collector.sources.http import HttpClient
+    from collector.sources.listener import Listener
+    from collector.sources.polling import TmfPoller
+    from collector.sources.store import RecordStore
+
+LISTENERS = web.AppKey[dict[str, "Listener"]]("tmf_listeners")
 _LOG = logging.getLogger("fabwatch.sources")
 
 
@@ -51,7 +54,7 @@ class Sampler(Protocol):
 class SyncingSampler:
     """Sync the record store, then sample it with the SQL KPI engine."""
 
-    def __init__(self, name: str, syncer: Syncer | None, store: RecordStore | None, inner: SourceSampler) -> None:
+    def __init__(self, name: str, syncer: Syncer | None, store: "RecordStore | None", inner: SourceSampler) -> None:
         self.name = name
         self.syncer = syncer
         self.store = store
@@ -80,18 +83,20 @@ class SyncingSampler:
 class HubRegistration:
     """Keeps this service registered with a TMF hub (`POST /hub`), and unregisters on close."""
 
-    def __init__(self, name: str, source: TmfEventsSource, callback: str, store: RecordStore) -> None:
+    def __init__(self, name: str, source: TmfEventsSource, callback: str, store: "RecordStore",
+                 client: "HttpClient") -> None:
         self.name = name
         self.source = source
         self.callback = callback
         self.store = store
-        self.client = HttpClient(name, limits_of(source), source.auth, source.ca_file)
+        self.client = client
         self.hub_id: str | None = None
 
     async def sync(self, now: float | None = None) -> int:
         """Register when not registered yet (a failure fails the sample with its reason)."""
         if self.hub_id is not None or self.source.hub_url is None:
             return 0
+        from collector.sources.http import SourceSchemaMismatch
         reply = await self.client.request("POST", f"{self.source.hub_url.rstrip('/')}/hub",
                                           payload={"callback": self.callback, "query": self.source.query})
         if not isinstance(reply.body, dict) or not isinstance(reply.body.get("id"), str | int):
@@ -114,12 +119,17 @@ class HubRegistration:
 
 def store_path(name: str, source: SyncedSource, state_path: str | Path) -> Path:
     """Where the record store of a source lives."""
+    from collector.sources.store import records_path
+
     return Path(source.store) if source.store else records_path(state_path, name)
 
 
 def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process],
-               state_path: str | Path) -> RecordStore:
+               state_path: str | Path) -> "RecordStore":
     """Open (creating the tables of) the record store of a source."""
+    from collector.sources.store import RecordStore
+    from collector.sources.tmf import APIS
+
     tables = sorted({p.records.table for p in processes.values()}) or [name]
     finals: dict[str, tuple[str, ...]] = {}
     api = getattr(source, "api", None) or (source.kind if source.kind in APIS else None)
@@ -129,7 +139,7 @@ def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process]
     return RecordStore(store_path(name, source, state_path), tables, synchronous=sync, final_statuses=finals)
 
 
-def store_source(source: SyncedSource, store: RecordStore) -> SqlSource:
+def store_source(source: SyncedSource, store: "RecordStore") -> SqlSource:
     """The SQL source the KPI engine samples: the record store, on the source's schedule."""
     return SqlSource(kind="sql", dsn=store.dsn, timeout=source.timeout, interval=source.interval,
                      cron=source.cron, jitter=source.jitter, pool_size=1, settle=source.settle,
@@ -151,20 +161,28 @@ def build_sampler(name: str, source: Source, processes: Mapping[str, Process], s
     return SyncingSampler(name, syncer, store, inner)
 
 
-def _syncer(name: str, source: SyncedSource, store: RecordStore, service: ServiceConfig) -> Syncer:
-    if isinstance(source, TmfSource):
-        return _Polling(TmfPoller(name, source, HttpClient(name, limits_of(source), source.auth, source.ca_file),
-                                  store))
-    if isinstance(source, HttpJsonSource):
-        return HttpJsonSync(name, source, HttpClient(name, limits_of(source), source.auth, source.ca_file), store)
+def _syncer(name: str, source: SyncedSource, store: "RecordStore", service: ServiceConfig) -> Syncer:
     if isinstance(source, CostCsvSource):
+        from collector.sources.files import CostCsvSync
+
         return CostCsvSync(name, source, store)
+    from collector.sources.http import HttpClient, limits_of
+
+    client = HttpClient(name, limits_of(source), source.auth, source.ca_file)
+    if isinstance(source, TmfSource):
+        from collector.sources.polling import TmfPoller
+
+        return _Polling(TmfPoller(name, source, client, store))
+    if isinstance(source, HttpJsonSource):
+        from collector.sources.http_json import HttpJsonSync
+
+        return HttpJsonSync(name, source, client, store)
     callback = source.callback or f"http://{service.events_listen or service.listen}/tmf/{name}"
-    return HubRegistration(name, source, callback, store)
+    return HubRegistration(name, source, callback, store, client)
 
 
 class _Polling:
-    def __init__(self, poller: TmfPoller) -> None:
+    def __init__(self, poller: "TmfPoller") -> None:
         self.poller = poller
 
     async def sync(self, now: float | None = None) -> int:
@@ -189,6 +207,8 @@ def mount_sources(app: web.Application, inventory: Inventory, state_path: str | 
 def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource],
                state_path: str | Path) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
+        from collector.sources.listener import Listener
+
         async with AsyncExitStack() as stack:
             for name, source in events.items():
                 processes = {p: proc for p, proc in inventory.processes.items() if proc.records.source == name}
@@ -213,6 +233,8 @@ def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource],
 async def _dispatch(request: web.Request) -> web.Response:
     listener = request.app[LISTENERS].get(request.match_info["source"])
     if listener is None:
+        from collector.sources.listener import _error
+
         return _error(404, "unknownSource", f"no tmf_events source {request.match_info['source']!r}")
     response: web.Response = await listener.handle(request)
     return response

@@ -197,6 +197,18 @@ def test_serve_loads_neither_the_simulator_nor_the_generators():
     assert out.strip() == "[]"
 
 
+def test_serving_sql_sources_loads_neither_the_orm_nor_the_other_sources(inventory_file):
+    """Memory (issue 3): what an inventory of SQL sources does not use is not imported."""
+    code = ("import sys; from collector.cli import build_parser; from collector.inventory import load_inventory; "
+            "from collector.service import build_app; build_parser('serve'); "
+            f"build_app(load_inventory([{str(inventory_file)!r}])); "
+            "print(sorted(m for m in sys.modules if m in {'sqlalchemy.orm', 'sqlalchemy.ext.asyncio', 'jmespath', "
+            "'httptools', 'uvloop', 'msgspec', 'collector.sources.http', 'collector.sources.listener', "
+            "'collector.sources.tmf', 'collector.sources.store'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_simulate_runs_through_the_fabwatch_command(tmp_path):
     db = tmp_path / "op.db"
     assert main(["simulate", "--dsn", f"sqlite+aiosqlite:///{db}", "--days", "1", "--scale", "0.1"]) == 0
