@@ -104,12 +104,16 @@ class _ProcessRun:
     seconds: float
 
 
+MonthlyLookup = Callable[[str, str, str, float], float | None]
+"""(cost_csv source, process, component, now) -> the monthly amount booked, or None."""
+
+
 class SourceSampler:
     """Samples every process whose records live in one SQL source."""
 
     def __init__(self, name: str, source: SqlSource, processes: Mapping[str, Process],
                  state: StateStore, *, currency: str = "EUR", max_series: int = 2000,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, monthly: MonthlyLookup | None = None) -> None:
         self.name = name
         self.clock = clock
         """What `now` is when `sample()` is not given one (the wall clock unless replaying)."""
@@ -117,6 +121,8 @@ class SourceSampler:
         self.processes = dict(processes)
         self.currency = currency
         self.max_series = max_series
+        self.monthly = monthly
+        """Finds the monthly amount of a `monthly_from` cost: (cost source, process, component, now)."""
         self._store = state
         self._state: dict[str, Any] = state.load(name)
         self._queries = {p: build_queries(proc) for p, proc in self.processes.items()}
@@ -141,6 +147,7 @@ class SourceSampler:
         started = time.perf_counter()
         state = copy.deepcopy(self._state)
         runs: dict[str, _ProcessRun] = {}
+        processes = self._costed(now)
         try:
             async with self._guard(), self._read_only() as conn:
                 readers = {name: _EdgeReader(conn, self._queries[name]) for name in self.processes}
@@ -148,7 +155,7 @@ class SourceSampler:
                 for shared in self._shared:
                     await self._read_shared(conn, shared, state, readers, now)
                     await self._follow_shared(conn, shared, state, now)
-                for name, process in self.processes.items():
+                for name, process in processes.items():
                     runs[name] = await self._sample_process(conn, name, process, state.setdefault(name, {}), now,
                                                             readers[name])
         except BaseException:
@@ -156,9 +163,25 @@ class SourceSampler:
             raise
         await asyncio.to_thread(self._store.save, self.name, state)
         self._state = state
-        families, readings = self._publish(runs, now)
+        families, readings = self._publish(processes, runs, now)
         seconds = tuple((p, k, runs[p].seconds) for p, proc in self.processes.items() for k in proc.kpis)
         return SourceSample(self.name, now, time.perf_counter() - started, families, readings, seconds)
+
+    def _costed(self, now: float) -> dict[str, Process]:
+        """The processes, with each `monthly_from` cost turned into this month's fixed amount (0 while
+        finance has booked none), so accrual and cost per item treat it as `fixed_per_month`."""
+        out: dict[str, Process] = {}
+        for name, process in self.processes.items():
+            monthly = {c: cost for c, cost in process.costs.items() if cost.monthly_from is not None}
+            if not monthly:
+                out[name] = process
+                continue
+            costs = dict(process.costs)
+            for component, cost in monthly.items():
+                amount = None if self.monthly is None else self.monthly(str(cost.monthly_from), name, component, now)
+                costs[component] = cost.model_copy(update={"fixed_per_month": amount or 0.0})
+            out[name] = process.model_copy(update={"costs": costs})
+        return out
 
     async def check_columns(self) -> list[str]:
         """Return one line per mapped table or column that the database does not have."""
@@ -369,11 +392,11 @@ class SourceSampler:
         if oldest is not None:
             book.oldest = float(oldest) if book.oldest is None else min(book.oldest, float(oldest))
 
-    def _publish(self, runs: Mapping[str, _ProcessRun],
+    def _publish(self, processes: Mapping[str, Process], runs: Mapping[str, _ProcessRun],
                  now: float) -> tuple[tuple[Family, ...], tuple[KpiReading, ...]]:
         out = _Families()
         readings: list[KpiReading] = []
-        for name, process in self.processes.items():
+        for name, process in processes.items():
             readings += self._publish_process(out, name, process, self._state[name], runs[name], now)
         return out.all(), tuple(readings)
 

@@ -224,8 +224,13 @@ def cross_check(inventory: Inventory) -> list[tuple[str, str]]:
     from alerts.config import check_alerting  # alerts.config imports this package's schema
 
     problems: list[tuple[str, str]] = []
+    costs = sorted(n for n, s in inventory.sources.items() if s.kind == "cost_csv")
     for name, process in inventory.processes.items():
         problems += _check_process(f"processes.{name}", process, set(inventory.sources))
+        problems += [(f"processes.{name}.costs.{c}.monthly_from",
+                      f"{cost.monthly_from!r} is not a cost_csv source; cost_csv sources: {', '.join(costs) or 'none'}")
+                     for c, cost in process.costs.items()
+                     if cost.monthly_from is not None and cost.monthly_from not in costs]
     return problems + check_alerting(inventory)
 
 

@@ -229,13 +229,17 @@ class CostComponent(Model):
     rate_per_unit: Annotated[float, Field(ge=0)] | None = None
     per_item: Annotated[float, Field(ge=0)] | None = None
     fixed_per_month: Annotated[float, Field(ge=0)] | None = None
+    monthly_from: str | None = None
+    """A `cost_csv` source: the monthly amount finance booked for this process and component
+    (the latest month up to the current one), accrued over time like `fixed_per_month`."""
 
     @model_validator(mode="after")
     def _one_rule(self) -> "CostComponent":
-        rules = [r for r in ("rate_per_hour", "rate_per_unit", "per_item", "fixed_per_month")
+        rules = [r for r in ("rate_per_hour", "rate_per_unit", "per_item", "fixed_per_month", "monthly_from")
                  if getattr(self, r) is not None]
         if len(rules) != 1:
-            raise ValueError("give exactly one of rate_per_hour, rate_per_unit, per_item, fixed_per_month")
+            raise ValueError("give exactly one of rate_per_hour, rate_per_unit, per_item, fixed_per_month, "
+                             "monthly_from")
         needs_driver = rules[0] in ("rate_per_hour", "rate_per_unit")
         if needs_driver and self.driver is None:
             raise ValueError(f"{rules[0]} needs a driver column")

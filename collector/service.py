@@ -23,7 +23,7 @@ from collector.health import HealthTracker
 from collector.logs import log_event, safe_dsn
 from collector.scheduler import Sampler, SamplingScheduler
 from collector.schema import Inventory, Process
-from collector.sources.sampler import build_sampler, mount_sources
+from collector.sources.sampler import build_sampler, monthly_costs, mount_sources
 from collector.state import StateStore
 from exporters.prometheus import PrometheusExporter
 
@@ -102,8 +102,10 @@ async def _open_samplers(inventory: Inventory, state_path: str | Path,
     state = StateStore(state_path)
     stack.callback(state.close)
     samplers: dict[str, Sampler] = {}
+    monthly = monthly_costs(inventory, state_path)
     for name, source in inventory.sources.items():
-        sampler = build_sampler(name, source, processes_of(inventory, name), state, inventory.service, state_path)
+        sampler = build_sampler(name, source, processes_of(inventory, name), state, inventory.service, state_path,
+                                monthly)
         if isinstance(sampler, SourceSampler):
             sampler.clock = clock
         await sampler.open()

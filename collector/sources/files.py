@@ -1,19 +1,26 @@
 """Monthly cost files from finance: CSV with `process, component, amount, currency, month`.
 
 Rows go to table `cost_entry` of the record store (one per process, component and month; a
-later file replaces an earlier row), where `value` KPIs read them, e.g.
+later file replaces an earlier row). The cost model reads them through `MonthlyCosts` (a cost
+component `monthly_from: <source>` accrues the month's amount over the month, into
+`fab_cost_total` and cost per item), and `value` KPIs can query them, e.g.
 `SELECT SUM(amount) FROM cost_entry WHERE process = 'problem' AND month = strftime('%Y-%m', 'now')`.
 """
 
 import asyncio
 import csv
 import glob
+import logging
 import math
 import re
+import sqlite3
+import time
 from calendar import timegm
 from pathlib import Path
+from typing import Any
 
 from collector.errors import SourceUnreachable
+from collector.logs import log_event
 from collector.sources.http import SourceSchemaMismatch
 from collector.sources.schema import CostCsvSource
 from collector.sources.store import RecordStore
@@ -95,3 +102,51 @@ def _cost_row(source: str, path: str, number: int, line: dict[str, str | None]) 
         raise SourceSchemaMismatch(source, f"{path}:{number}: " + "; ".join(problems))
     start = float(timegm((int(month.group(1)), int(month.group(2)), 1, 0, 0, 0)))
     return (field("process"), field("component"), month.group(0), amount, currency, start, path)
+
+
+class MonthlyCosts:
+    """The monthly amounts finance booked, read from the record stores of `cost_csv` sources.
+
+    For a month without a row yet (finance books after the month starts), the latest earlier
+    month's amount carries on. Rows in another currency than the service's are not converted:
+    they are left out, with a warning naming the file.
+    """
+
+    def __init__(self, stores: dict[str, Path], currency: str) -> None:
+        self.stores = stores
+        self.currency = currency
+        self._warned: set[tuple[str, str, str, str]] = set()
+
+    def __call__(self, source: str, process: str, component: str, now: float) -> float | None:
+        """The amount per month of `component` of `process` for the UTC month of `now`, or None."""
+        path = self.stores.get(source)
+        if path is None or not path.exists():
+            return None
+        month = time.strftime("%Y-%m", time.gmtime(now))
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute("SELECT amount, currency, month, file FROM cost_entry WHERE process = ? AND "
+                                 "component = ? AND month <= ? ORDER BY month DESC LIMIT 1",
+                                 (process, component, month)).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error as exc:
+            self._warn((source, process, component, "store"), "cost_store_unreadable", store=str(path),
+                       error=str(exc))
+            return None
+        if row is None:
+            return None
+        if row[1] != self.currency:
+            self._warn((source, process, component, row[2]), "cost_currency_mismatch", process=process,
+                       component=component, month=row[2], currency=row[1], expected=self.currency, file=row[3])
+            return None
+        return float(row[0])
+
+    def _warn(self, key: tuple[str, str, str, str], event: str, **fields: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log_event(_LOG, event, logging.WARNING, source=key[0], **fields)
+
+
+_LOG = logging.getLogger("fabwatch.sources")

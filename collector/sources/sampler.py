@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from collector.engine import SourceSampler
+from collector.engine import MonthlyLookup, SourceSampler
 from collector.errors import SourceError
 from collector.logs import log_event
 from collector.samples import SourceSample
@@ -147,9 +147,11 @@ def store_source(source: SyncedSource, store: "RecordStore") -> SqlSource:
 
 
 def build_sampler(name: str, source: Source, processes: Mapping[str, Process], state: StateStore,
-                  service: ServiceConfig, state_path: str | Path) -> Sampler:
-    """Return the sampler of any source: the SQL engine itself, or a syncing sampler around it."""
-    options: dict[str, Any] = {"currency": service.currency, "max_series": service.max_series_per_process}
+                  service: ServiceConfig, state_path: str | Path, monthly: MonthlyLookup | None = None) -> Sampler:
+    """Return the sampler of any source: the SQL engine itself, or a syncing sampler around it;
+    `monthly` finds the amounts of `monthly_from` costs (see `monthly_costs`)."""
+    options: dict[str, Any] = {"currency": service.currency, "max_series": service.max_series_per_process,
+                               "monthly": monthly}
     if isinstance(source, SqlSource):
         return SourceSampler(name, source, processes, state, **options)
     store = open_store(name, source, processes, state_path)
@@ -159,6 +161,16 @@ def build_sampler(name: str, source: Source, processes: Mapping[str, Process], s
         store.close()  # the listener writes through its own connection
         return SyncingSampler(name, syncer, None, inner)
     return SyncingSampler(name, syncer, store, inner)
+
+
+def monthly_costs(inventory: Inventory, state_path: str | Path) -> MonthlyLookup | None:
+    """The lookup of monthly amounts in the stores of the `cost_csv` sources, if there are any."""
+    stores = {n: store_path(n, s, state_path) for n, s in inventory.sources.items() if isinstance(s, CostCsvSource)}
+    if not stores:
+        return None
+    from collector.sources.files import MonthlyCosts
+
+    return MonthlyCosts(stores, inventory.service.currency)
 
 
 def _syncer(name: str, source: SyncedSource, store: "RecordStore", service: ServiceConfig) -> Syncer:

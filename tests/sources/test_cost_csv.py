@@ -7,14 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from collector.errors import SourceError
+from collector.inventory import cross_check
+from collector.kpis import MONTH_SECONDS
+from collector.samples import SourceSample
+from collector.schema import Inventory
 from collector.sources.files import CostCsvSync
-from collector.sources.sampler import build_sampler
+from collector.sources.sampler import build_sampler, monthly_costs
 from collector.sources.schema import CostCsvSource
 from collector.sources.store import RecordStore
 from collector.state import StateStore
-from tests.sources.helpers import problem_inventory
+from tests.collector.test_service import make_records
+from tests.sources.helpers import EXAMPLE, problem_inventory
 
 GOOD = """process,component,amount,currency,month
 problem,labour,125000.50,EUR,2026-01
@@ -136,3 +142,64 @@ async def test_a_fixed_file_is_read_again(tmp_path: Path) -> None:
         assert await syncer.sync() == 5
     finally:
         store.close()
+
+
+def finance_inventory(tmp_path: Path, costs: dict[str, Any], cost_path: Path) -> Inventory:
+    """The example's `problem` process on SQLite records, its costs from `costs`, a `finance` cost_csv."""
+    document = yaml.safe_load(EXAMPLE.read_text())
+    problem = document["processes"]["problem"]
+    problem["records"]["source"] = "ops"
+    problem["costs"] = costs
+    problem["records"]["columns"]["dimensions"] = ["priority", "channel"]  # make_records has no segment
+    problem["kpis"] = {k: v for k, v in problem["kpis"].items() if v["kind"] in ("volume", "cost")}
+    make_records(tmp_path / "records.db")
+    return Inventory.model_validate({
+        "service": {"state_path": str(tmp_path / "state.db"), "currency": "EUR", "timezone": "UTC"},
+        "sources": {"ops": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'records.db'}"},
+                    "finance": {"kind": "cost_csv", "path": str(cost_path)}},
+        "processes": {"problem": problem}})
+
+
+def platform_cost(sample: SourceSample) -> float:
+    family = next(f for f in sample.families if f.name == "fab_cost")
+    return next(v for labels, v in family.samples if ("component", "platform") in labels)
+
+
+async def test_monthly_from_feeds_the_cost_model_from_the_finance_file(tmp_path: Path) -> None:
+    path = tmp_path / "costs.csv"
+    path.write_text("process,component,amount,currency,month\nproblem,platform,30000,EUR,2026-01\n"
+                    "problem,platform,45000,EUR,2026-03\nproblem,platform,99,USD,2026-04\n")
+    inventory = finance_inventory(tmp_path, {"platform": {"monthly_from": "finance"}}, path)
+    state = StateStore(tmp_path / "state.db")
+    finance = build_sampler("finance", inventory.sources["finance"], {}, state, inventory.service, state.path)
+    monthly = monthly_costs(inventory, state.path)
+    ops = build_sampler("ops", inventory.sources["ops"], inventory.processes, state, inventory.service, state.path,
+                        monthly)
+    jan, hour = 1_767_225_600.0 + 86_400, 3_600.0
+    try:
+        await ops.open()
+        assert platform_cost(await ops.sample(jan)) == 0.0  # finance has not booked anything yet
+        await finance.open()
+        await finance.sample(jan)
+        at_jan = platform_cost(await ops.sample(jan + hour))  # the month's amount, over the hour since
+        assert at_jan == pytest.approx(30_000 * hour / MONTH_SECONDS, rel=1e-12)
+        feb = FEB_2026 + 86_400  # no February row: January's amount carries on
+        grown = platform_cost(await ops.sample(feb)) - at_jan
+        assert grown == pytest.approx(30_000 * (feb - jan - hour) / MONTH_SECONDS, rel=1e-12)
+        mar = 1_772_323_200.0 + 86_400  # 2026-03-02
+        before = platform_cost(await ops.sample(mar))
+        after = platform_cost(await ops.sample(mar + hour))
+        assert after - before == pytest.approx(45_000 * hour / MONTH_SECONDS, rel=1e-12)
+        apr = mar + 31 * 86_400  # April's row is in USD: left out, not converted, cost stops accruing
+        assert monthly is not None
+        assert monthly("finance", "problem", "platform", apr) is None
+    finally:
+        await ops.close()
+        await finance.close()
+        state.close()
+
+
+def test_monthly_from_must_name_a_cost_csv_source(tmp_path: Path) -> None:
+    inventory = finance_inventory(tmp_path, {"platform": {"monthly_from": "ops"}}, tmp_path / "x.csv")
+    assert cross_check(inventory) == [("processes.problem.costs.platform.monthly_from",
+                                       "'ops' is not a cost_csv source; cost_csv sources: finance")]
