@@ -27,34 +27,56 @@ _LOG = logging.getLogger("fabwatch.listener")
 _PREFIX = "/tmf/"
 _MAX_QUEUED = 64
 """Answers a pipelining client may have outstanding before the server stops reading from it."""
+IDLE_TIMEOUT = 75.0
+"""Seconds a keep-alive connection may stay silent with nothing in flight (aiohttp's default)."""
+_MAX_URL = 8192
+_MAX_HEADERS = 65536
 _REASONS = {100: "Continue", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Content Too Large", 417: "Expectation Failed",
-            503: "Service Unavailable"}
+            405: "Method Not Allowed", 413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 _SECRET = SECRET_HEADER.lower().encode()
 
 
 class EventsServer:
     """Serves the listeners of the `tmf_events` sources on their own port."""
 
-    def __init__(self, listeners: Mapping[str, Listener]) -> None:
+    def __init__(self, listeners: Mapping[str, Listener], idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.listeners = listeners
+        self.idle_timeout = idle_timeout
+        self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
+        self._reaper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: _Connection(self.listeners), host, port, reuse_address=True, backlog=1024)
+                lambda: _Connection(self.listeners, self.connections), host, port, reuse_address=True,
+                backlog=1024)
         except OSError as exc:
             cause = os.strerror(exc.errno) if exc.errno else str(exc)
             raise CannotListen(exc.errno, f"cannot listen for events on {host}:{port}: {cause}") from exc
+        self._reaper = asyncio.create_task(self._reap(), name="events-idle-reaper")
         log_event(_LOG, "events_listening", url=f"http://{host}:{port}{_PREFIX}<source>/listener/<eventName>")
 
     async def stop(self) -> None:
-        """Stop accepting; connections close after their answers are written."""
+        """Stop accepting; each connection closes once its answers are written."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
             self._server = None
+        for connection in list(self.connections):
+            connection.close_when_answered()
+
+    async def _reap(self) -> None:
+        """Close keep-alive connections silent for `idle_timeout` with nothing in flight."""
+        while True:
+            await asyncio.sleep(self.idle_timeout / 4)
+            silent_since = time.monotonic() - self.idle_timeout
+            for connection in list(self.connections):
+                if connection.active_at < silent_since and not connection.answers:
+                    connection.close_when_answered()
 
 
 class _Request:
@@ -77,26 +99,37 @@ class _Request:
 class _Connection(asyncio.Protocol):
     """One client connection: parse requests, hand events to listeners, answer in order."""
 
-    def __init__(self, listeners: Mapping[str, Listener]) -> None:
+    def __init__(self, listeners: Mapping[str, Listener], registry: set["_Connection"]) -> None:
         self.listeners = listeners
+        self.registry = registry
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.request = _Request()
         self.answers: collections.deque[list[bytes | None]] = collections.deque()
         self.closing = False
         self.paused = False
+        self.active_at = time.monotonic()
+        self.header_bytes = 0
+
+    def close_when_answered(self) -> None:
+        """Read nothing more; close once every answer owed is written."""
+        self.closing = True
+        self._flush()
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
+        self.registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.registry.discard(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        self.active_at = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -108,11 +141,19 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.request = _Request()
+        self.header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.request.url += url
+        if len(self.request.url) > _MAX_URL and not self.closing:
+            self._refuse_now(414, "uriTooLong", f"the request target is over {_MAX_URL} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > _MAX_HEADERS:
+            if not self.closing:
+                self._refuse_now(431, "headersTooLarge", f"the headers are over {_MAX_HEADERS} bytes")
+            return
         lower = name.lower()
         if lower == _SECRET:
             self.request.secret = value.decode("latin-1")
@@ -122,6 +163,8 @@ class _Connection(asyncio.Protocol):
             self.request.expect = True
 
     def on_headers_complete(self) -> None:
+        if self.closing:
+            return
         request = self.request
         try:
             request.listener, request.event = self._route(self.parser.get_method(), request.url)
@@ -138,7 +181,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         request = self.request
-        if request.refused is not None or request.listener is None:
+        if self.closing or request.refused is not None or request.listener is None:
             return
         request.size += len(body)
         if request.size > request.listener.source.max_body:

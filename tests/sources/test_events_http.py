@@ -171,3 +171,40 @@ async def test_events_queued_when_the_server_stops_are_committed_and_answered(tm
     writer.close()
     store.close()
     assert stored(tmp_path / "events.db") == acknowledged >= 1
+
+
+@pytest.mark.parametrize(("raw", "status", "code"), [
+    (request(b"{}", path="/tmf/" + "x" * 9000), 414, "uriTooLong"),
+    (request(b"{}", headers="".join(f"X-Pad-{n}: {'y' * 1000}\r\n" for n in range(70))), 431, "headersTooLarge"),
+])
+async def test_oversized_request_heads_are_refused_and_closed(
+        events: tuple[int, Path], raw: bytes, status: int, code: str) -> None:
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    answer = await read_answer(reader)
+    assert (answer[0], answer[2]["code"], answer[1]["connection"]) == (status, code, "close")
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    assert stored(store) == 0
+
+
+async def test_silent_keep_alive_connections_are_closed_after_the_idle_timeout(tmp_path: Path) -> None:
+    source = TmfEventsSource(kind="tmf_events", api="tmf621", max_body=LIMIT)
+    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"])
+    listener = Listener("tickets", source, store)
+    await listener.start()
+    server = EventsServer({"tickets": listener}, idle_timeout=0.4)
+    port = free_port()
+    await server.start("127.0.0.1", port)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(request(ticket_event(1, 1, 1)))
+        assert (await read_answer(reader))[0] == 201
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server, not by us
+        assert not server.connections
+        writer.close()
+    finally:
+        await server.stop()
+        await listener.stop()
+        store.close()
