@@ -45,10 +45,20 @@ class Target(Model):
         return self
 
 
+class EventsTls(Model):
+    """TLS on the events port; with `client_ca_file`, mutual TLS: senders must present a certificate
+    that this CA signed."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
 class ServiceConfig(Model):
     listen: str = "127.0.0.1:9464"
     events_listen: str | None = None
     """HOST:PORT of the events port: the lean server for `tmf_events` listeners (none: main port)."""
+    events_tls: EventsTls | None = None
     timezone: TimeZoneName = "UTC"
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
     state_path: str = "fabwatch-state.db"
@@ -69,6 +79,12 @@ class ServiceConfig(Model):
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+    @model_validator(mode="after")
+    def _tls_needs_the_port(self) -> "ServiceConfig":
+        if self.events_tls is not None and self.events_listen is None:
+            raise ValueError("events_tls needs events_listen: TLS is served on the events port")
+        return self
 
     @property
     def events_address(self) -> tuple[str, int] | None:

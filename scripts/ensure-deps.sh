@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite starts for real (idempotent, Debian 12):
-# prometheus + promtool, prometheus-alertmanager + amtool, PostgreSQL (initdb, postgres, psql).
+# prometheus + promtool, prometheus-alertmanager + amtool, PostgreSQL (initdb, postgres, psql),
+# openssl (certificates for the TLS tests).
 # Only missing packages are installed; `apt-get update` runs once, and only if needed.
 set -euo pipefail
 
@@ -19,6 +20,7 @@ have_postgres() {
 { have prometheus && have promtool; } || missing+=(prometheus)
 { have prometheus-alertmanager && have amtool; } || missing+=(prometheus-alertmanager)
 have_postgres || missing+=(postgresql)
+have openssl || missing+=(openssl)   # the TLS tests make their certificates with it
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 
 if (( ${#missing[@]} == 0 )); then

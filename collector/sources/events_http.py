@@ -13,6 +13,7 @@ import collections
 import functools
 import logging
 import os
+import ssl
 import time
 from collections.abc import Mapping
 from email.utils import formatdate
@@ -21,6 +22,7 @@ import httptools
 
 from collector.errors import CannotListen
 from collector.logs import log_event
+from collector.schema import EventsTls
 from collector.sources.listener import SECRET_HEADER, BadEvent, Listener, error_body
 
 _LOG = logging.getLogger("fabwatch.listener")
@@ -40,23 +42,28 @@ _SECRET = SECRET_HEADER.lower().encode()
 class EventsServer:
     """Serves the listeners of the `tmf_events` sources on their own port."""
 
-    def __init__(self, listeners: Mapping[str, Listener], idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, listeners: Mapping[str, Listener], idle_timeout: float = IDLE_TIMEOUT,
+                 tls: EventsTls | None = None) -> None:
         self.listeners = listeners
         self.idle_timeout = idle_timeout
+        self.tls = tls
         self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> None:
+        context = None if self.tls is None else tls_context(self.tls, f"{host}:{port}")
         try:
             self._server = await asyncio.get_running_loop().create_server(
                 lambda: _Connection(self.listeners, self.connections), host, port, reuse_address=True,
-                backlog=1024)
+                backlog=1024, ssl=context)
         except OSError as exc:
             cause = os.strerror(exc.errno) if exc.errno else str(exc)
             raise CannotListen(exc.errno, f"cannot listen for events on {host}:{port}: {cause}") from exc
         self._reaper = asyncio.create_task(self._reap(), name="events-idle-reaper")
-        log_event(_LOG, "events_listening", url=f"http://{host}:{port}{_PREFIX}<source>/listener/<eventName>")
+        scheme = "http" if context is None else "https"
+        log_event(_LOG, "events_listening", url=f"{scheme}://{host}:{port}{_PREFIX}<source>/listener/<eventName>",
+                  client_certificates="required" if self.tls and self.tls.client_ca_file else "no")
 
     async def stop(self) -> None:
         """Stop accepting; each connection closes once its answers are written."""
@@ -77,6 +84,21 @@ class EventsServer:
             for connection in list(self.connections):
                 if connection.active_at < silent_since and not connection.answers:
                     connection.close_when_answered()
+
+
+def tls_context(tls: EventsTls, where: str) -> ssl.SSLContext:
+    """The server context of the events port; a file that cannot be loaded is named in the error."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    step = "service.events_tls.cert_file/key_file"
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+        if tls.client_ca_file is not None:
+            step = "service.events_tls.client_ca_file"
+            context.load_verify_locations(cafile=tls.client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        raise CannotListen(0, f"cannot listen for events on {where}: {step}: {exc}") from exc
+    return context
 
 
 class _Request:

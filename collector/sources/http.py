@@ -45,6 +45,12 @@ class SourceTooLarge(SourceError):
     reason = "oversize"
 
 
+class SourceTlsFailed(SourceUnreachable):
+    """The TLS handshake failed: an untrusted or mismatched certificate (see `ca_file`)."""
+
+    reason = "tls"
+
+
 class SourceSchemaMismatch(SourceError):
     """The payload is JSON but not the shape the source expects (not a list, no id, bad date...)."""
 
@@ -139,6 +145,8 @@ class HttpClient:
         except TimeoutError as exc:
             raise _Retry(SourceTimeout(self.source, f"{method} {url}: no answer within "
                                                     f"{self.limits.timeout:g}s")) from exc
+        except aiohttp.ClientSSLError as exc:  # retrying cannot fix a certificate
+            raise SourceTlsFailed(self.source, f"{method} {url}: TLS: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise _Retry(SourceUnreachable(self.source, f"{method} {url}: {exc}")) from exc
 
@@ -204,6 +212,8 @@ class HttpClient:
                 body = self._decode(await self._read(reply))
         except TimeoutError as exc:
             raise SourceTimeout(self.source, "token endpoint: no answer") from exc
+        except aiohttp.ClientSSLError as exc:
+            raise SourceTlsFailed(self.source, f"token endpoint: TLS: {exc}") from exc
         except aiohttp.ClientError as exc:
             raise SourceUnreachable(self.source, f"token endpoint: {exc}") from exc
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):

@@ -189,7 +189,8 @@ def _syncer(name: str, source: SyncedSource, store: "RecordStore", service: Serv
         from collector.sources.http_json import HttpJsonSync
 
         return HttpJsonSync(name, source, client, store)
-    callback = source.callback or f"http://{service.events_listen or service.listen}/tmf/{name}"
+    scheme = "https" if service.events_tls is not None else "http"
+    callback = source.callback or f"{scheme}://{service.events_listen or service.listen}/tmf/{name}"
     return HubRegistration(name, source, callback, store, client)
 
 
@@ -235,7 +236,7 @@ def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource],
                 from collector.sources.events_http import EventsServer  # httptools only when used
 
                 listeners: dict[str, Listener] = app[LISTENERS]
-                server = EventsServer(listeners)
+                server = EventsServer(listeners, tls=inventory.service.events_tls)
                 await server.start(*address)
                 stack.push_async_callback(server.stop)  # runs before the listeners drain and stop
             yield
