@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +26,38 @@ SECRET = "s3cret"
 LIMIT = 4096
 
 
-@pytest.fixture
-async def events(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
-    """An events server on a free loopback port with one listener `tickets`; yields (port, store)."""
+@dataclass
+class Running:
+    server: EventsServer
+    listener: Listener
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def events_port(directory: Path, **options: Any) -> AsyncIterator[Running]:
+    """An events server on a free loopback port with one listener `tickets` (secret SECRET) whose
+    store is `directory/events.db`; `options` go to `EventsServer`. Stopping twice is harmless."""
     source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=LIMIT)
-    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL",
+    store = RecordStore(directory / "events.db", ["trouble_ticket"], synchronous="FULL",
                         final_statuses={"trouble_ticket": APIS["tmf621"].finals})
     listener = Listener("tickets", source, store)
     await listener.start()
-    server = EventsServer({"tickets": listener})
-    port = free_port()
-    await server.start("127.0.0.1", port)
+    server = EventsServer({"tickets": listener}, **options)
     try:
-        yield port, tmp_path / "events.db"
+        port = free_port()
+        await server.start("127.0.0.1", port)
+        yield Running(server, listener, port)
     finally:
         await server.stop()
         await listener.stop()
         store.close()
+
+
+@pytest.fixture
+async def events(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
+    """(port, store) of an events port."""
+    async with events_port(tmp_path) as running:
+        yield running.port, tmp_path / "events.db"
 
 
 def request(body: bytes, *, path: str = PATH, method: str = "POST", headers: str = "") -> bytes:
@@ -152,24 +169,17 @@ async def test_malformed_http_gets_400_and_a_close(events: tuple[int, Path]) -> 
 
 async def test_events_queued_when_the_server_stops_are_committed_and_answered(tmp_path: Path) -> None:
     """Stopping drains: what was acknowledged is stored; what came after is refused with 503."""
-    source = TmfEventsSource(kind="tmf_events", api="tmf621", max_body=LIMIT)
-    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"])
-    listener = Listener("tickets", source, store)
-    await listener.start()
-    server = EventsServer({"tickets": listener})
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"".join(request(ticket_event(n, n, 1)) for n in range(50)))
-    first = await read_answer(reader)
-    await server.stop()
-    await listener.stop()  # drains: every queued event is committed before the writer ends
-    answers = [first] + [await read_answer(reader) for _ in range(49)]
+    async with events_port(tmp_path) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(b"".join(request(ticket_event(n, n, 1)) for n in range(50)))
+        first = await read_answer(reader)
+        await running.server.stop()
+        await running.listener.stop()  # drains: every queued event is committed before the writer ends
+        answers = [first] + [await read_answer(reader) for _ in range(49)]
+        writer.close()
     acknowledged = sum(a[0] == 201 for a in answers)
     assert {a[0] for a in answers} <= {201, 503}
     assert all(a[2]["code"] == "stopping" for a in answers if a[0] == 503)
-    writer.close()
-    store.close()
     assert stored(tmp_path / "events.db") == acknowledged >= 1
 
 
@@ -190,21 +200,10 @@ async def test_oversized_request_heads_are_refused_and_closed(
 
 
 async def test_silent_keep_alive_connections_are_closed_after_the_idle_timeout(tmp_path: Path) -> None:
-    source = TmfEventsSource(kind="tmf_events", api="tmf621", max_body=LIMIT)
-    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"])
-    listener = Listener("tickets", source, store)
-    await listener.start()
-    server = EventsServer({"tickets": listener}, idle_timeout=0.4)
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async with events_port(tmp_path, idle_timeout=0.4) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
         writer.write(request(ticket_event(1, 1, 1)))
         assert (await read_answer(reader))[0] == 201
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server, not by us
-        assert not server.connections
+        assert not running.server.connections
         writer.close()
-    finally:
-        await server.stop()
-        await listener.stop()
-        store.close()

@@ -16,17 +16,11 @@ from aiohttp import web
 
 from collector.errors import CannotListen
 from collector.schema import EventsTls, ServiceConfig
-from collector.sources.events_http import EventsServer
 from collector.sources.http import HttpClient, Limits, SourceTlsFailed
-from collector.sources.listener import Listener
-from collector.sources.schema import TmfEventsSource
-from collector.sources.store import RecordStore
 from tests.servers import free_port
-from tests.sources.helpers import EVENT_PATH, ticket_event
-from tests.sources.test_events_http import read_answer, request, stored
+from tests.sources.helpers import ticket_event
+from tests.sources.test_events_http import events_port, read_answer, request, stored
 from tests.sources.tls import Pki, make_pki
-
-PATH = EVENT_PATH.replace("/events/", "/tickets/")
 
 
 @pytest.fixture(scope="module")
@@ -34,28 +28,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-async def events_server(tmp_path: Path, tls: EventsTls) -> tuple[EventsServer, Listener, RecordStore, int]:
-    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret="s3cret")
-    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"])
-    listener = Listener("tickets", source, store)
-    await listener.start()
-    server = EventsServer({"tickets": listener}, tls=tls)
-    port = free_port()
-    await server.start("127.0.0.1", port)
-    return server, listener, store, port
-
-
 @pytest.fixture
 async def mutual(tmp_path: Path, pki: Pki) -> AsyncIterator[tuple[int, Path]]:
     """An events port that requires a client certificate signed by the test CA."""
-    server, listener, store, port = await events_server(
-        tmp_path, EventsTls(cert_file=str(pki.server_cert), key_file=str(pki.server_key), client_ca_file=str(pki.ca)))
-    try:
-        yield port, tmp_path / "events.db"
-    finally:
-        await server.stop()
-        await listener.stop()
-        store.close()
+    tls = EventsTls(cert_file=str(pki.server_cert), key_file=str(pki.server_key), client_ca_file=str(pki.ca))
+    async with events_port(tmp_path, tls=tls) as running:
+        yield running.port, tmp_path / "events.db"
 
 
 async def post_over_tls(port: int, context: ssl.SSLContext) -> int:
@@ -63,7 +41,7 @@ async def post_over_tls(port: int, context: ssl.SSLContext) -> int:
     reader, writer = await asyncio.wait_for(
         asyncio.open_connection("127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"), 10)
     try:
-        writer.write(request(ticket_event(1, 1, 1), path=PATH))
+        writer.write(request(ticket_event(1, 1, 1)))
         return (await read_answer(reader))[0]
     finally:
         writer.close()
@@ -86,22 +64,18 @@ async def test_clients_without_a_trusted_certificate_are_turned_away(
 
 
 async def test_a_client_that_does_not_trust_the_server_refuses_it(tmp_path: Path, pki: Pki) -> None:
-    server, listener, store, port = await events_server(
-        tmp_path, EventsTls(cert_file=str(pki.server_cert), key_file=str(pki.server_key)))
-    try:
+    async with events_port(tmp_path, tls=EventsTls(cert_file=str(pki.server_cert),
+                                                  key_file=str(pki.server_key))) as running:
         with pytest.raises(ssl.SSLCertVerificationError):
-            await post_over_tls(port, pki.client_context(trust=False))
-        assert await post_over_tls(port, pki.client_context()) == 201  # TLS without client certificates
-    finally:
-        await server.stop()
-        await listener.stop()
-        store.close()
+            await post_over_tls(running.port, pki.client_context(trust=False))
+        assert await post_over_tls(running.port, pki.client_context()) == 201  # TLS, no client certificate
 
 
 async def test_an_unloadable_certificate_names_the_setting(tmp_path: Path, pki: Pki) -> None:
     tls = EventsTls(cert_file=str(tmp_path / "missing.pem"), key_file=str(pki.server_key))
     with pytest.raises(CannotListen, match=r"service\.events_tls\.cert_file/key_file: .*No such file"):
-        await events_server(tmp_path, tls)
+        async with events_port(tmp_path, tls=tls):
+            pass
 
 
 def test_events_tls_needs_the_events_port() -> None:
