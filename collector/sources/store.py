@@ -48,7 +48,9 @@ FLOATS = frozenset({"created_at", "completed_at", "due_at", "updated_at", "pause
 INTEGERS = frozenset({"reopened", "fallout", "first_contact_resolved", "abandoned", "adjusted", "ebill",
                       "saved", "written_off"})
 STICKY = ("reopened", "fallout")
-_INDEXED = ("status", "created_at", "completed_at", "updated_at")
+_INDEXED = ("status", "created_at", "completed_at")
+"""What the KPI engine's statements filter on (open items; creation and completion edges). Each
+index costs every write of an event; `updated_at` is compared only through the primary key."""
 
 _SIDE_TABLES = """
 CREATE TABLE IF NOT EXISTS sync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

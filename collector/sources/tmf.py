@@ -122,16 +122,16 @@ def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any]) -> R
     A column takes its standard attribute, else the `fabwatch` extension's value, else (for
     `updated_at`) `lastUpdate`; columns with neither stay None (the store's default).
     """
-    if not isinstance(resource, Mapping):
+    if not isinstance(resource, dict):
         raise MappingError(f"a {api.resource} must be a JSON object")
     row: Row = dict.fromkeys(NAMES)
     row["id"] = resource.get("id")
-    for name, path in _plan(api, version):
-        value = resource.get(path[0]) if len(path) == 1 else dig(resource, path)  # type: ignore[arg-type]
+    for name, key, path in _plan(api, version):
+        value = resource.get(key) if key is not None else dig(resource, path)
         if value is not None:
             row[name] = _convert(api, name, value)
     extension = resource.get(EXTENSION)
-    if isinstance(extension, Mapping) and extension:
+    if isinstance(extension, dict) and extension:
         for name in NAMES[1:]:
             if row[name] is None and (value := extension.get(name)) is not None:
                 row[name] = _convert(api, name, value)
@@ -146,17 +146,23 @@ def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any]) -> R
     return row
 
 
-_PLANS: dict[tuple[str, int], tuple[tuple[str, Path], ...]] = {}
+Plan = tuple[tuple[str, str | None, Path], ...]
+"""Column, top-level key when the attribute is one (a plain `get`), and its path."""
+_PLANS: dict[tuple[str, int], Plan] = {}
 
 
-def _plan(api: TmfApi, version: int) -> tuple[tuple[str, Path], ...]:
+def _plan(api: TmfApi, version: int) -> Plan:
     """The columns after id that have a standard attribute, with its path; cached."""
-    key = (api.kind, version)
-    plan = _PLANS.get(key)
+    plan = _PLANS.get((api.kind, version))
     if plan is None:
         paths = api.field_paths(version)
-        plan = _PLANS[key] = tuple((name, paths[name]) for name in NAMES[1:] if name in paths)
+        plan = _PLANS[(api.kind, version)] = tuple((name, _single_key(paths[name]), paths[name])
+                                                   for name in NAMES[1:] if name in paths)
     return plan
+
+
+def _single_key(path: Path) -> str | None:
+    return path[0] if len(path) == 1 and isinstance(path[0], str) else None
 
 
 _TIMES = frozenset(name for name in NAMES if name.endswith("_at"))
@@ -187,7 +193,7 @@ def _lifecycle(api: TmfApi, version: int, resource: Mapping[str, Any], row: Row)
     if not isinstance(history, list):
         return
     statuses = [h.get("status") for h in sorted(
-        (h for h in history if isinstance(h, Mapping) and h.get("changeDate")),
+        (h for h in history if isinstance(h, dict) and h.get("changeDate")),
         key=lambda h: maybe_time(h["changeDate"]) or 0.0)]
     for before, after in itertools.pairwise(statuses):
         if before in api.finals and after not in api.finals:
