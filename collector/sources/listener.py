@@ -211,7 +211,7 @@ def _resolve(future: "asyncio.Future[tuple[int, bytes]]", status: int, body: byt
 
 def ack_body(event_id: str, new: bool) -> bytes:
     """The JSON body of a 201: the event id and whether it was a duplicate."""
-    return b'{"eventId":%s,"duplicate":%s}' % (json.dumps(event_id).encode(), b"false" if new else b"true")
+    return b'{"eventId":%s,"duplicate":%s}' % (msgspec.json.encode(event_id), b"false" if new else b"true")
 
 
 def error_body(status: int, code: str, reason: str) -> bytes:

@@ -1,0 +1,178 @@
+"""Where the listener's CPU per event goes: the same load against three servers, side by side.
+
+- `bare`: an httptools protocol on uvloop that answers 201 without looking at the body (the
+  floor of HTTP on this machine: kernel, libuv, parser);
+- `nostore`: fabwatch's events port and listener (parsing, validation, mapping, group commit
+  plumbing, answers) over a store that writes nothing;
+- `store`: the same with the real record store (`durability: full`).
+
+Each server is a subprocess pinned to CPU 0; this process loads it from CPU 1 over loopback
+(128 keep-alive connections, one request in flight each, `--events` TMF621 events per run) and
+reads the server's CPU time from /proc. Modes alternate run by run; medians of `--runs`.
+
+    .venv/bin/python bench/listener_floor.py --runs 5
+"""
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import uvloop  # noqa: E402
+from tmf_http import connect, post  # noqa: E402
+
+from tests.servers import free_port  # noqa: E402
+from tests.sources.helpers import ticket_event  # noqa: E402
+
+MODES = ("bare", "nostore", "store")
+PATH = "/tmf/events/listener/troubleTicketStatusChangeEvent"
+
+
+def serve(mode: str, port: int, directory: str) -> None:
+    """Run one server until killed (in the subprocess)."""
+    import gc
+
+    async def main() -> None:
+        if mode == "bare":
+            await _bare(port)
+        else:
+            await _events(mode, port, directory)
+        gc.collect()
+        gc.freeze()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+async def _bare(port: int) -> None:
+    import httptools
+
+    class Bare(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.parser = httptools.HttpRequestParser(self)
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_complete(self) -> None:
+            self.transport.write(b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"  # type: ignore[attr-defined]
+                                 b"Content-Length: 2\r\n\r\n{}")
+
+    await asyncio.get_running_loop().create_server(Bare, "127.0.0.1", port)
+
+
+class _NoStore:
+    """A record store that writes nothing."""
+
+    tables = ("trouble_ticket",)
+
+    def stage_events(self, events: Sequence[object]) -> list[bool]:
+        return [True] * len(events)
+
+    def commit(self) -> None:
+        return None
+
+    def rollback(self) -> None:
+        return None
+
+
+async def _events(mode: str, port: int, directory: str) -> None:
+    from collector.sources.events_http import EventsServer
+    from collector.sources.listener import Listener
+    from collector.sources.schema import TmfEventsSource
+    from collector.sources.store import RecordStore
+
+    store = _NoStore() if mode == "nostore" else RecordStore(Path(directory) / "events.db", ["trouble_ticket"],
+                                                               synchronous="FULL")
+    listener = Listener("events", TmfEventsSource(kind="tmf_events", api="tmf621"), store)  # type: ignore[arg-type]
+    await listener.start()
+    await EventsServer({"events": listener}).start("127.0.0.1", port)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def load(port: int, raw: Sequence[bytes], connections: int, pid: int, timeout: float) -> tuple[float, float]:
+    """Send every request; return (requests/s, server CPU µs per request)."""
+    pool = [await connect("127.0.0.1", port) for _ in range(connections)]
+    order = iter(raw)
+
+    async def worker(connection: object) -> None:
+        for request in order:
+            status = await connection.request(request)  # type: ignore[attr-defined]
+            if status != 201:
+                raise SystemExit(f"server answered {status}")
+
+    before, started = cpu_seconds(pid), time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(worker(c) for c in pool)), timeout)
+    seconds, cpu = time.perf_counter() - started, cpu_seconds(pid) - before
+    for connection in pool:
+        connection.close()
+    return len(raw) / seconds, cpu / len(raw) * 1e6
+
+
+def one_run(mode: str, a: argparse.Namespace) -> tuple[float, float]:
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="fabwatch-bench-floor-") as directory:
+        command = [sys.executable, __file__, "--serve", mode, "--port", str(port), "--dir", directory]
+        if a.pin and len(os.sched_getaffinity(0)) > 1:
+            command = ["taskset", "-c", "0", *command]
+        server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            if server.stdout.readline().strip() != "ready":
+                raise SystemExit(f"the {mode} server did not start")
+            raw = [post("127.0.0.1", port, PATH, ticket_event(n, n % 10_000, 1 + n // 10_000))
+                   for n in range(a.events)]
+            return uvloop.run(load(port, raw, a.connections, server.pid, a.timeout))
+        finally:
+            server.kill()
+            server.wait()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--connections", type=int, default=128)
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--no-pin", dest="pin", action="store_false")
+    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", help=argparse.SUPPRESS)
+    a = parser.parse_args(argv)
+    if a.serve:
+        serve(a.serve, a.port, a.dir)
+        return
+    if a.pin and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {1})
+    results: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+    for run in range(a.runs):
+        for mode in MODES:
+            results[mode].append(one_run(mode, a))
+        print(f"run {run + 1}: " + "; ".join(f"{m} {results[m][-1][1]:.0f} µs" for m in MODES), flush=True)
+    print(f"\ncommand: .venv/bin/python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}")
+    print(f"{a.connections} connections, {a.events:,} events per run, median of {a.runs} runs\n")
+    print("| server | requests/s | server CPU µs per request |")
+    print("|---|---|---|")
+    for mode in MODES:
+        print(f"| {mode} | {statistics.median(r[0] for r in results[mode]):,.0f} | "
+              f"{statistics.median(r[1] for r in results[mode]):.0f} |")
+
+
+if __name__ == "__main__":
+    main()
