@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from alerts.config import AlertingConfig
 from collector.durations import Duration
 from collector.sources.schema import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
-from collector.types import TimeZoneName
+from collector.types import CronExpression, TimeZoneName
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 """A process, KPI, source or cost component name: also a Prometheus label value."""
@@ -102,20 +102,13 @@ class SqlSource(Model):
     dsn: str
     timeout: Duration = 10.0
     interval: Duration = 60.0
-    cron: str | None = None
+    cron: CronExpression | None = None
     jitter: Duration | None = None
     pool_size: Annotated[int, Field(ge=1, le=20)] = 2
     settle: Annotated[float, Field(ge=0)] = 2.0
     """Seconds a row may arrive late: counters only read rows older than `now - settle`."""
     reconcile: Duration = 3600.0
     """How often window sums are recomputed in full instead of from their edges."""
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError(f"cron needs five fields (minute hour day month weekday), got {value!r}")
-        return value
 
 
 Source = Annotated[SqlSource | TmfSource | TmfEventsSource | HttpJsonSource | CostCsvSource,

@@ -16,3 +16,13 @@ def _known_zone(value: str) -> str:
 
 TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 """An IANA time zone name such as Europe/Berlin."""
+
+
+def _five_fields(value: str) -> str:
+    if len(value.split()) != 5:
+        raise ValueError(f"cron needs five fields (minute hour day month weekday), got {value!r}")
+    return value
+
+
+CronExpression = Annotated[str, AfterValidator(_five_fields)]
+"""A five-field cron expression such as `*/5 * * * *`."""

@@ -7,9 +7,10 @@ then samples like any SQL source; `interval`, `cron`, `jitter`, `timeout`, `sett
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from collector.durations import Duration
+from collector.types import CronExpression
 
 TmfApi = Literal["tmf621", "tmf622", "tmf678", "tmf676", "tmf683"]
 TMF_APIS: tuple[TmfApi, ...] = ("tmf621", "tmf622", "tmf678", "tmf676", "tmf683")
@@ -59,7 +60,7 @@ class _Synced(_Model):
     """What every syncing source shares: schedule, limits and where its record store lives."""
 
     interval: Duration = 60.0
-    cron: str | None = None
+    cron: CronExpression | None = None
     jitter: Duration | None = None
     timeout: Duration = 10.0
     """Per HTTP request (and per query of the record store)."""
@@ -67,13 +68,6 @@ class _Synced(_Model):
     reconcile: Duration = 3600.0
     store: str | None = None
     """Record store file; default `<state file stem>-records-<source>.db` next to the state file."""
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str | None) -> str | None:
-        if value is not None and len(value.split()) != 5:
-            raise ValueError(f"cron needs five fields (minute hour day month weekday), got {value!r}")
-        return value
 
 
 class _Http(_Synced):
