@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import uvloop  # noqa: E402
+from proc import cpu_seconds  # noqa: E402
 from tmf_http import connect, post  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
@@ -99,11 +100,6 @@ async def _events(mode: str, port: int, directory: str) -> None:
     listener = Listener("events", TmfEventsSource(kind="tmf_events", api="tmf621"), store)  # type: ignore[arg-type]
     await listener.start()
     await EventsServer({"events": listener}).start("127.0.0.1", port)
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def load(port: int, raw: Sequence[bytes], connections: int, pid: int, timeout: float) -> tuple[float, float]:

@@ -22,7 +22,6 @@ import asyncio
 import itertools
 import os
 import shlex
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -36,10 +35,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import uvloop  # noqa: E402
+from proc import cpu_seconds  # noqa: E402
 from tmf_http import Connection, connect, post  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
-from tests.sources.helpers import EVENT_PATH, FabwatchProcess, events_inventory, ticket_event  # noqa: E402
+from tests.sources.helpers import (  # noqa: E402
+    EVENT_PATH,
+    FabwatchProcess,
+    events_inventory,
+    stored_events,
+    ticket_event,
+)
 
 HOST = "127.0.0.1"
 TICKETS = 10_000
@@ -129,20 +135,6 @@ async def fixed_rate(port: int, raw: Sequence[bytes], rate: float, connections: 
     for connection in pool:
         connection.close()
     return Phase(len(latencies), failed, seconds, latencies)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stored_events(store: Path) -> int:
-    db = sqlite3.connect(store)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0])
-    finally:
-        db.close()
 
 
 async def one_run(a: argparse.Namespace, directory: Path) -> tuple[Phase, list[Phase], list[str]]:

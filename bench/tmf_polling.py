@@ -26,6 +26,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from proc import cpu_seconds  # noqa: E402
 
 from collector.sources.http import HttpClient, Limits  # noqa: E402
 from collector.sources.polling import TmfPoller  # noqa: E402
@@ -67,12 +70,6 @@ def own_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def sync_once(url: str, process: str, version: int, page_size: int, directory: Path,
                     timeout: float, server: int) -> Result:
     """Full sync then incremental sync into a fresh store."""
@@ -88,10 +85,10 @@ async def sync_once(url: str, process: str, version: int, page_size: int, direct
     client = HttpClient(process, Limits(timeout, 0, 0.1, 1 << 28))
     try:
         poller = TmfPoller(process, source, client, store)
-        cpu, server_cpu, started = own_cpu(), process_cpu(server), time.perf_counter()
+        cpu, server_cpu, started = own_cpu(), cpu_seconds(server), time.perf_counter()
         count = await asyncio.wait_for(poller.sync(), timeout)
         full = time.perf_counter() - started
-        cpu, server_cpu = own_cpu() - cpu, process_cpu(server) - server_cpu
+        cpu, server_cpu = own_cpu() - cpu, cpu_seconds(server) - server_cpu
         started = time.perf_counter()
         await asyncio.wait_for(poller.sync(), timeout)
         incremental = time.perf_counter() - started
