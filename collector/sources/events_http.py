@@ -222,7 +222,7 @@ class _Connection(asyncio.Protocol):
             return
         slot: list[bytes | None] = [None]
         try:
-            request.listener.submit(request.event, b"".join(request.body), request.secret,
+            request.listener.submit(request.event, b"".join(request.body),
                                     functools.partial(self._acknowledged, slot, keep_alive))
         except BadEvent as exc:
             slot[0] = _response(exc.status, error_body(exc.status, exc.code, exc.reason), keep_alive)

@@ -76,13 +76,11 @@ class Listener:
             await self._writer
         self._writer = None
 
-    def submit(self, name: str, raw: bytes | bytearray, secret: str | None, answer: "Answer") -> None:
+    def submit(self, name: str, raw: bytes | bytearray, answer: "Answer") -> None:
         """Validate one event body and queue it for the next group commit; `answer(status, body)`
         is called once it is committed (201) or failed to be (503). Raise `BadEvent` for anything
-        that must not be stored."""
-        self.authorize(secret)
-        if len(raw) > self.source.max_body:
-            raise BadEvent(413, "tooLarge", f"body over {self.source.max_body} bytes")
+        that must not be stored. The transport has already called `authorize` and kept the body
+        within `max_body`, before reading it."""
         if self._writer is None or self._stopping:
             raise BadEvent(503, "stopping", "the listener is stopping; send the event again")
         self._pending.append((self._parse(name, self._decode(raw)), answer))
@@ -99,8 +97,7 @@ class Listener:
         answered: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         try:
             self.authorize(request.headers.get(SECRET_HEADER))
-            self.submit(request.match_info["event"], await self._body(request), request.headers.get(SECRET_HEADER),
-                        functools.partial(_resolve, answered))
+            self.submit(request.match_info["event"], await self._body(request), functools.partial(_resolve, answered))
         except BadEvent as exc:
             return _error(exc.status, exc.code, exc.reason)
         status, body = await answered
