@@ -6,6 +6,7 @@ import contextlib
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from aiohttp import web
 from collector.engine import SourceSampler
 from collector.samples import SourceSample
 from collector.schema import Inventory, Process, SqlSource
+from collector.sources.sampler import build_sampler
 from collector.state import StateStore
 from simulator.tmf import PROCESS_APIS, TmfServer
 from tests.servers import free_port
@@ -133,6 +135,15 @@ def ticket_event(number: int, ticket: int, version: int) -> bytes:
 EVENT_PATH = "/tmf/events/listener/troubleTicketStatusChangeEvent"
 
 
+def stored_events(store: Path) -> int:
+    """How many events a record store holds (table `tmf_event`)."""
+    db = sqlite3.connect(store)
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0])
+    finally:
+        db.close()
+
+
 class FabwatchProcess:
     """`python -m collector.cli serve` in a subprocess on a loopback port: start, SIGKILL, restart."""
 
@@ -206,3 +217,18 @@ def problem_inventory(directory: Path, source: Mapping[str, Any],
     return Inventory.model_validate({
         "service": {"state_path": str(directory / "state.db"), "currency": "EUR", "timezone": "UTC"},
         "sources": {"src": dict(source)}, "processes": {"problem": problem}})
+
+
+async def sample_source(directory: Path, source: Mapping[str, Any], kpis: Mapping[str, Any],
+                        now: float) -> SourceSample:
+    """Sample `problem_inventory(directory, source, kpis)` once at `now` with a fresh state."""
+    inventory = problem_inventory(directory, source, kpis)
+    state = StateStore(directory / "state.db")
+    sampler = build_sampler("src", inventory.sources["src"], inventory.processes, state, inventory.service,
+                            directory / "state.db")
+    try:
+        await sampler.open()
+        return await sampler.sample(now)
+    finally:
+        await sampler.close()
+        state.close()

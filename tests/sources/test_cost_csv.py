@@ -20,7 +20,7 @@ from collector.sources.schema import CostCsvSource
 from collector.sources.store import RecordStore
 from collector.state import StateStore
 from tests.collector.test_service import make_records
-from tests.sources.helpers import EXAMPLE, problem_inventory
+from tests.sources.helpers import EXAMPLE, sample_source
 
 GOOD = """process,component,amount,currency,month
 problem,labour,125000.50,EUR,2026-01
@@ -64,17 +64,8 @@ async def test_value_kpis_read_the_costs_through_the_engine(tmp_path: Path) -> N
     path = tmp_path / "costs.csv"
     path.write_text(GOOD)
     month_cost = "SELECT SUM(amount) FROM cost_entry WHERE process = 'problem' AND month = '2026-01'"
-    inventory = problem_inventory(tmp_path, {"kind": "cost_csv", "path": str(path)},
-                                  {"cost_jan": {"kind": "value", "sql": month_cost}})
-    state = StateStore(tmp_path / "state.db")
-    sampler = build_sampler("src", inventory.sources["src"], inventory.processes, state, inventory.service,
-                            tmp_path / "state.db")
-    try:
-        await sampler.open()
-        sample = await sampler.sample(FEB_2026)
-    finally:
-        await sampler.close()
-        state.close()
+    sample = await sample_source(tmp_path, {"kind": "cost_csv", "path": str(path)},
+                                 {"cost_jan": {"kind": "value", "sql": month_cost}}, FEB_2026)
     assert [(k.kpi, k.value) for k in sample.kpis] == [("cost_jan", 137000.5)]
 
 

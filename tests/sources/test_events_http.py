@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from collector.sources.schema import TmfEventsSource
 from collector.sources.store import RecordStore
 from collector.sources.tmf import APIS
 from tests.servers import free_port
-from tests.sources.helpers import ticket_event
+from tests.sources.helpers import stored_events, ticket_event
 
 PATH = "/tmf/tickets/listener/troubleTicketStatusChangeEvent"
 SECRET = "s3cret"
@@ -74,14 +73,6 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
     return status, headers, json.loads(body) if body else None
 
 
-def stored(store: Path) -> int:
-    db = sqlite3.connect(store)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0])
-    finally:
-        db.close()
-
-
 async def test_keep_alive_and_pipelined_answers_come_back_in_request_order(events: tuple[int, Path]) -> None:
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -96,7 +87,7 @@ async def test_keep_alive_and_pipelined_answers_come_back_in_request_order(event
     writer.write(request(ticket_event(3, 3, 1)))  # the connection is still usable
     assert (await read_answer(reader))[0] == 201
     writer.close()
-    assert stored(store) == 3
+    assert stored_events(store) == 3
 
 
 async def test_connection_close_is_honoured(events: tuple[int, Path]) -> None:
@@ -107,7 +98,7 @@ async def test_connection_close_is_honoured(events: tuple[int, Path]) -> None:
     assert (status, headers["connection"]) == (201, "close")
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
     writer.close()
-    assert stored(store) == 1
+    assert stored_events(store) == 1
 
 
 async def test_expect_100_continue(events: tuple[int, Path]) -> None:
@@ -119,7 +110,7 @@ async def test_expect_100_continue(events: tuple[int, Path]) -> None:
     writer.write(body)
     assert (await read_answer(reader))[0] == 201
     writer.close()
-    assert stored(store) == 1
+    assert stored_events(store) == 1
 
 
 @pytest.mark.parametrize(("raw", "status", "code"), [
@@ -138,7 +129,7 @@ async def test_refusals_are_json_and_keep_the_connection(
     assert (answer[0], answer[2]["code"], answer[2]["status"]) == (status, code, str(status))
     assert (await read_answer(reader))[0] == 201  # the next request on the connection is served
     writer.close()
-    assert stored(store) == 1
+    assert stored_events(store) == 1
 
 
 @pytest.mark.parametrize("raw", [
@@ -155,7 +146,7 @@ async def test_a_body_over_the_limit_is_refused_and_the_connection_closed(
     assert (status, body["code"], headers["connection"]) == (413, "tooLarge", "close")
     assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
-    assert stored(store) == 0
+    assert stored_events(store) == 0
 
 
 async def test_malformed_http_gets_400_and_a_close(events: tuple[int, Path]) -> None:
@@ -180,7 +171,7 @@ async def test_events_queued_when_the_server_stops_are_committed_and_answered(tm
     acknowledged = sum(a[0] == 201 for a in answers)
     assert {a[0] for a in answers} <= {201, 503}
     assert all(a[2]["code"] == "stopping" for a in answers if a[0] == 503)
-    assert stored(tmp_path / "events.db") == acknowledged >= 1
+    assert stored_events(tmp_path / "events.db") == acknowledged >= 1
 
 
 @pytest.mark.parametrize(("raw", "status", "code"), [
@@ -196,7 +187,7 @@ async def test_oversized_request_heads_are_refused_and_closed(
     assert (answer[0], answer[2]["code"], answer[1]["connection"]) == (status, code, "close")
     assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
-    assert stored(store) == 0
+    assert stored_events(store) == 0
 
 
 async def test_silent_keep_alive_connections_are_closed_after_the_idle_timeout(tmp_path: Path) -> None:

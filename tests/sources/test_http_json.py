@@ -10,10 +10,8 @@ import pytest
 from aiohttp import web
 
 from collector.errors import SourceError
-from collector.sources.sampler import build_sampler
 from collector.sources.times import format_time
-from collector.state import StateStore
-from tests.sources.helpers import problem_inventory, serve_app
+from tests.sources.helpers import problem_inventory, sample_source, serve_app
 
 NOW = 1_767_225_600.0 + 86_400.0
 HOUR = 3600.0
@@ -77,17 +75,8 @@ def source(url: str, **extra: Any) -> dict[str, Any]:
 
 async def sample_once(tmp_path: Path, spec: dict[str, Any]) -> dict[str, float | None]:
     """Build the source's sampler from an inventory, sample once at NOW, return the KPI values."""
-    inventory = problem_inventory(tmp_path, spec, KPIS)
-    state = StateStore(tmp_path / "state.db")
-    sampler = build_sampler("src", inventory.sources["src"], inventory.processes, state, inventory.service,
-                            tmp_path / "state.db")
-    try:
-        await sampler.open()
-        sample = await sampler.sample(NOW)
-        return {k.kpi: k.value for k in sample.kpis}
-    finally:
-        await sampler.close()
-        state.close()
+    sample = await sample_source(tmp_path, spec, KPIS, NOW)
+    return {k.kpi: k.value for k in sample.kpis}
 
 
 async def test_items_and_values_are_mapped_by_jmespath_into_the_kpis(api: tuple[Api, str], tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from collector.service import build_app
 from collector.sources.times import format_time
 from tests.servers import free_port
-from tests.sources.helpers import API_OF, example, serve_app
+from tests.sources.helpers import API_OF, example, serve_app, stored_events
 
 T0 = 1_767_225_600.0
 SECRET = "s3cret"
@@ -68,14 +68,6 @@ def _rows(store: Path) -> list[tuple[Any, ...]]:
         db.close()
 
 
-def _events(store: Path) -> int:
-    db = sqlite3.connect(store)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0])
-    finally:
-        db.close()
-
-
 async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(listener: tuple[str, Path]) -> None:
     url, store = listener
     create = envelope("e1", ticket("TT-1", "acknowledged", T0), name="TroubleTicketCreateEvent")
@@ -91,7 +83,7 @@ async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(l
     reopened = envelope("e4", ticket("TT-1", "inProgress", T0 + 900))
     assert (await _post(f"{url}/troubleTicketStatusChangeEvent", reopened))[0] == 201
     assert _rows(store) == [("TT-1", "inProgress", T0 + 900, 1)]  # resolved -> inProgress is a reopen
-    assert _events(store) == 4
+    assert stored_events(store) == 4
 
 
 @pytest.mark.parametrize(("event_name", "body", "raw", "secret", "status", "code"), [
@@ -119,4 +111,4 @@ async def test_bad_events_get_a_json_4xx_and_are_not_stored(
     assert answer[0] == status
     assert answer[1]["code"] == code
     assert _rows(store) == []
-    assert _events(store) == 0
+    assert stored_events(store) == 0

@@ -18,8 +18,8 @@ from collector.errors import CannotListen
 from collector.schema import EventsTls, ServiceConfig
 from collector.sources.http import HttpClient, Limits, SourceTlsFailed
 from tests.servers import free_port
-from tests.sources.helpers import ticket_event
-from tests.sources.test_events_http import events_port, read_answer, request, stored
+from tests.sources.helpers import stored_events, ticket_event
+from tests.sources.test_events_http import events_port, read_answer, request
 from tests.sources.tls import Pki, make_pki
 
 
@@ -50,7 +50,7 @@ async def post_over_tls(port: int, context: ssl.SSLContext) -> int:
 async def test_a_client_certificate_from_the_ca_is_let_in(mutual: tuple[int, Path], pki: Pki) -> None:
     port, store = mutual
     assert await post_over_tls(port, pki.client_context(cert=(pki.client_cert, pki.client_key))) == 201
-    assert stored(store) == 1
+    assert stored_events(store) == 1
 
 
 @pytest.mark.parametrize("who", ["no certificate", "a certificate the CA did not sign"])
@@ -60,7 +60,7 @@ async def test_clients_without_a_trusted_certificate_are_turned_away(
     cert = None if who == "no certificate" else (pki.stranger_cert, pki.stranger_key)
     with pytest.raises((ssl.SSLError, ConnectionError, asyncio.IncompleteReadError)):
         await post_over_tls(port, pki.client_context(cert=cert))
-    assert stored(store) == 0
+    assert stored_events(store) == 0
 
 
 async def test_a_client_that_does_not_trust_the_server_refuses_it(tmp_path: Path, pki: Pki) -> None:
