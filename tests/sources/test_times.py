@@ -5,7 +5,7 @@ from datetime import datetime
 
 import pytest
 
-from collector.sources.times import format_time, maybe_time, parse_time
+from collector.sources.times import _parse_general, format_time, maybe_time, parse_time
 
 
 def test_formatted_times_parse_back_to_the_same_float() -> None:
@@ -46,3 +46,23 @@ def test_maybe_time_passes_missing_values_and_refuses_other_types() -> None:
     assert maybe_time("") is None
     with pytest.raises(ValueError, match="date-time string"):
         maybe_time(1_767_225_600)
+
+
+def test_the_fast_path_agrees_with_the_general_parser() -> None:
+    """`YYYY-MM-DDTHH:MM:SSZ` takes a shortcut; it must accept and refuse exactly what the regex does."""
+    rng = random.Random(11)
+    good = "2026-03-31T23:59:59Z"
+    texts = [format_time(float(rng.randrange(-86_400 * 400, 4_102_444_800))) for _ in range(2000)]
+    for position in range(len(good)):  # one character changed, anywhere
+        for char in "0a:-TZ ٣+":
+            texts.append(good[:position] + char + good[position + 1:])
+    for text in texts:
+        try:
+            expected: float | str = _parse_general(text)
+        except ValueError:
+            expected = "refused"
+        try:
+            got: float | str = parse_time(text)
+        except ValueError:
+            got = "refused"
+        assert got == expected, text
