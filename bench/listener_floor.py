@@ -4,7 +4,10 @@
   floor of HTTP on this machine: kernel, libuv, parser);
 - `nostore`: fabwatch's events port and listener (parsing, validation, mapping, group commit
   plumbing, answers) over a store that writes nothing;
-- `store`: the same with the real record store (`durability: full`).
+- `store`: the same with the real record store (`durability: full`);
+- `store-alone`: no HTTP at all: the record store writes the same events, already parsed, in
+  batches of 128 (`stage_events` + `commit`, `synchronous=FULL`) in a loop: the floor of the
+  durable write from Python.
 
 Each server is a subprocess pinned to CPU 0; this process loads it from CPU 1 over loopback
 (128 keep-alive connections, one request in flight each, `--events` TMF621 events per run) and
@@ -35,7 +38,7 @@ from tmf_http import connect, post  # noqa: E402
 from tests.servers import free_port  # noqa: E402
 from tests.sources.helpers import ticket_event  # noqa: E402
 
-MODES = ("bare", "nostore", "store")
+MODES = ("bare", "nostore", "store", "store-alone")
 PATH = "/tmf/events/listener/troubleTicketStatusChangeEvent"
 
 
@@ -121,7 +124,30 @@ async def load(port: int, raw: Sequence[bytes], connections: int, pid: int, time
     return len(raw) / seconds, cpu / len(raw) * 1e6
 
 
+def store_alone(events: int, directory: str) -> None:
+    """Write `events` parsed events through the record store; print events/s and CPU µs each."""
+    from collector.sources.listener import Listener
+    from collector.sources.schema import TmfEventsSource
+    from collector.sources.store import RecordStore
+    from collector.sources.tmf import APIS
+
+    store = RecordStore(Path(directory) / "events.db", ["trouble_ticket"], synchronous="FULL",
+                        final_statuses={"trouble_ticket": APIS["tmf621"].finals})
+    listener = Listener("events", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
+    name = PATH.rsplit("/", 1)[1]
+    parsed = [listener._parse(name, listener._decode(ticket_event(n, n % 10_000, 1 + n // 10_000)))
+              for n in range(events)]
+    started, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, events, 128):
+        store.stage_events(parsed[start:start + 128])
+        store.commit()
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(f"{events / seconds} {cpu / events * 1e6}", flush=True)
+
+
 def one_run(mode: str, a: argparse.Namespace) -> tuple[float, float]:
+    if mode == "store-alone":
+        return _store_alone_run(a)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fabwatch-bench-floor-") as directory:
         command = [sys.executable, __file__, "--serve", mode, "--port", str(port), "--dir", directory]
@@ -140,6 +166,16 @@ def one_run(mode: str, a: argparse.Namespace) -> tuple[float, float]:
             server.wait()
 
 
+def _store_alone_run(a: argparse.Namespace) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory(prefix="fabwatch-bench-floor-") as directory:
+        command = [sys.executable, __file__, "--store-alone", "--events", str(a.events), "--dir", directory]
+        if a.pin and len(os.sched_getaffinity(0)) > 1:
+            command = ["taskset", "-c", "0", *command]
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=a.timeout, check=True)
+        rate, cpu = done.stdout.split()
+        return float(rate), float(cpu)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -147,10 +183,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--no-pin", dest="pin", action="store_false")
-    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=MODES[:3], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
+    parser.add_argument("--store-alone", action="store_true", help=argparse.SUPPRESS)
     a = parser.parse_args(argv)
+    if a.store_alone:
+        store_alone(a.events, a.dir)
+        return
     if a.serve:
         serve(a.serve, a.port, a.dir)
         return
@@ -163,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"run {run + 1}: " + "; ".join(f"{m} {results[m][-1][1]:.0f} µs" for m in MODES), flush=True)
     print(f"\ncommand: .venv/bin/python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}")
     print(f"{a.connections} connections, {a.events:,} events per run, median of {a.runs} runs\n")
-    print("| server | requests/s | server CPU µs per request |")
+    print("| mode | events/s | server CPU µs per event |")
     print("|---|---|---|")
     for mode in MODES:
         print(f"| {mode} | {statistics.median(r[0] for r in results[mode]):,.0f} | "
