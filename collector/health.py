@@ -5,7 +5,7 @@ engine does, so exporters treat health and KPIs the same way.
 """
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -62,6 +62,8 @@ class HealthTracker:
     def __init__(self, sources: Iterable[str], version: str | None = None) -> None:
         self._sources = {name: _SourceHealth() for name in sources}
         self.version = version or fabwatch_version()
+        self.intake: dict[str, Mapping[str, int]] = {}
+        """Live counts of the events each `tmf_events` source's listener received, by result."""
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -117,4 +119,16 @@ class HealthTracker:
         info = Family("fab_build_info", "gauge",
                       "fabwatch build information; the value is always 1.",
                       [((("version", self.version),), 1.0)])
-        return (up, last, durations, errors, info)
+        return (up, last, durations, errors, info, *self._intake_families())
+
+    def _intake_families(self) -> tuple[Family, ...]:
+        """`fab_events_received_total`, when there are listeners (every result from 0 on)."""
+        if not self.intake:
+            return ()
+        received = Family("fab_events_received", "counter",
+                          "TMF events the listener of the source received, by result: accepted, duplicate, "
+                          "or the code of the refusal.")
+        for name, counts in self.intake.items():
+            received.samples.extend(((("source", name), ("result", result)), float(count))
+                                    for result, count in counts.items())
+        return (received,)

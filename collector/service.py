@@ -59,7 +59,7 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
     app.cleanup_ctx.append(_sampling(state_path, samplers, clock))
-    mount_sources(app, inventory, state_path)
+    mount_sources(app, inventory, state_path, health)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

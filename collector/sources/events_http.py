@@ -192,7 +192,8 @@ class _Connection(asyncio.Protocol):
             request.listener, request.event = self._route(self.parser.get_method(), request.url)
             request.listener.authorize(request.secret)
             if request.length is not None and request.length > request.listener.source.max_body:
-                raise BadEvent(413, "tooLarge", f"body over {request.listener.source.max_body} bytes")
+                raise request.listener.refused(
+                    BadEvent(413, "tooLarge", f"body over {request.listener.source.max_body} bytes"))
         except BadEvent as exc:
             request.refused = exc
             if exc.status == 413 or request.expect:
@@ -207,7 +208,9 @@ class _Connection(asyncio.Protocol):
             return
         request.size += len(body)
         if request.size > request.listener.source.max_body:
-            self._refuse_now(413, "tooLarge", f"body over {request.listener.source.max_body} bytes")
+            refused = request.listener.refused(
+                BadEvent(413, "tooLarge", f"body over {request.listener.source.max_body} bytes"))
+            self._refuse_now(refused.status, refused.code, refused.reason)
             return
         request.body.append(body)
 

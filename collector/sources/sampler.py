@@ -27,6 +27,7 @@ from collector.sources.schema import CostCsvSource, HttpJsonSource, SyncedSource
 from collector.state import StateStore
 
 if TYPE_CHECKING:
+    from collector.health import HealthTracker
     from collector.sources.http import HttpClient
     from collector.sources.listener import Listener
     from collector.sources.polling import TmfPoller
@@ -205,20 +206,22 @@ class _Polling:
         await self.poller.client.close()
 
 
-def mount_sources(app: web.Application, inventory: Inventory, state_path: str | Path | None = None) -> None:
+def mount_sources(app: web.Application, inventory: Inventory, state_path: str | Path | None = None,
+                  health: "HealthTracker | None" = None) -> None:
     """Open/close the listeners of the `tmf_events` sources with the app; they answer on the events
-    port (`service.events_listen`) when there is one, else on the main port's route."""
+    port (`service.events_listen`) when there is one, else on the main port's route. `health`
+    exports what each listener received (`fab_events_received_total`)."""
     events = {n: s for n, s in inventory.sources.items() if isinstance(s, TmfEventsSource)}
     if not events:
         return
     app[LISTENERS] = {}
     if inventory.service.events_address is None:
         app.router.add_post("/tmf/{source}/listener/{event}", _dispatch)
-    app.cleanup_ctx.append(_listeners(inventory, events, state_path or inventory.service.state_path))
+    app.cleanup_ctx.append(_listeners(inventory, events, state_path or inventory.service.state_path, health))
 
 
-def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource],
-               state_path: str | Path) -> Callable[[web.Application], AsyncIterator[None]]:
+def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource], state_path: str | Path,
+               health: "HealthTracker | None") -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
         from collector.sources.listener import Listener
 
@@ -231,6 +234,8 @@ def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource],
                 await listener.start()
                 stack.push_async_callback(listener.stop)
                 app[LISTENERS][name] = listener
+                if health is not None:
+                    health.intake[name] = listener.received
             address = inventory.service.events_address
             if address is not None:
                 from collector.sources.events_http import EventsServer  # httptools only when used

@@ -35,3 +35,15 @@ def test_success_then_failure():
     assert histogram.sum == 61.003
     assert tracker.not_sampled() == []
     assert tracker.last_reason("crm") == "timeout"
+
+
+def test_listener_counts_are_exported_live_and_only_when_there_are_listeners():
+    tracker = HealthTracker(["crm", "tickets"])
+    assert "fab_events_received" not in families(tracker)
+    received = {"accepted": 0, "duplicate": 0}
+    tracker.intake["tickets"] = received
+    received["accepted"] += 3  # the listener's own dict: counts show at the next render
+    found = families(tracker)["fab_events_received"]
+    assert found.kind == "counter"
+    assert found.samples == [((("source", "tickets"), ("result", "accepted")), 3.0),
+                             ((("source", "tickets"), ("result", "duplicate")), 0.0)]

@@ -8,6 +8,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from collector.health import HealthTracker
 from collector.samples import Family, Histogram, SourceSample
+from collector.sources.listener import RESULTS
 from exporters.prometheus import PrometheusExporter, accepts_gzip, negotiate_format, to_metrics
 
 
@@ -118,8 +119,10 @@ def test_promtool_accepts_the_exposition(promtool):
     exporter.update(make_sample("crm", "problem"))
     health.record_success("crm", 0.2, 1_700_000_000.0)
     health.record_failure("down", "connection", 0.01)
+    health.intake["tickets"] = dict.fromkeys(RESULTS, 0)  # a TMF events listener's counts
     exporter.invalidate()
-    result = subprocess.run([promtool, "check", "metrics"], input=exporter.render("text"),
-                            capture_output=True, timeout=30, check=False)
+    body = exporter.render("text")
+    assert b'fab_events_received_total{result="accepted",source="tickets"} 0.0' in body
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.strip() == b"", result.stdout.decode()

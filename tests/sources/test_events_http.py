@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,8 @@ async def test_events_queued_when_the_server_stops_are_committed_and_answered(tm
     assert {a[0] for a in answers} <= {201, 503}
     assert all(a[2]["code"] == "stopping" for a in answers if a[0] == 503)
     assert stored_events(tmp_path / "events.db") == acknowledged >= 1
+    counted = {k: v for k, v in running.listener.received.items() if v}
+    assert counted == {"accepted": acknowledged, **({"stopping": 50 - acknowledged} if acknowledged < 50 else {})}
 
 
 @pytest.mark.parametrize(("raw", "status", "code"), [
@@ -198,3 +201,35 @@ async def test_silent_keep_alive_connections_are_closed_after_the_idle_timeout(t
         assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server, not by us
         assert not running.server.connections
         writer.close()
+
+
+class _FirstCommitFails(RecordStore):
+    """A record store whose first commit fails, as on a full disk."""
+
+    failed = False
+
+    def commit(self) -> None:
+        if not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        super().commit()
+
+
+async def test_a_failed_commit_is_answered_503_stores_nothing_and_is_counted(tmp_path: Path) -> None:
+    store = _FirstCommitFails(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
+    listener = Listener("tickets", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
+    await listener.start()
+    answers: list[tuple[int, Any]] = []
+    try:
+        for number in (1, 2):  # one at a time: each is its own batch
+            listener.submit("troubleTicketStatusChangeEvent", ticket_event(number, number, 1),
+                            lambda status, body: answers.append((status, json.loads(body))))
+            async with asyncio.timeout(10):
+                while len(answers) < number:
+                    await asyncio.sleep(0.01)
+    finally:
+        await listener.stop()
+        store.close()
+    assert [(status, body.get("code")) for status, body in answers] == [(503, "storeFailed"), (201, None)]
+    assert stored_events(tmp_path / "events.db") == 1  # the failed batch was rolled back
+    assert {k: v for k, v in listener.received.items() if v} == {"storeFailed": 1, "accepted": 1}

@@ -9,12 +9,14 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from collector.service import build_app
+from collector.service import EXPORTER, build_app
+from collector.sources.listener import RESULTS
 from collector.sources.times import format_time
 from tests.servers import free_port
 from tests.sources.helpers import API_OF, example, serve_app, stored_events
@@ -36,8 +38,17 @@ def envelope(event_id: str, resource: dict[str, Any], *, v5: bool = False,
     return body
 
 
+class Served(NamedTuple):
+    url: str
+    """The listener base URL: `<base>/tmf/tickets/listener`."""
+    store: Path
+    app: web.Application
+    base: str
+    """The main port's URL (`/metrics`)."""
+
+
 @pytest.fixture(params=["main", "events"])
-async def listener(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[tuple[str, Path]]:
+async def listener(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Served]:
     port, events_port = free_port(), free_port()
     store = tmp_path / "events.db"
     sources = {"sql": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'none.db'}"},
@@ -48,9 +59,10 @@ async def listener(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncItera
     if request.param == "events":
         service = inventory.service.model_copy(update={"events_listen": f"127.0.0.1:{events_port}"})
         inventory = inventory.model_copy(update={"service": service})
-    async with serve_app(build_app(inventory), port=port) as url:
+    app = build_app(inventory)
+    async with serve_app(app, port=port) as url:
         base = url if request.param == "main" else f"http://127.0.0.1:{events_port}"
-        yield f"{base}/tmf/tickets/listener", store
+        yield Served(f"{base}/tmf/tickets/listener", store, app, url)
 
 
 async def _post(url: str, body: Any, *, secret: str = SECRET, raw: bytes | None = None) -> tuple[int, Any]:
@@ -58,6 +70,16 @@ async def _post(url: str, body: Any, *, secret: str = SECRET, raw: bytes | None 
     headers = {"Content-Type": "application/json", "X-Fabwatch-Secret": secret}
     async with aiohttp.ClientSession() as session, session.post(url, data=data, headers=headers) as response:
         return response.status, await response.json()
+
+
+async def _received(served: Served) -> dict[str, float]:
+    """`fab_events_received_total` of source `tickets` by result, as /metrics shows it now."""
+    served.app[EXPORTER].invalidate()  # the exposition is rendered per sample; render it now
+    async with aiohttp.ClientSession() as session, session.get(f"{served.base}/metrics") as response:
+        text = await response.text()
+    prefix = 'fab_events_received_total{result="'
+    return {line[len(prefix):].split('"', 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(prefix) and 'source="tickets"' in line}
 
 
 def _rows(store: Path) -> list[tuple[Any, ...]]:
@@ -68,8 +90,8 @@ def _rows(store: Path) -> list[tuple[Any, ...]]:
         db.close()
 
 
-async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(listener: tuple[str, Path]) -> None:
-    url, store = listener
+async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(listener: Served) -> None:
+    url, store = listener.url, listener.store
     create = envelope("e1", ticket("TT-1", "acknowledged", T0), name="TroubleTicketCreateEvent")
     assert (await _post(f"{url}/troubleTicketCreateEvent", create))[0] == 201
     resolved = envelope("e3", ticket("TT-1", "resolved", T0 + 300), v5=True)
@@ -84,6 +106,7 @@ async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(l
     assert (await _post(f"{url}/troubleTicketStatusChangeEvent", reopened))[0] == 201
     assert _rows(store) == [("TT-1", "inProgress", T0 + 900, 1)]  # resolved -> inProgress is a reopen
     assert stored_events(store) == 4
+    assert await _received(listener) == {**dict.fromkeys(RESULTS, 0.0), "accepted": 4.0, "duplicate": 1.0}
 
 
 @pytest.mark.parametrize(("event_name", "body", "raw", "secret", "status", "code"), [
@@ -104,11 +127,13 @@ async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(l
      "eventTypeMismatch"),
 ])
 async def test_bad_events_get_a_json_4xx_and_are_not_stored(
-        listener: tuple[str, Path], event_name: str, body: Any, raw: bytes | None, secret: str, status: int,
+        listener: Served, event_name: str, body: Any, raw: bytes | None, secret: str, status: int,
         code: str) -> None:
-    url, store = listener
+    url, store = listener.url, listener.store
+    assert await _received(listener) == dict.fromkeys(RESULTS, 0.0)  # every result exported from the start
     answer = await _post(f"{url}/{event_name}", body, raw=raw, secret=secret)
     assert answer[0] == status
     assert answer[1]["code"] == code
     assert _rows(store) == []
     assert stored_events(store) == 0
+    assert await _received(listener) == {**dict.fromkeys(RESULTS, 0.0), code: 1.0}  # counted once, by its code
