@@ -123,6 +123,10 @@ class HealthAlerting(Model):
     absent_for: Duration = 3600.0
     severity: Severity = "warning"
     absent_severity: Severity = "info"
+    events_refused_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    """Warn when a TMF events listener refuses more than this share of what it receives..."""
+    events_window: Duration = 900.0
+    """...over this window (and for `source_down_for`)."""
 
 
 class ProcessAlerting(Model):

@@ -1,20 +1,27 @@
-"""Health alerts: a source down, absent or stale, and a KPI that stopped being exported.
+"""Health alerts: a source down, absent or stale, a TMF events listener refusing what hubs send,
+and a KPI that stopped being exported.
 
 Each is raised once per process the source feeds, so it reaches that process's team.
 """
 
 from __future__ import annotations
 
+import json
+
 from alerts.config import AlertingConfig
 from alerts.model import Rule, RuleGroup
 from alerts.promql import number, selector, window
 from alerts.text import dashboard_url, runbook_url
 from collector.schema import Inventory, Process
+from collector.sources.schema import TmfEventsSource
 
 DOWN_ALERT = "FabSourceDown"
 ABSENT_ALERT = "FabSourceAbsent"
 STALE_ALERT = "FabSourceStale"
 KPI_ABSENT_ALERT = "FabKpiAbsent"
+REFUSED_ALERT = "FabEventsRefused"
+ACCEPTED_RESULTS = "accepted|duplicate"
+"""The `result`s of `fab_events_received_total` that are not refusals."""
 SOURCE_KPI = "source"
 
 
@@ -46,7 +53,7 @@ def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rul
         return {"summary": summary, "description": description,
                 **links, "runbook_url": runbook_url(process, alert, alerting.runbook_url)}
 
-    return [
+    rules = [
         Rule(f"max by (source) ({up}) == 0", alert=DOWN_ALERT, for_=health.source_down_for, labels=labels,
              annotations=annotate(DOWN_ALERT, "A source cannot be sampled.",
                                   f"Source {{{{ $labels.source }}}} failed every sample for "
@@ -61,6 +68,23 @@ def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rul
                                   f"The last successful sample of source {{{{ $labels.source }}}} is "
                                   f"{{{{ $value | humanizeDuration }}}} old: the KPIs of {name} are stale.")),
     ]
+    if isinstance(inventory.sources[source], TmfEventsSource):
+        rules.append(Rule(refused_share(source, health.events_window) + f" > {number(health.events_refused_ratio)}",
+                          alert=REFUSED_ALERT, for_=health.source_down_for, labels=labels,
+                          annotations=annotate(REFUSED_ALERT, "A TMF events listener refuses what hubs send.",
+                                               f"Source {{{{ $labels.source }}}} refused {{{{ $value | "
+                                               f"humanizePercentage }}}} of the events it received over "
+                                               f"{window(health.events_window)} (by result: "
+                                               f"fab_events_received_total): {name} misses those changes.")))
+    return rules
+
+
+def refused_share(source: str, seconds: float) -> str:
+    """The share of a listener's events refused over a window (no traffic: no value, no alert)."""
+    refused = f'fab_events_received_total{{source={json.dumps(source)}, result!~"{ACCEPTED_RESULTS}"}}'
+    received = selector("fab_events_received_total", source=source)
+    span = window(seconds)
+    return f"sum by (source) (increase({refused}[{span}])) / sum by (source) (increase({received}[{span}]))"
 
 
 def kpi_absent_alert(name: str, process: Process, kpi: str, alerting: AlertingConfig) -> Rule:

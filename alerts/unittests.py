@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from alerts.config import AlertingConfig
-from alerts.health import ABSENT_ALERT, DOWN_ALERT, KPI_ABSENT_ALERT, STALE_ALERT, stale_after
+from alerts.health import ABSENT_ALERT, DOWN_ALERT, KPI_ABSENT_ALERT, REFUSED_ALERT, STALE_ALERT, stale_after
 from alerts.model import Rule, RuleFile
 from alerts.promql import number, selector
 from alerts.slo import AT_RISK_ALERT, BURN_ALERT, GOOD, VALID, burn_pairs, sla_kpis
@@ -335,5 +335,35 @@ def health_tests(inventory: Inventory, rule_file: RuleFile) -> Doc:
         group("every KPI exported raises nothing", steps, kpis(set()), [check(steps, absent_at, KPI_ABSENT_ALERT)]),
         group("a KPI with no value fires", steps, kpis(first_kpis),
               [check(steps, absent_at, KPI_ABSENT_ALERT, absent_kpis)]),
+        *_refused_tests(inventory, rule_file, steps),
     ]
     return {"evaluation_interval": format_duration(steps.interval), "tests": tests}
+
+
+def _refused_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> list[Doc]:
+    """A listener refusing a share under the threshold raises nothing; twice the threshold fires."""
+    health = inventory.alerting.health
+    fed = {name: p.records.source for name, p in inventory.processes.items()
+           if find(rule_file, REFUSED_ALERT, process=name) is not None}
+    if not fed:
+        return []
+    at = steps.of(health.events_window + health.source_down_for) + 5
+
+    def received(share: float) -> list[Doc]:
+        """1,000 events a step, of which `share` refused as invalidResource."""
+        refused = round(1000 * share, 6)
+        return [doc for source in sorted(set(fed.values())) for doc in (
+            series("fab_events_received_total", {"source": source, "result": "accepted"},
+                   f"0+{number(1000 - refused)}x{at + 3}"),
+            series("fab_events_received_total", {"source": source, "result": "invalidResource"},
+                   f"0+{number(refused)}x{at + 3}"))]
+
+    ratio = health.events_refused_ratio
+    firing = [expected(rule, 2 * ratio, {"source": source}) for name, source in fed.items()
+              if (rule := find(rule_file, REFUSED_ALERT, process=name)) is not None]
+    return [
+        group("a listener refusing less than the threshold raises nothing", steps, received(ratio / 2),
+              [check(steps, at, REFUSED_ALERT)]),
+        group("a listener refusing twice the threshold fires", steps, received(2 * ratio),
+              [check(steps, at, REFUSED_ALERT, firing)]),
+    ]

@@ -114,3 +114,26 @@ def test_bursts_keep_firing_only_thanks_to_the_no_news_clause(
     assert run_scenario(promtool, bundle, "no flapping").startswith("ok ")
     output = run_scenario(promtool, bundle, "no flapping", strip_no_news=True)
     assert output.startswith("FAILED "), output
+
+
+# --- TMF events listeners ----------------------------------------------------------------------
+
+def test_a_listener_refusing_events_fires_and_promtool_agrees(
+        promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
+    events = {"sources": {"events": {"kind": "tmf_events", "api": "tmf621"}},
+              "processes": {"problem": {"records": {"source": "events"}}}}
+    inventory = load_inventory([write_inventory(merged(SMALL, events))], environ={})
+    bundle = tmp_path / "bundle"
+    write(build(inventory).documents, bundle)
+    rules, tests = bundle / "rules" / "health.rules.yml", bundle / "tests" / "health.test.yml"
+    assert "FabEventsRefused" in rules.read_text()
+    assert "FabEventsRefused" not in (COMMITTED / "rules" / "health.rules.yml").read_text()  # SQL sources only
+    lint = run(promtool, "check", "rules", "--lint=all", "--lint-fatal", str(rules))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    result = run(promtool, "test", "rules", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The firing scenario is not vacuous: a threshold four times higher misses it.
+    rules.write_text(rules.read_text().replace("> 0.05", "> 0.2"))
+    result = run(promtool, "test", "rules", str(tests))
+    assert result.returncode != 0
+    assert "twice the threshold" in result.stdout + result.stderr
