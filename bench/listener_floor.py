@@ -91,6 +91,9 @@ class _NoStore:
     def rollback(self) -> None:
         return None
 
+    def forget_events(self, before: float, limit: int) -> int:
+        return 0
+
 
 async def _events(mode: str, port: int, directory: str) -> None:
     from collector.sources.events_http import EventsServer

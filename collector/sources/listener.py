@@ -14,6 +14,7 @@ import functools
 import hmac
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,6 +37,10 @@ RESULTS = ("accepted", "duplicate", "invalidJson", "invalidEvent", "unknownEvent
            "missingEventId", "missingResource", "invalidResource", "tooLarge", "unauthorized", "stopping",
            "storeFailed")
 """Every `result` of `fab_events_received_total`: stored, a redelivery, or the code of the refusal."""
+FORGET_EVERY = 60.0
+"""Seconds between two passes that forget the event ids older than the source's `dedup_window`."""
+FORGET_BATCH = 10_000
+"""Rows one pass looks at, at most; a pass that finds a full batch is followed by another one second later."""
 
 
 class BadEvent(Exception):
@@ -64,6 +69,9 @@ class Listener:
         self._stopping = False
         self._writer: asyncio.Task[None] | None = None
         self.received: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        self.forget_every = FORGET_EVERY
+        self._forget_at = 0.0
+        """When (monotonic) the next pass over old event ids is due; the first is at start."""
         """Events received so far, by result (`RESULTS`); exported as `fab_events_received_total`."""
 
     async def start(self) -> None:
@@ -174,15 +182,31 @@ class Listener:
         """Commit what has queued up, in batches of at most `batch_max`, until stopped and drained."""
         loop = asyncio.get_running_loop()
         while True:
+            if time.monotonic() >= self._forget_at and not self._stopping:
+                await self._forget()
             if not self._pending:
                 if self._stopping:
                     return
                 self._wake = loop.create_future()
+                timer = loop.call_later(max(0.0, self._forget_at - time.monotonic()), self._notify)
                 await self._wake
+                timer.cancel()
                 continue
             limit = self.source.batch_max
             batch, self._pending = self._pending[:limit], self._pending[limit:]
             await self._commit(batch)
+
+    async def _forget(self) -> None:
+        """Forget event ids older than `dedup_window` (one bounded batch, in a thread: it writes)."""
+        try:
+            forgotten = await asyncio.to_thread(self.store.forget_events, time.time() - self.source.dedup_window,
+                                                FORGET_BATCH)
+        except Exception as exc:
+            log_event(_LOG, "event_ids_forget_failed", logging.WARNING, source=self.name, error=repr(exc))
+            forgotten = 0
+        if forgotten:
+            log_event(_LOG, "event_ids_forgotten", logging.DEBUG, source=self.name, count=forgotten)
+        self._forget_at = time.monotonic() + (1.0 if forgotten >= FORGET_BATCH else self.forget_every)
 
     async def _commit(self, batch: list[tuple[Event, "Answer"]]) -> None:
         """Write the batch on the loop (CPU work: a thread would only add switches on one core),

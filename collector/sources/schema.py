@@ -120,6 +120,10 @@ class TmfEventsSource(_Synced):
     """Events committed together at most (group commit); each is acknowledged after its commit."""
     durability: Literal["full", "normal"] = "full"
     """SQLite `synchronous`: full survives power loss, normal survives a process crash."""
+    dedup_window: Duration = 7 * 86_400.0
+    """How long an `eventId` is remembered: a redelivery within it is acknowledged as a duplicate.
+    Older ids are forgotten, a batch at a time, so the store does not grow without end; one
+    redelivered later is stored again, and the newer-version rule keeps the row right."""
     auth: Auth | None = None
     """Credentials for the hub registration."""
     ca_file: str | None = None

@@ -151,6 +151,18 @@ class RecordStore:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
+    def forget_events(self, before: float, limit: int = 10_000) -> int:
+        """Delete event ids received before `before`, oldest first, looking at `limit` rows at most
+        (bounded work whatever the table's size); return how many were deleted."""
+        bound = self._db.execute("SELECT rowid FROM tmf_event ORDER BY rowid LIMIT 1 OFFSET ?",
+                                 (limit - 1,)).fetchone()
+        with self._transaction() as db:
+            if bound is None:  # fewer than `limit` rows
+                cursor = db.execute("DELETE FROM tmf_event WHERE received_at < ?", (before,))
+            else:
+                cursor = db.execute("DELETE FROM tmf_event WHERE rowid <= ? AND received_at < ?", (bound[0], before))
+        return int(cursor.rowcount)
+
     @staticmethod
     def _insert_event_ids(db: sqlite3.Connection, events: Sequence[Event], now: float) -> set[str]:
         """Insert the events not stored yet; return the ids that were inserted."""

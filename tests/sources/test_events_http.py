@@ -215,21 +215,48 @@ class _FirstCommitFails(RecordStore):
         super().commit()
 
 
+async def _submit(listener: Listener, body: bytes) -> tuple[int, Any]:
+    """Submit one event and wait for its answer (status, JSON body)."""
+    answers: list[tuple[int, Any]] = []
+    listener.submit("troubleTicketStatusChangeEvent", body,
+                    lambda status, raw: answers.append((status, json.loads(raw))))
+    async with asyncio.timeout(10):
+        while not answers:
+            await asyncio.sleep(0.01)
+    return answers[0]
+
+
 async def test_a_failed_commit_is_answered_503_stores_nothing_and_is_counted(tmp_path: Path) -> None:
     store = _FirstCommitFails(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
     listener = Listener("tickets", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
     await listener.start()
-    answers: list[tuple[int, Any]] = []
     try:
-        for number in (1, 2):  # one at a time: each is its own batch
-            listener.submit("troubleTicketStatusChangeEvent", ticket_event(number, number, 1),
-                            lambda status, body: answers.append((status, json.loads(body))))
-            async with asyncio.timeout(10):
-                while len(answers) < number:
-                    await asyncio.sleep(0.01)
+        answers = [await _submit(listener, ticket_event(n, n, 1)) for n in (1, 2)]  # each its own batch
     finally:
         await listener.stop()
         store.close()
     assert [(status, body.get("code")) for status, body in answers] == [(503, "storeFailed"), (201, None)]
     assert stored_events(tmp_path / "events.db") == 1  # the failed batch was rolled back
     assert {k: v for k, v in listener.received.items() if v} == {"storeFailed": 1, "accepted": 1}
+
+
+async def test_event_ids_older_than_the_dedup_window_are_forgotten(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
+    source = TmfEventsSource(kind="tmf_events", api="tmf621", dedup_window=0.3)
+    listener = Listener("tickets", source, store)
+    listener.forget_every = 0.05
+    await listener.start()
+    try:
+        assert await _submit(listener, ticket_event(1, 1, 1)) == (201, {"eventId": "E1", "duplicate": False})
+        assert await _submit(listener, ticket_event(1, 1, 1)) == (201, {"eventId": "E1", "duplicate": True})
+        async with asyncio.timeout(10):  # the writer forgets it on its own, with nothing else to do
+            while stored_events(tmp_path / "events.db"):
+                await asyncio.sleep(0.05)
+        # A redelivery after the window is stored again; the row is the same version.
+        assert await _submit(listener, ticket_event(1, 1, 1)) == (201, {"eventId": "E1", "duplicate": False})
+    finally:
+        await listener.stop()
+        store.close()
+    assert stored_events(tmp_path / "events.db") == 1
+    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as db:
+        assert db.execute("SELECT id, status FROM trouble_ticket").fetchall() == [("TT-1", "resolved")]

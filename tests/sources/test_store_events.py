@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from collector.sources import store as store_module
 from collector.sources.store import Event, RecordStore
 
 T0 = 1_767_225_600.0
@@ -33,5 +36,33 @@ def test_a_batch_stores_each_event_once_and_keeps_the_newest_version(tmp_path: P
         assert [r[0] for r in state(store)] == ["T1", "T3"]
         count = store._db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0]
         assert count == 7
+    finally:
+        store.close()
+
+
+class _Clock:
+    now = 1000.0
+
+    @classmethod
+    def time(cls) -> float:
+        return cls.now
+
+
+def test_old_event_ids_are_forgotten_oldest_first_a_bounded_batch_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "time", _Clock)  # received_at
+    store = RecordStore(tmp_path / "s.db", ["trouble_ticket"])
+    try:
+        store.apply_events([event(f"e{n}", f"T{n}", "inProgress", T0) for n in range(1, 6)])  # at 1000
+        _Clock.now = 2000.0
+        store.apply_events([event(f"e{n}", f"T{n}", "inProgress", T0) for n in range(6, 9)])
+        assert store.forget_events(before=1500.0, limit=3) == 3  # e1..e3: the first three rows
+        assert store.forget_events(before=1500.0, limit=3) == 2  # e4, e5; e6 is too recent
+        assert store.forget_events(before=1500.0, limit=3) == 0
+        ids = [r[0] for r in store._db.execute("SELECT event_id FROM tmf_event ORDER BY event_id")]
+        assert ids == ["e6", "e7", "e8"]
+        # A forgotten id is new again; a remembered one is still a duplicate.
+        assert store.apply_events([event("e1", "T1", "inProgress", T0), event("e6", "T6", "inProgress", T0)]) == [
+            True, False]
     finally:
         store.close()
