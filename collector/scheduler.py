@@ -82,12 +82,22 @@ def misfire_grace(source: Source) -> int:
     return CRON_MISFIRE_GRACE if source.cron else max(1, math.ceil(source.interval))
 
 
+STOP_GRACE = 10.0
+"""Seconds the samples in flight get to finish when the service stops, before they are cancelled.
+
+A sample is bounded by its source's timeout, which the database itself enforces, so it usually
+ends on its own. Cancelling one mid-query is the last resort: the driver's connection is then
+torn down the hard way, and with aiosqlite 0.22 that teardown can wait forever (the event loop
+never closes and the process does not exit)."""
+
+
 class SamplingScheduler:
     """Owns the `AsyncIOScheduler` that samples every source; start and stop it inside the loop."""
 
     def __init__(self, sources: Mapping[str, Source], samplers: Mapping[str, Sampler],
                  health: HealthTracker, exporter: PrometheusExporter, *,
-                 timezone: str = "UTC", clock: Callable[[], float] = time.time) -> None:
+                 timezone: str = "UTC", clock: Callable[[], float] = time.time,
+                 stop_grace: float = STOP_GRACE) -> None:
         self._sources = dict(sources)
         self._samplers = dict(samplers)
         self._health = health
@@ -98,6 +108,7 @@ class SamplingScheduler:
         self._scheduler.add_listener(self._on_skip, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = False
+        self.stop_grace = stop_grace
         self.runs: dict[str, int] = dict.fromkeys(self._sources, 0)
         self.skipped: dict[str, int] = dict.fromkeys(self._sources, 0)
 
@@ -118,18 +129,22 @@ class SamplingScheduler:
         log_event(_LOG, "scheduler_started", sources=",".join(self._sources) or "-")
 
     async def stop(self) -> None:
-        """Stop scheduling, cancel the samples in flight and wait until they have unwound."""
+        """Stop scheduling; let the samples in flight finish within `stop_grace` (their results
+        are kept), cancel the ones still running after it, and wait until they have unwound."""
         if self._stopping:
             return
         self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         tasks = list(self._tasks)
-        for task in tasks:
+        late: set[asyncio.Task[Any]] = set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.stop_grace)
+        for task in late:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)  # let the scheduler's own shutdown callback run
-        log_event(_LOG, "scheduler_stopped", cancelled=len(tasks))
+        log_event(_LOG, "scheduler_stopped", finished=len(tasks) - len(late), cancelled=len(late))
 
     async def _job(self, name: str) -> None:
         if self._stopping:  # a run the scheduler had already queued when the service began to stop
@@ -138,7 +153,7 @@ class SamplingScheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         try:
-            await task
+            await asyncio.shield(task)  # apscheduler's shutdown cancels this job: `stop` decides the sample's fate
         except asyncio.CancelledError:
             if not self._stopping:
                 raise
