@@ -153,9 +153,7 @@ def one_run(mode: str, a: argparse.Namespace) -> tuple[float, float]:
         return _store_alone_run(a)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fabwatch-bench-floor-") as directory:
-        command = [sys.executable, __file__, "--serve", mode, "--port", str(port), "--dir", directory]
-        if a.pin and len(os.sched_getaffinity(0)) > 1:
-            command = ["taskset", "-c", "0", *command]
+        command = _on_cpu0(a, "--serve", mode, "--port", str(port), "--dir", directory)
         server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None
@@ -171,12 +169,16 @@ def one_run(mode: str, a: argparse.Namespace) -> tuple[float, float]:
 
 def _store_alone_run(a: argparse.Namespace) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="fabwatch-bench-floor-") as directory:
-        command = [sys.executable, __file__, "--store-alone", "--events", str(a.events), "--dir", directory]
-        if a.pin and len(os.sched_getaffinity(0)) > 1:
-            command = ["taskset", "-c", "0", *command]
+        command = _on_cpu0(a, "--store-alone", "--events", str(a.events), "--dir", directory)
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=a.timeout, check=True)
         rate, cpu = done.stdout.split()
         return float(rate), float(cpu)
+
+
+def _on_cpu0(a: argparse.Namespace, *arguments: str) -> list[str]:
+    """This script run again with `arguments`, pinned to CPU 0 unless `--no-pin`."""
+    command = [sys.executable, __file__, *arguments]
+    return ["taskset", "-c", "0", *command] if a.pin and len(os.sched_getaffinity(0)) > 1 else command
 
 
 def main(argv: Sequence[str] | None = None) -> None:
