@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import pytest
 from collector.sources.events_http import EventsServer
 from collector.sources.listener import Listener
 from collector.sources.schema import TmfEventsSource
-from collector.sources.store import RecordStore
+from collector.sources.store import Event, RecordStore
 from collector.sources.tmf import APIS
 from tests.servers import free_port
 from tests.sources.helpers import stored_events, ticket_event
@@ -260,3 +260,45 @@ async def test_event_ids_older_than_the_dedup_window_are_forgotten(tmp_path: Pat
     assert stored_events(tmp_path / "events.db") == 1
     with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as db:
         assert db.execute("SELECT id, status FROM trouble_ticket").fetchall() == [("TT-1", "resolved")]
+
+
+class _BatchSizes(RecordStore):
+    """A record store that remembers how many events each group commit held."""
+
+    sizes: list[int]
+
+    def stage_events(self, events: Sequence[Event]) -> list[bool]:
+        self.sizes.append(len(events))
+        return super().stage_events(events)
+
+
+@pytest.mark.parametrize(("batch_max", "sizes"), [(1000, [4]), (3, [3, 1])])
+async def test_events_arriving_over_the_next_loop_turns_share_one_commit(
+        tmp_path: Path, batch_max: int, sizes: list[int]) -> None:
+    """The writer is woken by the first event; the three that follow it, one per turn of the event
+    loop (as requests on other connections are read), go into the same commit, up to `batch_max`."""
+    store = _BatchSizes(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
+    store.sizes = []
+    listener = Listener("tickets", TmfEventsSource(kind="tmf_events", api="tmf621", batch_max=batch_max), store)
+    answers: list[int] = []
+    loop = asyncio.get_running_loop()
+
+    def submit(n: int) -> None:
+        listener.submit("troubleTicketStatusChangeEvent", ticket_event(n, n, 1),
+                        lambda status, _: answers.append(status))
+        if n < 4:
+            loop.call_soon(submit, n + 1)  # the next request arrives at the next turn
+
+    await listener.start()
+    try:
+        await asyncio.sleep(0.05)  # the writer is idle, waiting for an event
+        submit(1)
+        async with asyncio.timeout(10):
+            while len(answers) < 4:
+                await asyncio.sleep(0.01)
+    finally:
+        await listener.stop()
+        store.close()
+    assert answers == [201] * 4
+    assert store.sizes == sizes
+    assert stored_events(tmp_path / "events.db") == 4
