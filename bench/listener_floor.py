@@ -13,7 +13,11 @@ Each server is a subprocess pinned to CPU 0; this process loads it from CPU 1 ov
 (128 keep-alive connections, one request in flight each, `--events` TMF621 events per run) and
 reads the server's CPU time from /proc. Modes alternate run by run; medians of `--runs`.
 
+`--python` (repeatable) runs the servers with other interpreters too, alternating with the
+others in each run: CPython builds differ, and the pure-Python part of the cost with them.
+
     .venv/bin/python bench/listener_floor.py --runs 5
+    .venv/bin/python bench/listener_floor.py --runs 5 --python .venv/bin/python --python /tmp/pgo/bin/python
 """
 
 import argparse
@@ -32,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import uvloop  # noqa: E402
-from proc import cpu_seconds  # noqa: E402
+from proc import cpu_seconds, interpreter  # noqa: E402
 from tmf_http import connect, post  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
@@ -148,12 +152,12 @@ def store_alone(events: int, directory: str) -> None:
     print(f"{events / seconds} {cpu / events * 1e6}", flush=True)
 
 
-def one_run(mode: str, a: argparse.Namespace) -> tuple[float, float]:
+def one_run(mode: str, python: str, a: argparse.Namespace) -> tuple[float, float]:
     if mode == "store-alone":
-        return _store_alone_run(a)
+        return _store_alone_run(python, a)
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="fabwatch-bench-floor-") as directory:
-        command = _on_cpu0(a, "--serve", mode, "--port", str(port), "--dir", directory)
+        command = _on_cpu0(python, a, "--serve", mode, "--port", str(port), "--dir", directory)
         server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
             assert server.stdout is not None
@@ -167,17 +171,17 @@ def one_run(mode: str, a: argparse.Namespace) -> tuple[float, float]:
             server.wait()
 
 
-def _store_alone_run(a: argparse.Namespace) -> tuple[float, float]:
+def _store_alone_run(python: str, a: argparse.Namespace) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="fabwatch-bench-floor-") as directory:
-        command = _on_cpu0(a, "--store-alone", "--events", str(a.events), "--dir", directory)
+        command = _on_cpu0(python, a, "--store-alone", "--events", str(a.events), "--dir", directory)
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=a.timeout, check=True)
         rate, cpu = done.stdout.split()
         return float(rate), float(cpu)
 
 
-def _on_cpu0(a: argparse.Namespace, *arguments: str) -> list[str]:
-    """This script run again with `arguments`, pinned to CPU 0 unless `--no-pin`."""
-    command = [sys.executable, __file__, *arguments]
+def _on_cpu0(python: str, a: argparse.Namespace, *arguments: str) -> list[str]:
+    """This script run again by `python` with `arguments`, pinned to CPU 0 unless `--no-pin`."""
+    command = [python, __file__, *arguments]
     return ["taskset", "-c", "0", *command] if a.pin and len(os.sched_getaffinity(0)) > 1 else command
 
 
@@ -188,6 +192,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--no-pin", dest="pin", action="store_false")
+    parser.add_argument("--python", action="append", dest="pythons",
+                        help="interpreter that runs the servers, with fabwatch's dev dependencies installed "
+                             "(repeat to compare; default: this one)")
     parser.add_argument("--serve", choices=MODES[:3], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
@@ -201,18 +208,29 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if a.pin and len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {1})
-    results: dict[str, list[tuple[float, float]]] = {mode: [] for mode in MODES}
+    pythons = a.pythons or [sys.executable]
+    cases = [(mode, python) for mode in MODES for python in pythons]
+    results: dict[tuple[str, str], list[tuple[float, float]]] = {case: [] for case in cases}
     for run in range(a.runs):
-        for mode in MODES:
-            results[mode].append(one_run(mode, a))
-        print(f"run {run + 1}: " + "; ".join(f"{m} {results[m][-1][1]:.0f} µs" for m in MODES), flush=True)
+        for case in cases:
+            results[case].append(one_run(*case, a))
+        print(f"run {run + 1}: " + "; ".join(f"{_label(case, pythons)} {results[case][-1][1]:.0f} µs"
+                                             for case in cases), flush=True)
     print(f"\ncommand: .venv/bin/python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}")
-    print(f"{a.connections} connections, {a.events:,} events per run, median of {a.runs} runs\n")
-    print("| mode | events/s | server CPU µs per event |")
+    print(f"{a.connections} connections, {a.events:,} events per run, median of {a.runs} runs")
+    for number, python in enumerate(pythons, 1):
+        print(f"interpreter {number}: {interpreter(python)}")
+    print("\n| mode | events/s | server CPU µs per event |")
     print("|---|---|---|")
-    for mode in MODES:
-        print(f"| {mode} | {statistics.median(r[0] for r in results[mode]):,.0f} | "
-              f"{statistics.median(r[1] for r in results[mode]):.0f} |")
+    for case in cases:
+        print(f"| {_label(case, pythons)} | {statistics.median(r[0] for r in results[case]):,.0f} | "
+              f"{statistics.median(r[1] for r in results[case]):.0f} |")
+
+
+def _label(case: tuple[str, str], pythons: Sequence[str]) -> str:
+    """The mode, and the interpreter's number when there are several."""
+    mode, python = case
+    return mode if len(pythons) == 1 else f"{mode} (interpreter {pythons.index(python) + 1})"
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import uvloop  # noqa: E402
-from proc import cpu_seconds  # noqa: E402
+from proc import cpu_seconds, interpreter  # noqa: E402
 from tmf_http import Connection, connect, post  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
@@ -143,7 +143,8 @@ async def one_run(a: argparse.Namespace, directory: Path) -> tuple[Phase, list[P
     port = main_port if a.via == "main" else free_port()
     inventory = events_inventory(directory, durability=a.durability, batch_max=a.batch_max,
                                  events_port=None if a.via == "main" else port)
-    fabwatch = FabwatchProcess(inventory, main_port, cpu=0 if a.pin else None, log=directory / "fabwatch.log")
+    fabwatch = FabwatchProcess(inventory, main_port, cpu=0 if a.pin else None, log=directory / "fabwatch.log",
+                               python=a.python)
     saturation_raw = requests(port, 0, a.events)
     first = a.events
     rate_raws = []
@@ -188,6 +189,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin to CPUs 0 and 1")
     parser.add_argument("--via", choices=("events", "main"), default="events",
                         help="post to the events port (default) or to the main port's aiohttp route")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter that runs fabwatch, with its dependencies installed (default: this one)")
     a = parser.parse_args(argv)
     a.rates = a.rates or [10_000.0]
     if a.pin and len(os.sched_getaffinity(0)) > 1:
@@ -213,6 +216,7 @@ def report(a: argparse.Namespace, results: list[list[Phase]], command: list[str]
     print()
     print(f"command: .venv/bin/python bench/{Path(__file__).name} {shlex.join(sys.argv[1:])}")
     print(f"fabwatch: {shlex.join(command)}")
+    print(f"interpreter: {interpreter(a.python)}")
     print(f"load: this process{' on CPU 1' if a.pin else ''}, {a.connections} keep-alive connections, "
           f"posting to the {a.via} port, durability={a.durability}, batch_max={a.batch_max}, "
           f"median of {len(results)} runs")

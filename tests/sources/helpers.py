@@ -148,8 +148,10 @@ class FabwatchProcess:
     """`python -m collector.cli serve` in a subprocess on a loopback port: start, SIGKILL, restart."""
 
     def __init__(self, inventory: Path, port: int, *, cpu: int | None = None,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, python: str | None = None) -> None:
         self.inventory = inventory
+        self.python = python or sys.executable
+        """The interpreter that runs fabwatch (one with its dependencies installed)."""
         self.port = port
         self.cpu = cpu
         self.log = log
@@ -159,7 +161,7 @@ class FabwatchProcess:
     def command(self) -> list[str]:
         """The exact command line (pinned with `taskset -c <cpu>` when asked and available)."""
         state = str(self.inventory.parent / "state.db")
-        command = [sys.executable, "-m", "collector.cli", "serve", "-c", str(self.inventory),
+        command = [self.python, "-m", "collector.cli", "serve", "-c", str(self.inventory),
                    "--listen", f"127.0.0.1:{self.port}", "--state", state]
         if self.cpu is not None and shutil.which("taskset"):
             command = ["taskset", "-c", str(self.cpu), *command]
