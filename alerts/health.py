@@ -13,6 +13,7 @@ from alerts.model import Rule, RuleGroup
 from alerts.promql import number, selector, window
 from alerts.text import dashboard_url, runbook_url
 from collector.schema import Inventory, Process
+from collector.sources.listener import NOT_REFUSED
 from collector.sources.schema import TmfEventsSource
 
 DOWN_ALERT = "FabSourceDown"
@@ -20,8 +21,8 @@ ABSENT_ALERT = "FabSourceAbsent"
 STALE_ALERT = "FabSourceStale"
 KPI_ABSENT_ALERT = "FabKpiAbsent"
 REFUSED_ALERT = "FabEventsRefused"
-ACCEPTED_RESULTS = "accepted|duplicate"
-"""The `result`s of `fab_events_received_total` that are not refusals."""
+ACCEPTED_RESULTS = "|".join(NOT_REFUSED)
+"""The `result`s of `fab_events_received_total` that are not refusals, as a regex."""
 SOURCE_KPI = "source"
 
 

@@ -6,6 +6,7 @@ matchers; gauges from several replicas are folded with `max` (each process lives
 
 from collections.abc import Callable
 
+from collector.sources.listener import NOT_REFUSED
 from dashboards.common import JOB_INSTANCE, selector
 
 RATE = "[$__rate_interval]"
@@ -152,6 +153,18 @@ def sample_duration_quantile(quantile: float, source: str = "") -> str:
     sel = selector(source=source) if source else SOURCES
     return (f"histogram_quantile({quantile:g}, sum by (source, le) "
             f"(rate(fab_source_sample_duration_seconds_bucket{sel}{RATE})))")
+
+
+def events_received_per_second() -> str:
+    """TMF events each listener received per second, by result (stored, redelivered, refusal code)."""
+    return f"sum by (source, result) (rate(fab_events_received_total{SOURCES}{RATE}))"
+
+
+def events_refused_share() -> str:
+    """The share of the events each listener received that it refused (no traffic: no value)."""
+    refused = f'{{source=~"$source", result!~"{"|".join(NOT_REFUSED)}", {JOB_INSTANCE}}}'
+    return (f"sum by (source) (rate(fab_events_received_total{refused}{RATE})) / "
+            f"sum by (source) (rate(fab_events_received_total{SOURCES}{RATE}))")
 
 
 def errors_per_minute(source: str = "") -> str:

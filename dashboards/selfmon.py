@@ -1,9 +1,11 @@
-"""fabwatch itself: sources up, staleness, sample durations, errors by reason and scrape cost."""
+"""fabwatch itself: sources up, staleness, sample durations, errors by reason, event intake, scrape cost."""
 
 from typing import Any
 
+from alerts.health import REFUSED_ALERT
 from collector.naming import SELF_UID
 from collector.schema import Inventory
+from collector.sources.schema import TmfEventsSource
 from dashboards import promql
 from dashboards.common import (
     BAD,
@@ -64,6 +66,23 @@ def sources_row(inventory: Inventory) -> RowSpec:
     ])
 
 
+def intake_row(inventory: Inventory) -> RowSpec | None:
+    """What the TMF event listeners receive, and how much of it they refuse (no listener: no row)."""
+    if not any(isinstance(source, TmfEventsSource) for source in inventory.sources.values()):
+        return None
+    ratio = inventory.alerting.health.events_refused_ratio
+    return RowSpec("Event intake", [
+        timeseries_panel("Events received by result", "TMF events each listener received per second: accepted, "
+                         "duplicate (a redelivery, stored once) or the code of the refusal (a 4xx or 503 answer: "
+                         "not stored).", "reqps",
+                         [query(promql.events_received_per_second(), "{{source}} {{result}}")], stacked=True),
+        timeseries_panel("Refused share", f"Share of the events each listener received that it refused; dashed "
+                         f"line at {ratio * 100:g} % (alerting.health.events_refused_ratio), where {REFUSED_ALERT} "
+                         "fires.", "percentunit", [query(promql.events_refused_share(), "{{source}}")],
+                         thresholds=steps(GOOD, (ratio, BAD))),
+    ])
+
+
 def cost_row() -> RowSpec:
     """What fabwatch costs Prometheus, and how close each process is to its cardinality cap."""
     return RowSpec("Scrape cost", [
@@ -84,6 +103,6 @@ def self_dashboard(inventory: Inventory) -> dict[str, Any]:
     return dashboard(
         SELF_UID, "fabwatch / Self-monitoring",
         "Health of fabwatch and of the sources it samples, and what it costs Prometheus.",
-        [sources_row(inventory), cost_row()],
+        [row for row in (sources_row(inventory), intake_row(inventory), cost_row()) if row is not None],
         variables=[datasource_variable(), *job_instance_variables(), source],
         annotations=[alerts_annotation('source=~"$source"')], links=common_links())

@@ -37,6 +37,8 @@ RESULTS = ("accepted", "duplicate", "invalidJson", "invalidEvent", "unknownEvent
            "missingEventId", "missingResource", "invalidResource", "tooLarge", "unauthorized", "stopping",
            "storeFailed")
 """Every `result` of `fab_events_received_total`: stored, a redelivery, or the code of the refusal."""
+NOT_REFUSED = RESULTS[:2]
+"""The `result`s that are not refusals: the event is stored (or was, for a redelivery)."""
 FORGET_EVERY = 60.0
 """Seconds between two passes that forget the event ids older than the source's `dedup_window`."""
 FORGET_BATCH = 10_000

@@ -5,11 +5,15 @@ import json
 import yaml
 
 from collector.cli import main
+from collector.inventory import load_inventory
 from collector.naming import process_uid
 from dashboards.build import build, build_dashboards, write
 from dashboards.common import DATASOURCE_UID
 from dashboards.contents import contents_markdown
+from dashboards.selfmon import self_dashboard
+from tests.dashboards import lint
 from tests.dashboards.conftest import COMMITTED, EXAMPLE
+from tests.sources.helpers import events_inventory
 
 REBUILD = "run `fabwatch dashboards build -c examples/operator.yaml --out examples/dashboards`"
 
@@ -106,3 +110,19 @@ def test_readme_shows_what_each_dashboard_contains(dashboards):
     readme = (COMMITTED.parents[1] / "README.md").read_text(encoding="utf-8")
     block = readme.split("<!-- dashboards-contents:begin -->\n", 1)[1].split("\n<!-- dashboards-contents:end -->", 1)[0]
     assert block == contents_markdown(dashboards.values()).strip(), "copy examples/dashboards/CONTENTS.md to README"
+
+
+def test_the_event_intake_row_comes_with_a_listener_and_marks_the_alert_threshold(inventory, tmp_path):
+    def rows(model: dict) -> list[str]:
+        return [p["title"] for p in model["panels"] if p["type"] == "row"]
+
+    assert "Event intake" not in rows(self_dashboard(inventory))  # the example has no tmf_events source
+    with_listener = load_inventory([events_inventory(tmp_path)], {})
+    health = with_listener.alerting.health.model_copy(update={"events_refused_ratio": 0.1})
+    with_listener = with_listener.model_copy(
+        update={"alerting": with_listener.alerting.model_copy(update={"health": health})})
+    model = self_dashboard(with_listener)
+    assert rows(model) == ["Sources", "Event intake", "Scrape cost"]
+    share = next(p for p in lint.panels(model) if p["title"] == "Refused share")
+    assert [s["value"] for s in share["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.1]
+    assert "10 %" in share["description"]

@@ -12,14 +12,20 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from collector.inventory import load_inventory
+from dashboards import promql
+from dashboards.selfmon import self_dashboard
 from tests.dashboards import lint
 from tests.servers import HOST, free_port, http_get, stop_process
+from tests.sources.helpers import EVENT_PATH, FabwatchProcess, events_inventory, ticket_event
 
 pytestmark = pytest.mark.integration
 
@@ -134,3 +140,46 @@ def test_a_misspelt_metric_returns_nothing(prometheus_factory, fabwatch_demo):
         f"scrape_configs:\n  - job_name: fabwatch\n    static_configs: [{{targets: ['{fabwatch_demo}']}}]\n")
     prometheus.wait_for("fab_backlog_items")
     assert prometheus.query(substitute('sum(fab_backlog_item{job=~"$job"})', {"job": ALL})) == []
+
+
+def _post(url: str, body: bytes) -> int:
+    """POST one event; return the status (4xx answers included)."""
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return int(reply.status)
+    except urllib.error.HTTPError as error:
+        return int(error.code)
+
+
+def test_the_event_intake_row_shows_what_a_listener_received(prometheus_factory, tmp_path):
+    """With a `tmf_events` source, the self-monitoring dashboard gains the event intake row; its
+    queries return data from a real Prometheus scraping `fabwatch serve`, and the refused share is
+    the share of the events posted that were refused."""
+    port = free_port()
+    inventory_path = events_inventory(tmp_path, interval="1s")
+    model = self_dashboard(load_inventory([inventory_path], {}))
+    intake = [p["title"] for p in lint.panels(model) if "fab_events_received_total" in str(p["targets"])]
+    assert intake == ["Events received by result", "Refused share"]
+    fabwatch = FabwatchProcess(inventory_path, port, log=tmp_path / "fabwatch.log")
+    fabwatch.start()
+    try:
+        prometheus = prometheus_factory(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "rule_files: [rules.yml]\n"
+            f"scrape_configs:\n  - job_name: fabwatch\n    static_configs: [{{targets: ['{HOST}:{port}']}}]\n",
+            files={"rules.yml": ALWAYS_FIRING})
+        prometheus.wait_for("count_over_time(fab_events_received_total[1m]) >= 2")  # the zeros, scraped
+        prometheus.wait_for('ALERTS{alertstate="firing"}', timeout=30)
+        url = f"http://{HOST}:{port}{EVENT_PATH}"
+        events = [ticket_event(n, n, 1) for n in range(30)] + [ticket_event(0, 0, 1)] * 2  # 2 redeliveries
+        statuses = [_post(url, event) for event in events] + [_post(url, b"{") for _ in range(10)]
+        assert statuses == [201] * 32 + [400] * 10
+        prometheus.wait_for("sum(fab_events_received_total) == 42", timeout=30)
+        empty = [f"{where}: {expr}" for where, expr in queries(model) if not prometheus.query(expr)]
+        share = prometheus.query(substitute(promql.events_refused_share(), {"job": ALL, "instance": ALL,
+                                                                            "source": ALL}))
+    finally:
+        fabwatch.stop()
+    assert not empty, "queries without data:\n" + "\n".join(empty)
+    assert [(s["metric"]["source"], round(float(s["value"][1]), 6)) for s in share] == [("events", round(10 / 42, 6))]
