@@ -21,6 +21,7 @@ ABSENT_ALERT = "FabSourceAbsent"
 STALE_ALERT = "FabSourceStale"
 KPI_ABSENT_ALERT = "FabKpiAbsent"
 REFUSED_ALERT = "FabEventsRefused"
+SILENT_ALERT = "FabEventsSilent"
 ACCEPTED_RESULTS = "|".join(NOT_REFUSED)
 """The `result`s of `fab_events_received_total` that are not refusals, as a regex."""
 SOURCE_KPI = "source"
@@ -69,7 +70,8 @@ def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rul
                                   f"The last successful sample of source {{{{ $labels.source }}}} is "
                                   f"{{{{ $value | humanizeDuration }}}} old: the KPIs of {name} are stale.")),
     ]
-    if isinstance(inventory.sources[source], TmfEventsSource):
+    listener = inventory.sources[source]
+    if isinstance(listener, TmfEventsSource):
         rules.append(Rule(refused_share(source, health.events_window) + f" > {number(health.events_refused_ratio)}",
                           alert=REFUSED_ALERT, for_=health.source_down_for, labels=labels,
                           annotations=annotate(REFUSED_ALERT, "A TMF events listener refuses what hubs send.",
@@ -77,6 +79,16 @@ def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rul
                                                f"humanizePercentage }}}} of the events it received over "
                                                f"{window(health.events_window)} (by result: "
                                                f"fab_events_received_total): {name} misses those changes.")))
+    if isinstance(listener, TmfEventsSource) and listener.silent_after is not None:
+        quiet = selector("fab_events_last_received_timestamp_seconds", source=source)
+        rules.append(Rule(f"time() - max by (source) ({quiet}) > {number(listener.silent_after)}",
+                          alert=SILENT_ALERT, labels=labels,
+                          annotations=annotate(SILENT_ALERT, "A TMF events listener has received nothing for long.",
+                                               f"The last event of source {{{{ $labels.source }}}} came "
+                                               f"{{{{ $value | humanizeDuration }}}} ago (silent_after: "
+                                               f"{window(listener.silent_after)}): the hub may have lost the "
+                                               f"subscription or stopped sending; {name} misses the changes "
+                                               "since.")))
     return rules
 
 

@@ -12,7 +12,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from alerts.config import AlertingConfig
-from alerts.health import ABSENT_ALERT, DOWN_ALERT, KPI_ABSENT_ALERT, REFUSED_ALERT, STALE_ALERT, stale_after
+from alerts.health import (
+    ABSENT_ALERT,
+    DOWN_ALERT,
+    KPI_ABSENT_ALERT,
+    REFUSED_ALERT,
+    SILENT_ALERT,
+    STALE_ALERT,
+    stale_after,
+)
 from alerts.model import Rule, RuleFile
 from alerts.promql import number, selector
 from alerts.slo import AT_RISK_ALERT, BURN_ALERT, GOOD, VALID, burn_pairs, sla_kpis
@@ -20,6 +28,7 @@ from alerts.targets import BREACH_ALERT, OPEN_AGE_ALERT, TREND_ALERT, bounds, ma
 from alerts.text import humanize, humanize_duration, humanize_percentage
 from collector.durations import format_duration
 from collector.schema import Inventory, SlaKpi
+from collector.sources.schema import TmfEventsSource
 
 Doc = dict[str, Any]
 JOB = {"job": "fabwatch"}
@@ -336,8 +345,32 @@ def health_tests(inventory: Inventory, rule_file: RuleFile) -> Doc:
         group("a KPI with no value fires", steps, kpis(first_kpis),
               [check(steps, absent_at, KPI_ABSENT_ALERT, absent_kpis)]),
         *_refused_tests(inventory, rule_file, steps),
+        *_silent_tests(inventory, rule_file, steps),
     ]
     return {"evaluation_interval": format_duration(steps.interval), "tests": tests}
+
+
+def _silent_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> list[Doc]:
+    """A listener getting events raises nothing; one whose last event is older than its source's
+    `silent_after` fires, and not a step before."""
+    tests: list[Doc] = []
+    for name, process in inventory.processes.items():
+        rule = find(rule_file, SILENT_ALERT, process=name)
+        source = inventory.sources[process.records.source]
+        if rule is None or not isinstance(source, TmfEventsSource) or source.silent_after is None:
+            continue
+        labels = {"source": process.records.source}
+        before, at = steps.of(source.silent_after) - 1, steps.of(source.silent_after) + 1
+        metric = "fab_events_last_received_timestamp_seconds"
+        tests += [
+            group(f"{name}: a listener receiving events raises nothing", steps,
+                  [series(metric, labels, f"0+{number(steps.interval)}x{at + 3}")], [check(steps, at, SILENT_ALERT)]),
+            group(f"{name}: a listener silent for longer than silent_after fires", steps,
+                  [series(metric, labels, f"0x{at + 3}")],
+                  [check(steps, before, SILENT_ALERT),
+                   check(steps, at, SILENT_ALERT, [expected(rule, at * steps.interval, labels)])]),
+        ]
+    return tests
 
 
 def _refused_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> list[Doc]:

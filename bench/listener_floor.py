@@ -98,6 +98,9 @@ class _NoStore:
     def forget_events(self, before: float, limit: int) -> int:
         return 0
 
+    def last_received(self) -> float | None:
+        return None
+
 
 async def _events(mode: str, port: int, directory: str) -> None:
     from collector.sources.events_http import EventsServer

@@ -8,6 +8,7 @@ import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Protocol
 
 from collector.samples import Family, Histogram, Labels
 
@@ -17,6 +18,18 @@ REASONS = ("timeout", "connection", "query", "permission", "internal")
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 """Upper bounds (seconds) of `fab_source_sample_duration_seconds`: 1 ms .. 60 s."""
+
+
+class Intake(Protocol):
+    """What a TMF events listener shows of its intake (`collector.sources.listener.Listener`)."""
+
+    @property
+    def received(self) -> Mapping[str, int]:
+        """Events received so far, by result."""
+
+    @property
+    def last_received(self) -> float:
+        """Unix time of the last event stored or redelivered, or of the start when there is none."""
 
 
 def fabwatch_version() -> str:
@@ -62,8 +75,8 @@ class HealthTracker:
     def __init__(self, sources: Iterable[str], version: str | None = None) -> None:
         self._sources = {name: _SourceHealth() for name in sources}
         self.version = version or fabwatch_version()
-        self.intake: dict[str, Mapping[str, int]] = {}
-        """Live counts of the events each `tmf_events` source's listener received, by result."""
+        self.intake: dict[str, Intake] = {}
+        """The listener of each `tmf_events` source: its live counts by result, its last event."""
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -122,13 +135,18 @@ class HealthTracker:
         return (up, last, durations, errors, info, *self._intake_families())
 
     def _intake_families(self) -> tuple[Family, ...]:
-        """`fab_events_received_total`, when there are listeners (every result from 0 on)."""
+        """`fab_events_received_total` (every result from 0 on) and the time of the last event, when
+        there are listeners."""
         if not self.intake:
             return ()
         received = Family("fab_events_received", "counter",
                           "TMF events the listener of the source received, by result: accepted, duplicate, "
                           "or the code of the refusal.")
-        for name, counts in self.intake.items():
+        last = Family("fab_events_last_received_timestamp_seconds", "gauge",
+                      "Unix time of the last event the listener of the source stored or got again (a "
+                      "redelivery); of the listener's start when its store holds none.")
+        for name, listener in self.intake.items():
             received.samples.extend(((("source", name), ("result", result)), float(count))
-                                    for result, count in counts.items())
-        return (received,)
+                                    for result, count in listener.received.items())
+            last.samples.append(((("source", name),), listener.last_received))
+        return (received, last)

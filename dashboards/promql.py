@@ -167,6 +167,11 @@ def events_refused_share() -> str:
             f"sum by (source) (rate(fab_events_received_total{SOURCES}{RATE}))")
 
 
+def since_last_event() -> str:
+    """Seconds since each listener's last event (stored or redelivered)."""
+    return f"time() - max by (source) (fab_events_last_received_timestamp_seconds{SOURCES})"
+
+
 def errors_per_minute(source: str = "") -> str:
     """Failed samples per minute, by source and reason."""
     sel = selector(source=source) if source else SOURCES

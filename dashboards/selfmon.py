@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from alerts.health import REFUSED_ALERT
+from alerts.health import REFUSED_ALERT, SILENT_ALERT
 from collector.naming import SELF_UID
 from collector.schema import Inventory
 from collector.sources.schema import TmfEventsSource
@@ -75,11 +75,15 @@ def intake_row(inventory: Inventory) -> RowSpec | None:
         timeseries_panel("Events received by result", "TMF events each listener received per second: accepted, "
                          "duplicate (a redelivery, stored once) or the code of the refusal (a 4xx or 503 answer: "
                          "not stored).", "reqps",
-                         [query(promql.events_received_per_second(), "{{source}} {{result}}")], stacked=True),
+                         [query(promql.events_received_per_second(), "{{source}} {{result}}")], stacked=True,
+                         width=8),
         timeseries_panel("Refused share", f"Share of the events each listener received that it refused; dashed "
                          f"line at {ratio * 100:g} % (alerting.health.events_refused_ratio), where {REFUSED_ALERT} "
                          "fires.", "percentunit", [query(promql.events_refused_share(), "{{source}}")],
-                         thresholds=steps(GOOD, (ratio, BAD))),
+                         thresholds=steps(GOOD, (ratio, BAD)), width=8),
+        timeseries_panel("Time since last event", f"Time since each listener's last event, stored or redelivered "
+                         f"(since its start when it has none); {SILENT_ALERT} fires past the source's "
+                         "silent_after, when set.", "s", [query(promql.since_last_event(), "{{source}}")], width=8),
     ])
 
 

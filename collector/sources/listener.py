@@ -71,13 +71,16 @@ class Listener:
         self._stopping = False
         self._writer: asyncio.Task[None] | None = None
         self.received: dict[str, int] = dict.fromkeys(RESULTS, 0)
+        """Events received so far, by result (`RESULTS`); exported as `fab_events_received_total`."""
+        self.last_received = time.time()
+        """Unix time of the last event stored or redelivered; at start, the newest in the store, else now."""
         self.forget_every = FORGET_EVERY
         self._forget_at = 0.0
         """When (monotonic) the next pass over old event ids is due; the first is at start."""
-        """Events received so far, by result (`RESULTS`); exported as `fab_events_received_total`."""
 
     async def start(self) -> None:
         self._stopping = False
+        self.last_received = self.store.last_received() or time.time()
         self._writer = asyncio.create_task(self._write_loop(), name=f"listener-{self.name}")
 
     async def stop(self) -> None:
@@ -244,6 +247,7 @@ class Listener:
                 self._answer(answer, 503, failed)
             return
         new = sum(fresh)
+        self.last_received = time.time()
         self.received["accepted"] += new
         self.received["duplicate"] += len(fresh) - new
         for (event, answer), is_new in zip(batch, fresh, strict=True):

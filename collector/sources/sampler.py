@@ -235,7 +235,7 @@ def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource], stat
                 stack.push_async_callback(listener.stop)
                 app[LISTENERS][name] = listener
                 if health is not None:
-                    health.intake[name] = listener.received
+                    health.intake[name] = listener
             address = inventory.service.events_address
             if address is not None:
                 from collector.sources.events_http import EventsServer  # httptools only when used

@@ -124,6 +124,9 @@ class TmfEventsSource(_Synced):
     """How long an `eventId` is remembered: a redelivery within it is acknowledged as a duplicate.
     Older ids are forgotten, a batch at a time, so the store does not grow without end; one
     redelivered later is stored again, and the newer-version rule keeps the row right."""
+    silent_after: Duration | None = None
+    """Alert (`FabEventsSilent`) when no event came for this long: a hub that lost the subscription
+    or stopped sending. Off by default: how long a quiet spell is normal depends on the API."""
     auth: Auth | None = None
     """Credentials for the hub registration."""
     ca_file: str | None = None

@@ -151,6 +151,11 @@ class RecordStore:
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
+    def last_received(self) -> float | None:
+        """When the newest event id still remembered was received (None: no event)."""
+        row = self._db.execute("SELECT MAX(received_at) FROM tmf_event").fetchone()
+        return None if row[0] is None else float(row[0])
+
     def forget_events(self, before: float, limit: int = 10_000) -> int:
         """Delete event ids received before `before`, oldest first, looking at `limit` rows at most
         (bounded work whatever the table's size); return how many were deleted."""

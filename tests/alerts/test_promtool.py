@@ -137,3 +137,26 @@ def test_a_listener_refusing_events_fires_and_promtool_agrees(
     result = run(promtool, "test", "rules", str(tests))
     assert result.returncode != 0
     assert "twice the threshold" in result.stdout + result.stderr
+
+
+def test_a_silent_listener_fires_after_silent_after_and_promtool_agrees(
+        promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
+    quiet = {"sources": {"events": {"kind": "tmf_events", "api": "tmf621"}},
+             "processes": {"problem": {"records": {"source": "events"}}}}
+    plain = load_inventory([write_inventory(merged(SMALL, quiet))], environ={})
+    assert "FabEventsSilent" not in str(build(plain).documents)  # off by default
+    silent = merged(SMALL, {**quiet, "sources": {"events": {**quiet["sources"]["events"], "silent_after": "2h"}}})
+    bundle = tmp_path / "bundle"
+    write(build(load_inventory([write_inventory(silent)], environ={})).documents, bundle)
+    rules, tests = bundle / "rules" / "health.rules.yml", bundle / "tests" / "health.test.yml"
+    assert "time() - max by (source) (fab_events_last_received_timestamp_seconds" in rules.read_text()
+    lint = run(promtool, "check", "rules", "--lint=all", "--lint-fatal", str(rules))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    result = run(promtool, "test", "rules", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Not vacuous: a rule that fired on any silence (or one an hour late) fails the scenarios.
+    for wrong in ("> 0\n", "> 10800\n"):
+        rules.write_text(rules.read_text().replace("> 7200\n", wrong))
+        result = run(promtool, "test", "rules", str(tests))
+        assert result.returncode != 0, wrong
+        rules.write_text(rules.read_text().replace(wrong, "> 7200\n"))

@@ -1,5 +1,7 @@
 """Per-source health: up, last success, durations and errors by reason."""
 
+from dataclasses import dataclass
+
 from collector.health import DURATION_BUCKETS, REASONS, HealthTracker
 
 
@@ -37,13 +39,23 @@ def test_success_then_failure():
     assert tracker.last_reason("crm") == "timeout"
 
 
+@dataclass
+class _Listener:
+    received: dict[str, int]
+    last_received: float
+
+
 def test_listener_counts_are_exported_live_and_only_when_there_are_listeners():
     tracker = HealthTracker(["crm", "tickets"])
     assert "fab_events_received" not in families(tracker)
-    received = {"accepted": 0, "duplicate": 0}
-    tracker.intake["tickets"] = received
-    received["accepted"] += 3  # the listener's own dict: counts show at the next render
+    assert "fab_events_last_received_timestamp_seconds" not in families(tracker)
+    listener = _Listener({"accepted": 0, "duplicate": 0}, 1_700_000_000.0)
+    tracker.intake["tickets"] = listener
+    listener.received["accepted"] += 3  # the listener's own state: it shows at the next render
+    listener.last_received += 60
     found = families(tracker)["fab_events_received"]
     assert found.kind == "counter"
     assert found.samples == [((("source", "tickets"), ("result", "accepted")), 3.0),
                              ((("source", "tickets"), ("result", "duplicate")), 0.0)]
+    last = families(tracker)["fab_events_last_received_timestamp_seconds"]
+    assert (last.kind, last.samples) == ("gauge", [((("source", "tickets"),), 1_700_000_060.0)])

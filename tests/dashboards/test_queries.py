@@ -161,6 +161,7 @@ def test_the_event_intake_row_shows_what_a_listener_received(prometheus_factory,
     model = self_dashboard(load_inventory([inventory_path], {}))
     intake = [p["title"] for p in lint.panels(model) if "fab_events_received_total" in str(p["targets"])]
     assert intake == ["Events received by result", "Refused share"]
+    assert "Time since last event" in [p["title"] for p in lint.panels(model)]
     fabwatch = FabwatchProcess(inventory_path, port, log=tmp_path / "fabwatch.log")
     fabwatch.start()
     try:

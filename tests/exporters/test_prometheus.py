@@ -2,6 +2,7 @@
 
 import gzip
 import subprocess
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -119,10 +120,11 @@ def test_promtool_accepts_the_exposition(promtool):
     exporter.update(make_sample("crm", "problem"))
     health.record_success("crm", 0.2, 1_700_000_000.0)
     health.record_failure("down", "connection", 0.01)
-    health.intake["tickets"] = dict.fromkeys(RESULTS, 0)  # a TMF events listener's counts
+    health.intake["tickets"] = SimpleNamespace(received=dict.fromkeys(RESULTS, 0), last_received=1_700_000_000.0)
     exporter.invalidate()
     body = exporter.render("text")
     assert b'fab_events_received_total{result="accepted",source="tickets"} 0.0' in body
+    assert b'fab_events_last_received_timestamp_seconds{source="tickets"} 1.7e+09' in body
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.strip() == b"", result.stdout.decode()

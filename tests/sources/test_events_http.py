@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from collector.sources.events_http import EventsServer
-from collector.sources.listener import Listener
+from collector.sources.listener import BadEvent, Listener
 from collector.sources.schema import TmfEventsSource
 from collector.sources.store import Event, RecordStore
 from collector.sources.tmf import APIS
@@ -302,3 +303,36 @@ async def test_events_arriving_over_the_next_loop_turns_share_one_commit(
     assert answers == [201] * 4
     assert store.sizes == sizes
     assert stored_events(tmp_path / "events.db") == 4
+
+
+async def test_the_last_event_time_moves_with_each_commit_and_survives_a_restart(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
+    source = TmfEventsSource(kind="tmf_events", api="tmf621")
+    listener = Listener("tickets", source, store)
+    started = time.time()
+    await listener.start()
+    try:
+        assert started <= listener.last_received <= time.time()  # nothing stored yet: since the start
+        await asyncio.sleep(0.05)
+        before = time.time()
+        assert (await _submit(listener, ticket_event(1, 1, 1)))[0] == 201
+        first = listener.last_received
+        assert first >= before
+        await asyncio.sleep(0.05)
+        assert await _submit(listener, ticket_event(1, 1, 1)) == (201, {"eventId": "E1", "duplicate": True})
+        assert listener.last_received > first  # a redelivery: the hub is alive
+        latest = listener.last_received
+        with pytest.raises(BadEvent):
+            listener.submit("troubleTicketStatusChangeEvent", b"{", lambda status, body: None)
+        assert listener.last_received == latest  # a refusal is not news from the hub
+    finally:
+        await listener.stop()
+    await asyncio.sleep(0.05)
+    restarted_at = time.time()
+    again = Listener("tickets", source, store)
+    await again.start()  # the newest event in the store, not the restart
+    try:
+        assert before <= again.last_received <= first < restarted_at
+    finally:
+        await again.stop()
+        store.close()
