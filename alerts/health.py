@@ -79,16 +79,17 @@ def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rul
                                                f"humanizePercentage }}}} of the events it received over "
                                                f"{window(health.events_window)} (by result: "
                                                f"fab_events_received_total): {name} misses those changes.")))
-    if isinstance(listener, TmfEventsSource) and listener.silent_after is not None:
-        quiet = selector("fab_events_last_received_timestamp_seconds", source=source)
-        rules.append(Rule(f"time() - max by (source) ({quiet}) > {number(listener.silent_after)}",
-                          alert=SILENT_ALERT, labels=labels,
-                          annotations=annotate(SILENT_ALERT, "A TMF events listener has received nothing for long.",
-                                               f"The last event of source {{{{ $labels.source }}}} came "
-                                               f"{{{{ $value | humanizeDuration }}}} ago (silent_after: "
-                                               f"{window(listener.silent_after)}): the hub may have lost the "
-                                               f"subscription or stopped sending; {name} misses the changes "
-                                               "since.")))
+        if listener.silent_after is not None:
+            quiet = selector("fab_events_last_received_timestamp_seconds", source=source)
+            rules.append(Rule(f"time() - max by (source) ({quiet}) > {number(listener.silent_after)}",
+                              alert=SILENT_ALERT, labels=labels,
+                              annotations=annotate(SILENT_ALERT, "A TMF events listener has received nothing "
+                                                   "for long.",
+                                                   f"The last event of source {{{{ $labels.source }}}} came "
+                                                   f"{{{{ $value | humanizeDuration }}}} ago (silent_after: "
+                                                   f"{window(listener.silent_after)}): the hub may have lost the "
+                                                   f"subscription or stopped sending; {name} misses the changes "
+                                                   "since.")))
     return rules
 
 

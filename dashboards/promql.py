@@ -6,7 +6,7 @@ matchers; gauges from several replicas are folded with `max` (each process lives
 
 from collections.abc import Callable
 
-from collector.sources.listener import NOT_REFUSED
+from alerts.health import ACCEPTED_RESULTS
 from dashboards.common import JOB_INSTANCE, selector
 
 RATE = "[$__rate_interval]"
@@ -162,7 +162,7 @@ def events_received_per_second() -> str:
 
 def events_refused_share() -> str:
     """The share of the events each listener received that it refused (no traffic: no value)."""
-    refused = f'{{source=~"$source", result!~"{"|".join(NOT_REFUSED)}", {JOB_INSTANCE}}}'
+    refused = f'{{source=~"$source", result!~"{ACCEPTED_RESULTS}", {JOB_INSTANCE}}}'
     return (f"sum by (source) (rate(fab_events_received_total{refused}{RATE})) / "
             f"sum by (source) (rate(fab_events_received_total{SOURCES}{RATE}))")
 
