@@ -71,7 +71,8 @@ def _decorate(api: TmfApi, version: int, process: str, row: Row, doc: Doc) -> No
         doc["name"] = f"{process} {row['id']}"
         doc["statusChangeDate"] = doc["lastUpdate"]
         history = "statusChange" if version == 4 else "statusChangeHistory"
-        doc[history] = [{"changeDate": doc["lastUpdate"], "status": row["status"], "@type": "StatusChange"}]
+        dated = "changeDate" if version == 4 else "statusChangeDate"
+        doc[history] = [{dated: doc["lastUpdate"], "status": row["status"], "@type": "StatusChange"}]
     if api.kind == "tmf622":
         doc["productOrderItem"] = [{"id": "1", "action": "add", "quantity": 1, "@type": "ProductOrderItem"}]
     if api.kind == "tmf676":

@@ -33,6 +33,8 @@ class TmfApi:
     paths: Mapping[str, Path] = field(default_factory=dict)
     v5_paths: Mapping[str, Path] = field(default_factory=dict)
     history: Mapping[int, str] = field(default_factory=dict)
+    """The status history attribute by version; its items date a change by `changeDate` (TMF621 v4)
+    or `statusChangeDate` (v5)."""
     change_event: str = ""
     """The status/state change event's name (TMF676 says `paymentStateChangeEvent` for a `status`)."""
 
@@ -192,9 +194,9 @@ def _lifecycle(api: TmfApi, version: int, resource: Mapping[str, Any], row: Row)
     history = resource.get(api.history.get(version, ""), None)
     if not isinstance(history, list):
         return
-    statuses = [h.get("status") for h in sorted(
-        (h for h in history if isinstance(h, dict) and h.get("changeDate")),
-        key=lambda h: maybe_time(h["changeDate"]) or 0.0)]
+    changes = [(when, h.get("status")) for h in history
+               if isinstance(h, dict) and (when := h.get("changeDate") or h.get("statusChangeDate"))]
+    statuses = [status for _, status in sorted(changes, key=lambda change: maybe_time(change[0]) or 0.0)]
     for before, after in itertools.pairwise(statuses):
         if before in api.finals and after not in api.finals:
             row["reopened"] = 1

@@ -1,0 +1,55 @@
+"""How a TMF resource becomes a records row: field paths by version, lifecycle rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from collector.sources.times import format_time
+from collector.sources.tmf import APIS, MappingError, resource_to_row
+
+T0 = 1_767_225_600.0
+
+
+def ticket(**extra: Any) -> dict[str, Any]:
+    return {"id": "TT-1", "status": "inProgress", "creationDate": format_time(T0),
+            "lastUpdate": format_time(T0 + 600), **extra}
+
+
+def history(version: int, *changes: tuple[str, float]) -> dict[str, Any]:
+    """A status history in the spelling of `version`: v4 `statusChange[].changeDate`, v5
+    `statusChangeHistory[].statusChangeDate` (TMF621 v5.0.1, schema StatusChange)."""
+    key, dated = ("statusChange", "changeDate") if version == 4 else ("statusChangeHistory", "statusChangeDate")
+    return {key: [{"status": status, dated: format_time(T0 + at), "@type": "StatusChange"} for status, at in changes]}
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_move_out_of_a_final_status_in_the_history_is_a_reopen(version: int) -> None:
+    # Listed out of order on purpose: the dates decide, not the list order.
+    resource = ticket(**history(version, ("inProgress", 300), ("acknowledged", 0), ("resolved", 200)))
+    assert resource_to_row(APIS["tmf621"], version, resource)["reopened"] == 1
+
+
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_history_that_only_moves_forward_is_not_a_reopen(version: int) -> None:
+    resource = ticket(status="resolved", **history(version, ("acknowledged", 0), ("inProgress", 100),
+                                                    ("resolved", 200)))
+    assert resource_to_row(APIS["tmf621"], version, resource)["reopened"] is None  # left to the store default, 0
+
+
+def test_the_other_version_spelling_of_the_history_is_not_read() -> None:
+    """v4 reads `statusChange`, v5 `statusChangeHistory`: a v5 history sent to a v4 source is ignored."""
+    resource = ticket(**history(5, ("resolved", 200), ("inProgress", 300)))
+    assert resource_to_row(APIS["tmf621"], 4, resource)["reopened"] is None  # left to the store default, 0
+
+
+@pytest.mark.parametrize("state", ["failed", "held", "partial"])
+def test_product_order_fallout_states(state: str) -> None:
+    order = {"id": "PO-1", "state": state, "orderDate": format_time(T0), "lastUpdate": format_time(T0)}
+    assert resource_to_row(APIS["tmf622"], 4, order)["fallout"] == 1
+
+
+def test_a_bad_date_names_the_column() -> None:
+    with pytest.raises(MappingError, match="troubleTicket created_at: not an RFC 3339 date-time"):
+        resource_to_row(APIS["tmf621"], 4, ticket(creationDate="yesterday"))
