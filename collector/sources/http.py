@@ -69,7 +69,10 @@ class Limits:
 class Reply:
     status: int
     headers: Mapping[str, str]
+    """Case-insensitive, as HTTP header names are (gateways send `x-total-count`)."""
     body: Any
+    url: str = ""
+    """The URL answered, query included: the base of a relative `Link`."""
 
 
 class _Retry(Exception):
@@ -105,18 +108,19 @@ class HttpClient:
             self._session = None
 
     async def request(self, method: str, url: str, *, params: Mapping[str, str] | None = None,
-                      payload: Any = None) -> Reply:
-        """Send a request (retrying what may pass on a retry) and return the decoded JSON reply."""
+                      payload: Any = None, missing_ok: bool = False) -> Reply:
+        """Send a request (retrying what may pass on a retry) and return the decoded JSON reply;
+        with `missing_ok`, a 404 is a reply (status 404, body None), not an error."""
         await self.open()
         refreshed = False
         for attempt in range(self.limits.retries + 1):
             try:
-                return await self._attempt(method, url, params, payload)
+                return await self._attempt(method, url, params, payload, missing_ok)
             except SourceAuthFailed:
                 if refreshed or not self._refreshable():
                     raise
                 refreshed, self._token = True, None
-                return await self._attempt(method, url, params, payload)
+                return await self._attempt(method, url, params, payload, missing_ok)
             except _Retry as retry:
                 if attempt == self.limits.retries:
                     raise retry.error from retry
@@ -131,7 +135,8 @@ class HttpClient:
         return isinstance(self._auth, OAuth2Auth) or (isinstance(self._auth, BearerAuth)
                                                       and self._auth.token_file is not None)
 
-    async def _attempt(self, method: str, url: str, params: Mapping[str, str] | None, payload: Any) -> Reply:
+    async def _attempt(self, method: str, url: str, params: Mapping[str, str] | None, payload: Any,
+                       missing_ok: bool = False) -> Reply:
         assert self._session is not None
         headers = {"Accept": "application/json", **await self._auth_headers()}
         self.requests += 1
@@ -139,9 +144,11 @@ class HttpClient:
             async with asyncio.timeout(self.limits.timeout):
                 async with self._session.request(method, url, params=params, json=payload,
                                                  headers=headers) as response:
+                    if missing_ok and response.status == 404:
+                        return Reply(404, response.headers, None, str(response.url))
                     self._check_status(response)
                     raw = await self._read(response)
-                    return Reply(response.status, dict(response.headers), self._decode(raw))
+                    return Reply(response.status, response.headers, self._decode(raw), str(response.url))
         except TimeoutError as exc:
             raise _Retry(SourceTimeout(self.source, f"{method} {url}: no answer within "
                                                     f"{self.limits.timeout:g}s")) from exc

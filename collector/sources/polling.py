@@ -1,18 +1,26 @@
 """Poll a TMF list endpoint into the record store: incremental by `lastUpdate`, full now and then.
 
-Each sync asks for `lastUpdate.gt=<watermark>` (or everything on a full sync), page by page
-(`Link` rel=next when the server gives one, else `offset` up to `X-Total-Count`), maps each
-resource to a row and upserts the page. The watermark moves, with the time of the last full sync,
-in the transaction of the last page, so a crash re-reads at most one sync worth of pages.
+Each sync asks for `lastUpdate.gt=<watermark - overlap>` (or everything on a full sync), page by
+page (`Link` rel=next when the server gives one, relative or not; else `offset` up to
+`X-Total-Count`, or until an empty page when the server gives no total), maps each resource to a
+row and upserts the page. The overlap re-reads what a plain `gt` on the watermark would miss:
+updates in the watermark's own second, transactions committed late, resources a page shift
+skipped (a change during a sync moves a resource to the end of an offset listing). Rows read
+twice are written once: the newer-version rule keeps them right. A full sync also removes the
+stored resources it did not list, once the server answers 404 for each. The watermark moves,
+with the time of the last full sync, in the transaction of the last page, so a crash re-reads at
+most one sync worth of pages.
 """
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote, urljoin
 
+from collector.logs import log_event
 from collector.sources.http import HttpClient, Reply, SourceSchemaMismatch
 from collector.sources.schema import TmfSource
 from collector.sources.store import RecordStore, Row
@@ -22,6 +30,10 @@ from collector.sources.tmf import APIS, MappingError, resource_to_row
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 MAX_PAGES = 100_000
 """Stop a sync after this many pages (a server that never stops paging)."""
+MAX_DELETION_CHECKS = 1000
+"""Stored resources a full sync asks for by id at most (`GET .../{id}`, 404: deleted); the rest
+wait for the next full sync."""
+_LOG = logging.getLogger("fabwatch.sources")
 
 
 class TmfPoller:
@@ -42,15 +54,19 @@ class TmfPoller:
         watermark = _float(self.store.meta("watermark"))
         full_at = _float(self.store.meta("full_sync_at"))
         full = watermark is None or full_at is None or now - full_at >= self.source.full_sync
-        params = self._params(None if full else watermark)
+        params = self._params(None if full or watermark is None else watermark - self.source.overlap)
         newest = watermark
         stored = 0
+        listed: set[str] = set()
         async for rows in self._pages(params):
             newest = max([newest or float("-inf"), *(r["updated_at"] for r in rows)])
             await self._write(rows, {})
             stored += len(rows)
+            if full:
+                listed.update(r["id"] for r in rows)
         meta = {"watermark": repr(newest)} if newest is not None else {}
         if full:
+            stored += await self._remove_deleted(listed)
             meta["full_sync_at"] = repr(now)
         await self._write([], meta)
         self.last_count = stored
@@ -70,27 +86,63 @@ class TmfPoller:
         url: str | None = self.url
         query: dict[str, str] | None = {**params, "offset": "0"}
         offset = 0
+        previous: list[Row] = []
         for _ in range(MAX_PAGES):
             assert url is not None
             reply = await self.client.request("GET", url, params=query)
-            items = self._items(reply)
-            yield [self._row(item) for item in items]
-            offset += len(items)
-            url, query = self._next(reply, params, offset, len(items))
+            rows = [self._row(item) for item in self._items(reply)]
+            if rows and [r["id"] for r in rows] == [r["id"] for r in previous]:
+                raise SourceSchemaMismatch(self.name, f"{reply.url} answered the previous page again: the server "
+                                                      "ignores offset (or its Link rel=next points back)")
+            yield rows
+            offset += len(rows)
+            url, query = self._next(reply, params, offset, len(rows))
             if url is None:
                 return
+            previous = rows
         raise SourceSchemaMismatch(self.name, f"more than {MAX_PAGES} pages")
 
     def _next(self, reply: Reply, params: Mapping[str, str], offset: int,
               count: int) -> tuple[str | None, dict[str, str] | None]:
-        link = _next_link(reply.headers.get("Link", ""))
+        """The next page: `Link` rel=next, else the next offset while `X-Total-Count` says there is
+        more; without a total, until an empty page (a server may cap `limit` below `page_size`, so a
+        short page is not the last one)."""
         if count == 0:
             return None, None
+        link = _next_link(reply.headers.get("Link", ""))
         if link is not None:
-            return link, None
-        total = reply.headers.get("X-Total-Count")
-        more = offset < int(total) if total and total.isdigit() else count >= self.source.page_size
+            return urljoin(reply.url or self.url, link), None
+        total = reply.headers.get("X-Total-Count", "").strip()
+        more = offset < int(total) if total.isdigit() else True
         return (self.url, {**params, "offset": str(offset)}) if more else (None, None)
+
+    async def _remove_deleted(self, listed: set[str]) -> int:
+        """Delete the stored resources the full listing did not hold and the server no longer has;
+        return how many it read again instead (they exist: a page shift hid them from the listing)."""
+        unlisted = await asyncio.to_thread(self._unlisted, listed)
+        gone: list[str] = []
+        found: list[Row] = []
+        query = {"fields": ",".join(self.api.top_fields(self.source.version))} if self.source.fields else None
+        for ident in unlisted[:MAX_DELETION_CHECKS]:
+            reply = await self.client.request("GET", f"{self.url}/{quote(ident, safe='')}", params=query,
+                                              missing_ok=True)
+            if reply.status == 404:
+                gone.append(ident)
+            else:
+                found.append(self._row(reply.body))
+        if gone or found:
+            await self._write(found, {})
+            await asyncio.to_thread(self._delete, gone)
+            log_event(_LOG, "tmf_deletions_applied", source=self.name, deleted=len(gone), still_there=len(found),
+                      left_for_next_full_sync=max(0, len(unlisted) - MAX_DELETION_CHECKS))
+        return len(found)
+
+    def _unlisted(self, listed: set[str]) -> list[str]:
+        return sorted({i for table in self.store.tables for i in self.store.ids_missing(table, listed)})
+
+    def _delete(self, ids: Sequence[str]) -> None:
+        for table in self.store.tables:
+            self.store.delete(table, ids)
 
     def _items(self, reply: Reply) -> Sequence[Any]:
         if not isinstance(reply.body, list):

@@ -95,6 +95,10 @@ class TmfSource(_Http):
     """Ask only for the attributes the record store needs (`fields=`)."""
     full_sync: Duration = 6 * 3600.0
     """Re-read the whole collection this often (heals missed updates and deletions)."""
+    overlap: Duration = 120.0
+    """An incremental sync asks for `lastUpdate.gt=<watermark - overlap>`: it reads again what
+    changed in the watermark's own second, what a late transaction committed with an older
+    `lastUpdate`, and what a page shift skipped. What it reads twice is written once."""
 
     @property
     def dsn(self) -> str:

@@ -11,7 +11,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -217,6 +217,17 @@ class RecordStore:
 
     def count(self, table: str) -> int:
         return int(self._db.execute(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0])
+
+    def ids_missing(self, table: str, seen: Set[str]) -> list[str]:
+        """The ids of `table` that are not in `seen`, in id order."""
+        cursor = self._db.execute(f'SELECT id FROM "{table}" ORDER BY id')
+        return [ident for (ident,) in cursor if ident not in seen]
+
+    def delete(self, table: str, ids: Sequence[str]) -> int:
+        """Delete rows by id in one transaction; return how many there were."""
+        with self._transaction() as db:
+            cursor = db.executemany(f'DELETE FROM "{table}" WHERE id = ?', [(i,) for i in ids])
+        return int(cursor.rowcount)
 
     def rows(self, table: str) -> list[Row]:
         """Return every row of a table, by id (for tests and `fabwatch check`)."""

@@ -1,0 +1,194 @@
+"""The TMF poller against servers that behave as real ones do: capped pages, lower-case headers,
+relative links, second-resolution `lastUpdate`, late commits, deletions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from collector.sources.http import HttpClient, SourceSchemaMismatch, limits_of
+from collector.sources.polling import TmfPoller
+from collector.sources.schema import TmfSource
+from collector.sources.store import RecordStore
+from collector.sources.times import format_time, parse_time
+from collector.sources.tmf import APIS
+from tests.sources.helpers import serve_app
+
+T0 = 1_767_225_600.0
+"""2026-01-01T00:00:00Z"""
+
+
+@dataclass
+class FakeTmf:
+    """A TMF621 list endpoint over `tickets`, ordered by `lastUpdate` like the simulator's; `headers`
+    builds each page's headers (offset, page, limit asked), `cap` is the server's own page limit."""
+
+    tickets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cap: int = 1000
+    headers: Callable[[int, list[Any], int], dict[str, str]] = lambda offset, page, limit: {}
+    requests: list[str] = field(default_factory=list)
+    before_page: Callable[[int], None] = lambda offset: None
+
+    def put(self, ident: str, updated: float, status: str = "inProgress") -> None:
+        self.tickets[ident] = {"id": ident, "status": status, "creationDate": format_time(T0),
+                               "lastUpdate": format_time(updated)}
+
+    async def list(self, request: web.Request) -> web.Response:
+        self.requests.append(request.path_qs)
+        offset = int(request.query.get("offset", "0"))
+        limit = min(int(request.query.get("limit", "100")), self.cap)
+        self.before_page(offset)
+        since = request.query.get("lastUpdate.gt")
+        ordered = sorted(self.tickets.values(), key=lambda t: (t["lastUpdate"], t["id"]))
+        chosen = [t for t in ordered if since is None or parse_time(t["lastUpdate"]) > parse_time(since)]
+        page = chosen[offset:offset + limit]
+        return web.json_response(page, headers=self.headers(offset, page, limit))
+
+    async def get(self, request: web.Request) -> web.Response:
+        self.requests.append(request.path_qs)
+        ticket = self.tickets.get(request.match_info["id"])
+        if ticket is None:
+            return web.json_response({"code": "404", "reason": "not found"}, status=404)
+        return web.json_response(ticket)
+
+
+def total(offset: int, page: list[Any], limit: int, count: int) -> dict[str, str]:
+    return {"X-Total-Count": str(count), "X-Result-Count": str(len(page))}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[FakeTmf, str]]:
+    fake = FakeTmf()
+    app = web.Application()
+
+    async def listing(request: web.Request) -> web.Response:
+        return await fake.list(request)  # looked up per request: tests replace it
+
+    app.router.add_get("/tt/troubleTicket", listing)
+    app.router.add_get("/tt/troubleTicket/{id}", fake.get)
+    async with serve_app(app) as url:
+        yield fake, f"{url}/tt"
+
+
+@pytest.fixture
+async def poller(tmp_path: Path) -> AsyncIterator[Callable[..., tuple[TmfPoller, RecordStore]]]:
+    made: list[TmfPoller] = []
+
+    def make(base: str, **options: Any) -> tuple[TmfPoller, RecordStore]:
+        source = TmfSource(kind="tmf621", base_url=base, retries=0, timeout=5, fields=False, **options)
+        store = RecordStore(tmp_path / f"store{len(made)}.db", ["tickets"],
+                            final_statuses={"tickets": APIS["tmf621"].finals})
+        made.append(TmfPoller("tt", source, HttpClient("tt", limits_of(source)), store))
+        return made[-1], store
+
+    yield make
+    for tt in made:
+        await tt.client.close()
+        tt.store.close()
+
+
+def stored(store: RecordStore) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in store.rows("tickets")}
+
+
+async def test_updates_in_the_watermarks_second_and_late_commits_are_read(server, poller) -> None:
+    """`lastUpdate` has one-second resolution on many servers, and a long transaction commits a
+    `lastUpdate` older than what a sync already saw: a plain `gt` on the watermark misses both."""
+    fake, base = server
+    fake.put("A", T0 + 5)
+    tt, store = poller(base)
+    await tt.sync(now=T0 + 10)  # full: watermark T0+5
+    fake.put("B", T0 + 5)  # the watermark's own second
+    fake.put("C", T0 + 4, status="resolved")  # committed late
+    await tt.sync(now=T0 + 20)
+    assert stored(store) == {"A": "inProgress", "B": "inProgress", "C": "resolved"}
+    assert f"lastUpdate.gt={format_time(T0 + 5 - 120)}" in fake.requests[-1]  # the default overlap, 2 min
+
+
+async def test_a_resource_skipped_by_a_page_shift_is_read_by_the_next_sync(server, poller) -> None:
+    """Offset paging over a listing ordered by `lastUpdate`: a resource changed while the sync
+    reads moves to the end, the others move up one place, and one of them is never listed."""
+    fake, base = server
+    fake.headers = lambda offset, page, limit: total(offset, page, limit, len(fake.tickets))
+    for n in range(30):
+        fake.put(f"T{n:02}", T0 + n)
+    tt, store = poller(base, page_size=10)
+    await tt.sync(now=T0 + 100)
+    for n in range(30):
+        fake.put(f"T{n:02}", T0 + 200 + n, status="resolved")
+
+    def change_a_read_one(offset: int) -> None:
+        if offset == 10:
+            fake.put("T00", T0 + 260, status="closed")
+
+    fake.before_page = change_a_read_one
+    await tt.sync(now=T0 + 300)
+    missed = {i for i, status in stored(store).items() if status == "inProgress"}
+    assert len(missed) == 1  # the shift happened: one resource was not listed
+    fake.before_page = lambda offset: None
+    await tt.sync(now=T0 + 310)
+    assert set(stored(store).values()) <= {"resolved", "closed"}
+
+
+@pytest.mark.parametrize("headers", [
+    pytest.param(lambda offset, page, limit: {"x-total-count": "60"}, id="lower-case total"),
+    pytest.param(lambda offset, page, limit: {"X-Result-Count": str(len(page))}, id="result count only"),
+    pytest.param(lambda offset, page, limit: {}, id="no header"),
+    pytest.param(lambda offset, page, limit: {"Link": f'</tt/troubleTicket?offset={offset + len(page)}&limit={limit}>;'
+                                                       ' rel="next"'} if offset + len(page) < 60 else {},
+                 id="relative link"),
+])
+async def test_every_page_is_read_when_the_server_caps_the_page_size(server, poller, headers) -> None:
+    fake, base = server
+    fake.cap, fake.headers = 20, headers
+    for n in range(60):
+        fake.put(f"T{n:02}", T0 + n)
+    tt, store = poller(base, page_size=100)
+    assert await tt.sync(now=T0 + 100) == 60
+    assert len(stored(store)) == 60
+
+
+async def test_a_server_that_ignores_offset_fails_the_sync_instead_of_looping(server, poller) -> None:
+    fake, base = server
+    fake.cap = 5
+    for n in range(20):
+        fake.put(f"T{n:02}", T0 + n)
+
+    async def same_page(request: web.Request) -> web.Response:
+        fake.requests.append(request.path_qs)
+        return web.json_response(list(fake.tickets.values())[:5])
+
+    fake.list = same_page  # type: ignore[method-assign]
+    tt, _ = poller(base)
+    with pytest.raises(SourceSchemaMismatch, match="ignores offset"):
+        await tt.sync(now=T0 + 100)
+    assert len(fake.requests) == 2
+
+
+async def test_a_full_sync_removes_what_the_server_deleted_and_keeps_what_it_did_not_list(server, poller) -> None:
+    fake, base = server
+    for ident in ("A", "B", "C"):
+        fake.put(ident, T0 + 1)
+    tt, store = poller(base, full_sync=3600)
+    await tt.sync(now=T0 + 10)
+    del fake.tickets["B"]  # deleted at the source
+    listing = fake.list
+
+    async def hide_c(request: web.Request) -> web.Response:  # C exists, but the listing skips it
+        hidden = fake.tickets.pop("C")
+        try:
+            return await listing(request)
+        finally:
+            fake.tickets["C"] = hidden
+
+    fake.list = hide_c  # type: ignore[method-assign]
+    await tt.sync(now=T0 + 1000)  # incremental: nothing removed
+    assert set(stored(store)) == {"A", "B", "C"}
+    await tt.sync(now=T0 + 3700)  # full
+    assert set(stored(store)) == {"A", "C"}
+    assert [r for r in fake.requests if "/troubleTicket/" in r] == ["/tt/troubleTicket/B", "/tt/troubleTicket/C"]
