@@ -33,12 +33,13 @@ Answer = Callable[[int, bytes], None]
 _LOG = logging.getLogger("fabwatch.listener")
 _JSON = msgspec.json.Decoder()
 """Event bodies are decoded by msgspec: a third of the CPU of `json.loads` for a typical event."""
-RESULTS = ("accepted", "duplicate", "invalidJson", "invalidEvent", "unknownEventType", "eventTypeMismatch",
+RESULTS = ("accepted", "duplicate", "ignored", "invalidJson", "invalidEvent", "unknownEventType", "eventTypeMismatch",
            "missingEventId", "missingResource", "invalidResource", "tooLarge", "unauthorized", "stopping",
            "storeFailed")
-"""Every `result` of `fab_events_received_total`: stored, a redelivery, or the code of the refusal."""
-NOT_REFUSED = RESULTS[:2]
-"""The `result`s that are not refusals: the event is stored (or was, for a redelivery)."""
+"""Every `result` of `fab_events_received_total`: stored, a redelivery, an event of the API that
+changes no work item (acknowledged, not stored), or the code of the refusal."""
+NOT_REFUSED = RESULTS[:3]
+"""The `result`s that are not refusals: the event is stored (or was, for a redelivery) or ignored."""
 FORGET_EVERY = 60.0
 """Seconds between two passes that forget the event ids older than the source's `dedup_window`."""
 FORGET_BATCH = 10_000
@@ -66,6 +67,7 @@ class Listener:
         self.api: TmfApi = APIS[source.api]
         self.store = store
         self._names = {n.lower(): kind for n, kind in self.api.event_names().items()}
+        self._ignored = {n.lower() for n in self.api.ignored_events}
         self._pending: list[tuple[Event, Answer]] = []
         self._wake: asyncio.Future[None] | None = None
         self._stopping = False
@@ -101,7 +103,12 @@ class Listener:
         if self._writer is None or self._stopping:
             raise self.refused(BadEvent(503, "stopping", "the listener is stopping; send the event again"))
         try:
-            event = self._parse(name, self._decode(raw))
+            body = self._decode(raw)
+            if name.lower() in self._ignored and isinstance(body, dict):
+                self.received["ignored"] += 1
+                answer(201, ignored_body(body.get("eventId"), name))
+                return
+            event = self._parse(name, body)
         except BadEvent as exc:
             self.refused(exc)
             raise
@@ -149,12 +156,14 @@ class Listener:
             return _JSON.decode(raw)
         except msgspec.DecodeError as exc:
             raise BadEvent(400, "invalidJson", f"malformed JSON: {exc}") from exc
+        except RecursionError as exc:  # msgspec recurses per nesting level: `[[[[...` a few KB deep
+            raise BadEvent(400, "invalidJson", "malformed JSON: nested too deeply") from exc
 
     def _parse(self, name: str, body: Any) -> Event:
         kind = self._names.get(name.lower())
         if kind is None:
             raise BadEvent(400, "unknownEventType", f"unknown event {name!r}; expected one of "
-                           + ", ".join(sorted(self.api.event_names())))
+                           + ", ".join(sorted([*self.api.event_names(), *self.api.ignored_events])))
         if not isinstance(body, dict):
             raise BadEvent(400, "invalidEvent", "the event must be a JSON object")
         declared = body.get("eventType")
@@ -270,6 +279,12 @@ def _resolve(future: "asyncio.Future[tuple[int, bytes]]", status: int, body: byt
 def ack_body(event_id: str, new: bool) -> bytes:
     """The JSON body of a 201: the event id and whether it was a duplicate."""
     return b'{"eventId":%s,"duplicate":%s}' % (msgspec.json.encode(event_id), b"false" if new else b"true")
+
+
+def ignored_body(event_id: object, name: str) -> bytes:
+    """The JSON body of a 201 for an event that changes no work item."""
+    return json.dumps({"eventId": event_id if isinstance(event_id, str) else None, "ignored": True,
+                       "reason": f"{name} changes no work item fabwatch keeps"}).encode()
 
 
 def error_body(status: int, code: str, reason: str) -> bytes:

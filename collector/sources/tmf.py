@@ -37,6 +37,11 @@ class TmfApi:
     or `statusChangeDate` (v5)."""
     change_event: str = ""
     """The status/state change event's name (TMF676 says `paymentStateChangeEvent` for a `status`)."""
+    more_changes: tuple[str, ...] = ()
+    """Other events of the specification that carry the whole resource after a change."""
+    ignored_events: tuple[str, ...] = ()
+    """Events of the specification that carry no work-item change (other resources, references,
+    milestones): a hub subscribed without a filter sends them; they are acknowledged, not stored."""
 
     def field_paths(self, version: int) -> dict[str, Path]:
         """Column -> JSON path of the standard attribute holding it, for one version."""
@@ -49,7 +54,8 @@ class TmfApi:
         """Event name (as in `/listener/{eventName}`) -> kind: create, change or delete."""
         prefix = self.resource
         return {f"{prefix}CreateEvent": "create", self.change_event: "change",
-                f"{prefix}AttributeValueChangeEvent": "change", f"{prefix}DeleteEvent": "delete"}
+                f"{prefix}AttributeValueChangeEvent": "change", f"{prefix}DeleteEvent": "delete",
+                **dict.fromkeys(self.more_changes, "change")}
 
     def top_fields(self, version: int) -> list[str]:
         """Top-level attributes to ask for with `fields=` (id and lastUpdate always)."""
@@ -60,6 +66,11 @@ class TmfApi:
         return sorted(tops)
 
 
+def _lifecycle_events(resource: str, change: str = "Status") -> tuple[str, ...]:
+    """The create, change and delete events of another resource of the same API."""
+    return tuple(f"{resource}{kind}Event" for kind in ("Create", "AttributeValueChange", f"{change}Change", "Delete"))
+
+
 APIS: dict[str, TmfApi] = {
     "tmf621": TmfApi(
         "tmf621", "troubleTicket", "TroubleTicket", "status",
@@ -68,7 +79,9 @@ APIS: dict[str, TmfApi] = {
         paths={"created_at": ("creationDate",), "updated_at": ("lastUpdate",),
                "due_at": ("expectedResolutionDate",), "completed_at": ("resolutionDate",),
                "status": ("status",), "priority": ("priority",), "channel": ("channel", "name")},
-        history={4: "statusChange", 5: "statusChangeHistory"}, change_event="troubleTicketStatusChangeEvent"),
+        history={4: "statusChange", 5: "statusChangeHistory"}, change_event="troubleTicketStatusChangeEvent",
+        more_changes=("troubleTicketResolvedEvent",),
+        ignored_events=("troubleTicketInformationRequiredEvent", *_lifecycle_events("troubleTicketSpecification"))),
     "tmf622": TmfApi(
         "tmf622", "productOrder", "ProductOrder", "state",
         {4: "/tmf-api/productOrderingManagement/v4", 5: "/tmf-api/productOrderingManagement/v5"},
@@ -77,19 +90,24 @@ APIS: dict[str, TmfApi] = {
                "completed_at": ("completionDate",), "status": ("state",), "priority": ("priority",),
                "channel": ("channel", 0, "name"), "segment": ("category",)},
         v5_paths={"created_at": ("creationDate",), "channel": ("channel", 0, "channel", "name")},
-        change_event="productOrderStateChangeEvent"),
+        change_event="productOrderStateChangeEvent",
+        ignored_events=("productOrderInformationRequiredEvent", "productOrderMilestoneEvent",
+                        "productOrderJeopardyAlertEvent", "productOrderErrorMessageEvent",
+                        "cancelProductOrderCreateEvent", "cancelProductOrderStateChangeEvent",
+                        "cancelProductOrderInformationRequiredEvent")),
     "tmf678": TmfApi(
         "tmf678", "customerBill", "CustomerBill", "state",
         {4: "/tmf-api/customerBillManagement/v4", 5: "/tmf-api/customerBillManagement/v5"},
         finals=("sent", "settled", "partiallyPaid"),
         paths={"created_at": ("billDate",), "updated_at": ("lastUpdate",), "status": ("state",),
-               "amount": ("amountDue", "value")}, change_event="customerBillStateChangeEvent"),
+               "amount": ("amountDue", "value")}, change_event="customerBillStateChangeEvent",
+        ignored_events=("customerBillOnDemandCreateEvent", "customerBillOnDemandStateChangeEvent")),
     "tmf676": TmfApi(
         "tmf676", "payment", "Payment", "status",
         {4: "/payment/v4"},
         finals=("settled", "writtenOff"),
         paths={"status": ("status",), "channel": ("channel", "name"), "amount": ("amount", "value")},
-        change_event="paymentStateChangeEvent"),
+        change_event="paymentStateChangeEvent", ignored_events=_lifecycle_events("refund", "State")),
     "tmf683": TmfApi(
         "tmf683", "partyInteraction", "PartyInteraction", "status",
         {4: "/tmf-api/partyInteraction/v4", 5: "/tmf-api/partyInteraction/v5"},

@@ -111,6 +111,7 @@ async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(l
 
 @pytest.mark.parametrize(("event_name", "body", "raw", "secret", "status", "code"), [
     ("troubleTicketStatusChangeEvent", None, b"{not json", SECRET, 400, "invalidJson"),
+    ("troubleTicketStatusChangeEvent", None, b"[" * 2000 + b"]" * 2000, SECRET, 400, "invalidJson"),  # too deep
     ("troubleTicketExplodedEvent", envelope("x1", ticket("TT-9", "held", T0)), None, SECRET, 400,
      "unknownEventType"),
     ("troubleTicketStatusChangeEvent", {"event": {"troubleTicket": ticket("TT-9", "held", T0)}}, None, SECRET,
@@ -137,3 +138,21 @@ async def test_bad_events_get_a_json_4xx_and_are_not_stored(
     assert _rows(store) == []
     assert stored_events(store) == 0
     assert await _received(listener) == {**dict.fromkeys(RESULTS, 0.0), code: 1.0}  # counted once, by its code
+
+
+async def test_events_of_the_api_that_change_no_work_item_are_acknowledged_and_not_stored(listener: Served) -> None:
+    """A hub subscribed without a filter sends every event of its API: a refusal would raise the
+    refused share (and page someone) for events that are correct."""
+    url, store = listener.url, listener.store
+    asked = envelope("i1", ticket("TT-1", "pending", T0), name="TroubleTicketInformationRequiredEvent")
+    assert await _post(f"{url}/troubleTicketInformationRequiredEvent", asked) == (201, {
+        "eventId": "i1", "ignored": True,
+        "reason": "troubleTicketInformationRequiredEvent changes no work item fabwatch keeps"})
+    specification = {"eventId": "i2", "event": {"troubleTicketSpecification": {"id": "S1"}}}
+    assert (await _post(f"{url}/troubleTicketSpecificationCreateEvent", specification))[0] == 201
+    assert _rows(store) == []
+    assert stored_events(store) == 0
+    resolved = envelope("r1", ticket("TT-1", "resolved", T0 + 60), name="TroubleTicketResolvedEvent")
+    assert await _post(f"{url}/troubleTicketResolvedEvent", resolved) == (201, {"eventId": "r1", "duplicate": False})
+    assert _rows(store) == [("TT-1", "resolved", T0 + 60, 0)]
+    assert await _received(listener) == {**dict.fromkeys(RESULTS, 0.0), "ignored": 2.0, "accepted": 1.0}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import pytest
 
 from collector.sources.times import format_time
 from collector.sources.tmf import APIS, MappingError, resource_to_row
+from tests.sources.tmf_spec import SPEC_DIR as SPECS
 
 T0 = 1_767_225_600.0
 
@@ -53,3 +56,18 @@ def test_product_order_fallout_states(state: str) -> None:
 def test_a_bad_date_names_the_column() -> None:
     with pytest.raises(MappingError, match="troubleTicket created_at: not an RFC 3339 date-time"):
         resource_to_row(APIS["tmf621"], 4, ticket(creationDate="yesterday"))
+
+
+API_OF_SPEC = {"TMF621": "tmf621", "TMF622": "tmf622", "TMF676": "tmf676", "TMF678": "tmf678", "TMF683": "tmf683"}
+
+
+@pytest.mark.parametrize("spec", sorted(p.name for p in SPECS.glob("TMF*")))
+def test_every_event_of_the_specification_is_known(spec: str) -> None:
+    """Each `/listener/<eventName>` the specification defines is applied or acknowledged without
+    being stored; none gets `unknownEventType` (a hub sends them all when subscribed without a filter)."""
+    api = APIS[API_OF_SPEC[spec.split("-")[0]]]
+    text = (SPECS / spec).read_text()
+    paths = json.loads(text)["paths"] if spec.endswith(".json") else re.findall(r"^  (/listener/\w+):", text, re.M)
+    names = {p.rsplit("/", 1)[1] for p in paths if p.startswith("/listener/")}
+    assert names or spec.startswith("TMF678-CustomerBill-v4")  # the only one that lists no listener paths
+    assert names <= {*api.event_names(), *api.ignored_events}
