@@ -3,8 +3,8 @@
 Builds a small workload database whose timestamps end now (the peers' make_db.py --now), starts
 `fabwatch serve` on it (bench/kpi_workload.yaml, `--interval` and `--settle` as given), then
 `--rows` times, at a random moment of the sampling cycle, inserts one open row and polls /metrics
-(every 20 ms, bounded) until it shows: in the backlog gauge (read at every sample) and in the
-created counter (read up to `now - settle`). Prints the delays and the goal (interval + 1 s).
+(every 20 ms, bounded) until it shows: in the backlog gauge and in the created counter (both read
+up to `now - settle`). Prints the delays and the goal (interval + 1 s).
 
     .venv/bin/python bench/freshness.py --interval 5 --settle 1 --rows 5
 """

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
-from collector.inventory import ConfigError, load_inventory
+from collector.inventory import ConfigError, callback_problems, load_inventory
 from collector.logs import safe_dsn, setup_logging
 from collector.schema import Inventory, ServiceConfig
 from collector.service import build_app, processes_of, serve, shifted_clock
@@ -263,8 +263,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if inventory is None:
         return EXIT_CONFIG
     host, port = args.listen or (inventory.service.host, inventory.service.port)
+    inventory = listening_on(inventory, host, port)
+    if not callbacks_reachable(inventory, f"--listen {host}:{port}" if args.listen else None):
+        return EXIT_CONFIG
     clock = time.time if args.clock_start is None else shifted_clock(args.clock_start)
     return _run(_serve(inventory, host, port, args.state, clock), fast=receives_events(inventory))
+
+
+def listening_on(inventory: Inventory, host: str, port: int) -> Inventory:
+    """The inventory as served: `--listen` replaces `service.listen`, which the default callback
+    registered with a TMF hub is built from."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return inventory.model_copy(update={"service": inventory.service.model_copy(update={"listen": address})})
+
+
+def callbacks_reachable(inventory: Inventory, override: str | None) -> bool:
+    """Report the hub callbacks that `--listen` made unreachable (the inventory's own are checked
+    when it is loaded)."""
+    problems = callback_problems(inventory) if override else []
+    for path, message in problems:
+        print(f"fabwatch: {override}: {path}: {message}", file=sys.stderr)
+    return not problems
 
 
 def receives_events(inventory: Inventory) -> bool:
@@ -422,6 +441,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if inventory is None:
         return EXIT_CONFIG
     host, port = args.listen or (inventory.service.host, inventory.service.port)
+    inventory = listening_on(inventory, host, port)
     return asyncio.run(_demo(inventory, args, dsn, data_dir, host, port))
 
 

@@ -249,7 +249,9 @@ class SourceSampler:
             or now > book.horizon or now < book.counted_at
 
     async def _follow_shared(self, conn: AsyncConnection, shared: Shared, state: dict[str, Any], now: float) -> None:
-        """Recount, or follow, the open items of the shared processes in one statement when they agree."""
+        """Recount, or follow, the open items of the shared processes in one statement when they agree
+        (as of `now - settle`, as `_follow_open`)."""
+        now -= self.source.settle
         names = list(shared.processes.values())
         books = [self._books.get(name) for name in names]
         queries = shared.queries.open_items
@@ -360,7 +362,10 @@ class SourceSampler:
 
     async def _follow_open(self, conn: AsyncConnection, name: str, queries: OpenQueries,
                            state: dict[str, Any], now: float) -> _Open:
-        """Recount the open items, or follow them by what was created and completed since."""
+        """Recount the open items, or follow them by what was created and completed since, as of
+        `now - settle`: a row committed late (within `settle`) with a time the previous sample
+        already followed past would otherwise be missed until the next recount (`reconcile`)."""
+        now -= self.source.settle
         book = self._books.get(name)
         reconcile = self.source.reconcile
         if name in self._followed and book is not None:

@@ -231,7 +231,26 @@ def cross_check(inventory: Inventory) -> list[tuple[str, str]]:
                       f"{cost.monthly_from!r} is not a cost_csv source; cost_csv sources: {', '.join(costs) or 'none'}")
                      for c, cost in process.costs.items()
                      if cost.monthly_from is not None and cost.monthly_from not in costs]
-    return problems + check_alerting(inventory)
+    return problems + callback_problems(inventory) + check_alerting(inventory)
+
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", ""})
+
+
+def callback_problems(inventory: Inventory) -> list[tuple[str, str]]:
+    """A hub registration needs an address the hub can call: the default callback is built from the
+    service's listen address, which is no such address when it is a wildcard (all interfaces)."""
+    from collector.sources.schema import TmfEventsSource
+
+    service = inventory.service
+    host = service.events_address[0] if service.events_address is not None else service.host
+    if host not in _WILDCARDS:
+        return []
+    where = "service.events_listen" if service.events_address is not None else "service.listen"
+    return [(f"sources.{name}.callback", f"required with hub_url: {where} is {host or '*'} (every interface), "
+             "not an address the hub can call back; give the URL the hub reaches fabwatch at")
+            for name, source in inventory.sources.items()
+            if isinstance(source, TmfEventsSource) and source.hub_url is not None and source.callback is None]
 
 
 def _check_process(path: str, process: Process, sources: set[str]) -> list[tuple[str, str]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.cli import build_parser, main, parse_listen, resolve_env
+from collector.cli import build_parser, callbacks_reachable, listening_on, main, parse_listen, resolve_env
 from collector.inventory import ConfigError, load_inventory
 from tests.collector.test_service import make_records, write_inventory
 from tests.servers import free_port
@@ -251,3 +251,90 @@ def test_serve_names_a_busy_events_port_and_exits_1(tmp_path):
     assert proc.returncode == 1, err
     assert f"fabwatch: cannot listen for events on 127.0.0.1:{events_port}: Address already in use" in err
     assert "Traceback" not in err  # a sample queued before the failure does not run on closed sources
+
+
+class _Hub:
+    """A TMF hub endpoint on a loopback port that records the registrations it receives."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        registrations: list[dict[str, str]] = []
+        self.registrations = registrations
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                registrations.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self._answer(201, b'{"id": "1", "callback": "x"}')
+
+            def do_DELETE(self) -> None:
+                self._answer(204, b"")
+
+            def _answer(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/tmf-api/troubleTicket/v4"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _with_hub(inventory: Path, hub_url: str) -> None:
+    document = yaml.safe_load(inventory.read_text())
+    document["sources"]["events"]["hub_url"] = hub_url
+    inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def test_serve_registers_the_address_given_by_listen_with_the_hub(tmp_path):
+    """`--listen` overrides service.listen; the callback the hub calls must follow it, or every
+    event goes to a port nobody listens on."""
+    from tests.sources.helpers import FabwatchProcess, events_inventory
+
+    hub = _Hub()
+    inventory = events_inventory(tmp_path, interval="1s")
+    _with_hub(inventory, hub.url)
+    fabwatch = FabwatchProcess(inventory, free_port())
+    try:
+        fabwatch.start()
+        deadline = time.monotonic() + 20
+        while not hub.registrations and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        fabwatch.stop()
+        hub.close()
+    assert hub.registrations, "fabwatch did not register with the hub"
+    assert hub.registrations[0]["callback"] == f"http://127.0.0.1:{fabwatch.port}/tmf/events"
+
+
+@pytest.mark.parametrize("where", ["inventory", "flag"])
+def test_a_wildcard_listen_address_needs_an_explicit_callback(tmp_path, capsys, where):
+    from tests.sources.helpers import events_inventory
+
+    inventory = events_inventory(tmp_path)
+    _with_hub(inventory, "http://127.0.0.1:9/tmf-api/troubleTicket/v4")
+    if where == "inventory":
+        document = yaml.safe_load(inventory.read_text())
+        document["service"]["listen"] = "0.0.0.0:9464"
+        inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+        assert main(["check", "-c", str(inventory)]) == 2
+        expected = (f"{inventory}:", "sources.events.callback: required with hub_url: service.listen is 0.0.0.0")
+    else:  # what `serve --listen 0.0.0.0:9464` checks before it binds (a test binds loopback only)
+        served = listening_on(load_inventory([inventory]), "0.0.0.0", 9464)
+        assert served.service.listen == "0.0.0.0:9464"
+        assert not callbacks_reachable(served, "--listen 0.0.0.0:9464")
+        expected = ("fabwatch: --listen 0.0.0.0:9464: sources.events.callback: required with hub_url: "
+                    "service.listen is 0.0.0.0",)
+    err = capsys.readouterr().err
+    assert all(part in err for part in expected), err

@@ -113,6 +113,31 @@ async def test_counters_count_each_row_once_across_samples_and_restarts(db: Path
         assert got == want, name
 
 
+async def test_open_items_committed_late_within_settle_are_followed(db: Path, tmp_path: Path) -> None:
+    """Rows committed after a sample, with times before it (within `settle`), must still move the
+    backlog at the next sample, not only at the next recount an hour later."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    inventory = example(dsn)
+    sim = await simulate(dsn, days=2)
+    engine = sampler(inventory, tmp_path / "state.db")
+    await engine.sample(T0)
+    await engine.sample(T0 + 5)  # now following, no longer recounting
+    backlog = values(await engine.sample(T0 + 10))[("problem", "backlog")]
+    assert backlog is not None
+    with sqlite3.connect(db) as conn:  # committed now, dated 1 s before the last sample
+        conn.executemany("INSERT INTO trouble_ticket (id, created_at, updated_at, status) VALUES (?, ?, ?, ?)",
+                         [(f"LATE-{n}", T0 + 9, T0 + 9, "inProgress") for n in range(20)])
+        closed = [r[0] for r in conn.execute("SELECT id FROM trouble_ticket WHERE status = 'inProgress' "
+                                             "AND created_at < ? LIMIT 5", (T0,))]
+        conn.executemany("UPDATE trouble_ticket SET status = 'resolved', completed_at = ? WHERE id = ?",
+                         [(T0 + 9, i) for i in closed])
+    assert len(closed) == 5
+    later = values(await engine.sample(T0 + 11))[("problem", "backlog")]
+    assert later == backlog + 20 - 5
+    await engine.close()
+    await sim.close()
+
+
 async def test_histogram_and_slo_counters_agree_with_rows(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     inventory = example(dsn)
