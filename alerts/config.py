@@ -24,7 +24,8 @@ Severity = Literal["critical", "warning", "info"]
 IntervalName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*$", max_length=64)]
 _WEEKDAY = r"(monday|tuesday|wednesday|thursday|friday|saturday|sunday)"
 _WEEKDAYS = re.compile(rf"^{_WEEKDAY}(:{_WEEKDAY})?$")
-_HOURS = re.compile(r"^([01]\d|2[0-4]):[0-5]\d-([01]\d|2[0-4]):[0-5]\d$")
+_HOURS = re.compile(r"^([01]\d|2[0-3]):[0-5]\d-(([01]\d|2[0-3]):[0-5]\d|24:00)$")
+"""HH:MM-HH:MM as Alertmanager parses it: 00:00 to 23:59, and 24:00 as an end only."""
 
 
 class Model(BaseModel):

@@ -1,11 +1,14 @@
 """Durations written as Prometheus does (`90s`, `5m`, `1h30m`, `30d`), as seconds."""
 
+import math
 import re
 from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+MAX_SECONDS = 3650 * 86400.0
+"""Longer durations are mistakes (and overflow the scheduler's date arithmetic)."""
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
@@ -19,8 +22,10 @@ def parse_duration(text: object) -> float:
         seconds = _parse_text(text.strip())
     else:
         raise ValueError(f"not a duration: {text!r}")
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(f"duration must be positive, got {text!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"duration over 10 years, got {text!r}")
     return seconds
 
 

@@ -23,7 +23,7 @@ from collector.schema import (
     RatioKpi,
     SlaKpi,
 )
-from collector.sources.schema import SOURCE_KINDS
+from collector.sources.schema import RECORD_STORE_TABLES, SOURCE_KINDS
 
 _VAR = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
 RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency", "le", "source",
@@ -79,9 +79,10 @@ def load_inventory(paths: Sequence[str | Path], environ: Mapping[str, str] | Non
     for path in paths:
         document = _read_file(Path(path), origins, problems)
         if document is not None:
+            # Top-level `x-...` keys hold YAML anchors to reuse (as in Compose files); they are not
+            # config, and anchors are per file: two files may each have their own `x-columns`.
+            document = {k: v for k, v in document.items() if not str(k).startswith("x-")}
             _merge(merged, document, "", str(path), origins, problems)
-    # Top-level `x-...` keys hold YAML anchors to reuse (as in Compose files); they are not config.
-    merged = {k: v for k, v in merged.items() if not str(k).startswith("x-")}
     substituted = _substitute(merged, "", env, origins, problems)
     if problems:
         raise ConfigError(problems)
@@ -100,6 +101,10 @@ def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[s
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         problems.append(Problem(str(path), 0, "", f"cannot read the file: {exc.strerror}"))
+        return None
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(str(path), 0, "", f"not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset "
+                                                  f"{exc.start}; save the file as UTF-8"))
         return None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -177,9 +182,9 @@ def _substitute(value: Any, path: str, env: Mapping[str, str], origins: _Origins
         if match.group("file"):
             return _read_secret(match.group("file"), path, origins, problems)
         name, default = match.group("name"), match.group("default")
-        if name in env:
+        if env.get(name) or (name in env and default is None):
             return env[name]
-        if default is not None:
+        if default is not None:  # `${VAR:-default}`: unset or empty, as in a shell
             return default
         problems.append(_problem(origins, path, f"environment variable {name} is not set"))
         return ""
@@ -192,7 +197,9 @@ def _read_secret(file: str, path: str, origins: _Origins, problems: list[Problem
         return Path(file).read_text(encoding="utf-8").strip()
     except OSError as exc:
         problems.append(_problem(origins, path, f"cannot read secret file {file}: {exc.strerror}"))
-        return ""
+    except UnicodeDecodeError:
+        problems.append(_problem(origins, path, f"secret file {file} is not UTF-8 text"))
+    return ""
 
 
 def _validation_problems(exc: ValidationError, origins: _Origins) -> list[Problem]:
@@ -231,6 +238,11 @@ def cross_check(inventory: Inventory) -> list[tuple[str, str]]:
                       f"{cost.monthly_from!r} is not a cost_csv source; cost_csv sources: {', '.join(costs) or 'none'}")
                      for c, cost in process.costs.items()
                      if cost.monthly_from is not None and cost.monthly_from not in costs]
+    syncing = {n for n, s in inventory.sources.items() if s.kind != "sql"}
+    problems += [(f"processes.{name}.records.table", f"{process.records.table!r} is a table of the record store "
+                  f"itself; choose another name (reserved: {', '.join(sorted(RECORD_STORE_TABLES))})")
+                 for name, process in inventory.processes.items()
+                 if process.records.source in syncing and process.records.table in RECORD_STORE_TABLES]
     return problems + callback_problems(inventory) + check_alerting(inventory)
 
 
@@ -264,6 +276,10 @@ def _check_process(path: str, process: Process, sources: set[str]) -> list[tuple
         if dim in RESERVED_LABELS:
             problems.append((f"{path}.records.columns.dimensions.{index}",
                              f"{dim!r} is a label fabwatch sets itself; rename the column in the mapping"))
+        elif dim in columns.dimensions[:index]:
+            problems.append((f"{path}.records.columns.dimensions.{index}",
+                             f"{dim!r} is already dimension {columns.dimensions.index(dim)}: a label may "
+                             "appear once per series (Prometheus rejects the whole scrape otherwise)"))
     for name, cost in process.costs.items():
         if cost.driver is not None and cost.driver not in known:
             problems.append((f"{path}.costs.{name}.driver", _unknown_column(cost.driver, known)))

@@ -218,7 +218,8 @@ class ValueKpi(_Kpi):
     @field_validator("sql")
     @classmethod
     def _select(cls, value: str) -> str:
-        if value.lstrip().split(None, 1)[0].lower() not in {"select", "with"}:
+        words = value.split(None, 1)
+        if not words or words[0].lower() not in {"select", "with"}:
             raise ValueError("a value KPI's sql must be a SELECT (or WITH ... SELECT)")
         return value
 

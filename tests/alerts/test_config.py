@@ -112,3 +112,14 @@ def test_bad_window(write_inventory: Callable[[dict], Path], patch: dict, where:
 
 def test_the_example_is_valid(example: object) -> None:
     assert check_alerting(example) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("hours", "valid"), [
+    ("08:00-24:00", True), ("00:00-23:59", True), ("08:00-24:30", False), ("24:00-24:00", False),
+    ("18:00-08:00", False),
+])
+def test_time_interval_hours_as_alertmanager_parses_them(write_inventory: Callable[[dict], Path], hours: str,
+                                                         valid: bool) -> None:
+    found = problems(write_inventory(merged(SMALL, {"alerting": {"time_intervals": {
+        "office_hours": {"weekdays": ["monday:friday"], "hours": [hours]}}}})))
+    assert (found == []) is valid, found

@@ -119,6 +119,8 @@ def test_environment_substitution_with_default_and_secret_file(tmp_path: Path) -
     assert inventory.sources["crm"].interval == 45
     inventory = load_inventory([write(tmp_path, "a.yaml", text)], {"INTERVAL": "2m"})
     assert inventory.sources["crm"].interval == 120
+    inventory = load_inventory([write(tmp_path, "a.yaml", text)], {"INTERVAL": ""})  # empty: as unset, as in a shell
+    assert inventory.sources["crm"].interval == 45
 
 
 def test_missing_environment_variable_names_the_path(tmp_path: Path) -> None:
@@ -151,3 +153,72 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
 def test_predicate_columns_ignores_keywords_strings_and_functions() -> None:
     assert predicate_columns("channel IN ('chat', 'app') AND coalesce(x, 0) = 1 AND y IS NOT NULL") == {
         "channel", "x", "y"}
+
+
+def test_a_dimension_given_twice_is_refused(tmp_path: Path) -> None:
+    """Two labels of one name make Prometheus reject the whole scrape, not only the series."""
+    text = GOOD.replace("dimensions: [priority]", "dimensions: [priority, channel, priority]")
+    path = write(tmp_path, "a.yaml", text)
+    (line,) = problems([path])
+    assert line.startswith(f"{path}:12: processes.problem.records.columns.dimensions.2: 'priority' is already "
+                           "dimension 0"), line
+
+
+def test_a_records_table_may_not_take_a_record_store_table_name(tmp_path: Path) -> None:
+    text = (GOOD.replace('crm: {kind: sql, dsn: "sqlite+aiosqlite:///x.db", interval: 30s}',
+                         'crm: {kind: cost_csv, path: "costs-*.csv"}')
+            .replace("table: trouble_ticket", "table: cost_entry"))
+    (line,) = problems([write(tmp_path, "a.yaml", text)])
+    assert "processes.problem.records.table: 'cost_entry' is a table of the record store itself" in line
+    # A SQL source's own database may name its tables as it likes.
+    load_inventory([write(tmp_path, "b.yaml", GOOD.replace("table: trouble_ticket", "table: cost_entry"))], {})
+
+
+def test_the_record_store_keeps_the_tables_the_inventory_reserves(tmp_path: Path) -> None:
+    import sqlite3
+
+    from collector.sources.schema import RECORD_STORE_TABLES
+    from collector.sources.store import RecordStore
+
+    RecordStore(tmp_path / "s.db", []).close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == RECORD_STORE_TABLES
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    text = GOOD.replace("name: Problem", "name: Störung")
+    path.write_bytes(text.encode("latin-1"))
+    assert problems([path]) == [f"{path}: not UTF-8 text: byte 0xf6 at offset {text.index('ö')}; save the "
+                                "file as UTF-8"]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('cron: "0 24 * * *"', "bad cron '0 24 * * *'"),
+    ('cron: "99 * * * *"', "bad cron '99 * * * *'"),
+    ("interval: .inf", "duration must be positive"),
+    ("interval: .nan", "duration must be positive"),
+    ("interval: 100000000w", "duration over 10 years"),
+])
+def test_schedules_the_scheduler_cannot_run_are_refused_at_load(tmp_path: Path, value: str, message: str) -> None:
+    path = write(tmp_path, "a.yaml", GOOD.replace("interval: 30s", value))
+    (line,) = problems([path])
+    assert line.startswith(f"{path}:3: sources.crm."), line
+    assert message in line, line
+
+
+def test_an_empty_value_query_is_refused(tmp_path: Path) -> None:
+    text = GOOD.replace("      reopen:", '      agents: {kind: value, sql: ""}\n      reopen:')
+    (line,) = problems([write(tmp_path, "a.yaml", text)])
+    assert "processes.problem.kpis.agents.sql" in line, line
+    assert "must be a SELECT" in line, line
+
+
+def test_each_file_may_hold_its_own_anchor_block(tmp_path: Path) -> None:
+    """YAML anchors are per file: two files each need their own `x-` block, with the same name."""
+    first = "x-columns: &columns {due: due_at}\n" + GOOD
+    second = ("x-columns: &columns {due: due_at}\nprocesses:\n  problem:\n    kpis:\n"
+              "      backlog: {kind: backlog}\n")
+    inventory = load_inventory([write(tmp_path, "a.yaml", first), write(tmp_path, "b.yaml", second)], {})
+    assert "backlog" in inventory.processes["problem"].kpis
