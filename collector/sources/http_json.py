@@ -32,7 +32,7 @@ class HttpJsonSync:
         now = time.time() if now is None else now
         payload = (await self.client.request("GET", self.source.url)).body
         rows = self._rows(payload, now) if self._items is not None else []
-        values = {n: self._number(n, e.search(payload)) for n, e in self._values.items()}
+        values = {n: self._number(n, self._search(f"values.{n}", e, payload)) for n, e in self._values.items()}
         await asyncio.to_thread(self._write, rows, values, now)
         return len(rows)
 
@@ -56,7 +56,7 @@ class HttpJsonSync:
     def _row(self, item: Any, now: float) -> Row:
         row: Row = {}
         for column, expression in self._columns.items():
-            row[column] = self._convert(column, expression.search(item))
+            row[column] = self._convert(column, self._search(f"columns.{column}", expression, item))
         row.setdefault("updated_at", None)
         if row["updated_at"] is None:
             row["updated_at"] = now
@@ -65,6 +65,14 @@ class HttpJsonSync:
                 raise SourceSchemaMismatch(self.name, f"an item has no {needed}")
         row["id"] = str(row["id"])
         return row
+
+    def _search(self, where: str, expression: Any, document: Any) -> Any:
+        """Evaluate a compiled expression; a runtime error (a function given the wrong type) is the
+        payload's shape, not a bug: `reason="schema"`, naming the expression."""
+        try:
+            return expression.search(document)
+        except JMESPathError as exc:
+            raise SourceSchemaMismatch(self.name, f"{where}: {exc}") from exc
 
     def _convert(self, column: str, value: Any) -> Any:
         if value is None:

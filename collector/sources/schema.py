@@ -7,7 +7,7 @@ then samples like any SQL source; `interval`, `cron`, `jitter`, `timeout`, `sett
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from collector.durations import Duration
 from collector.types import CronExpression
@@ -144,6 +144,19 @@ class TmfEventsSource(_Synced):
         return self.hub_url or "listener://"
 
 
+def _jmespath(expression: str, name: str | None = None) -> str:
+    """A JMESPath expression, compiled once here so a typo is a config error, not a sample error."""
+    import jmespath
+    from jmespath.exceptions import JMESPathError
+
+    try:
+        jmespath.compile(expression)
+    except JMESPathError as exc:
+        where = f"{name}: " if name else ""
+        raise ValueError(f"{where}bad JMESPath {expression!r}: {str(exc).splitlines()[0]}") from None
+    return expression
+
+
 class HttpJsonSource(_Http):
     """A JSON document mapped by JMESPath to work items (`items` + `columns`) or to `values`."""
 
@@ -155,6 +168,28 @@ class HttpJsonSource(_Http):
     """Record column -> JMESPath evaluated on each item (id, created_at and status are needed)."""
     values: dict[Column, str] = {}
     """Name -> JMESPath to a number; stored in table `kpi_value` for `kind: value` KPIs."""
+
+    @field_validator("items")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        return None if value is None else _jmespath(value)
+
+    @field_validator("columns", "values")
+    @classmethod
+    def _paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, expression in value.items():
+            _jmespath(expression, name)
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        from collector.sources.store import NAMES  # stdlib only: cheap to import
+
+        unknown = sorted(set(value) - set(NAMES))
+        if unknown:
+            raise ValueError(f"unknown record column {', '.join(map(repr, unknown))}; known: {', '.join(NAMES)}")
+        return value
 
     @model_validator(mode="after")
     def _mapped(self) -> "HttpJsonSource":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,28 @@ def test_items_need_id_created_and_status_columns(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="columns must map created_at, status"):
         problem_inventory(tmp_path, {"kind": "http_json", "url": "http://127.0.0.1:1/x", "items": "a",
                                      "columns": {"id": "ref"}})
+
+
+async def test_a_jmespath_runtime_error_is_the_payloads_shape(api: tuple[Api, str], tmp_path: Path) -> None:
+    """`abs()` of a string is valid JMESPath that fails on this payload: reason schema, the
+    expression named, not an internal error with a traceback."""
+    _, url = api
+    spec = source(url, values={"agents_logged_in": "abs(stats.queue)"})
+    with pytest.raises(SourceError) as caught:
+        await sample_once(tmp_path, spec)
+    assert caught.value.reason == "schema"
+    assert "values.agents_logged_in:" in str(caught.value)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("items", "data.[[", "http_json.items\n  Value error, bad JMESPath 'data.[['"),
+    ("columns", {**COLUMNS, "status": "state |"}, "http_json.columns\n  Value error, status: bad JMESPath 'state |'"),
+    ("values", {"agents": "stats..agents"}, "http_json.values\n  Value error, agents: bad JMESPath 'stats..agents'"),
+    ("columns", {**COLUMNS, "complted_at": "closed"},
+     "http_json.columns\n  Value error, unknown record column 'complted_at'; known: id, created_at, completed_at"),
+])
+def test_bad_expressions_and_unknown_columns_are_config_errors(tmp_path: Path, field: str, value: Any,
+                                                               message: str) -> None:
+    """A typo must fail at load, not drop a column's data without a word or break every sample."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        problem_inventory(tmp_path, {**source("http://127.0.0.1:1/x"), field: value})
