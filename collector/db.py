@@ -4,10 +4,11 @@ It knows nothing of KPIs, schedulers or exporters; the engine asks it for a conn
 """
 
 import asyncio
+import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, event, text
@@ -24,7 +25,10 @@ from collector.errors import (
     SourceTimeout,
     SourceUnreachable,
 )
+from collector.logs import log_event
 from collector.schema import SqlSource
+
+_LOG = logging.getLogger("fabwatch.db")
 
 BACKSTOP_SECONDS = 2.0
 """Extra time asyncio grants after the database's own timeout, for a stuck driver."""
@@ -78,6 +82,8 @@ class AsyncEngine:
             raise InvalidRequestError("The asyncio extension requires an async driver to be used. "
                                       f"The loaded {sync_engine.dialect.driver!r} is not async.")
         self.sync_engine = sync_engine
+        self.file_identity: tuple[int, int] | None = None
+        """(device, inode) of the SQLite file the pooled connections have open."""
 
     @property
     def url(self) -> URL:
@@ -110,7 +116,7 @@ async def guard(source: str, timeout: float) -> AsyncIterator[None]:
 @asynccontextmanager
 async def read_only(source: str, engine: AsyncEngine, timeout: float) -> AsyncIterator[AsyncConnection]:
     """Yield a connection in a read-only transaction whose statements stop after `timeout`."""
-    _require_sqlite_file(source, engine)
+    await _follow_sqlite_file(source, engine)
     try:
         conn = await engine.connect()
     except (OSError, DBAPIError) as exc:
@@ -157,12 +163,26 @@ async def _release(conn: AsyncConnection) -> None:
     await conn.close()
 
 
-def _require_sqlite_file(source: str, engine: AsyncEngine) -> None:
-    """Refuse to connect to a missing SQLite file: connecting would create an empty database."""
+async def _follow_sqlite_file(source: str, engine: AsyncEngine) -> None:
+    """Refuse to connect to a missing SQLite file (connecting would create an empty database), and
+    drop the pooled connections when the file was replaced (a restore, `mv`, rsync): they keep
+    the old, deleted file open and would read it for ever, with the source reported up."""
     database = engine.url.database
-    if engine.url.get_backend_name() == "sqlite" and database and database != ":memory:" \
-            and not database.startswith("file:") and not Path(database).exists():
-        raise SourceUnreachable(source, f"SQLite database file {database} does not exist")
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:" \
+            or database.startswith("file:"):
+        return
+    try:
+        status = os.stat(database)
+    except FileNotFoundError:
+        raise SourceUnreachable(source, f"SQLite database file {database} does not exist") from None
+    except OSError as exc:
+        raise SourceUnreachable(source, f"SQLite database file {database}: {exc.strerror}") from None
+    identity = (status.st_dev, status.st_ino)
+    if engine.file_identity is not None and engine.file_identity != identity:
+        log_event(_LOG, "sqlite_file_replaced", logging.WARNING, source=source, file=database,
+                  action="reconnecting")
+        await engine.dispose()
+    engine.file_identity = identity
 
 
 async def _sqlite_deadline(conn: AsyncConnection, deadline: float) -> None:

@@ -138,6 +138,30 @@ async def test_open_items_committed_late_within_settle_are_followed(db: Path, tm
     await sim.close()
 
 
+async def test_a_sqlite_file_replaced_by_another_is_read_again(db: Path, tmp_path: Path) -> None:
+    """A restore, `mv` or rsync replaces the file: pooled connections still have the old one open,
+    so the samples would read the deleted file for ever, with the source reported up."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    inventory = example(dsn)
+    sim = await simulate(dsn, days=2)
+    await sim.close()
+    engine = sampler(inventory, tmp_path / "state.db")
+    await engine.sample(T0)
+    backlog = values(await engine.sample(T0 + 10))[("problem", "backlog")]
+    assert backlog is not None
+    replacement = tmp_path / "replacement.db"
+    source, copy = sqlite3.connect(db), sqlite3.connect(replacement)
+    source.backup(copy)
+    with copy:
+        copy.executemany("INSERT INTO trouble_ticket (id, created_at, updated_at, status) VALUES (?, ?, ?, ?)",
+                         [(f"NEW-{n}", T0 + 9, T0 + 9, "inProgress") for n in range(20)])
+    source.close()
+    copy.close()
+    replacement.replace(db)
+    assert values(await engine.sample(T0 + 11))[("problem", "backlog")] == backlog + 20
+    await engine.close()
+
+
 async def test_histogram_and_slo_counters_agree_with_rows(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     inventory = example(dsn)
