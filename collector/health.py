@@ -13,7 +13,10 @@ from typing import Protocol
 from collector.samples import Family, Histogram, Labels
 
 REASONS = ("timeout", "connection", "query", "permission", "internal")
-"""Every `fab_source_errors_total` reason, exported at 0 from the start so `increase()` works."""
+"""Every `fab_source_errors_total` reason of a SQL source, exported at 0 from the start so
+`increase()` works."""
+SYNC_REASONS = ("http_status", "rate_limited", "auth", "tls", "invalid_json", "oversize", "schema")
+"""The reasons a syncing source (TMF, HTTP JSON, cost files) adds, also exported at 0 from the start."""
 
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
@@ -72,8 +75,11 @@ class _SourceHealth:
 class HealthTracker:
     """Health of every configured source; a source not sampled yet is down."""
 
-    def __init__(self, sources: Iterable[str], version: str | None = None) -> None:
+    def __init__(self, sources: Iterable[str], version: str | None = None, syncing: Iterable[str] = ()) -> None:
+        """`syncing`: the sources that are not SQL, whose errors have more reasons (`SYNC_REASONS`)."""
         self._sources = {name: _SourceHealth() for name in sources}
+        for name in syncing:
+            self._sources[name].errors.update(dict.fromkeys(SYNC_REASONS, 0))
         self.version = version or fabwatch_version()
         self.intake: dict[str, Intake] = {}
         """The listener of each `tmf_events` source: its live counts by result, its last event."""

@@ -54,7 +54,7 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     `service.state_path`. `clock` tells the time samples are taken at (see `shifted_clock`).
     """
     app = web.Application()
-    health = HealthTracker(inventory.sources)
+    health = HealthTracker(inventory.sources, syncing=[n for n, s in inventory.sources.items() if s.kind != "sql"])
     app[INVENTORY] = inventory
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)

@@ -59,3 +59,21 @@ def test_listener_counts_are_exported_live_and_only_when_there_are_listeners():
                              ((("source", "tickets"), ("result", "duplicate")), 0.0)]
     last = families(tracker)["fab_events_last_received_timestamp_seconds"]
     assert (last.kind, last.samples) == ("gauge", [((("source", "tickets"),), 1_700_000_060.0)])
+
+
+def test_a_syncing_source_exports_every_reason_its_errors_can_have_from_the_start():
+    """`increase()` cannot see the first error of a series that appears already above 0."""
+    import collector.sources.http  # noqa: F401  (defines the HTTP sources' errors)
+    from collector.errors import SourceError
+    from collector.health import SYNC_REASONS
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    reasons = {cls.reason for cls in subclasses(SourceError)} - {SourceError.reason}
+    assert reasons <= set(REASONS) | set(SYNC_REASONS)
+    tracker = HealthTracker(["crm", "tickets"], syncing=["tickets"])
+    exported = {}
+    for labels, _ in families(tracker)["fab_source_errors"].samples:
+        exported.setdefault(dict(labels)["source"], set()).add(dict(labels)["reason"])
+    assert exported == {"crm": set(REASONS), "tickets": {*REASONS, *SYNC_REASONS}}
