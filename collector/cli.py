@@ -44,6 +44,8 @@ class EnvFlag:
     env: str
     convert: Callable[[str], Any]
     default: Any = None
+    choices: Sequence[str] | None = None
+    """What the flag accepts, checked for the variable too (argparse checks only the flag)."""
 
 
 def parse_listen(value: str) -> Listen:
@@ -75,7 +77,7 @@ def _flag(parser: argparse.ArgumentParser, flags: list[EnvFlag], *names: str, en
                                  **kwargs)
     if "type" not in kwargs and kwargs.get("action") != "append":
         action.type = convert
-    flags.append(EnvFlag(action.dest, f"FABWATCH_{env}", convert, default))
+    flags.append(EnvFlag(action.dest, f"FABWATCH_{env}", convert, default, kwargs.get("choices")))
 
 
 def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
@@ -212,9 +214,12 @@ def resolve_env(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
             setattr(args, flag.dest, flag.default)
             continue
         try:
-            setattr(args, flag.dest, flag.convert(raw))
+            value = flag.convert(raw)
         except (argparse.ArgumentTypeError, ValueError) as exc:
             raise SystemExit(f"fabwatch: error: {flag.env}={raw!r}: {exc}") from None
+        if flag.choices is not None and value not in flag.choices:
+            raise SystemExit(f"fabwatch: error: {flag.env}={raw!r}: choose from {', '.join(flag.choices)}")
+        setattr(args, flag.dest, value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -303,6 +308,8 @@ def _run(main: Coroutine[Any, Any, int], *, fast: bool) -> int:
 
 async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
                  clock: Callable[[], float] = time.time) -> int:
+    if not state_file_usable(state or inventory.service.state_path):
+        return EXIT_FAILED
     app = build_app(inventory, state_path=state, clock=clock)
     try:
         async with _stop_on_signals() as stop:
@@ -314,6 +321,17 @@ async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
         _cannot_listen(host, port, exc)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def state_file_usable(path: str | Path) -> bool:
+    """Check the state file before serving; name it and the cause when it cannot be used (else
+    every sample would fail as if the sources were down, or the start fail as a listen error)."""
+    from collector.state import state_file_problem
+
+    problem = state_file_problem(path)
+    if problem is not None:
+        print(f"fabwatch: cannot use the state file {path}: {problem}", file=sys.stderr)
+    return problem is None
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> None:
@@ -506,6 +524,8 @@ def tmf_inventory(inventory: Inventory, url: str, data_dir: Path) -> Inventory:
 async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host: str,
                      port: int) -> int:
     """Run the live simulator and the service in this loop until a signal."""
+    if not state_file_usable(data_dir / "state.db"):
+        return EXIT_FAILED
     app = build_app(inventory, state_path=data_dir / "state.db")
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     async with _stop_on_signals() as stop:

@@ -15,6 +15,7 @@ import asyncio
 import copy
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -25,6 +26,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
 
 from collector.db import AsyncConnection, AsyncEngine, create_engine, guard, read_only
+from collector.errors import StateFailed
 from collector.kpis import fixed_cost, kpi_value, variable_cost, windows_of
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
 from collector.schema import Process, SqlSource, ValueKpi
@@ -161,7 +163,12 @@ class SourceSampler:
         except BaseException:
             self._books.clear()  # half-applied changes: recount on the next sample
             raise
-        await asyncio.to_thread(self._store.save, self.name, state)
+        try:
+            await asyncio.to_thread(self._store.save, self.name, state)
+        except (sqlite3.Error, OSError) as exc:
+            self._books.clear()
+            raise StateFailed(self.name, f"cannot save to fabwatch's own state file {self._store.path}: "
+                                         f"{exc}") from exc
         self._state = state
         families, readings = self._publish(processes, runs, now)
         seconds = tuple((p, k, runs[p].seconds) for p, proc in self.processes.items() for k in proc.kpis)

@@ -29,5 +29,12 @@ class SourceRefused(SourceError):
     reason = "permission"
 
 
+class StateFailed(SourceError):
+    """fabwatch's own state file could not take the sample (read-only, locked, full): the source
+    itself answered, but nothing advances until the state can be saved."""
+
+    reason = "state"
+
+
 class CannotListen(OSError):
     """A port of the service could not be bound; `strerror` names the address and the cause."""

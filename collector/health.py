@@ -12,7 +12,7 @@ from typing import Protocol
 
 from collector.samples import Family, Histogram, Labels
 
-REASONS = ("timeout", "connection", "query", "permission", "internal")
+REASONS = ("timeout", "connection", "query", "permission", "state", "internal")
 """Every `fab_source_errors_total` reason of a SQL source, exported at 0 from the start so
 `increase()` works."""
 SYNC_REASONS = ("http_status", "rate_limited", "auth", "tls", "invalid_json", "oversize", "schema")

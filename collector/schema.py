@@ -95,6 +95,11 @@ class ServiceConfig(Model):
         return host.strip("[]"), int(port)
 
 
+ASYNC_DRIVERS = frozenset({"sqlite+aiosqlite", "postgresql+asyncpg"})
+"""The drivers fabwatch installs (aiosqlite, asyncpg); it samples on an event loop."""
+DSN_EXAMPLES = "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:password@host:5432/db"
+
+
 class SqlSource(Model):
     """A database queried where it lives; the dialect comes from the DSN."""
 
@@ -109,6 +114,21 @@ class SqlSource(Model):
     """Seconds a row may arrive late: counters only read rows older than `now - settle`."""
     reconcile: Duration = 3600.0
     """How often window sums are recomputed in full instead of from their edges."""
+
+    @field_validator("dsn")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url  # not the ORM: cheap
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+            url.port  # noqa: B018  (parsed lazily: a bad port raises here)
+        except (ArgumentError, ValueError) as exc:
+            raise ValueError(f"not a database URL ({exc}); e.g. {DSN_EXAMPLES}") from None
+        if url.drivername not in ASYNC_DRIVERS:
+            raise ValueError(f"{url.drivername!r} is not a supported asyncio driver; use {DSN_EXAMPLES}")
+        return value
 
 
 Source = Annotated[SqlSource | TmfSource | TmfEventsSource | HttpJsonSource | CostCsvSource,

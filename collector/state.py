@@ -47,3 +47,20 @@ class StateStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def state_file_problem(path: str | Path) -> str | None:
+    """Why the state file cannot be used (not a database, a directory, read-only, locked), or None.
+    Checked before serving, so the fault is named at start instead of as every source's failure."""
+    try:
+        store = StateStore(path)
+    except (sqlite3.Error, OSError) as exc:
+        return str(exc)
+    try:
+        store._db.execute("BEGIN IMMEDIATE")  # the write lock a save takes
+        store._db.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        store.close()
+    return None

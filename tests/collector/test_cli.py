@@ -117,6 +117,8 @@ def test_flags_fall_back_to_environment_variables(inventory_file, capsys, monkey
     resolve_env(demo, {"FABWATCH_DAYS": "3", "FABWATCH_LISTEN": "[::1]:9465"})
     assert (demo.days, demo.speed, demo.data_dir) == (3.0, 1.0, ".fabwatch-demo")
     assert demo.listen == ("::1", 9465)
+    with pytest.raises(SystemExit, match=r"FABWATCH_LOG_LEVEL='trace': choose from debug, info, warning, error"):
+        resolve_env(build_parser().parse_args(["check"]), {"FABWATCH_LOG_LEVEL": "trace"})
 
 
 def test_missing_config_and_bad_listen(capsys, monkeypatch):
@@ -338,3 +340,18 @@ def test_a_wildcard_listen_address_needs_an_explicit_callback(tmp_path, capsys, 
                     "service.listen is 0.0.0.0",)
     err = capsys.readouterr().err
     assert all(part in err for part in expected), err
+
+
+@pytest.mark.parametrize("what", ["directory", "not a database"])
+def test_serve_names_a_state_file_it_cannot_use_and_exits_1(tmp_path, inventory_file, capsys, what):
+    state = tmp_path / "state.db"
+    if what == "directory":
+        state.mkdir()
+    else:
+        state.write_text("key = value\n" * 100)
+    assert main(["serve", "-c", str(inventory_file), "--listen", f"127.0.0.1:{free_port()}", "--state",
+                 str(state)]) == 1
+    err = capsys.readouterr().err
+    assert f"fabwatch: cannot use the state file {state}: " in err, err
+    assert "Traceback" not in err
+    assert "cannot listen" not in err

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from collector.engine import SourceSampler
-from collector.errors import SourceQueryFailed, SourceRefused, SourceTimeout, SourceUnreachable
+from collector.errors import SourceQueryFailed, SourceRefused, SourceTimeout, SourceUnreachable, StateFailed
 from collector.inventory import load_inventory
 from collector.samples import SourceSample
 from collector.schema import Inventory, SqlSource
@@ -159,6 +159,26 @@ async def test_a_sqlite_file_replaced_by_another_is_read_again(db: Path, tmp_pat
     copy.close()
     replacement.replace(db)
     assert values(await engine.sample(T0 + 11))[("problem", "backlog")] == backlog + 20
+    await engine.close()
+
+
+async def test_a_state_file_that_cannot_be_written_is_named_as_such(db: Path, tmp_path: Path) -> None:
+    """The source answered; fabwatch's own file failed. On-call must not go looking at the database."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    inventory = example(dsn)
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    engine = sampler(inventory, tmp_path / "state.db")
+    await engine.sample(T0)
+    lock = sqlite3.connect(tmp_path / "state.db", timeout=0)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StateFailed, match=f"fabwatch's own state file {tmp_path / 'state.db'}: database is locked"):
+            await engine.sample(T0 + 60)
+    finally:
+        lock.rollback()
+        lock.close()
+    await engine.sample(T0 + 120)  # recovers once the file can be written
     await engine.close()
 
 

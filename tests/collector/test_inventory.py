@@ -222,3 +222,17 @@ def test_each_file_may_hold_its_own_anchor_block(tmp_path: Path) -> None:
               "      backlog: {kind: backlog}\n")
     inventory = load_inventory([write(tmp_path, "a.yaml", first), write(tmp_path, "b.yaml", second)], {})
     assert "backlog" in inventory.processes["problem"].kpis
+
+
+@pytest.mark.parametrize(("dsn", "message"), [
+    ("postgresql://fab:s3cret@127.0.0.1:5432/crm", "'postgresql' is not a supported asyncio driver; use "),
+    ("sqlite:///x.db", "'sqlite' is not a supported asyncio driver"),
+    ("postgresql+asyncpg://fab:s3cret@db:54x2/crm", "not a database URL (invalid literal for int()"),
+    ("", "not a database URL"),
+])
+def test_a_dsn_fabwatch_cannot_connect_with_is_a_config_error(tmp_path: Path, dsn: str, message: str) -> None:
+    path = write(tmp_path, "a.yaml", GOOD.replace('"sqlite+aiosqlite:///x.db"', f'"{dsn}"'))
+    (line,) = problems([path])
+    assert line.startswith(f"{path}:3: sources.crm.dsn: "), line
+    assert message in line, line
+    assert "s3cret" not in line  # the password never goes to the terminal or the logs
