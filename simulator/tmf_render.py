@@ -37,7 +37,8 @@ def resource(api: TmfApi, version: int, process: str, row: Row, href: str) -> Do
         value = row.get(column)
         if value is not None:
             _put(doc, path, format_time(value) if column.endswith("_at") else value)
-    doc.setdefault("lastUpdate", format_time(row["updated_at"]))
+    if version in api.last_update:  # TMF622, TMF676 and TMF683 v4 define no lastUpdate
+        doc.setdefault("lastUpdate", format_time(row["updated_at"]))
     extension = {c: _plain(c, row[c]) for c in NAMES[1:] if c not in paths and row.get(c) is not None}
     extension.pop("updated_at", None)
     doc[EXTENSION] = extension
@@ -78,10 +79,10 @@ def _decorate(api: TmfApi, version: int, process: str, row: Row, doc: Doc) -> No
     if api.kind == "tmf676":
         doc["account"] = {"id": f"ACC-{row['id']}", "@type": "AccountRef"}
         doc["paymentMethod"] = {"id": str(channel or "unknown"), "@type": "PaymentMethodRef"}
-        doc["statusDate"] = doc["lastUpdate"]
+        doc["statusDate"] = format_time(row["updated_at"])
     if api.kind == "tmf683":
         doc.setdefault("interactionDate", {})["startDateTime"] = format_time(row["created_at"])
-        doc["statusChangeDate"] = doc["lastUpdate"]
+        doc["statusChangeDate"] = format_time(row["updated_at"])
         doc["direction"] = "inbound"
     for money in ("amountDue", "amount"):
         if isinstance(doc.get(money), dict):

@@ -182,7 +182,8 @@ class Listener:
                resource: Mapping[str, Any]) -> Event:
         try:
             when = maybe_time(body.get("eventTime") or body.get("timeOccurred") or body.get("timeOcurred"))
-            row = None if kind == "delete" else resource_to_row(self.api, self.source.version, resource)
+            row = None if kind == "delete" else resource_to_row(self.api, self.source.version, resource,
+                                                                 when if when is not None else time.time())
         except (MappingError, ValueError) as exc:
             raise BadEvent(400, "invalidResource", str(exc)) from exc
         table = self.store.tables[0]

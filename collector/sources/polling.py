@@ -53,12 +53,13 @@ class TmfPoller:
         now = time.time() if now is None else now
         watermark = _float(self.store.meta("watermark"))
         full_at = _float(self.store.meta("full_sync_at"))
-        full = watermark is None or full_at is None or now - full_at >= self.source.full_sync
+        full = watermark is None or full_at is None or now - full_at >= self.source.full_sync \
+            or self.source.version not in self.api.last_update  # nothing to filter changes by
         params = self._params(None if full or watermark is None else watermark - self.source.overlap)
         newest = watermark
         stored = 0
         listed: set[str] = set()
-        async for rows in self._pages(params):
+        async for rows in self._pages(params, now):
             newest = max([newest or float("-inf"), *(r["updated_at"] for r in rows)])
             await self._write(rows, {})
             stored += len(rows)
@@ -81,7 +82,7 @@ class TmfPoller:
             params["lastUpdate.gt"] = format_time(watermark)
         return params
 
-    async def _pages(self, params: Mapping[str, str]) -> Any:
+    async def _pages(self, params: Mapping[str, str], now: float) -> Any:
         """Yield the rows of each page until the collection is exhausted."""
         url: str | None = self.url
         query: dict[str, str] | None = {**params, "offset": "0"}
@@ -90,7 +91,7 @@ class TmfPoller:
         for _ in range(MAX_PAGES):
             assert url is not None
             reply = await self.client.request("GET", url, params=query)
-            rows = [self._row(item) for item in self._items(reply)]
+            rows = [self._row(item, now) for item in self._items(reply)]
             if rows and [r["id"] for r in rows] == [r["id"] for r in previous]:
                 raise SourceSchemaMismatch(self.name, f"{reply.url} answered the previous page again: the server "
                                                       "ignores offset (or its Link rel=next points back)")
@@ -129,7 +130,7 @@ class TmfPoller:
             if reply.status == 404:
                 gone.append(ident)
             else:
-                found.append(self._row(reply.body))
+                found.append(self._row(reply.body, time.time()))
         if gone or found:
             await self._write(found, {})
             await asyncio.to_thread(self._delete, gone)
@@ -150,9 +151,9 @@ class TmfPoller:
                                                   f"got {type(reply.body).__name__}")
         return reply.body
 
-    def _row(self, item: Any) -> Row:
+    def _row(self, item: Any, observed: float) -> Row:
         try:
-            return resource_to_row(self.api, self.source.version, item)
+            return resource_to_row(self.api, self.source.version, item, observed)
         except MappingError as exc:
             raise SourceSchemaMismatch(self.name, str(exc)) from exc
 

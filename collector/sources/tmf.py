@@ -37,6 +37,12 @@ class TmfApi:
     or `statusChangeDate` (v5)."""
     change_event: str = ""
     """The status/state change event's name (TMF676 says `paymentStateChangeEvent` for a `status`)."""
+    last_update: frozenset[int] = frozenset({4, 5})
+    """The versions whose resource defines `lastUpdate`: only those can be synced incrementally
+    (`lastUpdate.gt=`); the others are read in full at every sync."""
+    change_dates: tuple[str, ...] = ()
+    """Attributes that date the last change when the resource has no `lastUpdate` (TMF676
+    `statusDate`, TMF683 v4 `statusChangeDate`)."""
     more_changes: tuple[str, ...] = ()
     """Other events of the specification that carry the whole resource after a change."""
     ignored_events: tuple[str, ...] = ()
@@ -80,6 +86,7 @@ APIS: dict[str, TmfApi] = {
                "due_at": ("expectedResolutionDate",), "completed_at": ("resolutionDate",),
                "status": ("status",), "priority": ("priority",), "channel": ("channel", "name")},
         history={4: "statusChange", 5: "statusChangeHistory"}, change_event="troubleTicketStatusChangeEvent",
+        change_dates=("statusChangeDate",),
         more_changes=("troubleTicketResolvedEvent",),
         ignored_events=("troubleTicketInformationRequiredEvent", *_lifecycle_events("troubleTicketSpecification"))),
     "tmf622": TmfApi(
@@ -90,7 +97,7 @@ APIS: dict[str, TmfApi] = {
                "completed_at": ("completionDate",), "status": ("state",), "priority": ("priority",),
                "channel": ("channel", 0, "name"), "segment": ("category",)},
         v5_paths={"created_at": ("creationDate",), "channel": ("channel", 0, "channel", "name")},
-        change_event="productOrderStateChangeEvent",
+        change_event="productOrderStateChangeEvent", last_update=frozenset(),
         ignored_events=("productOrderInformationRequiredEvent", "productOrderMilestoneEvent",
                         "productOrderJeopardyAlertEvent", "productOrderErrorMessageEvent",
                         "cancelProductOrderCreateEvent", "cancelProductOrderStateChangeEvent",
@@ -106,8 +113,10 @@ APIS: dict[str, TmfApi] = {
         "tmf676", "payment", "Payment", "status",
         {4: "/payment/v4"},
         finals=("settled", "writtenOff"),
-        paths={"status": ("status",), "channel": ("channel", "name"), "amount": ("amount", "value")},
-        change_event="paymentStateChangeEvent", ignored_events=_lifecycle_events("refund", "State")),
+        paths={"created_at": ("paymentDate",), "status": ("status",), "channel": ("channel", "name"),
+               "amount": ("amount", "value")},
+        change_event="paymentStateChangeEvent", last_update=frozenset(), change_dates=("statusDate",),
+        ignored_events=_lifecycle_events("refund", "State")),
     "tmf683": TmfApi(
         "tmf683", "partyInteraction", "PartyInteraction", "status",
         {4: "/tmf-api/partyInteraction/v4", 5: "/tmf-api/partyInteraction/v5"},
@@ -115,7 +124,8 @@ APIS: dict[str, TmfApi] = {
         paths={"created_at": ("creationDate",), "completed_at": ("interactionDate", "endDateTime"),
                "status": ("status",), "channel": ("channel", 0, "name")},
         v5_paths={"updated_at": ("lastUpdate",), "channel": ("relatedChannel", 0, "channel", "name")},
-        change_event="partyInteractionStatusChangeEvent"),
+        change_event="partyInteractionStatusChangeEvent", last_update=frozenset({5}),
+        change_dates=("statusChangeDate",)),
 }
 
 
@@ -136,11 +146,14 @@ def dig(document: Any, path: Path) -> Any:
     return node
 
 
-def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any]) -> Row:
+def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any], observed: float | None = None) -> Row:
     """Map one TMF resource to a records-table row; raise `MappingError` when it cannot.
 
-    A column takes its standard attribute, else the `fabwatch` extension's value, else (for
-    `updated_at`) `lastUpdate`; columns with neither stay None (the store's default).
+    A column takes its standard attribute, else the `fabwatch` extension's value; columns with
+    neither stay None (the store's default). `updated_at`, the version the newer-version rule
+    compares, is `lastUpdate`, else the API's change dates (`change_dates`), else `observed`: when
+    the state was seen (the event's time, the poll's time), for the APIs that date no change
+    (TMF622 defines no `lastUpdate`).
     """
     if not isinstance(resource, dict):
         raise MappingError(f"a {api.resource} must be a JSON object")
@@ -155,8 +168,13 @@ def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any]) -> R
         for name in NAMES[1:]:
             if row[name] is None and (value := extension.get(name)) is not None:
                 row[name] = _convert(api, name, value)
-    if row["updated_at"] is None and (updated := resource.get("lastUpdate")) is not None:
-        row["updated_at"] = _convert(api, "updated_at", updated)
+    if row["updated_at"] is None:
+        for key in ("lastUpdate", *api.change_dates):
+            if (updated := resource.get(key)) is not None:
+                row["updated_at"] = _convert(api, "updated_at", updated)
+                break
+        else:
+            row["updated_at"] = observed
     _lifecycle(api, version, resource, row)
     for needed in ("id", "created_at", "updated_at", "status"):
         if row[needed] is None or row[needed] == "":

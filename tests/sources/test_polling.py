@@ -192,3 +192,31 @@ async def test_a_full_sync_removes_what_the_server_deleted_and_keeps_what_it_did
     await tt.sync(now=T0 + 3700)  # full
     assert set(stored(store)) == {"A", "C"}
     assert [r for r in fake.requests if "/troubleTicket/" in r] == ["/tt/troubleTicket/B", "/tt/troubleTicket/C"]
+
+
+async def test_an_api_without_lastupdate_is_read_in_full_at_every_sync(tmp_path: Path) -> None:
+    """TMF622 defines no lastUpdate: a `lastUpdate.gt=` filter would be ignored or refused, and the
+    rows would carry no version. Each sync reads the collection; each row is versioned by the read."""
+    orders = {"PO-1": {"id": "PO-1", "state": "acknowledged", "orderDate": format_time(T0)}}
+    asked: list[str] = []
+
+    async def listing(request: web.Request) -> web.Response:
+        asked.append(request.path_qs)
+        return web.json_response(list(orders.values()), headers={"X-Total-Count": str(len(orders))})
+
+    app = web.Application()
+    app.router.add_get("/om/productOrder", listing)
+    async with serve_app(app) as url:
+        source = TmfSource(kind="tmf622", base_url=f"{url}/om", retries=0, timeout=5, fields=False)
+        store = RecordStore(tmp_path / "orders.db", ["orders"], final_statuses={"orders": APIS["tmf622"].finals})
+        poller = TmfPoller("om", source, HttpClient("om", limits_of(source)), store)
+        try:
+            await poller.sync(now=T0 + 10)
+            orders["PO-1"] = {**orders["PO-1"], "state": "completed", "completionDate": format_time(T0 + 20)}
+            await poller.sync(now=T0 + 30)
+            rows = store.rows("orders")
+        finally:
+            await poller.client.close()
+            store.close()
+    assert [(r["id"], r["status"], r["updated_at"]) for r in rows] == [("PO-1", "completed", T0 + 30)]
+    assert not any("lastUpdate" in a for a in asked), asked

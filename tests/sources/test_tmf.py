@@ -71,3 +71,43 @@ def test_every_event_of_the_specification_is_known(spec: str) -> None:
     names = {p.rsplit("/", 1)[1] for p in paths if p.startswith("/listener/")}
     assert names or spec.startswith("TMF678-CustomerBill-v4")  # the only one that lists no listener paths
     assert names <= {*api.event_names(), *api.ignored_events}
+
+
+def test_a_product_order_as_the_specification_defines_it_is_versioned_by_when_it_was_seen() -> None:
+    """TMF622 (v4 and v5) defines no lastUpdate: the version is the event's time or the poll's."""
+    order = {"id": "PO-1", "state": "inProgress", "orderDate": format_time(T0), "@type": "ProductOrder"}
+    row = resource_to_row(APIS["tmf622"], 4, order, observed=T0 + 42)
+    assert (row["created_at"], row["updated_at"], row["status"]) == (T0, T0 + 42, "inProgress")
+    v5 = {"id": "PO-1", "state": "completed", "creationDate": format_time(T0), "completionDate": format_time(T0 + 9)}
+    assert resource_to_row(APIS["tmf622"], 5, v5, observed=T0 + 50)["updated_at"] == T0 + 50
+    with pytest.raises(MappingError, match="productOrder 'PO-1' has no updated_at"):
+        resource_to_row(APIS["tmf622"], 4, order)  # nothing to version it by
+
+
+def test_a_payment_and_a_v4_interaction_date_their_changes_as_the_specifications_do() -> None:
+    payment = {"id": "PAY-1", "status": "settled", "paymentDate": format_time(T0), "statusDate": format_time(T0 + 5),
+               "amount": {"unit": "EUR", "value": 12.5}}
+    row = resource_to_row(APIS["tmf676"], 4, payment, observed=T0 + 99)
+    assert (row["created_at"], row["updated_at"], row["amount"]) == (T0, T0 + 5, 12.5)
+    interaction = {"id": "PI-1", "status": "completed", "creationDate": format_time(T0),
+                   "statusChangeDate": format_time(T0 + 7)}
+    assert resource_to_row(APIS["tmf683"], 4, interaction, observed=T0 + 99)["updated_at"] == T0 + 7
+
+
+@pytest.mark.parametrize(("kind", "versions"), [("tmf621", {4, 5}), ("tmf622", set()), ("tmf676", set()),
+                                                 ("tmf678", {4, 5}), ("tmf683", {5})])
+def test_lastupdate_is_where_the_specifications_define_it(kind: str, versions: set[int]) -> None:
+    """Incremental sync filters on lastUpdate: it must only be used where the resource has one."""
+    import yaml
+
+    api = APIS[kind]
+    for spec in SPECS.glob(f"{kind.upper()}-*"):
+        version = 4 if "-v4" in spec.name else 5
+        text = spec.read_text()
+        if spec.suffix == ".json":
+            properties = json.loads(text)["definitions"][api.type_name]["properties"]
+        else:
+            schema = yaml.safe_load(text)["components"]["schemas"][api.type_name]
+            properties = {k: v for part in schema.get("allOf", [schema]) for k, v in part.get("properties", {}).items()}
+        assert ("lastUpdate" in properties) is (version in versions), spec.name
+        assert (version in api.last_update) is (version in versions), spec.name
