@@ -81,6 +81,10 @@ class SyncingSampler:
         return await self.inner.check_columns()
 
 
+_HUB_ID, _HUB_URL = "hub_id", "hub_url"
+"""Record store keys of the current hub subscription, so a restart after a crash can drop it."""
+
+
 class HubRegistration:
     """Keeps this service registered with a TMF hub (`POST /hub`), and unregisters on close."""
 
@@ -98,19 +102,37 @@ class HubRegistration:
         if self.hub_id is not None or self.source.hub_url is None:
             return 0
         from collector.sources.http import SourceSchemaMismatch
+        await self._drop_leftover()
         reply = await self.client.request("POST", f"{self.source.hub_url.rstrip('/')}/hub",
                                           payload={"callback": self.callback, "query": self.source.query})
         if not isinstance(reply.body, dict) or not isinstance(reply.body.get("id"), str | int):
             raise SourceSchemaMismatch(self.name, "the hub answered without an id")
         self.hub_id = str(reply.body["id"])
+        self.store.set_meta({_HUB_ID: self.hub_id, _HUB_URL: self.source.hub_url})
         log_event(_LOG, "hub_registered", source=self.name, hub=self.hub_id, callback=self.callback)
         return 0
+
+    async def _drop_leftover(self) -> None:
+        """Unregister the subscription a previous run left (killed before it could): else the hub
+        keeps calling it, twice per event, for as long as it lives."""
+        leftover, hub_url = self.store.meta(_HUB_ID), self.store.meta(_HUB_URL)
+        if not leftover or not hub_url:
+            return
+        try:
+            await self.client.request("DELETE", f"{hub_url.rstrip('/')}/hub/{leftover}", missing_ok=True)
+            log_event(_LOG, "hub_leftover_unregistered", source=self.name, hub=leftover)
+        except SourceError as exc:
+            log_event(_LOG, "hub_leftover_unregister_failed", logging.WARNING, source=self.name, hub=leftover,
+                      error=str(exc))
+        self.store.set_meta({_HUB_ID: ""})
 
     async def close(self) -> None:
         """Unregister from the hub (best effort) and close the client."""
         if self.hub_id is not None and self.source.hub_url is not None:
             try:
-                await self.client.request("DELETE", f"{self.source.hub_url.rstrip('/')}/hub/{self.hub_id}")
+                await self.client.request("DELETE", f"{self.source.hub_url.rstrip('/')}/hub/{self.hub_id}",
+                                          missing_ok=True)
+                self.store.set_meta({_HUB_ID: ""})
                 log_event(_LOG, "hub_unregistered", source=self.name, hub=self.hub_id)
             except SourceError as exc:
                 log_event(_LOG, "hub_unregister_failed", logging.WARNING, source=self.name, error=str(exc))
@@ -158,9 +180,8 @@ def build_sampler(name: str, source: Source, processes: Mapping[str, Process], s
     store = open_store(name, source, processes, state_path)
     inner = SourceSampler(name, store_source(source, store), processes, state, **options)
     syncer = _syncer(name, source, store, service)
-    if isinstance(source, TmfEventsSource):
-        store.close()  # the listener writes through its own connection
-        return SyncingSampler(name, syncer, None, inner)
+    # For a tmf_events source the listener writes events through its own connection; this one
+    # keeps the hub subscription (`HubRegistration`).
     return SyncingSampler(name, syncer, store, inner)
 
 

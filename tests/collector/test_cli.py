@@ -1,5 +1,6 @@
 """The fabwatch command line: check, serve and demo, flags from the environment."""
 
+import contextlib
 import logging
 import os
 import re
@@ -265,13 +266,18 @@ class _Hub:
 
         registrations: list[dict[str, str]] = []
         self.registrations = registrations
+        calls: list[str] = []
+        self.calls = calls
+        """`POST <id>` and `DELETE <id>`, in order."""
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 registrations.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self._answer(201, b'{"id": "1", "callback": "x"}')
+                calls.append(f"POST {len(registrations)}")
+                self._answer(201, json.dumps({"id": str(len(registrations)), "callback": "x"}).encode())
 
             def do_DELETE(self) -> None:
+                calls.append(f"DELETE {self.path.rsplit('/', 1)[1]}")
                 self._answer(204, b"")
 
             def _answer(self, status: int, body: bytes) -> None:
@@ -355,3 +361,38 @@ def test_serve_names_a_state_file_it_cannot_use_and_exits_1(tmp_path, inventory_
     assert f"fabwatch: cannot use the state file {state}: " in err, err
     assert "Traceback" not in err
     assert "cannot listen" not in err
+
+
+def test_a_subscription_left_by_a_killed_run_is_dropped_at_the_next_start(tmp_path):
+    """SIGKILL leaves no time to unregister: the next start removes the old subscription, else the
+    hub would post every event twice, to the old one and the new one, for as long as it lives."""
+    from tests.sources.helpers import FabwatchProcess, events_inventory
+
+    hub = _Hub()
+    inventory = events_inventory(tmp_path, interval="1s")
+    _with_hub(inventory, hub.url)
+    fabwatch = FabwatchProcess(inventory, free_port())
+
+    def wait_for(calls: int) -> None:
+        deadline = time.monotonic() + 20
+        while len(hub.calls) < calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def subscription_kept() -> bool:  # the id is written once the hub answered: kill after that
+        with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as db:
+            return db.execute("SELECT value FROM sync_meta WHERE key = 'hub_id'").fetchone() == ("1",)
+
+    try:
+        fabwatch.start()
+        deadline = time.monotonic() + 20
+        while not subscription_kept() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fabwatch.kill()
+        fabwatch.start()
+        wait_for(3)
+        fabwatch.stop()
+        wait_for(4)
+    finally:
+        fabwatch.kill()
+        hub.close()
+    assert hub.calls == ["POST 1", "DELETE 1", "POST 2", "DELETE 2"]
