@@ -98,7 +98,10 @@ class HttpClient:
 
     async def open(self) -> None:
         if self._session is None:
-            context = ssl.create_default_context(cafile=self._ca_file) if self._ca_file else None
+            try:
+                context = ssl.create_default_context(cafile=self._ca_file) if self._ca_file else None
+            except (OSError, ssl.SSLError) as exc:  # a certificate file cannot be fixed by retrying
+                raise SourceTlsFailed(self.source, f"ca_file {self._ca_file}: {exc}") from exc
             connector = aiohttp.TCPConnector(limit=4, ssl=context if context is not None else True)
             self._session = aiohttp.ClientSession(connector=connector, raise_for_status=False)
 
@@ -193,10 +196,17 @@ class HttpClient:
         except (ValueError, UnicodeDecodeError) as exc:
             raise SourceInvalidJson(self.source, f"invalid JSON: {exc}") from exc
 
+    def _read_token(self, path: str) -> str:
+        """The bearer token of `token_file`, read at each request (a rotated token is picked up)."""
+        try:
+            return Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceAuthFailed(self.source, f"token_file {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+
     async def _auth_headers(self) -> dict[str, str]:
         auth = self._auth
         if isinstance(auth, BearerAuth):
-            token = auth.token if auth.token is not None else Path(str(auth.token_file)).read_text().strip()
+            token = auth.token if auth.token is not None else self._read_token(str(auth.token_file))
             return {"Authorization": f"Bearer {token}"}
         if isinstance(auth, BasicAuth):
             return {"Authorization": basic_auth(auth.username, auth.password)}

@@ -128,3 +128,24 @@ async def _sampled(health: Any) -> None:
     async with asyncio.timeout(10):
         while health.not_sampled():
             await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(("extra", "reason", "message"), [
+    ({"auth": {"kind": "bearer", "token_file": "/nonexistent/fabwatch-token"}}, "auth",
+     "token_file /nonexistent/fabwatch-token: No such file or directory"),
+    ({"ca_file": "/nonexistent/fabwatch-ca.pem"}, "tls", "ca_file /nonexistent/fabwatch-ca.pem: "),
+])
+async def test_a_missing_credential_file_is_named_with_its_reason(faulty: tuple[Faulty, str], tmp_path: Path,
+                                                                  extra: dict[str, Any], reason: str,
+                                                                  message: str, caplog) -> None:
+    """Not reason=internal with a bare FileNotFoundError: on-call needs the file and the setting."""
+    _, url = faulty
+    app = await _service(url, tmp_path, **extra)
+    async with serve_app(app):
+        scheduler, health = app[SCHEDULER], app[HEALTH]
+        assert await scheduler.run_once("tickets") is None
+        assert health.errors("tickets")[reason] >= 1  # the start's sample failed the same way
+        assert health.errors("tickets")["internal"] == 0
+    failed = [r for r in caplog.records if r.getMessage() == "sample_failed"]
+    assert failed
+    assert message in str(failed[-1].__dict__["fabwatch_fields"]["error"])
