@@ -84,6 +84,15 @@ class AsyncEngine:
         self.sync_engine = sync_engine
         self.file_identity: tuple[int, int] | None = None
         """(device, inode) of the SQLite file the pooled connections have open."""
+        self.aborting = False
+        """Set by `abort`: SQLite statements stop at their next progress check (PostgreSQL's are
+        cancelled by asyncpg when their task is)."""
+
+    def abort(self) -> None:
+        """Make the running SQLite statements of this engine stop now: a query runs on in
+        aiosqlite's thread when its task is cancelled, and unwinding waits for it (up to the
+        whole timeout, past a stop's grace). For a service that is stopping."""
+        self.aborting = True
 
     @property
     def url(self) -> URL:
@@ -132,7 +141,7 @@ async def read_only(source: str, engine: AsyncEngine, timeout: float) -> AsyncIt
                 f"SELECT set_config('statement_timeout', '{int(timeout * 1000)}', true), "
                 "set_config('plan_cache_mode', 'force_custom_plan', true)"))
         elif conn.dialect.name == "sqlite":
-            await _sqlite_deadline(conn, time.monotonic() + timeout)
+            await _sqlite_deadline(conn, time.monotonic() + timeout, engine)
         yield conn
     finally:
         await _release(conn)
@@ -185,10 +194,12 @@ async def _follow_sqlite_file(source: str, engine: AsyncEngine) -> None:
     engine.file_identity = identity
 
 
-async def _sqlite_deadline(conn: AsyncConnection, deadline: float) -> None:
-    """Make SQLite abort this connection's statements after `deadline` (it has no statement timeout)."""
+async def _sqlite_deadline(conn: AsyncConnection, deadline: float, engine: AsyncEngine) -> None:
+    """Make SQLite abort this connection's statements after `deadline` (it has no statement
+    timeout), or once the engine is told to `abort`."""
     driver = await conn.driver_connection()
-    await driver.set_progress_handler(lambda: time.monotonic() > deadline, 10_000)  # type: ignore[union-attr]
+    await driver.set_progress_handler(lambda: engine.aborting or time.monotonic() > deadline,  # type: ignore[union-attr]
+                                      10_000)
 
 
 def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:

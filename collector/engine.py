@@ -190,6 +190,11 @@ class SourceSampler:
             out[name] = process.model_copy(update={"costs": costs})
         return out
 
+    def abort(self) -> None:
+        """Stop the statements running now (the service is stopping and cancels this sample)."""
+        if self._engine is not None:
+            self._engine.abort()
+
     async def check_columns(self) -> list[str]:
         """Return one line per mapped table or column that the database does not have."""
         async with self._guard(), self._read_only() as conn:

@@ -40,6 +40,10 @@ class Sampler(Protocol):
         """Take one sample; raise `SourceError` when the source cannot be sampled."""
         ...
 
+    def abort(self) -> None:
+        """Stop the statements of the sample running now, which is about to be cancelled."""
+        ...
+
 
 def crontab_weekdays(field: str) -> str:
     """Translate a crontab weekday field (0 or 7 = Sunday) to names apscheduler 3 reads right.
@@ -141,6 +145,10 @@ class SamplingScheduler:
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.stop_grace)
         for task in late:
+            name = task.get_name().removeprefix("sample-")
+            log_event(_LOG, "sample_cancelled", logging.WARNING, source=name, after_seconds=self.stop_grace,
+                      why="still running when the service stopped")
+            self._samplers[name].abort()
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)  # let the scheduler's own shutdown callback run

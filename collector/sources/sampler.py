@@ -47,6 +47,7 @@ class Syncer(Protocol):
 
 class Sampler(Protocol):
     async def open(self) -> None: ...
+    def abort(self) -> None: ...
     async def close(self) -> None: ...
     async def sample(self, now: float | None = None) -> SourceSample: ...
     async def check_columns(self) -> list[str]: ...
@@ -76,6 +77,9 @@ class SyncingSampler:
         if self.syncer is not None:
             await self.syncer.sync(now)
         return await self.inner.sample(now)
+
+    def abort(self) -> None:
+        self.inner.abort()
 
     async def check_columns(self) -> list[str]:
         return await self.inner.check_columns()

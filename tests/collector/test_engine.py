@@ -269,6 +269,28 @@ async def test_slow_sqlite_query_times_out(db: Path, tmp_path: Path) -> None:
     await engine.close()
 
 
+async def test_a_cancelled_sqlite_sample_stops_its_query_at_once(db: Path, tmp_path: Path) -> None:
+    """A stop cancels the samples still running after its grace; SQLite's query runs on in
+    aiosqlite's thread, and the connection's release waited for it: the whole timeout."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    slow = value_kpi_file(tmp_path, "slow", "WITH RECURSIVE c(x) AS "
+                          "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT MAX(x) FROM c")
+    inventory = load_inventory([EXAMPLE, slow], {"FABWATCH_DEMO_DSN": dsn})
+    source = inventory.sources["operator"].model_copy(update={"timeout": 60.0})
+    engine = SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.db"))
+    task = asyncio.create_task(engine.sample(T0))
+    await asyncio.sleep(2.0)  # well into the slow query
+    started = asyncio.get_running_loop().time()
+    engine.abort()  # what the scheduler does before it cancels a sample
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert asyncio.get_running_loop().time() - started < 3
+    await engine.close()
+
+
 async def test_check_columns_names_missing_tables_and_columns(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     sim = await simulate(dsn, days=1)

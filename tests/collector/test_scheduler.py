@@ -25,6 +25,10 @@ class ScriptedSampler:
         self.calls: list[float] = []
         self.active = 0
         self.max_active = 0
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
 
     async def sample(self, now: float | None = None) -> SourceSample:
         self.calls.append(time.monotonic())
@@ -139,6 +143,7 @@ async def test_stop_cancels_a_sample_still_running_after_the_grace():
     await scheduler.stop()
     assert 0.3 <= time.monotonic() - started < 1.5
     assert sampler.active == 0
+    assert sampler.aborted  # its statements told to stop: a thread-bound SQLite query ignores cancel
     assert health.not_sampled() == ["crm"]  # a cancelled sample is neither success nor failure
 
 
