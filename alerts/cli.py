@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from alerts.config import check_runbooks
 from alerts.writer import write
 from collector.inventory import ConfigError, load_inventory
 
-EXIT_OK, EXIT_CONFIG = 0, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -21,8 +22,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "alerts", help="generate Prometheus rules and the Alertmanager config")
     commands = alerts.add_subparsers(title="alerts commands", metavar="COMMAND", dest="alerts_command")
     build_cmd = commands.add_parser("build", help="write rules, promtool tests and alertmanager.yml")
-    build_cmd.add_argument("-c", "--config", action="append", metavar="FILE", required=True,
-                           help="inventory file; repeat to merge several")
+    build_cmd.add_argument("-c", "--config", action="append", metavar="FILE",
+                           help="inventory file; repeat to merge several [env FABWATCH_CONFIG, several "
+                                f"files separated by {os.pathsep!r}]")
     build_cmd.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     return alerts
 
@@ -32,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "alerts_command", None) != "build":
         print("fabwatch alerts: give a command: build", file=sys.stderr)
         return EXIT_CONFIG
-    paths = [p for item in args.config for p in (item if isinstance(item, list) else [item])]
+    given = args.config or [p for p in os.environ.get("FABWATCH_CONFIG", "").split(os.pathsep) if p]
+    paths = [p for item in given for p in (item if isinstance(item, list) else [item])]
+    if not paths:
+        print("fabwatch: error: give an inventory with -c FILE (or FABWATCH_CONFIG)", file=sys.stderr)
+        return EXIT_CONFIG
     try:
         inventory = load_inventory(paths)
     except ConfigError as exc:
@@ -46,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
     bundle = build(inventory)
     for note in bundle.notes:
         print(f"note: {note}", file=sys.stderr)
-    written = write(bundle.documents, args.out)
+    try:
+        written = write(bundle.documents, args.out)
+    except OSError as exc:
+        print(f"fabwatch: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"wrote {len(written)} files to {args.out}")
     return EXIT_OK
 

@@ -235,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return EXIT_CONFIG
+    if getattr(args, "config", "") is None:  # a command whose own parser has no env fallback (alerts)
+        args.config = _paths(os.environ.get("FABWATCH_CONFIG", "")) or None
     if getattr(args, "config", "") is None:
         print("fabwatch: error: give an inventory with -c FILE (or FABWATCH_CONFIG)",
               file=sys.stderr)

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> i
 
 
 def _config_paths(args: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
-    given: list[Any] = getattr(args, "config", None) or [env.get("FABWATCH_CONFIG", "")]
+    given: list[Any] = getattr(args, "config", None) or env.get("FABWATCH_CONFIG", "").split(os.pathsep)
     return [path for item in given for path in (item if isinstance(item, list) else [item]) if path]
 
 
@@ -78,7 +78,11 @@ def _load(paths: Sequence[str], env: Mapping[str, str]) -> Inventory | None:
 def cmd_build(inventory: Inventory, args: argparse.Namespace) -> int:
     """Write every dashboard, the provisioning files and CONTENTS.md under --out."""
     output = build(inventory, prometheus_url=args.prometheus_url, dashboards_path=args.dashboards_path)
-    paths = write(output, args.out)
+    try:
+        paths = write(output, args.out)
+    except OSError as exc:
+        print(f"fabwatch: cannot write to {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"Wrote {len(output.dashboards)} dashboards and {len(paths) - len(output.dashboards)} other files "
           f"to {args.out}")
     return EXIT_OK

@@ -11,6 +11,7 @@ from typing import Any
 
 from grafana_client.api import GrafanaApi
 from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaUnauthorizedError
+from niquests.exceptions import RequestException  # grafana-client's HTTP library
 
 from dashboards.build import FOLDER_TITLE, FOLDER_UID
 
@@ -97,6 +98,8 @@ def push(api: GrafanaApi, models: Iterable[dict[str, Any]], *, overwrite: bool =
                         "token with the Editor role) or FABWATCH_GRAFANA_USER/PASSWORD") from exc
     except GrafanaException as exc:
         raise PushError(f"Grafana request failed: {exc.message}") from exc
+    except RequestException as exc:  # no answer at all: wrong URL, Grafana down, TLS
+        raise PushError(f"cannot reach Grafana: {exc}") from exc
 
 
 def _save_one(api: GrafanaApi, model: dict[str, Any], folder_uid: str, overwrite: bool) -> Saved:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from alerts.build import build, rule_files
 from alerts.writer import HEADER, dump, write
 from collector.schema import Inventory
@@ -91,3 +93,17 @@ def test_cli_builds_the_example(tmp_path: Path) -> None:
     assert main(["alerts", "build", "-c", str(COMMITTED.parent / "operator.yaml"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "alertmanager.yml").is_file()
     assert (tmp_path / "rules" / "health.rules.yml").is_file()
+
+
+def test_cli_takes_the_inventory_from_the_variable_and_names_an_output_it_cannot_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from collector.cli import main
+
+    monkeypatch.setenv("FABWATCH_CONFIG", str(COMMITTED.parent / "operator.yaml"))
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    assert main(["alerts", "build", "--out", str(taken)]) == 1
+    assert f"fabwatch: cannot write to {taken}: File exists" in capsys.readouterr().err
+    monkeypatch.delenv("FABWATCH_CONFIG")
+    assert main(["alerts", "build", "--out", str(tmp_path / "out")]) == 2
+    assert "give an inventory with -c FILE (or FABWATCH_CONFIG)" in capsys.readouterr().err

@@ -126,3 +126,11 @@ def test_the_event_intake_row_comes_with_a_listener_and_marks_the_alert_threshol
     share = next(p for p in lint.panels(model) if p["title"] == "Refused share")
     assert [s["value"] for s in share["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [None, 0.1]
     assert "10 %" in share["description"]
+
+
+def test_cli_build_names_an_output_it_cannot_write(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FABWATCH_CONFIG", str(EXAMPLE))  # the variable, as for the other commands
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    assert main(["dashboards", "build", "--out", str(taken)]) == 1
+    assert f"fabwatch: cannot write to {taken}: File exists" in capsys.readouterr().err

@@ -77,3 +77,11 @@ async def test_cli_push(grafana, monkeypatch, capsys):
     monkeypatch.setenv("FABWATCH_GRAFANA_TOKEN", "wrong")
     assert await asyncio.to_thread(main, ["dashboards", "push", "-c", str(EXAMPLE), "--url", url]) == 1
     assert "401 Unauthorized" in capsys.readouterr().err
+
+
+def test_a_grafana_that_does_not_answer_is_a_clear_error(dashboards):
+    from tests.servers import free_port
+
+    api = connect(f"http://127.0.0.1:{free_port()}", credential_from({"FABWATCH_GRAFANA_TOKEN": "t"}))
+    with pytest.raises(PushError, match="cannot reach Grafana: "):
+        push(api, list(dashboards.values())[:1])
