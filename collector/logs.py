@@ -23,7 +23,10 @@ _HANDLER = "fabwatch"
 
 
 def safe_dsn(dsn: str) -> str:
-    """Render a DSN with its password hidden (`***`), fit for logs and tables."""
+    """Render a DSN with its password hidden (`***`), fit for logs and tables; a file path (a
+    cost_csv source) as it is."""
+    if "://" not in dsn:
+        return dsn
     try:
         return make_url(dsn).render_as_string(hide_password=True)
     except (ArgumentError, ValueError):

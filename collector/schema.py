@@ -126,6 +126,8 @@ class SqlSource(Model):
             url.port  # noqa: B018  (parsed lazily: a bad port raises here)
         except (ArgumentError, ValueError) as exc:
             raise ValueError(f"not a database URL ({exc}); e.g. {DSN_EXAMPLES}") from None
+        if url.host and "@" in url.host:  # an unescaped `@` in the password: it would reach the logs
+            raise ValueError("the host holds an '@': write an '@' of the user or password as %40")
         if url.drivername not in ASYNC_DRIVERS:
             raise ValueError(f"{url.drivername!r} is not a supported asyncio driver; use {DSN_EXAMPLES}")
         return value

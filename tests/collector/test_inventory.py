@@ -229,6 +229,7 @@ def test_each_file_may_hold_its_own_anchor_block(tmp_path: Path) -> None:
     ("sqlite:///x.db", "'sqlite' is not a supported asyncio driver"),
     ("postgresql+asyncpg://fab:s3cret@db:54x2/crm", "not a database URL (invalid literal for int()"),
     ("", "not a database URL"),
+    ("postgresql+asyncpg://fab:s3cret@pw@127.0.0.1:5432/crm", "write an '@' of the user or password as %40"),
 ])
 def test_a_dsn_fabwatch_cannot_connect_with_is_a_config_error(tmp_path: Path, dsn: str, message: str) -> None:
     path = write(tmp_path, "a.yaml", GOOD.replace('"sqlite+aiosqlite:///x.db"', f'"{dsn}"'))
@@ -236,3 +237,4 @@ def test_a_dsn_fabwatch_cannot_connect_with_is_a_config_error(tmp_path: Path, ds
     assert line.startswith(f"{path}:3: sources.crm.dsn: "), line
     assert message in line, line
     assert "s3cret" not in line  # the password never goes to the terminal or the logs
+    assert "pw@" not in line

@@ -9,7 +9,10 @@ from collector.logs import log_event, quote, safe_dsn, setup_logging
 def test_safe_dsn_hides_the_password():
     assert safe_dsn("postgresql+asyncpg://fab:s3cret@db:5432/crm") == \
         "postgresql+asyncpg://fab:***@db:5432/crm"
-    assert safe_dsn("not a dsn") == "<unparsable DSN>"
+    assert safe_dsn("https://fab:s3cret@tt.example/tmf-api/troubleTicket/v4") == \
+        "https://fab:***@tt.example/tmf-api/troubleTicket/v4"
+    assert safe_dsn("://no scheme") == "<unparsable DSN>"
+    assert safe_dsn("/data/finance/costs-*.csv") == "/data/finance/costs-*.csv"  # a cost_csv source: a path
 
 
 def test_quote():
