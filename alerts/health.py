@@ -111,7 +111,9 @@ def kpi_absent_alert(name: str, process: Process, kpi: str, alerting: AlertingCo
         annotations={
             "summary": "A KPI has no value.",
             "description": (f"No fab_kpi_value for {{{{ $labels.kpi }}}} of {{{{ $labels.process }}}} for "
-                            f"{window(health.absent_for)}: no events in its window, or the KPI query fails."),
+                            f"{window(health.absent_for)}: nothing in its window to compute it from, or no "
+                            "sample has succeeded since fabwatch started (a failed sample keeps the last values: "
+                            "FabSourceDown reports it)."),
             "runbook_url": runbook_url(process, KPI_ABSENT_ALERT, alerting.runbook_url),
             "dashboard_url": dashboard_url(alerting.grafana_url, name),
         })
