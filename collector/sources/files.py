@@ -1,7 +1,10 @@
 """Monthly cost files from finance: CSV with `process, component, amount, currency, month`.
 
 Rows go to table `cost_entry` of the record store (one per process, component and month; a
-later file replaces an earlier row). The cost model reads them through `MonthlyCosts` (a cost
+later file, in name order, replaces an earlier file's row). When any file is added, changed or
+removed, every file is read again and the table replaced in one transaction: re-reading only the
+changed file would let an old file touched again undo a later file's correction.
+The cost model reads them through `MonthlyCosts` (a cost
 component `monthly_from: <source>` accrues the month's amount over the month, into
 `fab_cost_total` and cost per item), and `value` KPIs can query them, e.g.
 `SELECT SUM(amount) FROM cost_entry WHERE process = 'problem' AND month = strftime('%Y-%m', 'now')`.
@@ -31,7 +34,7 @@ CostRow = tuple[str, str, str, float, str, float, str]
 
 
 class CostCsvSync:
-    """Re-read the cost files whose modification time changed."""
+    """Re-read the cost files when one of them changed (added, modified, removed)."""
 
     def __init__(self, name: str, source: CostCsvSource, store: RecordStore) -> None:
         self.name = name
@@ -47,16 +50,13 @@ class CostCsvSync:
         paths = sorted(glob.glob(self.source.path))
         if not paths:
             raise SourceUnreachable(self.name, f"no file matches {self.source.path}")
-        stored = 0
-        for path in paths:
-            mtime = Path(path).stat().st_mtime
-            if self._seen.get(path) == mtime:
-                continue
-            rows = read_costs(self.name, path)
-            self.store.put_costs(rows)
-            self._seen[path] = mtime
-            stored += len(rows)
-        return stored
+        seen = {path: Path(path).stat().st_mtime for path in paths}
+        if seen == self._seen:
+            return 0
+        rows = [row for path in paths for row in read_costs(self.name, path)]  # name order: later wins
+        self.store.replace_costs(rows)
+        self._seen = seen
+        return len(rows)
 
     async def close(self) -> None:
         return None

@@ -201,9 +201,11 @@ class RecordStore:
                            "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                            [(k, v, now) for k, v in values.items()])
 
-    def put_costs(self, rows: Sequence[tuple[str, str, str, float, str, float, str]]) -> None:
-        """Replace cost entries (process, component, month, amount, currency, month_start, file)."""
+    def replace_costs(self, rows: Sequence[tuple[str, str, str, float, str, float, str]]) -> None:
+        """Replace every cost entry (process, component, month, amount, currency, month_start, file)
+        in one transaction; of two rows for one process, component and month, the later wins."""
         with self._transaction() as db:
+            db.execute("DELETE FROM cost_entry")
             db.executemany("INSERT OR REPLACE INTO cost_entry (process, component, month, amount, currency, "
                            "month_start, file) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 

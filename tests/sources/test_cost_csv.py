@@ -49,7 +49,7 @@ async def test_rows_are_stored_and_a_later_file_replaces_a_month(tmp_path: Path)
         assert await syncer.sync() == 0  # unchanged files are not read again
         (tmp_path / "costs-2026-02.csv").write_text(
             "\ufeffprocess, component, amount, currency, month\r\nproblem,labour,120000,EUR,2026-02\r\n")
-        assert await syncer.sync() == 1  # Excel's BOM, CRLF and spaces after commas are fine
+        assert await syncer.sync() == 5  # every file again; Excel's BOM, CRLF and spaces after commas are fine
         assert entries(store) == [
             ("order", "labour", "2026-01", 99000.0, "EUR", 1_767_225_600.0),
             ("problem", "labour", "2026-01", 125000.5, "EUR", 1_767_225_600.0),
@@ -117,6 +117,26 @@ async def test_no_matching_file_is_a_connection_error(tmp_path: Path) -> None:
         with pytest.raises(SourceError, match="no file matches") as caught:
             await syncer.sync()
         assert caught.value.reason == "connection"
+    finally:
+        store.close()
+
+
+async def test_a_correction_in_a_later_file_stays_when_an_earlier_file_is_touched(tmp_path: Path) -> None:
+    """Finance corrects January in the February file; a January file saved again (unchanged) must
+    not bring the old amount back. The files, in name order, are the truth."""
+    january, february = tmp_path / "costs-2026-01.csv", tmp_path / "costs-2026-02.csv"
+    january.write_text("process,component,amount,currency,month\nproblem,platform,1000,EUR,2026-01\n")
+    february.write_text("process,component,amount,currency,month\nproblem,platform,1200,EUR,2026-01\n")
+    syncer, store = sync(tmp_path, str(tmp_path / "costs-*.csv"))
+    try:
+        await syncer.sync()
+        assert [e[3] for e in entries(store)] == [1200.0]
+        os.utime(january, (2.0, 2.0))  # touched, not changed
+        await syncer.sync()
+        assert [e[3] for e in entries(store)] == [1200.0]
+        february.unlink()  # the correction withdrawn
+        await syncer.sync()
+        assert [e[3] for e in entries(store)] == [1000.0]
     finally:
         store.close()
 
