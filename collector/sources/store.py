@@ -57,6 +57,9 @@ CREATE TABLE IF NOT EXISTS sync_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)
 CREATE TABLE IF NOT EXISTS tmf_event (
     event_id TEXT PRIMARY KEY, event_type TEXT NOT NULL, resource_id TEXT NOT NULL,
     event_time REAL, received_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tmf_deleted (
+    tbl TEXT NOT NULL, id TEXT NOT NULL, deleted_at REAL NOT NULL, received_at REAL NOT NULL,
+    PRIMARY KEY (tbl, id));
 CREATE TABLE IF NOT EXISTS kpi_value (name TEXT PRIMARY KEY, value REAL, updated_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS cost_entry (
     process TEXT NOT NULL, component TEXT NOT NULL, month TEXT NOT NULL, amount REAL NOT NULL,
@@ -90,7 +93,10 @@ class RecordStore:
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.executescript(_SIDE_TABLES + "".join(_table_ddl(t) for t in self.tables))
         finals = final_statuses or {}
-        self._upserts = {t: _upsert_sql(t, tuple(finals.get(t, ()))) for t in self.tables}
+        self._plain = {t: _upsert_sql(t, tuple(finals.get(t, ()))) for t in self.tables}
+        self._guarded = {t: _upsert_sql(t, tuple(finals.get(t, ())), guarded=True) for t in self.tables}
+        self._tombstoned = {r[0] for r in self._db.execute("SELECT DISTINCT tbl FROM tmf_deleted")}
+        """Tables with deletion tombstones: only their upserts pay for the check (3 µs a row)."""
 
     @property
     def dsn(self) -> str:
@@ -103,7 +109,7 @@ class RecordStore:
     def upsert(self, table: str, rows: Sequence[Row], meta: Mapping[str, str] | None = None) -> int:
         """Write rows (newer versions win) and bookkeeping in one transaction; return rows given."""
         with self._transaction() as db:
-            db.executemany(self._upserts[table], [_params(r) for r in rows])
+            db.executemany(self._upsert(table), [_params(r) for r in rows])
             self._put_meta(db, meta or {})
         return len(rows)
 
@@ -134,7 +140,7 @@ class RecordStore:
                 fresh.append(event.event_id in inserted)
                 inserted.discard(event.event_id)  # a repeat within the batch is a duplicate
             for table in dict.fromkeys(e.table for e in events if e.row is not None):
-                db.executemany(self._upserts[table],
+                db.executemany(self._upsert(table),
                                [_params(e.row) for e, new in zip(events, fresh, strict=True)
                                 if new and e.row is not None and e.table == table])
         except BaseException:
@@ -158,7 +164,8 @@ class RecordStore:
 
     def forget_events(self, before: float, limit: int = 10_000) -> int:
         """Delete event ids received before `before`, oldest first, looking at `limit` rows at most
-        (bounded work whatever the table's size); return how many were deleted."""
+        (bounded work whatever the table's size); return how many were deleted. Deletion tombstones
+        received before `before` go too."""
         bound = self._db.execute("SELECT rowid FROM tmf_event ORDER BY rowid LIMIT 1 OFFSET ?",
                                  (limit - 1,)).fetchone()
         with self._transaction() as db:
@@ -166,6 +173,8 @@ class RecordStore:
                 cursor = db.execute("DELETE FROM tmf_event WHERE received_at < ?", (before,))
             else:
                 cursor = db.execute("DELETE FROM tmf_event WHERE rowid <= ? AND received_at < ?", (bound[0], before))
+            db.execute("DELETE FROM tmf_deleted WHERE received_at < ?", (before,))  # deletions are rare: few rows
+            self._tombstoned = {r[0] for r in db.execute("SELECT DISTINCT tbl FROM tmf_deleted")}
         return int(cursor.rowcount)
 
     @staticmethod
@@ -185,14 +194,24 @@ class RecordStore:
             (event.event_id, event.event_type, event.resource_id, event.event_time, now))
         if cursor.rowcount != 1:
             return False
-        self._apply(db, event)
+        self._apply(db, event, now)
         return True
 
-    def _apply(self, db: sqlite3.Connection, event: Event) -> None:
+    def _apply(self, db: sqlite3.Connection, event: Event, now: float) -> None:
         if event.delete:
-            db.execute(f'DELETE FROM "{event.table}" WHERE id = ?', (event.resource_id,))
+            # A tombstone, dated by the event: a change event older than the deletion that arrives
+            # after it (a hub's retry) must not bring the resource back.
+            deleted_at = event.event_time if event.event_time is not None else now
+            db.execute(f'DELETE FROM "{event.table}" WHERE id = ? AND updated_at <= ?', (event.resource_id, deleted_at))
+            db.execute("INSERT INTO tmf_deleted (tbl, id, deleted_at, received_at) VALUES (?, ?, ?, ?) "
+                       "ON CONFLICT (tbl, id) DO UPDATE SET deleted_at = MAX(deleted_at, excluded.deleted_at), "
+                       "received_at = excluded.received_at", (event.table, event.resource_id, deleted_at, now))
+            self._tombstoned.add(event.table)  # a rolled-back batch leaves it set: only a little slower
         elif event.row is not None:
-            db.execute(self._upserts[event.table], _params(event.row))
+            db.execute(self._upsert(event.table), _params(event.row))
+
+    def _upsert(self, table: str) -> str:
+        return self._guarded[table] if table in self._tombstoned else self._plain[table]
 
     def put_values(self, values: Mapping[str, float | None], now: float) -> None:
         """Replace named KPI values (table `kpi_value`)."""
@@ -274,10 +293,12 @@ def _table_ddl(table: str) -> str:
     return f'CREATE TABLE IF NOT EXISTS "{table}" ({columns});{indexes}'
 
 
-def _upsert_sql(table: str, finals: tuple[str, ...]) -> str:
-    """An upsert that keeps the newer version, sticky flags, and counts a move out of a final status."""
+def _upsert_sql(table: str, finals: tuple[str, ...], *, guarded: bool = False) -> str:
+    """An upsert that keeps the newer version, sticky flags, and counts a move out of a final status;
+    `guarded`, not over a deletion at least as recent (`tmf_deleted`; a re-created resource is newer)."""
     names = ", ".join(NAMES)
-    marks = ", ".join("?" for _ in NAMES)
+    marks = ", ".join(f"?{n}" for n in range(1, len(NAMES) + 1))
+    updated = NAMES.index("updated_at") + 1
     plain = [f"{n} = excluded.{n}" for n in NAMES if n != "id" and n not in STICKY]
     reopen = "0"
     if finals:
@@ -285,7 +306,10 @@ def _upsert_sql(table: str, finals: tuple[str, ...]) -> str:
         reopen = f'CASE WHEN "{table}".status IN ({listed}) AND excluded.status NOT IN ({listed}) THEN 1 ELSE 0 END'
     sticky = [f'reopened = MAX(excluded.reopened, "{table}".reopened, {reopen})',
               f'fallout = MAX(excluded.fallout, "{table}".fallout)']
-    return (f'INSERT INTO "{table}" ({names}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET '
+    deleted = f"SELECT 1 FROM tmf_deleted WHERE tbl = '{table}' AND id = ?1 AND deleted_at >= ?{updated}"
+    rows = f"SELECT {marks} WHERE NOT EXISTS ({deleted})" if guarded else f"VALUES ({marks})"
+    return (f'INSERT INTO "{table}" ({names}) {rows} '
+            "ON CONFLICT(id) DO UPDATE SET "
             + ", ".join(plain + sticky) + f' WHERE excluded.updated_at >= "{table}".updated_at')
 
 

@@ -40,6 +40,30 @@ def test_a_batch_stores_each_event_once_and_keeps_the_newest_version(tmp_path: P
         store.close()
 
 
+def test_a_change_older_than_a_deletion_does_not_bring_the_resource_back(tmp_path: Path) -> None:
+    """Create at +10, delete at +30, then a hub's retry of the change at +20: the ticket stays
+    deleted. A resource created again later (newer than the deletion) comes back."""
+    store = RecordStore(tmp_path / "s.db", ["trouble_ticket"])
+    try:
+        store.apply_events([event("c", "T1", "acknowledged", T0 + 10), event("d", "T1", "", T0 + 30, delete=True)])
+        assert store.apply_events([event("late", "T1", "inProgress", T0 + 20)]) == [True]  # stored: an event id
+        assert state(store) == []
+        store.close()
+        store = RecordStore(tmp_path / "s.db", ["trouble_ticket"])  # a restart remembers the deletion
+        store.apply_events([event("later", "T1", "pending", T0 + 29)])
+        assert state(store) == []
+        store.upsert("trouble_ticket", [{"id": "T1", "created_at": T0, "updated_at": T0 + 25, "status": "x"}])
+        assert state(store) == []  # polling goes through the same rule
+        store.apply_events([event("again", "T1", "acknowledged", T0 + 40)])
+        assert state(store) == [("T1", "acknowledged", T0 + 40, 0)]
+        store.apply_events([event("d-old", "T1", "", T0 + 35, delete=True)])  # a deletion older than the row
+        assert state(store) == [("T1", "acknowledged", T0 + 40, 0)]
+        assert store.forget_events(T0 + 10**9) >= 0
+        assert store._db.execute("SELECT COUNT(*) FROM tmf_deleted").fetchone()[0] == 0  # pruned with the ids
+    finally:
+        store.close()
+
+
 class _Clock:
     now = 1000.0
 
