@@ -217,7 +217,8 @@ def _sqlstate(exc: DBAPIError) -> str:
 def _classify(source: str, exc: DBAPIError) -> SourceError:
     state, message = _sqlstate(exc), _first_line(exc)
     lowered = message.lower()
-    if state == "57014" or "interrupted" in lowered:
+    if state == "57014" or "interrupted" in lowered or "database is locked" in lowered:
+        # SQLite's "locked": a writer held the lock for the whole busy timeout (the source's timeout)
         return SourceTimeout(source, message)
     if state in {"25006", "42501"} or state.startswith("28") or "readonly" in lowered or "read-only" in lowered:
         return SourceRefused(source, message)

@@ -8,6 +8,9 @@ import logging
 import os
 import signal
 import time
+from zoneinfo import ZoneInfoNotFoundError
+
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from simulator.incidents import Incident
 from simulator.runner import Simulator, SimulatorError
@@ -53,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
     """Run the sub-command; return the exit code."""
     try:
         return asyncio.run(simulate(args))
-    except (ValueError, SimulatorError) as exc:
-        log.error("simulate failed error=%r", str(exc))
+    except (ValueError, SimulatorError, ArgumentError, ZoneInfoNotFoundError) as exc:  # bad arguments
+        log.error("simulate failed error=%r", str(exc).strip("'\""))
         return 2
+    except (OSError, SQLAlchemyError) as exc:  # the database cannot be reached or written
+        log.error("simulate failed error=%r", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return 1
 
 
 async def simulate(args: argparse.Namespace) -> int:

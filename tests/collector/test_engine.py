@@ -1,6 +1,7 @@
 """The KPI engine against simulated records: values, counters, windows, restarts, safety."""
 
 import asyncio
+import contextlib
 import math
 import sqlite3
 from pathlib import Path
@@ -289,6 +290,27 @@ async def test_a_cancelled_sqlite_sample_stops_its_query_at_once(db: Path, tmp_p
         await task
     assert asyncio.get_running_loop().time() - started < 3
     await engine.close()
+
+
+async def test_a_sqlite_database_locked_for_the_whole_timeout_is_a_timeout(db: Path, tmp_path: Path) -> None:
+    """Not `query`, which sends on-call to the SQL: a writer held the lock past the source's timeout."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA journal_mode=DELETE")  # in WAL mode readers are never blocked
+    inventory = example(dsn)
+    source = inventory.sources["operator"].model_copy(update={"timeout": 0.5})
+    engine = SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.db"))
+    lock = sqlite3.connect(db)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(SourceTimeout, match="database is locked"):
+            await engine.sample(T0)
+    finally:
+        lock.rollback()
+        lock.close()
+        await engine.close()
 
 
 async def test_check_columns_names_missing_tables_and_columns(db: Path, tmp_path: Path) -> None:

@@ -1,6 +1,8 @@
 import argparse
 import logging
 
+import pytest
+
 from simulator import cli
 from tests.simulator.helpers import scalar
 
@@ -43,3 +45,15 @@ def test_env_defaults(monkeypatch):
     monkeypatch.setenv("FABWATCH_SIMULATE_SPEED", "10")
     args = parse()
     assert (args.dsn, args.speed, args.days) == ("sqlite+aiosqlite:///x.db", 10.0, 0.0)
+
+
+@pytest.mark.parametrize(("extra", "status", "message"), [
+    (["--dsn", "notadsn"], 2, "Could not parse SQLAlchemy URL"),
+    (["--timezone", "Mars/X"], 2, "No time zone found with key Mars/X"),
+    (["--dsn", "postgresql+asyncpg://u:pw@127.0.0.1:1/x"], 1, "Connect call failed"),
+])
+def test_bad_arguments_and_an_unreachable_database_are_one_line_errors(tmp_path, caplog, extra, status, message):
+    args = parse("--dsn", f"sqlite+aiosqlite:///{tmp_path / 'sim.db'}", "--days", "0.01", *extra)
+    with caplog.at_level(logging.ERROR):
+        assert cli.run(args) == status
+    assert message in caplog.text
