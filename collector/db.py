@@ -117,7 +117,7 @@ async def guard(source: str, timeout: float) -> AsyncIterator[None]:
     except TimeoutError as exc:
         raise SourceTimeout(source, f"no answer within {timeout:g}s") from exc
     except DBAPIError as exc:
-        raise _classify(source, exc) from exc
+        raise classify(source, exc) from exc
     except (SQLAlchemyError, ValueError, TypeError) as exc:
         raise SourceQueryFailed(source, str(exc).splitlines()[0]) from exc
 
@@ -214,8 +214,9 @@ def _sqlstate(exc: DBAPIError) -> str:
     return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
 
 
-def _classify(source: str, exc: DBAPIError) -> SourceError:
-    state, message = _sqlstate(exc), _first_line(exc)
+def classify(source: str, exc: DBAPIError, where: str = "") -> SourceError:
+    """The typed error of a driver error; `where` prefixes its message (e.g. `process problem: `)."""
+    state, message = _sqlstate(exc), where + _first_line(exc)
     lowered = message.lower()
     if state == "57014" or "interrupted" in lowered or "database is locked" in lowered:
         # SQLite's "locked": a writer held the lock for the whole busy timeout (the source's timeout)

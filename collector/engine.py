@@ -24,8 +24,9 @@ from typing import Any, ClassVar
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
-from collector.db import AsyncConnection, AsyncEngine, create_engine, guard, read_only
+from collector.db import AsyncConnection, AsyncEngine, classify, create_engine, guard, read_only
 from collector.errors import StateFailed
 from collector.kpis import fixed_cost, kpi_value, variable_cost, windows_of
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
@@ -158,8 +159,11 @@ class SourceSampler:
                     await self._read_shared(conn, shared, state, readers, now)
                     await self._follow_shared(conn, shared, state, now)
                 for name, process in processes.items():
-                    runs[name] = await self._sample_process(conn, name, process, state.setdefault(name, {}), now,
-                                                            readers[name])
+                    try:
+                        runs[name] = await self._sample_process(conn, name, process, state.setdefault(name, {}),
+                                                                now, readers[name])
+                    except DBAPIError as exc:  # name the process whose statement failed (its predicates, say)
+                        raise classify(self.name, exc, f"process {name}: ") from exc
         except BaseException:
             self._books.clear()  # half-applied changes: recount on the next sample
             raise

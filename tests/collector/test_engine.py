@@ -313,6 +313,19 @@ async def test_a_sqlite_database_locked_for_the_whole_timeout_is_a_timeout(db: P
         await engine.close()
 
 
+async def test_a_failing_statement_names_its_process(db: Path, tmp_path: Path) -> None:
+    """One source feeds many processes: the error must say whose statement failed."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    broken = value_kpi_file(tmp_path, "broken", "SELECT no_such_column FROM trouble_ticket")
+    inventory = load_inventory([EXAMPLE, broken], {"FABWATCH_DEMO_DSN": dsn})
+    engine = SourceSampler("operator", inventory.sources["operator"], inventory.processes, StateStore(tmp_path / "s"))
+    with pytest.raises(SourceQueryFailed, match="source operator: process problem: no such column: no_such_column"):
+        await engine.sample(T0)
+    await engine.close()
+
+
 async def test_check_columns_names_missing_tables_and_columns(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     sim = await simulate(dsn, days=1)
