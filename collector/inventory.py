@@ -113,13 +113,13 @@ def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[s
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         problems.append(Problem(str(path), line, "", f"invalid YAML: {exc.problem}"))
         return None
+    if origins.lines.get("") is None:  # where a missing top-level section is reported
+        origins.lines[""] = (str(path), 1)
     if data is None:
         return {}
     if not isinstance(data, dict):
         problems.append(Problem(str(path), 1, "", "the file must hold a mapping (service, sources, processes)"))
         return None
-    if origins.lines.get("") is None:
-        origins.lines[""] = (str(path), 1)
     _record_lines(node, "", str(path), origins)
     return data
 

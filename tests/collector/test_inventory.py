@@ -238,3 +238,8 @@ def test_a_dsn_fabwatch_cannot_connect_with_is_a_config_error(tmp_path: Path, ds
     assert message in line, line
     assert "s3cret" not in line  # the password never goes to the terminal or the logs
     assert "pw@" not in line
+
+
+def test_an_empty_file_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "empty.yaml", "# nothing yet\n")
+    assert problems([path]) == [f"{path}:1: processes: Field required", f"{path}:1: sources: Field required"]
