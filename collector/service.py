@@ -87,8 +87,10 @@ def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None
         async with AsyncExitStack() as stack:
             samplers = dict(given) if given is not None else await _open_samplers(
                 inventory, state_path or inventory.service.state_path, stack, clock)
+            # The samplers run on `clock` (a replay's shifted one); health timestamps stay real, so
+            # that `time() - fab_source_last_success_timestamp_seconds` (FabSourceStale) holds.
             scheduler = SamplingScheduler(inventory.sources, samplers, app[HEALTH], app[EXPORTER],
-                                          timezone=inventory.service.timezone, clock=clock)
+                                          timezone=inventory.service.timezone)
             app[SCHEDULER] = scheduler
             scheduler.start()
             stack.push_async_callback(scheduler.stop)  # runs first: stop sampling, then close

@@ -175,3 +175,17 @@ async def test_promtool_accepts_the_served_metrics(aiohttp_client, tmp_path, rec
                             timeout=30, check=False)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.strip() == b"", result.stdout.decode()
+
+
+async def test_a_replay_clock_leaves_the_health_timestamps_real(aiohttp_client, tmp_path, records):
+    """`serve --clock-start` samples in the past; the last-success time must stay real, or
+    `time() - fab_source_last_success_timestamp_seconds` (FabSourceStale) fires at once."""
+    from collector.service import HEALTH, shifted_clock
+
+    inventory = load_inventory([write_inventory(tmp_path, records)])
+    app = build_app(inventory, clock=shifted_clock(1_767_225_600.0))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    last = app[HEALTH].families()
+    (success,) = [v for f in last if f.name == "fab_source_last_success_timestamp_seconds" for _, v in f.samples]
+    assert abs(success - time.time()) < 60
