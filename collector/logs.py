@@ -88,6 +88,7 @@ def setup_logging(level: str | int = "info", stream: TextIO | None = None) -> No
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper() if isinstance(level, str) else level)
-    # apscheduler logs every run at INFO; our own events say what matters.
-    logging.getLogger("apscheduler").setLevel(max(root.level, logging.WARNING))
+    # apscheduler logs every run at INFO, and a skipped or missed run at WARNING, which the
+    # scheduler's own events (`run_skipped_still_running`, with the source) already say: errors only.
+    logging.getLogger("apscheduler").setLevel(max(root.level, logging.ERROR))
     logging.getLogger("aiohttp.access").setLevel(max(root.level, logging.WARNING))

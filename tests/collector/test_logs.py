@@ -47,3 +47,17 @@ def test_one_event_per_line_with_traceback_inline():
     assert "event=sample_failed" in lines[1]
     assert 'exc="Traceback' in lines[1]
     assert "ValueError: boom" in lines[1]
+
+
+def test_apschedulers_skip_warnings_are_left_to_fabwatchs_own_events():
+    """A skipped run is logged once, by the scheduler's `run_skipped_still_running` with its source."""
+    import io
+    import logging
+
+    stream = io.StringIO()
+    setup_logging("info", stream)
+    logging.getLogger("apscheduler.executors.default").warning(
+        'Execution of job "crm" skipped: maximum number of running instances reached (1)')
+    assert stream.getvalue() == ""
+    logging.getLogger("apscheduler.scheduler").error("Error adding job")
+    assert "Error adding job" in stream.getvalue()
