@@ -100,6 +100,13 @@ class HubRegistration:
         self.store = store
         self.client = client
         self.hub_id: str | None = None
+        if source.hub_url is not None and source.secret is not None:
+            from collector.sources.listener import SECRET_HEADER
+
+            log_event(_LOG, "hub_cannot_send_secret", logging.WARNING, source=name,
+                      why=f"a TMF hub registration ({{callback, query}}) carries no header: the hub's events "
+                          f"lack {SECRET_HEADER} and are refused (401) unless a proxy in front of fabwatch adds it",
+                      instead="mutual TLS on the events port (service.events_tls.client_ca_file)")
 
     async def sync(self, now: float | None = None) -> int:
         """Register when not registered yet (a failure fails the sample with its reason)."""
