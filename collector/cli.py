@@ -449,7 +449,11 @@ def example_inventory() -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Backfill a simulated operator, then run it live and serve fabwatch on it."""
     data_dir = Path(args.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"fabwatch: cannot use {data_dir} as the demo's data directory: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILED
     database = data_dir / "operator.db"
     dsn = f"sqlite+aiosqlite:///{database}"
     try:
@@ -462,7 +466,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     host, port = args.listen or (inventory.service.host, inventory.service.port)
     inventory = listening_on(inventory, host, port)
-    return asyncio.run(_demo(inventory, args, dsn, data_dir, host, port))
+    try:
+        return asyncio.run(_demo(inventory, args, dsn, data_dir, host, port))
+    except KeyboardInterrupt:  # Ctrl+C while backfilling: the next start backfills again
+        print("fabwatch: interrupted", file=sys.stderr)
+        return 130
 
 
 async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_dir: Path,

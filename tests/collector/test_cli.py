@@ -396,3 +396,22 @@ def test_a_subscription_left_by_a_killed_run_is_dropped_at_the_next_start(tmp_pa
         fabwatch.kill()
         hub.close()
     assert hub.calls == ["POST 1", "DELETE 1", "POST 2", "DELETE 2"]
+
+
+def test_demo_interrupted_while_backfilling_exits_without_a_traceback(tmp_path):
+    data = tmp_path / "demo"
+    proc = run_fabwatch("demo", "--data-dir", str(data), "--days", "30", "--listen", f"127.0.0.1:{free_port()}")
+    deadline = time.monotonic() + 60
+    while not (data / "operator.db").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into the 30-day backfill
+    code, _, err = stop(proc, signal.SIGINT)
+    assert code in (0, 130), err
+    assert "Traceback" not in err
+
+
+def test_demo_names_a_data_directory_it_cannot_use(tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    assert main(["demo", "--data-dir", str(taken)]) == 1
+    assert f"fabwatch: cannot use {taken} as the demo's data directory" in capsys.readouterr().err
