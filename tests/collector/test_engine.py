@@ -139,15 +139,20 @@ async def test_open_items_committed_late_within_settle_are_followed(db: Path, tm
     await sim.close()
 
 
+async def sampled_once(db: Path, tmp_path: Path, days: float) -> SourceSampler:
+    """A sampler of the example over `days` of simulated records, sampled once at T0."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=days)
+    await sim.close()
+    engine = sampler(example(dsn), tmp_path / "state.db")
+    await engine.sample(T0)
+    return engine
+
+
 async def test_a_sqlite_file_replaced_by_another_is_read_again(db: Path, tmp_path: Path) -> None:
     """A restore, `mv` or rsync replaces the file: pooled connections still have the old one open,
     so the samples would read the deleted file for ever, with the source reported up."""
-    dsn = f"sqlite+aiosqlite:///{db}"
-    inventory = example(dsn)
-    sim = await simulate(dsn, days=2)
-    await sim.close()
-    engine = sampler(inventory, tmp_path / "state.db")
-    await engine.sample(T0)
+    engine = await sampled_once(db, tmp_path, days=2)
     backlog = values(await engine.sample(T0 + 10))[("problem", "backlog")]
     assert backlog is not None
     replacement = tmp_path / "replacement.db"
@@ -165,12 +170,7 @@ async def test_a_sqlite_file_replaced_by_another_is_read_again(db: Path, tmp_pat
 
 async def test_a_state_file_that_cannot_be_written_is_named_as_such(db: Path, tmp_path: Path) -> None:
     """The source answered; fabwatch's own file failed. On-call must not go looking at the database."""
-    dsn = f"sqlite+aiosqlite:///{db}"
-    inventory = example(dsn)
-    sim = await simulate(dsn, days=1)
-    await sim.close()
-    engine = sampler(inventory, tmp_path / "state.db")
-    await engine.sample(T0)
+    engine = await sampled_once(db, tmp_path, days=1)
     lock = sqlite3.connect(tmp_path / "state.db", timeout=0)
     lock.execute("BEGIN EXCLUSIVE")
     try:
@@ -254,15 +254,20 @@ async def test_unreachable_database_is_a_connection_error(tmp_path: Path) -> Non
     await engine.close()
 
 
-async def test_slow_sqlite_query_times_out(db: Path, tmp_path: Path) -> None:
+async def slow_sampler(db: Path, tmp_path: Path, timeout: float, rows: int) -> SourceSampler:
+    """A sampler of the example whose problem process has a value KPI counting to `rows` (slowly)."""
     dsn = f"sqlite+aiosqlite:///{db}"
     sim = await simulate(dsn, days=1)
     await sim.close()
     slow = value_kpi_file(tmp_path, "slow", "WITH RECURSIVE c(x) AS "
-                          "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000000) SELECT MAX(x) FROM c")
+                          f"(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) SELECT MAX(x) FROM c")
     inventory = load_inventory([EXAMPLE, slow], {"FABWATCH_DEMO_DSN": dsn})
-    source = inventory.sources["operator"].model_copy(update={"timeout": 0.5})
-    engine = SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.db"))
+    source = inventory.sources["operator"].model_copy(update={"timeout": timeout})
+    return SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.db"))
+
+
+async def test_slow_sqlite_query_times_out(db: Path, tmp_path: Path) -> None:
+    engine = await slow_sampler(db, tmp_path, 0.5, 100_000_000)
     started = asyncio.get_running_loop().time()
     with pytest.raises(SourceTimeout):
         await engine.sample(T0)
@@ -273,14 +278,7 @@ async def test_slow_sqlite_query_times_out(db: Path, tmp_path: Path) -> None:
 async def test_a_cancelled_sqlite_sample_stops_its_query_at_once(db: Path, tmp_path: Path) -> None:
     """A stop cancels the samples still running after its grace; SQLite's query runs on in
     aiosqlite's thread, and the connection's release waited for it: the whole timeout."""
-    dsn = f"sqlite+aiosqlite:///{db}"
-    sim = await simulate(dsn, days=1)
-    await sim.close()
-    slow = value_kpi_file(tmp_path, "slow", "WITH RECURSIVE c(x) AS "
-                          "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 1000000000) SELECT MAX(x) FROM c")
-    inventory = load_inventory([EXAMPLE, slow], {"FABWATCH_DEMO_DSN": dsn})
-    source = inventory.sources["operator"].model_copy(update={"timeout": 60.0})
-    engine = SourceSampler("operator", source, inventory.processes, StateStore(tmp_path / "s.db"))
+    engine = await slow_sampler(db, tmp_path, 60.0, 1_000_000_000)
     task = asyncio.create_task(engine.sample(T0))
     await asyncio.sleep(2.0)  # well into the slow query
     started = asyncio.get_running_loop().time()
