@@ -191,8 +191,10 @@ def build_sampler(name: str, source: Source, processes: Mapping[str, Process], s
     store = open_store(name, source, processes, state_path)
     inner = SourceSampler(name, store_source(source, store), processes, state, **options)
     syncer = _syncer(name, source, store, service)
-    # For a tmf_events source the listener writes events through its own connection; this one
-    # keeps the hub subscription (`HubRegistration`).
+    if isinstance(source, TmfEventsSource) and source.hub_url is None:
+        store.close()  # the listener writes events through its own connection
+        return SyncingSampler(name, syncer, None, inner)
+    # With a hub, this connection keeps the subscription's id (`HubRegistration`).
     return SyncingSampler(name, syncer, store, inner)
 
 
