@@ -525,6 +525,7 @@ def tmf_inventory(inventory: Inventory, url: str, data_dir: Path) -> Inventory:
         sources[f"tmf_{name}"] = TmfSource(
             kind=api, base_url=url + APIS[api].base_paths[version], version=version,  # type: ignore[arg-type]
             query=f"ticketType={ticket_type}" if ticket_type else "", interval=15.0,
+            incremental=True,  # the simulator filters lastUpdate where the specification has none too
             store=str(data_dir / f"records-{name}.db"))
         records = process.records.model_copy(update={"source": f"tmf_{name}"})
         processes[name] = process.model_copy(update={"records": records})

@@ -53,8 +53,10 @@ class TmfPoller:
         now = time.time() if now is None else now
         watermark = _float(self.store.meta("watermark"))
         full_at = _float(self.store.meta("full_sync_at"))
-        full = watermark is None or full_at is None or now - full_at >= self.source.full_sync \
-            or self.source.version not in self.api.last_update  # nothing to filter changes by
+        incremental = self.source.incremental
+        if incremental is None:  # by the specification: is there a lastUpdate to filter changes by?
+            incremental = self.source.version in self.api.last_update
+        full = watermark is None or full_at is None or now - full_at >= self.source.full_sync or not incremental
         params = self._params(None if full or watermark is None else watermark - self.source.overlap)
         newest = watermark
         stored = 0

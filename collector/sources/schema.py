@@ -98,6 +98,10 @@ class TmfSource(_Http):
     """Ask only for the attributes the record store needs (`fields=`)."""
     full_sync: Duration = 6 * 3600.0
     """Re-read the whole collection this often (heals missed updates and deletions)."""
+    incremental: bool | None = None
+    """Sync by `lastUpdate.gt=` between full syncs. Default: where the API's specification defines
+    `lastUpdate` (not TMF622, TMF676, TMF683 v4, which are read in full at each sync); true for a
+    server that filters on it anyway (the simulator does), false to read in full each time."""
     overlap: Duration = 120.0
     """An incremental sync asks for `lastUpdate.gt=<watermark - overlap>`: it reads again what
     changed in the watermark's own second, what a late transaction committed with an older
