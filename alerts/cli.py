@@ -34,8 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "alerts_command", None) != "build":
         print("fabwatch alerts: give a command: build", file=sys.stderr)
         return EXIT_CONFIG
-    given = args.config or [p for p in os.environ.get("FABWATCH_CONFIG", "").split(os.pathsep) if p]
-    paths = [p for item in given for p in (item if isinstance(item, list) else [item])]
+    paths = [p for item in args.config or [] for p in (item if isinstance(item, list) else [item])]
     if not paths:
         print("fabwatch: error: give an inventory with -c FILE (or FABWATCH_CONFIG)", file=sys.stderr)
         return EXIT_CONFIG

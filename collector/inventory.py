@@ -23,7 +23,7 @@ from collector.schema import (
     RatioKpi,
     SlaKpi,
 )
-from collector.sources.schema import RECORD_STORE_TABLES, SOURCE_KINDS
+from collector.sources.schema import RECORD_STORE_TABLES, SOURCE_KINDS, TmfEventsSource
 
 _VAR = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
 RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency", "le", "source",
@@ -252,8 +252,6 @@ _WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 def callback_problems(inventory: Inventory) -> list[tuple[str, str]]:
     """A hub registration needs an address the hub can call: the default callback is built from the
     service's listen address, which is no such address when it is a wildcard (all interfaces)."""
-    from collector.sources.schema import TmfEventsSource
-
     service = inventory.service
     host = service.events_address[0] if service.events_address is not None else service.host
     if host not in _WILDCARDS:

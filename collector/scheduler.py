@@ -9,7 +9,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -70,13 +70,17 @@ def crontab_weekdays(field: str) -> str:
     return ",".join(_WEEKDAYS[day] for day in sorted(days))
 
 
+def cron_trigger(cron: str, timezone: ZoneInfo | None = None, jitter: float | None = None) -> CronTrigger:
+    """The trigger of a five-field crontab; ValueError for a field apscheduler cannot run."""
+    minute, hour, day, month, weekday = cron.split()
+    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday),
+                       timezone=timezone, jitter=jitter)
+
+
 def trigger_for(source: Source, timezone: ZoneInfo) -> BaseTrigger:
     """Build the trigger of a source: its crontab if given, else its interval; with its jitter."""
     if source.cron:
-        minute, hour, day, month, weekday = source.cron.split()
-        return CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                           day_of_week=crontab_weekdays(weekday), timezone=timezone,
-                           jitter=source.jitter)
+        return cron_trigger(source.cron, timezone, source.jitter)
     return IntervalTrigger(seconds=source.interval, jitter=source.jitter, timezone=timezone)
 
 
@@ -100,14 +104,13 @@ class SamplingScheduler:
 
     def __init__(self, sources: Mapping[str, Source], samplers: Mapping[str, Sampler],
                  health: HealthTracker, exporter: PrometheusExporter, *,
-                 timezone: str = "UTC", clock: Callable[[], float] = time.time,
+                 timezone: str = "UTC",
                  stop_grace: float = STOP_GRACE) -> None:
         self._sources = dict(sources)
         self._samplers = dict(samplers)
         self._health = health
         self._exporter = exporter
         self._timezone = ZoneInfo(timezone)
-        self._clock = clock
         self._scheduler = AsyncIOScheduler(timezone=self._timezone)
         self._scheduler.add_listener(self._on_skip, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -181,7 +184,7 @@ class SamplingScheduler:
             return None
         seconds = time.perf_counter() - started
         was_up = self._health.is_up(name)
-        self._health.record_success(name, seconds, self._clock())
+        self._health.record_success(name, seconds, time.time())  # real time, even in a replay
         self._exporter.update(sample)
         level = logging.DEBUG if was_up else logging.INFO
         log_event(_LOG, "sample_done", level, source=name, seconds=round(seconds, 4),

@@ -19,16 +19,12 @@ TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 
 def _five_fields(value: str) -> str:
-    fields = value.split()
-    if len(fields) != 5:
+    if len(value.split()) != 5:
         raise ValueError(f"cron needs five fields (minute hour day month weekday), got {value!r}")
-    from apscheduler.triggers.cron import CronTrigger  # what the scheduler will build from it
+    from collector.scheduler import cron_trigger  # what the scheduler will build from it
 
-    from collector.scheduler import crontab_weekdays
-
-    minute, hour, day, month, weekday = fields
     try:
-        CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday))
+        cron_trigger(value)
     except ValueError as exc:
         raise ValueError(f"bad cron {value!r}: {exc}") from None
     return value

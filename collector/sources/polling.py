@@ -69,7 +69,7 @@ class TmfPoller:
                 listed.update(r["id"] for r in rows)
         meta = {"watermark": repr(newest)} if newest is not None else {}
         if full:
-            stored += await self._remove_deleted(listed)
+            stored += await self._remove_deleted(listed, now)
             meta["full_sync_at"] = repr(now)
         await self._write([], meta)
         self.last_count = stored
@@ -119,7 +119,7 @@ class TmfPoller:
         more = offset < int(total) if total.isdigit() else True
         return (self.url, {**params, "offset": str(offset)}) if more else (None, None)
 
-    async def _remove_deleted(self, listed: set[str]) -> int:
+    async def _remove_deleted(self, listed: set[str], now: float) -> int:
         """Delete the stored resources the full listing did not hold and the server no longer has;
         return how many it read again instead (they exist: a page shift hid them from the listing)."""
         unlisted = await asyncio.to_thread(self._unlisted, listed)
@@ -132,7 +132,7 @@ class TmfPoller:
             if reply.status == 404:
                 gone.append(ident)
             else:
-                found.append(self._row(reply.body, time.time()))
+                found.append(self._row(reply.body, now))
         if gone or found:
             await self._write(found, {})
             await asyncio.to_thread(self._delete, gone)

@@ -95,7 +95,7 @@ class RecordStore:
         finals = final_statuses or {}
         self._plain = {t: _upsert_sql(t, tuple(finals.get(t, ()))) for t in self.tables}
         self._guarded = {t: _upsert_sql(t, tuple(finals.get(t, ())), guarded=True) for t in self.tables}
-        self._tombstoned = {r[0] for r in self._db.execute("SELECT DISTINCT tbl FROM tmf_deleted")}
+        self._tombstoned = _tombstoned(self._db)
         """Tables with deletion tombstones: only their upserts pay for the check (3 µs a row)."""
 
     @property
@@ -174,7 +174,7 @@ class RecordStore:
             else:
                 cursor = db.execute("DELETE FROM tmf_event WHERE rowid <= ? AND received_at < ?", (bound[0], before))
             db.execute("DELETE FROM tmf_deleted WHERE received_at < ?", (before,))  # deletions are rare: few rows
-            self._tombstoned = {r[0] for r in db.execute("SELECT DISTINCT tbl FROM tmf_deleted")}
+            self._tombstoned = _tombstoned(db)
         return int(cursor.rowcount)
 
     @staticmethod
@@ -291,6 +291,11 @@ def _table_ddl(table: str) -> str:
     columns = ", ".join(f"{n} {t}" + (f" DEFAULT {d}" if d is not None else "") for n, t, d in COLUMNS)
     indexes = "".join(f'CREATE INDEX IF NOT EXISTS "ix_{table}_{c}" ON "{table}" ({c});' for c in _INDEXED)
     return f'CREATE TABLE IF NOT EXISTS "{table}" ({columns});{indexes}'
+
+
+def _tombstoned(db: sqlite3.Connection) -> set[str]:
+    """The tables that have deletion tombstones."""
+    return {r[0] for r in db.execute("SELECT DISTINCT tbl FROM tmf_deleted")}
 
 
 def _upsert_sql(table: str, finals: tuple[str, ...], *, guarded: bool = False) -> str:
