@@ -26,6 +26,7 @@ from collector.sources.schema import TmfEventsSource
 from collector.sources.store import Event, RecordStore
 from collector.sources.times import maybe_time
 from collector.sources.tmf import APIS, MappingError, TmfApi, resource_to_row
+from collector.sources.typed import TypedEvents
 
 SECRET_HEADER = "X-Fabwatch-Secret"
 Answer = Callable[[int, bytes], None]
@@ -68,6 +69,9 @@ class Listener:
         self.store = store
         self._names = {n.lower(): kind for n, kind in self.api.event_names().items()}
         self._ignored = {n.lower() for n in self.api.ignored_events}
+        self._typed = TypedEvents(self.api, source.version, store.tables[0])
+        """Create and change events of the usual shape are decoded and mapped by it; the others,
+        and every refusal, by the general path (`_decode`, `_parse`)."""
         self._pending: list[tuple[Event, Answer]] = []
         self._wake: asyncio.Future[None] | None = None
         self._stopping = False
@@ -102,6 +106,12 @@ class Listener:
         within `max_body`, before reading it."""
         if self._writer is None or self._stopping:
             raise self.refused(BadEvent(503, "stopping", "the listener is stopping; send the event again"))
+        kind = self._names.get(name.lower())
+        event = None if kind is None or kind == "delete" else self._typed.event(name, raw)
+        if event is not None:
+            self._pending.append((event, answer))
+            self._notify()
+            return
         try:
             body = self._decode(raw)
             if name.lower() in self._ignored and isinstance(body, dict):

@@ -8,7 +8,7 @@ failed/held/partial count as fallout, and a status history, when given, also rev
 """
 
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,22 +159,15 @@ def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any], obse
         raise MappingError(f"a {api.resource} must be a JSON object")
     row: Row = dict.fromkeys(NAMES)
     row["id"] = resource.get("id")
-    for name, key, path in _plan(api, version):
+    for name, key, path in plan(api, version):
         value = resource.get(key) if key is not None else dig(resource, path)
         if value is not None:
-            row[name] = _convert(api, name, value)
+            row[name] = convert(api, name, value)
     extension = resource.get(EXTENSION)
     if isinstance(extension, dict) and extension:
-        for name in NAMES[1:]:
-            if row[name] is None and (value := extension.get(name)) is not None:
-                row[name] = _convert(api, name, value)
+        fill_from_extension(api, row, extension)
     if row["updated_at"] is None:
-        for key in ("lastUpdate", *api.change_dates):
-            if (updated := resource.get(key)) is not None:
-                row["updated_at"] = _convert(api, "updated_at", updated)
-                break
-        else:
-            row["updated_at"] = observed
+        row["updated_at"] = version_of(api, resource.get, observed)
     _lifecycle(api, version, resource, row)
     for needed in ("id", "created_at", "updated_at", "status"):
         if row[needed] is None or row[needed] == "":
@@ -184,12 +177,28 @@ def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any], obse
     return row
 
 
+def fill_from_extension(api: TmfApi, row: Row, extension: Mapping[str, Any]) -> None:
+    """Give the columns still without a value the `fabwatch` extension's, where it has one."""
+    for name in NAMES[1:]:
+        if row[name] is None and (value := extension.get(name)) is not None:
+            row[name] = convert(api, name, value)
+
+
+def version_of(api: TmfApi, get: Callable[[str], Any], observed: float | None) -> float | None:
+    """`updated_at` of a resource whose standard attributes gave none: `lastUpdate`, else the API's
+    change dates, else `observed` (`get` reads a top-level attribute)."""
+    for key in ("lastUpdate", *api.change_dates):
+        if (updated := get(key)) is not None:
+            return convert(api, "updated_at", updated)  # type: ignore[no-any-return]
+    return observed
+
+
 Plan = tuple[tuple[str, str | None, Path], ...]
 """Column, top-level key when the attribute is one (a plain `get`), and its path."""
 _PLANS: dict[tuple[str, int], Plan] = {}
 
 
-def _plan(api: TmfApi, version: int) -> Plan:
+def plan(api: TmfApi, version: int) -> Plan:
     """The columns after id that have a standard attribute, with its path; cached."""
     plan = _PLANS.get((api.kind, version))
     if plan is None:
@@ -206,7 +215,8 @@ def _single_key(path: Path) -> str | None:
 _TIMES = frozenset(name for name in NAMES if name.endswith("_at"))
 
 
-def _convert(api: TmfApi, name: str, value: Any) -> Any:
+def convert(api: TmfApi, name: str, value: Any) -> Any:
+    """A standard attribute's or the extension's value as the column keeps it; `MappingError` if it cannot be."""
     if value is None:
         return None
     try:
@@ -232,7 +242,11 @@ def _lifecycle(api: TmfApi, version: int, resource: Mapping[str, Any], row: Row)
         return
     changes = [(when, h.get("status")) for h in history
                if isinstance(h, dict) and (when := h.get("changeDate") or h.get("statusChangeDate"))]
+    if reopened_in(api, changes):
+        row["reopened"] = 1
+
+
+def reopened_in(api: TmfApi, changes: list[tuple[Any, Any]]) -> bool:
+    """Whether a status history, as (change date, status) pairs, moves out of a final status."""
     statuses = [status for _, status in sorted(changes, key=lambda change: maybe_time(change[0]) or 0.0)]
-    for before, after in itertools.pairwise(statuses):
-        if before in api.finals and after not in api.finals:
-            row["reopened"] = 1
+    return any(before in api.finals and after not in api.finals for before, after in itertools.pairwise(statuses))
