@@ -37,6 +37,9 @@ _REASONS = {100: "Continue", 201: "Created", 400: "Bad Request", 401: "Unauthori
             405: "Method Not Allowed", 413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 _SECRET = SECRET_HEADER.lower().encode()
+_SECRET_SIZE = len(_SECRET)
+_ROUTES_MAX = 1024
+"""Routes (request target -> listener and event name) remembered per server, at most."""
 
 
 class EventsServer:
@@ -48,6 +51,8 @@ class EventsServer:
         self.idle_timeout = idle_timeout
         self.tls = tls
         self.connections: set[_Connection] = set()
+        self.routes: dict[bytes, tuple[Listener, str]] = {}
+        """The request targets seen, routed: a hub posts to a few, again and again."""
         self._server: asyncio.Server | None = None
         self._reaper: asyncio.Task[None] | None = None
 
@@ -55,7 +60,7 @@ class EventsServer:
         context = None if self.tls is None else tls_context(self.tls, f"{host}:{port}")
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: _Connection(self.listeners, self.connections), host, port, reuse_address=True,
+                lambda: _Connection(self.listeners, self.connections, self.routes), host, port, reuse_address=True,
                 backlog=1024, ssl=context)
         except OSError as exc:
             cause = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -121,9 +126,11 @@ class _Request:
 class _Connection(asyncio.Protocol):
     """One client connection: parse requests, hand events to listeners, answer in order."""
 
-    def __init__(self, listeners: Mapping[str, Listener], registry: set["_Connection"]) -> None:
+    def __init__(self, listeners: Mapping[str, Listener], registry: set["_Connection"],
+                 routes: dict[bytes, tuple[Listener, str]] | None = None) -> None:
         self.listeners = listeners
         self.registry = registry
+        self.routes = {} if routes is None else routes
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.request = _Request()
@@ -161,10 +168,6 @@ class _Connection(asyncio.Protocol):
 
     # --- httptools callbacks -------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.request = _Request()
-        self.header_bytes = 0
-
     def on_url(self, url: bytes) -> None:
         self.request.url += url
         if len(self.request.url) > _MAX_URL and not self.closing:
@@ -176,12 +179,12 @@ class _Connection(asyncio.Protocol):
             if not self.closing:
                 self._refuse_now(431, "headersTooLarge", f"the headers are over {_MAX_HEADERS} bytes")
             return
-        lower = name.lower()
-        if lower == _SECRET:
+        size = len(name)  # compared first: most headers (Host, Content-Type) are none of these
+        if size == _SECRET_SIZE and name.lower() == _SECRET:
             self.request.secret = value.decode("latin-1")
-        elif lower == b"content-length" and value.strip().isdigit():
+        elif size == 14 and name.lower() == b"content-length" and value.strip().isdigit():
             self.request.length = int(value)
-        elif lower == b"expect" and value.lower() == b"100-continue":
+        elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self.request.expect = True
 
     def on_headers_complete(self) -> None:
@@ -218,6 +221,7 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         request, keep_alive = self.request, self.parser.should_keep_alive()
+        self.request, self.header_bytes = _Request(), 0  # for the next message (no on_message_begin: a call less)
         if request.refused is not None or request.listener is None:
             refused = request.refused or BadEvent(404, "notFound", "no such resource")
             self._answer([_response(refused.status, error_body(refused.status, refused.code, refused.reason),
@@ -235,6 +239,18 @@ class _Connection(asyncio.Protocol):
 
     def _route(self, method: bytes, url: bytes) -> tuple[Listener, str]:
         """The listener and event name of `/tmf/<source>/listener/<eventName>`; BadEvent otherwise."""
+        route = self.routes.get(url)
+        if route is not None and method == b"POST":
+            return route
+        listener, event = route or self._parse_route(url)
+        if method != b"POST":
+            raise BadEvent(405, "methodNotAllowed", f"{method.decode('latin-1')} is not allowed; use POST")
+        if len(self.routes) >= _ROUTES_MAX:
+            self.routes.clear()
+        self.routes[url] = listener, event
+        return listener, event
+
+    def _parse_route(self, url: bytes) -> tuple[Listener, str]:
         path = url.split(b"?", 1)[0].decode("latin-1")
         parts = path[len(_PREFIX):].split("/") if path.startswith(_PREFIX) else []
         if len(parts) != 3 or parts[1] != "listener" or not parts[2]:
@@ -243,8 +259,6 @@ class _Connection(asyncio.Protocol):
         listener = self.listeners.get(parts[0])
         if listener is None:
             raise BadEvent(404, "unknownSource", f"no tmf_events source {parts[0]!r}")
-        if method != b"POST":
-            raise BadEvent(405, "methodNotAllowed", f"{method.decode('latin-1')} is not allowed; use POST")
         return listener, parts[2]
 
     def _acknowledged(self, slot: list[bytes | None], keep_alive: bool, status: int, body: bytes) -> None:
@@ -260,7 +274,8 @@ class _Connection(asyncio.Protocol):
         if len(self.answers) > _MAX_QUEUED and self.transport is not None and not self.paused:
             self.paused = True
             self.transport.pause_reading()
-        self._flush()
+        if slot[0] is not None:  # else nothing can go before the commit: answers leave in order
+            self._flush()
 
     def _flush(self) -> None:
         """Write the answers that are ready, in order; close after the last one when asked to."""
@@ -281,21 +296,26 @@ class _Connection(asyncio.Protocol):
         self._answer([_response(status, error_body(status, code, reason), False)], False)
 
 
-class _Clock:
-    """The `Date` header value, formatted at most once a second."""
+class _Heads:
+    """Response heads up to `Content-Length: `, by status and keep-alive; made again when the
+    `Date` they carry is a second old."""
 
-    text = ""
+    made: dict[tuple[int, bool], bytes] = {}  # noqa: RUF012 (one cache for the process)
     at = 0.0
 
     @classmethod
-    def date(cls) -> str:
+    def head(cls, status: int, keep_alive: bool) -> bytes:
         now = time.time()
         if now - cls.at >= 1.0:
-            cls.text, cls.at = formatdate(now, usegmt=True), now
-        return cls.text
+            cls.made, cls.at = {}, now
+        head = cls.made.get((status, keep_alive))
+        if head is None:
+            close = "" if keep_alive else "Connection: close\r\n"
+            head = cls.made[(status, keep_alive)] = (
+                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: application/json\r\n"
+                f"Date: {formatdate(now, usegmt=True)}\r\n{close}Content-Length: ").encode()
+        return head
 
 
 def _response(status: int, body: bytes, keep_alive: bool) -> bytes:
-    return (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nDate: {_Clock.date()}\r\n"
-            f"{'' if keep_alive else 'Connection: close' + chr(13) + chr(10)}\r\n").encode() + body
+    return b"%s%d\r\n\r\n%s" % (_Heads.head(status, keep_alive), len(body), body)

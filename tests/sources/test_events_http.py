@@ -134,6 +134,21 @@ async def test_refusals_are_json_and_keep_the_connection(
     assert stored_events(store) == 1
 
 
+async def test_a_target_served_before_still_refuses_other_methods_and_header_names_are_case_blind(
+        events: tuple[int, Path]) -> None:
+    """Routes are remembered after the first event to a target; the method is still checked each
+    time. Header names are matched whatever their case (RFC 9110), the secret's included."""
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    shouting = request(ticket_event(2, 2, 1)).replace(b"X-Fabwatch-Secret", b"x-FABWATCH-secret").replace(
+        b"Content-Length", b"CONTENT-LENGTH")
+    writer.write(request(ticket_event(1, 1, 1)) + request(b"", method="PUT") + shouting)
+    answers = [await read_answer(reader) for _ in range(3)]
+    assert [(a[0], a[2].get("code")) for a in answers] == [(201, None), (405, "methodNotAllowed"), (201, None)]
+    writer.close()
+    assert stored_events(store) == 2
+
+
 @pytest.mark.parametrize("raw", [
     request(b"x" * (LIMIT + 1)),
     (f"POST {PATH} HTTP/1.1\r\nHost: h\r\nX-Fabwatch-Secret: {SECRET}\r\nTransfer-Encoding: chunked\r\n\r\n"
