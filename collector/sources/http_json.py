@@ -84,7 +84,7 @@ class HttpJsonSync:
                 return float(value)
             if column in INTEGERS:
                 return int(value)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: float() of a 400-digit integer
             raise SourceSchemaMismatch(self.name, f"{column}: {exc}") from exc
         return str(value)
 
@@ -93,7 +93,10 @@ class HttpJsonSync:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SourceSchemaMismatch(self.name, f"value {name} is not a number: {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError as exc:
+            raise SourceSchemaMismatch(self.name, f"value {name} is out of range: {exc}") from exc
 
     async def close(self) -> None:
         await self.client.close()

@@ -226,7 +226,7 @@ def convert(api: TmfApi, name: str, value: Any) -> Any:
             return float(value)
         if name in INTEGERS:
             return int(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: float() of a 400-digit integer
         raise MappingError(f"{api.resource} {name}: {exc}") from exc
     if not isinstance(value, str):
         raise MappingError(f"{api.resource} {name}: expected a string, got {type(value).__name__}")

@@ -110,6 +110,9 @@ async def test_values_only(api: tuple[Api, str], tmp_path: Path) -> None:
     (lambda p: p["data"]["items"][1].update(opened="last tuesday"), "schema", "created_at"),
     (lambda p: p["data"]["items"][1].update(minutes="a lot"), "schema", "handling_minutes"),
     (lambda p: p["stats"].update(agents="seventeen"), "schema", "agents_logged_in is not a number"),
+    (lambda p: p["data"]["items"][1].update(minutes=10**400), "schema", "handling_minutes"),  # no float holds it
+    (lambda p: p["data"]["items"][1].update(opened=10**400), "schema", "created_at"),
+    (lambda p: p["stats"].update(agents=10**400), "schema", "agents_logged_in"),
     (None, "invalid_json", ""),
 ])
 async def test_payload_faults_have_a_reason(api: tuple[Api, str], tmp_path: Path, change: Any, reason: str,

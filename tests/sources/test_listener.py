@@ -120,6 +120,8 @@ async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(l
      SECRET, 400, "missingResource"),
     ("troubleTicketStatusChangeEvent", envelope("x3", {**ticket("TT-9", "held", T0), "creationDate": "yesterday"}),
      None, SECRET, 400, "invalidResource"),
+    ("troubleTicketStatusChangeEvent", envelope("x7", {**ticket("TT-9", "held", T0), "fabwatch": {"amount": 10**400}}),
+     None, SECRET, 400, "invalidResource"),  # an integer no float can hold
     ("troubleTicketStatusChangeEvent", envelope("x4", {**ticket("TT-9", "held", T0), "note": "x" * 5000}), None,
      SECRET, 413, "tooLarge"),
     ("troubleTicketStatusChangeEvent", envelope("x5", ticket("TT-9", "held", T0)), None, "wrong", 401,
