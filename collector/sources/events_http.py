@@ -35,7 +35,7 @@ _MAX_URL = 8192
 _MAX_HEADERS = 65536
 _REASONS = {100: "Continue", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 _SECRET = SECRET_HEADER.lower().encode()
 _SECRET_SIZE = len(_SECRET)
 _ROUTES_MAX = 1024
@@ -233,6 +233,9 @@ class _Connection(asyncio.Protocol):
                                     functools.partial(self._acknowledged, slot, keep_alive))
         except BadEvent as exc:
             slot[0] = _response(exc.status, error_body(exc.status, exc.code, exc.reason), keep_alive)
+        except Exception as exc:  # not "malformed HTTP": the parser would say so and close the connection
+            failed = request.listener.internal_error(exc)
+            slot[0] = _response(failed.status, error_body(failed.status, failed.code, failed.reason), keep_alive)
         self._answer(slot, keep_alive)
 
     # --- answering -----------------------------------------------------------------------

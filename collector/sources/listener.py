@@ -36,7 +36,7 @@ _JSON = msgspec.json.Decoder()
 """Event bodies are decoded by msgspec: a third of the CPU of `json.loads` for a typical event."""
 RESULTS = ("accepted", "duplicate", "ignored", "invalidJson", "invalidEvent", "unknownEventType", "eventTypeMismatch",
            "missingEventId", "missingResource", "invalidResource", "tooLarge", "unauthorized", "stopping",
-           "storeFailed")
+           "storeFailed", "internalError")
 """Every `result` of `fab_events_received_total`: stored, a redelivery, an event of the API that
 changes no work item (acknowledged, not stored), or the code of the refusal."""
 NOT_REFUSED = RESULTS[:3]
@@ -130,6 +130,12 @@ class Listener:
         self.received[exc.code] = self.received.get(exc.code, 0) + 1
         return exc
 
+    def internal_error(self, exc: Exception) -> BadEvent:
+        """Count and log an event that failed on a fault of fabwatch's own (a bug); return the 500
+        to answer: a 4xx would tell the hub not to send the event again."""
+        log_event(_LOG, "event_failed", logging.ERROR, exc_info=True, source=self.name, error=repr(exc))
+        return self.refused(BadEvent(500, "internalError", "fabwatch failed to handle the event; send it again"))
+
     def authorize(self, secret: str | None) -> None:
         """Check the shared secret, when the source has one."""
         expected = self.source.secret
@@ -144,6 +150,9 @@ class Listener:
             self.submit(request.match_info["event"], await self._body(request), functools.partial(_resolve, answered))
         except BadEvent as exc:
             return _error(exc.status, exc.code, exc.reason)
+        except Exception as exc:
+            failed = self.internal_error(exc)
+            return _error(failed.status, failed.code, failed.reason)
         status, body = await answered
         return web.Response(body=body, status=status, content_type="application/json")
 

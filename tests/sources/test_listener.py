@@ -18,6 +18,7 @@ from aiohttp import web
 from collector.service import EXPORTER, build_app
 from collector.sources.listener import RESULTS
 from collector.sources.times import format_time
+from collector.sources.typed import TypedEvents
 from tests.servers import free_port
 from tests.sources.helpers import API_OF, example, serve_app, stored_events
 
@@ -140,6 +141,26 @@ async def test_bad_events_get_a_json_4xx_and_are_not_stored(
     assert _rows(store) == []
     assert stored_events(store) == 0
     assert await _received(listener) == {**dict.fromkeys(RESULTS, 0.0), code: 1.0}  # counted once, by its code
+
+
+async def test_a_fault_of_fabwatchs_own_is_a_500_so_the_hub_sends_the_event_again(
+        listener: Served, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in handling an event must not pass for a bad request (a 4xx tells the hub to drop
+    the event; on the events port it used to be `badRequest`, and the connection was closed)."""
+    def fail(*_: Any) -> None:
+        raise RuntimeError("a bug")
+
+    event = envelope("f1", ticket("TT-1", "acknowledged", T0 + 60))
+    with monkeypatch.context() as patched:
+        patched.setattr(TypedEvents, "event", fail)
+        status, body = await _post(f"{listener.url}/troubleTicketStatusChangeEvent", event)
+    assert (status, body["code"], body["status"]) == (500, "internalError", "500")
+    assert stored_events(listener.store) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "fabwatch.listener"] == ["event_failed"]
+    assert "RuntimeError: a bug" in caplog.text  # the traceback, for whoever is on call
+    assert (await _post(f"{listener.url}/troubleTicketStatusChangeEvent", event))[0] == 201  # sent again
+    assert _rows(listener.store) == [("TT-1", "acknowledged", T0 + 60, 0)]
+    assert await _received(listener) == {**dict.fromkeys(RESULTS, 0.0), "internalError": 1.0, "accepted": 1.0}
 
 
 async def test_events_of_the_api_that_change_no_work_item_are_acknowledged_and_not_stored(listener: Served) -> None:
