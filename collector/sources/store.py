@@ -9,6 +9,7 @@ acknowledged again but applied once. Writes happen on one connection, serialized
 
 import functools
 import json
+import operator
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence, Set
@@ -318,13 +319,31 @@ def _upsert_sql(table: str, finals: tuple[str, ...], *, guarded: bool = False) -
             + ", ".join(plain + sticky) + f' WHERE excluded.updated_at >= "{table}".updated_at')
 
 
-_ZERO_IF_MISSING = tuple((name, default is not None) for name, _, default in COLUMNS)
+_NUMBERS = next(i for i, (_, _, default) in enumerate(COLUMNS) if default is not None)
+"""Where the columns with a default of 0 start: they are the last ones, all of them."""
+if any(default is None for _, _, default in COLUMNS[_NUMBERS:]):
+    raise AssertionError("the columns with a default must come last")
+_VALUES = operator.itemgetter(*NAMES)
+_UNSET = (None,) * (len(NAMES) - _NUMBERS)
+_ZEROS = (0,) * (len(NAMES) - _NUMBERS)
 
 
 def _params(row: Row) -> tuple[Any, ...]:
-    """The upsert's positional parameters (columns in `NAMES` order; a missing number is 0)."""
-    get = row.get
-    return tuple(0 if (value := get(name)) is None and zero else value for name, zero in _ZERO_IF_MISSING)
+    """The upsert's positional parameters (columns in `NAMES` order; a missing number is 0).
+
+    Written for the two usual rows, in C: every number unset (a TMF resource without the
+    extension) or every one set (the simulator's, a SQL copy); a mix is mended one by one.
+    """
+    try:
+        values: tuple[Any, ...] = _VALUES(row)
+    except KeyError:  # a row without some columns
+        values = tuple(map(row.get, NAMES))
+    numbers = values[_NUMBERS:]
+    if numbers == _UNSET:
+        return values[:_NUMBERS] + _ZEROS
+    if None not in numbers:
+        return values
+    return values[:_NUMBERS] + tuple(0 if value is None else value for value in numbers)
 
 
 def records_path(state_path: str | Path, source: str) -> Path:

@@ -90,3 +90,22 @@ def test_old_event_ids_are_forgotten_oldest_first_a_bounded_batch_at_a_time(
             True, False]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("shape", ["numbers unset", "numbers set", "a mix", "columns missing"])
+def test_rows_are_stored_with_a_missing_number_as_zero_and_nothing_else_changed(tmp_path: Path, shape: str) -> None:
+    """The upsert's parameters are built in C for the usual rows; every shape must store the same."""
+    numbers = [name for name, _, default in store_module.COLUMNS if default is not None]
+    row: dict[str, object] = dict.fromkeys(store_module.NAMES)
+    row.update(id="TT-1", created_at=10.0, updated_at=20.0, status="acknowledged", priority="high", channel=None)
+    if shape == "numbers set":
+        row.update({name: index + 0.5 for index, name in enumerate(numbers)})
+    elif shape == "a mix":
+        row.update({name: index + 0.5 for index, name in enumerate(numbers) if index % 2})
+    elif shape == "columns missing":
+        row = {k: v for k, v in row.items() if k not in ("priority", "fallout", "amount", "completed_at")}
+    store = RecordStore(tmp_path / "records.db", ["trouble_ticket"])
+    store.upsert("trouble_ticket", [row])
+    expected = {name: row.get(name) for name in store_module.NAMES}
+    expected.update({name: row.get(name) if row.get(name) is not None else 0 for name in numbers})
+    assert store.rows("trouble_ticket") == [expected]
