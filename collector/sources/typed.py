@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 
 from collector.sources.store import FLOATS, INTEGERS, NAMES, Event, Row
-from collector.sources.times import maybe_time
+from collector.sources.times import maybe_time, parse_time
 from collector.sources.tmf import (
     EXTENSION,
     MappingError,
@@ -87,8 +87,8 @@ class TypedEvents:
         row["id"] = resource.id
         for name, key, path in self.plan:
             value = getattr(resource, key) if key is not None else _dig(resource, path)
-            if value is not None:
-                row[name] = maybe_time(value) if name in _TIMES else value
+            if value is not None:  # a string when it is a time: "" is no time, as `maybe_time` has it
+                row[name] = (parse_time(value) if value else None) if name in _TIMES else value
         extension = getattr(resource, EXTENSION)
         if extension:
             fill_from_extension(api, row, extension)
