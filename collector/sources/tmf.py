@@ -200,12 +200,12 @@ _PLANS: dict[tuple[str, int], Plan] = {}
 
 def plan(api: TmfApi, version: int) -> Plan:
     """The columns after id that have a standard attribute, with its path; cached."""
-    plan = _PLANS.get((api.kind, version))
-    if plan is None:
+    columns = _PLANS.get((api.kind, version))
+    if columns is None:
         paths = api.field_paths(version)
-        plan = _PLANS[(api.kind, version)] = tuple((name, _single_key(paths[name]), paths[name])
-                                                   for name in NAMES[1:] if name in paths)
-    return plan
+        columns = _PLANS[(api.kind, version)] = tuple((name, _single_key(paths[name]), paths[name])
+                                                      for name in NAMES[1:] if name in paths)
+    return columns
 
 
 def _single_key(path: Path) -> str | None:
