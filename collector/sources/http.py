@@ -7,6 +7,7 @@ body size limit, and typed failures whose `reason` becomes `fab_source_errors_to
 import asyncio
 import base64
 import json
+import math
 import random
 import ssl
 import time
@@ -35,6 +36,19 @@ class SourceRateLimited(SourceError):
 
 class SourceAuthFailed(SourceError):
     reason = "auth"
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one no float can hold (`1e400`) is refused, not made infinite."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _not_json(name: str) -> float:
+    """`NaN`, `Infinity` and `-Infinity`, which Python's parser takes and JSON (RFC 8259) does not."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 class SourceInvalidJson(SourceError):
@@ -192,7 +206,7 @@ class HttpClient:
         if not raw:
             return None
         try:
-            return json.loads(raw)
+            return json.loads(raw, parse_float=_finite, parse_constant=_not_json)
         except (ValueError, UnicodeDecodeError) as exc:
             raise SourceInvalidJson(self.source, f"invalid JSON: {exc}") from exc
 

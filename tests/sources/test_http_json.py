@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -126,6 +127,18 @@ async def test_payload_faults_have_a_reason(api: tuple[Api, str], tmp_path: Path
         await sample_once(tmp_path, source(url))
     assert caught.value.reason == reason
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+async def test_numbers_json_has_not_are_invalid_json(api: tuple[Api, str], tmp_path: Path, number: bytes) -> None:
+    """Python's parser takes them (and makes 1e400 infinite); a KPI must not become NaN or inf."""
+    served, url = api
+    served.raw = json.dumps(served.payload).encode().replace(b'"agents": 17', b'"agents": ' + number)
+    assert number in served.raw
+    with pytest.raises(SourceError) as caught:
+        await sample_once(tmp_path, source(url))
+    assert caught.value.reason == "invalid_json"
+    assert number.decode().lstrip("-") in str(caught.value)
 
 
 async def test_oversized_payload_is_refused(api: tuple[Api, str], tmp_path: Path) -> None:
