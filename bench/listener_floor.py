@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parents[1]
 TREE_VARIABLE = "FABWATCH_BENCH_TREE"
@@ -50,6 +51,10 @@ from tmf_http import connect, post  # noqa: E402
 
 from tests.servers import free_port  # noqa: E402
 from tests.sources.helpers import ticket_event  # noqa: E402
+
+if TYPE_CHECKING:
+    from collector.sources.listener import Listener
+    from collector.sources.store import RecordStore
 
 MODES = ("bare", "nostore", "store", "store-alone", "pipeline")
 PATH = "/tmf/events/listener/troubleTicketStatusChangeEvent"
@@ -90,6 +95,32 @@ async def _bare(port: int) -> None:
     await asyncio.get_running_loop().create_server(Bare, "127.0.0.1", port)
 
 
+def event_body(number: int) -> bytes:
+    """Event `number` of a run: tickets and versions cycle, so later rounds update rows."""
+    return ticket_event(number, number % 10_000, 1 + number // 10_000)
+
+
+def event_request(port: int, number: int) -> bytes:
+    """Event `number` of a run as a pre-encoded keep-alive POST."""
+    return post("127.0.0.1", port, PATH, event_body(number))
+
+
+def _durable_store(directory: str) -> "RecordStore":
+    """The record store a `tmf_events` source of TMF621 writes, `durability: full`."""
+    from collector.sources.store import RecordStore
+    from collector.sources.tmf import APIS
+
+    return RecordStore(Path(directory) / "events.db", ["trouble_ticket"], synchronous="FULL",
+                       final_statuses={"trouble_ticket": APIS["tmf621"].finals})
+
+
+def _listener(store: "RecordStore") -> "Listener":
+    from collector.sources.listener import Listener
+    from collector.sources.schema import TmfEventsSource
+
+    return Listener("events", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
+
+
 class _NoStore:
     """A record store that writes nothing."""
 
@@ -113,13 +144,9 @@ class _NoStore:
 
 async def _events(mode: str, port: int, directory: str) -> None:
     from collector.sources.events_http import EventsServer
-    from collector.sources.listener import Listener
-    from collector.sources.schema import TmfEventsSource
-    from collector.sources.store import RecordStore
 
-    store = _NoStore() if mode == "nostore" else RecordStore(Path(directory) / "events.db", ["trouble_ticket"],
-                                                               synchronous="FULL")
-    listener = Listener("events", TmfEventsSource(kind="tmf_events", api="tmf621"), store)  # type: ignore[arg-type]
+    store = _NoStore() if mode == "nostore" else _durable_store(directory)
+    listener = _listener(store)  # type: ignore[arg-type]
     await listener.start()
     await EventsServer({"events": listener}).start("127.0.0.1", port)
 
@@ -145,16 +172,11 @@ async def load(port: int, raw: Sequence[bytes], connections: int, pid: int, time
 
 def store_alone(events: int, directory: str) -> None:
     """Write `events` parsed events through the record store; print events/s and CPU µs each."""
-    from collector.sources.listener import Listener
-    from collector.sources.schema import TmfEventsSource
-    from collector.sources.store import RecordStore
-    from collector.sources.tmf import APIS
 
-    store = RecordStore(Path(directory) / "events.db", ["trouble_ticket"], synchronous="FULL",
-                        final_statuses={"trouble_ticket": APIS["tmf621"].finals})
-    listener = Listener("events", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
+    store = _durable_store(directory)
+    listener = _listener(store)
     name = PATH.rsplit("/", 1)[1]
-    parsed = [listener._parse(name, listener._decode(ticket_event(n, n % 10_000, 1 + n // 10_000)))
+    parsed = [listener._parse(name, listener._decode(event_body(n)))
               for n in range(events)]
     started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, events, 128):
@@ -191,7 +213,7 @@ class _Sink:
 
 def requests_file(path: Path, events: int) -> None:
     """Write `events` pre-encoded event POSTs to a file, separated by NUL bytes (HTTP holds none)."""
-    path.write_bytes(b"\0".join(post("127.0.0.1", 9, PATH, ticket_event(n, n % 10_000, 1 + n // 10_000))
+    path.write_bytes(b"\0".join(event_request(9, n)
                                 for n in range(events)))
 
 
@@ -202,22 +224,16 @@ def pipeline(events: int, directory: str, connections: int, requests: str | None
     import gc
 
     from collector.sources.events_http import _Connection
-    from collector.sources.listener import Listener
-    from collector.sources.schema import TmfEventsSource
-    from collector.sources.store import RecordStore
-    from collector.sources.tmf import APIS
 
     async def run() -> tuple[float, float]:
-        store = RecordStore(Path(directory) / "events.db", ["trouble_ticket"], synchronous="FULL",
-                            final_statuses={"trouble_ticket": APIS["tmf621"].finals})
-        listener = Listener("events", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
+        listener = _listener(_durable_store(directory))
         await listener.start()
         sink, registry = _Sink(), set()  # type: ignore[var-annotated]
         feeders = [_Connection({"events": listener}, registry) for _ in range(connections)]
         for feeder in feeders:
             feeder.connection_made(sink)  # type: ignore[arg-type]
         if requests is None:
-            raw = [post("127.0.0.1", 9, PATH, ticket_event(n, n % 10_000, 1 + n // 10_000)) for n in range(events)]
+            raw = [event_request(9, n) for n in range(events)]
         else:
             raw = Path(requests).read_bytes().split(b"\0")[:events]
         gc.collect()
@@ -253,8 +269,7 @@ def one_run(case: Case, a: argparse.Namespace) -> tuple[float, float]:
             assert server.stdout is not None
             if server.stdout.readline().strip() != "ready":
                 raise SystemExit(f"the {mode} server did not start")
-            raw = [post("127.0.0.1", port, PATH, ticket_event(n, n % 10_000, 1 + n // 10_000))
-                   for n in range(a.events)]
+            raw = [event_request(port, n) for n in range(a.events)]
             return uvloop.run(load(port, raw, a.connections, server.pid, a.timeout))
         finally:
             server.kill()

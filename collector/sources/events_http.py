@@ -243,15 +243,14 @@ class _Connection(asyncio.Protocol):
     def _route(self, method: bytes, url: bytes) -> tuple[Listener, str]:
         """The listener and event name of `/tmf/<source>/listener/<eventName>`; BadEvent otherwise."""
         route = self.routes.get(url)
-        if route is not None and method == b"POST":
-            return route
-        listener, event = route or self._parse_route(url)
+        if route is None:
+            route = self._parse_route(url)
+            if len(self.routes) >= _ROUTES_MAX:
+                self.routes.clear()
+            self.routes[url] = route
         if method != b"POST":
             raise BadEvent(405, "methodNotAllowed", f"{method.decode('latin-1')} is not allowed; use POST")
-        if len(self.routes) >= _ROUTES_MAX:
-            self.routes.clear()
-        self.routes[url] = listener, event
-        return listener, event
+        return route
 
     def _parse_route(self, url: bytes) -> tuple[Listener, str]:
         path = url.split(b"?", 1)[0].decode("latin-1")

@@ -85,6 +85,12 @@ class SyncingSampler:
         return await self.inner.check_columns()
 
 
+def _hub(hub_url: str, subscription: str | None = None) -> str:
+    """The URL of a TMF hub's `/hub` resource, or of one subscription in it."""
+    base = f"{hub_url.rstrip('/')}/hub"
+    return base if subscription is None else f"{base}/{subscription}"
+
+
 _HUB_ID, _HUB_URL = "hub_id", "hub_url"
 """Record store keys of the current hub subscription, so a restart after a crash can drop it."""
 
@@ -114,7 +120,7 @@ class HubRegistration:
             return 0
         from collector.sources.http import SourceSchemaMismatch
         await self._drop_leftover()
-        reply = await self.client.request("POST", f"{self.source.hub_url.rstrip('/')}/hub",
+        reply = await self.client.request("POST", _hub(self.source.hub_url),
                                           payload={"callback": self.callback, "query": self.source.query})
         if not isinstance(reply.body, dict) or not isinstance(reply.body.get("id"), str | int):
             raise SourceSchemaMismatch(self.name, "the hub answered without an id")
@@ -130,7 +136,7 @@ class HubRegistration:
         if not leftover or not hub_url:
             return
         try:
-            await self.client.request("DELETE", f"{hub_url.rstrip('/')}/hub/{leftover}", missing_ok=True)
+            await self.client.request("DELETE", _hub(hub_url, leftover), missing_ok=True)
             log_event(_LOG, "hub_leftover_unregistered", source=self.name, hub=leftover)
         except SourceError as exc:
             log_event(_LOG, "hub_leftover_unregister_failed", logging.WARNING, source=self.name, hub=leftover,
@@ -141,7 +147,7 @@ class HubRegistration:
         """Unregister from the hub (best effort) and close the client."""
         if self.hub_id is not None and self.source.hub_url is not None:
             try:
-                await self.client.request("DELETE", f"{self.source.hub_url.rstrip('/')}/hub/{self.hub_id}",
+                await self.client.request("DELETE", _hub(self.source.hub_url, self.hub_id),
                                           missing_ok=True)
                 self.store.set_meta({_HUB_ID: ""})
                 log_event(_LOG, "hub_unregistered", source=self.name, hub=self.hub_id)

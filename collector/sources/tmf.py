@@ -212,7 +212,8 @@ def _single_key(path: Path) -> str | None:
     return path[0] if len(path) == 1 and isinstance(path[0], str) else None
 
 
-_TIMES = frozenset(name for name in NAMES if name.endswith("_at"))
+TIMES = frozenset(name for name in NAMES if name.endswith("_at"))
+"""The time columns: RFC 3339 date-times in the APIs, epoch seconds in the store."""
 
 
 def convert(api: TmfApi, name: str, value: Any) -> Any:
@@ -220,7 +221,7 @@ def convert(api: TmfApi, name: str, value: Any) -> Any:
     if value is None:
         return None
     try:
-        if name in _TIMES:
+        if name in TIMES:
             return maybe_time(value)
         if name in FLOATS:
             return float(value)

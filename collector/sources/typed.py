@@ -18,6 +18,7 @@ from collector.sources.store import FLOATS, INTEGERS, NAMES, Event, Row
 from collector.sources.times import maybe_time, parse_time
 from collector.sources.tmf import (
     EXTENSION,
+    TIMES,
     MappingError,
     Path,
     Plan,
@@ -28,10 +29,9 @@ from collector.sources.tmf import (
     version_of,
 )
 
-_TIMES = frozenset(name for name in NAMES if name.endswith("_at"))
 _UNUSUAL = (msgspec.DecodeError, RecursionError, MappingError, ValueError)
 """What sends an event to the general path: it refuses the event with the right code and text."""
-_EVENT_TIMES = ("eventTime", "timeOccurred", "timeOcurred")
+_EVENTTIMES = ("eventTime", "timeOccurred", "timeOcurred")
 Tree = dict[str | int, Any]
 """A path tree: a key leads to a subtree, or to the column its value fills (a leaf)."""
 
@@ -48,14 +48,14 @@ class TypedEvents:
     """Decodes and maps the create and change events of one API and version; None when unusual."""
 
     def __init__(self, api: TmfApi, version: int, table: str) -> None:
-        self.api, self.version, self.table = api, version, table
+        self.api, self.table = api, table
         self.plan = plan(api, version)
         self.history = api.history.get(version)
         resource = _resource_type(api, version, self.plan, self.history)
         payload = msgspec.defstruct(f"{api.type_name}Payload", [(api.resource, resource | None, None)])
         envelope = msgspec.defstruct(f"{api.type_name}Event", [
             ("eventId", str | None, None), ("eventType", str | None, None),
-            *((key, str | None, None) for key in _EVENT_TIMES), ("event", payload | None, None)])
+            *((key, str | None, None) for key in _EVENTTIMES), ("event", payload | None, None)])
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope)
 
     def event(self, name: str, raw: bytes | bytearray) -> Event | None:
@@ -88,7 +88,7 @@ class TypedEvents:
         for name, key, path in self.plan:
             value = getattr(resource, key) if key is not None else _dig(resource, path)
             if value is not None:  # a string when it is a time: "" is no time, as `maybe_time` has it
-                row[name] = (parse_time(value) if value else None) if name in _TIMES else value
+                row[name] = (parse_time(value) if value else None) if name in TIMES else value
         extension = getattr(resource, EXTENSION)
         if extension:
             fill_from_extension(api, row, extension)
@@ -147,7 +147,7 @@ def _add(tree: Tree, path: Path, column: str) -> None:
 def _type(name: str, node: "Tree | str") -> Any:
     """The type of a subtree: a leaf is a string or a number; keys make a struct; an index, a list."""
     if isinstance(node, str):
-        return float if node in FLOATS and node not in _TIMES else int if node in INTEGERS else str
+        return float if node in FLOATS and node not in TIMES else int if node in INTEGERS else str
     if 0 in node:
         return list[_type(f"{name}_item", node[0])]  # type: ignore[misc]
     return msgspec.defstruct(name, [(str(key), _type(f"{name}_{key}", sub) | None, None) for key, sub in node.items()])
