@@ -37,18 +37,19 @@ def _parse_text(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """Return the shortest Prometheus duration for a number of seconds (`86400` -> `1d`)."""
-    if seconds < 1:
-        return f"{round(seconds * 1000)}ms"
-    whole = int(seconds)
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if whole % size == 0:
-            return f"{whole // size}{unit}"
+    """Return the shortest Prometheus duration for a number of seconds (`86400` -> `1d`), to the
+    millisecond (`2.5` -> `2s500ms`)."""
+    millis = round(seconds * 1000)
+    if millis == 0:
+        return "0ms"
+    for unit, size in (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000), ("m", 60_000)):
+        if millis % size == 0:
+            return f"{millis // size}{unit}"
     out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if whole >= size:
-            out.append(f"{whole // size}{unit}")
-            whole %= size
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        if millis >= size:
+            out.append(f"{millis // size}{unit}")
+            millis %= size
     return "".join(out)
 
 
