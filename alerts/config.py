@@ -128,6 +128,10 @@ class HealthAlerting(Model):
     """Warn when a TMF events listener refuses more than this share of what it receives..."""
     events_window: Duration = 900.0
     """...over this window (and for `source_down_for`)."""
+    events_commit_slow: Annotated[Duration, Field(gt=0, lt=10)] = 1.0
+    """Warn when the p99 of a TMF events listener's group commits over `events_window` is longer
+    (for `source_down_for`): each event of a batch waits that long for its 201. Under 10 s, the
+    last finite bucket of `fab_events_commit_duration_seconds`."""
 
 
 class ProcessAlerting(Model):

@@ -1,5 +1,5 @@
 """Health alerts: a source down, absent or stale, a TMF events listener refusing what hubs send,
-and a KPI that stopped being exported.
+silent or committing slowly, and a KPI that stopped being exported.
 
 Each is raised once per process the source feeds, so it reaches that process's team.
 """
@@ -22,6 +22,8 @@ STALE_ALERT = "FabSourceStale"
 KPI_ABSENT_ALERT = "FabKpiAbsent"
 REFUSED_ALERT = "FabEventsRefused"
 SILENT_ALERT = "FabEventsSilent"
+COMMIT_SLOW_ALERT = "FabEventsCommitSlow"
+COMMIT_QUANTILE = 0.99
 ACCEPTED_RESULTS = "|".join(NOT_REFUSED)
 """The `result`s of `fab_events_received_total` that are not refusals, as a regex."""
 SOURCE_KPI = "source"
@@ -79,6 +81,17 @@ def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rul
                                                f"humanizePercentage }}}} of the events it received over "
                                                f"{window(health.events_window)} (by result: "
                                                f"fab_events_received_total): {name} misses those changes.")))
+        slow = health.events_commit_slow
+        rules.append(Rule(commit_quantile(source, health.events_window) + f" > {number(slow)}",
+                          alert=COMMIT_SLOW_ALERT, for_=health.source_down_for, labels=labels,
+                          annotations=annotate(COMMIT_SLOW_ALERT, "A TMF events listener commits slowly.",
+                                               f"The p{COMMIT_QUANTILE * 100:g} of the group commits of source "
+                                               f"{{{{ $labels.source }}}} over {window(health.events_window)} is "
+                                               f"{{{{ $value | humanizeDuration }}}} (events_commit_slow: "
+                                               f"{window(slow)}): each event "
+                                               "waits that long for its 201, and hubs that time out send it again. "
+                                               "Look at the disk under the record store "
+                                               "(fab_events_commit_duration_seconds).")))
         if listener.silent_after is not None:
             quiet = selector("fab_events_last_received_timestamp_seconds", source=source)
             rules.append(Rule(f"time() - max by (source) ({quiet}) > {number(listener.silent_after)}",
@@ -99,6 +112,13 @@ def refused_share(source: str, seconds: float) -> str:
     received = selector("fab_events_received_total", source=source)
     span = window(seconds)
     return f"sum by (source) (increase({refused}[{span}])) / sum by (source) (increase({received}[{span}]))"
+
+
+def commit_quantile(source: str, seconds: float) -> str:
+    """The p99 of a listener's group commit durations over a window (no commit: no value, no alert)."""
+    buckets = selector("fab_events_commit_duration_seconds_bucket", source=source)
+    return (f"histogram_quantile({COMMIT_QUANTILE:g}, sum by (source, le) "
+            f"(rate({buckets}[{window(seconds)}])))")
 
 
 def kpi_absent_alert(name: str, process: Process, kpi: str, alerting: AlertingConfig) -> Rule:

@@ -6,6 +6,7 @@ long-window counts assume), so they hold for any configured windows.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +15,8 @@ from typing import Any
 from alerts.config import AlertingConfig
 from alerts.health import (
     ABSENT_ALERT,
+    COMMIT_QUANTILE,
+    COMMIT_SLOW_ALERT,
     DOWN_ALERT,
     KPI_ABSENT_ALERT,
     REFUSED_ALERT,
@@ -27,6 +30,7 @@ from alerts.slo import AT_RISK_ALERT, BURN_ALERT, GOOD, VALID, burn_pairs, sla_k
 from alerts.targets import BREACH_ALERT, OPEN_AGE_ALERT, TREND_ALERT, bounds, max_open_age
 from alerts.text import humanize, humanize_duration, humanize_percentage
 from collector.durations import format_duration
+from collector.health import COMMIT_BUCKETS
 from collector.schema import Inventory, SlaKpi
 from collector.sources.schema import TmfEventsSource
 
@@ -346,6 +350,7 @@ def health_tests(inventory: Inventory, rule_file: RuleFile) -> Doc:
               [check(steps, absent_at, KPI_ABSENT_ALERT, absent_kpis)]),
         *_refused_tests(inventory, rule_file, steps),
         *_silent_tests(inventory, rule_file, steps),
+        *_commit_tests(inventory, rule_file, steps),
     ]
     return {"evaluation_interval": format_duration(steps.interval), "tests": tests}
 
@@ -399,4 +404,37 @@ def _refused_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> l
               [check(steps, at, REFUSED_ALERT)]),
         group("a listener refusing twice the threshold fires", steps, received(2 * ratio),
               [check(steps, at, REFUSED_ALERT, firing)]),
+    ]
+
+
+def _commit_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> list[Doc]:
+    """A listener whose group commits all take under a millisecond raises nothing; one whose commits
+    all fall in the first bucket above `events_commit_slow` fires with the quantile Prometheus
+    interpolates in that bucket."""
+    health = inventory.alerting.health
+    fed = {name: p.records.source for name, p in inventory.processes.items()
+           if find(rule_file, COMMIT_SLOW_ALERT, process=name) is not None}
+    if not fed:
+        return []
+    at = steps.of(health.events_window + health.source_down_for) + 5
+    bounds = (*COMMIT_BUCKETS, math.inf)
+    slow = bisect.bisect_left(COMMIT_BUCKETS, health.events_commit_slow) + 1  # its lower bound >= the threshold
+
+    def commits(bucket: int) -> list[Doc]:
+        """Ten commits a step, all in `bucket` (cumulative: counted in every bucket from it on)."""
+        return [series("fab_events_commit_duration_seconds_bucket",
+                       {"source": source, "le": "+Inf" if bound == math.inf else number(bound)},
+                       f"0+{10 if index >= bucket else 0}x{at + 3}")
+                for source in sorted(set(fed.values())) for index, bound in enumerate(bounds)]
+
+    upper = bounds[slow]
+    quantile = COMMIT_BUCKETS[-1] if upper == math.inf else (
+        bounds[slow - 1] + (upper - bounds[slow - 1]) * COMMIT_QUANTILE)
+    firing = [expected(rule, quantile, {"source": source}) for name, source in fed.items()
+              if (rule := find(rule_file, COMMIT_SLOW_ALERT, process=name)) is not None]
+    return [
+        group("a listener committing in under a millisecond raises nothing", steps, commits(0),
+              [check(steps, at, COMMIT_SLOW_ALERT)]),
+        group("a listener committing slower than events_commit_slow fires", steps, commits(slow),
+              [check(steps, at, COMMIT_SLOW_ALERT, firing)]),
     ]

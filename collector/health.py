@@ -21,6 +21,36 @@ SYNC_REASONS = ("http_status", "rate_limited", "auth", "tls", "invalid_json", "o
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 """Upper bounds (seconds) of `fab_source_sample_duration_seconds`: 1 ms .. 60 s."""
+COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of `fab_events_commit_duration_seconds`: 0.5 ms (an fsync on a fast
+disk) .. 10 s (hubs time out long before)."""
+
+
+class DurationHistogram:
+    """Counts of durations by bucket, rendered as a cumulative Prometheus histogram."""
+
+    def __init__(self, buckets: tuple[float, ...] = DURATION_BUCKETS) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """Add one duration."""
+        index = bisect.bisect_left(self.buckets, seconds)
+        if index < len(self.buckets):
+            self.counts[index] += 1
+        self.count += 1
+        self.sum += seconds
+
+    def histogram(self) -> Histogram:
+        """Return the cumulative histogram (`+Inf` last)."""
+        cumulative, running = [], 0
+        for bound, count in zip(self.buckets, self.counts, strict=True):
+            running += count
+            cumulative.append((bound, float(running)))
+        cumulative.append((float("inf"), float(self.count)))
+        return Histogram(tuple(cumulative), self.sum, float(self.count))
 
 
 class Intake(Protocol):
@@ -33,6 +63,10 @@ class Intake(Protocol):
     @property
     def last_received(self) -> float:
         """Unix time of the last event stored or redelivered, or of the start when there is none."""
+
+    @property
+    def commits(self) -> DurationHistogram:
+        """How long each group commit took (`COMMIT_BUCKETS`)."""
 
 
 def fabwatch_version() -> str:
@@ -49,27 +83,8 @@ class _SourceHealth:
     sampled: bool = False
     last_success: float | None = None
     last_reason: str | None = None
-    bucket_counts: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
-    duration_count: int = 0
-    duration_sum: float = 0.0
+    durations: DurationHistogram = field(default_factory=DurationHistogram)
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-
-    def observe(self, seconds: float) -> None:
-        """Add one sample duration to the histogram."""
-        index = bisect.bisect_left(DURATION_BUCKETS, seconds)
-        if index < len(DURATION_BUCKETS):
-            self.bucket_counts[index] += 1
-        self.duration_count += 1
-        self.duration_sum += seconds
-
-    def histogram(self) -> Histogram:
-        """Return the cumulative histogram of sample durations."""
-        cumulative, running = [], 0
-        for bound, count in zip(DURATION_BUCKETS, self.bucket_counts, strict=True):
-            running += count
-            cumulative.append((bound, float(running)))
-        cumulative.append((float("inf"), float(self.duration_count)))
-        return Histogram(tuple(cumulative), self.duration_sum, float(self.duration_count))
 
 
 class HealthTracker:
@@ -93,14 +108,14 @@ class HealthTracker:
         """Record a successful sample that took `seconds` and finished at `at` (epoch)."""
         health = self._sources[source]
         health.up, health.sampled, health.last_success, health.last_reason = True, True, at, None
-        health.observe(seconds)
+        health.durations.observe(seconds)
 
     def record_failure(self, source: str, reason: str, seconds: float) -> None:
         """Record a failed sample; `reason` is a `SourceError.reason` or `internal`."""
         health = self._sources[source]
         health.up, health.sampled, health.last_reason = False, True, reason
         health.errors[reason] = health.errors.get(reason, 0) + 1
-        health.observe(seconds)
+        health.durations.observe(seconds)
 
     def is_up(self, source: str) -> bool:
         """Whether the last sample of `source` succeeded."""
@@ -132,7 +147,7 @@ class HealthTracker:
             up.samples.append((labels, 1.0 if health.up else 0.0))
             if health.last_success is not None:
                 last.samples.append((labels, health.last_success))
-            durations.histograms.append((labels, health.histogram()))
+            durations.histograms.append((labels, health.durations.histogram()))
             for reason, count in sorted(health.errors.items()):
                 errors.samples.append(((("source", name), ("reason", reason)), float(count)))
         info = Family("fab_build_info", "gauge",
@@ -141,8 +156,8 @@ class HealthTracker:
         return (up, last, durations, errors, info, *self._intake_families())
 
     def _intake_families(self) -> tuple[Family, ...]:
-        """`fab_events_received_total` (every result from 0 on) and the time of the last event, when
-        there are listeners."""
+        """`fab_events_received_total` (every result from 0 on), the time of the last event and the
+        group commits' durations, when there are listeners."""
         if not self.intake:
             return ()
         received = Family("fab_events_received", "counter",
@@ -151,8 +166,12 @@ class HealthTracker:
         last = Family("fab_events_last_received_timestamp_seconds", "gauge",
                       "Unix time of the last event the listener of the source stored or got again (a "
                       "redelivery); of the listener's start when its store holds none.")
+        commits = Family("fab_events_commit_duration_seconds", "histogram",
+                         "Time each group commit of the listener of the source took, from writing its batch to "
+                         "the end of the commit (its fsync): what the batch's events wait for before their 201.")
         for name, listener in self.intake.items():
             received.samples.extend(((("source", name), ("result", result)), float(count))
                                     for result, count in listener.received.items())
             last.samples.append(((("source", name),), listener.last_received))
-        return (received, last)
+            commits.histograms.append(((("source", name),), listener.commits.histogram()))
+        return (received, last, commits)

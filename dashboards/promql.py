@@ -7,6 +7,7 @@ matchers; gauges from several replicas are folded with `max` (each process lives
 from collections.abc import Callable
 
 from alerts.health import ACCEPTED_RESULTS
+from collector.sources.listener import COMMITTED
 from dashboards.common import JOB_INSTANCE, selector
 
 RATE = "[$__rate_interval]"
@@ -165,6 +166,19 @@ def events_refused_share() -> str:
     refused = f'{{source=~"$source", result!~"{ACCEPTED_RESULTS}", {JOB_INSTANCE}}}'
     return (f"sum by (source) (rate(fab_events_received_total{refused}{RATE})) / "
             f"sum by (source) (rate(fab_events_received_total{SOURCES}{RATE}))")
+
+
+def commit_duration_quantile(quantile: float) -> str:
+    """A quantile of the time each listener's group commits take."""
+    return (f"histogram_quantile({quantile:g}, sum by (source, le) "
+            f"(rate(fab_events_commit_duration_seconds_bucket{SOURCES}{RATE})))")
+
+
+def events_per_commit() -> str:
+    """The events each listener's group commits carried, on average (no commit: no value)."""
+    committed = f'{{source=~"$source", result=~"{"|".join(COMMITTED)}", {JOB_INSTANCE}}}'
+    return (f"sum by (source) (rate(fab_events_received_total{committed}{RATE})) / "
+            f"sum by (source) (rate(fab_events_commit_duration_seconds_count{SOURCES}{RATE}))")
 
 
 def since_last_event() -> str:

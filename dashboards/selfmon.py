@@ -84,6 +84,14 @@ def intake_row(inventory: Inventory) -> RowSpec | None:
         timeseries_panel("Time since last event", f"Time since each listener's last event, stored or redelivered "
                          f"(since its start when it has none); {SILENT_ALERT} fires past the source's "
                          "silent_after, when set.", "s", [query(promql.since_last_event(), "{{source}}")], width=8),
+        timeseries_panel("Group commit duration", "Time each listener's group commits take, from writing the batch "
+                         "to the end of its fsync: the events of a batch wait for it before their 201. A rise with "
+                         "steady traffic points at the disk under the record store.", "s",
+                         [query(promql.commit_duration_quantile(q), f"{{{{source}}}} p{q * 100:g}")
+                          for q in QUANTILES]),
+        timeseries_panel("Events per commit", "Events each group commit carries, on average: about one under light "
+                         "traffic, up to the number of concurrent senders (and batch_max) under load.", "short",
+                         [query(promql.events_per_commit(), "{{source}}")]),
     ])
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from collector.health import COMMIT_BUCKETS, DurationHistogram
 from collector.logs import log_event
 from collector.sources.schema import TmfEventsSource
 from collector.sources.store import Event, RecordStore
@@ -41,6 +42,8 @@ RESULTS = ("accepted", "duplicate", "ignored", "invalidJson", "invalidEvent", "u
 changes no work item (acknowledged, not stored), or the code of the refusal."""
 NOT_REFUSED = RESULTS[:3]
 """The `result`s that are not refusals: the event is stored (or was, for a redelivery) or ignored."""
+COMMITTED = ("accepted", "duplicate", "storeFailed")
+"""The `result`s of the events that went through a group commit (a failed one included)."""
 FORGET_EVERY = 60.0
 """Seconds between two passes that forget the event ids older than the source's `dedup_window`."""
 FORGET_BATCH = 10_000
@@ -80,6 +83,8 @@ class Listener:
         """Events received so far, by result (`RESULTS`); exported as `fab_events_received_total`."""
         self.last_received = time.time()
         """Unix time of the last event stored or redelivered; at start, the newest in the store, else now."""
+        self.commits = DurationHistogram(COMMIT_BUCKETS)
+        """How long each group commit took, failed ones too; exported as `fab_events_commit_duration_seconds`."""
         self.forget_every = FORGET_EVERY
         self._forget_at = 0.0
         """When (monotonic) the next pass over old event ids is due; the first is at start."""
@@ -261,6 +266,7 @@ class Listener:
     async def _commit(self, batch: list[tuple[Event, "Answer"]]) -> None:
         """Write the batch on the loop (CPU work: a thread would only add switches on one core),
         then commit in a thread, so requests keep being parsed while the disk syncs; answer each."""
+        started = time.perf_counter()
         try:
             fresh = self.store.stage_events([e for e, _ in batch])
             try:
@@ -269,12 +275,14 @@ class Listener:
                 self.store.rollback()
                 raise
         except Exception as exc:
+            self.commits.observe(time.perf_counter() - started)
             log_event(_LOG, "event_store_failed", logging.ERROR, source=self.name, events=len(batch), error=repr(exc))
             failed = error_body(503, "storeFailed", "the event could not be stored; send it again")
             self.received["storeFailed"] += len(batch)
             for _, answer in batch:
                 self._answer(answer, 503, failed)
             return
+        self.commits.observe(time.perf_counter() - started)
         new = sum(fresh)
         self.last_received = time.time()
         self.received["accepted"] += new

@@ -139,6 +139,30 @@ def test_a_listener_refusing_events_fires_and_promtool_agrees(
     assert "twice the threshold" in result.stdout + result.stderr
 
 
+def test_a_listener_committing_slowly_fires_and_promtool_agrees(
+        promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
+    events = {"sources": {"events": {"kind": "tmf_events", "api": "tmf621"}},
+              "processes": {"problem": {"records": {"source": "events"}}},
+              "alerting": {"health": {"events_commit_slow": "300ms"}}}
+    inventory = load_inventory([write_inventory(merged(SMALL, events))], environ={})
+    bundle = tmp_path / "bundle"
+    write(build(inventory).documents, bundle)
+    rules, tests = bundle / "rules" / "health.rules.yml", bundle / "tests" / "health.test.yml"
+    text = rules.read_text()
+    assert "histogram_quantile(0.99, sum by (source, le) (rate(fab_events_commit_duration_seconds_bucket" in text
+    assert "(events_commit_slow: 300ms)" in text
+    lint = run(promtool, "check", "rules", "--lint=all", "--lint-fatal", str(rules))
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    result = run(promtool, "test", "rules", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Not vacuous: slow commits (0.5-1 s) pass a threshold of 2 s, and a threshold of 0 fires on fast ones.
+    for wrong, scenario in (("> 2\n", "slower than events_commit_slow"), ("> 0\n", "under a millisecond")):
+        rules.write_text(text.replace("> 0.3\n", wrong))
+        result = run(promtool, "test", "rules", str(tests))
+        assert result.returncode != 0, wrong
+        assert scenario in result.stdout + result.stderr
+
+
 def test_a_silent_listener_fires_after_silent_after_and_promtool_agrees(
         promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
     quiet = {"sources": {"events": {"kind": "tmf_events", "api": "tmf621"}},

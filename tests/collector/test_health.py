@@ -1,8 +1,8 @@
 """Per-source health: up, last success, durations and errors by reason."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from collector.health import DURATION_BUCKETS, REASONS, HealthTracker
+from collector.health import COMMIT_BUCKETS, DURATION_BUCKETS, REASONS, DurationHistogram, HealthTracker
 
 
 def families(tracker: HealthTracker) -> dict[str, object]:
@@ -43,6 +43,7 @@ def test_success_then_failure():
 class _Listener:
     received: dict[str, int]
     last_received: float
+    commits: DurationHistogram = field(default_factory=lambda: DurationHistogram(COMMIT_BUCKETS))
 
 
 def test_listener_counts_are_exported_live_and_only_when_there_are_listeners():
@@ -59,6 +60,17 @@ def test_listener_counts_are_exported_live_and_only_when_there_are_listeners():
                              ((("source", "tickets"), ("result", "duplicate")), 0.0)]
     last = families(tracker)["fab_events_last_received_timestamp_seconds"]
     assert (last.kind, last.samples) == ("gauge", [((("source", "tickets"),), 1_700_000_060.0)])
+    listener.commits.observe(0.0007)
+    listener.commits.observe(12.0)  # over the last bound: only in +Inf
+    commits = families(tracker)["fab_events_commit_duration_seconds"]
+    assert commits.kind == "histogram"
+    (labels, histogram), = commits.histograms
+    assert labels == (("source", "tickets"),)
+    assert dict(histogram.buckets)[0.0005] == 0.0
+    assert dict(histogram.buckets)[0.001] == 1.0
+    assert dict(histogram.buckets)[10.0] == 1.0
+    assert histogram.buckets[-1] == (float("inf"), 2.0)
+    assert (histogram.sum, histogram.count) == (12.0007, 2.0)
 
 
 def test_a_syncing_source_exports_every_reason_its_errors_can_have_from_the_start():

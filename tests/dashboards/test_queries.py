@@ -160,8 +160,8 @@ def test_the_event_intake_row_shows_what_a_listener_received(prometheus_factory,
     inventory_path = events_inventory(tmp_path, interval="1s")
     model = self_dashboard(load_inventory([inventory_path], {}))
     intake = [p["title"] for p in lint.panels(model) if "fab_events_received_total" in str(p["targets"])]
-    assert intake == ["Events received by result", "Refused share"]
-    assert "Time since last event" in [p["title"] for p in lint.panels(model)]
+    assert intake == ["Events received by result", "Refused share", "Events per commit"]
+    assert {"Time since last event", "Group commit duration"} <= {p["title"] for p in lint.panels(model)}
     fabwatch = FabwatchProcess(inventory_path, port, log=tmp_path / "fabwatch.log")
     fabwatch.start()
     try:
@@ -178,9 +178,12 @@ def test_the_event_intake_row_shows_what_a_listener_received(prometheus_factory,
         assert statuses == [201] * 32 + [400] * 10
         prometheus.wait_for("sum(fab_events_received_total) == 42", timeout=30)
         empty = [f"{where}: {expr}" for where, expr in queries(model) if not prometheus.query(expr)]
-        share = prometheus.query(substitute(promql.events_refused_share(), {"job": ALL, "instance": ALL,
-                                                                            "source": ALL}))
+        every = {"job": ALL, "instance": ALL, "source": ALL}
+        share = prometheus.query(substitute(promql.events_refused_share(), every))
+        per_commit = prometheus.query(substitute(promql.events_per_commit(), every))
     finally:
         fabwatch.stop()
     assert not empty, "queries without data:\n" + "\n".join(empty)
     assert [(s["metric"]["source"], round(float(s["value"][1]), 6)) for s in share] == [("events", round(10 / 42, 6))]
+    # one event at a time: each of the 32 stored or redelivered events had a commit of its own
+    assert [(s["metric"]["source"], round(float(s["value"][1]), 6)) for s in per_commit] == [("events", 1.0)]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from collector.health import HealthTracker
+from collector.health import COMMIT_BUCKETS, DurationHistogram, HealthTracker
 from collector.samples import Family, Histogram, SourceSample
 from collector.sources.listener import RESULTS
 from exporters.prometheus import PrometheusExporter, accepts_gzip, negotiate_format, to_metrics
@@ -120,11 +120,16 @@ def test_promtool_accepts_the_exposition(promtool):
     exporter.update(make_sample("crm", "problem"))
     health.record_success("crm", 0.2, 1_700_000_000.0)
     health.record_failure("down", "connection", 0.01)
-    health.intake["tickets"] = SimpleNamespace(received=dict.fromkeys(RESULTS, 0), last_received=1_700_000_000.0)
+    commits = DurationHistogram(COMMIT_BUCKETS)
+    commits.observe(0.003)
+    health.intake["tickets"] = SimpleNamespace(received=dict.fromkeys(RESULTS, 0), last_received=1_700_000_000.0,
+                                               commits=commits)
     exporter.invalidate()
     body = exporter.render("text")
     assert b'fab_events_received_total{result="accepted",source="tickets"} 0.0' in body
     assert b'fab_events_last_received_timestamp_seconds{source="tickets"} 1.7e+09' in body
+    assert b'fab_events_commit_duration_seconds_bucket{le="0.0025",source="tickets"} 0.0' in body
+    assert b'fab_events_commit_duration_seconds_bucket{le="0.005",source="tickets"} 1.0' in body
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.strip() == b"", result.stdout.decode()

@@ -254,6 +254,31 @@ async def test_a_failed_commit_is_answered_503_stores_nothing_and_is_counted(tmp
     assert [(status, body.get("code")) for status, body in answers] == [(503, "storeFailed"), (201, None)]
     assert stored_events(tmp_path / "events.db") == 1  # the failed batch was rolled back
     assert {k: v for k, v in listener.received.items() if v} == {"storeFailed": 1, "accepted": 1}
+    assert listener.commits.count == 2  # the failed commit's time is shown too
+
+
+class _SlowCommit(RecordStore):
+    """A record store whose commits take 0.3 s, as on a saturated disk."""
+
+    def commit(self) -> None:
+        time.sleep(0.3)
+        super().commit()
+
+
+async def test_the_time_each_group_commit_takes_is_measured(tmp_path: Path) -> None:
+    """`fab_events_commit_duration_seconds` is what tells a slow disk from a slow hub at 3 a.m."""
+    store = _SlowCommit(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
+    listener = Listener("tickets", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
+    await listener.start()
+    try:
+        for n in (1, 2):
+            assert (await _submit(listener, ticket_event(n, n, 1)))[0] == 201
+    finally:
+        await listener.stop()
+        store.close()
+    buckets = dict(listener.commits.histogram().buckets)
+    assert (buckets[0.25], buckets[0.5], buckets[float("inf")]) == (0.0, 2.0, 2.0)
+    assert 0.6 <= listener.commits.sum < 1.0
 
 
 async def test_event_ids_older_than_the_dedup_window_are_forgotten(tmp_path: Path) -> None:
