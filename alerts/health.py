@@ -74,24 +74,24 @@ def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rul
     ]
     listener = inventory.sources[source]
     if isinstance(listener, TmfEventsSource):
-        rules.append(Rule(refused_share(source, health.events_window) + f" > {number(health.events_refused_ratio)}",
-                          alert=REFUSED_ALERT, for_=health.source_down_for, labels=labels,
-                          annotations=annotate(REFUSED_ALERT, "A TMF events listener refuses what hubs send.",
-                                               f"Source {{{{ $labels.source }}}} refused {{{{ $value | "
-                                               f"humanizePercentage }}}} of the events it received over "
-                                               f"{window(health.events_window)} (by result: "
-                                               f"fab_events_received_total): {name} misses those changes.")))
-        slow = health.events_commit_slow
-        rules.append(Rule(commit_quantile(source, health.events_window) + f" > {number(slow)}",
-                          alert=COMMIT_SLOW_ALERT, for_=health.source_down_for, labels=labels,
-                          annotations=annotate(COMMIT_SLOW_ALERT, "A TMF events listener commits slowly.",
-                                               f"The p{COMMIT_QUANTILE * 100:g} of the group commits of source "
-                                               f"{{{{ $labels.source }}}} over {window(health.events_window)} is "
-                                               f"{{{{ $value | humanizeDuration }}}} (events_commit_slow: "
-                                               f"{window(slow)}): each event "
-                                               "waits that long for its 201, and hubs that time out send it again. "
-                                               "Look at the disk under the record store "
-                                               "(fab_events_commit_duration_seconds).")))
+        def over_window(expr: str, alert: str, summary: str, description: str) -> Rule:
+            """A listener alert on `events_window`, held for `source_down_for`."""
+            return Rule(expr, alert=alert, for_=health.source_down_for, labels=labels,
+                        annotations=annotate(alert, summary, description))
+
+        span, slow = window(health.events_window), health.events_commit_slow
+        rules.append(over_window(
+            refused_share(source, health.events_window) + f" > {number(health.events_refused_ratio)}",
+            REFUSED_ALERT, "A TMF events listener refuses what hubs send.",
+            f"Source {{{{ $labels.source }}}} refused {{{{ $value | humanizePercentage }}}} of the events it "
+            f"received over {span} (by result: fab_events_received_total): {name} misses those changes."))
+        rules.append(over_window(
+            commit_quantile(source, health.events_window) + f" > {number(slow)}",
+            COMMIT_SLOW_ALERT, "A TMF events listener commits slowly.",
+            f"The p{COMMIT_QUANTILE * 100:g} of the group commits of source {{{{ $labels.source }}}} over {span} "
+            f"is {{{{ $value | humanizeDuration }}}} (events_commit_slow: {window(slow)}): each event waits that "
+            "long for its 201, and hubs that time out send it again. Look at the disk under the record store "
+            "(fab_events_commit_duration_seconds)."))
         if listener.silent_after is not None:
             quiet = selector("fab_events_last_received_timestamp_seconds", source=source)
             rules.append(Rule(f"time() - max by (source) ({quiet}) > {number(listener.silent_after)}",

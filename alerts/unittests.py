@@ -378,14 +378,25 @@ def _silent_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> li
     return tests
 
 
+def _fed(inventory: Inventory, rule_file: RuleFile, alertname: str) -> dict[str, str]:
+    """The processes that have this listener alert, with the source feeding each."""
+    return {name: p.records.source for name, p in inventory.processes.items()
+            if find(rule_file, alertname, process=name) is not None}
+
+
+def _settled(inventory: Inventory, steps: Steps) -> int:
+    """A step by which a listener alert on `events_window`, held for `source_down_for`, has fired."""
+    health = inventory.alerting.health
+    return steps.of(health.events_window + health.source_down_for) + 5
+
+
 def _refused_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> list[Doc]:
     """A listener refusing a share under the threshold raises nothing; twice the threshold fires."""
     health = inventory.alerting.health
-    fed = {name: p.records.source for name, p in inventory.processes.items()
-           if find(rule_file, REFUSED_ALERT, process=name) is not None}
+    fed = _fed(inventory, rule_file, REFUSED_ALERT)
     if not fed:
         return []
-    at = steps.of(health.events_window + health.source_down_for) + 5
+    at = _settled(inventory, steps)
 
     def received(share: float) -> list[Doc]:
         """1,000 events a step, of which `share` refused as invalidResource."""
@@ -412,11 +423,10 @@ def _commit_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> li
     all fall in the first bucket above `events_commit_slow` fires with the quantile Prometheus
     interpolates in that bucket."""
     health = inventory.alerting.health
-    fed = {name: p.records.source for name, p in inventory.processes.items()
-           if find(rule_file, COMMIT_SLOW_ALERT, process=name) is not None}
+    fed = _fed(inventory, rule_file, COMMIT_SLOW_ALERT)
     if not fed:
         return []
-    at = steps.of(health.events_window + health.source_down_for) + 5
+    at = _settled(inventory, steps)
     bounds = (*COMMIT_BUCKETS, math.inf)
     slow = bisect.bisect_left(COMMIT_BUCKETS, health.events_commit_slow) + 1  # its lower bound >= the threshold
 
