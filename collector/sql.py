@@ -226,7 +226,14 @@ def _signature(queries: ProcessQueries) -> list[str]:
     statements = [queries.created.statement, queries.open_items.recount]
     if queries.completed is not None:
         statements.append(queries.completed.statement)
-    return [str(statement) for statement in statements] + [repr(queries.buckets)]
+    return [_rendered(statement) for statement in statements] + [repr(queries.buckets)]
+
+
+def _rendered(statement: Statement) -> str:
+    """A statement's SQL and the values bound in it: `str()` alone shows `IN (__[POSTCOMPILE_status_1])`
+    for the open statuses, and two processes with other statuses would share a statement."""
+    compiled = statement.compile()
+    return f"{compiled} {sorted(compiled.params.items())!r}"
 
 
 def _table(name: str, columns: set[str]) -> TableClause:

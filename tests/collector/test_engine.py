@@ -14,6 +14,7 @@ from collector.errors import SourceQueryFailed, SourceRefused, SourceTimeout, So
 from collector.inventory import load_inventory
 from collector.samples import SourceSample
 from collector.schema import Inventory, SqlSource
+from collector.sql import share
 from collector.state import StateStore
 from simulator import Simulator
 from tests.collector.helpers import value_kpi_file
@@ -337,3 +338,49 @@ async def test_check_columns_names_missing_tables_and_columns(db: Path, tmp_path
         "process payments: table payment has no column written_off",
     ]
     await engine.close()
+
+
+SPLIT = """
+sources:
+  operator: {{kind: sql, dsn: "{dsn}"}}
+processes:
+  high:
+    etom: "1.3.1.3"
+    name: High priority tickets
+    team: ops
+    records: {{source: operator, table: trouble_ticket, columns: {{measures: [priority]}}, where: "priority = 'high'",
+              open_statuses: [{high}]}}
+    kpis: {{backlog: {{kind: backlog}}}}
+  low:
+    etom: "1.3.1.3"
+    name: Low priority tickets
+    team: ops
+    records: {{source: operator, table: trouble_ticket, columns: {{measures: [priority]}}, where: "priority = 'low'",
+              open_statuses: [inProgress, pending, held, acknowledged]}}
+    kpis: {{backlog: {{kind: backlog}}}}
+"""
+
+
+@pytest.mark.parametrize("high", ["inProgress", "inProgress, pending, held, acknowledged"])
+async def test_processes_split_from_one_table_keep_their_own_open_statuses(
+        db: Path, tmp_path: Path, high: str) -> None:
+    """Two processes on one table, split by `where`, read it with one statement when their
+    statements agree; open statuses that differ must not be taken from the first process."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=2)
+    await sim.close()
+    path = tmp_path / "split.yaml"
+    path.write_text(SPLIT.format(dsn=dsn, high=high))
+    inventory = load_inventory([path], {})
+    assert len(share(inventory.processes)) == (1 if "," in high else 0)  # one statement only when they agree
+    together = SourceSampler("operator", inventory.sources["operator"], inventory.processes,
+                             StateStore(tmp_path / "together.db"))
+    alone = {name: SourceSampler("operator", inventory.sources["operator"], {name: process},
+                                 StateStore(tmp_path / f"{name}.db"))
+             for name, process in inventory.processes.items()}
+    got = values(await together.sample(T0))
+    want = {key: value for engine in alone.values() for key, value in values(await engine.sample(T0)).items()}
+    for engine in (together, *alone.values()):
+        await engine.close()
+    assert got == want
+    assert got[("low", "backlog")] > got[("high", "backlog")] > 0
