@@ -113,6 +113,12 @@ def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[s
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         problems.append(Problem(str(path), line, "", f"invalid YAML: {exc.problem}"))
         return None
+    except yaml.reader.ReaderError as exc:  # a control character: no mark, a position in the text
+        line = text.count("\n", 0, exc.position) + 1
+        code = ord(exc.character) if isinstance(exc.character, str) else exc.character
+        problems.append(Problem(str(path), line, "", f"invalid YAML: character #x{code:04x} is not allowed "
+                                                     "(a control character)"))
+        return None
     if origins.lines.get("") is None:  # where a missing top-level section is reported
         origins.lines[""] = (str(path), 1)
     if data is None:
@@ -131,6 +137,10 @@ class _StrictLoader(yaml.SafeLoader):
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                hash(key)
+            except TypeError:  # a list or mapping as a key: SafeLoader's own error names it, with its line
+                continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None,

@@ -148,6 +148,10 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
     bad = write(tmp_path, "bad.yaml", "sources: [\n")
     (line,) = problems([bad])
     assert line.startswith(f"{bad}:2: invalid YAML")
+    control = write(tmp_path, "control.yaml", "sources:\n  a: {kind: sql}\nprocesses:\n  p: {name: \"x\x07\"}\n")
+    assert problems([control]) == [f"{control}:4: invalid YAML: character #x0007 is not allowed (a control character)"]
+    keyed = write(tmp_path, "keyed.yaml", "sources:\n  ? [a, b]\n  : 1\n")
+    assert problems([keyed]) == [f"{keyed}:2: invalid YAML: found unhashable key"]
 
 
 def test_predicate_columns_ignores_keywords_strings_and_functions() -> None:
