@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 
 from collector.db import AsyncConnection, AsyncEngine, classify, create_engine, guard, read_only
-from collector.errors import StateFailed
+from collector.errors import SourceQueryFailed, StateFailed
 from collector.kpis import fixed_cost, kpi_value, variable_cost, windows_of
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
 from collector.schema import Process, SqlSource, ValueKpi
@@ -309,8 +309,20 @@ class SourceSampler:
             state["hi"] = hi
         self._accrue_fixed(process, state, now)
         open_items = await self._follow_open(conn, name, queries.open_items, state, now)
-        values = {k: await _value_kpi(conn, kpi) for k, kpi in process.kpis.items() if isinstance(kpi, ValueKpi)}
+        values = {k: await self._value_kpi(conn, name, k, kpi)
+                  for k, kpi in process.kpis.items() if isinstance(kpi, ValueKpi)}
         return _ProcessRun(open_items, values, time.perf_counter() - started)
+
+    async def _value_kpi(self, conn: AsyncConnection, process: str, name: str, kpi: ValueKpi) -> float | None:
+        """The first column of the first row of a `value` KPI's statement (no row, NULL: no value)."""
+        row = (await conn.execute(text(kpi.sql))).first()
+        if row is None or row[0] is None:
+            return None
+        try:
+            return float(row[0])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SourceQueryFailed(self.name, f"process {process}: kpi {name}: the statement gave "
+                                               f"{type(row[0]).__name__} {row[0]!r}, not a number") from exc
 
     async def _count_entering(self, reader: "_EdgeReader", state: dict[str, Any], lo: float, hi: float) -> None:
         known = state.setdefault("dimsets", [])
@@ -373,7 +385,8 @@ class SourceSampler:
         accrued = state.setdefault("fixed", {})
         for name, cost in process.costs.items():
             if cost.fixed_per_month is not None:
-                accrued[name] = accrued.get(name, 0.0) + (fixed_cost(cost, now - since) if since else 0.0)
+                # a clock stepped back (NTP, a resumed VM) accrues nothing: a counter never goes down
+                accrued[name] = accrued.get(name, 0.0) + (fixed_cost(cost, max(0.0, now - since)) if since else 0.0)
         state["fixed_at"] = now if since is None else max(since, now)
 
     async def _follow_open(self, conn: AsyncConnection, name: str, queries: OpenQueries,
@@ -549,11 +562,6 @@ def _add_row(groups: Groups, query: EdgeQuery, row: Any, skip: int = 0) -> None:
     _add(groups.setdefault(key, {}), sums)
 
 
-async def _value_kpi(conn: AsyncConnection, kpi: ValueKpi) -> float | None:
-    row = (await conn.execute(text(kpi.sql))).first()
-    if row is None or row[0] is None:
-        return None
-    return float(row[0])
 
 
 class _Families:

@@ -384,3 +384,33 @@ async def test_processes_split_from_one_table_keep_their_own_open_statuses(
         await engine.close()
     assert got == want
     assert got[("low", "backlog")] > got[("high", "backlog")] > 0
+
+
+async def test_a_clock_stepped_back_accrues_no_negative_fixed_cost(db: Path, tmp_path: Path) -> None:
+    """NTP stepping the clock back, or a VM resumed, must not make `fab_cost_total` go down: Prometheus
+    would read it as a counter reset and count the whole total again."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    engine = sampler(example(dsn), tmp_path / "state.db")
+    platform = (("process", "problem"), ("component", "platform"), ("currency", "EUR"))
+    seen = []
+    for now in (T0, T0 + 60, T0 + 50, T0 + 55, T0 + 120):
+        seen.append(family(await engine.sample(now), "fab_cost")[platform])
+    await engine.close()
+    assert seen[1] > seen[0]
+    assert seen[2] == seen[3] == seen[1]  # nothing accrues until the clock is back where it was
+    assert seen[4] > seen[1]
+
+
+async def test_a_value_kpi_that_is_not_a_number_names_its_process_and_kpi(db: Path, tmp_path: Path) -> None:
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=1)
+    await sim.close()
+    text = value_kpi_file(tmp_path, "worst_status", "SELECT MAX(status) FROM trouble_ticket")
+    inventory = load_inventory([EXAMPLE, text], {"FABWATCH_DEMO_DSN": dsn})
+    engine = SourceSampler("operator", inventory.sources["operator"], inventory.processes, StateStore(tmp_path / "s"))
+    with pytest.raises(SourceQueryFailed, match="source operator: process problem: kpi worst_status: the statement "
+                                                r"gave str '[a-zA-Z]+', not a number"):
+        await engine.sample(T0)
+    await engine.close()
