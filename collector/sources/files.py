@@ -50,7 +50,10 @@ class CostCsvSync:
         paths = sorted(glob.glob(self.source.path))
         if not paths:
             raise SourceUnreachable(self.name, f"no file matches {self.source.path}")
-        seen = {path: Path(path).stat().st_mtime for path in paths}
+        try:
+            seen = {path: Path(path).stat().st_mtime for path in paths}
+        except OSError as exc:  # deleted between the glob and the stat
+            raise SourceUnreachable(self.name, f"{exc.filename}: cannot read: {exc.strerror or exc}") from exc
         if seen == self._seen:
             return 0
         rows = [row for path in paths for row in read_costs(self.name, path)]  # name order: later wins
@@ -77,6 +80,8 @@ def read_costs(source: str, path: str) -> list[CostRow]:
         raise SourceSchemaMismatch(source, f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except csv.Error as exc:
         raise SourceSchemaMismatch(source, f"{path}: not a readable CSV file: {exc}") from exc
+    except OSError as exc:  # a directory the pattern matched, a file without read permission, a vanished one
+        raise SourceUnreachable(source, f"{path}: cannot read: {exc.strerror or exc}") from exc
 
 
 def _cost_row(source: str, path: str, number: int, line: dict[str, str | None]) -> CostRow:

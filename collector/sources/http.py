@@ -129,20 +129,19 @@ class HttpClient:
         """Send a request (retrying what may pass on a retry) and return the decoded JSON reply;
         with `missing_ok`, a 404 is a reply (status 404, body None), not an error."""
         await self.open()
-        refreshed = False
-        for attempt in range(self.limits.retries + 1):
+        refreshed, attempt = False, 0
+        while True:
             try:
                 return await self._attempt(method, url, params, payload, missing_ok)
             except SourceAuthFailed:
                 if refreshed or not self._refreshable():
                     raise
-                refreshed, self._token = True, None
-                return await self._attempt(method, url, params, payload, missing_ok)
+                refreshed, self._token = True, None  # an expired token: fetched again once, not a retry
             except _Retry as retry:
                 if attempt == self.limits.retries:
                     raise retry.error from retry
                 await asyncio.sleep(self._delay(attempt, retry.wait))
-        raise AssertionError("unreachable")
+                attempt += 1
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         jittered = random.uniform(0, self.limits.backoff * 2**attempt)

@@ -157,7 +157,9 @@ class TmfPoller:
         try:
             return resource_to_row(self.api, self.source.version, item, observed)
         except MappingError as exc:
-            raise SourceSchemaMismatch(self.name, str(exc)) from exc
+            ident = item.get("id") if isinstance(item, dict) else None
+            where = f" (id {ident!r})" if isinstance(ident, str) else ""
+            raise SourceSchemaMismatch(self.name, f"{exc}{where}") from exc
 
     async def _write(self, rows: Sequence[Row], meta: Mapping[str, str]) -> None:
         def write() -> None:

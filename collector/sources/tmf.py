@@ -249,5 +249,9 @@ def _lifecycle(api: TmfApi, version: int, resource: Mapping[str, Any], row: Row)
 
 def reopened_in(api: TmfApi, changes: list[tuple[Any, Any]]) -> bool:
     """Whether a status history, as (change date, status) pairs, moves out of a final status."""
-    statuses = [status for _, status in sorted(changes, key=lambda change: maybe_time(change[0]) or 0.0)]
+    try:
+        ordered = sorted(changes, key=lambda change: maybe_time(change[0]) or 0.0)
+    except ValueError as exc:  # a change date that is not one: the mapping's error, as for the other dates
+        raise MappingError(f"{api.resource} status history: {exc}") from exc
+    statuses = [status for _, status in ordered]
     return any(before in api.finals and after not in api.finals for before, after in itertools.pairwise(statuses))

@@ -121,6 +121,20 @@ async def test_no_matching_file_is_a_connection_error(tmp_path: Path) -> None:
         store.close()
 
 
+async def test_a_directory_the_pattern_matches_is_named_as_unreadable(tmp_path: Path) -> None:
+    """A glob like `costs-*` can match a folder (or a file without read permission): a connection
+    error naming it, not an internal error without a name."""
+    (tmp_path / "costs-2026-01.csv").write_text("process,component,amount,currency,month\n")
+    (tmp_path / "costs-archive").mkdir()
+    syncer, store = sync(tmp_path, str(tmp_path / "costs-*"))
+    try:
+        with pytest.raises(SourceError, match=f"{tmp_path / 'costs-archive'}: cannot read: Is a directory") as caught:
+            await syncer.sync()
+        assert caught.value.reason == "connection"
+    finally:
+        store.close()
+
+
 async def test_a_correction_in_a_later_file_stays_when_an_earlier_file_is_touched(tmp_path: Path) -> None:
     """Finance corrects January in the February file; a January file saved again (unchanged) must
     not bring the old amount back. The files, in name order, are the truth."""

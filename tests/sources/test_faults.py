@@ -28,6 +28,8 @@ class Faulty:
         self.mode = "ok"
         self.tokens = 0
         self.valid_token = ""
+        self.blips = 0
+        """503s to answer (then the list) once a request is authorized."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -43,6 +45,9 @@ class Faulty:
         mode = self.mode
         if mode == "expired" and request.headers.get("Authorization") != f"Bearer {self.valid_token}":
             return web.json_response({"code": "expired"}, status=401)
+        if self.blips:
+            self.blips -= 1
+            return web.json_response({"code": "blip"}, status=503)
         answers: dict[str, Any] = {
             "5xx": lambda: web.json_response({"code": "boom"}, status=503),
             "429": lambda: web.json_response({}, status=429, headers={"Retry-After": "0"}),
@@ -50,6 +55,8 @@ class Faulty:
             "big": lambda: web.json_response([GOOD[0] | {"note": "x" * 5000}] * 50),
             "schema": lambda: web.json_response({"items": GOOD}),
             "no_id": lambda: web.json_response([{"status": "held"}]),
+            "history": lambda: web.json_response([GOOD[0] | {"statusChange": [{"status": "resolved",
+                                                                                "changeDate": "01/02/2024"}]}]),
         }
         if mode == "slow":
             await asyncio.sleep(2)
@@ -78,7 +85,7 @@ async def _service(url: str, tmp_path: Path, **extra: Any) -> web.Application:
 
 @pytest.mark.parametrize(("mode", "reason"), [
     ("5xx", "http_status"), ("429", "rate_limited"), ("slow", "timeout"), ("json", "invalid_json"),
-    ("big", "oversize"), ("schema", "schema"), ("no_id", "schema"),
+    ("big", "oversize"), ("schema", "schema"), ("no_id", "schema"), ("history", "schema"),
 ])
 async def test_fault_gives_reason_and_source_down(faulty: tuple[Faulty, str], tmp_path: Path, mode: str,
                                                   reason: str) -> None:
@@ -121,6 +128,22 @@ async def test_expired_token_is_fetched_again_once(faulty: tuple[Faulty, str], t
         assert await scheduler.run_once("tickets") is None
         assert server.tokens == 3
         assert health.errors("tickets")["auth"] == 1
+
+
+async def test_a_5xx_after_a_token_fetched_again_is_retried(faulty: tuple[Faulty, str], tmp_path: Path) -> None:
+    """The attempt with the new token is an attempt like any other: a transient 503 on it is retried
+    (it used to escape the retries as an internal error)."""
+    server, url = faulty
+    auth = {"kind": "oauth2", "token_url": f"{url}/token", "client_id": "fabwatch", "client_secret": "x"}
+    app = await _service(url, tmp_path, auth=auth)
+    async with serve_app(app):
+        scheduler, health = app[SCHEDULER], app[HEALTH]
+        await _sampled(health)
+        server.mode, server.valid_token, server.blips = "expired", "tok2", 1
+        assert await scheduler.run_once("tickets") is not None
+        assert (server.tokens, server.blips) == (2, 0)
+        assert health.is_up("tickets")
+        assert health.errors("tickets")["internal"] == 0
 
 
 async def _sampled(health: Any) -> None:

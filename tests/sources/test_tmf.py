@@ -58,6 +58,17 @@ def test_a_bad_date_names_the_column() -> None:
         resource_to_row(APIS["tmf621"], 4, ticket(creationDate="yesterday"))
 
 
+@pytest.mark.parametrize("version", [4, 5])
+def test_a_bad_date_in_the_status_history_is_a_mapping_error(version: int) -> None:
+    """Not a bare ValueError: the poller reports a mapping error as `reason="schema"`, anything else
+    as an internal error."""
+    resource = ticket(**history(version, ("acknowledged", 0), ("resolved", 200)))
+    next(iter(resource[next(k for k in resource if k.startswith("statusChange"))]))[
+        "changeDate" if version == 4 else "statusChangeDate"] = "01/02/2024"
+    with pytest.raises(MappingError, match="troubleTicket status history: not an RFC 3339 date-time: '01/02/2024'"):
+        resource_to_row(APIS["tmf621"], version, resource)
+
+
 API_OF_SPEC = {"TMF621": "tmf621", "TMF622": "tmf622", "TMF676": "tmf676", "TMF678": "tmf678", "TMF683": "tmf683"}
 
 
