@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from multidict import CIMultiDictProxy
 
 from collector.errors import SourceError, SourceTimeout, SourceUnreachable
 from collector.sources.schema import Auth, BasicAuth, BearerAuth, OAuth2Auth
@@ -82,8 +83,9 @@ class Limits:
 @dataclass
 class Reply:
     status: int
-    headers: Mapping[str, str]
-    """Case-insensitive, as HTTP header names are (gateways send `x-total-count`)."""
+    headers: CIMultiDictProxy[str]
+    """Case-insensitive, as HTTP header names are (gateways send `x-total-count`); a header sent on
+    several lines (`Link`) has all of them (`getall`)."""
     body: Any
     url: str = ""
     """The URL answered, query included: the base of a relative `Link`."""

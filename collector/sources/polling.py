@@ -61,12 +61,22 @@ class TmfPoller:
         newest = watermark
         stored = 0
         listed: set[str] = set()
+        # The newest a watermark may be: a resource dated later (a clock off, a mistyped year) would
+        # make every incremental sync ask for changes after it, and miss them all.
+        ahead = now + self.source.overlap
+        future: tuple[int, Row | None] = (0, None)  # how many resources were dated later, and the first
         async for rows in self._pages(params, now):
-            newest = max([newest or float("-inf"), *(r["updated_at"] for r in rows)])
+            later = [r for r in rows if r["updated_at"] > ahead]
+            future = (future[0] + len(later), future[1] or (later[0] if later else None))
+            newest = max([newest or float("-inf"), *(min(r["updated_at"], ahead) for r in rows)])
             await self._write(rows, {})
             stored += len(rows)
             if full:
                 listed.update(r["id"] for r in rows)
+        if future[1] is not None:
+            log_event(_LOG, "tmf_future_last_update", logging.WARNING, source=self.name, resources=future[0],
+                      first=future[1]["id"], last_update=format_time(future[1]["updated_at"]),
+                      watermark_at_most=format_time(ahead))
         meta = {"watermark": repr(newest)} if newest is not None else {}
         if full:
             stored += await self._remove_deleted(listed, now)
@@ -89,32 +99,39 @@ class TmfPoller:
         url: str | None = self.url
         query: dict[str, str] | None = {**params, "offset": "0"}
         offset = 0
-        previous: list[Row] = []
+        linked = False
+        seen: set[int] = set()
+        """The pages read so far, by the hash of their ids: a page answered again means a loop."""
         for _ in range(MAX_PAGES):
             assert url is not None
             reply = await self.client.request("GET", url, params=query)
             rows = [self._row(item, now) for item in self._items(reply)]
-            if rows and [r["id"] for r in rows] == [r["id"] for r in previous]:
-                raise SourceSchemaMismatch(self.name, f"{reply.url} answered the previous page again: the server "
-                                                      "ignores offset (or its Link rel=next points back)")
+            page = hash(tuple(r["id"] for r in rows))
+            if rows and page in seen:
+                raise SourceSchemaMismatch(self.name, f"{reply.url} answered a page it had already answered: the "
+                                                      "server ignores offset (or its Link rel=next points back)")
+            seen.add(page)
             yield rows
             offset += len(rows)
-            url, query = self._next(reply, params, offset, len(rows))
+            link = _next_link(", ".join(reply.headers.getall("Link", ())))
+            linked = linked or link is not None
+            url, query = self._next(reply, params, offset, len(rows), link, linked)
             if url is None:
                 return
-            previous = rows
         raise SourceSchemaMismatch(self.name, f"more than {MAX_PAGES} pages")
 
-    def _next(self, reply: Reply, params: Mapping[str, str], offset: int,
-              count: int) -> tuple[str | None, dict[str, str] | None]:
-        """The next page: `Link` rel=next, else the next offset while `X-Total-Count` says there is
-        more; without a total, until an empty page (a server may cap `limit` below `page_size`, so a
+    def _next(self, reply: Reply, params: Mapping[str, str], offset: int, count: int, link: str | None,
+              linked: bool) -> tuple[str | None, dict[str, str] | None]:
+        """The next page: `Link` rel=next; once a server has paged by `Link` (`linked`), a page without
+        one is the last (it may know no `offset`); else the next offset while `X-Total-Count` says there
+        is more; without a total, until an empty page (a server may cap `limit` below `page_size`, so a
         short page is not the last one)."""
         if count == 0:
             return None, None
-        link = _next_link(reply.headers.get("Link", ""))
         if link is not None:
             return urljoin(reply.url or self.url, link), None
+        if linked:
+            return None, None
         total = reply.headers.get("X-Total-Count", "").strip()
         more = offset < int(total) if total.isdigit() else True
         return (self.url, {**params, "offset": str(offset)}) if more else (None, None)

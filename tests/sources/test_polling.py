@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from multidict import MultiDict
 
+from collector.logs import KeyValueFormatter
 from collector.sources.http import HttpClient, SourceSchemaMismatch, limits_of
 from collector.sources.polling import TmfPoller
 from collector.sources.schema import TmfSource
@@ -110,6 +112,24 @@ async def test_updates_in_the_watermarks_second_and_late_commits_are_read(server
     assert f"lastUpdate.gt={format_time(T0 + 5 - 120)}" in fake.requests[-1]  # the default overlap, 2 min
 
 
+async def test_a_resource_dated_in_the_future_does_not_blind_incremental_syncs(
+        server, poller, caplog: pytest.LogCaptureFixture) -> None:
+    """One mistyped year would otherwise become the watermark, and every later incremental sync
+    would ask for changes after it: none until the next full sync."""
+    fake, base = server
+    fake.put("A", T0 + 5)
+    fake.put("BAD", T0 + 365 * 86_400)
+    tt, store = poller(base)
+    await tt.sync(now=T0 + 10)
+    (warned,) = [r for r in caplog.records if r.getMessage() == "tmf_future_last_update"]
+    assert " resources=1 first=BAD last_update=2027-01-01T00:00:00Z" in KeyValueFormatter().format(warned)
+    fake.put("B", T0 + 20)
+    fake.put("A", T0 + 25, status="resolved")
+    await tt.sync(now=T0 + 30)  # incremental
+    assert f"lastUpdate.gt={format_time(T0 + 10)}" in fake.requests[-1]  # at most now + overlap, less the overlap
+    assert stored(store) == {"A": "resolved", "B": "inProgress", "BAD": "inProgress"}
+
+
 async def test_a_resource_skipped_by_a_page_shift_is_read_by_the_next_sync(server, poller) -> None:
     """Offset paging over a listing ordered by `lastUpdate`: a resource changed while the sync
     reads moves to the end, the others move up one place, and one of them is never listed."""
@@ -168,6 +188,47 @@ async def test_a_server_that_ignores_offset_fails_the_sync_instead_of_looping(se
     with pytest.raises(SourceSchemaMismatch, match="ignores offset"):
         await tt.sync(now=T0 + 100)
     assert len(fake.requests) == 2
+
+
+def paged_by_link(fake: FakeTmf, *, split: bool, cycle: bool = False) -> Callable[..., Any]:
+    """A listing that knows `page`, not `offset`, and links `first` and `next` (two `Link` lines when
+    `split`); the last page has no `next`, or, with `cycle`, links back to the first page."""
+    async def listing(request: web.Request) -> web.Response:
+        fake.requests.append(request.path_qs)
+        number = int(request.query.get("page", "1"))
+        ordered = sorted(fake.tickets.values(), key=lambda t: (t["lastUpdate"], t["id"]))
+        pages = (len(ordered) + 1) // 2
+        links = ['</tt/troubleTicket?page=1>; rel="first"']
+        if number < pages or cycle:
+            links.append(f'</tt/troubleTicket?page={number % pages + 1}>; rel="next"')
+        headers = MultiDict([("Link", link) for link in links] if split else [("Link", ", ".join(links))])
+        return web.json_response(ordered[(number - 1) * 2:number * 2], headers=headers)
+    return listing
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one Link line", "Link on two lines"])
+async def test_a_server_paging_by_link_ends_where_its_links_end(server, poller, split: bool) -> None:
+    """Its last page has no `rel=next`: that is the end, not a cue to page by `offset`, which it does
+    not know (it used to answer its first page again, and the sync looped to `MAX_PAGES`)."""
+    fake, base = server
+    for n in range(5):
+        fake.put(f"T{n}", T0 + n)
+    fake.list = paged_by_link(fake, split=split)  # type: ignore[method-assign]
+    tt, store = poller(base)
+    assert await tt.sync(now=T0 + 100) == 5
+    assert len(stored(store)) == 5
+    assert [r.split("?")[1] for r in fake.requests] == ["limit=500&offset=0", "page=2", "page=3"]
+
+
+async def test_links_that_go_round_in_a_circle_fail_the_sync_instead_of_looping(server, poller) -> None:
+    fake, base = server
+    for n in range(5):
+        fake.put(f"T{n}", T0 + n)
+    fake.list = paged_by_link(fake, split=False, cycle=True)  # type: ignore[method-assign]
+    tt, _ = poller(base)
+    with pytest.raises(SourceSchemaMismatch, match="page=1 answered a page it had already answered"):
+        await tt.sync(now=T0 + 100)
+    assert len(fake.requests) == 4
 
 
 async def test_a_full_sync_removes_what_the_server_deleted_and_keeps_what_it_did_not_list(server, poller) -> None:
