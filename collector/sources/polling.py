@@ -140,10 +140,14 @@ class TmfPoller:
         """Delete the stored resources the full listing did not hold and the server no longer has;
         return how many it read again instead (they exist: a page shift hid them from the listing)."""
         unlisted = await asyncio.to_thread(self._unlisted, listed)
+        # Beyond MAX_DELETION_CHECKS, each full sync goes on after the last id the one before checked:
+        # always the first ones, and a deleted resource listed after them would never go.
+        cursor = self.store.meta("deletion_cursor") or ""
+        batch = ([i for i in unlisted if i > cursor] + [i for i in unlisted if i <= cursor])[:MAX_DELETION_CHECKS]
         gone: list[str] = []
         found: list[Row] = []
         query = {"fields": ",".join(self.api.top_fields(self.source.version))} if self.source.fields else None
-        for ident in unlisted[:MAX_DELETION_CHECKS]:
+        for ident in batch:
             reply = await self.client.request("GET", f"{self.url}/{quote(ident, safe='')}", params=query,
                                               missing_ok=True)
             if reply.status == 404:
@@ -151,7 +155,7 @@ class TmfPoller:
             else:
                 found.append(self._row(reply.body, now))
         if gone or found:
-            await self._write(found, {})
+            await self._write(found, {"deletion_cursor": batch[-1] if len(unlisted) > len(batch) else ""})
             await asyncio.to_thread(self._delete, gone)
             log_event(_LOG, "tmf_deletions_applied", source=self.name, deleted=len(gone), still_there=len(found),
                       left_for_next_full_sync=max(0, len(unlisted) - MAX_DELETION_CHECKS))

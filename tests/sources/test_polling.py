@@ -13,6 +13,7 @@ from aiohttp import web
 from multidict import MultiDict
 
 from collector.logs import KeyValueFormatter
+from collector.sources import polling
 from collector.sources.http import HttpClient, SourceSchemaMismatch, limits_of
 from collector.sources.polling import TmfPoller
 from collector.sources.schema import TmfSource
@@ -253,6 +254,36 @@ async def test_a_full_sync_removes_what_the_server_deleted_and_keeps_what_it_did
     await tt.sync(now=T0 + 3700)  # full
     assert set(stored(store)) == {"A", "C"}
     assert [r for r in fake.requests if "/troubleTicket/" in r] == ["/tt/troubleTicket/B", "/tt/troubleTicket/C"]
+
+
+async def test_deletion_checks_beyond_the_cap_go_on_where_the_last_full_sync_stopped(
+        server, poller, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More unlisted resources than a full sync may check (archived out of the listing, still there):
+    the next full sync checks the next ones, so a deletion behind them is found in the end."""
+    monkeypatch.setattr(polling, "MAX_DELETION_CHECKS", 2)
+    fake, base = server
+    for ident in ("A", "B", "C", "D", "Z"):
+        fake.put(ident, T0 + 1)
+    tt, store = poller(base, full_sync=1)
+    await tt.sync(now=T0 + 10)
+    listing = fake.list
+
+    async def archived(request: web.Request) -> web.Response:  # none listed any more, all but Z still there
+        kept, fake.tickets = fake.tickets, {}
+        try:
+            return await listing(request)
+        finally:
+            fake.tickets = kept
+
+    fake.list = archived  # type: ignore[method-assign]
+    del fake.tickets["Z"]
+    checked = []
+    for n in range(1, 4):
+        fake.requests.clear()
+        await tt.sync(now=T0 + 10 + 10 * n)
+        checked.append([r.rsplit("/", 1)[1] for r in fake.requests if "/troubleTicket/" in r])
+    assert checked == [["A", "B"], ["C", "D"], ["Z", "A"]]  # then round again
+    assert set(stored(store)) == {"A", "B", "C", "D"}
 
 
 @pytest.mark.parametrize("incremental", [None, True])
