@@ -29,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from collector.db import AsyncConnection, AsyncEngine, classify, create_engine, guard, read_only
 from collector.errors import SourceQueryFailed, StateFailed
 from collector.kpis import fixed_cost, kpi_value, variable_cost, windows_of
+from collector.logs import log_event
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
 from collector.schema import Process, SqlSource, ValueKpi
 from collector.sql import MISSING, UPCOMING, EdgeQuery, OpenQueries, ProcessQueries, Shared, build_queries, share
@@ -107,6 +108,8 @@ class _ProcessRun:
     seconds: float
 
 
+_KEPT_ON_REMAP = ("fixed", "fixed_at")
+"""What a process's saved state keeps when its mapping changes: the fixed costs accrued."""
 MonthlyLookup = Callable[[str, str, str, float], float | None]
 """(cost_csv source, process, component, now) -> the monthly amount booked, or None."""
 
@@ -129,11 +132,27 @@ class SourceSampler:
         self._store = state
         self._state: dict[str, Any] = state.load(name)
         self._queries = {p: build_queries(proc) for p, proc in self.processes.items()}
+        for process in self.processes:
+            self._check_mapping(process)
         self._shared = share(self.processes)
         self._books: dict[str, _Book] = {}
         self._followed: set[str] = set()
         """Processes whose open items a shared statement already followed in this sample."""
         self._engine: AsyncEngine | None = None
+
+    def _check_mapping(self, name: str) -> None:
+        """Start a process's counts again when its dimensions, outcome column or duration buckets
+        changed since its state was saved: the saved counts are keyed by position (dimension values,
+        bucket index), and read under another mapping they crash the sample or land on other labels.
+        Its accrued fixed costs stay (they do not depend on the mapping)."""
+        columns = self.processes[name].records.columns
+        mapping = json.dumps([list(columns.dimensions), columns.outcome, list(self._queries[name].buckets)])
+        saved = self._state.get(name)
+        if saved and saved.get("mapping", mapping) != mapping:
+            log_event(log, "process_mapping_changed", logging.WARNING, source=self.name, process=name,
+                      was=saved["mapping"], now=mapping, action="counting again from the lookback window")
+            self._state[name] = {key: saved[key] for key in _KEPT_ON_REMAP if key in saved}
+        self._state.setdefault(name, {})["mapping"] = mapping
 
     async def open(self) -> None:
         """Create the connection pool; connecting happens on the first sample."""

@@ -414,3 +414,35 @@ async def test_a_value_kpi_that_is_not_a_number_names_its_process_and_kpi(db: Pa
                                                 r"gave str '[a-zA-Z]+', not a number"):
         await engine.sample(T0)
     await engine.close()
+
+
+def _remapped(inventory: Inventory, name: str, **columns: Any) -> Inventory:
+    """The inventory with other `records.columns` for one process."""
+    process = inventory.processes[name]
+    records = process.records.model_copy(update={"columns": process.records.columns.model_copy(update=columns)})
+    processes = {**inventory.processes, name: process.model_copy(update={"records": records})}
+    return inventory.model_copy(update={"processes": processes})
+
+
+@pytest.mark.parametrize("columns", [{"dimensions": ("priority", "channel")}, {"dimensions": ()}],
+                         ids=["a dimension added", "dimensions removed"])
+async def test_a_process_whose_dimensions_changed_counts_again_from_its_lookback(
+        db: Path, tmp_path: Path, columns: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """Saved counts are keyed by dimension values: after a restart with other dimensions they crashed
+    every sample (a dimension added) or landed on other labels (one removed)."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=2)
+    await sim.close()
+    inventory = example(dsn)
+    before = sampler(inventory, tmp_path / "state.db")
+    await before.sample(T0)
+    await before.close()
+    remapped = _remapped(inventory, "problem", **columns)
+    after = sampler(remapped, tmp_path / "state.db")
+    fresh = sampler(remapped, tmp_path / "fresh.db")
+    got, want = await after.sample(T0 + 60), await fresh.sample(T0 + 60)
+    for engine in (after, fresh):
+        await engine.close()
+    assert [r.getMessage() for r in caplog.records].count("process_mapping_changed") == 1  # problem only
+    assert family(got, "fab_items_created") == family(want, "fab_items_created")
+    assert_same(values(got), values(want))
