@@ -6,11 +6,12 @@ and runs missed while the loop was busy collapse into one (`coalesce=True`).
 """
 
 import asyncio
+import functools
 import logging
 import math
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -70,11 +71,58 @@ def crontab_weekdays(field: str) -> str:
     return ",".join(_WEEKDAYS[day] for day in sorted(days))
 
 
-def cron_trigger(cron: str, timezone: ZoneInfo | None = None, jitter: float | None = None) -> CronTrigger:
-    """The trigger of a five-field crontab; ValueError for a field apscheduler cannot run."""
-    minute, hour, day, month, weekday = cron.split()
-    return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=crontab_weekdays(weekday),
-                       timezone=timezone, jitter=jitter)
+def cron_trigger(cron: str, timezone: ZoneInfo | None = None, jitter: float | None = None) -> "WallClockCron":
+    """The trigger of a five-field crontab on the wall clock of `timezone` (UTC by default);
+    ValueError for a field apscheduler cannot run."""
+    return WallClockCron(cron, timezone or _UTC, jitter)
+
+
+_UTC = ZoneInfo("UTC")
+_STEP = timedelta(microseconds=1)
+
+
+class WallClockCron(BaseTrigger):  # type: ignore[misc]  # apscheduler has no type hints
+    """A crontab matched on the wall clock of a time zone, daylight saving time included.
+
+    apscheduler 3's CronTrigger adds 24 hours to move a day, so across a change to summer time it
+    skips the first run after it (the Monday, the 1st of April after the night of the change), and
+    in the hour autumn repeats it answers the same time again and again, before `now`, which hangs
+    its scheduler in a loop. Here the crontab runs in UTC, where every day has 24 hours, on the
+    zone's wall clock read as if it were UTC; the wall time found is then placed in the zone: in
+    the repeated hour, the first time it occurs (a job runs once); in the hour spring skips, at the
+    offset before the change (02:30 is run at 03:30 summer time).
+    """
+
+    __slots__ = ("_wall", "cron", "jitter", "timezone")
+
+    def __init__(self, cron: str, timezone: ZoneInfo, jitter: float | None = None) -> None:
+        minute, hour, day, month, weekday = cron.split()
+        self._wall = CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                                 day_of_week=crontab_weekdays(weekday), timezone=_UTC)
+        self.cron, self.timezone, self.jitter = cron, timezone, jitter
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        """The first fire time after `previous_fire_time` (or from `now`, with none), as CronTrigger
+        does: a time before `now` is a run missed, which the scheduler judges by its grace time."""
+        start = now if previous_fire_time is None else min(now, previous_fire_time + _STEP)
+        wall = start.astimezone(self.timezone).replace(tzinfo=_UTC, fold=0)
+        for _ in range(4):  # a wall time that maps before `start` (the repeated hour): the next one
+            found = self._wall.get_next_fire_time(None, wall)
+            if found is None:
+                return None
+            local = found.replace(tzinfo=self.timezone)
+            if local.timestamp() >= start.timestamp():
+                return self._apply_jitter(local, self.jitter, now)  # type: ignore[no-any-return]
+            if local.replace(fold=1).timestamp() >= start.timestamp():
+                return self._apply_jitter(local.replace(fold=1), self.jitter, now)  # type: ignore[no-any-return]
+            wall = found + _STEP
+        return None
+
+    def __str__(self) -> str:
+        return f"cron[{self.cron}, {self.timezone}]"
+
+    def __repr__(self) -> str:
+        return f"WallClockCron({self.cron!r}, {self.timezone!r}, jitter={self.jitter!r})"
 
 
 def trigger_for(source: Source, timezone: ZoneInfo) -> BaseTrigger:
@@ -82,6 +130,38 @@ def trigger_for(source: Source, timezone: ZoneInfo) -> BaseTrigger:
     if source.cron:
         return cron_trigger(source.cron, timezone, source.jitter)
     return IntervalTrigger(seconds=source.interval, jitter=source.jitter, timezone=timezone)
+
+
+CRON_GAP_FIRES = 10_000
+"""Fire times of a crontab read to find its longest gap, at most (a year's at most)."""
+
+
+def schedule_gap(source: Source, timezone: str = "UTC") -> float:
+    """The longest time between two scheduled samples of a source: its interval, or the longest gap
+    between consecutive fire times of its crontab over a year (weekends and DST changes included),
+    read from a fixed start so that what is generated from it is the same on every run."""
+    if not source.cron:
+        return source.interval
+    return _cron_gap(source.cron, timezone)
+
+
+@functools.lru_cache(maxsize=64)
+def _cron_gap(cron: str, timezone: str) -> float:
+    zone = ZoneInfo(timezone)
+    trigger = cron_trigger(cron, zone)
+    start = datetime(2026, 1, 1, tzinfo=zone)
+    end = start + timedelta(days=366)
+    previous = trigger.get_next_fire_time(None, start)
+    longest = 0.0
+    for _ in range(CRON_GAP_FIRES):
+        if previous is None or previous > end:
+            break
+        following = trigger.get_next_fire_time(previous, previous + timedelta(seconds=1))
+        if following is None:
+            break
+        longest = max(longest, following.timestamp() - previous.timestamp())  # real time, DST included
+        previous = following
+    return longest
 
 
 def misfire_grace(source: Source) -> int:

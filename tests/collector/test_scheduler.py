@@ -3,7 +3,9 @@
 import asyncio
 import sqlite3
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -184,6 +186,45 @@ def test_triggers_and_grace():
     assert misfire_grace(cron) == 300
     assert misfire_grace(source("15s")) == 15
     assert misfire_grace(source("100ms")) == 1
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def fire_times(cron: str, start: datetime, end: datetime) -> list[datetime]:
+    """Fire times of a crontab in Berlin from `start` to `end`, asked as the scheduler asks (the
+    previous fire time, and `now` just after it); bounded."""
+    trigger, times, previous, now = trigger_for(source(cron=cron), BERLIN), [], None, start
+    for _ in range(1000):
+        fire = trigger.get_next_fire_time(previous, now)
+        if fire is None or fire >= end:
+            break
+        times.append(fire)
+        previous, now = fire, fire + timedelta(seconds=1)
+    return times
+
+
+@pytest.mark.parametrize(("cron", "missed"), [
+    ("0 0 * * 1", datetime(2026, 3, 30, tzinfo=BERLIN)),  # the Monday after the change to summer time
+    ("0 0 1 * *", datetime(2026, 4, 1, tzinfo=BERLIN)),
+])
+def test_a_crontab_does_not_skip_the_first_run_after_a_change_to_summer_time(cron: str, missed: datetime) -> None:
+    """apscheduler 3's CronTrigger moves a day by 24 hours and skipped these."""
+    assert missed in fire_times(cron, datetime(2026, 3, 1, tzinfo=BERLIN), datetime(2026, 5, 1, tzinfo=BERLIN))
+
+
+def test_a_crontab_in_the_hour_autumn_repeats_runs_once_and_moves_on() -> None:
+    """apscheduler 3's CronTrigger answered 02:30 again and again in the repeated hour, before `now`:
+    its scheduler loops forever on that, and the service hangs."""
+    times = fire_times("30 2 * * *", datetime(2026, 10, 23, tzinfo=BERLIN), datetime(2026, 10, 28, tzinfo=BERLIN))
+    assert [t.timestamp() for t in times] == sorted({t.timestamp() for t in times})
+    assert [(t.day, t.hour, t.minute) for t in times] == [(d, 2, 30) for d in range(23, 28)]
+
+
+def test_a_wall_time_spring_skips_runs_at_the_change() -> None:
+    times = fire_times("30 2 * * *", datetime(2026, 3, 28, tzinfo=BERLIN), datetime(2026, 3, 31, tzinfo=BERLIN))
+    assert [t.astimezone(ZoneInfo("UTC")).strftime("%d %H:%M") for t in times] == ["28 01:30", "29 01:30",
+                                                                                   "30 00:30"]
 
 
 def make_records(path: Path) -> None:
