@@ -12,6 +12,7 @@ from alerts.config import AlertingConfig
 from alerts.model import Rule, RuleGroup
 from alerts.promql import number, selector, window
 from alerts.text import dashboard_url, runbook_url
+from collector.scheduler import schedule_gap
 from collector.schema import Inventory, Process
 from collector.sources.listener import NOT_REFUSED
 from collector.sources.schema import TmfEventsSource
@@ -30,9 +31,12 @@ SOURCE_KPI = "source"
 
 
 def stale_after(inventory: Inventory, source: str) -> float:
-    """Return how old the last successful sample may get before the data counts as stale."""
+    """Return how old the last successful sample may get before the data counts as stale:
+    `stale_intervals` times the longest gap of its schedule (its interval, or for a crontab the
+    longest time between two of its runs: an hourly crontab is not late 5 minutes after a run)."""
     health = inventory.alerting.health
-    return max(health.stale_intervals * inventory.sources[source].interval, health.stale_min)
+    gap = schedule_gap(inventory.sources[source], inventory.service.timezone)
+    return max(health.stale_intervals * gap, health.stale_min)
 
 
 def health_group(inventory: Inventory) -> RuleGroup:

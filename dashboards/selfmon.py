@@ -4,6 +4,7 @@ from typing import Any
 
 from alerts.health import REFUSED_ALERT, SILENT_ALERT
 from collector.naming import SELF_UID
+from collector.scheduler import schedule_gap
 from collector.schema import Inventory
 from collector.sources.schema import TmfEventsSource
 from dashboards import promql
@@ -31,8 +32,9 @@ STALE_AFTER = (2, 5)
 
 
 def staleness_steps(inventory: Inventory) -> Any:
-    """Orange and red from 2 and 5 times the longest sampling interval of the inventory."""
-    interval = max((s.interval for s in inventory.sources.values()), default=60.0)
+    """Orange and red from 2 and 5 times the longest sampling interval of the inventory (for a
+    crontab, the longest time between two of its runs)."""
+    interval = max((schedule_gap(s, inventory.service.timezone) for s in inventory.sources.values()), default=60.0)
     late, stale = (interval * n for n in STALE_AFTER)
     return steps(GOOD, (late, WARN), (stale, BAD))
 

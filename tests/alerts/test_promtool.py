@@ -139,6 +139,23 @@ def test_a_listener_refusing_events_fires_and_promtool_agrees(
     assert "twice the threshold" in result.stdout + result.stderr
 
 
+def test_a_source_on_an_hourly_crontab_is_stale_after_three_of_its_hours(
+        promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
+    """Its unused default interval (60s) gave a limit of 5 minutes: a healthy hourly source was
+    reported stale 55 minutes of every hour."""
+    hourly = merged(SMALL, {"service": {"timezone": "Europe/Berlin"},
+                            "sources": {"db": {"interval": None, "cron": "0 * * * *"}}})
+    inventory = load_inventory([write_inventory(hourly)], environ={})
+    bundle = tmp_path / "bundle"
+    write(build(inventory).documents, bundle)
+    rules, tests = bundle / "rules" / "health.rules.yml", bundle / "tests" / "health.test.yml"
+    stale = "time() - max by (source) (fab_source_last_success_timestamp_seconds{source=\"db\"}) > "
+    # the longest gap of the crontab is 2 h: the hour autumn repeats runs once
+    assert f"{stale}21600\n" in rules.read_text()
+    result = run(promtool, "test", "rules", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_a_listener_committing_slowly_fires_and_promtool_agrees(
         promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
     events = {"sources": {"events": {"kind": "tmf_events", "api": "tmf621"}},
