@@ -66,13 +66,19 @@ def build(inventory: Inventory) -> Bundle:
 
 
 def unreachable_notes(inventory: Inventory) -> list[str]:
-    """Say which burn-rate pairs no error ratio can reach (factor x budget >= 1), so left out."""
+    """Say which burn-rate pairs are left out: those no error ratio can reach (factor x budget >= 1)
+    and those that would fire on an SLA meeting its objective (factor under 1)."""
     notes = []
     for name, process in inventory.processes.items():
         for kpi_name, kpi in sla_kpis(process).items():
             for pair in burn_pairs(kpi.window, kpi.objective, inventory.alerting.slo):
+                where = (f"processes.{name}.kpis.{kpi_name}: the {format_duration(pair.long)}/"
+                         f"{format_duration(pair.short)} {pair.severity} pair")
                 if not pair.reachable:
-                    notes.append(f"processes.{name}.kpis.{kpi_name}: the {format_duration(pair.long)}/"
-                                 f"{format_duration(pair.short)} {pair.severity} pair needs an error ratio above "
-                                 f"{pair.threshold:.3g} ({pair.factor:g}x a {pair.budget:g} budget): left out")
+                    notes.append(f"{where} needs an error ratio above {pair.threshold:.3g} ({pair.factor:g}x a "
+                                 f"{pair.budget:g} budget): left out")
+                elif not pair.spends_too_fast:
+                    notes.append(f"{where} burns at {pair.factor:g}x, which spends less than the budget over the "
+                                 f"{format_duration(kpi.window)} window: it would fire on an SLA that meets its "
+                                 "objective: left out")
     return notes

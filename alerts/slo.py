@@ -58,6 +58,16 @@ class BurnPair:
         """Whether an error ratio (at most 1) can exceed the threshold at all."""
         return self.threshold < 1
 
+    @property
+    def spends_too_fast(self) -> bool:
+        """Whether a burn over the factor would miss the objective: under 1x, the budget lasts the
+        SLO window, and the pair would fire on an SLA that meets it (a 7d SLO's 1d pair: 0.7x)."""
+        return self.factor >= 1
+
+    @property
+    def usable(self) -> bool:
+        return self.reachable and self.spends_too_fast
+
 
 def burn_factor(slo_window: float, long: float, budget_share: float) -> float:
     """Return the burn rate that spends `budget_share` of the budget within `long`."""
@@ -150,7 +160,7 @@ def alert_group(name: str, process: Process, alerting: AlertingConfig) -> RuleGr
     for kpi_name, kpi in sla_kpis(process).items():
         pairs = burn_pairs(kpi.window, kpi.objective, alerting.slo)
         for severity in ("critical", "warning"):
-            chosen = [p for p in pairs if p.severity == severity and p.reachable]
+            chosen = [p for p in pairs if p.severity == severity and p.usable]
             if chosen:
                 rules.append(burn_alert(name, kpi_name, kpi, process, chosen, severity, alerting))
         rules.append(at_risk_alert(name, kpi_name, kpi, process, alerting))

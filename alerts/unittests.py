@@ -133,6 +133,9 @@ def sla_tests(steps: Steps, rule_file: RuleFile, name: str, kpi_name: str, kpi: 
         group(f"{name}/{kpi_name}: every event good raises nothing", steps,
               sla_inputs(labels, ramp, ramp),
               [check(steps, at, BURN_ALERT) for at in (settle, 2 * settle)]),
+        group(f"{name}/{kpi_name}: a steady error ratio within the budget (it meets the objective) raises nothing",
+              steps, sla_inputs(labels, ramp, [valid * (1 - 0.9 * (1 - kpi.objective)) for valid in ramp]),
+              [check(steps, at, BURN_ALERT) for at in (settle, 2 * settle)]),
     ]
     least = min(p.min_events for p in burn_pairs(kpi.window, kpi.objective, slo))
     if least >= 2:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from alerts.build import build, rule_files
+from alerts.slo import burn_pairs
 from alerts.writer import HEADER, dump, write
 from collector.schema import Inventory
 from tests.alerts.conftest import COMMITTED
@@ -48,8 +49,10 @@ def test_every_sla_kpi_gets_burn_and_in_flight_alerts(example: Inventory) -> Non
     for process_name, process in example.processes.items():
         for kpi_name, kpi in process.kpis.items():
             if kpi.kind == "sla":
-                assert ("FabSlaErrorBudgetBurn", process_name, kpi_name, "critical") in names
-                assert ("FabSlaErrorBudgetBurn", process_name, kpi_name, "warning") in names
+                usable = {p.severity for p in burn_pairs(kpi.window, kpi.objective, example.alerting.slo) if p.usable}
+                for severity in ("critical", "warning"):
+                    made = ("FabSlaErrorBudgetBurn", process_name, kpi_name, severity) in names
+                    assert made == (severity in usable), (process_name, kpi_name, severity)
                 assert ("FabSlaAtRisk", process_name, kpi_name, "critical") in names
             if kpi.target is not None:
                 assert ("FabKpiTargetMissed", process_name, kpi_name, "warning") in names
@@ -58,6 +61,17 @@ def test_every_sla_kpi_gets_burn_and_in_flight_alerts(example: Inventory) -> Non
 def test_unreachable_pairs_are_reported(example: Inventory) -> None:
     notes = build(example).notes
     assert any("processes.problem.kpis.resolved_in_time: the 1h/5m critical pair" in n for n in notes)
+
+
+def test_pairs_burning_under_1x_are_left_out_and_reported(example: Inventory) -> None:
+    """A 7d SLO's 1d and 3d pairs burn at 0.7x and 0.23x: they would ticket an SLA meeting its objective."""
+    notes = [n for n in build(example).notes if "processes.interface.kpis.answered_in_20s: the 1d" in n
+             or "processes.interface.kpis.answered_in_20s: the 3d" in n]
+    assert [n.split(": ", 1)[1].split(",")[0] for n in notes] == ["the 1d/2h warning pair burns at 0.7x",
+                                                                   "the 3d/6h warning pair burns at 0.233333x"]
+    rules = build(example).documents["rules/process-interface.rules.yml"]
+    burns = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "FabSlaErrorBudgetBurn"]
+    assert [r["labels"]["severity"] for r in burns] == ["critical"]  # no ticket pair left for a 7d SLO
 
 
 def test_every_file_carries_the_header(example: Inventory) -> None:
