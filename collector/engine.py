@@ -323,7 +323,7 @@ class SourceSampler:
         lo, prev, hi = self._span(process, state, now)
         if hi > lo:
             await reader.prefetch(self._ranges(reader, process, state, lo, prev, hi, now))
-            await self._count_entering(reader, state, lo, hi)
+            await self._count_entering(reader, process, state, lo, hi)
             await self._move_windows(reader, process, state, prev, hi, now)
             state["hi"] = hi
         self._accrue_fixed(process, state, now)
@@ -343,16 +343,24 @@ class SourceSampler:
             raise SourceQueryFailed(self.name, f"process {process}: kpi {name}: the statement gave "
                                                f"{type(row[0]).__name__} {row[0]!r}, not a number") from exc
 
-    async def _count_entering(self, reader: "_EdgeReader", state: dict[str, Any], lo: float, hi: float) -> None:
+    async def _count_entering(self, reader: "_EdgeReader", process: Process, state: dict[str, Any],
+                              lo: float, hi: float) -> None:
         known = state.setdefault("dimsets", [])
+        booked = _booked(process, state)
         for edge in reader.edges():
             groups = await reader.read(edge, lo, hi)
             counters = state.setdefault(edge, {})
             flat = state.setdefault(f"{edge}_sums", {})
+            entering: Sums = {}
             for key, sums in groups.items():
                 capped = self._cap(key, known, reader.dims)
                 counters[capped] = counters.get(capped, 0.0) + sums["n"]
                 _add(flat, sums)
+                _add(entering, sums)
+            if edge == "completed":  # booked at the rates of now: a rate changed later leaves them be
+                for name, cost in process.costs.items():
+                    if cost.fixed_per_month is None:
+                        booked[name] = booked.get(name, 0.0) + variable_cost(cost, entering, name)
 
     def _cap(self, key: str, known: list[str], dims: int) -> str:
         """Map a group key to itself while the process has room for it, else to the overflow set."""
@@ -497,10 +505,10 @@ class SourceSampler:
                 out.add("fab_sla_valid", labels, sums.get(f"sla_valid_{name}", 0.0))
 
     def _publish_costs(self, out: "_Families", base: Labels, process: Process, state: dict[str, Any]) -> None:
-        sums = state.get("completed_sums", {})
+        booked = _booked(process, state)
         fixed = state.get("fixed", {})
         for name, cost in process.costs.items():
-            amount = fixed.get(name, 0.0) if cost.fixed_per_month is not None else variable_cost(cost, sums, name)
+            amount = fixed.get(name, 0.0) if cost.fixed_per_month is not None else booked.get(name, 0.0)
             out.add("fab_cost", base + (("component", name), ("currency", self.currency)), amount)
 
     def _publish_kpis(self, out: "_Families", name: str, process: Process, state: dict[str, Any],
@@ -572,6 +580,17 @@ async def _run_edge(conn: AsyncConnection, query: EdgeQuery, lo: float, hi: floa
     for row in await conn.execute(query.statement, {"lo": lo, "hi": hi}):
         _add_row(groups, query, row)
     return groups
+
+
+def _booked(process: Process, state: dict[str, Any]) -> Sums:
+    """The activity costs booked so far, by component. A state saved before they were booked one
+    completion at a time starts from its all-time drivers at today's rates (the value it showed)."""
+    if "booked" not in state:
+        sums = state.get("completed_sums", {})
+        state["booked"] = {name: variable_cost(cost, sums, name)
+                           for name, cost in process.costs.items() if cost.fixed_per_month is None}
+    booked: Sums = state["booked"]
+    return booked
 
 
 def _add_row(groups: Groups, query: EdgeQuery, row: Any, skip: int = 0) -> None:

@@ -446,3 +446,30 @@ async def test_a_process_whose_dimensions_changed_counts_again_from_its_lookback
     assert [r.getMessage() for r in caplog.records].count("process_mapping_changed") == 1  # problem only
     assert family(got, "fab_items_created") == family(want, "fab_items_created")
     assert_same(values(got), values(want))
+
+
+async def test_a_new_rate_books_later_completions_and_leaves_booked_cost_alone(db: Path, tmp_path: Path) -> None:
+    """`fab_cost_total` is a counter of cost booked on completion: a rate changed (and fabwatch
+    restarted) used to reprice every completion since the start, so the counter fell (a reset to
+    Prometheus) or jumped."""
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = await simulate(dsn, days=2)
+    inventory = example(dsn)
+    labour = (("process", "problem"), ("component", "labour"), ("currency", "EUR"))
+    before = sampler(inventory, tmp_path / "state.db")
+    booked = family(await before.sample(T0), "fab_cost")[labour]
+    await before.close()
+    problem = inventory.processes["problem"]
+    costs = {**problem.costs, "labour": problem.costs["labour"].model_copy(update={"rate_per_hour": 21.0})}
+    cheaper = inventory.model_copy(update={"processes": {
+        **inventory.processes, "problem": problem.model_copy(update={"costs": costs})}})
+    after = sampler(cheaper, tmp_path / "state.db")
+    assert family(await after.sample(T0 + 1), "fab_cost")[labour] == booked
+    await sim.step(T0 + 7200)
+    later = await after.sample(T0 + 7200)
+    await after.close()
+    await sim.close()
+    rows = read_rows(db, inventory)["trouble_ticket"]
+    minutes = sum(r["handling_minutes"] or 0.0 for r in rows
+                  if r["completed_at"] is not None and T0 + 1 - SETTLE < r["completed_at"] <= T0 + 7200 - SETTLE)
+    assert family(later, "fab_cost")[labour] == pytest.approx(booked + minutes * 21.0 / 60)
