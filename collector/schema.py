@@ -217,6 +217,15 @@ class SlaKpi(_Kpi):
             raise ValueError(f"objective must be between 0 and 1 exclusive (0.99 = 99%), got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _objective_is_the_minimum(self) -> "SlaKpi":
+        """The objective is the SLA's minimum target: the burn-rate alerts spend its budget and the
+        dashboards measure the budget against `fab_kpi_target{bound="min"}`, which must agree."""
+        if self.target is not None and self.target.min is not None and self.target.min != self.objective:
+            raise ValueError(f"target.min ({self.target.min}) differs from the objective ({self.objective}): an "
+                             "SLA's objective is its minimum target; leave target.min out or make them equal")
+        return self
+
 
 class RatioKpi(_Kpi):
     kind: Literal["ratio"]

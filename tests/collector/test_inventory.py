@@ -90,6 +90,20 @@ def test_objective_outside_zero_one_is_refused(tmp_path: Path, objective: str) -
     assert "processes.problem.kpis.in_time.objective: objective must be between 0 and 1" in line
 
 
+@pytest.mark.parametrize(("target", "refused"), [("{min: 0.95}", True), ("{min: 0.9}", False), ("{max: 0.99}", False)])
+def test_an_sla_target_min_must_be_its_objective(tmp_path: Path, target: str, refused: bool) -> None:
+    """The burn-rate alerts spend the objective's budget and the dashboards measure the budget
+    against the exported minimum: a different target.min made them disagree (-40 % left on the
+    dashboard, 30 % for the alerts)."""
+    path = write(tmp_path, "a.yaml", GOOD.replace("objective: 0.9", f"objective: 0.9, target: {target}"))
+    if not refused:
+        load_inventory([path], {})
+        return
+    assert problems([path]) == [f"{path}:15: processes.problem.kpis.in_time: target.min (0.95) differs from the "
+                                "objective (0.9): an SLA's objective is its minimum target; leave target.min out or "
+                                "make them equal"]
+
+
 def test_duplicate_kpi_in_one_file(tmp_path: Path) -> None:
     text = GOOD.replace("      reopen:", "      in_time: {kind: backlog}\n      reopen:")
     (line,) = problems([write(tmp_path, "a.yaml", text)])
