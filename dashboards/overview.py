@@ -1,8 +1,12 @@
 """The NOC overview: one row of stat tiles per process, each tile linking to the process dashboard."""
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from alerts.config import SloAlerting
+from alerts.slo import burn_pairs
+from collector.durations import format_duration
 from collector.naming import MANAGEMENT_UID, OVERVIEW_UID, SELF_UID, process_uid
 from collector.schema import BacklogKpi, CostKpi, Inventory, OverdueKpi, Process, SlaKpi, Target
 from dashboards import promql
@@ -27,8 +31,6 @@ from dashboards.common import (
     target_steps,
 )
 
-PAGE_BUDGET = ((0.02, 3600.0), (0.05, 6 * 3600.0))
-"""(share of the error budget, alert window) of the fast and slow pages (SRE Workbook)."""
 WIDTH = 24
 BURN_UNIT = "suffix:\N{MULTIPLICATION SIGN}"
 
@@ -43,9 +45,35 @@ def humanize(name: str) -> str:
     return name.replace("_", " ").capitalize()
 
 
-def burn_factors(window: float) -> list[float]:
-    """Return the burn rates that page: the share of budget spent within the alert window."""
-    return sorted(round(share * window / alert_window, 1) for share, alert_window in PAGE_BUDGET)
+@dataclass(frozen=True)
+class PageBurn:
+    """What the burn-rate panels of an SLA show: the burn over the long window of its fastest page,
+    against the burn rates its pages fire at (the pairs the alerts keep, `alerts.slo`)."""
+
+    window: float
+    factors: tuple[float, ...]
+
+    @property
+    def lines(self) -> Any:
+        """Orange from the slowest page's burn rate, red from the fastest one's (none: all green)."""
+        if not self.factors:
+            return steps(GOOD)
+        if len(self.factors) == 1:
+            return steps(GOOD, (self.factors[0], BAD))
+        return steps(GOOD, (self.factors[0], WARN), (self.factors[-1], BAD))
+
+    @property
+    def text(self) -> str:
+        if not self.factors:
+            return "no page pair fits this SLA's window and objective"
+        return " and ".join(f"{f:g}x" for f in self.factors) + ", where the burn-rate alerts page"
+
+
+def page_burn(kpi: SlaKpi, slo: SloAlerting) -> PageBurn:
+    """The page pairs the alerts keep for this SLA (see `alerts.slo.burn_pairs`)."""
+    pages = [p for p in burn_pairs(kpi.window, kpi.objective, slo) if p.severity == "critical" and p.usable]
+    window = min((p.long for p in pages), default=3600.0)
+    return PageBurn(window, tuple(sorted({round(p.factor, 2) for p in pages})))
 
 
 def first_kpi(process: Process, kind: type) -> tuple[str, Any] | None:
@@ -59,7 +87,7 @@ def target_of(process: Process, kind: type) -> Target | None:
     return found[1].target if found else None
 
 
-def sla_tiles(name: str, kpi_name: str, kpi: SlaKpi) -> Iterator[PanelSpec]:
+def sla_tiles(name: str, kpi_name: str, kpi: SlaKpi, slo: SloAlerting) -> Iterator[PanelSpec]:
     """Compliance vs objective, error budget left and burn rate of one SLA KPI."""
     label = humanize(kpi_name)
     yield stat_panel(
@@ -70,11 +98,11 @@ def sla_tiles(name: str, kpi_name: str, kpi: SlaKpi) -> Iterator[PanelSpec]:
         "Error budget left", f"{label}: share of the error budget ({1 - kpi.objective:.1%} of the items over "
         f"{kpi.window / 86400:g} days) not spent yet; red once overspent.", "percentunit",
         [query(promql.error_budget_left(name, kpi_name), "budget left")], steps(BAD, (0.0, WARN), (0.25, GOOD)))
-    slow, fast = burn_factors(kpi.window)
+    burn = page_burn(kpi, slo)
     yield stat_panel(
-        "Burn rate", f"{label}: how fast the error budget burns now (1 = exactly the budget over the window); "
-        f"orange from {slow:g}x, red from {fast:g}x, the paging burn rates.", BURN_UNIT,
-        [query(promql.burn_rate(name, kpi_name), "burn rate")], steps(GOOD, (slow, WARN), (fast, BAD)))
+        "Burn rate", f"{label}: how fast the error budget burned over the last {format_duration(burn.window)} "
+        f"(1 = exactly the budget over the window); lines at {burn.text}.", BURN_UNIT,
+        [query(promql.burn_rate(name, kpi_name, burn.window), "burn rate")], burn.lines)
 
 
 def work_tiles(name: str, process: Process) -> Iterator[PanelSpec]:
@@ -101,12 +129,13 @@ def cost_tile(name: str, process: Process, currency: str) -> Iterator[PanelSpec]
                          target_steps(None))
 
 
-def summary_tiles(name: str, process: Process, currency: str, *, link: bool) -> list[PanelSpec]:
+def summary_tiles(name: str, process: Process, currency: str, slo: SloAlerting, *,
+                  link: bool) -> list[PanelSpec]:
     """Return the tiles of one process, widened to fill the row, linked to its dashboard if asked."""
     tiles: list[PanelSpec] = []
     sla = first_kpi(process, SlaKpi)
     if sla is not None:
-        tiles += sla_tiles(name, *sla)
+        tiles += sla_tiles(name, *sla, slo)
     tiles += work_tiles(name, process)
     tiles += cost_tile(name, process, currency)
     for index, tile in enumerate(tiles):
@@ -132,7 +161,8 @@ def process_matcher(inventory: Inventory) -> str:
 def overview(inventory: Inventory) -> dict[str, Any]:
     """Build the NOC overview."""
     currency = inventory.service.currency
-    rows = [RowSpec(title_of(name, process), summary_tiles(name, process, currency, link=True))
+    rows = [RowSpec(title_of(name, process), summary_tiles(name, process, currency, inventory.alerting.slo,
+                                                           link=True))
             for name, process in inventory.processes.items()]
     return dashboard(
         OVERVIEW_UID, "fabwatch / NOC overview",

@@ -6,13 +6,14 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.models import dashboard as dm
 
+from alerts.config import SloAlerting
+from collector.durations import format_duration
 from collector.naming import process_uid
 from collector.schema import BacklogKpi, CostKpi, DurationKpi, Inventory, Kpi, OverdueKpi, Process, SlaKpi, ValueKpi
 from dashboards import promql
 from dashboards.common import (
     BAD,
     GOOD,
-    WARN,
     PanelSpec,
     RowSpec,
     alerts_annotation,
@@ -31,10 +32,10 @@ from dashboards.common import (
 )
 from dashboards.overview import (
     BURN_UNIT,
-    burn_factors,
     common_links,
     first_kpi,
     humanize,
+    page_burn,
     summary_tiles,
     target_of,
 )
@@ -106,7 +107,7 @@ def cycle_time_row(name: str, process: Process) -> RowSpec | None:
     ])
 
 
-def sla_panels(name: str, kpi_name: str, kpi: SlaKpi) -> Iterator[PanelSpec]:
+def sla_panels(name: str, kpi_name: str, kpi: SlaKpi, slo: SloAlerting) -> Iterator[PanelSpec]:
     """Compliance over the window against the objective, and the burn rate against the paging rates."""
     label = humanize(kpi_name)
     yield timeseries_panel(
@@ -114,17 +115,17 @@ def sla_panels(name: str, kpi_name: str, kpi: SlaKpi) -> Iterator[PanelSpec]:
         f"due time; the dashed line is the objective ({kpi.objective:.1%}).", "percentunit",
         [query(promql.kpi_value(name, kpi_name), "compliance")],
         thresholds=steps(BAD, (kpi.objective, GOOD)), minimum=None)
-    slow, fast = burn_factors(kpi.window)
+    burn = page_burn(kpi, slo)
     yield timeseries_panel(
-        f"{label}: error budget burn rate", "Error budget burn rate (1 = the budget lasts exactly the window); "
-        f"dashed lines at {slow:g}x and {fast:g}x, where the burn-rate alerts page.", BURN_UNIT,
-        [query(promql.burn_rate(name, kpi_name), "burn rate")],
-        thresholds=steps(GOOD, (slow, WARN), (fast, BAD)))
+        f"{label}: error budget burn rate", f"Error budget burn rate over {format_duration(burn.window)} (1 = the "
+        f"budget lasts exactly the window); dashed lines at {burn.text}.", BURN_UNIT,
+        [query(promql.burn_rate(name, kpi_name, burn.window), "burn rate")], thresholds=burn.lines)
 
 
-def sla_row(name: str, process: Process) -> RowSpec | None:
+def sla_row(name: str, process: Process, slo: SloAlerting) -> RowSpec | None:
     """Every SLA KPI of the process."""
-    panels = [p for k, kpi in process.kpis.items() if isinstance(kpi, SlaKpi) for p in sla_panels(name, k, kpi)]
+    panels = [p for k, kpi in process.kpis.items() if isinstance(kpi, SlaKpi)
+              for p in sla_panels(name, k, kpi, slo)]
     return RowSpec("SLA", panels) if panels else None
 
 
@@ -197,11 +198,11 @@ def source_row(process: Process) -> RowSpec:
     ])
 
 
-def process_rows(name: str, process: Process, currency: str) -> list[RowSpec]:
+def process_rows(name: str, process: Process, currency: str, slo: SloAlerting) -> list[RowSpec]:
     """Return the rows of a process dashboard, skipping those the process has no data for."""
-    rows = [RowSpec("Summary", summary_tiles(name, process, currency, link=False)),
+    rows = [RowSpec("Summary", summary_tiles(name, process, currency, slo, link=False)),
             volume_row(name, process), backlog_row(name, process), cycle_time_row(name, process),
-            sla_row(name, process), kpis_row(name, process, currency), cost_row(name, process, currency),
+            sla_row(name, process, slo), kpis_row(name, process, currency), cost_row(name, process, currency),
             source_row(process)]
     return [row for row in rows if row is not None]
 
@@ -214,7 +215,7 @@ def process_dashboard(inventory: Inventory, name: str) -> dict[str, Any]:
         description += f" Runbook: {process.runbook}."
     return dashboard(
         process_uid(name), f"fabwatch / {process.name}", description,
-        process_rows(name, process, inventory.service.currency),
+        process_rows(name, process, inventory.service.currency, inventory.alerting.slo),
         variables=[datasource_variable(), *job_instance_variables(), *dimension_variable(process)],
         annotations=[alerts_annotation(f'process="{name}"')], links=common_links())
 

@@ -7,6 +7,7 @@ matchers; gauges from several replicas are folded with `max` (each process lives
 from collections.abc import Callable
 
 from alerts.health import ACCEPTED_RESULTS
+from collector.durations import format_duration
 from collector.sources.listener import COMMITTED
 from dashboards.common import JOB_INSTANCE, selector
 
@@ -37,10 +38,12 @@ def error_budget_left(process: str, kpi: str) -> str:
     return f"1 - (1 - {kpi_value(process, kpi)}) / (1 - {kpi_target(process, kpi, 'min')})"
 
 
-def burn_rate(process: str, kpi: str) -> str:
-    """How fast the error budget burns: 1 spends exactly the budget over the SLA window."""
-    sel = selector(process=process, kpi=kpi)
-    error_ratio = f"(1 - sum(rate(fab_sla_good_total{sel}{RATE})) / sum(rate(fab_sla_valid_total{sel}{RATE})))"
+def burn_rate(process: str, kpi: str, seconds: float) -> str:
+    """How fast the error budget burned over the last `seconds` (the long window of the fastest page:
+    over `$__rate_interval`, one late item among a few read as a page); 1 spends exactly the budget
+    over the SLA window."""
+    sel, span = selector(process=process, kpi=kpi), f"[{format_duration(seconds)}]"
+    error_ratio = f"(1 - sum(increase(fab_sla_good_total{sel}{span})) / sum(increase(fab_sla_valid_total{sel}{span})))"
     return f"{error_ratio} / (1 - {kpi_target(process, kpi, 'min')})"
 
 

@@ -101,11 +101,19 @@ def check_units(model: dict[str, Any]) -> list[str]:
     return problems
 
 
+FIXED_WINDOW = re.compile(r"fab_sla_(good|valid)_total\{[^}]*\}$")
+"""The SLA counters of a burn rate, which is compared with the burn rates the alerts page at and so
+is read over the same fixed window as they are (as the rule's exclusions allow)."""
+
+
 def check_rate_intervals(expr: str) -> list[str]:
-    """target-rate-interval-rule: every rate/irate/increase range is `$__rate_interval`."""
+    """target-rate-interval-rule: every rate/irate/increase range is `$__rate_interval`, but for a
+    burn rate's SLA counters (`FIXED_WINDOW`)."""
     problems = []
     for match in _RANGE.finditer(expr):
-        if enclosing_call(expr, match.start()) in RATE_FUNCTIONS and match.group(1) != "$__rate_interval":
+        if enclosing_call(expr, match.start()) not in RATE_FUNCTIONS or match.group(1) == "$__rate_interval":
+            continue
+        if not FIXED_WINDOW.search(expr[:match.start()]):
             problems.append(f"range [{match.group(1)}] instead of [$__rate_interval] in {expr}")
     return problems
 

@@ -77,3 +77,14 @@ def test_enclosing_call_finds_the_innermost_function():
     expr = "sum(rate(a_total{x=\"(\"}[1m])) / sum(b)"
     assert lint.enclosing_call(expr, expr.index("a_total")) == "rate"
     assert lint.enclosing_call(expr, expr.index("b)")) == "sum"
+
+
+def test_only_a_burn_rates_sla_counters_may_have_a_fixed_window():
+    """A burn rate is read over the window of the page it is drawn against: over `$__rate_interval`,
+    one late item among a few read as a page."""
+    burn = ('(1 - sum(increase(fab_sla_good_total{process="order"}[6h])) / '
+            'sum(increase(fab_sla_valid_total{process="order"}[6h]))) / 0.1')
+    assert lint.check_rate_intervals(burn) == []
+    assert lint.check_rate_intervals('sum(increase(fab_items_created_total{process="order"}[6h]))')
+    assert lint.check_rate_intervals('sum(rate(fab_sla_good_total{process="order"}[6h])) + '
+                                     'sum(rate(fab_items_created_total{process="order"}[1h]))')
