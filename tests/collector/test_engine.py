@@ -312,15 +312,19 @@ async def test_a_sqlite_database_locked_for_the_whole_timeout_is_a_timeout(db: P
         await engine.close()
 
 
-async def test_a_failing_statement_names_its_process(db: Path, tmp_path: Path) -> None:
-    """One source feeds many processes: the error must say whose statement failed."""
+@pytest.mark.parametrize(("kpi", "sql", "error"), [
+    ("broken", "SELECT no_such_column FROM trouble_ticket", "process problem: no such column: no_such_column"),
+    ("worst_status", "SELECT MAX(status) FROM trouble_ticket",
+     r"process problem: kpi worst_status: the statement gave str '[a-zA-Z]+', not a number"),
+], ids=["a failing statement", "a value that is no number"])
+async def test_a_failing_value_kpi_names_its_process(db: Path, tmp_path: Path, kpi: str, sql: str, error: str) -> None:
+    """One source feeds many processes: the error must say whose statement failed, and why."""
     dsn = f"sqlite+aiosqlite:///{db}"
     sim = await simulate(dsn, days=1)
     await sim.close()
-    broken = value_kpi_file(tmp_path, "broken", "SELECT no_such_column FROM trouble_ticket")
-    inventory = load_inventory([EXAMPLE, broken], {"FABWATCH_DEMO_DSN": dsn})
+    inventory = load_inventory([EXAMPLE, value_kpi_file(tmp_path, kpi, sql)], {"FABWATCH_DEMO_DSN": dsn})
     engine = SourceSampler("operator", inventory.sources["operator"], inventory.processes, StateStore(tmp_path / "s"))
-    with pytest.raises(SourceQueryFailed, match="source operator: process problem: no such column: no_such_column"):
+    with pytest.raises(SourceQueryFailed, match=f"source operator: {error}"):
         await engine.sample(T0)
     await engine.close()
 
@@ -401,19 +405,6 @@ async def test_a_clock_stepped_back_accrues_no_negative_fixed_cost(db: Path, tmp
     assert seen[1] > seen[0]
     assert seen[2] == seen[3] == seen[1]  # nothing accrues until the clock is back where it was
     assert seen[4] > seen[1]
-
-
-async def test_a_value_kpi_that_is_not_a_number_names_its_process_and_kpi(db: Path, tmp_path: Path) -> None:
-    dsn = f"sqlite+aiosqlite:///{db}"
-    sim = await simulate(dsn, days=1)
-    await sim.close()
-    text = value_kpi_file(tmp_path, "worst_status", "SELECT MAX(status) FROM trouble_ticket")
-    inventory = load_inventory([EXAMPLE, text], {"FABWATCH_DEMO_DSN": dsn})
-    engine = SourceSampler("operator", inventory.sources["operator"], inventory.processes, StateStore(tmp_path / "s"))
-    with pytest.raises(SourceQueryFailed, match="source operator: process problem: kpi worst_status: the statement "
-                                                r"gave str '[a-zA-Z]+', not a number"):
-        await engine.sample(T0)
-    await engine.close()
 
 
 def _remapped(inventory: Inventory, name: str, **columns: Any) -> Inventory:

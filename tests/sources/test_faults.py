@@ -111,10 +111,15 @@ async def test_fault_gives_reason_and_source_down(faulty: tuple[Faulty, str], tm
         assert health.is_up("tickets")
 
 
+async def _oauth2_service(url: str, tmp_path: Path) -> web.Application:
+    """The service with the tickets source behind OAuth2 client credentials from the faulty server."""
+    auth = {"kind": "oauth2", "token_url": f"{url}/token", "client_id": "fabwatch", "client_secret": "x"}
+    return await _service(url, tmp_path, auth=auth)
+
+
 async def test_expired_token_is_fetched_again_once(faulty: tuple[Faulty, str], tmp_path: Path) -> None:
     server, url = faulty
-    auth = {"kind": "oauth2", "token_url": f"{url}/token", "client_id": "fabwatch", "client_secret": "x"}
-    app = await _service(url, tmp_path, auth=auth)
+    app = await _oauth2_service(url, tmp_path)
     async with serve_app(app):
         scheduler, health = app[SCHEDULER], app[HEALTH]
         await _sampled(health)
@@ -134,8 +139,7 @@ async def test_a_5xx_after_a_token_fetched_again_is_retried(faulty: tuple[Faulty
     """The attempt with the new token is an attempt like any other: a transient 503 on it is retried
     (it used to escape the retries as an internal error)."""
     server, url = faulty
-    auth = {"kind": "oauth2", "token_url": f"{url}/token", "client_id": "fabwatch", "client_secret": "x"}
-    app = await _service(url, tmp_path, auth=auth)
+    app = await _oauth2_service(url, tmp_path)
     async with serve_app(app):
         scheduler, health = app[SCHEDULER], app[HEALTH]
         await _sampled(health)
