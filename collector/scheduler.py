@@ -88,9 +88,9 @@ class WallClockCron(BaseTrigger):  # type: ignore[misc]  # apscheduler has no ty
     skips the first run after it (the Monday, the 1st of April after the night of the change), and
     in the hour autumn repeats it answers the same time again and again, before `now`, which hangs
     its scheduler in a loop. Here the crontab runs in UTC, where every day has 24 hours, on the
-    zone's wall clock read as if it were UTC; the wall time found is then placed in the zone: in
-    the repeated hour, the first time it occurs (a job runs once); in the hour spring skips, at the
-    offset before the change (02:30 is run at 03:30 summer time).
+    zone's wall clock read as if it were UTC, and each wall time found is placed in the zone: a
+    time autumn repeats runs at both of its instants (a sample twice, rather than none for an
+    hour), a time spring skips runs at the change (02:30 at 03:30 summer time).
     """
 
     __slots__ = ("_wall", "cron", "jitter", "timezone")
@@ -104,25 +104,53 @@ class WallClockCron(BaseTrigger):  # type: ignore[misc]  # apscheduler has no ty
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         """The first fire time after `previous_fire_time` (or from `now`, with none), as CronTrigger
         does: a time before `now` is a run missed, which the scheduler judges by its grace time."""
-        start = now if previous_fire_time is None else min(now, previous_fire_time + _STEP)
-        wall = start.astimezone(self.timezone).replace(tzinfo=_UTC, fold=0)
-        for _ in range(4):  # a wall time that maps before `start` (the repeated hour): the next one
-            found = self._wall.get_next_fire_time(None, wall)
-            if found is None:
-                return None
-            local = found.replace(tzinfo=self.timezone)
-            if local.timestamp() >= start.timestamp():
-                return self._apply_jitter(local, self.jitter, now)  # type: ignore[no-any-return]
-            if local.replace(fold=1).timestamp() >= start.timestamp():
-                return self._apply_jitter(local.replace(fold=1), self.jitter, now)  # type: ignore[no-any-return]
-            wall = found + _STEP
-        return None
+        # in UTC: adding to a time of the repeated hour on its own wall clock drops its fold, an hour back
+        start = now if previous_fire_time is None else min(now, previous_fire_time.astimezone(_UTC) + _STEP)
+        at = start.timestamp()
+        wall = self._wall_clock(start)
+        if self._offset_changes_near(start):  # a wall time before start's may come after it: look back
+            wall -= _AROUND
+        found = self._wall.get_next_fire_time(None, wall)
+        best: datetime | None = None
+        for _ in range(_AROUND_FIRES):
+            if found is None or (best is not None and found - wall > 2 * _AROUND):
+                break
+            for local in self._instants(found):
+                if local.timestamp() >= at and (best is None or local.timestamp() < best.timestamp()):
+                    best = local
+            if best is not None and not self._offset_changes_near(start):
+                break
+            found = self._wall.get_next_fire_time(found, found + _STEP)
+        return None if best is None else self._apply_jitter(best, self.jitter, now)  # type: ignore[no-any-return]
+
+    def _instants(self, wall: datetime) -> list[datetime]:
+        """The instants a wall time (in the UTC frame) stands for: two in the hour autumn repeats,
+        one otherwise; in the hour spring skips, the instant after the change (fold 0's offset)."""
+        naive = wall.replace(tzinfo=None)
+        real = [local for fold in (0, 1) if (local := naive.replace(tzinfo=self.timezone, fold=fold))
+                .astimezone(_UTC).astimezone(self.timezone).replace(tzinfo=None) == naive]
+        return real or [naive.replace(tzinfo=self.timezone)]
+
+    def _wall_clock(self, moment: datetime) -> datetime:
+        """The zone's wall clock at `moment`, as a UTC time (the UTC trigger's frame)."""
+        return moment.astimezone(self.timezone).replace(tzinfo=_UTC, fold=0)
+
+    def _offset_changes_near(self, moment: datetime) -> bool:
+        offsets = {(moment + delta).astimezone(self.timezone).utcoffset() for delta in (-_AROUND, _AROUND)}
+        return len(offsets | {moment.astimezone(self.timezone).utcoffset()}) > 1
 
     def __str__(self) -> str:
         return f"cron[{self.cron}, {self.timezone}]"
 
     def __repr__(self) -> str:
         return f"WallClockCron({self.cron!r}, {self.timezone!r}, jitter={self.jitter!r})"
+
+
+_AROUND = timedelta(hours=3)
+"""How near a change of UTC offset (daylight saving time moves clocks by an hour, at most two) the
+trigger looks at the wall times on both sides of it."""
+_AROUND_FIRES = 1000
+"""Wall times a trigger reads near such a change, at most (a crontab of every minute: 720)."""
 
 
 def trigger_for(source: Source, timezone: ZoneInfo) -> BaseTrigger:
@@ -156,7 +184,7 @@ def _cron_gap(cron: str, timezone: str) -> float:
     for _ in range(CRON_GAP_FIRES):
         if previous is None or previous > end:
             break
-        following = trigger.get_next_fire_time(previous, previous + timedelta(seconds=1))
+        following = trigger.get_next_fire_time(previous, previous.astimezone(_UTC) + timedelta(seconds=1))
         if following is None:
             break
         longest = max(longest, following.timestamp() - previous.timestamp())  # real time, DST included

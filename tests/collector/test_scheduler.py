@@ -1,6 +1,7 @@
 """The sampling scheduler: first run at once, no overlap, coalescing, outcomes recorded."""
 
 import asyncio
+import itertools
 import sqlite3
 import time
 from datetime import datetime, timedelta
@@ -200,7 +201,7 @@ def fire_times(cron: str, start: datetime, end: datetime) -> list[datetime]:
         if fire is None or fire >= end:
             break
         times.append(fire)
-        previous, now = fire, fire + timedelta(seconds=1)
+        previous, now = fire, fire.astimezone(ZoneInfo("UTC")) + timedelta(seconds=1)  # not on the wall clock
     return times
 
 
@@ -213,12 +214,18 @@ def test_a_crontab_does_not_skip_the_first_run_after_a_change_to_summer_time(cro
     assert missed in fire_times(cron, datetime(2026, 3, 1, tzinfo=BERLIN), datetime(2026, 5, 1, tzinfo=BERLIN))
 
 
-def test_a_crontab_in_the_hour_autumn_repeats_runs_once_and_moves_on() -> None:
+def test_a_crontab_in_the_hour_autumn_repeats_runs_at_both_instants_and_moves_on() -> None:
     """apscheduler 3's CronTrigger answered 02:30 again and again in the repeated hour, before `now`:
-    its scheduler loops forever on that, and the service hangs."""
+    its scheduler loops forever on that, and the service hangs. A sample taken twice costs little;
+    an hour without any (every 5 minutes) would raise FabSourceStale."""
     times = fire_times("30 2 * * *", datetime(2026, 10, 23, tzinfo=BERLIN), datetime(2026, 10, 28, tzinfo=BERLIN))
     assert [t.timestamp() for t in times] == sorted({t.timestamp() for t in times})
-    assert [(t.day, t.hour, t.minute) for t in times] == [(d, 2, 30) for d in range(23, 28)]
+    assert [t.astimezone(ZoneInfo("UTC")).strftime("%d %H:%M") for t in times] == [
+        "23 00:30", "24 00:30", "25 00:30", "25 01:30", "26 01:30", "27 01:30"]
+    night = datetime(2026, 10, 25, 1, tzinfo=BERLIN), datetime(2026, 10, 25, 4, tzinfo=BERLIN)
+    every5 = fire_times("*/5 * * * *", *night)
+    gaps = {later.timestamp() - earlier.timestamp() for earlier, later in itertools.pairwise(every5)}
+    assert (gaps, len(every5)) == ({300.0}, 48)  # four real hours between 01:00 and 04:00 that night
 
 
 def test_a_wall_time_spring_skips_runs_at_the_change() -> None:
