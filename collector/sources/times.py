@@ -55,7 +55,11 @@ def _parse_general(text: str) -> float:
     hour, minute, second = int(clock[:2]), int(clock[3:5]), int(clock[6:])
     if hour > 23 or minute > 59 or second > 59:
         raise ValueError(f"not an RFC 3339 date-time: {text!r}")
-    whole = _day_start(day) + hour * 3600 + minute * 60 + second - _offset(zone)
+    try:
+        start = _day_start(day)
+    except ValueError as exc:  # a day the calendar has not: 2026-02-30, month 13
+        raise ValueError(f"not an RFC 3339 date-time: {text!r} ({exc})") from None
+    whole = start + hour * 3600 + minute * 60 + second - _offset(zone)
     if not frac:
         return float(whole)
     # float() of a decimal string rounds correctly, like float(Decimal(whole) + Decimal("0.frac")).
