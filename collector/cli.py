@@ -1,8 +1,9 @@
 """The `fabwatch` command: serve, check, demo, simulate.
 
-Every flag can also come from an environment variable `FABWATCH_<FLAG>` (e.g. `--listen` from
-`FABWATCH_LISTEN`; `-c/--config` from `FABWATCH_CONFIG`, several files separated by
-`os.pathsep`); a flag given on the command line wins.
+Every flag of check, serve and demo can also come from an environment variable `FABWATCH_<FLAG>`
+(e.g. `--listen` from `FABWATCH_LISTEN`; `-c/--config` from `FABWATCH_CONFIG`, several files
+separated by `os.pathsep`), and those of simulate from `FABWATCH_SIMULATE_<FLAG>`; a flag given
+on the command line wins.
 """
 
 import argparse
@@ -122,7 +123,7 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _flag(demo_cmd, flags, "--seed", env="SEED", convert=int, default=1, help="random seed")
     _flag(demo_cmd, flags, "--scale", env="SCALE", convert=_positive, default=1.0,
           help="volume multiplier of the simulated operator (default 1)")
-    _flag(demo_cmd, flags, "--tmf", env="TMF", convert=_truthy, default=False, action="store_const", const=True,
+    _flag(demo_cmd, flags, "--tmf", env="TMF", convert=truthy, default=False, action="store_const", const=True,
           help="serve the simulator as TMF Open APIs and let fabwatch poll them instead of reading SQL")
     demo_cmd.set_defaults(command=cmd_demo, env_flags=common + flags)
 
@@ -163,7 +164,7 @@ def command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _truthy(text: str) -> bool:
+def truthy(text: str) -> bool:
     """Read a boolean environment variable (1/true/yes/on or 0/false/no/off)."""
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:

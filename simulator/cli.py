@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from collector.cli import truthy
 from simulator.incidents import Incident
 from simulator.runner import Simulator, SimulatorError
 
@@ -34,12 +35,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--dsn", default=dsn, required=dsn is None, help="sqlite+aiosqlite:///path or postgresql+asyncpg://..."
     )
-    parser.add_argument("--days", type=float, default=float(_env("DAYS", "0") or 0), help="days of history")
-    parser.add_argument("--seed", type=int, default=int(_env("SEED", "1") or 1))
-    parser.add_argument("--scale", type=float, default=float(_env("SCALE", "1") or 1), help="volume factor")
-    parser.add_argument("--live", action="store_true", default=_env("LIVE", "") not in ("", "0", "false"))
-    parser.add_argument("--speed", type=float, default=float(_env("SPEED", "1") or 1), help="time acceleration")
-    parser.add_argument("--tick", type=float, default=float(_env("TICK", "1") or 1), help="live step seconds")
+    # String defaults: argparse converts them with `type` when `simulate` runs, so a bad variable is
+    # "argument --days: invalid float value" and exit 2, and never stops another command.
+    parser.add_argument("--days", type=float, default=_env("DAYS", "0"), help="days of history")
+    parser.add_argument("--seed", type=int, default=_env("SEED", "1"))
+    parser.add_argument("--scale", type=float, default=_env("SCALE", "1"), help="volume factor")
+    parser.add_argument("--live", action="store_true", default=None,
+                        help="keep writing live (FABWATCH_SIMULATE_LIVE: 1/true/yes/on or 0/false/no/off)")
+    parser.add_argument("--speed", type=float, default=_env("SPEED", "1"), help="time acceleration")
+    parser.add_argument("--tick", type=float, default=_env("TICK", "1"), help="live step seconds")
     parser.add_argument("--timezone", default=_env("TIMEZONE", "Europe/Berlin"), help="for diurnal patterns")
     parser.add_argument(
         "--incident",
@@ -55,6 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def run(args: argparse.Namespace) -> int:
     """Run the sub-command; return the exit code."""
     try:
+        if args.live is None:
+            args.live = _live_variable(_env("LIVE", "0") or "0")
         return asyncio.run(simulate(args))
     except (ValueError, SimulatorError, ArgumentError, ZoneInfoNotFoundError) as exc:  # bad arguments
         log.error("simulate failed error=%r", str(exc).strip("'\""))
@@ -62,6 +68,14 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, SQLAlchemyError) as exc:  # the database cannot be reached or written
         log.error("simulate failed error=%r", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return 1
+
+
+def _live_variable(text: str) -> bool:
+    """FABWATCH_SIMULATE_LIVE, read as the other boolean variables are."""
+    try:
+        return truthy(text)
+    except ValueError:
+        raise ValueError(f"FABWATCH_SIMULATE_LIVE={text!r} is not 1/true/yes/on or 0/false/no/off") from None
 
 
 async def simulate(args: argparse.Namespace) -> int:

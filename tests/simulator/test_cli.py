@@ -47,6 +47,29 @@ def test_env_defaults(monkeypatch):
     assert (args.dsn, args.speed, args.days) == ("sqlite+aiosqlite:///x.db", 10.0, 0.0)
 
 
+@pytest.mark.parametrize(("value", "live"), [("0", False), ("no", False), ("Off", False), ("False", False),
+                                           ("1", True), ("yes", True)])
+def test_the_live_variable_reads_booleans_as_the_other_variables_do(tmp_path, monkeypatch, value, live):
+    """`no`, `off` and `False` used to mean live: a run that never ends."""
+    monkeypatch.setenv("FABWATCH_SIMULATE_LIVE", value)
+    args = parse("--dsn", f"sqlite+aiosqlite:///{tmp_path / 'sim.db'}", "--duration", "0.2", "--tick", "0.1")
+    assert cli.run(args) == 0
+    assert args.live is live
+
+
+def test_a_bad_variable_is_an_error_of_simulate_alone(tmp_path, monkeypatch, caplog, capsys):
+    monkeypatch.setenv("FABWATCH_SIMULATE_LIVE", "maybe")
+    monkeypatch.setenv("FABWATCH_SIMULATE_DAYS", "abc")
+    with pytest.raises(SystemExit) as stopped:
+        parse("--dsn", f"sqlite+aiosqlite:///{tmp_path / 'sim.db'}")
+    assert stopped.value.code == 2
+    assert "argument --days: invalid float value: 'abc'" in capsys.readouterr().err
+    monkeypatch.delenv("FABWATCH_SIMULATE_DAYS")
+    with caplog.at_level(logging.ERROR):
+        assert cli.run(parse("--dsn", f"sqlite+aiosqlite:///{tmp_path / 'sim.db'}")) == 2
+    assert "FABWATCH_SIMULATE_LIVE='maybe' is not 1/true/yes/on or 0/false/no/off" in caplog.text
+
+
 @pytest.mark.parametrize(("extra", "status", "message"), [
     (["--dsn", "notadsn"], 2, "Could not parse SQLAlchemy URL"),
     (["--timezone", "Mars/X"], 2, "No time zone found with key Mars/X"),
