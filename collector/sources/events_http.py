@@ -3,8 +3,10 @@
 aiohttp spends ~200 µs of CPU per request on this hardware, ten times the cost of storing an
 event. This server does what the listener needs and nothing more: httptools (llhttp, the parser
 Node.js uses) parses requests, keep-alive and pipelining are kept (answers go out in request
-order), `Expect: 100-continue` is honoured, bodies over the source's `max_body` are refused
-before they are read, and every answer is JSON. Validation, group commit and acknowledgement
+order, a `100 Continue` too), `Expect: 100-continue` is honoured, bodies over the source's
+`max_body` are refused before they are read, an `Upgrade` asked for is ignored (the request is
+answered over HTTP/1.1), a client's half-close is answered before the close, and every answer
+is JSON. Validation, group commit and acknowledgement
 are the `Listener`'s, exactly as on the main port.
 """
 
@@ -36,6 +38,10 @@ _MAX_HEADERS = 65536
 _REASONS = {100: "Continue", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
+_MAX_HEAD = _MAX_URL + _MAX_HEADERS
+"""Bytes a request head may take before it ends: httptools keeps a header it has not seen the end
+of in memory, and calls back only at its end, too late to stop an endless one."""
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _SECRET = SECRET_HEADER.lower().encode()
 _SECRET_SIZE = len(_SECRET)
 _ROUTES_MAX = 1024
@@ -109,12 +115,14 @@ def tls_context(tls: EventsTls, where: str) -> ssl.SSLContext:
 class _Request:
     """What the parser has seen of the request being received."""
 
-    __slots__ = ("body", "event", "expect", "length", "listener", "refused", "secret", "size", "url")
+    __slots__ = ("body", "event", "expect", "length", "listener", "refused", "secret", "size", "upgrade", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.secret: str | None = None
         self.expect = False
+        self.upgrade = False
+        """An `Upgrade` header (a Java HttpClient asks for h2c): the upgrade is ignored, as HTTP allows."""
         self.length: int | None = None
         self.body: list[bytes] = []
         self.size = 0
@@ -139,6 +147,13 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.active_at = time.monotonic()
         self.header_bytes = 0
+        self.heads = self.messages = 0
+        """Request heads and whole requests parsed so far on the connection (more heads: in a body)."""
+        self.head_bytes = 0
+        """Bytes received while no head ended: an endless header is refused at `_MAX_HEAD`."""
+        self.upgraded: tuple[_Request, bool, int] | None = None
+        """A request that asked for an upgrade: (the request, keep-alive, body bytes still to come);
+        its body is read here, past the parser, which hands over everything after such a head."""
 
     def close_when_answered(self) -> None:
         """Read nothing more; close once every answer owed is written."""
@@ -155,16 +170,51 @@ class _Connection(asyncio.Protocol):
         self.transport = None
         self.registry.discard(self)
 
+    def eof_received(self) -> bool:
+        """The client has sent all it will (a half-close): answer what it sent, then close."""
+        self.close_when_answered()
+        return True  # keep the write side open for the answers
+
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
         self.active_at = time.monotonic()
+        if self.upgraded is not None:
+            self._upgraded_body(data)
+            return
+        heads = self.heads
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._refuse_now(400, "upgradeRefused", "protocol upgrades are not supported")
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgraded is not None:
+                self._upgraded_body(data[int(exc.args[0]):])
+            return
         except httptools.HttpParserError as exc:
             self._refuse_now(400, "badRequest", f"malformed HTTP request: {exc}")
+            return
+        if self.heads != heads:
+            self.head_bytes = 0
+        elif self.heads == self.messages:  # in a head that has not ended, not in a body
+            self.head_bytes += len(data)
+            if self.head_bytes > _MAX_HEAD and not self.closing:
+                self._refuse_now(431, "headersTooLarge", f"the request head is over {_MAX_HEAD} bytes")
+
+    def _upgraded_body(self, data: bytes) -> None:
+        """Read the body of a request whose upgrade is ignored, submit it, then parse what follows
+        with a new parser (the old one takes nothing after an upgrade)."""
+        assert self.upgraded is not None
+        request, keep_alive, left = self.upgraded
+        body, rest = data[:left], data[left:]
+        if body:
+            self.on_body(body)
+        self.upgraded = (request, keep_alive, left - len(body))
+        if left > len(body) or self.closing:
+            return
+        self.upgraded, self.request = None, _Request()
+        self.parser = httptools.HttpRequestParser(self)
+        self._complete(request, keep_alive)
+        if rest:
+            self.data_received(rest)
 
     # --- httptools callbacks -------------------------------------------------------------
 
@@ -186,8 +236,11 @@ class _Connection(asyncio.Protocol):
             self.request.length = int(value)
         elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
             self.request.expect = True
+        elif size == 7 and name.lower() == b"upgrade":
+            self.request.upgrade = True
 
     def on_headers_complete(self) -> None:
+        self.heads += 1
         if self.closing:
             return
         request = self.request
@@ -202,8 +255,8 @@ class _Connection(asyncio.Protocol):
             if exc.status == 413 or request.expect:
                 self._refuse_now(exc.status, exc.code, exc.reason)  # do not read a body we will refuse
             return
-        if request.expect and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if request.expect:
+            self._answer([_CONTINUE], True)  # in turn: after the answers owed to earlier requests
 
     def on_body(self, body: bytes) -> None:
         request = self.request
@@ -221,7 +274,23 @@ class _Connection(asyncio.Protocol):
         if self.closing:
             return
         request, keep_alive = self.request, self.parser.should_keep_alive()
-        self.request, self.header_bytes = _Request(), 0  # for the next message (no on_message_begin: a call less)
+        self.header_bytes = 0
+        self.messages += 1
+        if request.upgrade and self.parser.should_upgrade():
+            self._ignore_upgrade(request, keep_alive)
+            return
+        self.request = _Request()  # for the next message (no on_message_begin: a call less)
+        self._complete(request, keep_alive)
+
+    def _ignore_upgrade(self, request: _Request, keep_alive: bool) -> None:
+        """The parser ends a request that asks for an upgrade at its head; its body follows."""
+        if request.length is None and request.refused is None:
+            self._refuse_now(400, "badRequest", "a request asking for an upgrade needs a Content-Length")
+            return
+        self.upgraded = (request, keep_alive, request.length or 0)
+
+    def _complete(self, request: _Request, keep_alive: bool) -> None:
+        """Answer a refused request, or hand its event to the listener (answered after the commit)."""
         if request.refused is not None or request.listener is None:
             refused = request.refused or BadEvent(404, "notFound", "no such resource")
             self._answer([_response(refused.status, error_body(refused.status, refused.code, refused.reason),

@@ -376,3 +376,70 @@ async def test_the_last_event_time_moves_with_each_commit_and_survives_a_restart
     finally:
         await again.stop()
         store.close()
+
+
+async def test_an_upgrade_asked_for_is_ignored_and_the_event_stored(events: tuple[int, Path]) -> None:
+    """Java's HttpClient asks for h2c on every `http://` POST: the parser handed over the body as the
+    new protocol's, the event was refused as empty JSON (a 4xx: the hub drops it) and answered twice."""
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    upgrade = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQBAAAAAAIAAAAA\r\n"
+    asked = request(ticket_event(1, 1, 1), headers=upgrade)
+    writer.write(asked[:len(asked) - 30])  # the body split over two reads, then a plain request behind it
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(asked[len(asked) - 30:] + request(ticket_event(2, 2, 1)))
+    answers = [await read_answer(reader) for _ in range(2)]
+    assert [(status, body["eventId"]) for status, _, body in answers] == [(201, "E1"), (201, "E2")]
+    writer.close()
+    assert stored_events(store) == 2
+
+
+async def test_a_client_that_half_closes_gets_every_answer_then_the_close(events: tuple[int, Path]) -> None:
+    """`shutdown(SHUT_WR)` after the last request (`nc -N`): the events were stored, and used to go
+    unanswered, the connection closed at once."""
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"".join(request(ticket_event(n, n, 1)) for n in (1, 2, 3)))
+    writer.write_eof()
+    answers = [await read_answer(reader) for _ in range(3)]
+    assert [(status, body["eventId"]) for status, _, body in answers] == [(201, "E1"), (201, "E2"), (201, "E3")]
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    assert stored_events(store) == 3
+
+
+async def test_a_pipelined_expect_gets_its_100_continue_after_the_answers_before_it(
+        events: tuple[int, Path]) -> None:
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    body = ticket_event(2, 2, 1)
+    writer.write(request(ticket_event(1, 1, 1))
+                 + request(body)[:-len(body)].replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+    first = await read_answer(reader)
+    assert (first[0], first[2]["eventId"]) == (201, "E1")
+    assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(body)
+    second = await read_answer(reader)
+    assert (second[0], second[2]["eventId"]) == (201, "E2")
+    writer.close()
+    assert stored_events(store) == 2
+
+
+async def test_a_header_that_never_ends_is_refused_before_it_fills_memory(events: tuple[int, Path]) -> None:
+    """httptools keeps a header value it has not seen the end of and calls back only at its end."""
+    port, store = events
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Junk: ".encode())
+    answer = None
+    for _ in range(64):  # 4 MiB at most, in 64 KiB writes
+        with contextlib.suppress(ConnectionError):
+            writer.write(b"x" * 65536)
+            await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            answer = await asyncio.wait_for(read_answer(reader), 0.05)
+            break
+    writer.close()
+    assert answer is not None, "no answer to a head of 4 MiB"
+    assert (answer[0], answer[2]["code"], answer[1]["connection"]) == (431, "headersTooLarge", "close")
+    assert stored_events(store) == 0
