@@ -10,6 +10,7 @@ listener) are imported by the functions that use them: an inventory of SQL sourc
 loads them, which keeps `fabwatch serve` smaller in memory.
 """
 
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -91,7 +92,7 @@ def _hub(hub_url: str, subscription: str | None = None) -> str:
     return base if subscription is None else f"{base}/{subscription}"
 
 
-_HUB_ID, _HUB_URL = "hub_id", "hub_url"
+_HUB_ID, _HUB_URL, _HUB_OWED = "hub_id", "hub_url", "hub_unregister_owed"
 """Record store keys of the current hub subscription, so a restart after a crash can drop it."""
 
 
@@ -115,11 +116,14 @@ class HubRegistration:
                       instead="mutual TLS on the events port (service.events_tls.client_ca_file)")
 
     async def sync(self, now: float | None = None) -> int:
-        """Register when not registered yet (a failure fails the sample with its reason)."""
-        if self.hub_id is not None or self.source.hub_url is None:
+        """Register when not registered yet (a failure fails the sample with its reason); drop the
+        subscriptions earlier runs left, while the hub refuses to."""
+        if self.source.hub_url is None:
+            return 0
+        await self._drop_leftovers()
+        if self.hub_id is not None:
             return 0
         from collector.sources.http import SourceSchemaMismatch
-        await self._drop_leftover()
         reply = await self.client.request("POST", _hub(self.source.hub_url),
                                           payload={"callback": self.callback, "query": self.source.query})
         if not isinstance(reply.body, dict) or not isinstance(reply.body.get("id"), str | int):
@@ -129,19 +133,27 @@ class HubRegistration:
         log_event(_LOG, "hub_registered", source=self.name, hub=self.hub_id, callback=self.callback)
         return 0
 
-    async def _drop_leftover(self) -> None:
-        """Unregister the subscription a previous run left (killed before it could): else the hub
-        keeps calling it, twice per event, for as long as it lives."""
+    async def _drop_leftovers(self) -> None:
+        """Unregister the subscriptions earlier runs left (killed before they could): else the hub
+        keeps calling them, once more per event each, for as long as they live. One the hub would
+        not drop (down, or failing) stays owed, and is asked for again at the next sync."""
+        owed = json.loads(self.store.meta(_HUB_OWED) or "[]")
         leftover, hub_url = self.store.meta(_HUB_ID), self.store.meta(_HUB_URL)
-        if not leftover or not hub_url:
+        moved = bool(leftover and hub_url and self.hub_id is None)  # the last run's, never dropped
+        if moved:
+            owed.append([hub_url, leftover])
+        if not owed:
             return
-        try:
-            await self.client.request("DELETE", _hub(hub_url, leftover), missing_ok=True)
-            log_event(_LOG, "hub_leftover_unregistered", source=self.name, hub=leftover)
-        except SourceError as exc:
-            log_event(_LOG, "hub_leftover_unregister_failed", logging.WARNING, source=self.name, hub=leftover,
-                      error=str(exc))
-        self.store.set_meta({_HUB_ID: ""})
+        still: list[list[str]] = []
+        for hub_url, hub_id in owed:
+            try:
+                await self.client.request("DELETE", _hub(hub_url, hub_id), missing_ok=True)
+                log_event(_LOG, "hub_leftover_unregistered", source=self.name, hub=hub_id)
+            except SourceError as exc:
+                log_event(_LOG, "hub_leftover_unregister_failed", logging.WARNING, source=self.name, hub=hub_id,
+                          error=str(exc), retry="at the next sync")
+                still.append([hub_url, hub_id])
+        self.store.set_meta({_HUB_OWED: json.dumps(still), **({_HUB_ID: ""} if moved else {})})
 
     async def close(self) -> None:
         """Unregister from the hub (best effort) and close the client."""

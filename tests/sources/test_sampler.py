@@ -6,11 +6,14 @@ import logging
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
+from collector.errors import SourceError
 from collector.sources.http import HttpClient, limits_of
 from collector.sources.sampler import HubRegistration
 from collector.sources.schema import TmfEventsSource
 from collector.sources.store import RecordStore
+from tests.sources.helpers import serve_app
 
 
 @pytest.mark.parametrize("secret", [None, "s3cret"])
@@ -30,3 +33,61 @@ async def test_a_secret_a_hub_cannot_send_is_warned_of_at_start(tmp_path: Path, 
     assert len(warned) == (1 if secret else 0)
     if secret:
         assert "X-Fabwatch-Secret" in str(warned[0].__dict__["fabwatch_fields"]["why"])
+
+
+class _Hub:
+    """A TMF hub on loopback: POST /hub, DELETE /hub/{id}; `down` answers 503 to both."""
+
+    def __init__(self) -> None:
+        self.subscriptions: list[str] = []
+        self.made = 0
+        self.down = False
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/tmf-api/troubleTicket/v4/hub", self.register)
+        app.router.add_delete("/tmf-api/troubleTicket/v4/hub/{id}", self.unregister)
+        return app
+
+    async def register(self, request: web.Request) -> web.Response:
+        if self.down:
+            return web.json_response({"code": "down"}, status=503)
+        self.made += 1
+        self.subscriptions.append(f"sub-{self.made}")
+        return web.json_response({"id": self.subscriptions[-1], **await request.json()}, status=201)
+
+    async def unregister(self, request: web.Request) -> web.Response:
+        if self.down:
+            return web.json_response({"code": "down"}, status=503)
+        if request.match_info["id"] not in self.subscriptions:
+            return web.json_response({"code": "404"}, status=404)
+        self.subscriptions.remove(request.match_info["id"])
+        return web.Response(status=204)
+
+
+async def test_a_subscription_the_hub_would_not_drop_at_a_restart_is_dropped_later(tmp_path: Path) -> None:
+    """A run killed while registered leaves its subscription; the next run drops it first. If the
+    hub is down then, the id used to be forgotten anyway: the hub, back, sent every event twice."""
+    hub = _Hub()
+    async with serve_app(hub.app()) as url:
+        source = TmfEventsSource(kind="tmf_events", api="tmf621", hub_url=f"{url}/tmf-api/troubleTicket/v4")
+        store = RecordStore(tmp_path / "events.db", ["trouble_ticket"])
+
+        def registration() -> HubRegistration:
+            return HubRegistration("tickets", source, "http://127.0.0.1:9464/tmf/tickets/listener", store,
+                                   HttpClient("tickets", limits_of(source)))
+
+        killed = registration()
+        await killed.sync()
+        await killed.client.close()  # killed: no unregistration
+        assert hub.subscriptions == ["sub-1"]
+        hub.down = True
+        restarted = registration()
+        with pytest.raises(SourceError):
+            await restarted.sync()
+        hub.down = False
+        await restarted.sync()
+        assert hub.subscriptions == ["sub-2"]  # sub-1 dropped once the hub could
+        await restarted.close()
+        store.close()
+    assert hub.subscriptions == []
