@@ -108,7 +108,8 @@ class WallClockCron(BaseTrigger):  # type: ignore[misc]  # apscheduler has no ty
         start = now if previous_fire_time is None else min(now, previous_fire_time.astimezone(_UTC) + _STEP)
         at = start.timestamp()
         wall = self._wall_clock(start)
-        if self._offset_changes_near(start):  # a wall time before start's may come after it: look back
+        near = self._offset_changes_near(start)
+        if near:  # a wall time before start's may come after it: look back
             wall -= _AROUND
         found = self._wall.get_next_fire_time(None, wall)
         best: datetime | None = None
@@ -118,7 +119,7 @@ class WallClockCron(BaseTrigger):  # type: ignore[misc]  # apscheduler has no ty
             for local in self._instants(found):
                 if local.timestamp() >= at and (best is None or local.timestamp() < best.timestamp()):
                     best = local
-            if best is not None and not self._offset_changes_near(start):
+            if best is not None and not near:
                 break
             found = self._wall.get_next_fire_time(found, found + _STEP)
         return None if best is None else self._apply_jitter(best, self.jitter, now)  # type: ignore[no-any-return]

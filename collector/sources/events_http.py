@@ -151,9 +151,9 @@ class _Connection(asyncio.Protocol):
         """Request heads and whole requests parsed so far on the connection (more heads: in a body)."""
         self.head_bytes = 0
         """Bytes received while no head ended: an endless header is refused at `_MAX_HEAD`."""
-        self.upgraded: tuple[_Request, bool, int] | None = None
-        """A request that asked for an upgrade: (the request, keep-alive, body bytes still to come);
-        its body is read here, past the parser, which hands over everything after such a head."""
+        self.upgraded: tuple[bool, int] | None = None
+        """`self.request` asked for an upgrade: (keep-alive, body bytes still to come); its body is
+        read here, past the parser, which hands over everything after such a head."""
 
     def close_when_answered(self) -> None:
         """Read nothing more; close once every answer owed is written."""
@@ -203,14 +203,14 @@ class _Connection(asyncio.Protocol):
         """Read the body of a request whose upgrade is ignored, submit it, then parse what follows
         with a new parser (the old one takes nothing after an upgrade)."""
         assert self.upgraded is not None
-        request, keep_alive, left = self.upgraded
+        keep_alive, left = self.upgraded
         body, rest = data[:left], data[left:]
         if body:
             self.on_body(body)
-        self.upgraded = (request, keep_alive, left - len(body))
+        self.upgraded = (keep_alive, left - len(body))
         if left > len(body) or self.closing:
             return
-        self.upgraded, self.request = None, _Request()
+        request, self.upgraded, self.request = self.request, None, _Request()
         self.parser = httptools.HttpRequestParser(self)
         self._complete(request, keep_alive)
         if rest:
@@ -287,7 +287,7 @@ class _Connection(asyncio.Protocol):
         if request.length is None and request.refused is None:
             self._refuse_now(400, "badRequest", "a request asking for an upgrade needs a Content-Length")
             return
-        self.upgraded = (request, keep_alive, request.length or 0)
+        self.upgraded = (keep_alive, request.length or 0)  # self.request stays: its body is still to come
 
     def _complete(self, request: _Request, keep_alive: bool) -> None:
         """Answer a refused request, or hand its event to the listener (answered after the commit)."""

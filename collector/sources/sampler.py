@@ -107,6 +107,8 @@ class HubRegistration:
         self.store = store
         self.client = client
         self.hub_id: str | None = None
+        self._owed: list[list[str]] | None = None
+        """Subscriptions of earlier runs still to drop, as [hub url, id] (None: not read yet)."""
         if source.hub_url is not None and source.secret is not None:
             from collector.sources.listener import SECRET_HEADER
 
@@ -136,16 +138,18 @@ class HubRegistration:
     async def _drop_leftovers(self) -> None:
         """Unregister the subscriptions earlier runs left (killed before they could): else the hub
         keeps calling them, once more per event each, for as long as they live. One the hub would
-        not drop (down, or failing) stays owed, and is asked for again at the next sync."""
-        owed = json.loads(self.store.meta(_HUB_OWED) or "[]")
-        leftover, hub_url = self.store.meta(_HUB_ID), self.store.meta(_HUB_URL)
-        moved = bool(leftover and hub_url and self.hub_id is None)  # the last run's, never dropped
-        if moved:
-            owed.append([hub_url, leftover])
-        if not owed:
+        not drop (down, or failing) stays owed, and is asked for again at the next sync. The store
+        is read once, at the first sync: later ones read nothing when nothing is owed."""
+        if self._owed is None:
+            self._owed = json.loads(self.store.meta(_HUB_OWED) or "[]")
+            leftover, hub_url = self.store.meta(_HUB_ID), self.store.meta(_HUB_URL)
+            if leftover and hub_url:  # the last run's, never dropped
+                self._owed.append([hub_url, leftover])
+                self.store.set_meta({_HUB_OWED: json.dumps(self._owed), _HUB_ID: ""})
+        if not self._owed:
             return
         still: list[list[str]] = []
-        for hub_url, hub_id in owed:
+        for hub_url, hub_id in self._owed:
             try:
                 await self.client.request("DELETE", _hub(hub_url, hub_id), missing_ok=True)
                 log_event(_LOG, "hub_leftover_unregistered", source=self.name, hub=hub_id)
@@ -153,7 +157,9 @@ class HubRegistration:
                 log_event(_LOG, "hub_leftover_unregister_failed", logging.WARNING, source=self.name, hub=hub_id,
                           error=str(exc), retry="at the next sync")
                 still.append([hub_url, hub_id])
-        self.store.set_meta({_HUB_OWED: json.dumps(still), **({_HUB_ID: ""} if moved else {})})
+        if still != self._owed:
+            self._owed = still
+            self.store.set_meta({_HUB_OWED: json.dumps(still)})
 
     async def close(self) -> None:
         """Unregister from the hub (best effort) and close the client."""
