@@ -74,8 +74,9 @@ class AsyncConnection:
     """The part of `sqlalchemy.ext.asyncio.AsyncConnection` that fabwatch uses, done the same way.
 
     Each call runs the Core connection's method in a greenlet that awaits the asyncio driver
-    (asyncpg, aiomysql, aiosqlite). SQLAlchemy's own asyncio extension cannot be imported without its ORM
-    session classes, which are 5 to 6 MiB of resident memory that `fabwatch serve` never uses.
+    (asyncpg, aiomysql, aiosqlite). SQLAlchemy's own asyncio extension cannot be imported without
+    its ORM session classes, which are 5 to 6 MiB of resident memory that `fabwatch serve` never
+    uses.
     """
 
     def __init__(self, sync_connection: Connection) -> None:
@@ -313,6 +314,6 @@ def classify(source: str, exc: DBAPIError, where: str = "") -> SourceError:
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
     code, *rest = getattr(orig, "args", None) or (None,)
-    if isinstance(code, int) and len(rest) == 1 and isinstance(rest[0], str):
+    if not isinstance(orig, OSError) and isinstance(code, int) and len(rest) == 1 and isinstance(rest[0], str):
         orig = f"{rest[0]} (error {code})"  # PyMySQL's (number, message): not a tuple's repr
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
