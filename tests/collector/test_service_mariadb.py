@@ -1,6 +1,8 @@
-"""The service over a MariaDB source that goes away, locks its table or comes back: the source is
-down with the right reason, metrics keep serving, and it is up again without a restart."""
+"""The service over a MariaDB source that goes away, locks its table, freezes or comes back: the
+source is down with the right reason, metrics keep serving, and it is up again without a restart."""
 
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 from aiohttp import web
 from sqlalchemy import text
 
+from collector.db import BACKSTOP_SECONDS
 from collector.service import HEALTH, SCHEDULER, build_app
 from tests.collector.test_engine import example
 from tests.collector.test_engine_mariadb import MARIADB_TABLES, copy_records, owner_engine, simulate
@@ -34,7 +37,7 @@ async def sample(client: object, app: web.Application) -> str:
     return str(await response.text())
 
 
-async def test_a_stopped_then_locked_server_is_down_by_reason_and_recovers(
+async def test_a_stopped_locked_or_frozen_server_is_down_by_reason_and_recovers(
         aiohttp_client: object, own_mariadb: MariaDBServer, tmp_path: Path) -> None:
     sim = await simulate(tmp_path / "operator.db", days=1)
     await sim.close()
@@ -62,4 +65,15 @@ async def test_a_stopped_then_locked_server_is_down_by_reason_and_recovers(
         conn.execute(text("UNLOCK TABLES"))
     assert 'fab_source_up{source="operator"} 0.0' in metrics
     assert 'fab_source_errors_total{reason="timeout",source="operator"} 1.0' in metrics
+    assert 'fab_source_up{source="operator"} 1.0' in await sample(client, app)
+
+    assert own_mariadb.proc is not None
+    own_mariadb.proc.send_signal(signal.SIGSTOP)  # frozen: connections open, nothing answers
+    try:
+        started = time.monotonic()
+        metrics = await sample(client, app)
+        assert time.monotonic() - started < 1.0 + BACKSTOP_SECONDS + 1.0
+    finally:
+        own_mariadb.proc.send_signal(signal.SIGCONT)
+    assert 'fab_source_errors_total{reason="timeout",source="operator"} 2.0' in metrics
     assert 'fab_source_up{source="operator"} 1.0' in await sample(client, app)
