@@ -9,11 +9,14 @@ short ratios would be NaN as soon as one base window of a low-volume process saw
 Every pair covers the SLO from 1x burn upwards: a pair whose workbook factor is under 1x (the
 3d/6h pair of a 28d SLO: 0.93x) is scaled up to 1x, not dropped, so a steady 2x burn still tickets.
 
-Low volumes are handled twice: every pair's long window needs `min_events` valid and
+Low volumes are handled three ways. Every pair's long window needs `min_events` valid and
 `min_bad_events` bad events before it fires (one late item among a few is a large ratio, not a
-burn), and a short window with no event at all cannot start an alert but keeps a firing one
-(`keep_firing_for` its longest short window: no news is not recovery), so a process with a few
-tickets per hour neither pages on one late ticket, nor after the last event, nor flaps.
+burn); it also needs the bad events its share of the whole window's budget stands for, counted
+from fabwatch's `fab_sla_window_valid` when exported (a Prometheus younger than the long window
+would otherwise read a burst as a burn of the whole budget). And a short window with no event at
+all cannot start an alert but keeps a firing one (`keep_firing_for` its longest short window: no
+news is not recovery), so a process with a few tickets per hour neither pages on one late ticket,
+nor after the last event, nor flaps.
 
 The SLA-window view (burn over the whole window, budget left, in ratio and in events) comes from
 fabwatch's own window sums (`fab_kpi_value`, `fab_sla_window_valid`), which cover the window from
