@@ -123,6 +123,12 @@ class TimeColumn:
         return self.kind == "iso_text" and self.iso.offset is None
 
     @property
+    def fixed_offset(self) -> bool:
+        """Whether the zone's offset never changes in the years the SQL is built for."""
+        years = (self.year - 3, self.year + 1) if self.year else (1970, 2050)
+        return len(zone_segments(self.zone, *years)) == 1
+
+    @property
     def step(self) -> float:
         """The resolution of a bound value, in seconds (0: continuous enough to bind exactly)."""
         return {"epoch_s": 0.0, "epoch_ms": 0.001, "date": 86400.0, "iso_text": self.iso.step}.get(self.kind, 1e-6)
