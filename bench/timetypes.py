@@ -22,12 +22,17 @@ Then, per repetition:
                               on the epoch database: wall time of one collection of the 5 statements.
 
 In the last repetition, each read of one steady cycle is also run 5 times under `EXPLAIN (ANALYZE,
-BUFFERS)` on each database (server-side planning and execution time, and the plan's scans). Prints
-a Markdown summary and writes everything under --out. Every step is bounded by a timeout; a size whose
+BUFFERS)` on each database (server-side planning and execution time, and the plan's scans). Then the
+completed-edge statement (cycle-time buckets, SLA, labour cost) runs on its steady edges and on the
+full 7-day window (what the first sample and each reconcile read) as built for epoch columns, as
+built for timestamptz (`EXTRACT(epoch ...)`), and rewritten with `date_part('epoch', ...)` or with
+interval arithmetic, checking that all give the same rows. Prints a Markdown summary and writes
+everything under --out. Every step is bounded by a timeout; a size whose
 data cannot be built within --build-timeout is reported and skipped.
 
     .venv/bin/python bench/timetypes.py                              # 1M and 10M rows, 5 repetitions
     .venv/bin/python bench/timetypes.py --sizes 1000000 3000000 --reps 3
+    .venv/bin/python bench/timetypes.py variants --port P --result OUT/kpi_1m/fabwatch.r5.json  # after --keep
 """
 
 import argparse
@@ -296,6 +301,9 @@ def report(sizes: list[dict[str, Any]]) -> str:
                      f"{fmt(s.get('ratio_tz_epoch'), 2)} | {fmt(s.get('ratio_per_cycle'), 2)} | "
                      f"{fmt(s.get('qe_pg'))} | {vs_qe} | {fmt(s.get('floor_pg'))} | {server} | {first} |")
     for s in sizes:
+        if "variants" in s:
+            lines.append(f"\n{s['rows']:,} rows: server time of the completed-edge statement (median of 3)\n")
+            lines.append(s["variants"])
         for variant in VARIANTS:
             plans = s.get(variant, {}).get("explain", [])
             if plans:
@@ -451,6 +459,10 @@ def main() -> int:
             size_out = out / db_name(rows)
             size_out.mkdir(exist_ok=True)
             sizes.append(measure_size(pg, rows, a.reps, a.cycles, size_out))
+            last = size_out / f"fabwatch.r{a.reps}.json"
+            if last.exists():
+                log(f"{rows:,} rows: the completed-edge statement written three ways")
+                sizes[-1]["variants"] = asyncio.run(variants(pg.port, last, 3))
             (out / "summary.json").write_text(json.dumps(sizes, indent=1))
     finally:
         if not a.keep:
