@@ -22,7 +22,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    cast,
     column,
     func,
     literal,
@@ -373,7 +372,7 @@ def _duration_sums(tbl: TableClause | Subquery, paused: str | None, completed: E
         span: Expr = completed - created
         if paused:
             span = span - func.coalesce(tbl.c[paused], 0) * literal_column("INTERVAL '1 second'")
-        total = cast(func.extract("epoch", func.sum(span)), Double)
+        total = func.date_part("epoch", func.sum(span), type_=Double)
         return [("dur_sum", total), *[(f"le_{i}", _count_if(span <= literal_column(f"INTERVAL '{bound!r} seconds'")))
                                       for i, bound in enumerate(buckets)]]
     duration = completed - created
