@@ -175,11 +175,11 @@ class RecordStore:
                 fresh.append(event.event_id in inserted)
                 inserted.discard(event.event_id)  # a repeat within the batch is a duplicate
             for table in dict.fromkeys(e.table for e in events if e.row is not None):
-                rows = [e.row for e, new in zip(events, fresh, strict=True)
-                        if new and e.row is not None and e.table == table]
-                db.executemany(self._upsert(table), [_params(row) + (seq,) for row in rows])
+                written = [e.row for e, new in zip(events, fresh, strict=True)
+                           if new and e.row is not None and e.table == table]
+                db.executemany(self._upsert(table), [_params(row) + (seq,) for row in written])
                 if table in self._incomplete:
-                    self._completed_by(db, table, rows, seq)
+                    self._completed_by(db, table, written, seq)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -420,7 +420,8 @@ _SEQ_DDL = ("fab_created_seq INTEGER NOT NULL DEFAULT 0", "fab_completed_seq INT
 
 
 def _index_ddl(table: str) -> str:
-    return "".join(f'CREATE INDEX IF NOT EXISTS "ix_{table}_{c}" ON "{table}" ({c});' for c in _INDEXED)
+    return "".join(f'CREATE INDEX IF NOT EXISTS "ix_{table}_{c}" ON "{table}" ({c})'
+                   + (f" WHERE {c} IS NOT NULL" if c == "fab_completed_seq" else "") + ";" for c in _INDEXED)
 
 
 def _migrate(db: sqlite3.Connection, table: str, path: Path) -> None:

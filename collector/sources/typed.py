@@ -78,7 +78,7 @@ class TypedEvents:
         if mapped is None:
             return None
         row, partial = mapped
-        return Event(event_id, name, self.table, row, resource.id, when, partial=partial)
+        return Event(event_id, name, self.table, row, resource.id, when, False, partial)  # positional: faster
 
     def row(self, resource: Any, observed: float) -> tuple[Row, bool] | None:
         """The row of a decoded resource and whether it is partial, as `event_row` maps it; None
