@@ -19,7 +19,7 @@ Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", m
 MIB = 1024 * 1024
 
 
-RECORD_STORE_TABLES = frozenset({"sync_meta", "tmf_event", "tmf_deleted", "kpi_value", "cost_entry"})
+RECORD_STORE_TABLES = frozenset({"sync_meta", "tmf_event", "tmf_deleted", "tmf_incomplete", "kpi_value", "cost_entry"})
 """Tables every record store keeps for itself; a records table cannot take their names."""
 
 class _Model(BaseModel):

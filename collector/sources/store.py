@@ -63,7 +63,8 @@ STICKY = ("reopened", "fallout")
 _INDEXED = ("status", "created_at", "completed_at", "fab_created_seq", "fab_completed_seq")
 """What the KPI engine's statements filter on (open items; creation and completion edges; what
 arrived since a sample). Each index costs every write of an event; `updated_at` is compared only
-through the primary key."""
+through the primary key. The completion sequence's index is partial (NOT NULL): writes of open
+items skip it, and the engine's range conditions on it imply NOT NULL, so SQLite still uses it."""
 SEQ_COLUMNS = ("fab_created_seq", "fab_completed_seq")
 """The ingest sequence's columns, after `COLUMNS`: written by the upsert itself, never given by a row."""
 INGEST_SEQ = "ingest_seq"
@@ -420,6 +421,7 @@ _SEQ_DDL = ("fab_created_seq INTEGER NOT NULL DEFAULT 0", "fab_completed_seq INT
 
 
 def _index_ddl(table: str) -> str:
+    """The indexes of a records table (after a migration added the sequence columns)."""
     return "".join(f'CREATE INDEX IF NOT EXISTS "ix_{table}_{c}" ON "{table}" ({c})'
                    + (f" WHERE {c} IS NOT NULL" if c == "fab_completed_seq" else "") + ";" for c in _INDEXED)
 
