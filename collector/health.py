@@ -69,6 +69,18 @@ class Intake(Protocol):
         """How long each group commit took (`COMMIT_BUCKETS`)."""
 
 
+class Completions(Protocol):
+    """What a TMF events listener shows of the resources events spoke of before they were whole."""
+
+    @property
+    def incomplete(self) -> int:
+        """Resources waiting in the record store for the API or a later event to complete them."""
+
+    @property
+    def completed(self) -> Mapping[str, int]:
+        """Incomplete resources completed (or given up), by how: api, event, failed."""
+
+
 def fabwatch_version() -> str:
     """Return the installed fabwatch version, or `unknown` when run from a bare checkout."""
     try:
@@ -98,6 +110,8 @@ class HealthTracker:
         self.version = version or fabwatch_version()
         self.intake: dict[str, Intake] = {}
         """The listener of each `tmf_events` source: its live counts by result, its last event."""
+        self.completions: dict[str, Completions] = {}
+        """The listener of each `tmf_events` source: its incomplete resources."""
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -153,7 +167,23 @@ class HealthTracker:
         info = Family("fab_build_info", "gauge",
                       "fabwatch build information; the value is always 1.",
                       [((("version", self.version),), 1.0)])
-        return (up, last, durations, errors, info, *self._intake_families())
+        return (up, last, durations, errors, info, *self._intake_families(), *self._completion_families())
+
+    def _completion_families(self) -> tuple[Family, ...]:
+        """`fab_records_incomplete` and `fab_records_completed_total{how}`, when there are listeners."""
+        if not self.completions:
+            return ()
+        waiting = Family("fab_records_incomplete", "gauge",
+                         "Resources TMF events of the source spoke of partially, not stored yet: they count in "
+                         "no KPI until the API or a later event completes them.")
+        done = Family("fab_records_completed", "counter",
+                      "Incomplete resources of the source completed from the API, by a later event, or given up "
+                      "(failed: the API does not know them).")
+        for name, listener in self.completions.items():
+            waiting.samples.append(((("source", name),), float(listener.incomplete)))
+            done.samples.extend(((("source", name), ("how", how)), float(listener.completed.get(how, 0)))
+                                for how in ("api", "event", "failed"))
+        return (waiting, done)
 
     def _intake_families(self) -> tuple[Family, ...]:
         """`fab_events_received_total` (every result from 0 on), the time of the last event and the

@@ -26,7 +26,7 @@ from collector.logs import log_event
 from collector.sources.schema import TmfEventsSource
 from collector.sources.store import Event, RecordStore
 from collector.sources.times import maybe_time
-from collector.sources.tmf import APIS, MappingError, TmfApi, resource_to_row
+from collector.sources.tmf import APIS, MappingError, TmfApi, event_row
 from collector.sources.typed import TypedEvents
 
 SECRET_HEADER = "X-Fabwatch-Secret"
@@ -85,6 +85,10 @@ class Listener:
         """Unix time of the last event stored or redelivered; at start, the newest in the store, else now."""
         self.commits = DurationHistogram(COMMIT_BUCKETS)
         """How long each group commit took, failed ones too; exported as `fab_events_commit_duration_seconds`."""
+        self.incomplete = 0
+        """Resources events spoke of partially that are not stored yet (`tmf_incomplete`)."""
+        self.completed: dict[str, int] = {}
+        """Incomplete resources that left `tmf_incomplete`, by how (`store.COMPLETED`), since the store began."""
         self.forget_every = FORGET_EVERY
         self._forget_at = 0.0
         """When (monotonic) the next pass over old event ids is due; the first is at start."""
@@ -92,6 +96,7 @@ class Listener:
     async def start(self) -> None:
         self._stopping = False
         self.last_received = self.store.last_received() or time.time()
+        self._count_incomplete()
         self._writer = asyncio.create_task(self._write_loop(), name=f"listener-{self.name}")
 
     async def stop(self) -> None:
@@ -206,12 +211,12 @@ class Listener:
                resource: Mapping[str, Any]) -> Event:
         try:
             when = maybe_time(body.get("eventTime") or body.get("timeOccurred") or body.get("timeOcurred"))
-            row = None if kind == "delete" else resource_to_row(self.api, self.source.version, resource,
-                                                                 when if when is not None else time.time())
+            row, partial = (None, False) if kind == "delete" else event_row(
+                self.api, self.source.version, resource, when if when is not None else time.time())
         except (MappingError, ValueError) as exc:
             raise BadEvent(400, "invalidResource", str(exc)) from exc
         table = self.store.tables[0]
-        return Event(event_id, name, table, row, str(resource["id"]), when, delete=kind == "delete")
+        return Event(event_id, name, table, row, str(resource["id"]), when, delete=kind == "delete", partial=partial)
 
     def _notify(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -261,6 +266,7 @@ class Listener:
             forgotten = 0
         if forgotten:
             log_event(_LOG, "event_ids_forgotten", logging.DEBUG, source=self.name, count=forgotten)
+        self._count_incomplete()  # the sampler completes them from the API, on its own connection
         self._forget_at = time.monotonic() + (1.0 if forgotten >= FORGET_BATCH else self.forget_every)
 
     async def _commit(self, batch: list[tuple[Event, "Answer"]]) -> None:
@@ -289,6 +295,15 @@ class Listener:
         self.received["duplicate"] += len(fresh) - new
         for (event, answer), is_new in zip(batch, fresh, strict=True):
             self._answer(answer, 201, ack_body(event.event_id, is_new))
+        if self.incomplete or any(event.partial for event, _ in batch):
+            self._count_incomplete()
+
+    def _count_incomplete(self) -> None:
+        """Read how many resources are incomplete, and how many were completed, from the store."""
+        try:
+            self.incomplete, self.completed = self.store.incomplete_counts()
+        except Exception as exc:  # a count is not worth failing the listener: the next one may pass
+            log_event(_LOG, "incomplete_count_failed", logging.WARNING, source=self.name, error=repr(exc))
 
     def _answer(self, answer: "Answer", status: int, body: bytes) -> None:
         """Answer one event; a failing answer (a vanished client) must not stop the others."""

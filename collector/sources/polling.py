@@ -20,9 +20,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote, urljoin
 
+from collector.errors import SourceError
 from collector.logs import log_event
 from collector.sources.http import HttpClient, Reply, SourceSchemaMismatch
-from collector.sources.schema import TmfSource
+from collector.sources.schema import TmfEventsSource, TmfSource
 from collector.sources.store import RecordStore, Row
 from collector.sources.times import format_time
 from collector.sources.tmf import APIS, MappingError, resource_to_row
@@ -188,6 +189,63 @@ class TmfPoller:
                 self.store.upsert(table, rows, meta)
 
         await asyncio.to_thread(write)
+
+
+class ResourceCompleter:
+    """Completes from the API the resources a `tmf_events` source heard of only partially.
+
+    At each sample, up to `complete_max` incomplete resources (the least tried first) are read
+    with `GET {base_url}/{resource}/{id}` and stored whole, a kept partial event that is newer
+    merged over them. A 404 gives the resource up (counted as failed); another failure leaves it
+    for the next sample, and stops this one's round: an API that is down is not asked once per
+    resource. The sample itself does not fail: the events it counts are stored.
+    """
+
+    def __init__(self, name: str, source: TmfEventsSource, client: HttpClient, store: RecordStore) -> None:
+        self.name = name
+        self.source = source
+        self.api = APIS[source.api]
+        self.client = client
+        self.store = store
+        self.url = f"{(source.base_url or '').rstrip('/')}/{self.api.resource}"
+
+    async def sync(self, now: float | None = None) -> int:
+        """Read the incomplete resources of this round from the API; return how many were completed."""
+        now = time.time() if now is None else now
+        waiting = await asyncio.to_thread(self.store.incomplete, self.source.complete_max)
+        found: dict[tuple[str, str], Row] = {}
+        gone: list[tuple[str, str]] = []
+        failed: list[tuple[str, str]] = []
+        for key in waiting:
+            try:
+                row = await self._read(key[1], now)
+            except (SourceError, MappingError) as exc:
+                failed.append(key)
+                log_event(_LOG, "tmf_completion_failed", logging.WARNING, source=self.name, id=key[1],
+                          error=str(exc), retry="at the next sample")
+                if isinstance(exc, SourceError):
+                    break
+                continue
+            if row is None:
+                gone.append(key)
+            else:
+                found[key] = row
+        if not waiting:
+            return 0
+        done = await asyncio.to_thread(self.store.complete, found, gone, failed)
+        log_event(_LOG, "tmf_resources_completed", source=self.name, completed=done, unknown_to_api=len(gone),
+                  failed=len(failed))
+        return done
+
+    async def _read(self, ident: str, now: float) -> Row | None:
+        """The row of one resource as the API has it now; None when the API answers 404."""
+        reply = await self.client.request("GET", f"{self.url}/{quote(ident, safe='')}", missing_ok=True)
+        if reply.status == 404:
+            return None
+        row = resource_to_row(self.api, self.source.version, reply.body, now)
+        if row["id"] != ident:
+            raise MappingError(f"{self.api.resource} {ident!r}: the API answered id {row['id']!r}")
+        return row
 
 
 def _next_link(header: str) -> str | None:

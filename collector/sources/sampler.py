@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collector.health import HealthTracker
     from collector.sources.http import HttpClient
     from collector.sources.listener import Listener
-    from collector.sources.polling import TmfPoller
+    from collector.sources.polling import ResourceCompleter, TmfPoller
     from collector.sources.store import RecordStore
 
 LISTENERS = web.AppKey[dict[str, "Listener"]]("tmf_listeners")
@@ -220,10 +220,11 @@ def build_sampler(name: str, source: Source, processes: Mapping[str, Process], s
     # a record reaches the store when it arrives, whatever its dates: look for late ones at every sample
     inner = SourceSampler(name, store_source(source, store), processes, state, late_every_sample=True, **options)
     syncer = _syncer(name, source, store, service)
-    if isinstance(source, TmfEventsSource) and source.hub_url is None:
+    if isinstance(source, TmfEventsSource) and source.hub_url is None and source.base_url is None:
         store.close()  # the listener writes events through its own connection
         return SyncingSampler(name, syncer, None, inner)
-    # With a hub, this connection keeps the subscription's id (`HubRegistration`).
+    # With a hub, this connection keeps the subscription's id (`HubRegistration`); with an API, it
+    # completes the incomplete resources (`ResourceCompleter`).
     return SyncingSampler(name, syncer, store, inner)
 
 
@@ -255,7 +256,27 @@ def _syncer(name: str, source: SyncedSource, store: "RecordStore", service: Serv
         return HttpJsonSync(name, source, client, store)
     scheme = "https" if service.events_tls is not None else "http"
     callback = source.callback or f"{scheme}://{service.events_listen or service.listen}/tmf/{name}"
-    return HubRegistration(name, source, callback, store, client)
+    hub = HubRegistration(name, source, callback, store, client)
+    if source.base_url is None:
+        return hub
+    from collector.sources.polling import ResourceCompleter
+
+    return _Events(hub, ResourceCompleter(name, source, client, store))
+
+
+class _Events:
+    """A `tmf_events` source with an API: keep the hub registration, then complete what events left partial."""
+
+    def __init__(self, hub: HubRegistration, completer: "ResourceCompleter") -> None:
+        self.hub = hub
+        self.completer = completer
+
+    async def sync(self, now: float | None = None) -> int:
+        await self.hub.sync(now)
+        return await self.completer.sync(now)
+
+    async def close(self) -> None:
+        await self.hub.close()  # closes the client both share
 
 
 class _Polling:
@@ -299,6 +320,7 @@ def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource], stat
                 app[LISTENERS][name] = listener
                 if health is not None:
                     health.intake[name] = listener
+                    health.completions[name] = listener
             address = inventory.service.events_address
             if address is not None:
                 from collector.sources.events_http import EventsServer  # httptools only when used

@@ -19,7 +19,7 @@ Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", m
 MIB = 1024 * 1024
 
 
-RECORD_STORE_TABLES = frozenset({"sync_meta", "tmf_event", "tmf_deleted", "kpi_value", "cost_entry"})
+RECORD_STORE_TABLES = frozenset({"sync_meta", "tmf_event", "tmf_deleted", "tmf_incomplete", "kpi_value", "cost_entry"})
 """Tables every record store keeps for itself; a records table cannot take their names."""
 
 class _Model(BaseModel):
@@ -138,8 +138,13 @@ class TmfEventsSource(_Synced):
     silent_after: Duration | None = None
     """Alert (`FabEventsSilent`) when no event came for this long: a hub that lost the subscription
     or stopped sending. Off by default: how long a quiet spell is normal depends on the API."""
+    base_url: Url | None = None
+    """The API root (as a `tmf` source's); when set, a resource an event spoke of only partially,
+    and fabwatch has not stored, is read at the next sample (`GET {base_url}/{resource}/{id}`)."""
+    complete_max: Annotated[int, Field(ge=1, le=10_000)] = 100
+    """Incomplete resources read from the API per sample, at most."""
     auth: Auth | None = None
-    """Credentials for the hub registration."""
+    """Credentials for the hub registration and the API (`base_url`)."""
     ca_file: str | None = None
 
     @property

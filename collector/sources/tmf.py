@@ -155,6 +155,33 @@ def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any], obse
     the state was seen (the event's time, the poll's time), for the APIs that date no change
     (TMF622 defines no `lastUpdate`).
     """
+    row = _mapped(api, version, resource, observed)
+    for needed in ("id", "created_at", "updated_at", "status"):
+        if row[needed] is None or row[needed] == "":
+            raise MappingError(f"{api.resource} {resource.get('id')!r} has no {needed}")
+    _check_id(api, row)
+    return row
+
+
+def event_row(api: TmfApi, version: int, resource: Mapping[str, Any], observed: float) -> tuple[Row, bool]:
+    """Map the resource of an event: a whole row as `resource_to_row` gives it, or, when it lacks the
+    creation date or the status (a change event with only what changed), the columns it gives and
+    True: a partial row the record store merges. A value of the wrong type is still a `MappingError`."""
+    row = _mapped(api, version, resource, observed)
+    for needed in ("id", "updated_at"):
+        if row[needed] is None or row[needed] == "":
+            raise MappingError(f"{api.resource} {resource.get('id')!r} has no {needed}")
+    _check_id(api, row)
+    if row["status"] == "":
+        raise MappingError(f"{api.resource} {resource.get('id')!r} has no status")
+    if row["created_at"] is None or row["status"] is None:
+        return {name: value for name, value in row.items() if value is not None}, True
+    return row, False
+
+
+def _mapped(api: TmfApi, version: int, resource: Mapping[str, Any], observed: float | None) -> Row:
+    """The columns a resource gives (None where it gives none); raise `MappingError` for a value of
+    the wrong type."""
     if not isinstance(resource, dict):
         raise MappingError(f"a {api.resource} must be a JSON object")
     row: Row = dict.fromkeys(NAMES)
@@ -169,12 +196,12 @@ def resource_to_row(api: TmfApi, version: int, resource: Mapping[str, Any], obse
     if row["updated_at"] is None:
         row["updated_at"] = version_of(api, resource.get, observed)
     _lifecycle(api, version, resource, row)
-    for needed in ("id", "created_at", "updated_at", "status"):
-        if row[needed] is None or row[needed] == "":
-            raise MappingError(f"{api.resource} {resource.get('id')!r} has no {needed}")
+    return row
+
+
+def _check_id(api: TmfApi, row: Row) -> None:
     if not isinstance(row["id"], str):
         raise MappingError(f"{api.resource} id must be a string")
-    return row
 
 
 def fill_from_extension(api: TmfApi, row: Row, extension: Mapping[str, Any]) -> None:

@@ -3,7 +3,7 @@
 msgspec decodes an event body straight into structs that hold only the attributes a work item
 needs, typed (a string, a number, an object, a list of objects), so the attributes nobody reads
 are skipped instead of built into dicts, and a value of another type stops the decoding. What
-decodes is mapped to the row `resource_to_row` gives, with the same rules; anything unusual (a
+decodes is mapped to the row `event_row` gives (a whole row, or a partial one), with the same rules; anything unusual (a
 value of another type, an empty one, a date-time that does not parse, malformed JSON) makes
 `event` return None, and the listener takes the general path, which gives the same row or the
 error. A test checks that both paths agree on every event shape it generates.
@@ -72,16 +72,17 @@ class TypedEvents:
             return None
         try:
             when = maybe_time(body.eventTime or body.timeOccurred or body.timeOcurred)
-            row = self.row(resource, when if when is not None else time.time())
+            mapped = self.row(resource, when if when is not None else time.time())
         except _UNUSUAL:
             return None
-        if row is None:
+        if mapped is None:
             return None
-        return Event(event_id, name, self.table, row, resource.id, when)
+        row, partial = mapped
+        return Event(event_id, name, self.table, row, resource.id, when, False, partial)  # positional: faster
 
-    def row(self, resource: Any, observed: float) -> Row | None:
-        """The row of a decoded resource, as `resource_to_row` maps it; None when it has no id,
-        creation date, version or status (the general path says which)."""
+    def row(self, resource: Any, observed: float) -> tuple[Row, bool] | None:
+        """The row of a decoded resource and whether it is partial, as `event_row` maps it; None
+        when it has no id, version or an empty status (the general path says which)."""
         api = self.api
         row: Row = dict.fromkeys(NAMES)
         row["id"] = resource.id
@@ -101,9 +102,11 @@ class TypedEvents:
                        if (when := change.changeDate or change.statusChangeDate)]
             if reopened_in(api, changes):
                 row["reopened"] = 1
-        if row["created_at"] is None or row["updated_at"] is None or not row["status"]:
+        if row["updated_at"] is None or row["status"] == "":
             return None
-        return row
+        if row["created_at"] is None or row["status"] is None:
+            return {name: value for name, value in row.items() if value is not None}, True
+        return row, False
 
 
 def _dig(node: Any, path: Path) -> Any:

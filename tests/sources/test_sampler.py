@@ -1,7 +1,9 @@
-"""The glue of the non-SQL sources: hub registration."""
+"""The glue of the non-SQL sources: hub registration, incomplete resources completed from the API."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -10,10 +12,15 @@ from aiohttp import web
 
 from collector.errors import SourceError
 from collector.sources.http import HttpClient, limits_of
-from collector.sources.sampler import HubRegistration
+from collector.sources.listener import Listener
+from collector.sources.sampler import HubRegistration, build_sampler, open_store
 from collector.sources.schema import TmfEventsSource
 from collector.sources.store import RecordStore
-from tests.sources.helpers import serve_app
+from collector.sources.times import format_time
+from collector.sources.tmf import APIS, resource_to_row
+from collector.state import StateStore
+from simulator import Simulator
+from tests.sources.helpers import problem_inventory, serve_app, tmf_server
 
 
 @pytest.mark.parametrize("secret", [None, "s3cret"])
@@ -91,3 +98,56 @@ async def test_a_subscription_the_hub_would_not_drop_at_a_restart_is_dropped_lat
         await restarted.close()
         store.close()
     assert hub.subscriptions == []
+
+
+async def test_a_ticket_an_event_spoke_of_partially_is_completed_from_the_api_at_the_next_sample(
+        tmp_path: Path) -> None:
+    """An event about a ticket fabwatch never stored is acknowledged and kept; the next sample reads
+    it from the simulator's TMF621 API (`GET {base_url}/troubleTicket/{id}`), and gives up one the
+    API does not know."""
+    start = 1_767_225_600.0
+    dsn = f"sqlite+aiosqlite:///{tmp_path / 'operator.db'}"
+    simulator = Simulator(dsn, seed=5, scale=0.1)
+    await simulator.create_schema()
+    await simulator.backfill(2, start)
+    await simulator.close()
+    async with tmf_server(dsn) as (_, url):
+        base = url + APIS["tmf621"].base_paths[4]
+        client = HttpClient("probe", limits_of(TmfEventsSource(kind="tmf_events", api="tmf621")))
+        listed = (await client.request("GET", f"{base}/troubleTicket", params={"ticketType": "problem",
+                                                                                "limit": "1"})).body
+        await client.close()
+        known = listed[0]
+        inventory = problem_inventory(tmp_path, {"kind": "tmf_events", "api": "tmf621", "base_url": base,
+                                                 "store": str(tmp_path / "events.db"), "interval": "1h"})
+        source = inventory.sources["src"]
+        assert isinstance(source, TmfEventsSource)
+        listener = Listener("src", source, open_store("src", source, inventory.processes, tmp_path / "state.db"))
+        await listener.start()
+        answers: list[tuple[int, bytes]] = []
+        older = format_time(start - 30 * 86_400)  # than what the API has: the API's resource wins
+        for ident in (known["id"], "TT-UNKNOWN"):
+            body = {"eventId": f"E-{ident}", "event": {"troubleTicket": {
+                "id": ident, "status": "inProgress", "statusChangeDate": older}}}
+            done = asyncio.get_running_loop().create_future()
+            listener.submit("troubleTicketStatusChangeEvent", json.dumps(body).encode(),
+                            lambda status, reply, done=done: done.set_result((status, reply)))
+            answers.append(await asyncio.wait_for(done, 10))
+        assert [status for status, _ in answers] == [201, 201]
+        assert listener.store.rows("trouble_ticket") == []
+        assert listener.store.incomplete_counts() == (2, {"api": 0, "event": 0, "failed": 0})
+        state = StateStore(tmp_path / "state.db")
+        sampler = build_sampler("src", source, inventory.processes, state, inventory.service, tmp_path / "state.db")
+        try:
+            await sampler.open()
+            await sampler.sample(start + 3 * 86_400)
+        finally:
+            await sampler.close()
+            state.close()
+        expected = resource_to_row(APIS["tmf621"], 4, known)
+        stored = listener.store.rows("trouble_ticket")
+        assert [(r["id"], r["created_at"], r["status"], r["priority"]) for r in stored] == [
+            (known["id"], expected["created_at"], expected["status"], expected["priority"])]
+        assert listener.store.incomplete_counts() == (0, {"api": 1, "event": 0, "failed": 1})
+        await listener.stop()
+        listener.store.close()

@@ -160,3 +160,27 @@ def test_odd_bodies_map_as_in_general(raw: bytes, tmp_path: Path) -> None:
         assert typed == expected
     else:
         assert expected is not None
+
+
+@pytest.mark.parametrize(("kind", "version"), ENDPOINTS)
+def test_a_change_event_with_only_what_changed_is_partial_on_both_paths(
+        kind: str, version: int, records: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """`{"id": "TT-1", "status": "closed", "statusChangeDate": ...}`: no creation date, so not a whole
+    work item; both paths give the same partial row (the store merges it), neither refuses it."""
+    listener = listener_for(kind, version, tmp_path)
+    api = APIS[kind]
+    seen = 0
+    for name, body in bodies(kind, version, records):
+        doc = body["event"][api.resource]
+        kept = {"id", api.state_key, "lastUpdate", *api.change_dates}
+        body["event"][api.resource] = {k: v for k, v in doc.items() if k in kept}
+        raw = json.dumps(body).encode()
+        typed = listener._typed.event(name, raw)
+        assert typed is not None, body
+        assert typed.partial
+        assert typed.row is not None
+        assert "created_at" not in typed.row
+        assert typed.row["status"] == doc[api.state_key]
+        assert typed == general(listener, name, raw)
+        seen += 1
+    assert seen >= 4
