@@ -138,6 +138,8 @@ class SourceSampler:
         self.late_every_sample = late_every_sample
         """Look for late rows at every sample over the longest window (a record store fabwatch writes,
         where a record may arrive days after its dates), not only at a reconcile over `late_window`."""
+        self._arrived: int | None = None
+        """The record store's ingest sequence at the start of this sample."""
         self.clock = clock
         """What `now` is when `sample()` is not given one (the wall clock unless replaying)."""
         self.source = source
@@ -194,6 +196,7 @@ class SourceSampler:
             async with self._guard(), self._read_only() as conn:
                 if self._times is None or _year(now) != self._year:
                     await self._detect(conn, now)
+                self._arrived = await self._ingest_seq(conn) if self.late_every_sample else None
                 readers = {name: _EdgeReader(conn, self._queries[name]) for name in self.processes}
                 self._followed = set()
                 for shared in self._shared:
@@ -385,7 +388,7 @@ class SourceSampler:
             await reader.prefetch(self._ranges(reader, process, state, lo, prev, hi, now))
             reconcile = self._reconcile_due(state, prev, now)
             await self._count_entering(reader, process, state, lo, hi)
-            if prev is not None and (reconcile or self.late_every_sample):
+            if prev is not None and (reconcile or await self._arrived_late(conn, process, state, prev)):
                 late = await self._count_late(reader, process, state, hi)
                 if late and name in self._books:
                     del self._books[name]  # a late row may be open: recount the backlog now
@@ -467,6 +470,32 @@ class SourceSampler:
                           hint="rows committed later than settle; counted now")
             ledgers[edge] = {"from": start, "sums": kept}
         return total
+
+    async def _ingest_seq(self, conn: AsyncConnection) -> int | None:
+        """The record store's last ingest sequence number (read before the rows, so that a record
+        written after it is looked at in the next sample)."""
+        row = (await conn.execute(text("SELECT value FROM sync_meta WHERE key = 'ingest_seq'"))).first()
+        return None if row is None else int(row[0])
+
+    async def _arrived_late(self, conn: AsyncConnection, process: Process, state: dict[str, Any],
+                            prev: float) -> bool:
+        """Whether a record store received, since the last sample, a record whose creation or completion
+        the counters had already passed (`prev`): then the late-row check runs. Two index lookups."""
+        if self._arrived is None:
+            return False
+        since, state["seq"] = state.get("seq"), self._arrived
+        if since is None:
+            return True
+        cols, table = process.records.columns, process.records.table
+        for edge, column_name in (("created", cols.created), ("completed", cols.completed)):
+            if column_name is None:
+                continue
+            found = await conn.execute(text(
+                f'SELECT 1 FROM "{table}" WHERE fab_{edge}_seq > :since AND fab_{edge}_seq <= :until '
+                f'AND "{column_name}" <= :prev LIMIT 1'), {"since": since, "until": self._arrived, "prev": prev})
+            if found.first() is not None:
+                return True
+        return False
 
     def _late_window(self, process: Process) -> float:
         if self.late_every_sample:

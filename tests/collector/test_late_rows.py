@@ -11,6 +11,7 @@ from pathlib import Path
 from collector.engine import SourceSampler
 from collector.inventory import load_inventory
 from collector.samples import SourceSample
+from collector.sources.store import NAMES, RecordStore
 from collector.state import StateStore
 
 T0 = 1_767_225_600.0
@@ -115,18 +116,39 @@ async def test_the_late_count_survives_a_restart(tmp_path: Path) -> None:
         await engine.close()
 
 
+def store_row(ident: str, created: float, completed: float | None, status: str) -> dict[str, object]:
+    row: dict[str, object] = dict.fromkeys(NAMES)
+    row.update(id=ident, created_at=created, completed_at=completed, due_at=created + 86400, updated_at=created,
+               status=status, priority="high", handling_minutes=1.0)
+    return {k: v for k, v in row.items() if v is not None}
+
+
 async def test_a_record_store_counts_a_late_record_at_the_next_sample(tmp_path: Path) -> None:
-    db = make_db(tmp_path / "ops.db")
-    engine = sampler(tmp_path, every_sample=True)
+    store = RecordStore(tmp_path / "ops.db", ["ticket"])
+    path = tmp_path / "inv.yaml"
+    path.write_text(INVENTORY.format(db=tmp_path / "ops.db").replace("measures: [minutes]",
+                                                                      "measures: [handling_minutes]")
+                    .replace("driver: minutes", "driver: handling_minutes"))
+    inventory = load_inventory([path])
+    engine = SourceSampler("db", inventory.sources["db"], inventory.processes,  # type: ignore[arg-type]
+                           StateStore(tmp_path / "state.db"), late_every_sample=True)
     try:
+        store.upsert("ticket", [store_row("now", T0 - 100, None, "open")])
         await engine.sample(T0)
+        await engine.sample(T0 + 30)
         # a record created and completed days before it arrives (within the longest window)
-        db.execute("INSERT INTO ticket VALUES ('old', ?, ?, ?, 'done', 'high', 1)", (T0 - 80000, T0 - 70000, T0))
+        store.upsert("ticket", [store_row("old", T0 - 80000, T0 - 70000, "done")])
         found = await engine.sample(T0 + 60)
-        assert value(found, "fab_items_created", priority="high") == 1
+        assert value(found, "fab_items_created", priority="high") == 2
         assert value(found, "fab_items_completed", priority="high", outcome="unknown") == 1
+        # an open record completed long ago, heard of late
+        store.upsert("ticket", [store_row("now", T0 - 100, T0 - 90, "done")])
         again = await engine.sample(T0 + 120)
-        assert value(again, "fab_items_created", priority="high") == 1
+        assert value(again, "fab_items_created", priority="high") == 2
+        assert value(again, "fab_items_completed", priority="high", outcome="unknown") == 2
         assert value(again, "fab_items_late", edge="created") == 1
+        assert value(again, "fab_items_late", edge="completed") == 2
+        assert value(again, "fab_backlog_items", priority="high") == 0
     finally:
         await engine.close()
+        store.close()

@@ -5,8 +5,10 @@ Every test runs twice: through the main port's aiohttp route and through the eve
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -236,3 +238,45 @@ async def test_an_event_about_an_unseen_ticket_is_kept_until_a_later_event_compl
         'fab_records_completed_total{how="api",source="tickets"}': 0.0,
         'fab_records_completed_total{how="event",source="tickets"}': 1.0,
         'fab_records_completed_total{how="failed",source="tickets"}': 0.0}
+
+
+async def test_late_events_are_counted_once_within_a_sample_of_their_arrival(tmp_path: Path) -> None:
+    """A hub retrying after a partition sends a ticket created ten minutes ago, and one created and
+    resolved days ago: both enter `fab_items_created_total` and the backlog at the next sample (they
+    were stored, and not counted, until the next reconcile an hour later)."""
+    port = free_port()
+    sources = {"sql": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'none.db'}"},
+               "tickets": {"kind": "tmf_events", "api": "tmf621", "store": str(tmp_path / "events.db"),
+                           "secret": SECRET, "interval": "1s"}}
+    inventory = example(sources, {p: "tickets" if p == "problem" else "sql" for p in API_OF}, tmp_path / "state.db")
+    app = build_app(inventory)
+    now = time.time()
+
+    def created_event(ident: str, created: float, status: str, resolved: float | None = None) -> dict[str, Any]:
+        resource = {"id": ident, "@type": "TroubleTicket", "status": status, "ticketType": "problem",
+                    "creationDate": format_time(created), "lastUpdate": format_time(resolved or created),
+                    "priority": "high"}
+        if resolved is not None:
+            resource["resolutionDate"] = format_time(resolved)
+        return envelope(f"e-{ident}", resource, name="TroubleTicketCreateEvent")
+
+    async def counts() -> tuple[float, ...]:
+        app[EXPORTER].invalidate()
+        async with aiohttp.ClientSession() as session, session.get(f"{base}/metrics") as response:
+            lines = (await response.text()).splitlines()
+        return tuple(sum(float(line.rsplit(" ", 1)[1]) for line in lines
+                         if line.startswith(name + "{") and 'process="problem"' in line)
+                     for name in ("fab_items_created_total", "fab_backlog_items", "fab_items_completed_total"))
+
+    async with serve_app(app, port=port) as base:
+        url = f"{base}/tmf/tickets/listener/troubleTicketCreateEvent"
+        await asyncio.sleep(2.5)  # a few samples pass: the watermark is past ten minutes ago
+        for event in (created_event("TT-late", now - 600, "acknowledged"), created_event("TT-now", now, "acknowledged"),
+                      created_event("TT-old", now - 3 * 86400, "resolved", now - 2 * 86400)):
+            assert (await _post(url, event))[0] == 201
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and await counts() != (3.0, 2.0, 1.0):
+            await asyncio.sleep(0.5)
+        assert await counts() == (3.0, 2.0, 1.0)
+        await asyncio.sleep(2.5)  # later samples count nothing twice
+        assert await counts() == (3.0, 2.0, 1.0)
