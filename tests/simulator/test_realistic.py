@@ -1,0 +1,213 @@
+"""The realistic schema holds the simulator's rows: read back through the example inventories' queries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import yaml
+from sqlalchemy import inspect, text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.schema import CreateTable
+
+from simulator.plans import ROW_DEFAULTS
+from simulator.realistic import PO_ORDER, TT_STATUS_HISTORY, RealisticSimulator, RealisticWriter, time_codec
+from tests.servers import PostgresServer
+from tests.simulator.helpers import NOW, dsn
+
+HOUR = 3600.0
+DAY = 86400.0
+EXAMPLES = Path(__file__).parents[2] / "examples"
+BERLIN = ZoneInfo("Europe/Berlin")
+# The epoch columns each process's query yields, as (query column, epoch column).
+MAPPED = {
+    "problem": ("trouble_ticket", ["created_at", "completed_at", "due_at"],
+                ["channel", "segment", "paused_seconds", "reopened", "handling_minutes", "outcome"]),
+    "order": ("product_order", ["created_at", "completed_at"],
+              ["channel", "segment", "paused_seconds", "fallout", "handling_minutes", "amount", "outcome"]),
+}  # fmt: skip
+
+
+def example(kind: str) -> dict[str, Any]:
+    """Return the raw mapping of an example inventory (independent of fabwatch's loader)."""
+    loaded: dict[str, Any] = yaml.safe_load((EXAMPLES / f"realistic-{kind}.yaml").read_text())
+    return loaded
+
+
+def epoch_seconds(value: Any) -> float | None:
+    """Convert a time read from the realistic schema to epoch seconds, refusing naive values."""
+    if value is None:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    assert isinstance(moment, datetime), value
+    assert moment.tzinfo is not None, value
+    return moment.timestamp()
+
+
+async def simulate(url: str, *, end: float = NOW, days: float = 8.0, steps: int = 24) -> None:
+    """Backfill up to a day before end, then step hour by hour to end (the live path)."""
+    sim = RealisticSimulator(url, scale=0.5, seed=3)
+    try:
+        await sim.backfill(days, end - DAY)
+        for i in range(1, steps + 1):
+            await sim.step(end - DAY + i * DAY / steps)
+    finally:
+        await sim.close()
+
+
+async def read_both(url: str, kind: str, process: str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Return the epoch rows by id and the rows of the example's query for a process."""
+    records = example(kind)["processes"][process]["records"]
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            epoch = (await conn.execute(text(f"SELECT * FROM {MAPPED[process][0]}"))).mappings()
+            by_id = {row["id"]: dict(row) for row in epoch}
+            mapped = [dict(row) for row in (await conn.execute(text(records["query"]))).mappings()]
+    finally:
+        await engine.dispose()
+    return by_id, mapped
+
+
+def assert_same_rows(kind: str, process: str, epoch: dict[str, dict[str, Any]], mapped: list[dict[str, Any]]) -> None:
+    """Assert that the query's rows, converted back, are the epoch rows."""
+    records = example(kind)["processes"][process]["records"]
+    lookups = records["lookups"]
+    _, times, plain = MAPPED[process]
+    assert len(mapped) == len(epoch) > 100
+    for row in mapped:
+        old = epoch[row["id"]]
+        for column in times:
+            got, want = epoch_seconds(row[column]), old[column]
+            assert (got is None) == (want is None), (column, row, old)
+            assert got is None or abs(got - want) <= 1e-6, (column, row, old)
+        if process == "order":
+            assert abs(row["due_at"] / 1000 - old["due_at"]) <= 5e-4, row
+        for column in plain:
+            value = float(row[column]) if isinstance(row[column], Decimal) else row[column]
+            assert value == old[column], (column, row, old)
+        assert lookups["state_id"][row["state_id"]] == old["status"], row
+        assert lookups["priority"][row["priority"]] == old["priority"], row
+        unmapped = set(ROW_DEFAULTS) - {*times, *plain, "due_at", "priority"}
+        assert {c: old[c] for c in unmapped} == {c: ROW_DEFAULTS[c] for c in unmapped}, old
+
+
+def assert_lifecycles_covered(epoch: dict[str, dict[str, Any]], process: str) -> None:
+    """Assert the data has the cases the mapping must get right (else the test proves little)."""
+    statuses = {row["status"] for row in epoch.values()}
+    if process == "problem":
+        assert {"inProgress", "resolved", "closed", "cancelled"} <= statuses
+        assert any(r["reopened"] and r["completed_at"] is not None for r in epoch.values())
+        assert any(r["status"] == "closed" and r["completed_at"] < r["updated_at"] for r in epoch.values())
+    else:
+        assert {"inProgress", "completed", "failed", "partial", "cancelled"} <= statuses
+
+
+@pytest.mark.parametrize("process", ["problem", "order"])
+async def test_sqlite_iso_text_schema_reads_back_as_the_epoch_rows(tmp_path: Path, process: str) -> None:
+    url = dsn(tmp_path / "operator.db")
+    await simulate(url)
+    epoch, mapped = await read_both(url, "sqlite", process)
+    assert_lifecycles_covered(epoch, process)
+    assert_same_rows("sqlite", process, epoch, mapped)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("process", ["problem", "order"])
+async def test_postgres_timestamptz_schema_reads_back_as_the_epoch_rows(postgres: PostgresServer, process: str) -> None:
+    url = postgres.dsn(database=postgres.create_database())
+    await simulate(url)
+    epoch, mapped = await read_both(url, "postgres", process)
+    assert_lifecycles_covered(epoch, process)
+    assert_same_rows("postgres", process, epoch, mapped)
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            kind = await conn.scalar(
+                text(
+                    "SELECT data_type FROM information_schema.columns "
+                    "WHERE table_name = 'tt_ticket' AND column_name = 'opened_at'"
+                )
+            )
+    finally:
+        await engine.dispose()
+    assert kind == "timestamp with time zone"
+
+
+async def test_sync_again_from_scratch_adds_no_duplicate_and_changes_nothing(tmp_path: Path) -> None:
+    url = dsn(tmp_path / "operator.db")
+    await simulate(url, steps=6)
+    before = await read_both(url, "sqlite", "problem")
+    writer = RealisticWriter(url)
+    try:
+        history = await writer.count(TT_STATUS_HISTORY)
+        async with writer.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM rt_sync"))  # as if the conversion had never run
+        assert await writer.sync() == len(before[0]) + await writer.count(PO_ORDER)
+        assert await writer.count(TT_STATUS_HISTORY) == history
+        assert await writer.sync() == 0  # nothing changed since
+    finally:
+        await writer.close()
+    assert await read_both(url, "sqlite", "problem") == before
+
+
+async def test_time_columns_have_indexes(tmp_path: Path) -> None:
+    url = dsn(tmp_path / "operator.db")
+    await simulate(url, days=0.5, steps=1)
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            indexed = await conn.run_sync(
+                lambda sync: {
+                    (table, column)
+                    for table in ("tt_ticket", "tt_status_history", "tt_sla", "po_order")
+                    for index in inspect(sync).get_indexes(table)
+                    for column in index["column_names"][:1]
+                }
+            )
+    finally:
+        await engine.dispose()
+    assert {
+        ("tt_ticket", "opened_at"), ("tt_ticket", "last_modified"), ("tt_status_history", "changed_at"),
+        ("tt_sla", "expected_resolution_at"), ("po_order", "order_date"), ("po_order", "completion_date"),
+    } <= indexed  # fmt: skip
+
+
+def test_mariadb_times_are_naive_local_datetime6_unique_across_the_spring_change() -> None:
+    ddl = str(CreateTable(PO_ORDER).compile(dialect=mysql.dialect()))
+    assert "order_date DATETIME(6) NOT NULL" in ddl
+    assert "requested_ms BIGINT" in ddl
+    to_db = time_codec("mariadb", "Europe/Berlin")
+    change = datetime(2026, 3, 29, 1, 0, tzinfo=UTC).timestamp()  # 02:00 CET becomes 03:00 CEST
+    instants = [change + k * 600.5 for k in range(-12, 12)]
+    local = [to_db(t) for t in instants]
+    assert all(v.tzinfo is None for v in local)
+    assert local == sorted(local)
+    assert len(set(local)) == len(local)
+    assert [v.replace(tzinfo=BERLIN).timestamp() for v in local] == pytest.approx(instants, abs=1e-6)
+    assert not any(v.hour == 2 for v in local)  # the skipped hour is never written
+
+
+def test_mariadb_repeated_autumn_hour_is_the_naive_type_s_loss() -> None:
+    to_db = time_codec("mariadb", "Europe/Berlin")
+    first = datetime(2026, 10, 25, 0, 30, tzinfo=UTC).timestamp()  # 02:30 CEST
+    assert to_db(first) == to_db(first + HOUR) == datetime(2026, 10, 25, 2, 30)  # 02:30 CET, an hour later
+
+
+def test_iso_text_is_fixed_width_utc_so_text_order_is_time_order() -> None:
+    to_db = time_codec("sqlite")
+    instants = [NOW, NOW + 0.5, NOW + 1, NOW + 1e-6, NOW - 7 * DAY, NOW + 200 * DAY]
+    texts = [to_db(t) for t in instants]
+    assert {len(t) for t in texts} == {32}
+    assert all(t.endswith("+00:00") for t in texts)
+    assert sorted(texts) == [to_db(t) for t in sorted(instants)]
+
+
+def test_unknown_dialect_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="'oracle'"):
+        time_codec("oracle")
