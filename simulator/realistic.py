@@ -41,6 +41,8 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeEngine
 
@@ -144,6 +146,18 @@ LOOKUPS: tuple[tuple[Table, dict[str, int]], ...] = (
 )  # fmt: skip
 
 ToDb = Callable[[float], Any]
+EXAMPLES = {"postgresql": "postgres", "mariadb": "mariadb", "mysql": "mariadb", "sqlite": "sqlite"}
+
+
+def example_name(dsn: str) -> str:
+    """Return the file name of the example inventory mapping the realistic schema in this database."""
+    try:
+        backend = make_url(dsn).get_backend_name()
+    except ArgumentError as exc:
+        raise ValueError(f"not a database URL: {exc}") from None
+    if backend not in EXAMPLES:
+        raise ValueError(f"the realistic schema supports postgresql, mariadb/mysql and sqlite, not {backend!r}")
+    return f"realistic-{EXAMPLES[backend]}.yaml"
 
 
 def time_codec(dialect: str, timezone: str = "Europe/Berlin") -> ToDb:
@@ -319,8 +333,8 @@ class RealisticSimulator:
         incidents: Sequence[Incident] = (),
         timezone: str = "Europe/Berlin",
     ) -> None:
+        self.writer = RealisticWriter(dsn, timezone=timezone)  # first: it refuses a dialect it cannot write
         self.simulator = Simulator(dsn, seed=seed, scale=scale, speed=speed, incidents=incidents, timezone=timezone)
-        self.writer = RealisticWriter(dsn, timezone=timezone)
 
     async def create_schema(self) -> None:
         """Create both schemas."""
@@ -357,4 +371,4 @@ class RealisticSimulator:
         await self.writer.close()
 
 
-__all__ = ["RealisticSimulator", "RealisticWriter", "ticket_history", "time_codec"]
+__all__ = ["RealisticSimulator", "RealisticWriter", "example_name", "ticket_history", "time_codec"]

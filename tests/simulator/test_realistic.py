@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,10 +16,18 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.schema import CreateTable
 
+from simulator import cli
 from simulator.plans import ROW_DEFAULTS
-from simulator.realistic import PO_ORDER, TT_STATUS_HISTORY, RealisticSimulator, RealisticWriter, time_codec
+from simulator.realistic import (
+    PO_ORDER,
+    TT_STATUS_HISTORY,
+    RealisticSimulator,
+    RealisticWriter,
+    example_name,
+    time_codec,
+)
 from tests.servers import PostgresServer
-from tests.simulator.helpers import NOW, dsn
+from tests.simulator.helpers import NOW, dsn, scalar
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -211,3 +220,40 @@ def test_iso_text_is_fixed_width_utc_so_text_order_is_time_order() -> None:
 def test_unknown_dialect_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="'oracle'"):
         time_codec("oracle")
+
+
+def parse_simulate(*argv: str) -> argparse.Namespace:
+    """Parse `fabwatch simulate` arguments."""
+    parser = argparse.ArgumentParser(prog="fabwatch")
+    cli.add_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["simulate", *argv])
+
+
+def test_simulate_schema_realistic_writes_both_schemas_and_steps_both(tmp_path: Path) -> None:
+    path = tmp_path / "cli.db"
+    args = parse_simulate("--dsn", dsn(path), "--days", "1", "--scale", "0.3", "--schema", "realistic")
+    assert cli.run(args) == 0
+    assert cli.run(args) == 0  # history present: a step, converted too
+    for epoch, realistic in (("trouble_ticket", "tt_ticket"), ("product_order", "po_order")):
+        assert scalar(path, f"SELECT COUNT(*) FROM {realistic}") == scalar(path, f"SELECT COUNT(*) FROM {epoch}") > 10
+    assert scalar(path, "SELECT value FROM rt_sync") == scalar(path, "SELECT value FROM sim_state")
+
+
+def test_simulate_refuses_an_unknown_schema_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("FABWATCH_SIMULATE_SCHEMA", "itsm")
+    assert cli.run(parse_simulate("--dsn", dsn(tmp_path / "x.db"))) == 2
+    assert "FABWATCH_SIMULATE_SCHEMA='itsm' is not one of epoch, realistic" in caplog.text
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_example_name_follows_the_url_s_dialect() -> None:
+    assert example_name("postgresql+asyncpg://u@h/db") == "realistic-postgres.yaml"
+    assert example_name("mariadb+aiomysql://u@h/db") == "realistic-mariadb.yaml"
+    assert example_name("mysql+aiomysql://u@h/db") == "realistic-mariadb.yaml"
+    assert example_name("sqlite+aiosqlite:///x.db") == "realistic-sqlite.yaml"
+    with pytest.raises(ValueError, match="not 'oracle'"):
+        example_name("oracle+oracledb://u@h/db")
+    with pytest.raises(ValueError, match="not a database URL"):
+        example_name("operator.db")
