@@ -17,22 +17,35 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sqlalchemy import inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from collector.db import AsyncConnection, AsyncEngine, classify, create_engine, guard, read_only
 from collector.errors import SourceQueryFailed, StateFailed
 from collector.kpis import fixed_cost, kpi_value, variable_cost, windows_of
 from collector.logs import log_event
+from collector.reflect import describe, detect_times, full_scans, present_columns
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
 from collector.schema import Process, SqlSource, ValueKpi
-from collector.sql import MISSING, UPCOMING, EdgeQuery, OpenQueries, ProcessQueries, Shared, build_queries, share
+from collector.sql import (
+    MISSING,
+    UPCOMING,
+    EdgeQuery,
+    Lookup,
+    OpenQueries,
+    ProcessQueries,
+    Shared,
+    Times,
+    build_queries,
+    expand,
+    label,
+    share,
+)
 from collector.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -131,6 +144,8 @@ class SourceSampler:
         """Finds the monthly amount of a `monthly_from` cost: (cost source, process, component, now)."""
         self._store = state
         self._state: dict[str, Any] = state.load(name)
+        self._times: dict[str, Times] | None = None
+        """How each process's time columns hold their times: found on the first connection."""
         self._queries = {p: build_queries(proc) for p, proc in self.processes.items()}
         for process in self.processes:
             self._check_mapping(process)
@@ -172,6 +187,8 @@ class SourceSampler:
         processes = self._costed(now)
         try:
             async with self._guard(), self._read_only() as conn:
+                if self._times is None:
+                    await self._detect(conn)
                 readers = {name: _EdgeReader(conn, self._queries[name]) for name in self.processes}
                 self._followed = set()
                 for shared in self._shared:
@@ -218,25 +235,61 @@ class SourceSampler:
         if self._engine is not None:
             self._engine.abort()
 
+    async def _detect(self, conn: AsyncConnection) -> None:
+        """Find what each process's time columns are, and build its statements for them."""
+        times: dict[str, Times] = {}
+        for name, process in self.processes.items():
+            try:
+                times[name] = await detect_times(conn, process.records, self.source)
+            except DBAPIError as exc:
+                raise classify(self.name, exc, f"process {name}: ") from exc
+        self._queries = {p: build_queries(proc, None, times[p]) for p, proc in self.processes.items()}
+        self._shared = share(self.processes, times)
+        self._times = times
+        for name, found in times.items():
+            log_event(log, "time_columns", logging.DEBUG, source=self.name, process=name,
+                      columns="; ".join(describe(found, self.processes[name].records)))
+
     async def check_columns(self) -> list[str]:
         """Return one line per mapped table or column that the database does not have."""
-        async with self._guard(), self._read_only() as conn:
-            return await conn.run_sync(self._missing_columns)
-
-    def _missing_columns(self, conn: Connection) -> list[str]:
-        inspector = inspect(conn)
         problems = []
-        for name, process in self.processes.items():
-            schema, _, table = process.records.table.rpartition(".")
-            if not inspector.has_table(table, schema=schema or None):
-                problems.append(f"process {name}: table {process.records.table!r} not found")
-                continue
-            present = {c["name"] for c in inspector.get_columns(table, schema=schema or None)}
-            missing = sorted(process.records.columns.all() - present)
-            if missing:
-                problems.append(f"process {name}: table {process.records.table} has no column "
-                                + ", ".join(missing))
+        async with self._guard(), self._read_only() as conn:
+            for name, process in self.processes.items():
+                records = process.records
+                try:
+                    present = await present_columns(conn, records)
+                except DBAPIError as exc:
+                    problems.append(f"process {name}: records.query fails: {classify(self.name, exc)}")
+                    continue
+                if present is None:
+                    problems.append(f"process {name}: table {records.table!r} not found")
+                    continue
+                missing = sorted(records.columns.all() - present)
+                if missing:
+                    what = f"table {records.table}" if records.table else "records.query"
+                    problems.append(f"process {name}: {what} has no column " + ", ".join(missing))
         return problems
+
+    async def inspect(self) -> list[str]:
+        """Say what each process's time columns were found to be, and how the database plans the
+        edge queries: a warning for each table read in full (a missing index on a time column)."""
+        notes: list[str] = []
+        async with self._guard(), self._read_only() as conn:
+            if self._times is None:
+                await self._detect(conn)
+            assert self._times is not None
+            hi = self.clock() - self.source.settle
+            for name, process in self.processes.items():
+                notes += [f"process {name}: {line}" for line in describe(self._times[name], process.records)]
+                queries = self._queries[name]
+                for edge in (queries.created, queries.completed):
+                    if edge is None:
+                        continue
+                    scans, plan = await full_scans(conn, edge.statement, {"lo": hi - 3600.0, "hi": hi})
+                    warning = f"WARNING full scan of {', '.join(scans)}: index the {edge.edge} time column " \
+                              "(or a view over it); " if scans else ""
+                    notes.append(f"process {name}: {edge.edge} edge plan: {warning}{plan}")
+        return notes
 
     def _guard(self) -> AbstractAsyncContextManager[None]:
         return guard(self.name, self.source.timeout)
@@ -294,10 +347,10 @@ class SourceSampler:
                                                                                                      strict=True)):
             horizon = now + self.source.reconcile + 60.0
             fresh = {name: _Book(recounted_at=now, counted_at=now, horizon=horizon) for name in names}
-            for row in await conn.execute(queries.recount, {"now": now, "horizon": horizon}):
+            for row in await conn.execute(queries.recount, expand({"now": now, "horizon": horizon})):
                 name = shared.processes.get(str(row[0]))
                 if name is not None:
-                    self._book_row(fresh[name], row, queries.dims, state.setdefault(name, {}), skip=1)
+                    self._book_row(fresh[name], row, queries, state.setdefault(name, {}), skip=1)
             self._books.update(fresh)
         elif all(book is not None and not self._needs_recount(book, self._queries[name].open_items, now)
                  and (book.counted_at, book.horizon) == (books[0].counted_at, books[0].horizon)  # type: ignore[union-attr]
@@ -305,10 +358,10 @@ class SourceSampler:
             assert queries.changes is not None
             assert books[0] is not None
             params = {"lo": books[0].counted_at, "now": now, "horizon": books[0].horizon}
-            for row in await conn.execute(queries.changes, params):
+            for row in await conn.execute(queries.changes, expand(params)):
                 name = shared.processes.get(str(row[0]))
                 if name is not None:
-                    self._book_row(self._books[name], row, queries.dims, state.setdefault(name, {}),
+                    self._book_row(self._books[name], row, queries, state.setdefault(name, {}),
                                    sign=-1.0 if row.part else 1.0, skip=1)
             for name in names:
                 self._books[name].counted_at = now
@@ -429,29 +482,31 @@ class SourceSampler:
         elif self._needs_recount(book, queries, now):
             book = _Book(recounted_at=now, counted_at=now, horizon=now + reconcile + 60.0)
             params = {"now": now, "horizon": book.horizon}
-            for row in await conn.execute(queries.recount, params):
-                self._book_row(book, row, queries.dims, state)
+            for row in await conn.execute(queries.recount, expand(params)):
+                self._book_row(book, row, queries, state)
             self._books[name] = book
         elif book is not None and now > book.counted_at:
             params = {"lo": book.counted_at, "now": now, "horizon": book.horizon}
             assert queries.changes is not None
-            for row in await conn.execute(queries.changes, params):
-                self._book_row(book, row, queries.dims, state, sign=-1.0 if row.part else 1.0)
+            for row in await conn.execute(queries.changes, expand(params)):
+                self._book_row(book, row, queries, state, sign=-1.0 if row.part else 1.0)
             book.counted_at = now
         assert book is not None
         book.fold(now)
         return book.snapshot()
 
-    def _book_row(self, book: _Book, row: Any, dims: int, state: dict[str, Any], sign: float = 1.0,
+    def _book_row(self, book: _Book, row: Any, queries: OpenQueries, state: dict[str, Any], sign: float = 1.0,
                   skip: int = 0) -> None:
         """Add one row of an open-items statement; `skip` leading columns route it (shared statements)."""
-        key = self._cap(_key(row[skip:dims]), state.setdefault("dimsets", []), dims - skip)
+        dims = queries.dims
+        key = self._cap(_key(row[skip:dims], queries.lookups[skip:dims]), state.setdefault("dimsets", []),
+                        dims - skip)
         mapping = row._mapping
-        due = mapping[UPCOMING]
-        book.add(key, float(row.n or 0), float(row.overdue or 0), None if due is None else float(due), sign)
-        oldest = mapping.get("oldest")
+        due = queries.times.due.to_epoch(mapping[UPCOMING])
+        book.add(key, float(row.n or 0), float(row.overdue or 0), due, sign)
+        oldest = queries.times.created.to_epoch(mapping.get("oldest"))
         if oldest is not None:
-            book.oldest = float(oldest) if book.oldest is None else min(book.oldest, float(oldest))
+            book.oldest = oldest if book.oldest is None else min(book.oldest, oldest)
 
     def _publish(self, processes: Mapping[str, Process], runs: Mapping[str, _ProcessRun],
                  now: float) -> tuple[tuple[Family, ...], tuple[KpiReading, ...]]:
@@ -595,7 +650,7 @@ def _booked(process: Process, state: dict[str, Any]) -> Sums:
 
 def _add_row(groups: Groups, query: EdgeQuery, row: Any, skip: int = 0) -> None:
     """Add one row of an edge statement; `skip` leading group columns route it (shared statements)."""
-    key = _key(row[skip:query.groups])
+    key = _key(row[skip:query.groups], query.lookups[skip:query.groups])
     sums = {name: float(value or 0) for name, value in zip(query.sum_names, row[query.groups:], strict=True)}
     _add(groups.setdefault(key, {}), sums)
 
@@ -653,8 +708,9 @@ def _bounds(kpi: object) -> tuple[float | None, float | None]:
     return objective, None
 
 
-def _key(values: Any) -> str:
-    return json.dumps([MISSING if v is None else str(v) for v in values])
+def _key(values: Any, lookups: Sequence[Lookup] = ()) -> str:
+    """The JSON key of a group: its values as labels (through their lookups)."""
+    return json.dumps([label(v, lookups[i] if i < len(lookups) else None) for i, v in enumerate(values)])
 
 
 def _pairs(dims: tuple[str, ...], key: str) -> Labels:

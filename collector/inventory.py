@@ -249,10 +249,16 @@ def cross_check(inventory: Inventory) -> list[tuple[str, str]]:
                      for c, cost in process.costs.items()
                      if cost.monthly_from is not None and cost.monthly_from not in costs]
     syncing = {n for n, s in inventory.sources.items() if s.kind != "sql"}
+    problems += [(f"processes.{name}.records.query", "records.query reads a SQL source; a "
+                  f"{inventory.sources[process.records.source].kind} source keeps its records in a table of its "
+                  "record store: give records.table")
+                 for name, process in inventory.processes.items()
+                 if process.records.source in syncing and process.records.query is not None]
     problems += [(f"processes.{name}.records.table", f"{process.records.table!r} is a table of the record store "
                   f"itself; choose another name (reserved: {', '.join(sorted(RECORD_STORE_TABLES))})")
                  for name, process in inventory.processes.items()
-                 if process.records.source in syncing and process.records.table in RECORD_STORE_TABLES]
+                 if process.records.source in syncing and process.records.table in RECORD_STORE_TABLES
+                 and process.records.table is not None]
     return problems + callback_problems(inventory) + check_alerting(inventory)
 
 
@@ -300,6 +306,13 @@ def _check_process(path: str, process: Process, sources: set[str]) -> list[tuple
     if records.where:
         problems += [(f"{path}.records.where", _unknown_column(c, known))
                      for c in predicate_columns(records.where) - known]
+    for kind in ("time_types", "lookups"):
+        problems += [(f"{path}.records.{kind}.{c}", _unknown_column(c, known))
+                     for c in sorted(set(getattr(records, kind)) - known)]
+    times = {columns.created, columns.completed, columns.due} - {None}
+    problems += [(f"{path}.records.time_types.{c}", f"{c!r} is not a time column of the mapping (created, "
+                  f"completed, due: {', '.join(sorted(str(t) for t in times))})")
+                 for c in sorted(set(records.time_types) & known - times)]
     return problems
 
 

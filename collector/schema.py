@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from alerts.config import AlertingConfig
 from collector.durations import Duration
 from collector.sources.schema import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
-from collector.types import CronExpression, TimeZoneName
+from collector.types import CronExpression, TimeKind, TimeZoneName
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 """A process, KPI, source or cost component name: also a Prometheus label value."""
@@ -114,6 +114,9 @@ class SqlSource(Model):
     """Seconds a row may arrive late: counters only read rows older than `now - settle`."""
     reconcile: Duration = 3600.0
     """How often window sums are recomputed in full instead of from their edges."""
+    timezone: TimeZoneName = "UTC"
+    """The zone of the source's naive times (`timestamp`/`DATETIME` without zone, dates, ISO text
+    without offset)."""
 
     @field_validator("dsn")
     @classmethod
@@ -157,14 +160,47 @@ class Columns(Model):
         return {c for c in named if c} | set(self.dimensions) | set(self.measures)
 
 
+TableName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")]
+"""A table, optionally `schema.table`."""
+Code = str | int
+"""A status or lookup value as the database holds it: text or an integer code."""
+Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
 class Records(Model):
     source: Name
-    table: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")]
+    table: TableName | None = None
+    """The records table (`schema.table` allowed); or give `query`."""
+    query: str | None = None
+    """A read-only SELECT yielding the mapped columns (joins, a completion time from a history table):
+    every generated statement reads it as a derived table, so filtering and grouping stay in the database."""
     columns: Columns = Columns()
-    open_statuses: tuple[str, ...]
-    paused_statuses: tuple[str, ...] = ()
+    open_statuses: tuple[Code, ...]
+    paused_statuses: tuple[Code, ...] = ()
     where: str | None = None
     """An extra SQL predicate every query of this process adds (e.g. `tenant = 'retail'`)."""
+    time_types: dict[Column, TimeKind] = {}
+    """The kind of a time column where the database type cannot tell (epoch_ms in a BIGINT); else detected."""
+    lookups: dict[Column, dict[Code, Label]] = {}
+    """Labels of a status, dimension or outcome column's codes (`{1: critical, 2: high}`); statuses may
+    then be given by label."""
+
+    @model_validator(mode="after")
+    def _table_or_query(self) -> "Records":
+        if (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of table and query")
+        if self.query is not None:
+            words = self.query.split(None, 1)
+            if not words or words[0].lower() not in {"select", "with"}:
+                raise ValueError("records.query must be a SELECT (or WITH ... SELECT)")
+            if ";" in self.query.strip().rstrip(";"):
+                raise ValueError("records.query must be one statement (no ';' inside)")
+        return self
+
+    @property
+    def relation(self) -> str:
+        """The table's name, or the query: what the process reads."""
+        return self.table if self.table is not None else f"({self.query})"
 
 
 class _Kpi(Model):

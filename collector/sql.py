@@ -31,9 +31,10 @@ from sqlalchemy import (
     union_all,
 )
 from sqlalchemy.sql.elements import TextClause
-from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.expression import ColumnClause, Subquery, TableClause
 
-from collector.schema import DurationKpi, Process, RatioKpi, SlaKpi
+from collector.schema import Code, DurationKpi, Process, RatioKpi, Records, SlaKpi
+from collector.timetypes import TimeColumn
 
 Expr = ColumnElement[Any]
 Statement = Select[Any]
@@ -42,6 +43,79 @@ Edge = str
 
 MISSING = "unknown"
 """Label value for a NULL dimension or outcome (an empty label would vanish in Prometheus)."""
+
+Lookup = Mapping[str, str] | None
+"""Labels of a group column's codes (keys as text), or None to take the values as they are."""
+EPOCH_SECONDS = TimeColumn("epoch_s")
+
+
+@dataclass(frozen=True)
+class Times:
+    """What the time columns of a process are (detected from the database, or declared), and its dialect."""
+
+    created: TimeColumn = EPOCH_SECONDS
+    completed: TimeColumn = EPOCH_SECONDS
+    due: TimeColumn = EPOCH_SECONDS
+    dialect: str = "sqlite"
+
+    def epoch(self, role: str, column: Expr) -> Expr:
+        """A time column as epoch seconds, for arithmetic."""
+        found: TimeColumn = getattr(self, role)
+        return found.epoch_sql(column, self.dialect)
+
+    def comparable(self, a: str, b: str) -> bool:
+        """Whether two time columns compare as they are (same kind, zone and format)."""
+        first, second = getattr(self, a), getattr(self, b)
+        return bool(first.kind == second.kind and first.zone == second.zone and first.iso == second.iso
+                    and first.kind != "date")
+
+
+def bound(base: str, role: str, times: Times, up: bool = False) -> Expr:
+    """A watermark `base` bound against the `role` time column as that column's type (see `expand`)."""
+    column: TimeColumn = getattr(times, role)
+    return bindparam(f"{base}__{role}{'_up' if up else ''}", type_=column.bind_type(up))
+
+
+def expand(params: Mapping[str, float]) -> dict[str, float]:
+    """The parameters of the open-items statements: each watermark once per time column and rounding."""
+    out = dict(params)
+    for base, value in params.items():
+        for role in ("created", "completed", "due"):
+            out[f"{base}__{role}"] = value
+            out[f"{base}__{role}_up"] = value
+    return out
+
+
+def label(value: Any, lookup: Lookup) -> str:
+    """A group value as a label: its lookup's label when it has one, else its text (NULL: `unknown`)."""
+    if value is None:
+        return MISSING
+    text_value = _code_text(value)
+    if lookup is not None:
+        return lookup.get(text_value, text_value)
+    return text_value
+
+
+def _code_text(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def lookups_of(records: Records, columns: Sequence[str | None]) -> tuple[Lookup, ...]:
+    """The lookup of each group column (keys as text, as `label` compares them)."""
+    return tuple(None if c is None or c not in records.lookups
+                 else {_code_text(k): v for k, v in records.lookups[c].items()} for c in columns)
+
+
+def codes(records: Records, values: Sequence[Code]) -> list[Code]:
+    """Statuses as the database holds them: a label of the status column's lookup stands for its codes."""
+    lookup = records.lookups.get(records.columns.status, {})
+    out: list[Code] = []
+    for value in values:
+        matching = [code for code, name in lookup.items() if name == value and code != value]
+        out += matching or [value]
+    return list(dict.fromkeys(out))
 
 
 Sums = list[tuple[str, Expr]]
@@ -55,8 +129,13 @@ class EdgeQuery:
     """
 
     def __init__(self, edge: Edge, time_column: Expr, groups: Sequence[Expr], filters: Sequence[Expr],
-                 sums: Callable[[], Sums]) -> None:
+                 sums: Callable[[], Sums], time: TimeColumn = EPOCH_SECONDS,
+                 lookups: tuple[Lookup, ...] = ()) -> None:
         self.edge = edge
+        self.time = time
+        """The kind of the edge's time column: how its watermarks are bound."""
+        self.lookups = lookups or (None,) * len(groups)
+        """The lookup of each group column, to label its values."""
         self.groups = len(groups)
         """How many group columns (the dimensions, then the outcome column if mapped) lead each row."""
         self._time_column = time_column
@@ -95,8 +174,8 @@ class EdgeQuery:
     def _ranged(self, lo: str, hi: str, *lead: Expr) -> Statement:
         return (
             select(*lead, *self._columns)
-            .where(self._time_column > bindparam(lo, type_=Double), self._time_column <= bindparam(hi, type_=Double),
-                   *self._filters)
+            .where(self._time_column > bindparam(lo, type_=self.time.bind_type(False)),
+                   self._time_column <= bindparam(hi, type_=self.time.bind_type(False)), *self._filters)
             .group_by(*self._group_by)
         )
 
@@ -121,8 +200,12 @@ class OpenQueries:
     the statements, called on first use (see the module's docstring).
     """
 
-    def __init__(self, dims: int, followable: bool, build: Callable[[], _OpenStatements]) -> None:
+    def __init__(self, dims: int, followable: bool, build: Callable[[], _OpenStatements],
+                 times: Times = Times(), lookups: tuple[Lookup, ...] = ()) -> None:
         self.dims = dims
+        self.times = times
+        """How to read `oldest` (a created time) and `fab_upcoming` (a due time) back as epoch seconds."""
+        self.lookups = lookups or (None,) * dims
         self.followable = followable
         """Whether the open items can be followed by their changes between recounts (`changes`
         exists: a completion column is mapped)."""
@@ -154,29 +237,37 @@ class ProcessQueries:
     buckets: tuple[float, ...]
 
 
-def build_queries(process: Process, split: tuple[str, tuple[str, ...]] | None = None) -> ProcessQueries:
+def build_queries(process: Process, split: tuple[str, tuple[str, ...]] | None = None,
+                  times: Times = Times()) -> ProcessQueries:
     """Return the statements that sample one process.
 
     With `split` = (column, values), the statements read the rows of every value instead of
     applying the process's `where`, and lead their groups with that column (see `Shared`).
+    `times` says how the time columns hold their times (epoch seconds unless told).
     """
     records, cols = process.records, process.records.columns
     names = cols.all() | ({split[0]} if split else set())
-    tbl = _table(records.table, names)
+    tbl = _table(records, names)
     filters: list[Expr] = [text(f"({records.where})")] if records.where else []  # type: ignore[list-item]
     dims: list[Expr] = [tbl.c[d] for d in cols.dimensions]
+    dim_names: list[str | None] = list(cols.dimensions)
     if split:
         filters = [tbl.c[split[0]].in_(split[1])]
         dims = [tbl.c[split[0]], *dims]
+        dim_names = [None, *dim_names]
     buckets = next((k.buckets for k in process.kpis.values() if isinstance(k, DurationKpi)), ())
-    created = EdgeQuery("created", tbl.c[cols.created], dims, filters, lambda: _created_sums(process))
+    created = EdgeQuery("created", tbl.c[cols.created], dims, filters, lambda: _created_sums(process),
+                        times.created, lookups_of(records, dim_names))
     completed = None
     if cols.completed:
         groups: list[Expr] = [*dims, tbl.c[cols.outcome]] if cols.outcome else dims
+        outcome: list[str | None] = [cols.outcome] if cols.outcome else []
         completed = EdgeQuery("completed", tbl.c[cols.completed], groups, filters,
-                              lambda: _completed_sums(process, tbl, buckets))
+                              lambda: _completed_sums(process, tbl, buckets, times), times.completed,
+                              lookups_of(records, dim_names + outcome))
     open_items = OpenQueries(len(dims), cols.completed is not None,
-                             lambda: _open_statements(process, tbl, dims, filters))
+                             lambda: _open_statements(process, tbl, dims, filters, times), times,
+                             lookups_of(records, dim_names))
     return ProcessQueries(created, completed, open_items, buckets)
 
 
@@ -197,8 +288,12 @@ class Shared:
     queries: ProcessQueries
 
 
-def share(processes: Mapping[str, Process]) -> list[Shared]:
+def share(processes: Mapping[str, Process], times: Mapping[str, Times] | None = None) -> list[Shared]:
     """Find the processes whose statements can be shared (two or more per group)."""
+
+    def times_of(process: Process) -> Times:
+        return (times or {}).get(next(n for n, p in processes.items() if p is process), Times())
+
     groups: dict[tuple[str, ...], dict[str, str]] = {}
     column_of: dict[tuple[str, ...], str] = {}
     for name, process in processes.items():
@@ -206,8 +301,8 @@ def share(processes: Mapping[str, Process]) -> list[Shared]:
         if not match or match.group(1) not in process.records.columns.all():
             continue
         plain = build_queries(process.model_copy(update={
-            "records": process.records.model_copy(update={"where": None})}))
-        key = (process.records.table, match.group(1), *_signature(plain))
+            "records": process.records.model_copy(update={"where": None})}), None, times_of(process))
+        key = (process.records.relation, match.group(1), *_signature(plain))
         if match.group(2) in groups.setdefault(key, {}):
             continue  # two processes on one value: leave them to their own statements
         groups[key][match.group(2)] = name
@@ -217,7 +312,7 @@ def share(processes: Mapping[str, Process]) -> list[Shared]:
         if len(members) < 2:
             continue
         first = processes[next(iter(members.values()))]
-        queries = build_queries(first, (column_of[key], tuple(members)))
+        queries = build_queries(first, (column_of[key], tuple(members)), times_of(first))
         shared.append(Shared(column_of[key], members, queries))
     return shared
 
@@ -236,9 +331,18 @@ def _rendered(statement: Statement) -> str:
     return f"{compiled} {sorted(compiled.params.items())!r}"
 
 
-def _table(name: str, columns: set[str]) -> TableClause:
-    schema, _, bare = name.rpartition(".")
-    return table(bare, *[column(c) for c in sorted(columns)], schema=schema or None)
+RECORDS_ALIAS = "fab_records"
+"""The name of a `records.query` read as a derived table."""
+
+
+def _table(records: Records, columns: set[str]) -> TableClause | Subquery:
+    """The records table, or the records query as a derived table with the mapped columns."""
+    ordered: list[ColumnClause[Any]] = [column(c) for c in sorted(columns)]
+    if records.query is not None:
+        return text(records.query.strip().rstrip(";")).columns(*ordered).subquery(RECORDS_ALIAS)
+    assert records.table is not None
+    schema, _, bare = records.table.rpartition(".")
+    return table(bare, *ordered, schema=schema or None)
 
 
 def _count_if(predicate: Expr | TextClause) -> Expr:
@@ -250,10 +354,13 @@ def _created_sums(process: Process) -> Sums:
             for name, kpi in process.kpis.items() if isinstance(kpi, RatioKpi) and kpi.of == "created"]
 
 
-def _completed_sums(process: Process, tbl: TableClause, buckets: Sequence[float]) -> Sums:
+def _completed_sums(process: Process, tbl: TableClause | Subquery, buckets: Sequence[float], times: Times) -> Sums:
     cols = process.records.columns
     assert cols.completed is not None
-    duration = tbl.c[cols.completed] - tbl.c[cols.created]
+    completed, created = tbl.c[cols.completed], tbl.c[cols.created]
+    duration = completed - created
+    if not (times.created.kind == times.completed.kind == "epoch_s"):
+        duration = times.epoch("completed", completed) - times.epoch("created", created)
     if cols.paused:
         duration = duration - func.coalesce(tbl.c[cols.paused], 0)
     sums: Sums = []
@@ -266,7 +373,9 @@ def _completed_sums(process: Process, tbl: TableClause, buckets: Sequence[float]
             sums.append((f"sla_valid_{name}", func.count()))
         elif isinstance(kpi, SlaKpi) and cols.due:
             due = tbl.c[cols.due]
-            sums.append((f"sla_good_{name}", _count_if(and_(due.is_not(None), tbl.c[cols.completed] <= due))))
+            in_time = completed <= due if times.comparable("completed", "due") \
+                else times.epoch("completed", completed) <= times.epoch("due", due)
+            sums.append((f"sla_good_{name}", _count_if(and_(due.is_not(None), in_time))))
             sums.append((f"sla_valid_{name}", _count_if(due.is_not(None))))
         elif isinstance(kpi, RatioKpi) and kpi.of == "completed":
             sums.append((f"ratio_{name}", _count_if(text(f"({kpi.good})"))))
@@ -276,21 +385,23 @@ def _completed_sums(process: Process, tbl: TableClause, buckets: Sequence[float]
     return sums
 
 
-def _open_statements(process: Process, tbl: TableClause, dims: list[Expr], filters: list[Expr]) -> _OpenStatements:
+def _open_statements(process: Process, tbl: TableClause | Subquery, dims: list[Expr], filters: list[Expr],
+                     times: Times) -> _OpenStatements:
     records, cols = process.records, process.records.columns
-    now, horizon = bindparam("now", type_=Double), bindparam("horizon", type_=Double)
-    lo = bindparam("lo", type_=Double)
     created = tbl.c[cols.created]
-    is_open = tbl.c[cols.status].in_(records.open_statuses)
+    status = tbl.c[cols.status]
+    is_open = status.in_(codes(records, records.open_statuses))
+    paused = codes(records, records.paused_statuses)
 
-    def counted(due_from: Expr, late_before: Expr, where: list[Expr], oldest: bool) -> Statement:
+    def counted(due_from: str, late_before: str, where: list[Expr], oldest: bool) -> Statement:
         upcoming: Expr = literal(None, Double)
         overdue: Expr = literal(0)
         if cols.due:
             due = tbl.c[cols.due]
-            active = [tbl.c[cols.status].not_in(records.paused_statuses)] if records.paused_statuses else []
-            upcoming = case((and_(due >= due_from, due <= horizon, *active), due), else_=None)
-            overdue = _count_if(and_(due.is_not(None), due < late_before, *active))
+            active = [status.not_in(paused)] if paused else []
+            upcoming = case((and_(due >= bound(due_from, "due", times, up=True), due <= bound("horizon", "due", times),
+                                  *active), due), else_=None)
+            overdue = _count_if(and_(due.is_not(None), due < bound(late_before, "due", times, up=True), *active))
         columns = [*[d.label(f"g{i}") for i, d in enumerate(dims)], upcoming.label(UPCOMING),
                    func.count().label("n"), overdue.label("overdue")]
         if oldest:
@@ -304,8 +415,10 @@ def _open_statements(process: Process, tbl: TableClause, dims: list[Expr], filte
     changes = None
     if cols.completed:
         completed = tbl.c[cols.completed]
-        opened_where = [is_open, created > lo, created <= now]
-        closed_where = [completed > lo, completed <= now, created <= lo]
-        changes = select(union_all(counted_part(0, now, now, opened_where, False),
-                                   counted_part(1, lo, lo, closed_where, False)).subquery())
-    return _OpenStatements(recount=counted(now, now, [is_open, created <= now], True), changes=changes)
+        opened_where = [is_open, created > bound("lo", "created", times), created <= bound("now", "created", times)]
+        closed_where = [completed > bound("lo", "completed", times), completed <= bound("now", "completed", times),
+                        created <= bound("lo", "created", times)]
+        changes = select(union_all(counted_part(0, "now", "now", opened_where, False),
+                                   counted_part(1, "lo", "lo", closed_where, False)).subquery())
+    recount = counted("now", "now", [is_open, created <= bound("now", "created", times)], True)
+    return _OpenStatements(recount=recount, changes=changes)

@@ -1,6 +1,6 @@
 """Reusable annotated types for the inventory models."""
 
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator
@@ -32,3 +32,7 @@ def _five_fields(value: str) -> str:
 
 CronExpression = Annotated[str, AfterValidator(_five_fields)]
 """A five-field cron expression such as `*/5 * * * *`."""
+
+
+TimeKind = Literal["epoch_s", "epoch_ms", "timestamptz", "timestamp", "date", "iso_text"]
+"""How a time column holds its times (see `collector.timetypes`)."""

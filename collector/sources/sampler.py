@@ -52,6 +52,7 @@ class Sampler(Protocol):
     async def close(self) -> None: ...
     async def sample(self, now: float | None = None) -> SourceSample: ...
     async def check_columns(self) -> list[str]: ...
+    async def inspect(self) -> list[str]: ...
 
 
 class SyncingSampler:
@@ -84,6 +85,9 @@ class SyncingSampler:
 
     async def check_columns(self) -> list[str]:
         return await self.inner.check_columns()
+
+    async def inspect(self) -> list[str]:
+        return await self.inner.inspect()
 
 
 def _hub(hub_url: str, subscription: str | None = None) -> str:
@@ -188,7 +192,7 @@ def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process]
     from collector.sources.store import RecordStore
     from collector.sources.tmf import APIS
 
-    tables = sorted({p.records.table for p in processes.values()}) or [name]
+    tables = sorted({p.records.table for p in processes.values() if p.records.table}) or [name]
     finals: dict[str, tuple[str, ...]] = {}
     api = getattr(source, "api", None) or (source.kind if source.kind in APIS else None)
     if api is not None:
