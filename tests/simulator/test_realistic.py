@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +17,10 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.schema import CreateTable
 
+from collector.engine import SourceSampler
+from collector.inventory import load_inventory
+from collector.samples import SourceSample
+from collector.state import StateStore
 from simulator import cli
 from simulator.plans import ROW_DEFAULTS
 from simulator.realistic import (
@@ -257,3 +262,89 @@ def test_example_name_follows_the_url_s_dialect() -> None:
         example_name("oracle+oracledb://u@h/db")
     with pytest.raises(ValueError, match="not a database URL"):
         example_name("operator.db")
+
+
+# --- the same data read both ways gives the same metrics ---------------------------------------
+
+DST_END = datetime(2026, 3, 30, 12, 0, tzinfo=UTC).timestamp()  # a day after the spring change in Europe
+
+
+def samplers(url: str, kind: str, state: Path) -> tuple[SourceSampler, SourceSampler]:
+    """Return samplers of the epoch tables (operator.yaml) and of the realistic ones, both named `ops`."""
+    env = {"FABWATCH_DEMO_DSN": url}
+    epoch = load_inventory([EXAMPLES / "operator.yaml"], env)
+    real = load_inventory([EXAMPLES / f"realistic-{kind}.yaml"], env)
+    processes = {p: epoch.processes[p] for p in real.processes}
+    return (
+        SourceSampler("ops", epoch.sources["operator"], processes, StateStore(state / "epoch.state")),  # type: ignore[arg-type]
+        SourceSampler("ops", real.sources["ops"], real.processes, StateStore(state / "real.state")),  # type: ignore[arg-type]
+    )
+
+
+def readings(sample: SourceSample) -> dict[tuple[Any, ...], float | None]:
+    """Return every KPI, counter, gauge and histogram value of a sample (not the source's own health)."""
+    out: dict[tuple[Any, ...], float | None] = {("kpi", k.process, k.kpi): k.value for k in sample.kpis}
+    for family in sample.families:
+        if family.name.startswith("fab_source_"):
+            continue
+        out.update({(family.name, labels): value for labels, value in family.samples})
+        for labels, histogram in family.histograms:
+            out.update({(family.name, labels, "le", le): count for le, count in histogram.buckets})
+            out[(family.name, labels, "sum")], out[(family.name, labels, "count")] = histogram.sum, histogram.count
+    return out
+
+
+def assert_same_readings(got: dict[Any, float | None], want: dict[Any, float | None], clock: float = 0.0) -> None:
+    """Assert equal keys and values: counts exact, the rest to 1e-9, cycle-time sums to `clock` per item.
+
+    SQLite reads ISO text as epoch seconds through julianday(), whose clock counts milliseconds:
+    each cycle time may differ by that much there (SQLite's limit, not the data's).
+    """
+    assert got.keys() == want.keys()
+    wrong = {}
+    for key, value in want.items():
+        slack = clock * (want[(*key[:2], "count")] or 0) if key[-1] == "sum" else 0.0
+        if (got[key] is None) != (value is None) or (
+            value is not None and not math.isclose(got[key], value, rel_tol=1e-9, abs_tol=max(1e-9, slack))  # type: ignore[arg-type]
+        ):
+            wrong[key] = (got[key], value)
+    assert not wrong, wrong
+
+
+async def assert_same_metrics_both_ways(url: str, kind: str, state: Path, clock: float = 0.0) -> int:
+    """Simulate across the spring change, sample both schemas after each step, restart half-way."""
+    sim = RealisticSimulator(url, scale=0.5, seed=5)
+    start = DST_END - 2 * DAY
+    epoch, real = samplers(url, kind, state)
+    compared = 0
+    try:
+        await sim.backfill(6, start)
+        for i in range(7):
+            now = start + i * 8 * HOUR
+            if i:
+                await sim.step(now)
+            if i == 4:  # a restart: counters continue from the saved watermarks on both sides
+                await epoch.close()
+                await real.close()
+                epoch, real = samplers(url, kind, state)
+            want, got = readings(await epoch.sample(now)), readings(await real.sample(now))
+            assert sum(v is not None for v in want.values()) > 100
+            assert_same_readings(got, want, clock)
+            compared += len(want)
+    finally:
+        await epoch.close()
+        await real.close()
+        await sim.close()
+    return compared
+
+
+async def test_sqlite_iso_text_schema_gives_the_metrics_of_the_epoch_tables(tmp_path: Path) -> None:
+    assert await assert_same_metrics_both_ways(dsn(tmp_path / "operator.db"), "sqlite", tmp_path, 1e-3) > 1000
+
+
+@pytest.mark.integration
+async def test_postgres_timestamptz_schema_gives_the_metrics_of_the_epoch_tables(
+    postgres: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres.dsn(database=postgres.create_database())
+    assert await assert_same_metrics_both_ways(url, "postgres", tmp_path) > 1000
