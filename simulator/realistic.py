@@ -160,13 +160,19 @@ def example_name(dsn: str) -> str:
     return f"realistic-{EXAMPLES[backend]}.yaml"
 
 
-def time_codec(dialect: str, timezone: str = "Europe/Berlin") -> ToDb:
-    """Return the conversion of epoch seconds to what the dialect's time column stores."""
+def time_codec(dialect: str, timezone: str = "Europe/Berlin", *, local_text: bool = False) -> ToDb:
+    """Return the conversion of epoch seconds to what the dialect's time column stores.
+
+    SQLite gets ISO-8601 text in UTC, or with `local_text` the zone's wall time without an offset
+    (what applications that format `datetime.now()` write).
+    """
     if dialect == "postgresql":
         return lambda t: datetime.fromtimestamp(t, UTC)
-    if dialect in ("mysql", "mariadb"):
-        zone = ZoneInfo(timezone)  # naive wall-clock time of the declared zone
+    zone = ZoneInfo(timezone)
+    if dialect in ("mysql", "mariadb"):  # naive wall-clock time of the declared zone
         return lambda t: datetime.fromtimestamp(t, zone).replace(tzinfo=None)
+    if dialect == "sqlite" and local_text:
+        return lambda t: datetime.fromtimestamp(t, zone).replace(tzinfo=None).isoformat(" ", "microseconds")
     if dialect == "sqlite":
         return lambda t: datetime.fromtimestamp(t, UTC).isoformat(timespec="microseconds")
     raise ValueError(f"the realistic schema supports postgresql, mariadb/mysql and sqlite, not {dialect!r}")
@@ -253,11 +259,13 @@ def _chunks(rows: Sequence[Row]) -> Iterator[Sequence[Row]]:
 class RealisticWriter:
     """Mirrors the simulator's epoch tables into the realistic schema (one way, incrementally)."""
 
-    def __init__(self, dsn: str, *, source_dsn: str | None = None, timezone: str = "Europe/Berlin") -> None:
+    def __init__(
+        self, dsn: str, *, source_dsn: str | None = None, timezone: str = "Europe/Berlin", local_text: bool = False
+    ) -> None:
         self.engine: AsyncEngine = create_async_engine(dsn)
         self._source = self.engine if source_dsn in (None, dsn) else create_async_engine(source_dsn)
         self.dialect = self.engine.dialect.name
-        self._to_db = time_codec(self.dialect, timezone)
+        self._to_db = time_codec(self.dialect, timezone, local_text=local_text)
         self._ready = False
 
     async def create_schema(self) -> None:
@@ -332,8 +340,11 @@ class RealisticSimulator:
         speed: float = 1.0,
         incidents: Sequence[Incident] = (),
         timezone: str = "Europe/Berlin",
+        local_text: bool = False,
     ) -> None:
-        self.writer = RealisticWriter(dsn, timezone=timezone)  # first: it refuses a dialect it cannot write
+        self.writer = RealisticWriter(
+            dsn, timezone=timezone, local_text=local_text
+        )  # first: it refuses a dialect it cannot write
         self.simulator = Simulator(dsn, seed=seed, scale=scale, speed=speed, incidents=incidents, timezone=timezone)
 
     async def create_schema(self) -> None:

@@ -32,7 +32,7 @@ from simulator.realistic import (
     time_codec,
 )
 from tests.servers import PostgresServer
-from tests.simulator.helpers import NOW, dsn, scalar
+from tests.simulator.helpers import NOW, dsn, query, scalar
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -269,15 +269,18 @@ def test_example_name_follows_the_url_s_dialect() -> None:
 DST_END = datetime(2026, 3, 30, 12, 0, tzinfo=UTC).timestamp()  # a day after the spring change in Europe
 
 
-def samplers(url: str, kind: str, state: Path) -> tuple[SourceSampler, SourceSampler]:
+def samplers(url: str, kind: str, state: Path, timezone: str | None) -> tuple[SourceSampler, SourceSampler]:
     """Return samplers of the epoch tables (operator.yaml) and of the realistic ones, both named `ops`."""
     env = {"FABWATCH_DEMO_DSN": url}
     epoch = load_inventory([EXAMPLES / "operator.yaml"], env)
     real = load_inventory([EXAMPLES / f"realistic-{kind}.yaml"], env)
+    source = real.sources["ops"]
+    if timezone is not None:  # the realistic SQLite file written in local wall time
+        source = source.model_copy(update={"timezone": timezone})
     processes = {p: epoch.processes[p] for p in real.processes}
     return (
         SourceSampler("ops", epoch.sources["operator"], processes, StateStore(state / "epoch.state")),  # type: ignore[arg-type]
-        SourceSampler("ops", real.sources["ops"], real.processes, StateStore(state / "real.state")),  # type: ignore[arg-type]
+        SourceSampler("ops", source, real.processes, StateStore(state / "real.state")),  # type: ignore[arg-type]
     )
 
 
@@ -311,11 +314,13 @@ def assert_same_readings(got: dict[Any, float | None], want: dict[Any, float | N
     assert not wrong, wrong
 
 
-async def assert_same_metrics_both_ways(url: str, kind: str, state: Path, clock: float = 0.0) -> int:
+async def assert_same_metrics_both_ways(
+    url: str, kind: str, state: Path, clock: float = 0.0, timezone: str | None = None
+) -> int:
     """Simulate across the spring change, sample both schemas after each step, restart half-way."""
-    sim = RealisticSimulator(url, scale=0.5, seed=5)
+    sim = RealisticSimulator(url, scale=0.5, seed=5, local_text=timezone is not None)
     start = DST_END - 2 * DAY
-    epoch, real = samplers(url, kind, state)
+    epoch, real = samplers(url, kind, state, timezone)
     compared = 0
     try:
         await sim.backfill(6, start)
@@ -326,7 +331,7 @@ async def assert_same_metrics_both_ways(url: str, kind: str, state: Path, clock:
             if i == 4:  # a restart: counters continue from the saved watermarks on both sides
                 await epoch.close()
                 await real.close()
-                epoch, real = samplers(url, kind, state)
+                epoch, real = samplers(url, kind, state, timezone)
             want, got = readings(await epoch.sample(now)), readings(await real.sample(now))
             assert sum(v is not None for v in want.values()) > 100
             assert_same_readings(got, want, clock)
@@ -340,6 +345,22 @@ async def assert_same_metrics_both_ways(url: str, kind: str, state: Path, clock:
 
 async def test_sqlite_iso_text_schema_gives_the_metrics_of_the_epoch_tables(tmp_path: Path) -> None:
     assert await assert_same_metrics_both_ways(dsn(tmp_path / "operator.db"), "sqlite", tmp_path, 1e-3) > 1000
+
+
+async def test_sqlite_local_wall_time_across_the_spring_change_gives_the_metrics_of_the_epoch_tables(
+    tmp_path: Path,
+) -> None:
+    """Naive local times (as MariaDB's DATETIME holds them) on both sides of 2026-03-29 02:00 CET."""
+    url = dsn(tmp_path / "operator.db")
+    assert await assert_same_metrics_both_ways(url, "sqlite", tmp_path, 1e-3, "Europe/Berlin") > 1000
+    night = [
+        row[0]
+        for row in query(tmp_path / "operator.db", "SELECT changed_at FROM tt_status_history "
+                         "WHERE changed_at BETWEEN '2026-03-28 23' AND '2026-03-29 06'")
+    ]  # fmt: skip
+    assert any(t < "2026-03-29 02" for t in night)  # rows on both sides of the change...
+    assert any(t >= "2026-03-29 03" for t in night)
+    assert not any(t.startswith("2026-03-29 02") for t in night)  # ...and none in the hour it skips
 
 
 @pytest.mark.integration
