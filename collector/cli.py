@@ -377,6 +377,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     rows = asyncio.run(check_sources(inventory))
     print_table(rows, sys.stdout)
+    notes = asyncio.run(inspect_sources(inventory))
+    if notes:
+        print("\nrecords (time columns found, edge query plans):")
+        for line in notes:
+            print(f"  {line}")
     failed = sum(1 for row in rows if row.status != "ok")
     print(f"\n{len(inventory.sources)} source(s), {len(rows) - failed} ok, {failed} failed")
     return EXIT_FAILED if failed else EXIT_OK
@@ -393,6 +398,29 @@ async def check_sources(inventory: Inventory) -> list[CheckRow]:
         finally:
             state.close()
     return rows
+
+
+async def inspect_sources(inventory: Inventory) -> list[str]:
+    """What each SQL source's time columns are and how its database plans the edge queries."""
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="fabwatch-check-") as tmp:
+        state = StateStore(Path(tmp) / "state.db")
+        try:
+            for name, source in inventory.sources.items():
+                if source.kind != "sql":
+                    continue
+                sampler = build_sampler(name, source, processes_of(inventory, name), state, inventory.service,
+                                        state.path)
+                try:
+                    await sampler.open()
+                    notes += [f"{name}: {line}" for line in await sampler.inspect()]
+                except SourceError as exc:
+                    notes.append(f"{name}: cannot inspect ({exc.reason}): {exc}")
+                finally:
+                    await sampler.close()
+        finally:
+            state.close()
+    return notes
 
 
 async def _check_source(inventory: Inventory, name: str, state: StateStore) -> list[CheckRow]:

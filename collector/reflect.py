@@ -47,7 +47,9 @@ async def _detect_one(conn: AsyncConnection, relation: Any, name: str, code: Any
     if by_type is not None:
         kind, described = by_type
     elif by_value is not None:
-        kind, described = by_value[0], f"{type(sample).__name__} values" if dialect == "sqlite" else str(code)
+        name_of = type(sample).__name__
+        sqlite_type = {"float": "REAL", "int": "INTEGER", "str": "TEXT"}.get(name_of, name_of)
+        kind, described = by_value[0], f"{sqlite_type} values" if dialect == "sqlite" else str(code)
     else:
         kind, described = "epoch_s", "unknown (no value yet: read as epoch seconds)"
     if kind == "iso_text" and by_value is not None and by_value[0] == "date":
