@@ -112,7 +112,7 @@ TT_STATUS_HISTORY = Table(
     Column("ticket_id", String(40), ForeignKey("tt_ticket.id"), primary_key=True),
     Column("state_id", SmallInteger, ForeignKey("tt_state.id"), primary_key=True),
     Column("changed_at", _time(), primary_key=True),
-    Index("ix_tt_status_history_changed_at", "changed_at"),
+    Index("ix_tt_status_history_state_changed", "state_id", "changed_at"),  # "resolved in a period"
 )  # fmt: skip
 TT_SLA = Table(
     "tt_sla", METADATA,
