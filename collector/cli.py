@@ -516,6 +516,8 @@ def _realistic_example(args: argparse.Namespace) -> str:
 
 async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_dir: Path,
                 host: str, port: int) -> int:
+    from sqlalchemy.engine import make_url
+
     from simulator import Simulator  # only the demo needs it
     from simulator.realistic import RealisticSimulator
 
@@ -524,7 +526,7 @@ async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_d
         await simulator.create_schema()
         if await simulator.cursor() is None:
             print(f"Backfilling {args.days:g} days of a simulated operator into "
-                  f"{'--db' if args.db else data_dir / 'operator.db'} ...", flush=True)
+                  f"{make_url(dsn).render_as_string() if args.db else data_dir / 'operator.db'} ...", flush=True)
             rows = await simulator.backfill(args.days, time.time())
             print(f"Backfilled {rows} rows.", flush=True)
         if args.tmf:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
+import signal
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -17,6 +20,7 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.schema import CreateTable
 
+from collector.cli import main
 from collector.engine import SourceSampler
 from collector.inventory import load_inventory
 from collector.samples import SourceSample
@@ -31,7 +35,8 @@ from simulator.realistic import (
     example_name,
     time_codec,
 )
-from tests.servers import PostgresServer
+from tests.collector.test_cli import run_fabwatch, stop, wait_http
+from tests.servers import PostgresServer, free_port
 from tests.simulator.helpers import NOW, dsn, query, scalar
 
 HOUR = 3600.0
@@ -370,3 +375,38 @@ async def test_postgres_timestamptz_schema_gives_the_metrics_of_the_epoch_tables
 ) -> None:
     url = postgres.dsn(database=postgres.create_database())
     assert await assert_same_metrics_both_ways(url, "postgres", tmp_path) > 1000
+
+
+# --- fabwatch demo --db ------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_demo_db_runs_the_demo_on_the_realistic_schema_in_postgresql(postgres: PostgresServer, tmp_path: Path) -> None:
+    url = postgres.dsn(database=postgres.create_database())
+    port = free_port()
+    proc = run_fabwatch("demo", "--db", url, "--days", "2", "--data-dir", str(tmp_path / "demo"),
+                        "--listen", f"127.0.0.1:{port}")  # fmt: skip
+    deadline, body = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        body = wait_http(f"http://127.0.0.1:{port}/metrics", proc).decode()
+        created = set(re.findall(r'^fab_items_created_total\{[^}]*process="([a-z_]+)"', body, re.MULTILINE))
+        if 'fab_source_up{source="ops"} 1.0' in body and created == {"problem", "order"}:
+            break
+        time.sleep(0.5)
+    code, out, err = stop(proc, signal.SIGINT)
+    assert 'fab_source_up{source="ops"} 1.0' in body, err
+    assert created == {"problem", "order"}, err
+    assert re.search(r'^fab_backlog_items\{[^}]*priority="high"', body, re.MULTILINE)  # labels, not codes
+    assert not re.search(r'priority="\d', body)
+    assert code == 0, err
+    assert f"{url.split(':')[0]}://fabwatch:***@" in out  # where it writes, the password hidden
+    assert postgres.psql("SELECT COUNT(*) > 100 FROM tt_ticket", database=url.rsplit("/", 1)[1]).strip() == "t"
+
+
+def test_demo_db_refuses_tmf_and_an_unsupported_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(tmp_path / "demo")
+    assert main(["demo", "--db", dsn(tmp_path / "x.db"), "--tmf", "--data-dir", data]) == 2
+    assert "--db and --tmf exclude each other" in capsys.readouterr().err
+    assert main(["demo", "--db", "oracle+oracledb://u@h/db", "--data-dir", data]) == 2
+    assert "not 'oracle'" in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()
