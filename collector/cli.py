@@ -521,7 +521,9 @@ async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_d
     from simulator import Simulator  # only the demo needs it
     from simulator.realistic import RealisticSimulator
 
-    simulator = (RealisticSimulator if args.db else Simulator)(dsn, seed=args.seed, scale=args.scale, speed=args.speed)
+    options = {"seed": args.seed, "scale": args.scale, "speed": args.speed}
+    simulator = (RealisticSimulator(dsn, epoch_dsn=f"sqlite+aiosqlite:///{data_dir / 'operator.db'}", **options)
+                 if args.db else Simulator(dsn, **options))
     try:
         await simulator.create_schema()
         if await simulator.cursor() is None:

@@ -329,12 +329,17 @@ class RealisticWriter:
 
 
 class RealisticSimulator:
-    """The simulator writing its epoch tables and, after every backfill and step, the realistic ones."""
+    """The simulator writing its epoch tables and, after every backfill and step, the realistic ones.
+
+    The epoch tables go to `epoch_dsn` when given (the demo keeps them in its own SQLite file, so
+    the database under test holds only the realistic schema), else next to the realistic ones.
+    """
 
     def __init__(
         self,
         dsn: str,
         *,
+        epoch_dsn: str | None = None,
         seed: int = 1,
         scale: float = 1.0,
         speed: float = 1.0,
@@ -342,10 +347,10 @@ class RealisticSimulator:
         timezone: str = "Europe/Berlin",
         local_text: bool = False,
     ) -> None:
-        self.writer = RealisticWriter(
-            dsn, timezone=timezone, local_text=local_text
-        )  # first: it refuses a dialect it cannot write
-        self.simulator = Simulator(dsn, seed=seed, scale=scale, speed=speed, incidents=incidents, timezone=timezone)
+        epoch = epoch_dsn or dsn
+        # The writer first: it refuses a dialect it cannot write before anything is created.
+        self.writer = RealisticWriter(dsn, source_dsn=epoch, timezone=timezone, local_text=local_text)
+        self.simulator = Simulator(epoch, seed=seed, scale=scale, speed=speed, incidents=incidents, timezone=timezone)
 
     async def create_schema(self) -> None:
         """Create both schemas."""

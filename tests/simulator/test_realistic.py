@@ -400,7 +400,11 @@ def test_demo_db_runs_the_demo_on_the_realistic_schema_in_postgresql(postgres: P
     assert not re.search(r'priority="\d', body)
     assert code == 0, err
     assert f"{url.split(':')[0]}://fabwatch:***@" in out  # where it writes, the password hidden
-    assert postgres.psql("SELECT COUNT(*) > 100 FROM tt_ticket", database=url.rsplit("/", 1)[1]).strip() == "t"
+    database = url.rsplit("/", 1)[1]
+    assert postgres.psql("SELECT COUNT(*) > 100 FROM tt_ticket", database=database).strip() == "t"
+    # The simulator's own tables stay in the demo's directory: the database holds the realistic schema.
+    assert postgres.psql("SELECT to_regclass('trouble_ticket') IS NULL", database=database).strip() == "t"
+    assert scalar(tmp_path / "demo" / "operator.db", "SELECT COUNT(*) FROM trouble_ticket") > 100
 
 
 def test_demo_db_refuses_tmf_and_an_unsupported_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
