@@ -132,8 +132,12 @@ class SourceSampler:
 
     def __init__(self, name: str, source: SqlSource, processes: Mapping[str, Process],
                  state: StateStore, *, currency: str = "EUR", max_series: int = 2000,
-                 clock: Callable[[], float] = time.time, monthly: MonthlyLookup | None = None) -> None:
+                 clock: Callable[[], float] = time.time, monthly: MonthlyLookup | None = None,
+                 late_every_sample: bool = False) -> None:
         self.name = name
+        self.late_every_sample = late_every_sample
+        """Look for late rows at every sample over the longest window (a record store fabwatch writes,
+        where a record may arrive days after its dates), not only at a reconcile over `late_window`."""
         self.clock = clock
         """What `now` is when `sample()` is not given one (the wall clock unless replaying)."""
         self.source = source
@@ -145,6 +149,7 @@ class SourceSampler:
         self._store = state
         self._state: dict[str, Any] = state.load(name)
         self._times: dict[str, Times] | None = None
+        self._year = 0
         """How each process's time columns hold their times: found on the first connection."""
         self._queries = {p: build_queries(proc) for p, proc in self.processes.items()}
         for process in self.processes:
@@ -187,8 +192,8 @@ class SourceSampler:
         processes = self._costed(now)
         try:
             async with self._guard(), self._read_only() as conn:
-                if self._times is None:
-                    await self._detect(conn)
+                if self._times is None or _year(now) != self._year:
+                    await self._detect(conn, now)
                 readers = {name: _EdgeReader(conn, self._queries[name]) for name in self.processes}
                 self._followed = set()
                 for shared in self._shared:
@@ -235,12 +240,14 @@ class SourceSampler:
         if self._engine is not None:
             self._engine.abort()
 
-    async def _detect(self, conn: AsyncConnection) -> None:
-        """Find what each process's time columns are, and build its statements for them."""
+    async def _detect(self, conn: AsyncConnection, now: float) -> None:
+        """Find what each process's time columns are, and build its statements for them (again each
+        new year: the zone changes written out in them follow the year)."""
         times: dict[str, Times] = {}
+        self._year = _year(now)
         for name, process in self.processes.items():
             try:
-                times[name] = await detect_times(conn, process.records, self.source)
+                times[name] = await detect_times(conn, process.records, self.source, self._year)
             except DBAPIError as exc:
                 raise classify(self.name, exc, f"process {name}: ") from exc
         self._queries = {p: build_queries(proc, None, times[p]) for p, proc in self.processes.items()}
@@ -276,7 +283,7 @@ class SourceSampler:
         notes: list[str] = []
         async with self._guard(), self._read_only() as conn:
             if self._times is None:
-                await self._detect(conn)
+                await self._detect(conn, self.clock())
             assert self._times is not None
             hi = self.clock() - self.source.settle
             for name, process in self.processes.items():
@@ -376,7 +383,12 @@ class SourceSampler:
         lo, prev, hi = self._span(process, state, now)
         if hi > lo:
             await reader.prefetch(self._ranges(reader, process, state, lo, prev, hi, now))
+            reconcile = self._reconcile_due(state, prev, now)
             await self._count_entering(reader, process, state, lo, hi)
+            if prev is not None and (reconcile or self.late_every_sample):
+                late = await self._count_late(reader, process, state, hi)
+                if late and name in self._books:
+                    del self._books[name]  # a late row may be open: recount the backlog now
             await self._move_windows(reader, process, state, prev, hi, now)
             state["hi"] = hi
         self._accrue_fixed(process, state, now)
@@ -398,22 +410,68 @@ class SourceSampler:
 
     async def _count_entering(self, reader: "_EdgeReader", process: Process, state: dict[str, Any],
                               lo: float, hi: float) -> None:
-        known = state.setdefault("dimsets", [])
-        booked = _booked(process, state)
+        ledgers = state.setdefault("ledger", {})
         for edge in reader.edges():
             groups = await reader.read(edge, lo, hi)
-            counters = state.setdefault(edge, {})
-            flat = state.setdefault(f"{edge}_sums", {})
-            entering: Sums = {}
+            self._add_counted(process, state, edge, groups, reader.dims)
+            # what the counters took, by group, since the ledger's start (see `_count_late`)
+            ledger = ledgers.setdefault(edge, {"from": lo, "sums": {}})
             for key, sums in groups.items():
-                capped = self._cap(key, known, reader.dims)
-                counters[capped] = counters.get(capped, 0.0) + sums["n"]
-                _add(flat, sums)
-                _add(entering, sums)
-            if edge == "completed":  # booked at the rates of now: a rate changed later leaves them be
-                for name, cost in process.costs.items():
-                    if cost.fixed_per_month is None:
-                        booked[name] = booked.get(name, 0.0) + variable_cost(cost, entering, name)
+                _add(ledger["sums"].setdefault(key, {}), sums)
+
+    def _add_counted(self, process: Process, state: dict[str, Any], edge: str, groups: Groups, dims: int) -> None:
+        """Add rows that entered an edge to its counters, sums and booked costs."""
+        known = state.setdefault("dimsets", [])
+        booked = _booked(process, state)
+        counters = state.setdefault(edge, {})
+        flat = state.setdefault(f"{edge}_sums", {})
+        entering: Sums = {}
+        for key, sums in groups.items():
+            capped = self._cap(key, known, dims)
+            counters[capped] = counters.get(capped, 0.0) + sums["n"]
+            _add(flat, sums)
+            _add(entering, sums)
+        if edge == "completed":  # booked at the rates of now: a rate changed later leaves them be
+            for name, cost in process.costs.items():
+                if cost.fixed_per_month is None:
+                    booked[name] = booked.get(name, 0.0) + variable_cost(cost, entering, name)
+
+    async def _count_late(self, reader: "_EdgeReader", process: Process, state: dict[str, Any],
+                          hi: float) -> float:
+        """Count the rows that came after the watermark had passed their time (committed later than
+        `settle`: a lagging replica, a batch loader, a late event): what the database holds now for the
+        ledger's span beyond what the counters took. Counters only go up; the ledger restarts at
+        `late_window` behind the watermark. Returns how many rows came late."""
+        ledgers = state.setdefault("ledger", {})
+        window = self._late_window(process)
+        total = 0.0
+        for edge in reader.edges():
+            ledger = ledgers[edge]
+            start = max(ledger["from"], hi - window)
+            kept = await reader.read(edge, start, hi)
+            older = await reader.read(edge, ledger["from"], start) if ledger["from"] < start else {}
+            late: Groups = {}
+            for key in set(kept) | set(older):
+                now_sums = dict(kept.get(key, {}))
+                _add(now_sums, older.get(key, {}))
+                taken = ledger["sums"].get(key, {})
+                extra = {name: value - taken.get(name, 0.0) for name, value in now_sums.items()}
+                if extra.get("n", 0.0) > 0:
+                    late[key] = {name: max(0.0, value) for name, value in extra.items()}
+            if late:
+                self._add_counted(process, state, edge, late, reader.dims)
+                counted = sum(s["n"] for s in late.values())
+                state.setdefault("late", {})[edge] = state.get("late", {}).get(edge, 0.0) + counted
+                total += counted
+                log_event(log, "late_rows", logging.INFO, source=self.name, edge=edge, rows=int(counted),
+                          hint="rows committed later than settle; counted now")
+            ledgers[edge] = {"from": start, "sums": kept}
+        return total
+
+    def _late_window(self, process: Process) -> float:
+        if self.late_every_sample:
+            return max([w for k in process.kpis.values() for w in _window_lengths(k)], default=DEFAULT_LOOKBACK)
+        return self.source.late_window or self.source.reconcile
 
     def _cap(self, key: str, known: list[str], dims: int) -> str:
         """Map a group key to itself while the process has room for it, else to the overflow set."""
@@ -527,6 +585,9 @@ class SourceSampler:
             outcome = values[len(dims)] if len(values) > len(dims) else MISSING
             out.add("fab_items_completed", base + _pairs(dims, json.dumps(values[:len(dims)]))
                     + (("outcome", str(outcome)),), count)
+        late = state.get("late", {})
+        for edge in ("created", "completed") if process.records.columns.completed else ("created",):
+            out.add("fab_items_late", base + (("edge", edge),), late.get(edge, 0.0))
         self._publish_open(out, base, dims, state, run, now)
         self._publish_histogram(out, base, process, state)
         self._publish_costs(out, base, process, state)
@@ -663,6 +724,7 @@ class _Families:
     _KINDS: ClassVar[dict[str, tuple[str, str]]] = {
         "fab_items_created": ("counter", "Work items created."),
         "fab_items_completed": ("counter", "Work items completed, by outcome."),
+        "fab_items_late": ("counter", "Work items counted late: committed after the watermark passed their time."),
         "fab_backlog_items": ("gauge", "Open work items."),
         "fab_overdue_items": ("gauge", "Open work items past their due time (paused items excluded)."),
         "fab_oldest_open_item_age_seconds": ("gauge", "Age of the oldest open work item."),
@@ -693,6 +755,10 @@ class _Families:
 
     def all(self) -> tuple[Family, ...]:
         return tuple(self._families.values())
+
+
+def _year(epoch: float) -> int:
+    return time.gmtime(epoch).tm_year
 
 
 def _window_lengths(kpi: object) -> list[float]:

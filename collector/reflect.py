@@ -4,6 +4,7 @@ Run once per sampler on its first connection (and by `fabwatch check`), never pe
 """
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from sqlalchemy import column, literal_column, select, table, text
@@ -21,7 +22,7 @@ from collector.types import TimeKind
 ROLES = ("created", "completed", "due")
 
 
-async def detect_times(conn: AsyncConnection, records: Records, source: SqlSource) -> Times:
+async def detect_times(conn: AsyncConnection, records: Records, source: SqlSource, year: int = 0) -> Times:
     """The kind of each mapped time column, as declared in `time_types` or found in the database."""
     dialect = conn.dialect.name
     columns = {role: getattr(records.columns, role) for role in ROLES if getattr(records.columns, role)}
@@ -33,7 +34,8 @@ async def detect_times(conn: AsyncConnection, records: Records, source: SqlSourc
         codes = {str(entry[0]): entry[1] for entry in description}
     found: dict[str, TimeColumn] = {}
     for role, name in columns.items():
-        found[role] = await _detect_one(conn, relation, name, codes.get(name), records, source, role == "due")
+        found[role] = replace(await _detect_one(conn, relation, name, codes.get(name), records, source,
+                                                role == "due"), year=year)
     return Times(dialect=dialect, **found)
 
 

@@ -114,6 +114,8 @@ class SqlSource(Model):
     """Seconds a row may arrive late: counters only read rows older than `now - settle`."""
     reconcile: Duration = 3600.0
     """How often window sums are recomputed in full instead of from their edges."""
+    late_window: Duration | None = None
+    """How far behind the watermark the reconcile looks for rows committed late (default: `reconcile`)."""
     timezone: TimeZoneName = "UTC"
     """The zone of the source's naive times (`timestamp`/`DATETIME` without zone, dates, ISO text
     without offset)."""

@@ -107,6 +107,9 @@ class TimeColumn:
     """A date read as the end of its day (a due date: due by the end of that day), else its start."""
     found: str = ""
     """What the database said the column is, for `fabwatch check`."""
+    year: int = 0
+    """The year the SQL is built around: zone changes from three years before to the year after are
+    written out (a short CASE compiles and runs fast); 0 writes out 1970 to 2050."""
 
     @property
     def tz(self) -> tzinfo:
@@ -229,7 +232,19 @@ class TimeColumn:
             nominal = nominal + literal_column("86400")
         if not self.naive:
             return nominal
-        return nominal - zone_offset_sql(nominal, self.zone)
+        years = (self.year - 3, self.year + 1) if self.year else (1970, 2050)
+        return nominal - zone_offset_sql(column, self.zone, lambda wall: self.wall_literal(wall, dialect), years)
+
+    def wall_literal(self, wall: datetime, dialect: str) -> Expr:
+        """A wall time as a literal of this column's type, to compare the column itself with (cheaper
+        than converting every row)."""
+        if self.kind == "date":
+            day = wall.date() + timedelta(days=1 if wall.time() != datetime.min.time() else 0)
+            return literal_column(f"'{day.isoformat()}'" if dialect == "sqlite" else f"DATE '{day.isoformat()}'")
+        if self.kind == "iso_text":
+            return literal_column(f"'{self.iso.write(wall)}'")
+        text_value = wall.strftime("%Y-%m-%d %H:%M:%S")
+        return literal_column(f"'{text_value}'" if dialect == "sqlite" else f"TIMESTAMP '{text_value}'")
 
 
 class _Watermark(TypeDecorator[Any]):
@@ -275,22 +290,25 @@ def _nominal_seconds(column: Expr, dialect: str) -> Expr:
     return (millis - literal_column(str(_JULIAN_EPOCH_MS))) / literal_column("1000.0")
 
 
-def zone_offset_sql(nominal: Expr, zone: str) -> Expr:
-    """The zone's UTC offset, in seconds, at a wall time given as nominal seconds (read as `fold=0`)."""
-    segments = zone_segments(zone)
-    if len(segments) == 1:
-        return literal_column(str(segments[0][1]))
-    return _offset_tree(nominal, segments)
+WallLiteral = Callable[[datetime], Expr]
+"""A wall time as a literal comparable with the column."""
 
 
-def _offset_tree(nominal: Expr, segments: list[tuple[float, int]]) -> Expr:
+def zone_offset_sql(wall: Expr, zone: str, literal: WallLiteral, years: tuple[int, int] = (1970, 2050)) -> Expr:
+    """The zone's UTC offset, in seconds, at a column's wall time (read as `fold=0`); before and after
+    `years`, the offset of the first and the last change written out."""
+    segments = zone_segments(zone, *years)
+    return _offset_tree(wall, segments, literal)
+
+
+def _offset_tree(wall: Expr, segments: list[tuple[float, int]], literal: WallLiteral) -> Expr:
     """A balanced CASE: a handful of comparisons per row, whatever the number of transitions."""
     if len(segments) == 1:
         return literal_column(str(segments[0][1]))
     middle = len(segments) // 2
-    boundary = segments[middle][0]
-    return case((nominal < literal_column(str(int(boundary))), _offset_tree(nominal, segments[:middle])),
-                else_=_offset_tree(nominal, segments[middle:]))
+    boundary = datetime(1970, 1, 1) + timedelta(seconds=segments[middle][0])
+    return case((wall < literal(boundary), _offset_tree(wall, segments[:middle], literal)),
+                else_=_offset_tree(wall, segments[middle:], literal))
 
 
 @cache
@@ -393,5 +411,3 @@ def kind_of_value(value: Any) -> tuple[TimeKind, IsoFormat | None] | None:
         return "date", None
     return None
 
-
-Detector = Callable[[str], TimeColumn]

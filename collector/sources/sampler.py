@@ -217,7 +217,8 @@ def build_sampler(name: str, source: Source, processes: Mapping[str, Process], s
     if isinstance(source, SqlSource):
         return SourceSampler(name, source, processes, state, **options)
     store = open_store(name, source, processes, state_path)
-    inner = SourceSampler(name, store_source(source, store), processes, state, **options)
+    # a record reaches the store when it arrives, whatever its dates: look for late ones at every sample
+    inner = SourceSampler(name, store_source(source, store), processes, state, late_every_sample=True, **options)
     syncer = _syncer(name, source, store, service)
     if isinstance(source, TmfEventsSource) and source.hub_url is None:
         store.close()  # the listener writes events through its own connection

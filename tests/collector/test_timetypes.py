@@ -96,15 +96,17 @@ def test_zone_segments_match_the_tz_database_at_every_change() -> None:
 
 def test_the_sql_offset_agrees_with_python_on_every_hour_around_the_changes() -> None:
     engine = create_engine("sqlite://")
-    nominal = literal_column("nominal")
-    statement = select(zone_offset_sql(nominal, "Europe/Berlin")).select_from(table("t", column("nominal")))
+    wall_column = literal_column("wall")
+    statement = select(zone_offset_sql(wall_column, "Europe/Berlin",
+                                       lambda wall: literal_column(f"'{wall:%Y-%m-%d %H:%M:%S}'"))).select_from(
+        table("t", column("wall")))
     walls = [datetime(2026, month, day, hour, minute) for month, day in ((3, 29), (10, 25), (1, 1), (7, 1))
              for hour in range(24) for minute in (0, 30, 59)]
     with engine.connect() as conn:
-        conn.exec_driver_sql("CREATE TABLE t (nominal REAL)")
+        conn.exec_driver_sql("CREATE TABLE t (wall TEXT)")
         for wall in walls:
             conn.exec_driver_sql("DELETE FROM t")
-            conn.exec_driver_sql("INSERT INTO t VALUES (?)", ((wall - datetime(1970, 1, 1)).total_seconds(),))
+            conn.exec_driver_sql("INSERT INTO t VALUES (?)", (wall.strftime("%Y-%m-%d %H:%M:%S"),))
             got = conn.execute(statement).scalar_one()
             expected = wall.replace(tzinfo=BERLIN, fold=0).utcoffset()
             assert expected is not None
