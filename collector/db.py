@@ -6,6 +6,7 @@ It knows nothing of KPIs, schedulers or exporters; the engine asks it for a conn
 import asyncio
 import logging
 import os
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -15,8 +16,9 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.engine import URL, CursorResult, Dialect, make_url
 from sqlalchemy.exc import DBAPIError, InvalidRequestError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.expression import Executable
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_, greenlet_spawn
 
 from collector.errors import (
     SourceError,
@@ -34,13 +36,47 @@ BACKSTOP_SECONDS = 2.0
 """Extra time asyncio grants after the database's own timeout, for a stuck driver."""
 _T = TypeVar("_T")
 
+_MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
+_COM_SET_OPTION, _MULTI_STATEMENTS_OFF = 0x1B, 1  # the MySQL protocol's command and option
+_MARIADB = "fabwatch_mariadb"
+"""Key of a pooled MariaDB/MySQL connection's `info`: True on MariaDB, False on MySQL."""
+# MariaDB/MySQL error numbers by reason (their SQLSTATEs are too coarse: HY000 for most).
+_MYSQL_TIMEOUT = frozenset({
+    1969,  # MariaDB: max_statement_time exceeded
+    3024,  # MySQL: max_execution_time exceeded
+    1205,  # lock wait timeout
+    1317,  # query execution was interrupted
+})
+_MYSQL_REFUSED = frozenset({
+    1044,  # access denied to the database
+    1045,  # access denied (user, password)
+    1142,  # command denied on a table
+    1143,  # command denied on a column
+    1227,  # a privilege is missing
+    1370,  # command denied on a routine
+    1792,  # cannot execute the statement in a READ ONLY transaction
+})
+_MYSQL_UNREACHABLE = frozenset({
+    2002,  # cannot connect through the socket
+    2003,  # cannot connect to the server
+    2006,  # server has gone away
+    2013,  # lost connection during the query
+    2055,  # lost connection (system error)
+})
+_MYSQL_QUERY = frozenset({
+    1054,  # unknown column
+    1064,  # syntax error
+    1146,  # table does not exist
+})
+
 
 class AsyncConnection:
     """The part of `sqlalchemy.ext.asyncio.AsyncConnection` that fabwatch uses, done the same way.
 
     Each call runs the Core connection's method in a greenlet that awaits the asyncio driver
-    (asyncpg, aiosqlite). SQLAlchemy's own asyncio extension cannot be imported without its ORM
-    session classes, which are 5 to 6 MiB of resident memory that `fabwatch serve` never uses.
+    (asyncpg, aiomysql, aiosqlite). SQLAlchemy's own asyncio extension cannot be imported without
+    its ORM session classes, which are 5 to 6 MiB of resident memory that `fabwatch serve` never
+    uses.
     """
 
     def __init__(self, sync_connection: Connection) -> None:
@@ -62,6 +98,12 @@ class AsyncConnection:
         """The driver's own connection object (an `aiosqlite.Connection`, an `asyncpg.Connection`)."""
         pooled = await greenlet_spawn(getattr, self.sync_connection, "connection")
         return pooled.driver_connection
+
+    async def info(self) -> dict[Any, Any]:
+        """The pooled connection's `info` dict, kept as long as the database connection lives."""
+        pooled = await greenlet_spawn(getattr, self.sync_connection, "connection")
+        info: dict[Any, Any] = pooled.info
+        return info
 
     async def rollback(self) -> None:
         await greenlet_spawn(self.sync_connection.rollback)
@@ -129,11 +171,14 @@ async def read_only(source: str, engine: AsyncEngine, timeout: float) -> AsyncIt
     try:
         conn = await engine.connect()
     except (OSError, DBAPIError) as exc:
-        refused = isinstance(exc, DBAPIError) and _sqlstate(exc).startswith("28")
+        refused = isinstance(exc, DBAPIError) and (_sqlstate(exc).startswith("28")
+                                                   or _mysql_code(exc) in _MYSQL_REFUSED)
         error = SourceRefused if refused else SourceUnreachable
         raise error(source, _first_line(exc)) from exc
     try:
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name in _MYSQL_DIALECTS:
+            await _mysql_read_only(conn, timeout)
+        elif conn.dialect.name == "postgresql":
             await conn.execute(text("SET TRANSACTION READ ONLY"))
             # One round trip: the timeout, and custom plans for the range queries (a generic plan
             # cannot see that (:lo, :hi] is a few seconds wide and scans whole indexes instead).
@@ -160,6 +205,8 @@ def create_engine(source: SqlSource) -> AsyncEngine:
     engine = AsyncEngine(create_sync_engine(url, _is_async=True, **options))
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_read_only)
+    elif url.get_backend_name() in _MYSQL_DIALECTS:
+        event.listen(engine.sync_engine, "connect", _mysql_session)
     return engine
 
 
@@ -209,6 +256,38 @@ def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _mysql_session(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    """Make every MariaDB/MySQL connection run one statement per call and read and bind
+    TIMESTAMP columns in UTC; note which of the two servers it is (their timeouts differ)."""
+    driver: Any = record.driver_connection
+    # aiomysql always asks for multi-statements: `SELECT 1; COMMIT; DELETE ...; COMMIT` would end
+    # the read-only transaction and write. COM_SET_OPTION turns them off for the session (a
+    # private method of aiomysql: tests/collector/test_engine_mariadb.py checks it still works).
+    await_(driver._execute_command(_COM_SET_OPTION, struct.pack("<H", _MULTI_STATEMENTS_OFF)))
+    await_(driver._read_packet())  # an EOF packet, or the error raised
+    cursor = dbapi_connection.cursor()
+    cursor.execute("SET time_zone = '+00:00'")
+    cursor.close()
+    # The handshake's version string ("5.5.5-10.11.6-MariaDB..."): no round trip.
+    record.info[_MARIADB] = "MariaDB" in driver.get_server_info()
+
+
+async def _mysql_read_only(conn: AsyncConnection, timeout: float) -> None:
+    """Start a read-only transaction whose statements the server stops after `timeout`."""
+    if (await conn.info()).get(_MARIADB):
+        limit = f"max_statement_time = {timeout:.6f}"  # seconds, to the microsecond
+    else:
+        limit = f"max_execution_time = {max(1, round(timeout * 1000))}"  # milliseconds; 0 = none
+    await conn.execute(text(f"SET SESSION {limit}"))
+    await conn.execute(text("START TRANSACTION READ ONLY"))
+
+
+def _mysql_code(exc: DBAPIError) -> int | None:
+    """The MariaDB/MySQL error number of a driver error (PyMySQL's first argument)."""
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
 def _sqlstate(exc: DBAPIError) -> str:
     orig = exc.orig
     return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
@@ -216,18 +295,25 @@ def _sqlstate(exc: DBAPIError) -> str:
 
 def classify(source: str, exc: DBAPIError, where: str = "") -> SourceError:
     """The typed error of a driver error; `where` prefixes its message (e.g. `process problem: `)."""
-    state, message = _sqlstate(exc), where + _first_line(exc)
+    state, code, message = _sqlstate(exc), _mysql_code(exc), where + _first_line(exc)
     lowered = message.lower()
-    if state == "57014" or "interrupted" in lowered or "database is locked" in lowered:
+    if code in _MYSQL_QUERY:
+        return SourceQueryFailed(source, message)  # before the words: a column may be named "readonly"
+    if state == "57014" or code in _MYSQL_TIMEOUT or "interrupted" in lowered or "database is locked" in lowered:
         # SQLite's "locked": a writer held the lock for the whole busy timeout (the source's timeout)
         return SourceTimeout(source, message)
-    if state in {"25006", "42501"} or state.startswith("28") or "readonly" in lowered or "read-only" in lowered:
+    if state in {"25006", "42501"} or state.startswith("28") or code in _MYSQL_REFUSED \
+            or "readonly" in lowered or "read-only" in lowered:
         return SourceRefused(source, message)
-    if state.startswith("08") or exc.connection_invalidated or "unable to open" in lowered:
+    if state.startswith("08") or code in _MYSQL_UNREACHABLE or exc.connection_invalidated \
+            or "unable to open" in lowered:
         return SourceUnreachable(source, message)
     return SourceQueryFailed(source, message)
 
 
 def _first_line(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None) or exc
+    code, *rest = getattr(orig, "args", None) or (None,)
+    if not isinstance(orig, OSError) and isinstance(code, int) and len(rest) == 1 and isinstance(rest[0], str):
+        orig = f"{rest[0]} (error {code})"  # PyMySQL's (number, message): not a tuple's repr
     return (str(orig).strip().splitlines() or [type(orig).__name__])[0]

@@ -95,9 +95,10 @@ class ServiceConfig(Model):
         return host.strip("[]"), int(port)
 
 
-ASYNC_DRIVERS = frozenset({"sqlite+aiosqlite", "postgresql+asyncpg"})
-"""The drivers fabwatch installs (aiosqlite, asyncpg); it samples on an event loop."""
-DSN_EXAMPLES = "sqlite+aiosqlite:///path/to/file.db or postgresql+asyncpg://user:password@host:5432/db"
+ASYNC_DRIVERS = frozenset({"sqlite+aiosqlite", "postgresql+asyncpg", "mariadb+aiomysql", "mysql+aiomysql"})
+"""The drivers fabwatch installs (aiosqlite, asyncpg, aiomysql); it samples on an event loop."""
+DSN_EXAMPLES = ("sqlite+aiosqlite:///path/to/file.db, postgresql+asyncpg://user:password@host:5432/db "
+                "or mariadb+aiomysql://user:password@host:3306/db (mysql+aiomysql:// for MySQL)")
 
 
 class SqlSource(Model):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages the test suite starts for real (idempotent, Debian 12):
 # prometheus + promtool, prometheus-alertmanager + amtool, PostgreSQL (initdb, postgres, psql),
-# openssl (certificates for the TLS tests).
+# MariaDB (mariadb-install-db, mariadbd, mariadb), openssl (certificates for the TLS tests).
 # Only missing packages are installed; `apt-get update` runs once, and only if needed.
 set -euo pipefail
 
@@ -20,6 +20,11 @@ have_postgres() {
 { have prometheus && have promtool; } || missing+=(prometheus)
 { have prometheus-alertmanager && have amtool; } || missing+=(prometheus-alertmanager)
 have_postgres || missing+=(postgresql)
+have_mariadb() {
+    [[ -x /usr/sbin/mariadbd ]] && have mariadb-install-db && have mariadb && have mariadb-admin
+}
+
+have_mariadb || missing+=(mariadb-server mariadb-client)
 have openssl || missing+=(openssl)   # the TLS tests make their certificates with it
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 

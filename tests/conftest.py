@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL, Prometheus, Alertmanager, promtool and amtool."""
+"""Shared fixtures: real PostgreSQL, MariaDB, Prometheus, Alertmanager, promtool and amtool."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from tests.servers import (
     DEFAULT_PROMETHEUS_CONFIG,
     AlertmanagerServer,
     HttpServer,
+    MariaDBServer,
     PostgresServer,
     PrometheusServer,
     require_binary,
+    run_mariadb,
     run_postgres,
     start_alertmanager,
     start_prometheus,
@@ -28,6 +30,13 @@ AlertmanagerFactory = Callable[..., AlertmanagerServer]
 def postgres() -> Iterator[PostgresServer]:
     """Start one PostgreSQL for the whole session (database `fabwatch`, roles owner + read-only)."""
     with run_postgres() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mariadb() -> Iterator[MariaDBServer]:
+    """Start one MariaDB for the whole session (database `fabwatch`, users owner + read-only)."""
+    with run_mariadb() as server:
         yield server
 
 

@@ -1,4 +1,4 @@
-"""Real servers for the integration tests: PostgreSQL, Prometheus and Alertmanager on loopback."""
+"""Real servers for the integration tests: PostgreSQL, MariaDB, Prometheus and Alertmanager on loopback."""
 
 from __future__ import annotations
 
@@ -302,6 +302,147 @@ def run_postgres() -> Iterator[PostgresServer]:
             yield server
         finally:
             stop_process(proc, signal.SIGINT)  # SIGINT = fast shutdown
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- MariaDB
+
+MARIADB_PASSWORDS = {
+    "fabwatch": "fabwatch-pw",
+    "fabwatch_ro": "fabwatch-ro-pw",
+}
+ZONEINFO = Path("/usr/share/zoneinfo")
+
+
+def mariadb_binary(name: str) -> str:
+    """Return the path of a MariaDB program (the server lives in /usr/sbin, off a user's PATH)."""
+    for candidate in (shutil.which(name), f"/usr/sbin/{name}", f"/usr/bin/{name}"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    pytest.fail(f"MariaDB `{name}` not found; {ENSURE_DEPS}", pytrace=False)
+
+
+class MariaDBServer:
+    """A MariaDB on loopback: database `fabwatch`, user `fabwatch` (all privileges on the
+    `fabwatch*` databases) and reader `fabwatch_ro` (SELECT only). `root` logs in on the socket
+    alone, without a password. `stop` and `start` keep the data and the port."""
+
+    owner = "fabwatch"
+    readonly = "fabwatch_ro"
+    database = "fabwatch"
+
+    def __init__(self, base: Path, port: int) -> None:
+        self.base = base
+        self.port = port
+        self.host = HOST
+        self.socket = base / "mariadb.sock"
+        self.log = base / "mariadb.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._databases = 0
+
+    def dsn(
+        self,
+        user: str = "fabwatch",
+        *,
+        database: str | None = None,
+        driver: str = "mariadb+aiomysql",
+        password: str | None = None,
+    ) -> str:
+        """Return a SQLAlchemy URL for `user` (owner by default) over TCP on loopback."""
+        secret = MARIADB_PASSWORDS.get(user, "") if password is None else password
+        quoted = urllib.parse.quote(secret, safe="")
+        return f"{driver}://{user}:{quoted}@{HOST}:{self.port}/{database or self.database}"
+
+    def sql(self, sql: str, *, database: str | None = None) -> str:
+        """Run SQL as root over the socket; return the tab-separated rows without headers."""
+        cmd = [mariadb_binary("mariadb"), "--no-defaults", f"--socket={self.socket}", "--user=root",
+               "--batch", "--skip-column-names", database or self.database]
+        proc = subprocess.run(cmd, input=sql, capture_output=True, text=True, timeout=60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"mariadb failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc.stdout
+
+    def create_database(self, name: str | None = None) -> str:
+        """Create a database the owner may change and the reader may read; return its name."""
+        if name is None:
+            self._databases += 1
+            name = f"fabwatch_{self._databases}"
+        self.sql(f"CREATE DATABASE `{name}`", database="mysql")
+        return name
+
+    def start(self) -> None:
+        """Start the server on its data directory and port; wait until it answers."""
+        cmd = [
+            mariadb_binary("mariadbd"), "--no-defaults", f"--datadir={self.base / 'data'}",
+            f"--port={self.port}", f"--bind-address={HOST}", f"--socket={self.socket}",
+            f"--pid-file={self.base / 'mariadb.pid'}", f"--tmpdir={self.base}", "--skip-name-resolve",
+            "--innodb-buffer-pool-size=64M", "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-flush-method=nosync", "--skip-innodb-doublewrite",  # throwaway data: no fsync
+            "--character-set-server=utf8mb4", "--max-connections=200", *_mariadb_user(),
+        ]  # fmt: skip
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=self.base, stdout=out, stderr=subprocess.STDOUT)
+        ping = [mariadb_binary("mariadb-admin"), "--no-defaults", f"--socket={self.socket}",
+                "--user=root", "--silent", "ping"]
+        proc = self.proc
+        wait_until(lambda: subprocess.run(ping, capture_output=True).returncode == 0, proc, "mariadbd",
+                   self.log)
+
+    def stop(self) -> None:
+        """Stop the server (a clean shutdown), keeping its data for `start`."""
+        if self.proc is not None:
+            stop_process(self.proc)
+            self.proc = None
+
+
+def _mariadb_user() -> list[str]:
+    """mariadbd refuses to run as root unless told to, which CI (root on a clean machine) is."""
+    return ["--user=root"] if os.geteuid() == 0 else []
+
+
+def mariadb_setup_sql() -> str:
+    """Return the SQL creating the owner, the reader and the `fabwatch` database."""
+    pw = MARIADB_PASSWORDS
+    return f"""
+        CREATE USER 'fabwatch'@'{HOST}' IDENTIFIED BY '{pw['fabwatch']}';
+        CREATE USER 'fabwatch_ro'@'{HOST}' IDENTIFIED BY '{pw['fabwatch_ro']}';
+        GRANT ALL PRIVILEGES ON `fabwatch%`.* TO 'fabwatch'@'{HOST}';
+        GRANT SELECT ON `fabwatch%`.* TO 'fabwatch_ro'@'{HOST}';
+        CREATE DATABASE fabwatch;
+    """
+
+
+def load_time_zones(server: MariaDBServer) -> None:
+    """Load the system's zones into the server (CONVERT_TZ, named `time_zone`s): about 2 s."""
+    tzinfo = subprocess.run([mariadb_binary("mariadb-tzinfo-to-sql"), str(ZONEINFO)],
+                            capture_output=True, text=True, timeout=60)
+    if tzinfo.returncode != 0:
+        pytest.fail(f"mariadb-tzinfo-to-sql failed: {tzinfo.stderr.strip()}")
+    server.sql(tzinfo.stdout, database="mysql")
+
+
+@contextlib.contextmanager
+def run_mariadb(*, time_zones: bool = True) -> Iterator[MariaDBServer]:
+    """Start a throwaway MariaDB on a free loopback port; stop it and remove it after."""
+    base = Path(tempfile.mkdtemp(prefix="fabwatch-mariadb-"))
+    try:
+        install = [
+            mariadb_binary("mariadb-install-db"), "--no-defaults", f"--datadir={base / 'data'}",
+            "--auth-root-authentication-method=normal", "--skip-test-db", *_mariadb_user(),
+        ]  # fmt: skip
+        proc = subprocess.run(install, cwd=base, capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            pytest.fail(f"mariadb-install-db failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        server = MariaDBServer(base, free_port())
+        server.start()
+        try:
+            server.sql(mariadb_setup_sql(), database="mysql")
+            if time_zones:
+                load_time_zones(server)
+            yield server
+        finally:
+            server.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

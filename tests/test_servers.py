@@ -118,6 +118,38 @@ def test_postgres_create_database_is_isolated(postgres):
     assert name in postgres.dsn(database=name)
 
 
+async def test_mariadb_reader_can_select_not_write_and_passwords_are_checked(mariadb):
+    owner = create_async_engine(mariadb.dsn())
+    reader = create_async_engine(mariadb.dsn("fabwatch_ro"))
+    wrong = create_async_engine(mariadb.dsn(password="wrong"))
+    try:
+        async with owner.begin() as conn:
+            await conn.execute(text("CREATE TABLE infra_probe (id INTEGER PRIMARY KEY)"))
+            await conn.execute(text("INSERT INTO infra_probe VALUES (1)"))
+        async with reader.connect() as conn:
+            assert (await conn.execute(text("SELECT id FROM infra_probe"))).scalars().all() == [1]
+        with pytest.raises(DBAPIError, match="command denied"):
+            async with reader.begin() as conn:
+                await conn.execute(text("INSERT INTO infra_probe VALUES (2)"))
+        with pytest.raises(DBAPIError, match="Access denied"):
+            async with wrong.connect():
+                pass
+    finally:
+        async with owner.begin() as conn:
+            await conn.execute(text("DROP TABLE IF EXISTS infra_probe"))
+        for engine in (owner, reader, wrong):
+            await engine.dispose()
+
+
+def test_mariadb_has_the_time_zones_and_databases_are_isolated(mariadb):
+    name = mariadb.create_database()
+    mariadb.sql("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7)", database=name)
+    assert mariadb.sql("SELECT x FROM t", database=name).strip() == "7"
+    assert mariadb.sql("SHOW TABLES LIKE 't'").strip() == ""  # not in the `fabwatch` database
+    berlin = "SELECT CONVERT_TZ('2026-03-29 01:30:00', 'UTC', 'Europe/Berlin')"
+    assert mariadb.sql(berlin).strip() == "2026-03-29 03:30:00"  # the zone tables are loaded
+
+
 def test_alertmanager_starts_and_receives_alerts(alertmanager_factory):
     am = alertmanager_factory()
     assert am.get_json("/api/v2/status")["cluster"]["status"] == "disabled"

@@ -245,6 +245,10 @@ def test_each_file_may_hold_its_own_anchor_block(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("dsn", "message"), [
     ("postgresql://fab:s3cret@127.0.0.1:5432/crm", "'postgresql' is not a supported asyncio driver; use "),
     ("sqlite:///x.db", "'sqlite' is not a supported asyncio driver"),
+    ("mysql+pymysql://fab:s3cret@db/crm", "'mysql+pymysql' is not a supported asyncio driver; use sqlite+"
+                                         "aiosqlite:///path/to/file.db, postgresql+asyncpg://user:password@host"
+                                         ":5432/db or mariadb+aiomysql://user:password@host:3306/db "
+                                         "(mysql+aiomysql:// for MySQL)"),
     ("postgresql+asyncpg://fab:s3cret@db:54x2/crm", "not a database URL (invalid literal for int()"),
     ("", "not a database URL"),
     ("postgresql+asyncpg://fab:s3cret@pw@127.0.0.1:5432/crm", "write an '@' of the user or password as %40"),
@@ -256,6 +260,12 @@ def test_a_dsn_fabwatch_cannot_connect_with_is_a_config_error(tmp_path: Path, ds
     assert message in line, line
     assert "s3cret" not in line  # the password never goes to the terminal or the logs
     assert "pw@" not in line
+
+
+@pytest.mark.parametrize("dsn", ["mariadb+aiomysql://fab:s3cret@db:3306/crm", "mysql+aiomysql://fab@db/crm"])
+def test_mariadb_and_mysql_dsns_are_accepted(tmp_path: Path, dsn: str) -> None:
+    path = write(tmp_path, "a.yaml", GOOD.replace('"sqlite+aiosqlite:///x.db"', f'"{dsn}"'))
+    assert load_inventory([path], {}).sources["crm"].dsn == dsn  # type: ignore[union-attr]
 
 
 def test_an_empty_file_is_named(tmp_path: Path) -> None:
