@@ -22,19 +22,13 @@ def test_example_maps_every_simulated_process_to_its_table_and_statuses() -> Non
 
 
 REALISTIC = sorted((EXAMPLE.parent).glob("realistic-*.yaml"))
-# Until branch `mariadb` is merged the inventory refuses the aiomysql driver; strict: remove on merge.
-NO_MARIADB_YET = pytest.mark.xfail(strict=True, reason="mariadb+aiomysql is accepted once branch mariadb is merged")
 
 
 def test_there_is_a_realistic_example_per_dialect() -> None:
     assert [p.name for p in REALISTIC] == ["realistic-mariadb.yaml", "realistic-postgres.yaml", "realistic-sqlite.yaml"]
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=NO_MARIADB_YET) if "mariadb" in p.name else p for p in REALISTIC],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("path", REALISTIC, ids=lambda p: p.stem)
 def test_realistic_example_labels_the_codes_the_simulator_writes(path: Path) -> None:
     inventory = load_inventory([path], {})
     assert set(inventory.processes) == {"problem", "order"}
@@ -47,7 +41,6 @@ def test_realistic_example_labels_the_codes_the_simulator_writes(path: Path) -> 
         assert set(records.paused_statuses) == set(profile.paused_statuses), name
 
 
-@NO_MARIADB_YET
 def test_realistic_mariadb_example_reads_naive_times_in_the_operator_s_zone() -> None:
     inventory = load_inventory([EXAMPLE.parent / "realistic-mariadb.yaml"], {})
     assert inventory.sources["ops"].timezone == "Europe/Berlin"  # type: ignore[union-attr]

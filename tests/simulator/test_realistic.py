@@ -36,7 +36,7 @@ from simulator.realistic import (
     time_codec,
 )
 from tests.collector.test_cli import run_fabwatch, stop, wait_http
-from tests.servers import PostgresServer, free_port
+from tests.servers import MariaDBServer, PostgresServer, free_port
 from tests.simulator.helpers import NOW, dsn, query, scalar
 
 HOUR = 3600.0
@@ -427,3 +427,59 @@ def test_demo_db_refuses_tmf_and_an_unsupported_database(tmp_path: Path, capsys:
     assert main(["demo", "--db", "oracle+oracledb://u@h/db", "--data-dir", data]) == 2
     assert "not 'oracle'" in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()
+
+
+# --- MariaDB: naive DATETIME(6) in Europe/Berlin (the simulator's epoch tables stay in SQLite) ---
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("process", ["problem", "order"])
+async def test_mariadb_naive_local_schema_reads_back_as_the_epoch_rows(
+    mariadb: MariaDBServer, tmp_path: Path, process: str
+) -> None:
+    url, epoch_url = mariadb.dsn(database=mariadb.create_database()), dsn(tmp_path / "epoch.db")
+    await simulate(url, epoch_url=epoch_url)
+    epoch, mapped = await read_both(url, "mariadb", process, epoch_url)
+    assert_lifecycles_covered(epoch, process)
+    assert_same_rows("mariadb", process, epoch, mapped)
+    sql = (
+        "SELECT data_type, datetime_precision FROM information_schema.columns "
+        "WHERE table_schema = DATABASE() AND table_name = 'po_order' AND column_name = 'order_date'"
+    )
+    (column,) = await fetch(url, sql)
+    assert (column["data_type"], column["datetime_precision"]) == ("datetime", 6)
+
+
+@pytest.mark.integration
+async def test_mariadb_naive_local_across_the_spring_change_gives_the_metrics_of_the_epoch_tables(
+    mariadb: MariaDBServer, tmp_path: Path
+) -> None:
+    url, epoch_url = mariadb.dsn(database=mariadb.create_database()), dsn(tmp_path / "epoch.db")
+    assert await assert_same_metrics_both_ways(url, "mariadb", tmp_path, epoch_url=epoch_url) > 1000
+    night = [
+        str(row["changed_at"])
+        for row in await fetch(url, "SELECT changed_at FROM tt_status_history "
+                               "WHERE changed_at BETWEEN '2026-03-28 23:00' AND '2026-03-29 06:00'")
+    ]  # fmt: skip
+    assert any(t < "2026-03-29 02" for t in night)  # rows on both sides of the change...
+    assert any(t >= "2026-03-29 03" for t in night)
+    assert not any(t.startswith("2026-03-29 02") for t in night)  # ...and none in the hour it skips
+
+
+@pytest.mark.integration
+def test_demo_db_runs_the_demo_on_the_realistic_schema_in_mariadb(mariadb: MariaDBServer, tmp_path: Path) -> None:
+    port = free_port()
+    proc = run_fabwatch("demo", "--db", mariadb.dsn(database=mariadb.create_database()), "--days", "2",
+                        "--data-dir", str(tmp_path / "demo"), "--listen", f"127.0.0.1:{port}")  # fmt: skip
+    deadline, body, created = time.monotonic() + 90, "", set()
+    while time.monotonic() < deadline:
+        body = wait_http(f"http://127.0.0.1:{port}/metrics", proc).decode()
+        created = set(re.findall(r'^fab_items_created_total\{[^}]*process="([a-z_]+)"', body, re.MULTILINE))
+        if 'fab_source_up{source="ops"} 1.0' in body and created == {"problem", "order"}:
+            break
+        time.sleep(0.5)
+    code, _, err = stop(proc, signal.SIGINT)
+    assert 'fab_source_up{source="ops"} 1.0' in body, err
+    assert created == {"problem", "order"}, err
+    assert re.search(r'^fab_backlog_items\{[^}]*priority="high"', body, re.MULTILINE)
+    assert code == 0, err
