@@ -62,6 +62,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="realistic: also store tickets and orders as ITSM/OSS systems do (timestamps, codes, "
         "a status history; examples/realistic-*.yaml map them)",
     )
+    parser.add_argument(
+        "--epoch-dsn",
+        default=_env("EPOCH_DSN"),
+        help="with --schema realistic: where the simulator's own tables live (default --dsn; required for MariaDB)",
+    )
     return parser
 
 
@@ -93,10 +98,13 @@ async def simulate(args: argparse.Namespace) -> int:
     incidents = [Incident.parse(spec, now) for spec in args.incident]
     if args.schema not in SCHEMAS:  # argparse checks the flag's choices, not a default from the environment
         raise ValueError(f"FABWATCH_SIMULATE_SCHEMA={args.schema!r} is not one of {', '.join(SCHEMAS)}")
-    kind = RealisticSimulator if args.schema == "realistic" else Simulator
-    sim = kind(
-        args.dsn, seed=args.seed, scale=args.scale, speed=args.speed, incidents=incidents, timezone=args.timezone
-    )
+    sim: Simulator | RealisticSimulator
+    if args.schema == "realistic":
+        sim = RealisticSimulator(args.dsn, epoch_dsn=args.epoch_dsn, seed=args.seed, scale=args.scale,
+                                 speed=args.speed, incidents=incidents, timezone=args.timezone)  # fmt: skip
+    else:
+        sim = Simulator(args.dsn, seed=args.seed, scale=args.scale, speed=args.speed, incidents=incidents,
+                        timezone=args.timezone)  # fmt: skip
     try:
         cursor = await sim.cursor()
         if args.days > 0 and cursor is None:

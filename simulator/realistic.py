@@ -348,6 +348,11 @@ class RealisticSimulator:
         local_text: bool = False,
     ) -> None:
         epoch = epoch_dsn or dsn
+        if make_url(epoch).get_backend_name() in ("mysql", "mariadb"):  # TEXT primary keys: MariaDB cannot index them
+            raise ValueError(
+                "the simulator's own tables cannot live in MariaDB/MySQL: give them another database "
+                "(--epoch-dsn sqlite+aiosqlite:///simulator.db)"
+            )
         # The writer first: it refuses a dialect it cannot write before anything is created.
         self.writer = RealisticWriter(dsn, source_dsn=epoch, timezone=timezone, local_text=local_text)
         self.simulator = Simulator(epoch, seed=seed, scale=scale, speed=speed, incidents=incidents, timezone=timezone)

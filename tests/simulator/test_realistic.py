@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import re
 import signal
@@ -483,3 +484,25 @@ def test_demo_db_runs_the_demo_on_the_realistic_schema_in_mariadb(mariadb: Maria
     assert created == {"problem", "order"}, err
     assert re.search(r'^fab_backlog_items\{[^}]*priority="high"', body, re.MULTILINE)
     assert code == 0, err
+
+
+@pytest.mark.integration
+async def test_simulate_realistic_into_mariadb_keeps_the_simulator_s_tables_in_epoch_dsn(
+    mariadb: MariaDBServer, tmp_path: Path
+) -> None:
+    url, epoch = mariadb.dsn(database=mariadb.create_database()), tmp_path / "simulator.db"
+    args = parse_simulate(
+        "--dsn", url, "--epoch-dsn", dsn(epoch), "--days", "1", "--scale", "0.3", "--schema", "realistic"
+    )
+    assert await asyncio.to_thread(cli.run, args) == 0
+    (tickets,) = await fetch(url, "SELECT COUNT(*) AS n FROM tt_ticket")
+    assert tickets["n"] == scalar(epoch, "SELECT COUNT(*) FROM trouble_ticket") > 10
+
+
+def test_simulate_realistic_refuses_to_put_the_simulator_s_tables_in_mariadb(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    args = parse_simulate("--dsn", "mariadb+aiomysql://u:p@127.0.0.1:1/db", "--schema", "realistic")
+    assert cli.run(args) == 2
+    assert "cannot live in MariaDB/MySQL" in caplog.text
+    assert "--epoch-dsn" in caplog.text
