@@ -506,3 +506,54 @@ def test_simulate_realistic_refuses_to_put_the_simulator_s_tables_in_mariadb(
     assert cli.run(args) == 2
     assert "cannot live in MariaDB/MySQL" in caplog.text
     assert "--epoch-dsn" in caplog.text
+
+
+# --- fabwatch check on each example, against the schema the simulator wrote ----------------------
+
+CHECK_KINDS = {"sqlite": "iso_text", "postgres": "timestamptz", "mariadb": "timestamp"}
+
+
+async def check_example(kind: str, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: str | None) -> str:
+    """Write the realistic schema, run `fabwatch check` on the example of its dialect; return its output."""
+    await simulate(url, days=3, steps=2, epoch_url=epoch)
+    monkeypatch.setenv("FABWATCH_DEMO_DSN", url)
+    monkeypatch.setenv("FABWATCH_STATE", str(tmp_path / "check.state"))
+    code = await asyncio.to_thread(main, ["check", "-c", str(EXAMPLES / f"realistic-{kind}.yaml")])
+    return f"exit={code}\n"
+
+
+def assert_checked(kind: str, out: str) -> None:
+    """Assert every KPI answered and each time column's kind was found as the example says."""
+    assert "1 source(s), 19 ok, 0 failed" in out, out
+    for process in ("problem", "order"):
+        for role in ("created", "completed"):
+            assert f"process {process}: {role} {role}_at: {CHECK_KINDS[kind]}" in out, out
+    assert "process order: due due_at: epoch_ms" in out, out
+
+
+async def test_check_passes_on_the_sqlite_example_with_every_edge_on_an_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await check_example("sqlite", dsn(tmp_path / "operator.db"), tmp_path, monkeypatch, None) == "exit=0\n"
+    out = capsys.readouterr().out
+    assert_checked("sqlite", out)
+    assert "full scan" not in out
+    assert out.count("edge plan: SEARCH") == 4, out
+
+
+@pytest.mark.integration
+async def test_check_passes_on_the_postgres_example(
+    postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = postgres.dsn("fabwatch", database=postgres.create_database())
+    assert await check_example("postgres", url, tmp_path, monkeypatch, None) == "exit=0\n"
+    assert_checked("postgres", capsys.readouterr().out)
+
+
+@pytest.mark.integration
+async def test_check_passes_on_the_mariadb_example(
+    mariadb: MariaDBServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = mariadb.dsn(database=mariadb.create_database())
+    assert await check_example("mariadb", url, tmp_path, monkeypatch, dsn(tmp_path / "epoch.db")) == "exit=0\n"
+    assert_checked("mariadb", capsys.readouterr().out)
