@@ -66,8 +66,8 @@ def build(inventory: Inventory) -> Bundle:
 
 
 def unreachable_notes(inventory: Inventory) -> list[str]:
-    """Say which burn-rate pairs are left out: those no error ratio can reach (factor x budget >= 1)
-    and those that would fire on an SLA meeting its objective (factor under 1)."""
+    """Say which burn-rate pairs are left out (no error ratio can reach factor x budget) and which fire
+    from 1x rather than their workbook factor (under 1x a burn meets the objective)."""
     notes = []
     for name, process in inventory.processes.items():
         for kpi_name, kpi in sla_kpis(process).items():
@@ -77,8 +77,8 @@ def unreachable_notes(inventory: Inventory) -> list[str]:
                 if not pair.reachable:
                     notes.append(f"{where} needs an error ratio above {pair.threshold:.3g} ({pair.factor:g}x a "
                                  f"{pair.budget:g} budget): left out")
-                elif not pair.spends_too_fast:
-                    notes.append(f"{where} burns at {pair.factor:g}x, which spends less than the budget over the "
-                                 f"{format_duration(kpi.window)} window: it would fire on an SLA that meets its "
-                                 "objective: left out")
+                elif pair.scaled:
+                    notes.append(f"{where} burns at {pair.workbook_factor:.3g}x over the "
+                                 f"{format_duration(kpi.window)} window, which would meet the objective: it fires "
+                                 f"from 1x instead")
     return notes

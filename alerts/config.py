@@ -45,6 +45,8 @@ class BurnWindow(Model):
     budget_share: Annotated[float, Field(gt=0, le=1)]
     min_events: Annotated[int, Field(ge=0)] | None = None
     """Valid events the long window needs before its ratio counts (default: slo.min_events)."""
+    min_bad_events: Annotated[int, Field(ge=0)] | None = None
+    """Bad events the long window needs before the pair fires (default: slo.min_bad_events)."""
 
     @model_validator(mode="after")
     def _short_is_shorter(self) -> BurnWindow:
@@ -67,6 +69,9 @@ class SloAlerting(Model):
     windows: tuple[BurnWindow, ...] = WORKBOOK_WINDOWS
     min_events: Annotated[int, Field(ge=0)] = 10
     """Below this many valid events in a long window the error ratio is noise: no alert."""
+    min_bad_events: Annotated[int, Field(ge=0)] = 3
+    """Below this many bad events in a long window no pair fires: at a few events an hour one late
+    item is a large error ratio, but not yet a burn worth a page or a ticket."""
     evaluation_interval: Duration = 60.0
     """Interval of the SLO rule groups; the cheap long-window counts depend on it."""
     raw_window_max: Duration = 6 * 3600.0

@@ -16,6 +16,8 @@ class Rule:
     record: str | None = None
     alert: str | None = None
     for_: float | None = None
+    keep_firing_for: float | None = None
+    """Keep an alert firing this long after its expression stops returning it (Prometheus >= 2.42)."""
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
 
@@ -25,6 +27,8 @@ class Rule:
         out["expr"] = self.expr
         if self.for_:
             out["for"] = format_duration(self.for_)
+        if self.keep_firing_for:
+            out["keep_firing_for"] = format_duration(self.keep_firing_for)
         if self.labels:
             out["labels"] = dict(self.labels)
         if self.annotations:

@@ -6,9 +6,21 @@ ratio over a window is `1 - increase(good) / increase(valid)`. Windows up to
 base-window increases, as Sloth does with `sum_over_time`, but as a ratio of sums: an average of
 short ratios would be NaN as soon as one base window of a low-volume process saw no event.
 
-Low volumes are handled twice: a long window needs `min_events` valid events before its ratio
-counts, and a short window with no event at all does not reset a firing alert (no news is not
-recovery), so a process with a few tickets per hour neither pages on one late ticket nor flaps.
+Every pair covers the SLO from 1x burn upwards: a pair whose workbook factor is under 1x (the
+3d/6h pair of a 28d SLO: 0.93x) is scaled up to 1x, not dropped, so a steady 2x burn still tickets.
+
+Low volumes are handled three ways. Every pair's long window needs `min_events` valid and
+`min_bad_events` bad events before it fires (one late item among a few is a large ratio, not a
+burn); it also needs the bad events its share of the whole window's budget stands for, counted
+from fabwatch's `fab_sla_window_valid` when exported (a Prometheus younger than the long window
+would otherwise read a burst as a burn of the whole budget). And a short window with no event at
+all cannot start an alert but keeps a firing one (`keep_firing_for` its longest short window: no
+news is not recovery), so a process with a few tickets per hour neither pages on one late ticket,
+nor after the last event, nor flaps.
+
+The SLA-window view (burn over the whole window, budget left, in ratio and in events) comes from
+fabwatch's own window sums (`fab_kpi_value`, `fab_sla_window_valid`), which cover the window from
+the records: a Prometheus holding a few hours of counters would see an almost empty budget.
 """
 
 from __future__ import annotations
@@ -24,15 +36,17 @@ from collector.schema import Process, SlaKpi
 GOOD, VALID = "fab_sla_good_total", "fab_sla_valid_total"
 GOOD_BASE = "process_kpi:fab_sla_good:increase{w}"
 VALID_W = "process_kpi:fab_sla_valid:increase{w}"
+BAD_W = "process_kpi:fab_sla_bad:increase{w}"
 ERROR_W = "process_kpi:fab_sla_error:ratio_rate{w}"
-VALID_PERIOD = "process_kpi:fab_sla_valid:increase_period"
-ERROR_PERIOD = "process_kpi:fab_sla_error:ratio_period"
+WINDOW_VALID = "fab_sla_window_valid"
+KPI_VALUE = "fab_kpi_value"
 OBJECTIVE = "process_kpi:fab_sla_objective:ratio"
 BUDGET = "process_kpi:fab_sla_error_budget:ratio"
 BURN_CURRENT = "process_kpi:fab_sla_burn_rate:current"
 BURN_PERIOD = "process_kpi:fab_sla_burn_rate:period"
 REMAINING = "process_kpi:fab_sla_error_budget_remaining:period"
 REMAINING_EVENTS = "process_kpi:fab_sla_error_budget_remaining:events"
+BUDGET_EVENTS = "process_kpi:fab_sla_error_budget:events"
 BURN_ALERT = "FabSlaErrorBudgetBurn"
 AT_RISK_ALERT = "FabSlaAtRisk"
 
@@ -46,8 +60,13 @@ class BurnPair:
     short: float
     budget_share: float
     min_events: int
+    min_bad_events: int
     factor: float
     budget: float
+    workbook_factor: float
+    """The factor `budget_share` gives; under 1x it is scaled up to 1x (`factor`)."""
+    share: float
+    """The share of the whole window's error budget a burn at `factor` spends within `long`."""
 
     @property
     def threshold(self) -> float:
@@ -59,14 +78,14 @@ class BurnPair:
         return self.threshold < 1
 
     @property
-    def spends_too_fast(self) -> bool:
-        """Whether a burn over the factor would miss the objective: under 1x, the budget lasts the
-        SLO window, and the pair would fire on an SLA that meets it (a 7d SLO's 1d pair: 0.7x)."""
-        return self.factor >= 1
+    def scaled(self) -> bool:
+        """Whether the workbook factor was under 1x: a burn under 1x meets the objective, so the
+        pair fires from 1x instead (a 28d SLO's 3d pair: 0.93x)."""
+        return self.workbook_factor < self.factor
 
     @property
     def usable(self) -> bool:
-        return self.reachable and self.spends_too_fast
+        return self.reachable
 
 
 def burn_factor(slo_window: float, long: float, budget_share: float) -> float:
@@ -76,13 +95,16 @@ def burn_factor(slo_window: float, long: float, budget_share: float) -> float:
 
 def burn_pairs(slo_window: float, objective: float, slo: SloAlerting) -> tuple[BurnPair, ...]:
     """Return every configured window pair with its factor for this SLO."""
-    return tuple(_pair(w, slo_window, 1 - objective, slo.min_events) for w in slo.windows)
+    return tuple(_pair(w, slo_window, 1 - objective, slo) for w in slo.windows)
 
 
-def _pair(w: BurnWindow, slo_window: float, budget: float, min_events: int) -> BurnPair:
-    factor = round(burn_factor(slo_window, w.long, w.budget_share), 9)
-    events = w.min_events if w.min_events is not None else min_events
-    return BurnPair(w.severity, w.long, w.short, w.budget_share, events, factor, round(budget, 12))
+def _pair(w: BurnWindow, slo_window: float, budget: float, slo: SloAlerting) -> BurnPair:
+    derived = round(burn_factor(slo_window, w.long, w.budget_share), 9)
+    events = w.min_events if w.min_events is not None else slo.min_events
+    bad = w.min_bad_events if w.min_bad_events is not None else slo.min_bad_events
+    factor = max(derived, 1.0)
+    return BurnPair(w.severity, w.long, w.short, w.budget_share, events, bad, factor, round(budget, 12), derived,
+                    round(factor * w.long / slo_window, 9))
 
 
 def sla_kpis(process: Process) -> dict[str, SlaKpi]:
@@ -104,23 +126,37 @@ def kpi_recordings(process: str, kpi: str, sla: SlaKpi, slo: SloAlerting) -> lis
     base = slo.base_window
     rules = [Rule(_sum_increase(GOOD, base, labels), record=GOOD_BASE.format(w=window(base))),
              Rule(_sum_increase(VALID, base, labels), record=VALID_W.format(w=window(base)))]
+    longs = {w.long for w in slo.windows}
     for length in slo.ratio_windows():
         valid = VALID_W.format(w=window(length))
         error = ERROR_W.format(w=window(length))
         rules += _window_rules(length, labels, slo, error, None if length == base else valid)
-    rules += _window_rules(sla.window, labels, slo, ERROR_PERIOD, VALID_PERIOD)
+        if length in longs:
+            rules.append(Rule(_bad_count(length, labels, slo), record=BAD_W.format(w=window(length))))
     budget = 1 - sla.objective
+    valid_now = f"max by (process, kpi) ({selector(WINDOW_VALID, **labels)})"
+    compliance = f"max by (process, kpi) ({selector(KPI_VALUE, **labels)})"
     rules += [
         Rule(f"vector({number(sla.objective)})", record=OBJECTIVE, labels=labels),
         Rule(f"vector({number(budget)})", record=BUDGET, labels=labels),
+        Rule(f"{valid_now} * {number(budget)}", record=BUDGET_EVENTS),
         Rule(_divide(ERROR_W.format(w=window(_current_window(slo))), BUDGET, labels), record=BURN_CURRENT),
-        Rule(_divide(ERROR_PERIOD, BUDGET, labels), record=BURN_PERIOD),
+        # The whole SLA window, from fabwatch's window sums: a young Prometheus has no such history.
+        Rule(f"(1 - {compliance}) / {number(budget)}", record=BURN_PERIOD),
         Rule(f"1 - {selector(BURN_PERIOD, **labels)}", record=REMAINING),
-        Rule(f"{selector(VALID_PERIOD, **labels)}\n* on (process, kpi)\n"
-             f"({selector(BUDGET, **labels)} - on (process, kpi) {selector(ERROR_PERIOD, **labels)})",
-             record=REMAINING_EVENTS),
+        Rule(f"(\n  {valid_now}\n  * on (process, kpi)\n  ({compliance} - {number(sla.objective)})\n)\n"
+             f"or on (process, kpi)\n({valid_now} == 0)", record=REMAINING_EVENTS),
     ]
     return rules
+
+
+def _bad_count(length: float, labels: dict[str, str], slo: SloAlerting) -> str:
+    """Return the bad events of a window: valid minus good, counted as its valid events are."""
+    if length <= slo.raw_window_max:
+        return f"{_sum_increase(VALID, length, labels)}\n-\n{_sum_increase(GOOD, length, labels)}"
+    good = f"sum_over_time({selector(GOOD_BASE.format(w=window(slo.base_window)), **labels)}[{window(length)}])"
+    total = f"sum_over_time({selector(VALID_W.format(w=window(slo.base_window)), **labels)}[{window(length)}])"
+    return f"(\n  {total}\n  -\n  {good}\n)\n* {number(slo.evaluation_interval)} / {number(slo.base_window)}"
 
 
 def _current_window(slo: SloAlerting) -> float:
@@ -168,15 +204,23 @@ def alert_group(name: str, process: Process, alerting: AlertingConfig) -> RuleGr
 
 
 def burn_condition(pair: BurnPair, labels: dict[str, str]) -> str:
-    """Return one pair's condition: both ratios over the threshold, enough events in the long window."""
+    """Return one pair's condition: both ratios over the threshold, enough valid and bad events in the
+    long window. An empty short window never starts an alert (`keep_firing_for` bridges it)."""
     threshold = f"({number(pair.factor)} * {number(pair.budget)})"
-    long_ratio = f"{selector(ERROR_W.format(w=window(pair.long)), **labels)} > {threshold}"
+    terms = [f"{selector(ERROR_W.format(w=window(pair.long)), **labels)} > {threshold}"]
     if pair.min_events:
-        long_ratio += (f"\nand on (process, kpi)\n"
-                       f"{selector(VALID_W.format(w=window(pair.long)), **labels)} >= {pair.min_events}")
-    short = (f"{selector(ERROR_W.format(w=window(pair.short)), **labels)} > {threshold}\n"
-             f"or on (process, kpi)\n{selector(VALID_W.format(w=window(pair.short)), **labels)} == 0")
-    return f"(\n{indent(long_ratio)}\n  and on (process, kpi)\n  (\n{indent(short, 4)}\n  )\n)"
+        terms.append(f"{selector(VALID_W.format(w=window(pair.long)), **labels)} >= {pair.min_events}")
+    bad = selector(BAD_W.format(w=window(pair.long)), **labels)
+    if pair.min_bad_events:
+        terms.append(f"{bad} >= {pair.min_bad_events}")
+    # The pair's share of the whole window's budget, in events: what its long window must have spent.
+    # On a young Prometheus the long window holds less than `long`; this keeps its meaning.
+    budget = selector(BUDGET_EVENTS, **labels)
+    terms.append(f"(\n  {bad} >= on (process, kpi) {number(pair.share)} * {budget}\n"
+                 f"  or on (process, kpi)\n  {bad} unless on (process, kpi) {budget}\n)")
+    terms.append(f"{selector(ERROR_W.format(w=window(pair.short)), **labels)} > {threshold}")
+    joined = "\nand on (process, kpi)\n".join(terms)
+    return f"(\n{indent(joined)}\n)"
 
 
 def burn_alert(process_name: str, kpi_name: str, kpi: SlaKpi, process: Process, pairs: list[BurnPair],
@@ -187,7 +231,7 @@ def burn_alert(process_name: str, kpi_name: str, kpi: SlaKpi, process: Process, 
     speed = "fast" if severity == "critical" else "steadily"
     described = ", ".join(f"{window(p.long)}/{window(p.short)} at {number(p.factor)}x" for p in pairs)
     return Rule(
-        expr, alert=BURN_ALERT,
+        expr, alert=BURN_ALERT, keep_firing_for=max(p.short for p in pairs),
         labels={"severity": severity, "team": process.team, **labels},
         annotations={
             "summary": f"An SLA is burning its error budget {speed}.",

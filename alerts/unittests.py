@@ -137,13 +137,17 @@ def sla_tests(steps: Steps, rule_file: RuleFile, name: str, kpi_name: str, kpi: 
               steps, sla_inputs(labels, ramp, [valid * (1 - 0.9 * (1 - kpi.objective)) for valid in ramp]),
               [check(steps, at, BURN_ALERT) for at in (settle, 2 * settle)]),
     ]
-    least = min(p.min_events for p in burn_pairs(kpi.window, kpi.objective, slo))
+    pairs = burn_pairs(kpi.window, kpi.objective, slo)
+    least = min(p.min_events for p in pairs)
+    least_bad = min(p.min_bad_events for p in pairs)
     if least >= 2:
-        tests.append(_low_volume_test(steps, name, kpi_name, labels, least))
-    tests.append(_bursty_test(steps, name, kpi_name, labels, burns, max(least, 1), settle))
+        tests.append(_low_volume_test(steps, name, kpi_name, labels, max(3, least // 2)))
+    if least_bad >= 2:
+        tests.append(_low_volume_test(steps, name, kpi_name, labels, 2 * max(least, 3)))
+    tests.append(_bursty_test(steps, name, kpi_name, labels, burns, max(least, least_bad, 1), settle))
     risk = find(rule_file, AT_RISK_ALERT, **labels)
     if risk is not None:
-        tests += _at_risk_tests(steps, risk, name, kpi_name, labels, alerting)
+        tests += _at_risk_tests(steps, risk, name, kpi_name, labels, kpi.objective, alerting)
     return tests
 
 
@@ -157,14 +161,16 @@ def _stairs(events: Sequence[float], every: int) -> list[float]:
     return values
 
 
-def _low_volume_test(steps: Steps, name: str, kpi_name: str, labels: dict[str, str], least: int) -> Doc:
-    """One late item among a handful (fewer than min_events) must neither page nor ticket."""
-    count = max(3, least // 2)
+def _low_volume_test(steps: Steps, name: str, kpi_name: str, labels: dict[str, str], count: int) -> Doc:
+    """One late item among a handful (fewer than min_events, or fewer than min_bad_events bad ones)
+    must neither page nor ticket: it is the third of `count` items, or the third from last."""
+    late = 2 if count < 10 else count - 3
     valid = _stairs([1.0] * count, 10)
-    good = _stairs([1.0, 1.0, 0.0] + [1.0] * (count - 3), 10)
+    good = _stairs([0.0 if i == late else 1.0 for i in range(count)], 10)
+    first = (late + 1) * 10
     return group(f"{name}/{kpi_name}: one late item among {count} raises nothing (low volume)", steps,
                  sla_inputs(labels, valid, good),
-                 [check(steps, at, BURN_ALERT) for at in (32, 35, len(valid) - 1)])
+                 [check(steps, at, BURN_ALERT) for at in (first + 2, first + 5, len(valid) - 1)])
 
 
 def _bursty_test(steps: Steps, name: str, kpi_name: str, labels: dict[str, str], burns: list[Rule],
@@ -179,20 +185,28 @@ def _bursty_test(steps: Steps, name: str, kpi_name: str, labels: dict[str, str],
 
 
 def _at_risk_tests(steps: Steps, rule: Rule, name: str, kpi_name: str, labels: dict[str, str],
-                   alerting: AlertingConfig) -> list[Doc]:
+                   objective: float, alerting: AlertingConfig) -> list[Doc]:
+    """Overdue items beyond the budget fabwatch reports for the whole window page; a few, or many
+    within an ample budget (a young Prometheus holding no history), do not."""
     guard = max(alerting.slo.min_events, 1)
     at = steps.of(alerting.slo.at_risk_for) + 5
-    ramp = [float(i) for i in range(at + 6)]
+    length = at + 6
     overdue = {"process": name, "priority": "high"}
+    ample = math.ceil(100 * guard / (1 - objective))
 
-    def scenario(late: float) -> list[Doc]:
-        return [*sla_inputs(labels, ramp, ramp), series("fab_overdue_items", overdue, [late] * len(ramp))]
+    def scenario(late: float, valid: float, compliance: float) -> list[Doc]:
+        return [series("fab_sla_window_valid", labels, [valid] * length),
+                series("fab_kpi_value", labels, [compliance] * length),
+                series("fab_overdue_items", overdue, [late] * length)]
 
     return [
-        group(f"{name}/{kpi_name}: overdue items beyond the budget left page", steps, scenario(2.0 * guard),
+        group(f"{name}/{kpi_name}: overdue items beyond the budget left page", steps,
+              scenario(2.0 * guard, ample, objective),
               [check(steps, at, AT_RISK_ALERT, [expected(rule, 2.0 * guard)])]),
-        group(f"{name}/{kpi_name}: a few overdue items raise nothing", steps, scenario(guard - 1.0),
+        group(f"{name}/{kpi_name}: a few overdue items raise nothing", steps, scenario(guard - 1.0, ample, objective),
               [check(steps, at, AT_RISK_ALERT)]),
+        group(f"{name}/{kpi_name}: overdue items within the budget left over the window raise nothing", steps,
+              scenario(2.0 * guard, ample, 1.0), [check(steps, at, AT_RISK_ALERT)]),
     ]
 
 

@@ -26,6 +26,7 @@ from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
 from collector.inventory import ConfigError, callback_problems, load_inventory
 from collector.logs import safe_dsn, setup_logging
+from collector.samples import KpiReading
 from collector.schema import Inventory, ServiceConfig
 from collector.service import build_app, processes_of, serve, shifted_clock
 from collector.sources.sampler import build_sampler
@@ -366,6 +367,7 @@ class CheckRow:
     process: str
     kpi: str
     value: str
+    target: str
     seconds: str
     status: str
 
@@ -383,7 +385,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         for line in notes:
             print(f"  {line}")
     failed = sum(1 for row in rows if row.status != "ok")
-    print(f"\n{len(inventory.sources)} source(s), {len(rows) - failed} ok, {failed} failed")
+    missed = sum(1 for row in rows if row.target.startswith("missed"))
+    print(f"\n{len(inventory.sources)} source(s), {len(rows) - failed} ok, {failed} failed; "
+          f"{missed} KPI(s) missing their target")
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -431,17 +435,27 @@ async def _check_source(inventory: Inventory, name: str, state: StateStore) -> l
         await sampler.open()
         problems = await sampler.check_columns()
         if problems:
-            return [CheckRow(name, "-", "-", "-", _secs(time.perf_counter() - started),
+            return [CheckRow(name, "-", "-", "-", "-", _secs(time.perf_counter() - started),
                              f"error (columns): {problem}") for problem in problems]
         sample = await sampler.sample()
     except SourceError as exc:
-        return [CheckRow(name, "-", "-", "-", _secs(time.perf_counter() - started),
+        return [CheckRow(name, "-", "-", "-", "-", _secs(time.perf_counter() - started),
                          f"error ({exc.reason}): {exc} [{safe_dsn(source.dsn)}]")]
     finally:
         await sampler.close()
     seconds = {(process, kpi): secs for process, kpi, secs in sample.kpi_seconds}
-    return [CheckRow(name, r.process, r.kpi, "-" if r.value is None else f"{r.value:.6g}",
+    return [CheckRow(name, r.process, r.kpi, "-" if r.value is None else f"{r.value:.6g}", target_cell(r),
                      _secs(seconds.get((r.process, r.kpi))), "ok") for r in sample.kpis]
+
+
+def target_cell(reading: KpiReading) -> str:
+    """Say whether a KPI meets its target (an SLA's: its objective), with the bounds: `missed (<= 40)`."""
+    bounds = [f"{sign} {limit:.6g}" for sign, limit in ((">=", reading.target_min), ("<=", reading.target_max))
+              if limit is not None]
+    if not bounds:
+        return "no target"
+    verdict = {True: "met", False: "missed", None: "no value"}[reading.met]
+    return f"{verdict} ({', '.join(bounds)})"
 
 
 def _secs(seconds: float | None) -> str:
@@ -450,7 +464,7 @@ def _secs(seconds: float | None) -> str:
 
 def print_table(rows: Sequence[CheckRow], out: TextIO) -> None:
     """Print the rows as an aligned text table."""
-    header = CheckRow("SOURCE", "PROCESS", "KPI", "VALUE", "SECONDS", "STATUS")
+    header = CheckRow("SOURCE", "PROCESS", "KPI", "VALUE", "TARGET", "SECONDS", "STATUS")
     table = [header, *rows]
     columns = list(zip(*(_cells(row) for row in table), strict=True))
     widths = [max(len(cell) for cell in column) for column in columns[:-1]]
@@ -461,7 +475,7 @@ def print_table(rows: Sequence[CheckRow], out: TextIO) -> None:
 
 
 def _cells(row: CheckRow) -> tuple[str, ...]:
-    return (row.source, row.process, row.kpi, row.value, row.seconds, row.status)
+    return (row.source, row.process, row.kpi, row.value, row.target, row.seconds, row.status)
 
 
 # --- demo --------------------------------------------------------------------------------

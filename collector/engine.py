@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 
 from collector.db import AsyncConnection, AsyncEngine, classify, create_engine, guard, read_only
 from collector.errors import SourceQueryFailed, StateFailed
-from collector.kpis import fixed_cost, kpi_value, variable_cost, windows_of
+from collector.kpis import fixed_cost, kpi_value, variable_cost, window_key, windows_of
 from collector.logs import log_event
 from collector.reflect import describe, detect_times, full_scans, present_columns
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
@@ -619,6 +619,8 @@ class SourceSampler:
                 labels = base + (("kpi", name),)
                 out.add("fab_sla_good", labels, sums.get(f"sla_good_{name}", 0.0))
                 out.add("fab_sla_valid", labels, sums.get(f"sla_valid_{name}", 0.0))
+                window = state.get("windows", {}).get(window_key("completed", kpi.window), {})
+                out.add("fab_sla_window_valid", labels, window.get(f"sla_valid_{name}", 0.0))
 
     def _publish_costs(self, out: "_Families", base: Labels, process: Process, state: dict[str, Any]) -> None:
         booked = _booked(process, state)
@@ -732,6 +734,7 @@ class _Families:
         "fab_sla_good": ("counter", "Completed items with a due time that completed by it."),
         "fab_sla_valid": ("counter", "Completed items with a due time."),
         "fab_cost": ("counter", "Accrued cost: activity drivers booked on completion, fixed costs over time."),
+        "fab_sla_window_valid": ("gauge", "Valid items of an SLA over its window (its budget: x (1 - objective))."),
         "fab_kpi_value": ("gauge", "Current value of each KPI over its window."),
         "fab_kpi_target": ("gauge", "Enterprise target of each KPI, by bound (min or max)."),
         "fab_dimension_sets": ("gauge", "Distinct dimension label sets of a process."),

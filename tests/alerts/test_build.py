@@ -63,15 +63,19 @@ def test_unreachable_pairs_are_reported(example: Inventory) -> None:
     assert any("processes.problem.kpis.resolved_in_time: the 1h/5m critical pair" in n for n in notes)
 
 
-def test_pairs_burning_under_1x_are_left_out_and_reported(example: Inventory) -> None:
-    """A 7d SLO's 1d and 3d pairs burn at 0.7x and 0.23x: they would ticket an SLA meeting its objective."""
+def test_pairs_burning_under_1x_fire_from_1x_and_are_reported(example: Inventory) -> None:
+    """A 7d SLO's 1d and 3d pairs burn at 0.7x and 0.23x: dropping them left no ticket at all; they
+    fire from 1x, where the budget would not last the window."""
     notes = [n for n in build(example).notes if "processes.interface.kpis.answered_in_20s: the 1d" in n
              or "processes.interface.kpis.answered_in_20s: the 3d" in n]
-    assert [n.split(": ", 1)[1].split(",")[0] for n in notes] == ["the 1d/2h warning pair burns at 0.7x",
-                                                                   "the 3d/6h warning pair burns at 0.233333x"]
+    assert [n.split(": ", 1)[1].split(" over")[0] for n in notes] == ["the 1d/2h warning pair burns at 0.7x",
+                                                                      "the 3d/6h warning pair burns at 0.233x"]
+    assert all(n.endswith("it fires from 1x instead") for n in notes)
     rules = build(example).documents["rules/process-interface.rules.yml"]
     burns = [r for g in rules["groups"] for r in g["rules"] if r.get("alert") == "FabSlaErrorBudgetBurn"]
-    assert [r["labels"]["severity"] for r in burns] == ["critical"]  # no ticket pair left for a 7d SLO
+    assert [r["labels"]["severity"] for r in burns] == ["critical", "warning"]
+    assert "ratio_rate1d{process=\"interface\", kpi=\"answered_in_20s\"} > (1 * 0.3)" in burns[1]["expr"]
+    assert "ratio_rate3d{process=\"interface\", kpi=\"answered_in_20s\"} > (1 * 0.3)" in burns[1]["expr"]
 
 
 def test_every_file_carries_the_header(example: Inventory) -> None:

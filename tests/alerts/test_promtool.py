@@ -18,7 +18,7 @@ from collector.schema import Inventory
 from tests.alerts.conftest import COMMITTED, SMALL, merged
 
 pytestmark = pytest.mark.integration
-NO_NEWS_CLAUSE = re.compile(r"\n\s*or on \(process, kpi\)\n\s*process_kpi:fab_sla_valid:increase\w+\{[^}]*\} == 0")
+KEEP_FIRING = re.compile(r"\n\s*keep_firing_for: \w+")
 
 
 def run(*cmd: str) -> subprocess.CompletedProcess[str]:
@@ -79,11 +79,11 @@ def small_bundle(tmp_path: Path, write_inventory: Callable[[dict], Path], **slo:
     return out
 
 
-def run_scenario(promtool: str, bundle: Path, scenario: str, strip_no_news: bool = False) -> str:
+def run_scenario(promtool: str, bundle: Path, scenario: str, strip_keep_firing: bool = False) -> str:
     """Run one generated test group (by name fragment) of the small inventory; return promtool's output."""
     rules = bundle / "rules" / "process-problem.rules.yml"
-    if strip_no_news:
-        rules.write_text(NO_NEWS_CLAUSE.sub("", rules.read_text()))
+    if strip_keep_firing:
+        rules.write_text(KEEP_FIRING.sub("", rules.read_text()))
     tests = yaml.safe_load((bundle / "tests" / "process-problem.test.yml").read_text())
     tests["tests"] = [t for t in tests["tests"] if scenario in t["name"]]
     assert tests["tests"], scenario
@@ -97,7 +97,7 @@ def test_one_late_item_among_few_pages_only_without_min_events(
         promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
     protected = small_bundle(tmp_path, write_inventory)
     assert run_scenario(promtool, protected, "low volume").startswith("ok ")
-    unprotected = small_bundle(tmp_path, write_inventory, min_events=0)
+    unprotected = small_bundle(tmp_path, write_inventory, min_events=0, min_bad_events=0)
     # Same scenario, rules without the minimum: the one late item out of three pages.
     tests = protected / "tests" / "process-problem.test.yml"
     (unprotected / "tests" / "process-problem.test.yml").write_text(tests.read_text())
@@ -106,13 +106,14 @@ def test_one_late_item_among_few_pages_only_without_min_events(
     assert "FabSlaErrorBudgetBurn" in output
 
 
-def test_bursts_keep_firing_only_thanks_to_the_no_news_clause(
+def test_bursts_keep_firing_only_thanks_to_keep_firing_for(
         promtool: str, tmp_path: Path, write_inventory: Callable[[dict], Path]) -> None:
     # One pair only, or the 6h/30m pair (whose 30m window always sees a burst) would hide the gap.
     fast = {"severity": "critical", "long": "1h", "short": "5m", "budget_share": 0.02}
     bundle = small_bundle(tmp_path, write_inventory, windows=[fast])
     assert run_scenario(promtool, bundle, "no flapping").startswith("ok ")
-    output = run_scenario(promtool, bundle, "no flapping", strip_no_news=True)
+    assert "keep_firing_for: 5m" in (bundle / "rules" / "process-problem.rules.yml").read_text()
+    output = run_scenario(promtool, bundle, "no flapping", strip_keep_firing=True)
     assert output.startswith("FAILED "), output
 
 

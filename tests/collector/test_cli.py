@@ -17,8 +17,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.cli import build_parser, callbacks_reachable, listening_on, main, parse_listen, resolve_env
+from collector.cli import (
+    build_parser,
+    callbacks_reachable,
+    listening_on,
+    main,
+    parse_listen,
+    resolve_env,
+    target_cell,
+)
 from collector.inventory import ConfigError, load_inventory
+from collector.samples import KpiReading
 from tests.collector.test_service import make_records, write_inventory
 from tests.servers import free_port
 
@@ -70,14 +79,30 @@ def test_check_samples_every_kpi_without_touching_the_real_state(tmp_path, inven
     assert main(["check", "-c", str(inventory_file)]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split() == ["SOURCE", "PROCESS", "KPI", "VALUE", "SECONDS", "STATUS"]
-    kpis = {line.split()[2]: line.split() for line in lines[1:] if line.startswith("crm ")}
+    assert lines[0].split() == ["SOURCE", "PROCESS", "KPI", "VALUE", "TARGET", "SECONDS", "STATUS"]
+    kpis = {line.split()[2]: re.split(r"\s{2,}", line) for line in lines[1:] if line.startswith("crm ")}
     assert set(kpis) == {"inflow", "backlog", "resolved_in_time", "time_to_restore",
                          "reopen_rate"}
     assert kpis["backlog"][3] == "10"
     assert all(row[-1] == "ok" for row in kpis.values())
-    assert "1 source(s), 5 ok, 0 failed" in out
+    # The ratio counts tickets never reopened (its `good`), most of them, against a maximum of 5 %: missed.
+    assert {kpi: row[4] for kpi, row in kpis.items()} == {
+        "inflow": "no target", "backlog": "met (<= 500)", "resolved_in_time": "met (>= 0.9)",
+        "time_to_restore": "no target", "reopen_rate": "missed (<= 0.05)"}
+    assert "1 source(s), 5 ok, 0 failed; 1 KPI(s) missing their target" in out
     assert not (tmp_path / "state.db").exists()  # the inventory's state file stays untouched
+
+
+@pytest.mark.parametrize(("reading", "cell"), [
+    (KpiReading("order", "late_orders", "overdue", 49.0, None, 40.0), "missed (<= 40)"),
+    (KpiReading("order", "late_orders", "overdue", 40.0, None, 40.0), "met (<= 40)"),
+    (KpiReading("order", "on_time", "sla", 0.85, 0.9), "missed (>= 0.9)"),
+    (KpiReading("order", "share", "ratio", 0.2, 0.1, 0.5), "met (>= 0.1, <= 0.5)"),
+    (KpiReading("order", "cycle", "duration", None, None, 3600.0), "no value (<= 3600)"),
+    (KpiReading("order", "inflow", "volume", 12.0), "no target"),
+])
+def test_check_says_whether_each_kpi_meets_its_target(reading: KpiReading, cell: str) -> None:
+    assert target_cell(reading) == cell
 
 
 def test_check_reports_an_unreachable_source_and_exits_1(tmp_path, capsys):

@@ -201,6 +201,11 @@ async def test_histogram_and_slo_counters_agree_with_rows(db: Path, tmp_path: Pa
     assert one_hour == sum(1 for r in done if r["completed_at"] - r["created_at"] - r["paused_seconds"] <= 3600)
     good = family(sample, "fab_sla_good")[(("process", "problem"), ("kpi", "resolved_in_time"))]
     assert good == sum(1 for r in done if r["completed_at"] <= r["due_at"])
+    # Three days of rows all lie in the 30d window: its valid count is the counter's, and with the KPI the budget.
+    key = (("process", "problem"), ("kpi", "resolved_in_time"))
+    valid = family(sample, "fab_sla_window_valid")[key]
+    assert valid == family(sample, "fab_sla_valid")[key] > 0
+    assert family(sample, "fab_kpi_value")[key] == pytest.approx(good / valid)
 
 
 async def test_a_sql_source_never_writes(db: Path, tmp_path: Path) -> None:

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Column, Double, Integer, MetaData, Table, Text
+from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from collector.schema import Inventory
 from tests.collector.test_time_columns import SPRING, assert_same, inventory, sample_twice, spring_rows  # noqa: F401
 from tests.collector.time_tables import Rows, column_type, convert, write
-from tests.servers import PostgresServer
+from tests.servers import MariaDBServer, PostgresServer
 
 STATES = ["acknowledged", "inProgress", "pending", "held", "resolved", "closed", "cancelled", "rejected"]
 MEASURES = ["reopened", "fallout", "first_contact_resolved", "abandoned", "wait_seconds", "adjusted", "ebill",
@@ -35,11 +35,11 @@ def itsm_tables(kind: str, dialect: str) -> MetaData:
     metadata = MetaData()
     time = column_type(kind, dialect)
     Table("tt_priority", metadata, Column("id", Integer, primary_key=True), Column("name", Text))
-    Table("ticket", metadata, Column("ref", Text, primary_key=True), Column("opened", time), Column("due", time),
+    Table("ticket", metadata, Column("ref", String(64), primary_key=True), Column("opened", time), Column("due", time),
           Column("state_id", Integer), Column("priority_id", Integer), Column("channel", Text), Column("segment", Text),
           Column("outcome_code", Integer), Column("paused_seconds", Double),
           *[Column(m, Double) for m in MEASURES])
-    Table("ticket_history", metadata, Column("ticket_id", Text), Column("final", Integer),
+    Table("ticket_history", metadata, Column("ticket_id", String(64)), Column("final", Integer),
           Column("changed_at", time, index=True))
     return metadata
 
@@ -57,6 +57,8 @@ async def write_itsm(url: str, rows: list[dict[str, Any]], kind: str) -> dict[in
 
     try:
         async with engine.begin() as conn:
+            if dialect == "mariadb":
+                await conn.exec_driver_sql("SET time_zone = '+00:00'")
             await conn.run_sync(metadata.create_all)
             await conn.execute(metadata.tables["tt_priority"].insert(),
                                [{"id": i + 1, "name": n} for i, n in enumerate(priorities)])
@@ -117,4 +119,12 @@ async def test_postgresql_query_with_codes_lookups_and_history(postgres: Postgre
                                                                tmp_path: Path) -> None:
     itsm, plain = postgres.create_database(), postgres.create_database()
     await compare(spring_rows, postgres.dsn("fabwatch", database=itsm), postgres.dsn("fabwatch", database=plain),
+                  tmp_path, "timestamptz")
+
+
+@pytest.mark.integration
+async def test_mariadb_query_with_codes_lookups_and_history(mariadb: MariaDBServer, spring_rows: Rows,  # noqa: F811
+                                                            tmp_path: Path) -> None:
+    itsm, plain = mariadb.create_database(), mariadb.create_database()
+    await compare(spring_rows, mariadb.dsn("fabwatch", database=itsm), mariadb.dsn("fabwatch", database=plain),
                   tmp_path, "timestamptz")

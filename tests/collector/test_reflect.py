@@ -4,13 +4,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, DateTime, Index, Integer, MetaData, Table, Text
+from sqlalchemy import Column, Index, Integer, MetaData, Table, Text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from collector.engine import SourceSampler
 from collector.inventory import load_inventory
 from collector.state import StateStore
-from tests.servers import PostgresServer
+from tests.collector.time_tables import column_type
+from tests.servers import MariaDBServer, PostgresServer
 
 ROWS = 100_000
 NOW = datetime(2026, 11, 30, tzinfo=UTC)
@@ -34,7 +35,8 @@ processes:
 
 async def make_tickets(url: str, indexed: bool, text_times: bool) -> None:
     metadata = MetaData()
-    time = Text() if text_times else DateTime(timezone=True)
+    dialect = url.split("+", 1)[0]
+    time = Text() if text_times else column_type("timestamptz", dialect)
     table = Table("ticket", metadata, Column("id", Integer, primary_key=True), Column("opened", time),
                   Column("closed", time), Column("state", Integer), Column("prio", Text))
     if indexed:
@@ -44,11 +46,15 @@ async def make_tickets(url: str, indexed: bool, text_times: bool) -> None:
 
     def at(minutes: int) -> object:
         moment = NOW - timedelta(minutes=minutes)
-        return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if text_times else moment
+        if text_times:
+            return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return moment.replace(tzinfo=None) if dialect == "mariadb" else moment
 
     rows = [{"id": i, "opened": at(i), "closed": at(i - 30) if i % 3 else None, "state": i % 4,
              "prio": "high" if i % 7 else "low"} for i in range(1, ROWS + 1)]
     async with engine.begin() as conn:
+        if dialect == "mariadb":
+            await conn.exec_driver_sql("SET time_zone = '+00:00'")
         await conn.run_sync(metadata.create_all)
         for start in range(0, ROWS, 5000):
             await conn.execute(table.insert(), rows[start:start + 5000])
@@ -98,5 +104,16 @@ async def test_postgresql_edge_queries_use_the_time_index(postgres: PostgresServ
     await make_tickets(postgres.dsn("fabwatch", database=database), indexed, text_times=False)
     notes = await notes_for(postgres.dsn("fabwatch", database=database), tmp_path)
     assert "created opened: timestamptz (database type timestamp with time zone)" in "\n".join(notes)
+    scans = [n for n in notes if "edge plan" in n and "WARNING full scan of ticket" in n]
+    assert len(scans) == (0 if indexed else 2), notes
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("indexed", [True, False])
+async def test_mariadb_edge_queries_use_the_time_index(mariadb: MariaDBServer, tmp_path: Path, indexed: bool) -> None:
+    database = mariadb.create_database()
+    await make_tickets(mariadb.dsn("fabwatch", database=database), indexed, text_times=False)
+    notes = await notes_for(mariadb.dsn("fabwatch", database=database), tmp_path)
+    assert "created opened: timestamptz (database type TIMESTAMP)" in "\n".join(notes)
     scans = [n for n in notes if "edge plan" in n and "WARNING full scan of ticket" in n]
     assert len(scans) == (0 if indexed else 2), notes

@@ -18,7 +18,7 @@ from collector.samples import SourceSample
 from collector.schema import Inventory
 from collector.state import StateStore
 from tests.collector.time_tables import TIME_COLUMNS, Rows, flatten, read_rows, simulate, write
-from tests.servers import PostgresServer
+from tests.servers import MariaDBServer, PostgresServer
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -129,3 +129,17 @@ async def test_naive_local_times_across_the_autumn_change(postgres: PostgresServ
     typed, epoch = postgres.create_database(), postgres.create_database()
     await compare(rows, postgres.dsn("fabwatch", database=typed), postgres.dsn("fabwatch", database=epoch),
                   tmp_path, "timestamp", "Europe/Berlin", AUTUMN)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("kind", "zone", "declared"), [
+    ("timestamptz", "UTC", None),            # TIMESTAMP(6), stored in UTC
+    ("timestamp", "Europe/Berlin", None),    # DATETIME(6) in local time, across the change to summer time
+    ("epoch_ms", "UTC", "epoch_ms"),
+])
+async def test_mariadb_time_kinds_give_the_kpis_of_epoch_seconds(mariadb: MariaDBServer, spring_rows: Rows,
+                                                                 tmp_path: Path, kind: str, zone: str,
+                                                                 declared: str | None) -> None:
+    typed, epoch = mariadb.create_database(), mariadb.create_database()
+    await compare(spring_rows, mariadb.dsn("fabwatch", database=typed), mariadb.dsn("fabwatch", database=epoch),
+                  tmp_path, kind, zone, SPRING, declared)
