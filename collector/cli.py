@@ -512,6 +512,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     host, port = args.listen or (inventory.service.host, inventory.service.port)
     inventory = listening_on(inventory, host, port)
+    # SIGINT stops the backfill even when the demo was started with it ignored (a shell's background
+    # job, `nohup ... &`), as it stops `serve`, whose loop sets its own handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return asyncio.run(_demo(inventory, args, dsn, data_dir, host, port))
     except KeyboardInterrupt:  # Ctrl+C while backfilling: the next start backfills again

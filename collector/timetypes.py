@@ -123,6 +123,12 @@ class TimeColumn:
         return self.kind == "iso_text" and self.iso.offset is None
 
     @property
+    def fixed_offset(self) -> bool:
+        """Whether the zone's offset never changes in the years the SQL is built for."""
+        years = (self.year - 3, self.year + 1) if self.year else (1970, 2050)
+        return len(zone_segments(self.zone, *years)) == 1
+
+    @property
     def step(self) -> float:
         """The resolution of a bound value, in seconds (0: continuous enough to bind exactly)."""
         return {"epoch_s": 0.0, "epoch_ms": 0.001, "date": 86400.0, "iso_text": self.iso.step}.get(self.kind, 1e-6)
@@ -279,7 +285,7 @@ class _Watermark(TypeDecorator[Any]):
 def _nominal_seconds(column: Expr, dialect: str) -> Expr:
     """Seconds from 1970-01-01 00:00 to a time column's value read as if it were UTC."""
     if dialect == "postgresql":
-        return cast(func.extract("epoch", column), Double)
+        return func.date_part("epoch", column, type_=Double)  # a double (EXTRACT gives a slow numeric)
     if dialect in ("mysql", "mariadb"):
         # exact to the microsecond: an integer count times a decimal step
         micros: Expr = func.timestampdiff(literal_column("MICROSECOND"), literal_column("'1970-01-01 00:00:00'"),
