@@ -126,6 +126,9 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
           help="volume multiplier of the simulated operator (default 1)")
     _flag(demo_cmd, flags, "--tmf", env="TMF", convert=truthy, default=False, action="store_const", const=True,
           help="serve the simulator as TMF Open APIs and let fabwatch poll them instead of reading SQL")
+    _flag(demo_cmd, flags, "--db", env="DEMO_DB", metavar="URL",
+          help="write tickets and orders the way ITSM/OSS systems store them into this database "
+               "(postgresql+asyncpg://, mariadb+aiomysql://, sqlite+aiosqlite://) and watch them there")
     demo_cmd.set_defaults(command=cmd_demo, env_flags=common + flags)
 
     _add_simulate(commands, common, wanted)
@@ -477,15 +480,15 @@ def _cells(row: CheckRow) -> tuple[str, ...]:
 
 # --- demo --------------------------------------------------------------------------------
 
-def example_inventory() -> Path:
-    """Find examples/operator.yaml in the checkout, or where a package install put it."""
+def example_inventory(name: str = "operator.yaml") -> Path:
+    """Find examples/<name> in the checkout, or where a package install put it."""
     here = Path(__file__).resolve()
-    candidates = [here.parents[1] / "examples" / "operator.yaml",
-                  Path(sys.prefix) / "share" / "fabwatch" / "examples" / "operator.yaml"]
+    candidates = [here.parents[1] / "examples" / name,
+                  Path(sys.prefix) / "share" / "fabwatch" / "examples" / name]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError("examples/operator.yaml not found (looked in "
+    raise FileNotFoundError(f"examples/{name} not found (looked in "
                             + ", ".join(str(c) for c in candidates) + ")")
 
 
@@ -498,10 +501,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"fabwatch: cannot use {data_dir} as the demo's data directory: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     database = data_dir / "operator.db"
-    dsn = f"sqlite+aiosqlite:///{database}"
+    dsn = args.db or f"sqlite+aiosqlite:///{database}"
     try:
-        example = example_inventory()
-    except FileNotFoundError as exc:
+        example = example_inventory(_realistic_example(args) if args.db else "operator.yaml")
+    except (FileNotFoundError, ValueError) as exc:
         print(f"fabwatch: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     inventory = load_or_report([str(example)], {**os.environ, DEMO_DSN_VAR: dsn})
@@ -519,16 +522,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 130
 
 
+def _realistic_example(args: argparse.Namespace) -> str:
+    """Return the example mapping the realistic schema in --db (the TMF demo reads the simulator's own)."""
+    from simulator.realistic import example_name
+
+    if args.tmf:
+        raise ValueError("--db and --tmf exclude each other: the TMF APIs serve the simulator's own tables")
+    return example_name(args.db)
+
+
 async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_dir: Path,
                 host: str, port: int) -> int:
-    from simulator import Simulator  # only the demo needs it
+    from sqlalchemy.engine import make_url
 
-    simulator = Simulator(dsn, seed=args.seed, scale=args.scale, speed=args.speed)
+    from simulator import Simulator  # only the demo needs it
+    from simulator.realistic import RealisticSimulator
+
+    options = {"seed": args.seed, "scale": args.scale, "speed": args.speed}
+    simulator = (RealisticSimulator(dsn, epoch_dsn=f"sqlite+aiosqlite:///{data_dir / 'operator.db'}", **options)
+                 if args.db else Simulator(dsn, **options))
     try:
         await simulator.create_schema()
         if await simulator.cursor() is None:
             print(f"Backfilling {args.days:g} days of a simulated operator into "
-                  f"{data_dir / 'operator.db'} ...", flush=True)
+                  f"{make_url(dsn).render_as_string() if args.db else data_dir / 'operator.db'} ...", flush=True)
             rows = await simulator.backfill(args.days, time.time())
             print(f"Backfilled {rows} rows.", flush=True)
         if args.tmf:

@@ -14,9 +14,11 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from collector.cli import truthy
 from simulator.incidents import Incident
+from simulator.realistic import RealisticSimulator
 from simulator.runner import Simulator, SimulatorError
 
 log = logging.getLogger(__name__)
+SCHEMAS = ("epoch", "realistic")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -53,6 +55,18 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="process:kind:factor[:start_offset[:duration]] (kind: slow, fallout, surge); repeatable",
     )
     parser.add_argument("--duration", type=float, default=None, help="stop the live run after S seconds")
+    parser.add_argument(
+        "--schema",
+        choices=SCHEMAS,
+        default=_env("SCHEMA", "epoch"),
+        help="realistic: also store tickets and orders as ITSM/OSS systems do (timestamps, codes, "
+        "a status history; examples/realistic-*.yaml map them)",
+    )
+    parser.add_argument(
+        "--epoch-dsn",
+        default=_env("EPOCH_DSN"),
+        help="with --schema realistic: where the simulator's own tables live (default --dsn; required for MariaDB)",
+    )
     return parser
 
 
@@ -82,9 +96,15 @@ async def simulate(args: argparse.Namespace) -> int:
     """Backfill, then run live or catch up once."""
     now = time.time()
     incidents = [Incident.parse(spec, now) for spec in args.incident]
-    sim = Simulator(
-        args.dsn, seed=args.seed, scale=args.scale, speed=args.speed, incidents=incidents, timezone=args.timezone
-    )
+    if args.schema not in SCHEMAS:  # argparse checks the flag's choices, not a default from the environment
+        raise ValueError(f"FABWATCH_SIMULATE_SCHEMA={args.schema!r} is not one of {', '.join(SCHEMAS)}")
+    sim: Simulator | RealisticSimulator
+    if args.schema == "realistic":
+        sim = RealisticSimulator(args.dsn, epoch_dsn=args.epoch_dsn, seed=args.seed, scale=args.scale,
+                                 speed=args.speed, incidents=incidents, timezone=args.timezone)  # fmt: skip
+    else:
+        sim = Simulator(args.dsn, seed=args.seed, scale=args.scale, speed=args.speed, incidents=incidents,
+                        timezone=args.timezone)  # fmt: skip
     try:
         cursor = await sim.cursor()
         if args.days > 0 and cursor is None:
@@ -101,7 +121,7 @@ async def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _live(sim: Simulator, tick: float, duration: float | None) -> None:
+async def _live(sim: Simulator | RealisticSimulator, tick: float, duration: float | None) -> None:
     """Step every tick until SIGINT/SIGTERM or the duration is over."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
