@@ -62,7 +62,12 @@ async def _detect_one(conn: AsyncConnection, relation: Any, name: str, code: Any
     iso = (by_value[1] if by_value is not None else None) or IsoFormat()
     if kind == "iso_text" and isinstance(sample, str):
         iso = learn_iso(sample) or iso
-    return TimeColumn(kind, zone=source.timezone, iso=iso, end_of_day=due and kind == "date", found=described)
+    integral = by_type is not None and by_type[1].lower() in _INTEGERS
+    return TimeColumn(kind, zone=source.timezone, iso=iso, end_of_day=due and kind == "date", found=described,
+                      integral=integral)
+
+
+_INTEGERS = frozenset({"bigint", "integer", "smallint", "int", "tinyint", "mediumint"})
 
 
 async def _sample_value(conn: AsyncConnection, relation: Any, name: str) -> Any:

@@ -107,6 +107,9 @@ class TimeColumn:
     """A date read as the end of its day (a due date: due by the end of that day), else its start."""
     found: str = ""
     """What the database said the column is, for `fabwatch check`."""
+    integral: bool = False
+    """Epoch seconds kept in an integer column: watermarks are bound as integers (a float bound would make
+    PostgreSQL cast the column, and its index go unused)."""
     year: int = 0
     """The year the SQL is built around: zone changes from three years before to the year after are
     written out (a short CASE compiles and runs fast); 0 writes out 1970 to 2050."""
@@ -131,7 +134,9 @@ class TimeColumn:
     @property
     def step(self) -> float:
         """The resolution of a bound value, in seconds (0: continuous enough to bind exactly)."""
-        return {"epoch_s": 0.0, "epoch_ms": 0.001, "date": 86400.0, "iso_text": self.iso.step}.get(self.kind, 1e-6)
+        steps = {"epoch_s": 1.0 if self.integral else 0.0, "epoch_ms": 0.001, "date": 86400.0,
+                 "iso_text": self.iso.step}
+        return steps.get(self.kind, 1e-6)
 
     def describe(self) -> str:
         """How `check` names it."""
@@ -148,6 +153,8 @@ class TimeColumn:
 
     def bind_value(self, epoch: float, up: bool, dialect: str) -> Any:
         """The watermark as this column's type, rounded down (or `up`) to what the column can hold."""
+        if self.kind == "epoch_s" and self.integral:
+            return math.ceil(epoch - 1e-9) if up else math.floor(epoch + 1e-9)
         if self.kind == "epoch_s":
             return epoch
         if self.kind == "epoch_ms":
@@ -266,7 +273,7 @@ class _Watermark(TypeDecorator[Any]):
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         kind = self.column.kind
-        if kind == "epoch_ms":
+        if kind == "epoch_ms" or (kind == "epoch_s" and self.column.integral):
             return dialect.type_descriptor(BigInteger())
         if kind == "date":
             return dialect.type_descriptor(Date())

@@ -117,3 +117,18 @@ async def test_mariadb_edge_queries_use_the_time_index(mariadb: MariaDBServer, t
     assert "created opened: timestamptz (database type TIMESTAMP)" in "\n".join(notes)
     scans = [n for n in notes if "edge plan" in n and "WARNING full scan of ticket" in n]
     assert len(scans) == (0 if indexed else 2), notes
+
+
+@pytest.mark.integration
+async def test_epoch_seconds_in_a_bigint_are_bound_as_integers_and_use_the_index(postgres: PostgresServer,
+                                                                                 tmp_path: Path) -> None:
+    """A float watermark against a bigint column makes PostgreSQL cast the column: no index."""
+    database = postgres.create_database()
+    owner = postgres.dsn("fabwatch", database=database)
+    await make_tickets(owner, indexed=True, text_times=False)
+    postgres.psql("ALTER TABLE ticket ALTER opened TYPE bigint USING extract(epoch FROM opened)::bigint, "
+                  "ALTER closed TYPE bigint USING extract(epoch FROM closed)::bigint; ANALYZE ticket;",
+                  user="fabwatch", database=database)
+    notes = await notes_for(owner, tmp_path)
+    assert "created opened: epoch_s (database type bigint)" in "\n".join(notes)
+    assert not [n for n in notes if "full scan" in n], notes
