@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from alerts.build import build
-from alerts.config import check_runbooks
+from alerts.checks import check_runbooks
 from alerts.writer import write
 from collector.inventory import ConfigError, load_inventory
 

@@ -1,5 +1,6 @@
 """Reusable annotated types for the inventory models."""
 
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,12 +22,15 @@ TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 def _five_fields(value: str) -> str:
     if len(value.split()) != 5:
         raise ValueError(f"cron needs five fields (minute hour day month weekday), got {value!r}")
-    from collector.scheduler import cron_trigger  # what the scheduler will build from it
+    from collector.cron import cron_trigger  # what the scheduler will build from it
 
     try:
-        cron_trigger(value)
+        trigger = cron_trigger(value)
     except ValueError as exc:
         raise ValueError(f"bad cron {value!r}: {exc}") from None
+    if trigger.get_next_fire_time(None, datetime(2026, 1, 1, tzinfo=UTC)) is None:
+        # `0 0 31 2 *`: the source would be sampled at start and never again
+        raise ValueError(f"cron {value!r} never fires (no such date)")
     return value
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from alerts.config import check_alerting
+from alerts.checks import check_alerting
 from collector.inventory import ConfigError, load_inventory
 from tests.alerts.conftest import SMALL, merged
 

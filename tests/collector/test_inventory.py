@@ -271,3 +271,10 @@ def test_mariadb_and_mysql_dsns_are_accepted(tmp_path: Path, dsn: str) -> None:
 def test_an_empty_file_is_named(tmp_path: Path) -> None:
     path = write(tmp_path, "empty.yaml", "# nothing yet\n")
     assert problems([path]) == [f"{path}:1: processes: Field required", f"{path}:1: sources: Field required"]
+
+
+def test_a_crontab_that_never_fires_is_refused(tmp_path) -> None:
+    path = tmp_path / "never.yaml"
+    path.write_text("sources:\n  db: {kind: sql, dsn: 'sqlite+aiosqlite:///x.db', cron: '0 0 31 2 *'}\nprocesses: {}\n")
+    with pytest.raises(ConfigError, match="never fires"):
+        load_inventory([path])

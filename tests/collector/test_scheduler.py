@@ -10,11 +10,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from collector.cron import crontab_weekdays
 from collector.engine import SourceSampler
 from collector.errors import SourceTimeout
 from collector.health import HealthTracker
 from collector.samples import Family, SourceSample
-from collector.scheduler import SamplingScheduler, crontab_weekdays, misfire_grace, trigger_for
+from collector.scheduler import SamplingScheduler, misfire_grace, trigger_for
 from collector.schema import Process, SqlSource
 from collector.state import StateStore
 from exporters.prometheus import PrometheusExporter
