@@ -7,15 +7,15 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import column, literal_column, select, table, text
+from sqlalchemy import literal_column, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.expression import ClauseElement, ColumnClause, Executable
+from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from collector.db import AsyncConnection
 from collector.schema import Records, SqlSource
-from collector.sql import RECORDS_ALIAS, Statement, Times
+from collector.sql import RECORDS_ALIAS, Statement, Times, records_relation
 from collector.timetypes import IsoFormat, TimeColumn, kind_of_type_code, kind_of_value, learn_iso
 from collector.types import TimeKind
 
@@ -26,7 +26,7 @@ async def detect_times(conn: AsyncConnection, records: Records, source: SqlSourc
     """The kind of each mapped time column, as declared in `time_types` or found in the database."""
     dialect = conn.dialect.name
     columns = {role: getattr(records.columns, role) for role in ROLES if getattr(records.columns, role)}
-    relation = _relation(records, set(columns.values()))
+    relation = records_relation(records, set(columns.values()))
     codes: dict[str, Any] = {}
     if dialect != "sqlite":
         result = await conn.execute(select(*[relation.c[c] for c in columns.values()]).limit(0))
@@ -74,15 +74,6 @@ async def _sample_value(conn: AsyncConnection, relation: Any, name: str) -> Any:
     """One non-NULL value of a column (the newest by the index would cost more than any)."""
     row = (await conn.execute(select(relation.c[name]).where(relation.c[name].is_not(None)).limit(1))).first()
     return None if row is None else row[0]
-
-
-def _relation(records: Records, names: set[str]) -> Any:
-    ordered: list[ColumnClause[Any]] = [column(c) for c in sorted(names)]
-    if records.query is not None:
-        return text(records.query.strip().rstrip(";")).columns(*ordered).subquery(RECORDS_ALIAS)
-    assert records.table is not None
-    schema, _, bare = records.table.rpartition(".")
-    return table(bare, *ordered, schema=schema or None)
 
 
 def describe(times: Times, records: Records) -> list[str]:

@@ -256,7 +256,7 @@ def build_queries(process: Process, split: tuple[str, tuple[str, ...]] | None = 
     """
     records, cols = process.records, process.records.columns
     names = cols.all() | ({split[0]} if split else set())
-    tbl = _table(records, names)
+    tbl = records_relation(records, names)
     filters: list[Expr] = [text(f"({records.where})")] if records.where else []  # type: ignore[list-item]
     dims: list[Expr] = [tbl.c[d] for d in cols.dimensions]
     dim_names: list[str | None] = list(cols.dimensions)
@@ -344,7 +344,7 @@ RECORDS_ALIAS = "fab_records"
 """The name of a `records.query` read as a derived table."""
 
 
-def _table(records: Records, columns: set[str]) -> TableClause | Subquery:
+def records_relation(records: Records, columns: set[str]) -> TableClause | Subquery:
     """The records table, or the records query as a derived table with the mapped columns."""
     ordered: list[ColumnClause[Any]] = [column(c) for c in sorted(columns)]
     if records.query is not None:
