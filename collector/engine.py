@@ -388,7 +388,8 @@ class SourceSampler:
             await reader.prefetch(self._ranges(reader, process, state, lo, prev, hi, now))
             reconcile = self._reconcile_due(state, prev, now)
             await self._count_entering(reader, process, state, lo, hi)
-            if prev is not None and (reconcile or await self._arrived_late(conn, process, state, prev)):
+            arrived = prev is not None and await self._arrived_late(conn, process, state, prev)  # keeps its mark
+            if prev is not None and (reconcile or arrived):
                 late = await self._count_late(reader, process, state, hi)
                 if late and name in self._books:
                     del self._books[name]  # a late row may be open: recount the backlog now
