@@ -4,10 +4,11 @@ It knows nothing of KPIs, schedulers or exporters; the engine asks it for a conn
 """
 
 import asyncio
+import contextlib
 import logging
 import os
+import sqlite3
 import struct
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -34,6 +35,8 @@ _LOG = logging.getLogger("fabwatch.db")
 
 BACKSTOP_SECONDS = 2.0
 """Extra time asyncio grants after the database's own timeout, for a stuck driver."""
+INTERRUPT_REPEAT_SECONDS = 0.05
+"""Seconds between two interrupts of an expired SQLite transaction (see `SqliteDeadline`)."""
 _T = TypeVar("_T")
 
 _MYSQL_DIALECTS = frozenset({"mysql", "mariadb"})
@@ -127,14 +130,18 @@ class AsyncEngine:
         self.file_identity: tuple[int, int] | None = None
         """(device, inode) of the SQLite file the pooled connections have open."""
         self.aborting = False
-        """Set by `abort`: SQLite statements stop at their next progress check (PostgreSQL's are
-        cancelled by asyncpg when their task is)."""
+        """Set by `abort`: SQLite transactions are interrupted from then on (PostgreSQL's
+        statements are cancelled by asyncpg when their task is)."""
+        self.deadlines: set[SqliteDeadline] = set()
+        """The deadlines of this engine's SQLite transactions in progress."""
 
     def abort(self) -> None:
         """Make the running SQLite statements of this engine stop now: a query runs on in
         aiosqlite's thread when its task is cancelled, and unwinding waits for it (up to the
         whole timeout, past a stop's grace). For a service that is stopping."""
         self.aborting = True
+        for deadline in list(self.deadlines):
+            deadline.expire()
 
     @property
     def url(self) -> URL:
@@ -175,6 +182,7 @@ async def read_only(source: str, engine: AsyncEngine, timeout: float) -> AsyncIt
                                                    or _mysql_code(exc) in _MYSQL_REFUSED)
         error = SourceRefused if refused else SourceUnreachable
         raise error(source, _first_line(exc)) from exc
+    deadline: SqliteDeadline | None = None
     try:
         if conn.dialect.name in _MYSQL_DIALECTS:
             await _mysql_read_only(conn, timeout)
@@ -186,9 +194,12 @@ async def read_only(source: str, engine: AsyncEngine, timeout: float) -> AsyncIt
                 f"SELECT set_config('statement_timeout', '{int(timeout * 1000)}', true), "
                 "set_config('plan_cache_mode', 'force_custom_plan', true)"))
         elif conn.dialect.name == "sqlite":
-            await _sqlite_deadline(conn, time.monotonic() + timeout, engine)
+            deadline = await _sqlite_deadline(conn, timeout, engine)
         yield conn
     finally:
+        if deadline is not None:  # before the rollback, which must not be interrupted
+            deadline.cancel()
+            engine.deadlines.discard(deadline)
         await _release(conn)
 
 
@@ -241,12 +252,41 @@ async def _follow_sqlite_file(source: str, engine: AsyncEngine) -> None:
     engine.file_identity = identity
 
 
-async def _sqlite_deadline(conn: AsyncConnection, deadline: float, engine: AsyncEngine) -> None:
-    """Make SQLite abort this connection's statements after `deadline` (it has no statement
-    timeout), or once the engine is told to `abort`."""
+class SqliteDeadline:
+    """Interrupt one SQLite connection's statements once `timeout` has passed, or at once on
+    `expire`, whatever they are doing. SQLite has no statement timeout, and a progress handler
+    is not called while a slow function runs (`randomblob(20000000)` on each row: 18 s past a
+    2 s timeout); `sqlite3_interrupt` stops the statement at its next row."""
+
+    def __init__(self, dbapi_connection: sqlite3.Connection, timeout: float) -> None:
+        self._dbapi_connection = dbapi_connection
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(timeout, self.expire)
+
+    def expire(self) -> None:
+        """Interrupt the statement running now, and again every `INTERRUPT_REPEAT_SECONDS` until
+        `cancel`: an interrupt only reaches the statements running when it is made, and the
+        connection's thread may be about to start the next one."""
+        self._timer.cancel()
+        with contextlib.suppress(sqlite3.ProgrammingError):  # already closed: nothing runs
+            self._dbapi_connection.interrupt()  # sqlite3 allows it from any thread
+        self._timer = self._loop.call_later(INTERRUPT_REPEAT_SECONDS, self.expire)
+
+    def cancel(self) -> None:
+        """Stop interrupting (the transaction is over)."""
+        self._timer.cancel()
+
+
+async def _sqlite_deadline(conn: AsyncConnection, timeout: float, engine: AsyncEngine) -> SqliteDeadline:
+    """Make SQLite stop this connection's statements after `timeout` (or at once if the engine is
+    aborting), and on the engine's `abort`."""
     driver = await conn.driver_connection()
-    await driver.set_progress_handler(lambda: engine.aborting or time.monotonic() > deadline,  # type: ignore[union-attr]
-                                      10_000)
+    # aiosqlite's own `interrupt()` is a coroutine; a timer needs the sqlite3 connection itself.
+    deadline = SqliteDeadline(driver._conn, timeout)
+    engine.deadlines.add(deadline)
+    if engine.aborting:
+        deadline.expire()
+    return deadline
 
 
 def _sqlite_read_only(dbapi_connection: Any, _record: Any) -> None:

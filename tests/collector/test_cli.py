@@ -28,6 +28,7 @@ from collector.cli import (
 )
 from collector.inventory import ConfigError, load_inventory
 from collector.samples import KpiReading
+from collector.scheduler import STOP_GRACE
 from tests.collector.test_service import make_records, write_inventory
 from tests.servers import free_port
 
@@ -198,6 +199,30 @@ def test_serve_stops_cleanly_on_sigterm(inventory_file):
     assert code == 0, err
     assert "event=scheduler_stopped" in err
     assert all(line.startswith("ts=") for line in err.splitlines()), err
+
+
+def test_serve_stops_within_its_grace_during_a_slow_sqlite_statement(tmp_path):
+    """A statement calling a slow function on each row ignored the stop: `sample_cancelled` after
+    the grace, then the process hung for as long as the statement ran (40 s here; issue 18)."""
+    records = tmp_path / "records.db"
+    make_records(records)
+    inventory_file = write_inventory(tmp_path, records)
+    inventory = yaml.safe_load(inventory_file.read_text())
+    inventory["sources"]["crm"]["timeout"] = "10m"
+    inventory["processes"]["problem"]["kpis"]["slow"] = {"kind": "value", "sql": (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 600) "
+        "SELECT COUNT(*) FROM c WHERE length(randomblob(20000000)) > 0")}
+    inventory_file.write_text(yaml.safe_dump(inventory))
+    port = free_port()
+    proc = run_fabwatch("serve", "-c", str(inventory_file), env={"FABWATCH_LISTEN": f"127.0.0.1:{port}"})
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    time.sleep(1.0)  # the first sample, due at start, is in the slow statement
+    started = time.monotonic()
+    code, _, err = stop(proc)  # kills it after 20 s
+    assert time.monotonic() - started < STOP_GRACE + 3, err
+    assert code == 0, err
+    assert re.search(r"event=sample_cancelled .*source=crm", err), err
+    assert all(line.startswith("ts=") for line in err.splitlines()), err  # no traceback
 
 
 def test_demo_backfills_then_serves_until_sigint(tmp_path):

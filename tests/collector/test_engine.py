@@ -260,12 +260,18 @@ async def test_unreachable_database_is_a_connection_error(tmp_path: Path) -> Non
     await engine.close()
 
 
-async def slow_sampler(db: Path, tmp_path: Path, timeout: float, rows: int) -> SourceSampler:
-    """A sampler of the example whose problem process has a value KPI counting to `rows` (slowly)."""
+SLOW_FUNCTION_SQL = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 60) "
+                     "SELECT COUNT(*) FROM c WHERE length(randomblob(20000000)) > 0")
+"""A statement of few VM steps, each row slow (~65 ms): about 4 s in all, bounding the tests on old code."""
+
+
+async def slow_sampler(db: Path, tmp_path: Path, timeout: float, rows: int, sql: str = "") -> SourceSampler:
+    """A sampler of the example whose problem process has a value KPI counting to `rows` (slowly),
+    or running `sql`."""
     dsn = f"sqlite+aiosqlite:///{db}"
     sim = await simulate(dsn, days=1)
     await sim.close()
-    slow = value_kpi_file(tmp_path, "slow", "WITH RECURSIVE c(x) AS "
+    slow = value_kpi_file(tmp_path, "slow", sql or "WITH RECURSIVE c(x) AS "
                           f"(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) SELECT MAX(x) FROM c")
     inventory = load_inventory([EXAMPLE, slow], {"FABWATCH_DEMO_DSN": dsn})
     source = inventory.sources["operator"].model_copy(update={"timeout": timeout})
@@ -281,12 +287,25 @@ async def test_slow_sqlite_query_times_out(db: Path, tmp_path: Path) -> None:
     await engine.close()
 
 
-async def test_a_cancelled_sqlite_sample_stops_its_query_at_once(db: Path, tmp_path: Path) -> None:
+async def test_a_sqlite_statement_slow_on_each_row_stops_at_its_timeout(db: Path, tmp_path: Path) -> None:
+    """A progress handler is not called while `randomblob` runs: checked every 10,000 VM steps,
+    the deadline let such a statement run 18 s past a 2 s timeout. The interrupt stops it."""
+    engine = await slow_sampler(db, tmp_path, 0.5, 0, SLOW_FUNCTION_SQL)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(SourceTimeout, match="interrupted"):
+        await engine.sample(T0)
+    assert asyncio.get_running_loop().time() - started < 0.5 + 1
+    assert await engine.check_columns() == []  # the next transaction is not interrupted
+    await engine.close()
+
+
+@pytest.mark.parametrize("sql", ["", SLOW_FUNCTION_SQL], ids=["many-steps", "slow-function"])
+async def test_a_cancelled_sqlite_sample_stops_its_query_at_once(db: Path, tmp_path: Path, sql: str) -> None:
     """A stop cancels the samples still running after its grace; SQLite's query runs on in
     aiosqlite's thread, and the connection's release waited for it: the whole timeout."""
-    engine = await slow_sampler(db, tmp_path, 60.0, 1_000_000_000)
+    engine = await slow_sampler(db, tmp_path, 60.0, 1_000_000_000, sql)
     task = asyncio.create_task(engine.sample(T0))
-    await asyncio.sleep(2.0)  # well into the slow query
+    await asyncio.sleep(0.5 if sql else 2.0)  # well into the slow query
     started = asyncio.get_running_loop().time()
     engine.abort()  # what the scheduler does before it cancels a sample
     task.cancel()
