@@ -35,10 +35,10 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def events_port(directory: Path, **options: Any) -> AsyncIterator[Running]:
+async def events_port(directory: Path, max_body: int = LIMIT, **options: Any) -> AsyncIterator[Running]:
     """An events server on a free loopback port with one listener `tickets` (secret SECRET) whose
     store is `directory/events.db`; `options` go to `EventsServer`. Stopping twice is harmless."""
-    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=LIMIT)
+    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=max_body)
     store = RecordStore(directory / "events.db", ["trouble_ticket"], synchronous="FULL",
                         final_statuses={"trouble_ticket": APIS["tmf621"].finals})
     listener = Listener("tickets", source, store)
@@ -443,3 +443,25 @@ async def test_a_header_that_never_ends_is_refused_before_it_fills_memory(events
     assert answer is not None, "no answer to a head of 4 MiB"
     assert (answer[0], answer[2]["code"], answer[1]["connection"]) == (431, "headersTooLarge", "close")
     assert stored_events(store) == 0
+
+
+async def test_a_large_body_ending_in_a_read_of_its_own_does_not_count_as_a_request_head(tmp_path: Path) -> None:
+    """A body over 72 KiB whose last read held only body bytes was counted as head bytes: the event
+    was acknowledged, then an unsolicited 431 closed the connection and the next event was lost."""
+    async with events_port(tmp_path, max_body=1 << 20) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        first = request(ticket_event(1, 1, 1) + b" " * 100_000)  # JSON allows trailing blanks
+        head_end = first.index(b"\r\n\r\n") + 4
+        writer.write(first[:head_end + 10])
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the head is read on its own
+        writer.write(first[head_end + 10:])  # ~98 KiB of body only: one read, loopback takes it at once
+        await writer.drain()
+        answer = await read_answer(reader)
+        assert (answer[0], answer[2]["eventId"]) == (201, "E1")
+        await asyncio.sleep(0.1)
+        writer.write(request(ticket_event(2, 2, 1)))
+        answer = await read_answer(reader)
+        assert (answer[0], answer[2].get("eventId")) == (201, "E2")
+        writer.close()
+    assert stored_events(tmp_path / "events.db") == 2
