@@ -39,8 +39,8 @@ BODY_TIMEOUT = 30.0
 """Seconds a request body may take after its head (1 MiB, the default `max_body`, at 35 KiB/s)."""
 MAX_CONNECTIONS = 512
 """Connections open at once; more are closed as they are accepted (half the usual 1,024 descriptors)."""
-MAX_PER_ADDRESS = 64
-"""Connections open at once from one peer address."""
+MAX_PER_ADDRESS = 128
+"""Connections open at once from one peer address (a hub pool of 128, as `bench/listener_floor.py` loads it, fits)."""
 BODY_MEMORY = 64 * 1024 * 1024
 """Bytes of unfinished request bodies held by all the connections; a body that goes past it gets 503."""
 RETRY_AFTER = 1
