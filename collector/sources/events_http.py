@@ -33,10 +33,22 @@ _MAX_QUEUED = 64
 """Answers a pipelining client may have outstanding before the server stops reading from it."""
 IDLE_TIMEOUT = 75.0
 """Seconds a keep-alive connection may stay silent with nothing in flight (aiohttp's default)."""
+HEAD_TIMEOUT = 10.0
+"""Seconds a request head may take from its first byte: a client trickling one (slowloris) is cut off."""
+BODY_TIMEOUT = 30.0
+"""Seconds a request body may take after its head (1 MiB, the default `max_body`, at 35 KiB/s)."""
+MAX_CONNECTIONS = 512
+"""Connections open at once; more are closed as they are accepted (half the usual 1,024 descriptors)."""
+MAX_PER_ADDRESS = 128
+"""Connections open at once from one peer address (a hub pool of 128, as `bench/listener_floor.py` loads it, fits)."""
+BODY_MEMORY = 64 * 1024 * 1024
+"""Bytes of unfinished request bodies held by all the connections; a body that goes past it gets 503."""
+RETRY_AFTER = 1
 _MAX_URL = 8192
 _MAX_HEADERS = 65536
 _REASONS = {100: "Continue", 201: "Created", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-            405: "Method Not Allowed", 413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
+            405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
+            417: "Expectation Failed",
             431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 _MAX_HEAD = _MAX_URL + _MAX_HEADERS
 """Bytes a request head may take before it ends: httptools keeps a header it has not seen the end
@@ -52,11 +64,22 @@ class EventsServer:
     """Serves the listeners of the `tmf_events` sources on their own port."""
 
     def __init__(self, listeners: Mapping[str, Listener], idle_timeout: float = IDLE_TIMEOUT,
-                 tls: EventsTls | None = None) -> None:
+                 tls: EventsTls | None = None, *, head_timeout: float = HEAD_TIMEOUT,
+                 body_timeout: float = BODY_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                 max_per_address: int = MAX_PER_ADDRESS, body_memory: int = BODY_MEMORY) -> None:
         self.listeners = listeners
         self.idle_timeout = idle_timeout
+        self.head_timeout = head_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
+        self.max_per_address = max_per_address
+        self.budget = _Budget(body_memory)
         self.tls = tls
         self.connections: set[_Connection] = set()
+        self.per_address: dict[str, int] = {}
+        self.refused: collections.Counter[str] = collections.Counter()
+        """Connections closed at accept (`tooManyConnections`, `tooManyFromAddress`) and requests
+        cut off (`requestTimeout`, `bodyMemory`), counted."""
         self.routes: dict[bytes, tuple[Listener, str]] = {}
         """The request targets seen, routed: a hub posts to a few, again and again."""
         self._server: asyncio.Server | None = None
@@ -66,8 +89,9 @@ class EventsServer:
         context = None if self.tls is None else tls_context(self.tls, f"{host}:{port}")
         try:
             self._server = await asyncio.get_running_loop().create_server(
-                lambda: _Connection(self.listeners, self.connections, self.routes), host, port, reuse_address=True,
-                backlog=1024, ssl=context)
+                lambda: _Connection(self.listeners, self.connections, self.routes, self), host, port,
+                reuse_address=True, backlog=1024, ssl=context,
+                ssl_handshake_timeout=None if context is None else self.head_timeout)
         except OSError as exc:
             cause = os.strerror(exc.errno) if exc.errno else str(exc)
             raise CannotListen(exc.errno, f"cannot listen for events on {host}:{port}: {cause}") from exc
@@ -87,14 +111,46 @@ class EventsServer:
         for connection in list(self.connections):
             connection.close_when_answered()
 
+    def admit(self, connection: "_Connection", transport: asyncio.BaseTransport) -> bool:
+        """Count a new connection in, or say it is one too many (in all, or from its address)."""
+        peer = transport.get_extra_info("peername")
+        address = str(peer[0]) if isinstance(peer, tuple) else ""
+        from_address = self.per_address.get(address, 0)
+        if len(self.connections) >= self.max_connections:
+            self._refuse_connection("tooManyConnections", address, self.max_connections)
+            return False
+        if from_address >= self.max_per_address:
+            self._refuse_connection("tooManyFromAddress", address, self.max_per_address)
+            return False
+        self.per_address[address] = from_address + 1
+        connection.address = address
+        return True
+
+    def _refuse_connection(self, reason: str, address: str, limit: int) -> None:
+        """Count a connection closed at accept; log the first of each kind (an attack logs once)."""
+        self.refused[reason] += 1
+        if self.refused[reason] == 1:
+            log_event(_LOG, "events_connection_refused", logging.WARNING, reason=reason, peer=address, limit=limit)
+
+    def release(self, connection: "_Connection") -> None:
+        """Count a closed connection out of its address."""
+        address = connection.address
+        if address is not None:
+            left = self.per_address.get(address, 1) - 1
+            if left > 0:
+                self.per_address[address] = left
+            else:
+                self.per_address.pop(address, None)
+
     async def _reap(self) -> None:
-        """Close keep-alive connections silent for `idle_timeout` with nothing in flight."""
+        """Every quarter of the shortest timeout, close the connections past one of them."""
         while True:
-            await asyncio.sleep(self.idle_timeout / 4)
-            silent_since = time.monotonic() - self.idle_timeout
+            await asyncio.sleep(min(self.idle_timeout, self.head_timeout, self.body_timeout) / 4)
+            now = time.monotonic()
             for connection in list(self.connections):
-                if connection.active_at < silent_since and not connection.answers:
-                    connection.close_when_answered()
+                late = connection.overdue(now, self.idle_timeout, self.head_timeout, self.body_timeout)
+                if late:
+                    self.refused["requestTimeout"] += 1
 
 
 def tls_context(tls: EventsTls, where: str) -> ssl.SSLContext:
@@ -110,6 +166,16 @@ def tls_context(tls: EventsTls, where: str) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise CannotListen(0, f"cannot listen for events on {where}: {step}: {exc}") from exc
     return context
+
+
+class _Budget:
+    """Bytes of unfinished request bodies held by a server's connections, and the most they may be."""
+
+    __slots__ = ("held", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.held = 0
+        self.limit = limit
 
 
 class _Request:
@@ -135,10 +201,14 @@ class _Connection(asyncio.Protocol):
     """One client connection: parse requests, hand events to listeners, answer in order."""
 
     def __init__(self, listeners: Mapping[str, Listener], registry: set["_Connection"],
-                 routes: dict[bytes, tuple[Listener, str]] | None = None) -> None:
+                 routes: dict[bytes, tuple[Listener, str]] | None = None, server: EventsServer | None = None) -> None:
         self.listeners = listeners
         self.registry = registry
         self.routes = {} if routes is None else routes
+        self.server = server
+        self.budget = _Budget(BODY_MEMORY) if server is None else server.budget
+        self.address: str | None = None
+        """The peer's address, once the server has counted the connection in."""
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.request = _Request()
@@ -151,6 +221,10 @@ class _Connection(asyncio.Protocol):
         """Request heads and whole requests parsed so far on the connection (more heads: in a body)."""
         self.head_bytes = 0
         """Bytes received while no head ended: an endless header is refused at `_MAX_HEAD`."""
+        self.since = 0.0
+        """When the unfinished request's head began, or its body (0: none, as far as reads tell)."""
+        self.held = 0
+        """Bytes of the unfinished body counted in `budget`."""
         self.upgraded: tuple[bool, int] | None = None
         """`self.request` asked for an upgrade: (keep-alive, body bytes still to come); its body is
         read here, past the parser, which hands over everything after such a head."""
@@ -163,12 +237,43 @@ class _Connection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.server is not None and not self.server.admit(self, transport):
+            self.closing = True
+            transport.abort()  # type: ignore[attr-defined]  # a socket transport: close now, read nothing
+            return
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not subclasses
         self.registry.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.registry.discard(self)
+        if self.server is not None:
+            self.server.release(self)
+        self._drop_body()
+
+    def _drop_body(self) -> None:
+        """Give back the unfinished body's bytes now (the parser and this object are a cycle, which
+        only the garbage collector would free)."""
+        self.budget.held -= self.held
+        self.held = 0
+        self.request.body = []
+
+    def overdue(self, now: float, idle: float, head: float, body: float) -> bool:
+        """Close the connection if silent for `idle`; answer 408 and close it if its request's head
+        or body is late. True if a request was cut off."""
+        if self.closing or self.answers or self.paused:  # answers owed: the client waits for us
+            return False
+        if not self.since:
+            if now - self.active_at > idle:
+                self.close_when_answered()
+            return False
+        in_head = self.heads == self.messages and self.upgraded is None
+        if now - self.since <= (head if in_head else body):
+            return False
+        late = f"the request {'head' if in_head else 'body'} took over {head if in_head else body:g} s"
+        self._drop_body()
+        self._refuse_now(408, "requestTimeout", late)
+        return True
 
     def eof_received(self) -> bool:
         """The client has sent all it will (a half-close): answer what it sent, then close."""
@@ -178,26 +283,57 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.active_at = time.monotonic()
+        now = self.active_at = time.monotonic()
         if self.upgraded is not None:
             self._upgraded_body(data)
             return
-        heads = self.heads
+        heads, messages = self.heads, self.messages
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if self.upgraded is not None:
+                self.since = now  # the ignored upgrade's body is timed as a body
                 self._upgraded_body(data[int(exc.args[0]):])
             return
         except httptools.HttpParserError as exc:
             self._refuse_now(400, "badRequest", f"malformed HTTP request: {exc}")
             return
-        if self.heads != heads:
+        if self.messages != messages:  # a request ended in this read; what follows it is a new one's start
+            self.head_bytes = 0  # not counted: at most one read (what the transport reads at once)
+            if self.held:
+                self._hold(0)
+            if self.heads != self.messages:  # its head ended too: in its body
+                self.since = now
+                self._hold(self.request.size)
+            else:  # a target begun (a head's start) or nothing
+                self.since = now if self.request.url else 0.0
+        elif self.heads != heads:  # a head ended; its body is still to come
             self.head_bytes = 0
+            self.since = now
+            self._hold(self.request.size)
         elif self.heads == self.messages:  # in a head that has not ended, not in a body
             self.head_bytes += len(data)
+            if not self.since:
+                self.since = now
             if self.head_bytes > _MAX_HEAD and not self.closing:
                 self._refuse_now(431, "headersTooLarge", f"the request head is over {_MAX_HEAD} bytes")
+        else:  # further in a body
+            self._hold(self.request.size)
+
+    def _hold(self, size: int) -> None:
+        """Count `size` bytes of unfinished body in the server's budget; refuse the body with 503
+        (and close) when all the connections hold more than it allows."""
+        budget = self.budget
+        budget.held += size - self.held
+        self.held = size
+        if size and budget.held > budget.limit and not self.closing:
+            self._drop_body()
+            self.request.refused = BadEvent(503, "bodyMemory", "too many unfinished bodies; retry later")
+            if self.server is not None:
+                self.server.refused["bodyMemory"] += 1
+            reason = f"unfinished bodies hold over {budget.limit} bytes; retry in {RETRY_AFTER} s"
+            self._answer([_response(503, error_body(503, "bodyMemory", reason), False).replace(
+                b"Content-Length:", b"Retry-After: %d\r\nContent-Length:" % RETRY_AFTER, 1)], False)
 
     def _upgraded_body(self, data: bytes) -> None:
         """Read the body of a request whose upgrade is ignored, submit it, then parse what follows
@@ -209,7 +345,10 @@ class _Connection(asyncio.Protocol):
             self.on_body(body)
         self.upgraded = (keep_alive, left - len(body))
         if left > len(body) or self.closing:
+            self._hold(self.request.size)
             return
+        self._hold(0)
+        self.since = 0.0
         request, self.upgraded, self.request = self.request, None, _Request()
         self.parser = httptools.HttpRequestParser(self)
         self._complete(request, keep_alive)

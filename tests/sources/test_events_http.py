@@ -7,7 +7,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,10 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def events_port(directory: Path, **options: Any) -> AsyncIterator[Running]:
+async def events_port(directory: Path, max_body: int = LIMIT, **options: Any) -> AsyncIterator[Running]:
     """An events server on a free loopback port with one listener `tickets` (secret SECRET) whose
     store is `directory/events.db`; `options` go to `EventsServer`. Stopping twice is harmless."""
-    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=LIMIT)
+    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=max_body)
     store = RecordStore(directory / "events.db", ["trouble_ticket"], synchronous="FULL",
                         final_statuses={"trouble_ticket": APIS["tmf621"].finals})
     listener = Listener("tickets", source, store)
@@ -443,3 +443,128 @@ async def test_a_header_that_never_ends_is_refused_before_it_fills_memory(events
     assert answer is not None, "no answer to a head of 4 MiB"
     assert (answer[0], answer[2]["code"], answer[1]["connection"]) == (431, "headersTooLarge", "close")
     assert stored_events(store) == 0
+
+
+async def test_a_large_body_ending_in_a_read_of_its_own_does_not_count_as_a_request_head(tmp_path: Path) -> None:
+    """A body over 72 KiB whose last read held only body bytes was counted as head bytes: the event
+    was acknowledged, then an unsolicited 431 closed the connection and the next event was lost."""
+    async with events_port(tmp_path, max_body=1 << 20) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        first = request(ticket_event(1, 1, 1) + b" " * 100_000)  # JSON allows trailing blanks
+        head_end = first.index(b"\r\n\r\n") + 4
+        writer.write(first[:head_end + 10])
+        await writer.drain()
+        await asyncio.sleep(0.1)  # the head is read on its own
+        writer.write(first[head_end + 10:])  # ~98 KiB of body only: one read, loopback takes it at once
+        await writer.drain()
+        answer = await read_answer(reader)
+        assert (answer[0], answer[2]["eventId"]) == (201, "E1")
+        await asyncio.sleep(0.1)
+        writer.write(request(ticket_event(2, 2, 1)))
+        answer = await read_answer(reader)
+        assert (answer[0], answer[2].get("eventId")) == (201, "E2")
+        writer.close()
+    assert stored_events(tmp_path / "events.db") == 2
+
+
+async def until(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait until `condition()` holds, polling; fail after `seconds`."""
+    async with asyncio.timeout(seconds):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """The server closed (or reset) the connection without an answer."""
+    try:
+        return await asyncio.wait_for(reader.read(), 5) == b""
+    except ConnectionResetError:
+        return True
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+async def test_a_request_trickled_byte_by_byte_is_cut_off_with_408(tmp_path: Path, part: str) -> None:
+    """One byte every 0.1 s kept a connection open for ever (its reads kept it from being idle)."""
+    async with events_port(tmp_path, head_timeout=0.5, body_timeout=0.5) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        raw = request(ticket_event(1, 1, 1))
+        start = 0 if part == "head" else raw.index(b"\r\n\r\n") + 4
+        writer.write(raw[:start])
+        began, answer = time.monotonic(), None
+        for at in range(start, len(raw) - 1):  # never the last byte; ~40 s at most
+            with contextlib.suppress(ConnectionError):
+                writer.write(raw[at:at + 1])
+                await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                answer = await asyncio.wait_for(read_answer(reader), 0.1)
+                break
+        took = time.monotonic() - began
+        assert answer is not None, "a trickled request was never cut off"
+        assert (answer[0], answer[2]["code"], answer[1]["connection"]) == (408, "requestTimeout", "close")
+        assert 0.5 <= took < 3
+        assert await closed_by_server(reader)
+        writer.close()
+        assert running.server.refused == {"requestTimeout": 1}
+        await until(lambda: not running.server.connections)
+    assert stored_events(tmp_path / "events.db") == 0
+
+
+async def test_connections_over_the_caps_are_closed_at_accept_counted_and_slots_freed(tmp_path: Path) -> None:
+    async with events_port(tmp_path, max_connections=3, max_per_address=2) as running:
+        async def connect(host: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection("127.0.0.1", running.port, local_addr=(host, 0))
+
+        async def post(client: tuple[asyncio.StreamReader, asyncio.StreamWriter], n: int) -> int:
+            client[1].write(request(ticket_event(n, n, 1)))
+            return (await read_answer(client[0]))[0]
+
+        kept = [await connect("127.0.0.1"), await connect("127.0.0.1")]
+        assert [await post(client, n) for n, client in enumerate(kept)] == [201, 201]
+        third_from_one = await connect("127.0.0.1")  # over the per-address cap
+        assert await closed_by_server(third_from_one[0])
+        kept.append(await connect("127.0.0.2"))  # another address: admitted
+        assert await post(kept[2], 3) == 201
+        over_all = await connect("127.0.0.3")  # over the cap in all
+        assert await closed_by_server(over_all[0])
+        assert running.server.refused == {"tooManyFromAddress": 1, "tooManyConnections": 1}
+        kept[0][1].close()
+        await until(lambda: len(running.server.connections) == 2)
+        again = await connect("127.0.0.1")  # the slot it held (in all and for its address) is free
+        assert await post(again, 4) == 201
+        for _, writer in [*kept, third_from_one, over_all, again]:
+            writer.close()
+        await until(lambda: not running.server.per_address)
+    assert stored_events(tmp_path / "events.db") == 4
+
+
+async def test_unfinished_bodies_past_the_memory_budget_get_503_and_are_released_on_close(tmp_path: Path) -> None:
+    """Each connection holding an unfinished body added to the memory held, without bound."""
+    budget = 100_000
+    async with events_port(tmp_path, max_body=1 << 20, body_memory=budget) as running:
+        held = running.server.budget
+        raw = request(ticket_event(1, 1, 1) + b" " * 60_000)
+        first = await asyncio.open_connection("127.0.0.1", running.port)
+        first[1].write(raw[:-10])  # ~60 KB of body held, 10 bytes to come
+        await until(lambda: held.held > 50_000)
+        refused = []
+        for _ in range(2):  # each would take the budget past 100 KB
+            reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+            writer.write(raw[:-10])
+            status, headers, body = await read_answer(reader)
+            assert (status, body["code"], headers["retry-after"], headers["connection"]) == (
+                503, "bodyMemory", "1", "close")
+            assert await closed_by_server(reader)
+            assert held.held <= budget
+            refused.append(writer)
+        first[1].write(raw[-10:])  # the body held ends: stored, and its bytes given back
+        assert (await read_answer(first[0]))[0] == 201
+        assert held.held == 0
+        leaving = await asyncio.open_connection("127.0.0.1", running.port)
+        leaving[1].write(raw[:-10])
+        await until(lambda: held.held > 50_000)
+        leaving[1].close()  # a client that leaves mid-body: its bytes are given back at the close
+        await until(lambda: held.held == 0)
+        assert running.server.refused == {"bodyMemory": 2}
+        for writer in [first[1], *refused]:
+            writer.close()
+    assert stored_events(tmp_path / "events.db") == 1
