@@ -257,14 +257,16 @@ class TmfServer:
         self.delivery.idle.set()
 
     def _hold(self, sends: list[tuple[Hub, str, dict[str, Any]]]) -> list[tuple[Hub, str, dict[str, Any]]]:
-        """What to send now: the events held last round, and this round's not chosen to be held."""
-        out, self._held = self._held, []
+        """What to send now: this round's events not chosen to be held, then those held last round
+        (after the new ones, so a change may overtake the create event of its resource)."""
+        late, self._held = self._held, []
         if self._releasing:
             self._releasing = False
-            return out + sends
+            return sends + late
+        out: list[tuple[Hub, str, dict[str, Any]]] = []
         for send in sends:
             (self._held if _chosen(send[2]["eventId"], self._hold_back) else out).append(send)
-        return out
+        return out + late
 
     async def _events(self, endpoint: Endpoint, hubs: Sequence[Hub], since: float,
                       until: float) -> list[tuple[Hub, str, dict[str, Any]]]:
