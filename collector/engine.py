@@ -393,6 +393,8 @@ class SourceSampler:
                 late = await self._count_late(reader, process, state, hi)
                 if late and name in self._books:
                     del self._books[name]  # a late row may be open: recount the backlog now
+                if late:
+                    state.pop("windows", None)  # and may fall in a KPI's window: sum the windows again
             await self._move_windows(reader, process, state, prev, hi, now)
             state["hi"] = hi
         self._accrue_fixed(process, state, now)

@@ -5,6 +5,8 @@ rel=next), filters on `lastUpdate.gt|gte|lt|lte`, the status/state attribute, `i
 TMF621, `ticketType` (the simulated process), and keeps only the `fields=` asked for. Hubs
 register with `POST {base}/hub` and receive `POST {callback}/listener/{eventName}` for every row
 the simulator changes (create, status/state change), retried with backoff until acknowledged.
+Two options make the delivery as messy as real hubs' (see `TmfServer`): change events with only
+what changed (`partial_changes`) and events held back until a later round (`hold_back`).
 
 Run it next to a simulator writing the same database:
 `python -m simulator.tmf --dsn sqlite+aiosqlite:///op.db --listen 127.0.0.1:8080`.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
@@ -30,7 +33,7 @@ from sqlalchemy import CompoundSelect, Select, and_, func, literal, select, unio
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from collector.sources.times import parse_time
-from collector.sources.tmf import APIS, TmfApi
+from collector.sources.tmf import APIS, EXTENSION, TmfApi
 from simulator.profiles import PROFILES
 from simulator.store import SIM_STATE, TABLES
 from simulator.tmf_render import API_PROCESSES, event, resource
@@ -80,10 +83,27 @@ PROCESS_APIS: dict[str, tuple[str, str | None]] = {
 
 
 class TmfServer:
-    """Serves the records of a simulator database as TMF APIs and notifies registered hubs."""
+    """Serves the records of a simulator database as TMF APIs and notifies registered hubs.
+
+    Realism options, both off by default:
+    - `partial_changes`: a change event (not a create event) carries only what a hub that sends
+      deltas would: `id`, `@type`, `href`, the status/state attribute, `lastUpdate` and the API's
+      change dates, every other attribute whose name ends in `Date`/`date` (completion and due
+      dates among them) and the `fabwatch` extension; not the creation date, which a delta does
+      not repeat, and nothing else (no priority, channel, amounts).
+    - `hold_back` (0..1): that share of each notification round's events, chosen by a hash of the
+      `eventId` (so runs repeat), is held back and sent with the next round that has new changes,
+      or at the next tick after `release()`; `held` tells how many wait.
+    """
 
     def __init__(self, dsn: str, *, tick: float = 0.2, concurrency: int = 16, retries: int = 8,
-                 root: str = "") -> None:
+                 root: str = "", partial_changes: bool = False, hold_back: float = 0.0) -> None:
+        if not 0.0 <= hold_back <= 1.0:
+            raise ValueError(f"hold_back must be within 0..1, got {hold_back}")
+        self._partial = partial_changes
+        self._hold_back = hold_back
+        self._held: list[tuple[Hub, str, dict[str, Any]]] = []
+        self._releasing = False
         self._dsn = dsn
         self._tick = tick
         self._retries = retries
@@ -117,6 +137,15 @@ class TmfServer:
     @property
     def hubs(self) -> list[Hub]:
         return list(self._hubs.values())
+
+    @property
+    def held(self) -> int:
+        """How many events are held back, waiting for a later round (`hold_back`)."""
+        return len(self._held)
+
+    def release(self) -> None:
+        """Send the held events at the next tick, even without new changes, and hold no more then."""
+        self._releasing = True
 
     async def _running(self, app: web.Application) -> AsyncIterator[None]:
         self._engine = create_async_engine(self._dsn)
@@ -206,22 +235,38 @@ class TmfServer:
             await asyncio.sleep(self._tick)
 
     async def notify_once(self, session: aiohttp.ClientSession) -> None:
-        """Send events for every row changed since the last call to every matching hub."""
+        """Send events for every row changed since the last call to every matching hub, with the
+        events held back from the previous round (`hold_back`)."""
         cursor = await self._cursor()
-        if cursor is None or (self._since is not None and cursor <= self._since):
+        fresh = cursor is not None and (self._since is None or cursor > self._since)
+        if not fresh and not (self._releasing and self._held):
             return
-        since = -math.inf if self._since is None else self._since
-        hubs = self.hubs
         sends = []
-        for endpoint in self.endpoints:
-            targets = [h for h in hubs if h.api == endpoint.api.kind and h.version == endpoint.version]
-            if targets:
-                sends += await self._events(endpoint, targets, since, cursor)
-        self._since = cursor
+        if fresh and cursor is not None:
+            since = -math.inf if self._since is None else self._since
+            hubs = self.hubs
+            for endpoint in self.endpoints:
+                targets = [h for h in hubs if h.api == endpoint.api.kind and h.version == endpoint.version]
+                if targets:
+                    sends += await self._events(endpoint, targets, since, cursor)
+            self._since = cursor
+        sends = self._hold(sends)
         self.delivery.idle.clear()
         self.delivery.pending += len(sends)
         await asyncio.gather(*(self._post(session, hub, name, body) for hub, name, body in sends))
         self.delivery.idle.set()
+
+    def _hold(self, sends: list[tuple[Hub, str, dict[str, Any]]]) -> list[tuple[Hub, str, dict[str, Any]]]:
+        """What to send now: this round's events not chosen to be held, then those held last round
+        (after the new ones, so a change may overtake the create event of its resource)."""
+        late, self._held = self._held, []
+        if self._releasing:
+            self._releasing = False
+            return sends + late
+        out: list[tuple[Hub, str, dict[str, Any]]] = []
+        for send in sends:
+            (self._held if _chosen(send[2]["eventId"], self._hold_back) else out).append(send)
+        return out + late
 
     async def _events(self, endpoint: Endpoint, hubs: Sequence[Hub], since: float,
                       until: float) -> list[tuple[Hub, str, dict[str, Any]]]:
@@ -231,6 +276,8 @@ class TmfServer:
         for row in rows:
             name = f"{api.resource}CreateEvent" if row["created_at"] > since else api.change_event
             doc = resource(api, endpoint.version, row["process"], row, f"{endpoint.base}/{api.resource}")
+            if self._partial and name == api.change_event:
+                doc = _delta(api, endpoint.version, doc)
             body = event(api, endpoint.version, name, doc, f"{row['id']}@{row['updated_at']!r}", row["updated_at"])
             out += [(hub, name, body) for hub in hubs if _matches(hub.query, row, name)]
         return out
@@ -306,6 +353,22 @@ def _union(api: TmfApi, query: _ListQuery) -> Select[Any] | CompoundSelect[Any]:
             conds.append(literal(False))
         parts.append(select(*table.c, literal(process).label("process")).where(and_(True, *conds)))
     return union_all(*parts) if len(parts) > 1 else parts[0]
+
+
+def _chosen(event_id: str, share: float) -> bool:
+    """Whether an event is among the `share` held back: a hash of its id, the same on every run."""
+    if share <= 0.0:
+        return False
+    digest = hashlib.sha256(event_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2**64
+
+
+def _delta(api: TmfApi, version: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """What a hub that sends only what changed puts in a change event (see `TmfServer`)."""
+    created = api.field_paths(version)["created_at"][0]
+    keep = {"id", "@type", "href", api.state_key, "lastUpdate", *api.change_dates, EXTENSION}
+    return {k: v for k, v in doc.items()
+            if k in keep or (k != created and k.endswith(("Date", "date")))}
 
 
 def _only(doc: dict[str, Any], fields: set[str] | None) -> dict[str, Any]:
