@@ -251,7 +251,7 @@ def test_each_file_may_hold_its_own_anchor_block(tmp_path: Path) -> None:
                                          "aiosqlite:///path/to/file.db, postgresql+asyncpg://user:password@host"
                                          ":5432/db or mariadb+aiomysql://user:password@host:3306/db "
                                          "(mysql+aiomysql:// for MySQL)"),
-    ("postgresql+asyncpg://fab:s3cret@db:54x2/crm", "not a database URL (invalid literal for int()"),
+    ("postgresql+asyncpg://fab:s3cret@db:54x2/crm", "the port is not a number"),
     ("", "not a database URL"),
     ("postgresql+asyncpg://fab:s3cret@pw@127.0.0.1:5432/crm", "write an '@' of the user or password as %40"),
 ])
@@ -345,3 +345,28 @@ def test_a_long_bad_value_is_quoted_by_its_start_only(tmp_path: Path) -> None:
     assert len(lines) == 2
     assert all(len(line) < 600 for line in lines), [line[:300] for line in lines]
     assert all(f"{'x' * 200}'… (1,000,000 characters)" in line for line in lines), [line[-99:] for line in lines]
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql+asyncpg://fab:pA@sS/wO@127.0.0.1:5432/crm",  # the password "pA" and host "sS" otherwise
+    "postgresql+asyncpg://fab/pA:sS@127.0.0.1:5432/crm",  # "wO" would be read as the database
+    "postgresql+asyncpg://fab:pA/sS@wO@127.0.0.1:5432/crm",
+    "postgresql+asyncpg://fab:pA/sS/127.0.0.1:5432/crm",  # no '@' at all: "pA" would be the port
+])
+def test_an_ambiguous_dsn_is_refused_without_quoting_the_password(tmp_path: Path, dsn: str) -> None:
+    path = write(tmp_path, "a.yaml", GOOD.replace('"sqlite+aiosqlite:///x.db"', f'"{dsn}"'))
+    (line,) = problems([path])
+    assert line.startswith(f"{path}:3: sources.crm.dsn: "), line
+    assert "%2F" in line, line
+    for part in ("pA", "sS", "wO"):
+        assert part not in line, line
+
+
+def test_an_http_url_with_a_cut_password_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml", """
+        sources:
+          api: {kind: http_json, url: "https://fab:pA/sS@api.example/v1?api_key=kE", values: {n: n}}
+        processes: {}
+        """)
+    (line,) = problems([path])
+    assert line.endswith("sources.api.url: the port is not a number (a '/' in the password? write it as %2F)"), line
