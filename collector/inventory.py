@@ -31,12 +31,13 @@ RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency
                              "reason", "bound", "job", "instance", "quantile"})
 _MERGEABLE = re.compile(r"^(service|sources|processes|processes\.[^.]+|processes\.[^.]+\.(kpis|costs))$")
 """Mappings that several files may extend; anything below them is defined by one file only."""
-MAX_FILE_BYTES = 10 * 1024 * 1024
-"""Largest inventory file read; a real one is a few hundred KiB at most."""
+MAX_FILE_BYTES = 1024 * 1024
+"""Largest inventory file read (the example is 12 KB): PyYAML parses about 1 MiB a second."""
 MAX_DEPTH = 100
 """Deepest nesting of mappings and lists; PyYAML composes recursively and would overflow the stack."""
-MAX_NODES = 1_000_000
-"""Most YAML nodes a file may stand for once its aliases are expanded (a "billion laughs" is refused)."""
+MAX_NODES = 50_000
+"""Most YAML values a file may hold, or stand for once its aliases are expanded (a "billion laughs"
+is refused); the example holds 1,425. Each costs PyYAML about 50 µs and 1 KB."""
 SHOWN_CHARS = 200
 """Longest value quoted whole in a problem."""
 _LONG_QUOTE = re.compile(rf"'([^'\n]{{{SHOWN_CHARS + 1},}})'")
@@ -209,15 +210,21 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping (e.g. a duplicate KPI), and
-    nesting deeper than `MAX_DEPTH` before PyYAML's recursive composer overflows the stack."""
+    """A SafeLoader that refuses a key given twice in one mapping (e.g. a duplicate KPI), nesting
+    deeper than `MAX_DEPTH` before PyYAML's recursive composer overflows the stack, and more than
+    `MAX_NODES` values before they take seconds and gigabytes."""
 
     _depth = 0
+    _nodes = 0
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        """Compose one node, counting how deep it nests."""
+        """Compose one node, counting how deep it nests and how many came before it."""
         if self._depth >= MAX_DEPTH:
             raise yaml.composer.ComposerError(None, None, f"nested over {MAX_DEPTH} levels deep",
+                                              self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"holds over {MAX_NODES:,} values",
                                               self.peek_event().start_mark)  # type: ignore[no-untyped-call]
         self._depth += 1
         try:
