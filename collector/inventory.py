@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from collector.logs import safe_dsn
 from collector.schema import (
     CostKpi,
     DurationKpi,
@@ -30,6 +31,16 @@ RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency
                              "reason", "bound", "job", "instance", "quantile"})
 _MERGEABLE = re.compile(r"^(service|sources|processes|processes\.[^.]+|processes\.[^.]+\.(kpis|costs))$")
 """Mappings that several files may extend; anything below them is defined by one file only."""
+MAX_FILE_BYTES = 1024 * 1024
+"""Largest inventory file read (the example is 12 KB): PyYAML parses about 1 MiB a second."""
+MAX_DEPTH = 100
+"""Deepest nesting of mappings and lists; PyYAML composes recursively and would overflow the stack."""
+MAX_NODES = 50_000
+"""Most YAML values a file may hold, or stand for once its aliases are expanded (a "billion laughs"
+is refused); the example holds 1,425. Each costs PyYAML about 50 µs and 1 KB."""
+SHOWN_CHARS = 200
+"""Longest value quoted whole in a problem."""
+_LONG_QUOTE = re.compile(rf"'([^'\n]{{{SHOWN_CHARS + 1},}})'")
 _SQL_WORDS = frozenset("""and or not is null in like between case when then else end true false
     coalesce cast as integer real text float double precision lower upper abs exists select from
     where distinct length substr trim""".split())
@@ -42,9 +53,19 @@ class Problem:
     path: str
     message: str
 
+    def __post_init__(self) -> None:
+        # A bad value may be a megabyte long: a problem quotes its start, never the whole of it.
+        message = _LONG_QUOTE.sub(lambda m: _shown(m[1]), self.message)
+        object.__setattr__(self, "message", shorten(message, 5 * SHOWN_CHARS))
+
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """Return `text` cut to `limit` characters, with an ellipsis and its full length when cut."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters)"
 
 
 class ConfigError(Exception):
@@ -97,18 +118,15 @@ def load_inventory(paths: Sequence[str | Path], environ: Mapping[str, str] | Non
 
 
 def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[str, Any] | None:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        problems.append(Problem(str(path), 0, "", f"cannot read the file: {exc.strerror}"))
+    text = _read_text(path, problems)
+    if text is None:
         return None
-    except UnicodeDecodeError as exc:
-        problems.append(Problem(str(path), 0, "", f"not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset "
-                                                  f"{exc.start}; save the file as UTF-8"))
-        return None
+    loader = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+        loader = _StrictLoader(text)  # its reader refuses a control character at once
+        node = loader.get_single_node()
+        _check_size(node)
+        data = None if node is None else loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else 0
         problems.append(Problem(str(path), line, "", f"invalid YAML: {exc.problem}"))
@@ -119,6 +137,9 @@ def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[s
         problems.append(Problem(str(path), line, "", f"invalid YAML: character #x{code:04x} is not allowed "
                                                      "(a control character)"))
         return None
+    finally:
+        if loader is not None:
+            loader.dispose()  # type: ignore[no-untyped-call]
     if origins.lines.get("") is None:  # where a missing top-level section is reported
         origins.lines[""] = (str(path), 1)
     if data is None:
@@ -130,8 +151,86 @@ def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[s
     return data
 
 
+def _read_text(path: Path, problems: list[Problem]) -> str | None:
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)  # never more, whatever the file's size
+        text = raw.decode("utf-8")
+    except OSError as exc:
+        problems.append(Problem(str(path), 0, "", f"cannot read the file: {exc.strerror}"))
+        return None
+    except UnicodeDecodeError as exc:
+        problems.append(Problem(str(path), 0, "", f"not UTF-8 text: byte {exc.object[exc.start]:#04x} at offset "
+                                                  f"{exc.start}; save the file as UTF-8"))
+        return None
+    if len(raw) > MAX_FILE_BYTES:
+        problems.append(Problem(str(path), 0, "", f"over {MAX_FILE_BYTES // (1024 * 1024)} MiB: not an inventory"))
+        return None
+    return text
+
+
+def _check_size(root: yaml.Node | None) -> None:
+    """Refuse a document whose aliases expand to more than `MAX_NODES` nodes or `MAX_DEPTH` levels,
+    or refer to a node that holds them (a cycle); each node is visited once: linear in the file."""
+    done: dict[int, tuple[int, int]] = {}  # node -> (nodes, depth) once expanded
+    open_: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)] if root is not None else []
+    while stack:
+        node, children_done = stack.pop()
+        if children_done:
+            sizes = [done[id(c)] for c in _children(node)]
+            done[id(node)] = (min(MAX_NODES + 1, 1 + sum(n for n, _ in sizes)),
+                              1 + max((d for _, d in sizes), default=0))
+            open_.discard(id(node))
+            _refuse_if_too_big(node, *done[id(node)])
+            continue
+        if id(node) in done:
+            continue
+        if id(node) in open_:
+            raise yaml.composer.ComposerError(None, None, "an alias refers to a node that holds it",
+                                              node.start_mark)
+        open_.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in done)
+
+
+def _refuse_if_too_big(node: yaml.Node, nodes: int, depth: int) -> None:
+    if nodes > MAX_NODES:
+        raise yaml.composer.ComposerError(
+            None, None, f"its aliases expand to over {MAX_NODES:,} values (an alias bomb?)", node.start_mark)
+    if depth > MAX_DEPTH:
+        raise yaml.composer.ComposerError(
+            None, None, f"its aliases nest over {MAX_DEPTH} levels deep", node.start_mark)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses a key given twice in one mapping (e.g. a duplicate KPI)."""
+    """A SafeLoader that refuses a key given twice in one mapping (e.g. a duplicate KPI), nesting
+    deeper than `MAX_DEPTH` before PyYAML's recursive composer overflows the stack, and more than
+    `MAX_NODES` values before they take seconds and gigabytes."""
+
+    _depth = 0
+    _nodes = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        """Compose one node, counting how deep it nests and how many came before it."""
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested over {MAX_DEPTH} levels deep",
+                                              self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise yaml.composer.ComposerError(None, None, f"holds over {MAX_NODES:,} values",
+                                              self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)  # type: ignore[no-untyped-call,no-any-return]
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
@@ -226,9 +325,19 @@ def _validation_problems(exc: ValidationError, origins: _Origins) -> list[Proble
         if error["type"] == "extra_forbidden":
             message = "unknown field"
         elif error["type"] == "string_pattern_mismatch":
-            message = f"{error['input']!r} does not match {error['ctx']['pattern']}"
+            message = f"{_shown(error['input'])} does not match {error['ctx']['pattern']}"
+        elif isinstance(error["input"], str) and len(error["input"]) > SHOWN_CHARS:
+            message = message.replace(repr(error["input"]), _shown(error["input"]))
         problems.append(_problem(origins, ".".join(loc), message))
     return problems
+
+
+def _shown(value: object) -> str:
+    """Quote a bad value for a problem: its start only, and a URL's credentials masked."""
+    text = safe_dsn(value) if isinstance(value, str) and "://" in value else value
+    if isinstance(text, str) and len(text) > SHOWN_CHARS:
+        return f"{text[:SHOWN_CHARS]!r}… ({len(text):,} characters)"
+    return shorten(repr(text))
 
 
 def _problem(origins: _Origins, path: str, message: str) -> Problem:

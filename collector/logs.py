@@ -4,7 +4,9 @@
     -> ts=2026-01-01T10:00:00.123Z level=info logger=fabwatch.scheduler event=sample_done
        source=crm seconds=0.42   (on one line)
 
-DSNs are logged only through `safe_dsn`, which hides the password.
+DSNs and URLs are logged only through `safe_dsn`, which hides the password and the values of query
+parameters named like credentials (`?api_key=***`); `mask_secrets` does the latter in any text
+(an error message that quotes a URL).
 """
 
 import logging
@@ -13,6 +15,7 @@ import sys
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -22,15 +25,42 @@ _FIELDS = "fabwatch_fields"
 _HANDLER = "fabwatch"
 
 
+_QUERY_PARAM = re.compile(r"(?P<lead>[?&;](?P<name>[A-Za-z0-9_.\-\[\]%]+)=)(?P<value>[^&#;\s'\"]*)")
+_SECRET_NAME = re.compile(r"key|token|secret|passw|signature|credential|session|(^|_)(sig|pwd|pass|auth)$")
+"""A query parameter whose (lowercased) name matches holds a credential: `key`, `api_key`, `apiKey`,
+`access_token`, `client_secret`, `password`, `sig` (Azure SAS), `X-Amz-Signature`..."""
+
+
 def safe_dsn(dsn: str) -> str:
-    """Render a DSN with its password hidden (`***`), fit for logs and tables; a file path (a
-    cost_csv source) as it is."""
+    """Render a DSN or URL with its password and credential-like query values hidden (`***`), fit
+    for logs and tables; a file path (a cost_csv source) as it is."""
     if "://" not in dsn:
         return dsn
+    if dsn.split("://", 1)[0].lower() in ("http", "https"):
+        return mask_secrets(_safe_http_url(dsn))
     try:
-        return make_url(dsn).render_as_string(hide_password=True)
+        return mask_secrets(make_url(dsn).render_as_string(hide_password=True))
     except (ArgumentError, ValueError):
         return "<unparsable DSN>"
+
+
+def _safe_http_url(url: str) -> str:
+    """Hide the password of an HTTP URL's userinfo, parsed as aiohttp parses it (the last `@`)."""
+    netloc = urlsplit(url).netloc
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    start = url.index("://") + 3
+    return f"{url[:start]}{userinfo.split(':', 1)[0]}:***@{host}{url[start + len(netloc):]}"
+
+
+def mask_secrets(text: str) -> str:
+    """Replace the values of credential-like query parameters (`?key=...`) anywhere in `text`."""
+    def mask(match: re.Match[str]) -> str:
+        name = match["name"].lower().replace("-", "_")
+        return f"{match['lead']}***" if _SECRET_NAME.search(name) and match["value"] else match[0]
+
+    return _QUERY_PARAM.sub(mask, text)
 
 
 def quote(value: object) -> str:

@@ -127,13 +127,19 @@ class SqlSource(Model):
         from sqlalchemy.engine import make_url  # not the ORM: cheap
         from sqlalchemy.exc import ArgumentError
 
+        # Never quote the DSN or a part of it here: a password that broke the parse is in that part.
         try:
             url = make_url(value)
-            url.port  # noqa: B018  (parsed lazily: a bad port raises here)
-        except (ArgumentError, ValueError) as exc:
-            raise ValueError(f"not a database URL ({exc}); e.g. {DSN_EXAMPLES}") from None
-        if url.host and "@" in url.host:  # an unescaped `@` in the password: it would reach the logs
-            raise ValueError("the host holds an '@': write an '@' of the user or password as %40")
+            url.port  # noqa: B018  (parsed lazily in some versions: a bad port raises here)
+        except ArgumentError:
+            raise ValueError(f"not a database URL; e.g. {DSN_EXAMPLES}") from None
+        except ValueError:
+            raise ValueError("the port is not a number (a '/' in the password? write it as %2F); "
+                             f"e.g. {DSN_EXAMPLES}") from None
+        if url.host and ("@" in url.host or "@" in (url.database or "")):
+            # An unescaped `@` or `/` in the user or password: part of it is read as the host or the
+            # database, and would reach the logs.
+            raise ValueError("an '@' follows the host: write an '@' of the user or password as %40, a '/' as %2F")
         if url.drivername not in ASYNC_DRIVERS:
             raise ValueError(f"{url.drivername!r} is not a supported asyncio driver; use {DSN_EXAMPLES}")
         return value

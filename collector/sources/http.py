@@ -21,6 +21,7 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from collector.errors import SourceError, SourceTimeout, SourceUnreachable
+from collector.logs import mask_secrets, safe_dsn
 from collector.sources.schema import Auth, BasicAuth, BearerAuth, OAuth2Auth
 
 MAX_RETRY_AFTER = 30.0
@@ -168,12 +169,12 @@ class HttpClient:
                     raw = await self._read(response)
                     return Reply(response.status, response.headers, self._decode(raw), str(response.url))
         except TimeoutError as exc:
-            raise _Retry(SourceTimeout(self.source, f"{method} {url}: no answer within "
+            raise _Retry(SourceTimeout(self.source, f"{method} {safe_dsn(url)}: no answer within "
                                                     f"{self.limits.timeout:g}s")) from exc
         except aiohttp.ClientSSLError as exc:  # retrying cannot fix a certificate
-            raise SourceTlsFailed(self.source, f"{method} {url}: TLS: {exc}") from exc
-        except aiohttp.ClientError as exc:
-            raise _Retry(SourceUnreachable(self.source, f"{method} {url}: {exc}")) from exc
+            raise SourceTlsFailed(self.source, f"{method} {safe_dsn(url)}: TLS: {mask_secrets(str(exc))}") from exc
+        except aiohttp.ClientError as exc:  # its text may quote the URL (a redirect loop, an invalid URL)
+            raise _Retry(SourceUnreachable(self.source, f"{method} {safe_dsn(url)}: {mask_secrets(str(exc))}")) from exc
 
     def _check_status(self, response: aiohttp.ClientResponse) -> None:
         status, where = response.status, f"{response.method} {response.url.with_query(None)}"
@@ -245,9 +246,9 @@ class HttpClient:
         except TimeoutError as exc:
             raise SourceTimeout(self.source, "token endpoint: no answer") from exc
         except aiohttp.ClientSSLError as exc:
-            raise SourceTlsFailed(self.source, f"token endpoint: TLS: {exc}") from exc
+            raise SourceTlsFailed(self.source, f"token endpoint: TLS: {mask_secrets(str(exc))}") from exc
         except aiohttp.ClientError as exc:
-            raise SourceUnreachable(self.source, f"token endpoint: {exc}") from exc
+            raise SourceUnreachable(self.source, f"token endpoint: {mask_secrets(str(exc))}") from exc
         if not isinstance(body, dict) or not isinstance(body.get("access_token"), str):
             raise SourceAuthFailed(self.source, "token endpoint returned no access_token")
         lifetime = float(body.get("expires_in") or 300)

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from collector.engine import MonthlyLookup, SourceSampler
 from collector.errors import SourceError
-from collector.logs import log_event
+from collector.logs import log_event, safe_dsn
 from collector.samples import SourceSample
 from collector.schema import Inventory, Process, ServiceConfig, Source, SqlSource
 from collector.sources.schema import CostCsvSource, HttpJsonSource, SyncedSource, TmfEventsSource, TmfSource
@@ -136,7 +136,7 @@ class HubRegistration:
             raise SourceSchemaMismatch(self.name, "the hub answered without an id")
         self.hub_id = str(reply.body["id"])
         self.store.set_meta({_HUB_ID: self.hub_id, _HUB_URL: self.source.hub_url})
-        log_event(_LOG, "hub_registered", source=self.name, hub=self.hub_id, callback=self.callback)
+        log_event(_LOG, "hub_registered", source=self.name, hub=self.hub_id, callback=safe_dsn(self.callback))
         return 0
 
     async def _drop_leftovers(self) -> None:

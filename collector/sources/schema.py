@@ -6,15 +6,27 @@ then samples like any SQL source; `interval`, `cron`, `jitter`, `timeout`, `sett
 """
 
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from collector.durations import Duration
 from collector.types import CronExpression
 
 TmfApi = Literal["tmf621", "tmf622", "tmf678", "tmf676", "tmf683"]
 TMF_APIS: tuple[TmfApi, ...] = ("tmf621", "tmf622", "tmf678", "tmf676", "tmf683")
-Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+
+
+def _port(url: str) -> str:
+    """Refuse a URL whose port does not parse, without quoting it: a '/' in a password cut it there."""
+    try:
+        urlsplit(url).port  # noqa: B018
+    except ValueError:
+        raise ValueError("the port is not a number (a '/' in the password? write it as %2F)") from None
+    return url
+
+
+Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$"), AfterValidator(_port)]
 Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
 MIB = 1024 * 1024
 

@@ -29,6 +29,7 @@ from collector.cli import (
 from collector.inventory import ConfigError, load_inventory
 from collector.samples import KpiReading
 from collector.scheduler import STOP_GRACE
+from tests.collector.test_inventory import BOMB
 from tests.collector.test_service import make_records, write_inventory
 from tests.servers import free_port
 
@@ -104,6 +105,24 @@ def test_check_samples_every_kpi_without_touching_the_real_state(tmp_path, inven
 ])
 def test_check_says_whether_each_kpi_meets_its_target(reading: KpiReading, cell: str) -> None:
     assert target_cell(reading) == cell
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("sources: " + "[" * 5000 + "]" * 5000 + "\n", ":1: invalid YAML: nested over 100 levels deep"),
+    (BOMB, ":5: invalid YAML: its aliases expand to over 50,000 values"),
+    ("sources: {}\nprocesses: {}\nservice: {listen: '" + "x" * 500_000 + "'}\n",
+     f"{'x' * 200}'… (500,000 characters)"),
+])
+def test_check_on_a_hostile_file_names_it_and_exits_2(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    started = time.monotonic()
+    assert main(["check", "-c", str(path)]) == 2
+    assert time.monotonic() - started < 2.0
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(str(path)), line[:300]
+    assert message in line, line[:300]
+    assert len(line) < 600
 
 
 def test_check_reports_an_unreachable_source_and_exits_1(tmp_path, capsys):

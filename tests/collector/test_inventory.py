@@ -1,6 +1,8 @@
 """The inventory loader: the bundled example, merging, substitution and every cross-check."""
 
 import textwrap
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -249,7 +251,7 @@ def test_each_file_may_hold_its_own_anchor_block(tmp_path: Path) -> None:
                                          "aiosqlite:///path/to/file.db, postgresql+asyncpg://user:password@host"
                                          ":5432/db or mariadb+aiomysql://user:password@host:3306/db "
                                          "(mysql+aiomysql:// for MySQL)"),
-    ("postgresql+asyncpg://fab:s3cret@db:54x2/crm", "not a database URL (invalid literal for int()"),
+    ("postgresql+asyncpg://fab:s3cret@db:54x2/crm", "the port is not a number"),
     ("", "not a database URL"),
     ("postgresql+asyncpg://fab:s3cret@pw@127.0.0.1:5432/crm", "write an '@' of the user or password as %40"),
 ])
@@ -278,3 +280,99 @@ def test_a_crontab_that_never_fires_is_refused(tmp_path) -> None:
     path.write_text("sources:\n  db: {kind: sql, dsn: 'sqlite+aiosqlite:///x.db', cron: '0 0 31 2 *'}\nprocesses: {}\n")
     with pytest.raises(ConfigError, match="never fires"):
         load_inventory([path])
+
+
+BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}'] * 9 if p else ['lol'] * 9)}]\n"
+               for p, a in zip(["", *"abcdefgh"], "abcdefghi", strict=True))
+"""A "billion laughs": 9 levels of 9 aliases, about 400 bytes that stand for 9**9 values."""
+
+
+def refused_fast(path: Path, seconds: float = 2.0, traced: bool = True) -> str:
+    """Load `path`, expecting one problem, within `seconds` and 50 MB of Python allocations."""
+    started = time.monotonic()
+    (line,) = problems([path])
+    elapsed = time.monotonic() - started
+    assert elapsed < seconds, f"{elapsed:.2f}s"
+    if not traced:
+        return line
+    tracemalloc.start()  # a second run: tracing slows the first one down several times
+    try:
+        assert problems([path]) == [line]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000_000, f"{peak:,} bytes"
+    return line
+
+
+@pytest.mark.parametrize("text", ["service: {x: " + "[" * 5000 + "]" * 5000 + "}\n",
+                                  "".join("  " * i + f"k{i}:\n" for i in range(700)) + "  " * 700 + "v\n"])
+def test_yaml_nested_too_deep_is_a_problem_not_a_traceback(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "deep.yaml", text)
+    line = refused_fast(path, traced=False)  # tracing would take seconds: the time bounds the memory
+    assert line.startswith(f"{path}:"), line
+    assert line.endswith("invalid YAML: nested over 100 levels deep"), line
+
+
+def test_an_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    assert len(BOMB) < 400
+    path = write(tmp_path, "bomb.yaml", BOMB)
+    line = refused_fast(path, 0.5)
+    assert line.startswith(f"{path}:5: invalid YAML: its aliases expand to over 50,000 values"), line
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("service: &a\n  x: [*a]\n", "an alias refers to a node that holds it"),
+    ("x-a: &a " + "[" * 60 + "]" * 60 + "\nservice: " + "[" * 60 + "*a" + "]" * 60 + "\n",
+     "its aliases nest over 100 levels deep"),
+])
+def test_aliases_may_not_make_a_cycle_or_nest_too_deep(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, "alias.yaml", text)
+    assert refused_fast(path).endswith(f"invalid YAML: {message}")
+
+
+def test_a_file_over_1_mib_is_not_read(tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    path.write_text("# " + "x" * (1024 * 1024) + "\n")
+    assert refused_fast(path) == f"{path}: over 1 MiB: not an inventory"
+
+
+@pytest.mark.parametrize("text", ["x-a: [" + "1, " * 300_000 + "]\n", "x-a:\n" + "- 1\n" * 200_000])
+def test_a_file_of_too_many_values_is_refused_before_it_is_all_parsed(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "wide.yaml", text)
+    assert refused_fast(path, 5.0, traced=False).endswith("invalid YAML: holds over 50,000 values")
+
+
+def test_a_long_bad_value_is_quoted_by_its_start_only(tmp_path: Path) -> None:
+    value = "x" * 500_000
+    path = write(tmp_path, "long.yaml", GOOD.replace("interval: 30s", f"interval: {value}")
+                 + f"service: {{listen: '{value}'}}\n")
+    lines = problems([path])
+    assert len(lines) == 2
+    assert all(len(line) < 600 for line in lines), [line[:300] for line in lines]
+    assert all(f"{'x' * 200}'… (500,000 characters)" in line for line in lines), [line[-99:] for line in lines]
+
+
+@pytest.mark.parametrize("dsn", [
+    "postgresql+asyncpg://fab:pA@sS/wO@127.0.0.1:5432/crm",  # the password "pA" and host "sS" otherwise
+    "postgresql+asyncpg://fab/pA:sS@127.0.0.1:5432/crm",  # "wO" would be read as the database
+    "postgresql+asyncpg://fab:pA/sS@wO@127.0.0.1:5432/crm",
+    "postgresql+asyncpg://fab:pA/sS/127.0.0.1:5432/crm",  # no '@' at all: "pA" would be the port
+])
+def test_an_ambiguous_dsn_is_refused_without_quoting_the_password(tmp_path: Path, dsn: str) -> None:
+    path = write(tmp_path, "a.yaml", GOOD.replace('"sqlite+aiosqlite:///x.db"', f'"{dsn}"'))
+    (line,) = problems([path])
+    assert line.startswith(f"{path}:3: sources.crm.dsn: "), line
+    assert "%2F" in line, line
+    for part in ("pA", "sS", "wO"):
+        assert part not in line, line
+
+
+def test_an_http_url_with_a_cut_password_is_refused_without_quoting_it(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.yaml", """
+        sources:
+          api: {kind: http_json, url: "https://fab:pA/sS@api.example/v1?api_key=kE", values: {n: n}}
+        processes: {}
+        """)
+    (line,) = problems([path])
+    assert line.endswith("sources.api.url: the port is not a number (a '/' in the password? write it as %2F)"), line

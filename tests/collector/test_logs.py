@@ -3,7 +3,7 @@
 import io
 import logging
 
-from collector.logs import log_event, quote, safe_dsn, setup_logging
+from collector.logs import log_event, mask_secrets, quote, safe_dsn, setup_logging
 
 
 def test_safe_dsn_hides_the_password():
@@ -61,3 +61,18 @@ def test_apschedulers_skip_warnings_are_left_to_fabwatchs_own_events():
     assert stream.getvalue() == ""
     logging.getLogger("apscheduler.scheduler").error("Error adding job")
     assert "Error adding job" in stream.getvalue()
+
+
+def test_safe_dsn_hides_credentials_in_the_query_and_an_http_password() -> None:
+    assert safe_dsn("https://api.example/v1/items?api_key=kE&page=2&Token=tO&sig=sI&X-Amz-Signature=aS") == \
+        "https://api.example/v1/items?api_key=***&page=2&Token=***&sig=***&X-Amz-Signature=***"
+    assert safe_dsn("https://fab:pA@sS@api.example:8443/v1?apiKey=kE#top") == \
+        "https://fab:***@api.example:8443/v1?apiKey=***#top"  # aiohttp reads the last '@' as the host's
+    assert safe_dsn("postgresql+asyncpg://fab:pW@db/crm?password=pQ&ssl=require") == \
+        "postgresql+asyncpg://fab:***@db/crm?password=***&ssl=require"
+
+
+def test_mask_secrets_in_an_error_quoting_a_url() -> None:
+    text = "GET https://api.example/v1: 302, message='Found', url='https://api.example/v1?access_token=tO&a=1'"
+    assert mask_secrets(text) == \
+        "GET https://api.example/v1: 302, message='Found', url='https://api.example/v1?access_token=***&a=1'"
