@@ -10,6 +10,7 @@ demo: venv
 test: deps venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 # The code is laid out by hand (aligned continuation lines, 120 columns); ruff's formatter would
@@ -17,6 +18,7 @@ test: deps venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 fmt: venv
 	$(BIN)/ruff check --fix .
