@@ -23,10 +23,10 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 from functools import cache
-from typing import Any, get_args
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import BigInteger, ColumnElement, Date, DateTime, Double, String, case, cast, func, literal_column
@@ -35,7 +35,6 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from collector.types import TimeKind
 
-TIME_KINDS: tuple[str, ...] = get_args(TimeKind)
 Expr = ColumnElement[Any]
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -164,7 +163,7 @@ class TimeColumn:
         moment = _at(epoch, self._step_us(), up)
         if self.kind == "iso_text":
             return self.iso.write(self._wall(moment) if self.iso.offset is None
-                                  else moment.astimezone(_fixed(self.iso.offset)))
+                                  else moment.astimezone(timezone(self.iso.offset)))
         if self.kind == "timestamp":
             return self._wall(moment)
         if dialect in ("mysql", "mariadb"):  # a TIMESTAMP read in the session's zone, which fabwatch sets to UTC
@@ -369,12 +368,6 @@ def _end_of_repeat(wall: datetime, tz: tzinfo) -> datetime:
     while probe.replace(tzinfo=tz, fold=0).utcoffset() != probe.replace(tzinfo=tz, fold=1).utcoffset():
         probe += timedelta(minutes=1)
     return probe.replace(second=0, microsecond=0) - timedelta(microseconds=1)
-
-
-def _fixed(offset: timedelta) -> tzinfo:
-    from datetime import timezone
-
-    return timezone(offset)
 
 
 def _at(epoch: float, step_us: int, up: bool) -> datetime:

@@ -97,24 +97,15 @@ async def test_a_missing_index_is_a_warning_naming_the_table(tmp_path: Path) -> 
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize(("server", "found"), [("postgres", "timestamp with time zone"), ("mariadb", "TIMESTAMP")])
 @pytest.mark.parametrize("indexed", [True, False])
-async def test_postgresql_edge_queries_use_the_time_index(postgres: PostgresServer, tmp_path: Path,
-                                                          indexed: bool) -> None:
-    database = postgres.create_database()
-    await make_tickets(postgres.dsn("fabwatch", database=database), indexed, text_times=False)
-    notes = await notes_for(postgres.dsn("fabwatch", database=database), tmp_path)
-    assert "created opened: timestamptz (database type timestamp with time zone)" in "\n".join(notes)
-    scans = [n for n in notes if "edge plan" in n and "WARNING full scan of ticket" in n]
-    assert len(scans) == (0 if indexed else 2), notes
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize("indexed", [True, False])
-async def test_mariadb_edge_queries_use_the_time_index(mariadb: MariaDBServer, tmp_path: Path, indexed: bool) -> None:
-    database = mariadb.create_database()
-    await make_tickets(mariadb.dsn("fabwatch", database=database), indexed, text_times=False)
-    notes = await notes_for(mariadb.dsn("fabwatch", database=database), tmp_path)
-    assert "created opened: timestamptz (database type TIMESTAMP)" in "\n".join(notes)
+async def test_server_edge_queries_use_the_time_index(request: pytest.FixtureRequest, tmp_path: Path, server: str,
+                                                      found: str, indexed: bool) -> None:
+    db: PostgresServer | MariaDBServer = request.getfixturevalue(server)
+    dsn = db.dsn("fabwatch", database=db.create_database())
+    await make_tickets(dsn, indexed, text_times=False)
+    notes = await notes_for(dsn, tmp_path)
+    assert f"created opened: timestamptz (database type {found})" in "\n".join(notes)
     scans = [n for n in notes if "edge plan" in n and "WARNING full scan of ticket" in n]
     assert len(scans) == (0 if indexed else 2), notes
 

@@ -106,17 +106,21 @@ async def test_sqlite_time_kinds_give_the_kpis_of_epoch_seconds(spring_rows: Row
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("kind", "zone", "declared"), [
-    ("timestamptz", "UTC", None),
-    ("timestamp", "Europe/Berlin", None),    # naive local time across the change to summer time
-    ("timestamp", "UTC", None),
-    ("epoch_ms", "UTC", "epoch_ms"),
+@pytest.mark.parametrize(("server", "kind", "zone", "declared"), [
+    ("postgres", "timestamptz", "UTC", None),
+    ("postgres", "timestamp", "Europe/Berlin", None),    # naive local time across the change to summer time
+    ("postgres", "timestamp", "UTC", None),
+    ("postgres", "epoch_ms", "UTC", "epoch_ms"),
+    ("mariadb", "timestamptz", "UTC", None),             # TIMESTAMP(6), stored in UTC
+    ("mariadb", "timestamp", "Europe/Berlin", None),     # DATETIME(6) in local time, across the change
+    ("mariadb", "epoch_ms", "UTC", "epoch_ms"),
 ])
-async def test_postgresql_time_kinds_give_the_kpis_of_epoch_seconds(postgres: PostgresServer, spring_rows: Rows,
-                                                                    tmp_path: Path, kind: str, zone: str,
-                                                                    declared: str | None) -> None:
-    typed, epoch = postgres.create_database(), postgres.create_database()
-    await compare(spring_rows, postgres.dsn("fabwatch", database=typed), postgres.dsn("fabwatch", database=epoch),
+async def test_server_time_kinds_give_the_kpis_of_epoch_seconds(request: pytest.FixtureRequest, spring_rows: Rows,
+                                                                tmp_path: Path, server: str, kind: str, zone: str,
+                                                                declared: str | None) -> None:
+    db: PostgresServer | MariaDBServer = request.getfixturevalue(server)
+    typed, epoch = db.create_database(), db.create_database()
+    await compare(spring_rows, db.dsn("fabwatch", database=typed), db.dsn("fabwatch", database=epoch),
                   tmp_path, kind, zone, SPRING, declared)
 
 
@@ -129,17 +133,3 @@ async def test_naive_local_times_across_the_autumn_change(postgres: PostgresServ
     typed, epoch = postgres.create_database(), postgres.create_database()
     await compare(rows, postgres.dsn("fabwatch", database=typed), postgres.dsn("fabwatch", database=epoch),
                   tmp_path, "timestamp", "Europe/Berlin", AUTUMN)
-
-
-@pytest.mark.integration
-@pytest.mark.parametrize(("kind", "zone", "declared"), [
-    ("timestamptz", "UTC", None),            # TIMESTAMP(6), stored in UTC
-    ("timestamp", "Europe/Berlin", None),    # DATETIME(6) in local time, across the change to summer time
-    ("epoch_ms", "UTC", "epoch_ms"),
-])
-async def test_mariadb_time_kinds_give_the_kpis_of_epoch_seconds(mariadb: MariaDBServer, spring_rows: Rows,
-                                                                 tmp_path: Path, kind: str, zone: str,
-                                                                 declared: str | None) -> None:
-    typed, epoch = mariadb.create_database(), mariadb.create_database()
-    await compare(spring_rows, mariadb.dsn("fabwatch", database=typed), mariadb.dsn("fabwatch", database=epoch),
-                  tmp_path, kind, zone, SPRING, declared)
