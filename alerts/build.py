@@ -11,8 +11,8 @@ from alerts.routing import alertmanager_config
 from alerts.slo import alert_group, burn_pairs, recording_group, sla_kpis
 from alerts.targets import target_group
 from alerts.unittests import health_tests, process_tests
-from collector.durations import format_duration
-from collector.schema import Inventory
+from collector.inventory.durations import format_duration
+from collector.inventory.models import Inventory
 
 HEALTH = "health"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from alerts.build import build
-from alerts.checks import check_runbooks
 from alerts.writer import write
-from collector.inventory import ConfigError, load_inventory
+from collector.inventory.checks import check_runbooks
+from collector.inventory.load import ConfigError, load_inventory
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 

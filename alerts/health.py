@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 
-from alerts.config import AlertingConfig
 from alerts.model import Rule, RuleGroup
 from alerts.promql import number, selector, window
 from alerts.text import dashboard_url, runbook_url
+from collector.inventory.alerting import AlertingConfig
+from collector.inventory.models import Inventory, Process
+from collector.inventory.sources import TmfEventsSource
 from collector.scheduler import schedule_gap
-from collector.schema import Inventory, Process
 from collector.sources.listener import NOT_REFUSED
-from collector.sources.schema import TmfEventsSource
 
 DOWN_ALERT = "FabSourceDown"
 ABSENT_ALERT = "FabSourceAbsent"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.durations import format_duration
+from collector.inventory.durations import format_duration
 
 
 @dataclass(frozen=True)

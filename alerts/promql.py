@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from collector.durations import format_duration
+from collector.inventory.durations import format_duration
 
 SECONDS_TO_MONTH_END = ("scalar((days_in_month() - day_of_month()) * 86400 + 86400"
                         " - hour() * 3600 - minute() * 60)")

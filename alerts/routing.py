@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from alerts.config import AlertingConfig, Receiver, TeamAlerting, TimeInterval
 from alerts.health import ABSENT_ALERT, DOWN_ALERT, KPI_ABSENT_ALERT, STALE_ALERT
-from collector.durations import format_duration
-from collector.schema import Inventory
+from collector.inventory.alerting import AlertingConfig, Receiver, TeamAlerting, TimeInterval
+from collector.inventory.durations import format_duration
+from collector.inventory.models import Inventory
 
 DEFAULT_RECEIVER = "fabwatch-default"
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september",

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from alerts.config import AlertingConfig, BurnWindow, SloAlerting
 from alerts.model import Rule, RuleGroup
 from alerts.promql import indent, number, selector, window
 from alerts.text import dashboard_url, runbook_url
-from collector.schema import Process, SlaKpi
+from collector.inventory.alerting import AlertingConfig, BurnWindow, SloAlerting
+from collector.inventory.models import Process, SlaKpi
 
 GOOD, VALID = "fab_sla_good_total", "fab_sla_valid_total"
 GOOD_BASE = "process_kpi:fab_sla_good:increase{w}"

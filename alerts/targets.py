@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from alerts.config import AlertingConfig
 from alerts.model import Rule, RuleGroup
 from alerts.promql import SECONDS_TO_MONTH_END, number, selector, window
 from alerts.text import dashboard_url, render, runbook_url, template
-from collector.schema import DurationKpi, Process
+from collector.inventory.alerting import AlertingConfig
+from collector.inventory.models import DurationKpi, Process
 
 BREACH_ALERT = "FabKpiTargetMissed"
 TREND_ALERT = "FabKpiTargetMissedByMonthEnd"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import math
 
+from collector.inventory.models import Process
 from collector.naming import OVERVIEW_UID, process_uid
-from collector.schema import Process
 
 _BIG = ("", "k", "M", "G", "T", "P", "E", "Z", "Y")
 _SMALL = ("", "m", "u", "n", "p", "f", "a", "z", "y")

@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from alerts.config import AlertingConfig
 from alerts.health import (
     ABSENT_ALERT,
     COMMIT_QUANTILE,
@@ -29,10 +28,11 @@ from alerts.promql import number, selector
 from alerts.slo import AT_RISK_ALERT, BURN_ALERT, GOOD, VALID, burn_pairs, sla_kpis
 from alerts.targets import BREACH_ALERT, OPEN_AGE_ALERT, TREND_ALERT, bounds, max_open_age
 from alerts.text import humanize, humanize_duration, humanize_percentage
-from collector.durations import format_duration
 from collector.health import COMMIT_BUCKETS
-from collector.schema import Inventory, SlaKpi
-from collector.sources.schema import TmfEventsSource
+from collector.inventory.alerting import AlertingConfig
+from collector.inventory.durations import format_duration
+from collector.inventory.models import Inventory, SlaKpi
+from collector.inventory.sources import TmfEventsSource
 
 Doc = dict[str, Any]
 JOB = {"job": "fabwatch"}

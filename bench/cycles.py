@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import event, make_url  # noqa: E402
 
 from collector.engine import SourceSampler  # noqa: E402
-from collector.inventory import load_inventory  # noqa: E402
+from collector.inventory.load import load_inventory  # noqa: E402
 from collector.state import StateStore  # noqa: E402
 
 NOW = 1767225600.0  # the workload's fixed instant (make_db.py / kpi_queries.py)

@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from aiohttp import web  # noqa: E402
 
+from app.service import EXPORTER, metrics  # noqa: E402
 from collector.samples import Family, SourceSample  # noqa: E402
-from collector.service import EXPORTER, metrics  # noqa: E402
 from exporters.prometheus import PrometheusExporter  # noqa: E402
 
 PROCESSES = ["problem", "retention", "bill_inquiry", "order", "interface", "qos_sla", "payments", "invoice"]

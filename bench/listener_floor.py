@@ -115,8 +115,8 @@ def _durable_store(directory: str) -> "RecordStore":
 
 
 def _listener(store: "RecordStore") -> "Listener":
+    from collector.inventory.sources import TmfEventsSource
     from collector.sources.listener import Listener
-    from collector.sources.schema import TmfEventsSource
 
     return Listener("events", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
 

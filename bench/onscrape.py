@@ -25,7 +25,7 @@ from aiohttp import web  # noqa: E402
 from cycles import NOW, DbClock  # noqa: E402
 
 from collector.engine import SourceSampler  # noqa: E402
-from collector.inventory import load_inventory  # noqa: E402
+from collector.inventory.load import load_inventory  # noqa: E402
 from collector.state import StateStore  # noqa: E402
 from exporters.prometheus import PrometheusExporter  # noqa: E402
 

@@ -57,7 +57,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from cycles import NOW, DbClock, explain, per_statement  # noqa: E402
 
 from collector.engine import SourceSampler  # noqa: E402
-from collector.inventory import load_inventory  # noqa: E402
+from collector.inventory.load import load_inventory  # noqa: E402
 from collector.state import StateStore  # noqa: E402
 
 WEEK = 7 * 86400.0

@@ -30,10 +30,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from proc import cpu_seconds  # noqa: E402
 
+from collector.inventory.sources import TmfSource  # noqa: E402
+from collector.sampling import open_store  # noqa: E402
 from collector.sources.http import HttpClient, Limits  # noqa: E402
 from collector.sources.polling import TmfPoller  # noqa: E402
-from collector.sources.sampler import open_store  # noqa: E402
-from collector.sources.schema import TmfSource  # noqa: E402
 from collector.sources.tmf import APIS  # noqa: E402
 from simulator import Simulator  # noqa: E402
 from tests.servers import free_port  # noqa: E402

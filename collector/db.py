@@ -28,8 +28,8 @@ from collector.errors import (
     SourceTimeout,
     SourceUnreachable,
 )
+from collector.inventory.models import SqlSource
 from collector.logs import log_event
-from collector.schema import SqlSource
 
 _LOG = logging.getLogger("fabwatch.db")
 

@@ -27,11 +27,11 @@ from sqlalchemy.exc import DBAPIError
 
 from collector.db import AsyncConnection, AsyncEngine, classify, create_engine, guard, read_only
 from collector.errors import SourceQueryFailed, StateFailed
+from collector.inventory.models import Process, SqlSource, ValueKpi
 from collector.kpis import fixed_cost, kpi_value, variable_cost, window_key, windows_of
 from collector.logs import log_event
 from collector.reflect import describe, detect_times, full_scans, present_columns
 from collector.samples import Family, Histogram, KpiReading, Labels, SourceSample
-from collector.schema import Process, SqlSource, ValueKpi
 from collector.sql import (
     MISSING,
     UPCOMING,

@@ -2,7 +2,7 @@
 
 from collections.abc import Mapping, Sequence
 
-from collector.schema import (
+from collector.inventory.models import (
     BacklogKpi,
     CostComponent,
     CostKpi,

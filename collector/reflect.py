@@ -14,10 +14,10 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from collector.db import AsyncConnection
-from collector.schema import Records, SqlSource
+from collector.inventory.models import Records, SqlSource
+from collector.inventory.types import TimeKind
 from collector.sql import RECORDS_ALIAS, Statement, Times, records_relation
 from collector.timetypes import IsoFormat, TimeColumn, kind_of_type_code, kind_of_value, learn_iso
-from collector.types import TimeKind
 
 ROLES = ("created", "completed", "due")
 

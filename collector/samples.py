@@ -5,7 +5,7 @@ is immutable once built, so a scrape can serve it while the next sample is being
 """
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 Labels = tuple[tuple[str, str], ...]
 """Label pairs in a fixed order, e.g. (("process", "problem"), ("priority", "high"))."""
@@ -63,3 +63,13 @@ class SourceSample:
     kpis: tuple[KpiReading, ...]
     kpi_seconds: tuple[tuple[str, str, float], ...] = ()
     """(process, kpi, seconds) spent querying each KPI, for `fabwatch check`."""
+
+
+class SampleSink(Protocol):
+    """Where the scheduler hands each sample: the Prometheus exporter, and any other exporter."""
+
+    def update(self, sample: SourceSample) -> None:
+        """Take a new sample of its source."""
+
+    def invalidate(self) -> None:
+        """Forget what was rendered: a source's health changed without a new sample."""

@@ -20,13 +20,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from collector.cron import _UTC, cron_trigger
 from collector.errors import SourceError
 from collector.health import HealthTracker
+from collector.inventory.cron import _UTC, cron_trigger
+from collector.inventory.models import Source
 from collector.logs import log_event
-from collector.samples import SourceSample
-from collector.schema import Source
-from exporters.prometheus import PrometheusExporter
+from collector.samples import SampleSink, SourceSample
 
 _LOG = logging.getLogger("fabwatch.scheduler")
 CRON_MISFIRE_GRACE = 300
@@ -103,7 +102,7 @@ class SamplingScheduler:
     """Owns the `AsyncIOScheduler` that samples every source; start and stop it inside the loop."""
 
     def __init__(self, sources: Mapping[str, Source], samplers: Mapping[str, Sampler],
-                 health: HealthTracker, exporter: PrometheusExporter, *,
+                 health: HealthTracker, exporter: SampleSink, *,
                  timezone: str = "UTC",
                  stop_grace: float = STOP_GRACE) -> None:
         self._sources = dict(sources)

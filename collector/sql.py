@@ -34,7 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import TextClause
 from sqlalchemy.sql.expression import ColumnClause, Subquery, TableClause
 
-from collector.schema import Code, DurationKpi, Process, RatioKpi, Records, SlaKpi
+from collector.inventory.models import Code, DurationKpi, Process, RatioKpi, Records, SlaKpi
 from collector.timetypes import TimeColumn
 
 Expr = ColumnElement[Any]

@@ -33,7 +33,7 @@ from sqlalchemy import BigInteger, ColumnElement, Date, DateTime, Double, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from collector.types import TimeKind
+from collector.inventory.types import TimeKind
 
 Expr = ColumnElement[Any]
 

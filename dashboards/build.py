@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from collector.schema import Inventory
+from collector.inventory.models import Inventory
 from dashboards.common import DATASOURCE_NAME, DATASOURCE_UID, TAG
 from dashboards.management import management
 from dashboards.overview import overview

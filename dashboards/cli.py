@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from collector.inventory import ConfigError, load_inventory
-from collector.schema import Inventory
+from collector.inventory.load import ConfigError, load_inventory
+from collector.inventory.models import Inventory
 from dashboards.build import DEFAULT_PROMETHEUS_URL, PROVISIONED_PATH, build, build_dashboards, write
 from dashboards.push import PushError, connect, credential_from, push
 

@@ -22,7 +22,7 @@ from grafana_foundation_sdk.models import prometheus as pm
 from grafana_foundation_sdk.models import units
 from grafana_foundation_sdk.models.common import DataSourceRef
 
-from collector.schema import Target
+from collector.inventory.models import Target
 
 TAG = "fabwatch"
 """Tag shared by every fabwatch dashboard; the dashboards' link menu lists this tag."""

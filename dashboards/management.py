@@ -2,8 +2,8 @@
 
 from typing import Any
 
+from collector.inventory.models import CostKpi, Inventory
 from collector.naming import MANAGEMENT_UID
-from collector.schema import CostKpi, Inventory
 from dashboards import promql
 from dashboards.common import (
     BAD,

@@ -4,11 +4,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from alerts.config import SloAlerting
 from alerts.slo import burn_pairs
-from collector.durations import format_duration
+from collector.inventory.alerting import SloAlerting
+from collector.inventory.durations import format_duration
+from collector.inventory.models import BacklogKpi, CostKpi, Inventory, OverdueKpi, Process, SlaKpi, Target
 from collector.naming import MANAGEMENT_UID, OVERVIEW_UID, SELF_UID, process_uid
-from collector.schema import BacklogKpi, CostKpi, Inventory, OverdueKpi, Process, SlaKpi, Target
 from dashboards import promql
 from dashboards.common import (
     BAD,

@@ -6,10 +6,20 @@ from typing import Any
 from grafana_foundation_sdk.builders import dashboard as gd
 from grafana_foundation_sdk.models import dashboard as dm
 
-from alerts.config import SloAlerting
-from collector.durations import format_duration
+from collector.inventory.alerting import SloAlerting
+from collector.inventory.durations import format_duration
+from collector.inventory.models import (
+    BacklogKpi,
+    CostKpi,
+    DurationKpi,
+    Inventory,
+    Kpi,
+    OverdueKpi,
+    Process,
+    SlaKpi,
+    ValueKpi,
+)
 from collector.naming import process_uid
-from collector.schema import BacklogKpi, CostKpi, DurationKpi, Inventory, Kpi, OverdueKpi, Process, SlaKpi, ValueKpi
 from dashboards import promql
 from dashboards.common import (
     BAD,

@@ -7,7 +7,7 @@ matchers; gauges from several replicas are folded with `max` (each process lives
 from collections.abc import Callable
 
 from alerts.health import ACCEPTED_RESULTS
-from collector.durations import format_duration
+from collector.inventory.durations import format_duration
 from collector.sources.listener import COMMITTED
 from dashboards.common import JOB_INSTANCE, selector
 

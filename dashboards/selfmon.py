@@ -3,10 +3,10 @@
 from typing import Any
 
 from alerts.health import REFUSED_ALERT, SILENT_ALERT
+from collector.inventory.models import Inventory
+from collector.inventory.sources import TmfEventsSource
 from collector.naming import SELF_UID
 from collector.scheduler import schedule_gap
-from collector.schema import Inventory
-from collector.sources.schema import TmfEventsSource
 from dashboards import promql
 from dashboards.common import (
     BAD,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
-from collector.durations import parse_duration
+from collector.inventory.durations import parse_duration
 from simulator.profiles import PROCESSES
 
 Kind = Literal["slow", "fallout", "surge"]

@@ -11,7 +11,7 @@ import itertools
 from collections.abc import Mapping
 from typing import Any
 
-from collector.sources.store import NAMES
+from collector.inventory.sources import NAMES
 from collector.sources.times import format_time
 from collector.sources.tmf import APIS, EXTENSION, TmfApi
 

@@ -41,7 +41,7 @@ def demo(tmp_path: Path):
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector.cli", "demo", "--data-dir", str(tmp_path / "demo"), "--listen", address],
+        [sys.executable, "-m", "app.cli", "demo", "--data-dir", str(tmp_path / "demo"), "--listen", address],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     yield address, proc, started
     stop_process(proc)  # type: ignore[arg-type]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
 from simulator import PROFILES
 from simulator.realistic import PO_PRIORITIES, PO_STATES, TT_PRIORITIES, TT_STATES
 

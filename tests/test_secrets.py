@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.collector.test_cli import run_fabwatch, stop, wait_http
-from tests.collector.test_service import make_records
+from tests.app.test_cli import run_fabwatch, stop, wait_http
+from tests.app.test_service import make_records
 from tests.servers import PostgresServer, free_port
 
 MARKER = "Zq7mArKeR42"

@@ -123,7 +123,7 @@ def fabwatch(workload: Path, tmp_path: Path):
     state = tmp_path / "state.db"
     env = {**os.environ, "FABWATCH_BENCH_DSN": f"sqlite+aiosqlite:///{workload}", "FABWATCH_STATE": str(state),
            "FABWATCH_INTERVAL": "1h", "FABWATCH_SETTLE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "serve", "-c", str(INVENTORY),
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "-c", str(INVENTORY),
                              "--listen", address, "--clock-start", repr(NOW)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     yield address, state, proc
@@ -166,7 +166,7 @@ def test_promql_answers_equal_the_peers_sql(fabwatch, workload: Path, prometheus
 
 
 def _inventory_buckets() -> list[str | float]:
-    from collector.inventory import load_inventory
+    from collector.inventory.load import load_inventory
 
     inventory = load_inventory([INVENTORY], {"FABWATCH_BENCH_DSN": "sqlite+aiosqlite:///unused.db"})
     kpi = inventory.processes["problem"].kpis["cycle_time_p90"]

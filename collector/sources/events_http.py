@@ -23,8 +23,8 @@ from email.utils import formatdate
 import httptools
 
 from collector.errors import CannotListen
+from collector.inventory.models import EventsTls
 from collector.logs import log_event
-from collector.schema import EventsTls
 from collector.sources.listener import SECRET_HEADER, BadEvent, Listener, error_body
 
 _LOG = logging.getLogger("fabwatch.listener")

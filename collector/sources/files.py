@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from collector.errors import SourceUnreachable
+from collector.inventory.sources import CostCsvSource
 from collector.logs import log_event
 from collector.sources.http import SourceSchemaMismatch
-from collector.sources.schema import CostCsvSource
 from collector.sources.store import RecordStore
 
 HEADER = ("process", "component", "amount", "currency", "month")

@@ -21,8 +21,8 @@ import aiohttp
 from multidict import CIMultiDictProxy
 
 from collector.errors import SourceError, SourceTimeout, SourceUnreachable
+from collector.inventory.sources import Auth, BasicAuth, BearerAuth, OAuth2Auth
 from collector.logs import mask_secrets, safe_dsn
-from collector.sources.schema import Auth, BasicAuth, BearerAuth, OAuth2Auth
 
 MAX_RETRY_AFTER = 30.0
 """A `Retry-After` longer than this fails the sample now instead of blocking the source's job."""

@@ -9,8 +9,8 @@ from typing import Any
 import jmespath
 from jmespath.exceptions import JMESPathError
 
+from collector.inventory.sources import HttpJsonSource
 from collector.sources.http import HttpClient, SourceSchemaMismatch
-from collector.sources.schema import HttpJsonSource
 from collector.sources.store import FLOATS, INTEGERS, RecordStore, Row
 from collector.sources.times import parse_time
 

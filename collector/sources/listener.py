@@ -22,8 +22,8 @@ import msgspec
 from aiohttp import web
 
 from collector.health import COMMIT_BUCKETS, DurationHistogram
+from collector.inventory.sources import TmfEventsSource
 from collector.logs import log_event
-from collector.sources.schema import TmfEventsSource
 from collector.sources.store import Event, RecordStore
 from collector.sources.times import maybe_time
 from collector.sources.tmf import APIS, MappingError, TmfApi, event_row

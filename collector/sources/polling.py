@@ -21,9 +21,9 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urljoin
 
 from collector.errors import SourceError
+from collector.inventory.sources import TmfEventsSource, TmfSource
 from collector.logs import log_event
 from collector.sources.http import HttpClient, Reply, SourceSchemaMismatch
-from collector.sources.schema import TmfEventsSource, TmfSource
 from collector.sources.store import RecordStore, Row
 from collector.sources.times import format_time
 from collector.sources.tmf import APIS, MappingError, resource_to_row

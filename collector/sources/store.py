@@ -24,37 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from collector.inventory.sources import COLUMNS, NAMES
 from collector.logs import log_event
 
 Row = dict[str, Any]
 _LOG = logging.getLogger("fabwatch.sources")
 
-COLUMNS: tuple[tuple[str, str, str | None], ...] = (
-    ("id", "TEXT PRIMARY KEY", None),
-    ("created_at", "REAL NOT NULL", None),
-    ("completed_at", "REAL", None),
-    ("due_at", "REAL", None),
-    ("updated_at", "REAL NOT NULL", None),
-    ("status", "TEXT NOT NULL", None),
-    ("outcome", "TEXT", None),
-    ("priority", "TEXT", None),
-    ("channel", "TEXT", None),
-    ("segment", "TEXT", None),
-    ("paused_seconds", "REAL NOT NULL", "0"),
-    ("reopened", "INTEGER NOT NULL", "0"),
-    ("fallout", "INTEGER NOT NULL", "0"),
-    ("first_contact_resolved", "INTEGER NOT NULL", "0"),
-    ("abandoned", "INTEGER NOT NULL", "0"),
-    ("wait_seconds", "REAL NOT NULL", "0"),
-    ("adjusted", "INTEGER NOT NULL", "0"),
-    ("ebill", "INTEGER NOT NULL", "0"),
-    ("saved", "INTEGER NOT NULL", "0"),
-    ("written_off", "INTEGER NOT NULL", "0"),
-    ("handling_minutes", "REAL NOT NULL", "0"),
-    ("amount", "REAL NOT NULL", "0"),
-)
-"""The records table shape (the simulator's `record_table`), with the defaults of a missing value."""
-NAMES = tuple(name for name, _, _ in COLUMNS)
 FLOATS = frozenset({"created_at", "completed_at", "due_at", "updated_at", "paused_seconds", "wait_seconds",
                     "handling_minutes", "amount"})
 INTEGERS = frozenset({"reopened", "fallout", "first_contact_resolved", "abandoned", "adjusted", "ebill",

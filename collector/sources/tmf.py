@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.sources.store import FLOATS, INTEGERS, NAMES, Row
+from collector.inventory.sources import NAMES
+from collector.sources.store import FLOATS, INTEGERS, Row
 from collector.sources.times import maybe_time
 
 EXTENSION = "fabwatch"

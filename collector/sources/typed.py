@@ -14,7 +14,8 @@ from typing import Any
 
 import msgspec
 
-from collector.sources.store import FLOATS, INTEGERS, NAMES, Event, Row
+from collector.inventory.sources import NAMES
+from collector.sources.store import FLOATS, INTEGERS, Event, Row
 from collector.sources.times import maybe_time, parse_time
 from collector.sources.tmf import (
     EXTENSION,

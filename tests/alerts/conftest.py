@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.inventory import load_inventory
-from collector.schema import Inventory
+from collector.inventory.load import load_inventory
+from collector.inventory.models import Inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "operator.yaml"

@@ -10,7 +10,7 @@ import pytest
 from alerts.build import build, rule_files
 from alerts.slo import burn_pairs
 from alerts.writer import HEADER, dump, write
-from collector.schema import Inventory
+from collector.inventory.models import Inventory
 from tests.alerts.conftest import COMMITTED
 
 REQUIRED_LABELS = {"severity", "team", "process", "kpi"}
@@ -106,7 +106,7 @@ def test_write_removes_files_it_no_longer_generates(example: Inventory, tmp_path
 
 
 def test_cli_builds_the_example(tmp_path: Path) -> None:
-    from collector.cli import main
+    from app.cli import main
 
     assert main(["alerts", "build", "-c", str(COMMITTED.parent / "operator.yaml"), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "alertmanager.yml").is_file()
@@ -115,7 +115,7 @@ def test_cli_builds_the_example(tmp_path: Path) -> None:
 
 def test_cli_takes_the_inventory_from_the_variable_and_names_an_output_it_cannot_write(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from collector.cli import main
+    from app.cli import main
 
     monkeypatch.setenv("FABWATCH_CONFIG", str(COMMITTED.parent / "operator.yaml"))
     taken = tmp_path / "a-file"

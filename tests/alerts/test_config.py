@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from alerts.checks import check_alerting
-from collector.inventory import ConfigError, load_inventory
+from collector.inventory.checks import check_alerting
+from collector.inventory.load import ConfigError, load_inventory
 from tests.alerts.conftest import SMALL, merged
 
 

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from alerts.build import rule_files
 from alerts.routing import alertmanager_config
-from collector.inventory import load_inventory
-from collector.service import build_app
+from app.service import build_app
+from collector.inventory.load import load_inventory
 from simulator import Simulator
 from simulator.incidents import Incident
 from tests.alerts.conftest import EXAMPLE

@@ -13,8 +13,8 @@ import yaml
 
 from alerts.build import build
 from alerts.writer import write
-from collector.inventory import load_inventory
-from collector.schema import Inventory
+from collector.inventory.load import load_inventory
+from collector.inventory.models import Inventory
 from tests.alerts.conftest import COMMITTED, SMALL, merged
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from alerts.build import rule_files
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
 from tests.alerts.conftest import SMALL, merged
 
 pytestmark = pytest.mark.integration

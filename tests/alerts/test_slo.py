@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from alerts.config import SloAlerting
 from alerts.promql import window
 from alerts.slo import burn_condition, burn_factor, burn_pairs, kpi_recordings
-from collector.schema import SlaKpi
+from collector.inventory.alerting import SloAlerting
+from collector.inventory.models import SlaKpi
 
 DAY, HOUR, MINUTE = 86400.0, 3600.0, 60.0
 

@@ -7,7 +7,7 @@ each KPI is recomputed from its definition, with the ratio predicates written ou
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from collector.schema import (
+from collector.inventory.models import (
     BacklogKpi,
     CostKpi,
     DurationKpi,

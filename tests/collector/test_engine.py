@@ -11,9 +11,9 @@ import pytest
 
 from collector.engine import SourceSampler
 from collector.errors import SourceQueryFailed, SourceRefused, SourceTimeout, SourceUnreachable, StateFailed
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
+from collector.inventory.models import Inventory, SqlSource
 from collector.samples import SourceSample
-from collector.schema import Inventory, SqlSource
 from collector.sql import share
 from collector.state import StateStore
 from simulator import Simulator

@@ -15,8 +15,8 @@ from collector.db import create_engine as create_source_engine
 from collector.db import guard, read_only
 from collector.engine import SourceSampler
 from collector.errors import SourceQueryFailed, SourceRefused, SourceTimeout
-from collector.inventory import load_inventory
-from collector.schema import Inventory, SqlSource
+from collector.inventory.load import load_inventory
+from collector.inventory.models import Inventory, SqlSource
 from collector.state import StateStore
 from simulator import Simulator
 from simulator.store import TABLES

@@ -7,7 +7,7 @@ import pytest
 
 from collector.engine import SourceSampler
 from collector.errors import SourceRefused, SourceTimeout
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
 from collector.state import StateStore
 from simulator import Simulator
 from tests.collector.helpers import value_kpi_file

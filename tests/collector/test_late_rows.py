@@ -9,9 +9,10 @@ import sqlite3
 from pathlib import Path
 
 from collector.engine import SourceSampler
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
+from collector.inventory.sources import NAMES
 from collector.samples import SourceSample
-from collector.sources.store import NAMES, RecordStore
+from collector.sources.store import RecordStore
 from collector.state import StateStore
 
 T0 = 1_767_225_600.0

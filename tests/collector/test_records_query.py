@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Column, Double, Integer, MetaData, String, Table, Text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from collector.schema import Inventory
+from collector.inventory.models import Inventory
 from tests.collector.test_time_columns import SPRING, assert_same, inventory, sample_twice, spring_rows  # noqa: F401
 from tests.collector.time_tables import Rows, column_type, convert, write
 from tests.servers import MariaDBServer, PostgresServer

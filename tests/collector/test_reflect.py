@@ -8,7 +8,7 @@ from sqlalchemy import Column, Index, Integer, MetaData, Table, Text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from collector.engine import SourceSampler
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
 from collector.state import StateStore
 from tests.collector.time_tables import column_type
 from tests.servers import MariaDBServer, PostgresServer

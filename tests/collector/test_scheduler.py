@@ -10,13 +10,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.cron import crontab_weekdays
 from collector.engine import SourceSampler
 from collector.errors import SourceTimeout
 from collector.health import HealthTracker
+from collector.inventory.cron import crontab_weekdays
+from collector.inventory.models import Process, SqlSource
 from collector.samples import Family, SourceSample
 from collector.scheduler import SamplingScheduler, misfire_grace, trigger_for
-from collector.schema import Process, SqlSource
 from collector.state import StateStore
 from exporters.prometheus import PrometheusExporter
 

@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from collector.engine import SourceSampler
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
+from collector.inventory.models import Inventory
 from collector.samples import SourceSample
-from collector.schema import Inventory
 from collector.state import StateStore
 from tests.collector.time_tables import TIME_COLUMNS, Rows, flatten, read_rows, simulate, write
 from tests.servers import MariaDBServer, PostgresServer

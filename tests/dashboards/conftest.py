@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from collector.inventory import load_inventory
-from collector.schema import Inventory
+from collector.inventory.load import load_inventory
+from collector.inventory.models import Inventory
 from dashboards.build import build_dashboards
 
 ROOT = Path(__file__).resolve().parents[2]

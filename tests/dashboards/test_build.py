@@ -4,8 +4,8 @@ import json
 
 import yaml
 
-from collector.cli import main
-from collector.inventory import load_inventory
+from app.cli import main
+from collector.inventory.load import load_inventory
 from collector.naming import process_uid
 from dashboards.build import build, build_dashboards, write
 from dashboards.common import DATASOURCE_UID

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from collector.cli import main
+from app.cli import main
 from dashboards.build import FOLDER_UID
 from dashboards.push import PushError, connect, credential_from, push
 from tests.dashboards.conftest import EXAMPLE

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
 from dashboards import promql
 from dashboards.selfmon import self_dashboard
 from tests.dashboards import lint
@@ -54,7 +54,7 @@ def fabwatch_demo(tmp_path) -> Iterator[str]:
     """Run `fabwatch demo` (35 backfilled days, then live, sampled every second); yield its address."""
     port = free_port()
     env = {**os.environ, "FABWATCH_INTERVAL": "1s"}
-    proc = subprocess.Popen([sys.executable, "-m", "collector.cli", "demo", "--data-dir", str(tmp_path / "demo"),
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "--data-dir", str(tmp_path / "demo"),
                              "--days", "35", "--speed", "60", "--listen", f"{HOST}:{port}"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

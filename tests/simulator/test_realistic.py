@@ -21,12 +21,12 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.schema import CreateTable
 
-from collector.cli import main
+from app import simulate as cli
+from app.cli import main
 from collector.engine import SourceSampler
-from collector.inventory import load_inventory
+from collector.inventory.load import load_inventory
 from collector.samples import SourceSample
 from collector.state import StateStore
-from simulator import cli
 from simulator.plans import ROW_DEFAULTS
 from simulator.realistic import (
     PO_ORDER,
@@ -36,7 +36,7 @@ from simulator.realistic import (
     example_name,
     time_codec,
 )
-from tests.collector.test_cli import run_fabwatch, stop, wait_http
+from tests.app.test_cli import run_fabwatch, stop, wait_http
 from tests.servers import MariaDBServer, PostgresServer, free_port
 from tests.simulator.helpers import NOW, dsn, query, scalar
 

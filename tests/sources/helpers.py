@@ -19,9 +19,9 @@ import yaml
 from aiohttp import web
 
 from collector.engine import SourceSampler
+from collector.inventory.models import Inventory, Process, SqlSource
 from collector.samples import SourceSample
-from collector.schema import Inventory, Process, SqlSource
-from collector.sources.sampler import build_sampler
+from collector.sampling import build_sampler
 from collector.state import StateStore
 from simulator.tmf import PROCESS_APIS, TmfServer
 from tests.servers import free_port
@@ -145,7 +145,7 @@ def stored_events(store: Path) -> int:
 
 
 class FabwatchProcess:
-    """`python -m collector.cli serve` in a subprocess on a loopback port: start, SIGKILL, restart."""
+    """`python -m app.cli serve` in a subprocess on a loopback port: start, SIGKILL, restart."""
 
     def __init__(self, inventory: Path, port: int, *, cpu: int | None = None,
                  log: Path | None = None, python: str | None = None) -> None:
@@ -161,7 +161,7 @@ class FabwatchProcess:
     def command(self) -> list[str]:
         """The exact command line (pinned with `taskset -c <cpu>` when asked and available)."""
         state = str(self.inventory.parent / "state.db")
-        command = [self.python, "-m", "collector.cli", "serve", "-c", str(self.inventory),
+        command = [self.python, "-m", "app.cli", "serve", "-c", str(self.inventory),
                    "--listen", f"127.0.0.1:{self.port}", "--state", state]
         if self.cpu is not None and shutil.which("taskset"):
             command = ["taskset", "-c", str(self.cpu), *command]

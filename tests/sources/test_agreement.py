@@ -6,14 +6,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from app.service import build_app
 from collector.engine import SourceSampler
+from collector.inventory.models import Process, SqlSource
+from collector.inventory.sources import TmfSource
 from collector.samples import SourceSample
-from collector.schema import Process, SqlSource
-from collector.service import build_app
+from collector.sampling import open_store
 from collector.sources.http import HttpClient, Limits
 from collector.sources.polling import TmfPoller
-from collector.sources.sampler import open_store
-from collector.sources.schema import TmfSource
 from collector.sources.store import RecordStore
 from collector.sources.tmf import APIS
 from collector.state import StateStore

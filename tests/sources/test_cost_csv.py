@@ -10,16 +10,16 @@ import pytest
 import yaml
 
 from collector.errors import SourceError
-from collector.inventory import cross_check
+from collector.inventory.load import cross_check
+from collector.inventory.models import Inventory
+from collector.inventory.sources import CostCsvSource
 from collector.kpis import MONTH_SECONDS
 from collector.samples import SourceSample
-from collector.schema import Inventory
+from collector.sampling import build_sampler, monthly_costs
 from collector.sources.files import CostCsvSync
-from collector.sources.sampler import build_sampler, monthly_costs
-from collector.sources.schema import CostCsvSource
 from collector.sources.store import RecordStore
 from collector.state import StateStore
-from tests.collector.test_service import make_records
+from tests.app.test_service import make_records
 from tests.sources.helpers import EXAMPLE, sample_source
 
 GOOD = """process,component,amount,currency,month

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from collector.inventory.sources import TmfEventsSource
 from collector.sources.events_http import EventsServer
 from collector.sources.listener import BadEvent, Listener
-from collector.sources.schema import TmfEventsSource
 from collector.sources.store import Event, RecordStore
 from collector.sources.tmf import APIS
 from tests.servers import free_port

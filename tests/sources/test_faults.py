@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from collector.service import HEALTH, SCHEDULER, build_app
+from app.service import HEALTH, SCHEDULER, build_app
 from collector.sources.times import format_time
 from tests.sources.helpers import API_OF, example, serve_app
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from collector.service import EXPORTER, build_app
+from app.service import EXPORTER, build_app
 from collector.sources.listener import RESULTS
 from collector.sources.times import format_time
 from collector.sources.typed import TypedEvents

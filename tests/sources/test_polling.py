@@ -12,11 +12,11 @@ import pytest
 from aiohttp import web
 from multidict import MultiDict
 
+from collector.inventory.sources import TmfSource
 from collector.logs import KeyValueFormatter
 from collector.sources import polling
 from collector.sources.http import HttpClient, SourceSchemaMismatch, limits_of
 from collector.sources.polling import TmfPoller
-from collector.sources.schema import TmfSource
 from collector.sources.store import RecordStore
 from collector.sources.times import format_time, parse_time
 from collector.sources.tmf import APIS

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from collector.sources.store import COLUMNS, Event, RecordStore
+from collector.inventory.sources import COLUMNS
+from collector.sources.store import Event, RecordStore
 
 T0 = 1_767_225_600.0
 TABLE = "trouble_ticket"

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from collector.errors import CannotListen
-from collector.schema import EventsTls, ServiceConfig
+from collector.inventory.models import EventsTls, ServiceConfig
 from collector.sources.http import HttpClient, Limits, SourceTlsFailed
 from tests.servers import free_port
 from tests.sources.helpers import stored_events, ticket_event

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
+from collector.inventory.sources import TmfEventsSource
 from collector.sources.listener import BadEvent, Listener
-from collector.sources.schema import TmfEventsSource
 from collector.sources.store import Event, RecordStore
 from collector.sources.tmf import APIS
 from simulator.profiles import PROFILES

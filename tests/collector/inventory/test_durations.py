@@ -2,7 +2,7 @@
 
 import pytest
 
-from collector.durations import format_duration, parse_duration
+from collector.inventory.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(("seconds", "text"), [

@@ -1,11 +1,11 @@
 """Cross-checks of the `alerting` settings against the rest of the inventory (the models are in
-`alerts.config`, which the inventory's schema imports; these read the whole inventory)."""
+`collector.inventory.alerting`, which the inventory's schema imports; these read the whole inventory)."""
 
 from __future__ import annotations
 
-from alerts.config import AlertingConfig
-from collector.durations import format_duration
-from collector.schema import Inventory
+from collector.inventory.alerting import AlertingConfig
+from collector.inventory.durations import format_duration
+from collector.inventory.models import Inventory
 
 
 def check_alerting(inventory: Inventory) -> list[tuple[str, str]]:

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from collector.durations import Duration
-from collector.types import CronExpression
+from collector.inventory.durations import Duration
+from collector.inventory.types import CronExpression
 
 TmfApi = Literal["tmf621", "tmf622", "tmf678", "tmf676", "tmf683"]
 TMF_APIS: tuple[TmfApi, ...] = ("tmf621", "tmf622", "tmf678", "tmf676", "tmf683")
@@ -32,6 +32,33 @@ MIB = 1024 * 1024
 
 
 RECORD_STORE_TABLES = frozenset({"sync_meta", "tmf_event", "tmf_deleted", "tmf_incomplete", "kpi_value", "cost_entry"})
+
+COLUMNS: tuple[tuple[str, str, str | None], ...] = (
+    ("id", "TEXT PRIMARY KEY", None),
+    ("created_at", "REAL NOT NULL", None),
+    ("completed_at", "REAL", None),
+    ("due_at", "REAL", None),
+    ("updated_at", "REAL NOT NULL", None),
+    ("status", "TEXT NOT NULL", None),
+    ("outcome", "TEXT", None),
+    ("priority", "TEXT", None),
+    ("channel", "TEXT", None),
+    ("segment", "TEXT", None),
+    ("paused_seconds", "REAL NOT NULL", "0"),
+    ("reopened", "INTEGER NOT NULL", "0"),
+    ("fallout", "INTEGER NOT NULL", "0"),
+    ("first_contact_resolved", "INTEGER NOT NULL", "0"),
+    ("abandoned", "INTEGER NOT NULL", "0"),
+    ("wait_seconds", "REAL NOT NULL", "0"),
+    ("adjusted", "INTEGER NOT NULL", "0"),
+    ("ebill", "INTEGER NOT NULL", "0"),
+    ("saved", "INTEGER NOT NULL", "0"),
+    ("written_off", "INTEGER NOT NULL", "0"),
+    ("handling_minutes", "REAL NOT NULL", "0"),
+    ("amount", "REAL NOT NULL", "0"),
+)
+"""The records table shape (the simulator's `record_table`), with the defaults of a missing value."""
+NAMES = tuple(name for name, _, _ in COLUMNS)
 """Tables every record store keeps for itself; a records table cannot take their names."""
 
 class _Model(BaseModel):
@@ -205,8 +232,6 @@ class HttpJsonSource(_Http):
     @field_validator("columns")
     @classmethod
     def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
-        from collector.sources.store import NAMES  # stdlib only: cheap to import
-
         unknown = sorted(set(value) - set(NAMES))
         if unknown:
             raise ValueError(f"unknown record column {', '.join(map(repr, unknown))}; known: {', '.join(NAMES)}")

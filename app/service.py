@@ -21,10 +21,10 @@ from aiohttp.web_response import StreamResponse
 
 from collector.engine import SourceSampler
 from collector.health import HealthTracker
+from collector.inventory.models import Inventory, Process
 from collector.logs import log_event, safe_dsn
+from collector.sampling import build_sampler, monthly_costs, mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
-from collector.schema import Inventory, Process
-from collector.sources.sampler import build_sampler, monthly_costs, mount_sources
 from collector.state import StateStore
 from exporters.prometheus import PrometheusExporter
 

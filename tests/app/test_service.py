@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.inventory import load_inventory
-from collector.service import EXPORTER, HEALTH, SCHEDULER, build_app
+from app.service import EXPORTER, HEALTH, SCHEDULER, build_app
+from collector.inventory.load import load_inventory
 
 UNREACHABLE = "postgresql+asyncpg://u:secret@127.0.0.1:1/x"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -180,7 +180,7 @@ async def test_promtool_accepts_the_served_metrics(aiohttp_client, tmp_path, rec
 async def test_a_replay_clock_leaves_the_health_timestamps_real(aiohttp_client, tmp_path, records):
     """`serve --clock-start` samples in the past; the last-success time must stay real, or
     `time() - fab_source_last_success_timestamp_seconds` (FabSourceStale) fires at once."""
-    from collector.service import HEALTH, shifted_clock
+    from app.service import HEALTH, shifted_clock
 
     inventory = load_inventory([write_inventory(tmp_path, records)])
     app = build_app(inventory, clock=shifted_clock(1_767_225_600.0))

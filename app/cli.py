@@ -22,14 +22,14 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
+from app.service import build_app, processes_of, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
-from collector.inventory import ConfigError, callback_problems, load_inventory
+from collector.inventory.load import ConfigError, callback_problems, load_inventory
+from collector.inventory.models import Inventory, ServiceConfig
 from collector.logs import safe_dsn, setup_logging
 from collector.samples import KpiReading
-from collector.schema import Inventory, ServiceConfig
-from collector.service import build_app, processes_of, serve, shifted_clock
-from collector.sources.sampler import build_sampler
+from collector.sampling import build_sampler
 from collector.state import StateStore
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -189,9 +189,9 @@ def _add_simulate(commands: Any, common: list[EnvFlag], wanted: str | None) -> N
         commands.add_parser("simulate", help=SIMULATE_HELP, add_help=False)
         return
     try:  # optional: fabwatch serves without the simulator
-        simulator_cli = importlib.import_module("simulator.cli")
+        simulator_cli = importlib.import_module("app.simulate")
     except ModuleNotFoundError as exc:
-        if exc.name != "simulator.cli" and exc.name != "simulator":
+        if exc.name != "app.simulate" and exc.name != "simulator":
             raise
         return
     before = set(commands.choices)
@@ -576,7 +576,7 @@ async def _demo_tmf(simulator: Any, inventory: Inventory, dsn: str, data_dir: Pa
 
 def tmf_inventory(inventory: Inventory, url: str, data_dir: Path) -> Inventory:
     """Return the inventory with each process polled through the API the simulator serves it by."""
-    from collector.sources.schema import TmfSource
+    from collector.inventory.sources import TmfSource
     from collector.sources.tmf import APIS
     from simulator.tmf import PROCESS_APIS
 

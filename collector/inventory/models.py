@@ -1,7 +1,7 @@
 """The inventory's shape: pydantic v2 models, frozen, with `extra="forbid"` everywhere.
 
 Cross-checks that need the whole inventory (unknown source, unknown column...) live in
-`collector.inventory`; this module only checks what one value can tell about itself.
+`collector.inventory.load`; this module only checks what one value can tell about itself.
 """
 
 import re
@@ -9,10 +9,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from alerts.config import AlertingConfig
-from collector.durations import Duration
-from collector.sources.schema import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
-from collector.types import CronExpression, TimeKind, TimeZoneName
+from collector.inventory.alerting import AlertingConfig
+from collector.inventory.durations import Duration
+from collector.inventory.sources import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
+from collector.inventory.types import CronExpression, TimeKind, TimeZoneName
 
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 """A process, KPI, source or cost component name: also a Prometheus label value."""

@@ -21,10 +21,10 @@ from aiohttp import web
 
 from collector.engine import MonthlyLookup, SourceSampler
 from collector.errors import SourceError
+from collector.inventory.models import Inventory, Process, ServiceConfig, Source, SqlSource
+from collector.inventory.sources import CostCsvSource, HttpJsonSource, SyncedSource, TmfEventsSource, TmfSource
 from collector.logs import log_event, safe_dsn
 from collector.samples import SourceSample
-from collector.schema import Inventory, Process, ServiceConfig, Source, SqlSource
-from collector.sources.schema import CostCsvSource, HttpJsonSource, SyncedSource, TmfEventsSource, TmfSource
 from collector.state import StateStore
 
 if TYPE_CHECKING:

@@ -10,11 +10,11 @@ import pytest
 from aiohttp import web
 from sqlalchemy import text
 
+from app.service import HEALTH, SCHEDULER, build_app
 from collector.db import BACKSTOP_SECONDS
-from collector.service import HEALTH, SCHEDULER, build_app
+from tests.app.test_service import wait_ready
 from tests.collector.test_engine import example
 from tests.collector.test_engine_mariadb import MARIADB_TABLES, copy_records, owner_engine, simulate
-from tests.collector.test_service import wait_ready
 from tests.servers import MariaDBServer, run_mariadb
 
 pytestmark = pytest.mark.integration

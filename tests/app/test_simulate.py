@@ -3,7 +3,7 @@ import logging
 
 import pytest
 
-from simulator import cli
+from app import simulate as cli
 from tests.simulator.helpers import scalar
 
 

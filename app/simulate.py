@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from collector.cli import truthy
+from app.cli import truthy
 from simulator.incidents import Incident
 from simulator.realistic import RealisticSimulator
 from simulator.runner import Simulator, SimulatorError

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector.cli import (
+from app.cli import (
     build_parser,
     callbacks_reachable,
     listening_on,
@@ -26,11 +26,11 @@ from collector.cli import (
     resolve_env,
     target_cell,
 )
-from collector.inventory import ConfigError, load_inventory
+from collector.inventory.load import ConfigError, load_inventory
 from collector.samples import KpiReading
 from collector.scheduler import STOP_GRACE
-from tests.collector.test_inventory import BOMB
-from tests.collector.test_service import make_records, write_inventory
+from tests.app.test_service import make_records, write_inventory
+from tests.collector.inventory.test_load import BOMB
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,7 +179,7 @@ def test_missing_config_and_bad_listen(capsys, monkeypatch):
 
 
 def run_fabwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "collector.cli", *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT,
                             env={**os.environ, **(env or {})}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -262,7 +262,7 @@ def test_demo_backfills_then_serves_until_sigint(tmp_path):
 
 
 def test_serve_loads_neither_the_simulator_nor_the_generators():
-    code = ("import sys; from collector.cli import build_parser; build_parser('serve'); "
+    code = ("import sys; from app.cli import build_parser; build_parser('serve'); "
             "print(sorted({m.split('.')[0] for m in sys.modules}"
             " & {'simulator', 'dashboards', 'grafana_foundation_sdk'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -271,8 +271,8 @@ def test_serve_loads_neither_the_simulator_nor_the_generators():
 
 def test_serving_sql_sources_loads_neither_the_orm_nor_the_other_sources(inventory_file):
     """Memory (issue 3): what an inventory of SQL sources does not use is not imported."""
-    code = ("import sys; from collector.cli import build_parser; from collector.inventory import load_inventory; "
-            "from collector.service import build_app; build_parser('serve'); "
+    code = ("import sys; from app.cli import build_parser; from collector.inventory.load import load_inventory; "
+            "from app.service import build_app; build_parser('serve'); "
             f"build_app(load_inventory([{str(inventory_file)!r}])); "
             "print(sorted(m for m in sys.modules if m in {'sqlalchemy.orm', 'sqlalchemy.ext.asyncio', 'jmespath', "
             "'httptools', 'uvloop', 'msgspec', 'collector.sources.http', 'collector.sources.listener', "

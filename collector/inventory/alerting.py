@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from collector.durations import Duration, format_duration
-from collector.types import TimeZoneName
+from collector.inventory.durations import Duration, format_duration
+from collector.inventory.types import TimeZoneName
 
 Severity = Literal["critical", "warning", "info"]
 IntervalName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]*$", max_length=64)]

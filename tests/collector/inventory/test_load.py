@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from collector.inventory import ConfigError, load_inventory, predicate_columns
-from collector.schema import SlaKpi
+from collector.inventory.load import ConfigError, load_inventory, predicate_columns
+from collector.inventory.models import SlaKpi
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
 
@@ -197,7 +197,7 @@ def test_a_records_table_may_not_take_a_record_store_table_name(tmp_path: Path) 
 def test_the_record_store_keeps_the_tables_the_inventory_reserves(tmp_path: Path) -> None:
     import sqlite3
 
-    from collector.sources.schema import RECORD_STORE_TABLES
+    from collector.inventory.sources import RECORD_STORE_TABLES
     from collector.sources.store import RecordStore
 
     RecordStore(tmp_path / "s.db", []).close()

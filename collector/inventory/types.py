@@ -22,7 +22,7 @@ TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 def _five_fields(value: str) -> str:
     if len(value.split()) != 5:
         raise ValueError(f"cron needs five fields (minute hour day month weekday), got {value!r}")
-    from collector.cron import cron_trigger  # what the scheduler will build from it
+    from collector.inventory.cron import cron_trigger  # what the scheduler will build from it
 
     try:
         trigger = cron_trigger(value)

@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from collector.logs import safe_dsn
-from collector.schema import (
+from collector.inventory.checks import check_alerting
+from collector.inventory.models import (
     CostKpi,
     DurationKpi,
     Inventory,
@@ -24,7 +24,8 @@ from collector.schema import (
     RatioKpi,
     SlaKpi,
 )
-from collector.sources.schema import RECORD_STORE_TABLES, SOURCE_KINDS, TmfEventsSource
+from collector.inventory.sources import RECORD_STORE_TABLES, SOURCE_KINDS, TmfEventsSource
+from collector.logs import safe_dsn
 
 _VAR = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
 RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency", "le", "source",
@@ -347,7 +348,7 @@ def _problem(origins: _Origins, path: str, message: str) -> Problem:
 
 def cross_check(inventory: Inventory) -> list[tuple[str, str]]:
     """Return (path, message) for each inconsistency between parts of the inventory."""
-    from alerts.checks import check_alerting  # the alerting checks read the whole inventory
+
 
     problems: list[tuple[str, str]] = []
     costs = sorted(n for n, s in inventory.sources.items() if s.kind == "cost_csv")

@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 
 from collector.errors import SourceError
+from collector.inventory.sources import TmfEventsSource
+from collector.sampling import HubRegistration, build_sampler, open_store
 from collector.sources.http import HttpClient, limits_of
 from collector.sources.listener import Listener
-from collector.sources.sampler import HubRegistration, build_sampler, open_store
-from collector.sources.schema import TmfEventsSource
 from collector.sources.store import RecordStore
 from collector.sources.times import format_time
 from collector.sources.tmf import APIS, resource_to_row

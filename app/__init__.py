@@ -1,0 +1,1 @@
+"""The application: the CLI and the service wiring, the only layer that imports all the others."""

@@ -1,0 +1,1 @@
+"""Tests of the application layer: the CLI and the service wiring."""

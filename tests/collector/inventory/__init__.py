@@ -1,0 +1,1 @@
+"""Tests of the inventory: its models and its loader."""
