@@ -7,9 +7,10 @@ Cross-checks that need the whole inventory (unknown source, unknown column...) l
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from collector.inventory.alerting import AlertingConfig
+from collector.inventory.base import Model
 from collector.inventory.durations import Duration
 from collector.inventory.sources import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
 from collector.inventory.types import CronExpression, TimeKind, TimeZoneName
@@ -24,10 +25,6 @@ Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", m
 """A plain SQL column name (quoted by SQLAlchemy when the dialect needs it)."""
 
 _LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Target(Model):

@@ -8,8 +8,9 @@ then samples like any SQL source; `interval`, `cron`, `jitter`, `timeout`, `sett
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, Field, StringConstraints, field_validator, model_validator
 
+from collector.inventory.base import Model
 from collector.inventory.durations import Duration
 from collector.inventory.types import CronExpression
 
@@ -32,6 +33,7 @@ MIB = 1024 * 1024
 
 
 RECORD_STORE_TABLES = frozenset({"sync_meta", "tmf_event", "tmf_deleted", "tmf_incomplete", "kpi_value", "cost_entry"})
+"""Tables every record store keeps for itself; a records table cannot take their names."""
 
 COLUMNS: tuple[tuple[str, str, str | None], ...] = (
     ("id", "TEXT PRIMARY KEY", None),
@@ -59,13 +61,8 @@ COLUMNS: tuple[tuple[str, str, str | None], ...] = (
 )
 """The records table shape (the simulator's `record_table`), with the defaults of a missing value."""
 NAMES = tuple(name for name, _, _ in COLUMNS)
-"""Tables every record store keeps for itself; a records table cannot take their names."""
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BearerAuth(_Model):
+class BearerAuth(Model):
     """A static bearer token, inline (from `${ENV}`) or read from a file at each request."""
 
     kind: Literal["bearer"]
@@ -79,13 +76,13 @@ class BearerAuth(_Model):
         return self
 
 
-class BasicAuth(_Model):
+class BasicAuth(Model):
     kind: Literal["basic"]
     username: str
     password: str
 
 
-class OAuth2Auth(_Model):
+class OAuth2Auth(Model):
     """OAuth2 client credentials: the token is fetched, cached, and re-fetched once on a 401."""
 
     kind: Literal["oauth2"]
@@ -98,7 +95,7 @@ class OAuth2Auth(_Model):
 Auth = Annotated[BearerAuth | BasicAuth | OAuth2Auth, Field(discriminator="kind")]
 
 
-class _Synced(_Model):
+class _Synced(Model):
     """What every syncing source shares: schedule, limits and where its record store lives."""
 
     interval: Duration = 60.0

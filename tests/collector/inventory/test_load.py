@@ -10,7 +10,7 @@ import pytest
 from collector.inventory.load import ConfigError, load_inventory, predicate_columns
 from collector.inventory.models import SlaKpi
 
-EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "operator.yaml"
 
 GOOD = """
 sources:
