@@ -103,6 +103,8 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _flag(serve_cmd, flags, "--clock-start", env="CLOCK_START", convert=float, metavar="UNIX_TIME",
           help="sample as if the clock read UNIX_TIME at start, running on from there: for replaying "
                "a dataset whose timestamps end at a fixed instant (benchmarks); default: the real clock")
+    _flag(serve_cmd, flags, "--clock-rate", env="CLOCK_RATE", convert=_positive, default=1.0, metavar="RATE",
+          help="with --clock-start, seconds the clock advances per real second (a soak: weeks in minutes)")
     serve_cmd.set_defaults(command=cmd_serve, env_flags=common + flags)
 
     flags = []
@@ -278,7 +280,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     inventory = listening_on(inventory, host, port)
     if not callbacks_reachable(inventory, f"--listen {host}:{port}" if args.listen else None):
         return EXIT_CONFIG
-    clock = time.time if args.clock_start is None else shifted_clock(args.clock_start)
+    if args.clock_start is None and args.clock_rate != 1.0:
+        print("fabwatch: --clock-rate needs --clock-start (the instant the faster clock starts from)", file=sys.stderr)
+        return EXIT_CONFIG
+    clock = time.time if args.clock_start is None else shifted_clock(args.clock_start, args.clock_rate)
     return _run(_serve(inventory, host, port, args.state, clock), fast=receives_events(inventory))
 
 

@@ -67,15 +67,19 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     return app
 
 
-def shifted_clock(start: float) -> Callable[[], float]:
-    """A clock that reads `start` now and runs at the wall clock's pace from there.
+def shifted_clock(start: float, rate: float = 1.0) -> Callable[[], float]:
+    """A clock that reads `start` now and runs on from there, `rate` seconds per real second.
 
     For replaying a recorded or generated dataset whose timestamps end at a fixed instant
     (benchmarks, tests): sampling windows and watermarks then move over the data as they would
-    have when it was live. Timestamps that Prometheus stores are its own and stay real.
+    have when it was live. A `rate` above 1 runs simulated time faster (a soak: weeks in minutes).
+    Timestamps that Prometheus stores are its own and stay real.
     """
-    offset = start - time.time()
-    return lambda: time.time() + offset
+    began = time.time()
+    if rate == 1.0:
+        offset = start - began
+        return lambda: time.time() + offset
+    return lambda: start + (time.time() - began) * rate
 
 
 def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None,

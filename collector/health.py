@@ -4,6 +4,7 @@ The tracker keeps plain numbers and renders them as `samples.Family` objects, li
 engine does, so exporters treat health and KPIs the same way.
 """
 
+import asyncio
 import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -167,7 +168,8 @@ class HealthTracker:
         info = Family("fab_build_info", "gauge",
                       "fabwatch build information; the value is always 1.",
                       [((("version", self.version),), 1.0)])
-        return (up, last, durations, errors, info, *self._intake_families(), *self._completion_families())
+        return (up, last, durations, errors, info, *_task_families(), *self._intake_families(),
+                *self._completion_families())
 
     def _completion_families(self) -> tuple[Family, ...]:
         """`fab_records_incomplete` and `fab_records_completed_total{how}`, when there are listeners."""
@@ -205,3 +207,14 @@ class HealthTracker:
             last.samples.append(((("source", name),), listener.last_received))
             commits.histograms.append(((("source", name),), listener.commits.histogram()))
         return (received, last, commits)
+
+
+def _task_families() -> tuple[Family, ...]:
+    """`fab_service_tasks`: the asyncio tasks alive in the loop rendering the exposition, if one runs."""
+    try:
+        tasks = len(asyncio.all_tasks(asyncio.get_running_loop()))
+    except RuntimeError:  # rendered outside a loop (a test, `fabwatch check`)
+        return ()
+    return (Family("fab_service_tasks", "gauge",
+                   "Asyncio tasks alive in the service when the exposition was last rendered; a number that "
+                   "keeps growing at a steady load is a leak.", [((), float(tasks))]),)

@@ -432,6 +432,12 @@ def test_serve_names_a_state_file_it_cannot_use_and_exits_1(tmp_path, inventory_
     assert "cannot listen" not in err
 
 
+def test_serve_refuses_a_clock_rate_without_a_start(inventory_file, capsys):
+    assert main(["serve", "-c", str(inventory_file), "--listen", f"127.0.0.1:{free_port()}",
+                 "--clock-rate", "60"]) == 2
+    assert "--clock-rate needs --clock-start" in capsys.readouterr().err
+
+
 def test_a_subscription_left_by_a_killed_run_is_dropped_at_the_next_start(tmp_path):
     """SIGKILL leaves no time to unregister: the next start removes the old subscription, else the
     hub would post every event twice, to the old one and the new one, for as long as it lives."""

@@ -189,3 +189,17 @@ async def test_a_replay_clock_leaves_the_health_timestamps_real(aiohttp_client, 
     last = app[HEALTH].families()
     (success,) = [v for f in last if f.name == "fab_source_last_success_timestamp_seconds" for _, v in f.samples]
     assert abs(success - time.time()) < 60
+
+
+def test_a_faster_clock_starts_where_it_is_told_and_runs_at_its_rate(monkeypatch):
+    from app.service import shifted_clock
+
+    wall = [1_000.0]
+    monkeypatch.setattr(time, "time", lambda: wall[0])
+    clock = shifted_clock(5_000.0, rate=60.0)
+    assert clock() == 5_000.0
+    wall[0] += 2.5
+    assert clock() == 5_150.0  # 2.5 real seconds, 150 simulated
+    same = shifted_clock(5_000.0)
+    wall[0] += 1.0
+    assert same() == 5_001.0

@@ -89,3 +89,20 @@ def test_a_syncing_source_exports_every_reason_its_errors_can_have_from_the_star
     for labels, _ in families(tracker)["fab_source_errors"].samples:
         exported.setdefault(dict(labels)["source"], set()).add(dict(labels)["reason"])
     assert exported == {"crm": set(REASONS), "tickets": {*REASONS, *SYNC_REASONS}}
+
+
+def test_the_service_tasks_are_left_out_without_a_loop():
+    assert "fab_service_tasks" not in families(HealthTracker(["crm"]))  # `fabwatch check`, a test
+
+
+async def test_the_service_tasks_are_counted_in_the_loop():
+    import asyncio
+
+    tracker = HealthTracker(["crm"])
+    idle = [asyncio.create_task(asyncio.sleep(60)) for _ in range(3)]
+    try:
+        (count,) = [v for _, v in families(tracker)["fab_service_tasks"].samples]
+        assert count == len(asyncio.all_tasks()) >= 4  # the three, and this test's own
+    finally:
+        for task in idle:
+            task.cancel()
