@@ -72,7 +72,8 @@ def marked_inventory(tmp_path: Path, postgres: PostgresServer, api: str) -> Path
                        "hub_url": f"{closed}/tmf-api/troubleTicket/v4?access_token={MARKER}",
                        "callback": f"http://127.0.0.1:9/tmf/events?signature={MARKER}",
                        "base_url": f"{closed}/tmf-api/troubleTicket/v4?apikey={MARKER}",
-                       "auth": {"kind": "basic", "username": "fab", "password": MARKER}},
+                       "auth": {"kind": "basic", "username": "fab", "password": MARKER},
+                       "sender_auth": {"kind": "bearer", "token": MARKER}},
         },
         "processes": {"problem": {  # alerts and dashboards are built per process
             "etom": "1.3.1.3", "name": "Problem", "team": "assurance-ops", "runbook": "https://wiki.example/problem",

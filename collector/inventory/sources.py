@@ -93,6 +93,8 @@ class OAuth2Auth(Model):
 
 
 Auth = Annotated[BearerAuth | BasicAuth | OAuth2Auth, Field(discriminator="kind")]
+SenderAuth = Annotated[BearerAuth | BasicAuth, Field(discriminator="kind")]
+"""Credentials a sender of events presents in its `Authorization` header."""
 
 
 class _Synced(Model):
@@ -162,6 +164,11 @@ class TmfEventsSource(_Synced):
     query: str = ""
     secret: str | None = None
     """Shared secret the sender must put in the `X-Fabwatch-Secret` header."""
+    sender_auth: SenderAuth | None = None
+    """Credentials every event must carry in its `Authorization` header, as the hub is set up to send
+    them: `{kind: bearer, token: ...}` (or `token_file`, read when the listener starts) or `{kind:
+    basic, username: ..., password: ...}`. Checked besides the shared secret and mutual TLS; a
+    missing or wrong one gets 401."""
     max_body: Annotated[int, Field(gt=0)] = MIB
     batch_max: Annotated[int, Field(ge=1, le=10000)] = 1000
     """Events committed together at most (group commit); each is acknowledged after its commit."""

@@ -181,11 +181,13 @@ class _Budget:
 class _Request:
     """What the parser has seen of the request being received."""
 
-    __slots__ = ("body", "event", "expect", "length", "listener", "refused", "secret", "size", "upgrade", "url")
+    __slots__ = ("authorization", "body", "event", "expect", "length", "listener", "refused", "secret", "size",
+                 "upgrade", "url")
 
     def __init__(self) -> None:
         self.url = b""
         self.secret: str | None = None
+        self.authorization: str | None = None
         self.expect = False
         self.upgrade = False
         """An `Upgrade` header (a Java HttpClient asks for h2c): the upgrade is ignored, as HTTP allows."""
@@ -377,6 +379,8 @@ class _Connection(asyncio.Protocol):
             self.request.expect = True
         elif size == 7 and name.lower() == b"upgrade":
             self.request.upgrade = True
+        elif size == 13 and name.lower() == b"authorization":
+            self.request.authorization = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self.heads += 1
@@ -385,7 +389,7 @@ class _Connection(asyncio.Protocol):
         request = self.request
         try:
             request.listener, request.event = self._route(self.parser.get_method(), request.url)
-            request.listener.authorize(request.secret)
+            request.listener.authorize(request.secret, request.authorization)
             if request.length is not None and request.length > request.listener.source.max_body:
                 raise request.listener.refused(
                     BadEvent(413, "tooLarge", f"body over {request.listener.source.max_body} bytes"))

@@ -9,6 +9,7 @@ error and are never stored.
 """
 
 import asyncio
+import base64
 import contextlib
 import functools
 import hmac
@@ -16,13 +17,15 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
+from collector.errors import SourceError
 from collector.health import COMMIT_BUCKETS, DurationHistogram
-from collector.inventory.sources import TmfEventsSource
+from collector.inventory.sources import BasicAuth, BearerAuth, TmfEventsSource
 from collector.logs import log_event
 from collector.sources.store import Event, RecordStore
 from collector.sources.times import maybe_time
@@ -79,6 +82,8 @@ class Listener:
         self._wake: asyncio.Future[None] | None = None
         self._stopping = False
         self._writer: asyncio.Task[None] | None = None
+        self._authorization = sender_authorization(name, source.sender_auth)
+        """(scheme, credentials) every event must carry in `Authorization`, when the source asks."""
         self.received: dict[str, int] = dict.fromkeys(RESULTS, 0)
         """Events received so far, by result (`RESULTS`); exported as `fab_events_received_total`."""
         self.last_received = time.time()
@@ -146,17 +151,19 @@ class Listener:
         log_event(_LOG, "event_failed", logging.ERROR, exc_info=True, source=self.name, error=repr(exc))
         return self.refused(BadEvent(500, "internalError", "fabwatch failed to handle the event; send it again"))
 
-    def authorize(self, secret: str | None) -> None:
-        """Check the shared secret, when the source has one."""
+    def authorize(self, secret: str | None, authorization: str | None = None) -> None:
+        """Check the shared secret and the sender's `Authorization`, when the source asks for them."""
         expected = self.source.secret
         if expected is not None and not hmac.compare_digest((secret or "").encode(), expected.encode()):
             raise self.refused(BadEvent(401, "unauthorized", f"missing or wrong {SECRET_HEADER}"))
+        if self._authorization is not None and not _same_credentials(authorization, self._authorization):
+            raise self.refused(BadEvent(401, "unauthorized", "missing or wrong Authorization"))
 
     async def handle(self, request: web.Request) -> web.Response:
         """The aiohttp route: validate, store durably, then acknowledge one event."""
         answered: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         try:
-            self.authorize(request.headers.get(SECRET_HEADER))
+            self.authorize(request.headers.get(SECRET_HEADER), request.headers.get("Authorization"))
             self.submit(request.match_info["event"], await self._body(request), functools.partial(_resolve, answered))
         except BadEvent as exc:
             return _error(exc.status, exc.code, exc.reason)
@@ -337,3 +344,25 @@ def error_body(status: int, code: str, reason: str) -> bytes:
 
 def _error(status: int, code: str, reason: str) -> web.Response:
     return web.Response(body=error_body(status, code, reason), status=status, content_type="application/json")
+
+
+def sender_authorization(name: str, auth: BearerAuth | BasicAuth | None) -> tuple[str, str] | None:
+    """The (scheme, credentials) a sender presents for `auth`; a bearer `token_file` is read now."""
+    if auth is None:
+        return None
+    if isinstance(auth, BasicAuth):
+        return "basic", base64.b64encode(f"{auth.username}:{auth.password}".encode()).decode("ascii")
+    if auth.token is not None:
+        return "bearer", auth.token
+    try:
+        return "bearer", Path(auth.token_file or "").read_text().strip()
+    except OSError as exc:
+        raise SourceError(name, f"cannot read the sender token file {auth.token_file}: {exc.strerror or exc}") from None
+
+
+def _same_credentials(header: str | None, expected: tuple[str, str]) -> bool:
+    """Whether an `Authorization` value carries the expected credentials (the scheme in any case),
+    compared in constant time."""
+    scheme, _, credentials = (header or "").strip().partition(" ")
+    same = hmac.compare_digest(credentials.strip().encode(), expected[1].encode())
+    return scheme.lower() == expected[0] and same

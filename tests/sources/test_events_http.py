@@ -35,10 +35,12 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def events_port(directory: Path, max_body: int = LIMIT, **options: Any) -> AsyncIterator[Running]:
+async def events_port(directory: Path, max_body: int = LIMIT, sender_auth: Any = None,
+                      **options: Any) -> AsyncIterator[Running]:
     """An events server on a free loopback port with one listener `tickets` (secret SECRET) whose
     store is `directory/events.db`; `options` go to `EventsServer`. Stopping twice is harmless."""
-    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=max_body)
+    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=max_body,
+                             sender_auth=sender_auth)
     store = RecordStore(directory / "events.db", ["trouble_ticket"], synchronous="FULL",
                         final_statuses={"trouble_ticket": APIS["tmf621"].finals})
     listener = Listener("tickets", source, store)
@@ -567,4 +569,24 @@ async def test_unfinished_bodies_past_the_memory_budget_get_503_and_are_released
         assert running.server.refused == {"bodyMemory": 2}
         for writer in [first[1], *refused]:
             writer.close()
+    assert stored_events(tmp_path / "events.db") == 1
+
+
+@pytest.mark.parametrize(("auth", "good", "bad"), [
+    ({"kind": "bearer", "token": "t0k3n"}, "bearer t0k3n", "Bearer t0k3m"),
+    ({"kind": "basic", "username": "hub", "password": "p:w"}, "Basic aHViOnA6dw==", "Basic aHViOnA6eA=="),
+])
+async def test_sender_credentials_are_asked_for_besides_the_secret(tmp_path: Path, auth: dict[str, str],
+                                                                   good: str, bad: str) -> None:
+    """With `sender_auth`, an event without the right `Authorization` is refused (401) and not stored;
+    the scheme is matched in any case, the credentials exactly."""
+    async with events_port(tmp_path, sender_auth=auth) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(request(ticket_event(1, 1, 1))
+                     + request(ticket_event(2, 2, 1), headers=f"Authorization: {bad}\r\n")
+                     + request(ticket_event(3, 3, 1), headers=f"Authorization: {good}\r\n"))
+        answers = [await read_answer(reader) for _ in range(3)]
+        writer.close()
+    assert [(a[0], (a[2] or {}).get("code")) for a in answers] == [
+        (401, "unauthorized"), (401, "unauthorized"), (201, None)]
     assert stored_events(tmp_path / "events.db") == 1

@@ -280,3 +280,33 @@ async def test_late_events_are_counted_once_within_a_sample_of_their_arrival(tmp
         assert await counts() == (3.0, 2.0, 1.0)
         await asyncio.sleep(2.5)  # later samples count nothing twice
         assert await counts() == (3.0, 2.0, 1.0)
+
+
+@pytest.mark.parametrize("port", ["main", "events"])
+async def test_a_bearer_token_file_is_asked_of_every_sender_on_either_port(tmp_path: Path, port: str) -> None:
+    """`sender_auth` with a `token_file`: the aiohttp route of the main port and the events port both
+    refuse an event without the token (401, nothing stored) and store one that carries it."""
+    token = tmp_path / "sender.token"
+    token.write_text("s3nder-t0ken\n")
+    main_port, events_port = free_port(), free_port()
+    store = tmp_path / "events.db"
+    sources = {"sql": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'none.db'}"},
+               "tickets": {"kind": "tmf_events", "api": "tmf621", "store": str(store),
+                           "sender_auth": {"kind": "bearer", "token_file": str(token)}}}
+    inventory = example(sources, {p: "tickets" if p == "problem" else "sql" for p in API_OF}, tmp_path / "state.db")
+    if port == "events":
+        service = inventory.service.model_copy(update={"events_listen": f"127.0.0.1:{events_port}"})
+        inventory = inventory.model_copy(update={"service": service})
+    async with serve_app(build_app(inventory), port=main_port) as url:
+        base = url if port == "main" else f"http://127.0.0.1:{events_port}"
+        event = {"eventId": "E1", "eventType": "TroubleTicketCreateEvent",
+                 "event": {"troubleTicket": ticket("TT-1", "acknowledged", 1_700_000_000.0)}}
+        async with aiohttp.ClientSession() as session:
+            posts = []
+            for authorization in (None, "Bearer wrong", "Bearer s3nder-t0ken"):
+                headers = {"Authorization": authorization} if authorization else {}
+                async with session.post(f"{base}/tmf/tickets/listener/troubleTicketCreateEvent", json=event,
+                                        headers=headers) as response:
+                    posts.append(response.status)
+    assert posts == [401, 401, 201]
+    assert stored_events(store) == 1
