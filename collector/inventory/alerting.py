@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from collector.inventory.base import examples
 from collector.inventory.durations import Duration, format_duration
 from collector.inventory.types import TimeZoneName
 
@@ -35,6 +36,8 @@ class BurnWindow(Model):
     The factor is derived, never typed in: consuming `budget_share` of the error budget within
     `long` means burning at `budget_share x slo_window / long` (2% in 1h of 30d = 14.4).
     """
+
+    model_config = examples({"severity": "critical", "long": "1h", "short": "5m", "budget_share": 0.02})
 
     severity: Literal["critical", "warning"]
     """`critical` pages (the team's `page` receiver), `warning` opens a ticket."""
@@ -69,6 +72,8 @@ WORKBOOK_WINDOWS = (
 
 
 class SloAlerting(Model):
+    """The burn-rate alerts of the `sla` KPIs (SRE Workbook, chapter 5)."""
+
     windows: tuple[BurnWindow, ...] = WORKBOOK_WINDOWS
     """The burn-rate window pairs; default: the SRE Workbook's four (2% of the budget in 1h and 5% in 6h page; 10% in
     1d and 10% in 3d open a ticket)."""
@@ -113,6 +118,8 @@ class SloAlerting(Model):
 
 
 class TargetAlerting(Model):
+    """When a KPI outside its target alerts."""
+
     for_: Annotated[Duration, Field(alias="for")] = 1800.0
     """How long a KPI must stay outside its target before `FabKpiTargetMissed` fires (also `FabOpenItemTooOld`); the
     YAML key is `for`."""
@@ -121,6 +128,8 @@ class TargetAlerting(Model):
 
 
 class TrendAlerting(Model):
+    """The month-end forecast: a KPI whose linear trend misses its target before the month ends."""
+
     enabled: bool = True
     """Write the month-end forecast alert (`FabKpiTargetMissedByMonthEnd`) at all."""
     lookback: Duration = 86400.0
@@ -134,6 +143,8 @@ class TrendAlerting(Model):
 
 
 class HealthAlerting(Model):
+    """Alerts on fabwatch's own sources and TMF event listeners."""
+
     source_down_for: Duration = 300.0
     """How long a source must fail every sample (or be missing from the metrics) before `FabSourceDown`
     (`FabSourceAbsent`) fires; also how long the events listener alerts must hold."""
@@ -159,11 +170,15 @@ class HealthAlerting(Model):
 
 
 class ProcessAlerting(Model):
+    """Alert settings of one process."""
+
     max_open_age: Duration | None = None
     """Warn when the oldest open item is older (default: the last cycle-time bucket)."""
 
 
 class WebhookReceiver(Model):
+    """An HTTP endpoint that receives Alertmanager's webhook payload."""
+
     url: Annotated[str, StringConstraints(pattern=r"^https?://")]
     """URL Alertmanager posts notifications to (its webhook JSON payload)."""
     credentials_file: str | None = None
@@ -175,6 +190,8 @@ class WebhookReceiver(Model):
 
 
 class EmailReceiver(Model):
+    """An email address (the mail server is `alerting.smtp`)."""
+
     to: str
     """Address to notify, e.g. `assurance-ops@example.com` (needs `alerting.smtp`)."""
     send_resolved: bool = False
@@ -182,6 +199,8 @@ class EmailReceiver(Model):
 
 
 class PagerDutyReceiver(Model):
+    """A PagerDuty service, through the Events API v2."""
+
     routing_key_file: str | None = None
     """File holding the PagerDuty Events API v2 routing key, read by Alertmanager (required; an inline `routing_key`
     is refused)."""
@@ -202,6 +221,8 @@ class PagerDutyReceiver(Model):
 
 
 class OpsgenieReceiver(Model):
+    """An Opsgenie team."""
+
     api_key_file: str | None = None
     """File holding the Opsgenie API key, read by Alertmanager (required; an inline `api_key` is refused)."""
     api_url: Annotated[str, StringConstraints(pattern=r"^https?://")] | None = None
@@ -232,6 +253,8 @@ def _refuse_inline(data: Any, inline: str, file_field: str) -> Any:
 class Receiver(Model):
     """Where one kind of notification goes; any mix of the integrations below."""
 
+    model_config = examples({"pagerduty": {"routing_key_file": "/run/secrets/pagerduty-assurance"}})
+
     webhook: WebhookReceiver | None = None
     """Post to an HTTP endpoint."""
     email: EmailReceiver | None = None
@@ -249,6 +272,13 @@ class Receiver(Model):
 
 
 class TeamAlerting(Model):
+    """Where a team's alerts go, by severity."""
+
+    model_config = examples(
+        {"page": {"pagerduty": {"routing_key_file": "/run/secrets/pagerduty-assurance"}},
+         "ticket": {"email": {"to": "assurance-ops@example.com"}}, "tickets_during": "office_hours"},
+    )
+
     page: Receiver
     """Critical alerts: wake someone up."""
     ticket: Receiver
@@ -260,6 +290,13 @@ class TeamAlerting(Model):
 
 
 class TimeInterval(Model):
+    """Business hours, as Alertmanager's time intervals: days, hours and holidays in a time zone."""
+
+    model_config = examples(
+        {"timezone": "Europe/Berlin", "weekdays": ["monday:friday"], "hours": ["08:00-18:00"],
+         "holidays": ["2026-12-25"]},
+    )
+
     timezone: TimeZoneName = "UTC"
     """IANA time zone the hours are read in, e.g. Europe/Berlin."""
     weekdays: tuple[str, ...] = ("monday:friday",)
@@ -287,6 +324,13 @@ class TimeInterval(Model):
 
 
 class SmtpConfig(Model):
+    """The mail server Alertmanager sends email through."""
+
+    model_config = examples(
+        {"smarthost": "smtp.example.com:587", "from": "fabwatch@example.com", "auth_username": "fabwatch",
+         "auth_password_file": "/run/secrets/smtp"},
+    )
+
     smarthost: Annotated[str, StringConstraints(pattern=r"^[^:\s]+:\d+$")]
     """HOST:PORT of the mail server, e.g. `smtp.example.com:587`."""
     from_: Annotated[str, Field(alias="from")]
@@ -311,6 +355,8 @@ class SmtpConfig(Model):
 
 
 class Routing(Model):
+    """How Alertmanager groups and repeats notifications."""
+
     group_wait: Duration = 30.0
     """How long Alertmanager waits to gather the first alerts of a group into one notification."""
     group_interval: Duration = 300.0
@@ -322,6 +368,8 @@ class Routing(Model):
 
 
 class AlertingConfig(Model):
+    """What `fabwatch alerts build` writes: Prometheus rules and the Alertmanager configuration."""
+
     grafana_url: Annotated[str, StringConstraints(pattern=r"^https?://")] = "http://127.0.0.1:3000"
     """Grafana's base URL: alerts link to their dashboard there (`dashboard_url`)."""
     runbook_url: Annotated[str, StringConstraints(pattern=r"^https?://")] | None = None

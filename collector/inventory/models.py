@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from collector.inventory.alerting import AlertingConfig
-from collector.inventory.base import Model
+from collector.inventory.base import Model, examples
 from collector.inventory.durations import Duration
 from collector.inventory.sources import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
 from collector.inventory.types import CronExpression, TimeKind, TimeZoneName
@@ -29,6 +29,8 @@ _LISTEN = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 class Target(Model):
     """An enterprise target: the KPI must stay within [min, max]."""
+
+    model_config = examples({"max": 500}, {"min": 0.7, "max": 1})
 
     min: float | None = None
     """Lowest acceptable value (exported as `fab_kpi_target{bound="min"}`); none: no lower bound."""
@@ -58,6 +60,13 @@ class EventsTls(Model):
 
 
 class ServiceConfig(Model):
+    """fabwatch's own server, clock, currency and state."""
+
+    model_config = examples(
+        {"listen": "127.0.0.1:9464", "timezone": "Europe/Berlin", "currency": "EUR",
+         "state_path": "/var/lib/fabwatch/state.db"},
+    )
+
     listen: str = "127.0.0.1:9464"
     """HOST:PORT of fabwatch's HTTP server (`/metrics`, status page, JSON API, and the TMF event listeners when there
     is no `events_listen`); an IPv6 host in brackets, e.g. `[::1]:9464`; `0.0.0.0` listens on every interface.
@@ -117,6 +126,10 @@ DSN_EXAMPLES = ("sqlite+aiosqlite:///path/to/file.db, postgresql+asyncpg://user:
 
 class SqlSource(Model):
     """A database queried where it lives; the dialect comes from the DSN."""
+
+    model_config = examples(
+        {"kind": "sql", "dsn": "${CRM_DSN}", "interval": "60s", "timeout": "10s", "timezone": "Europe/Berlin"},
+    )
 
     kind: Literal["sql"]
     """`sql`: a database read where it lives, with generated read-only SQL."""
@@ -179,6 +192,11 @@ Source = Annotated[SqlSource | TmfSource | TmfEventsSource | HttpJsonSource | Co
 class Columns(Model):
     """Where each work-item field lives in the records table."""
 
+    model_config = examples(
+        {"id": "id", "created": "created_at", "completed": "resolved_at", "due": "expected_resolution_at",
+         "status": "status", "dimensions": ["priority", "channel"], "measures": ["handling_minutes"]},
+    )
+
     id: Column = "id"
     """Column holding the work item's unique id."""
     created: Column = "created_at"
@@ -217,6 +235,14 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
 class Records(Model):
+    """Where a process's work items are (a table or a query of one source) and how their fields map to columns."""
+
+    model_config = examples(
+        {"source": "crm", "table": "trouble_ticket",
+         "columns": {"completed": "resolved_at", "due": "expected_resolution_at"},
+         "open_statuses": ["acknowledged", "inProgress", "pending", "held"], "paused_statuses": ["pending"]},
+    )
+
     source: Name
     """Name of the source (a key of `sources`) that holds the records."""
     table: TableName | None = None
@@ -267,6 +293,10 @@ class _Kpi(Model):
 
 
 class VolumeKpi(_Kpi):
+    """Items created (or completed) in a window: the inflow or the throughput of a process."""
+
+    model_config = examples({"kind": "volume", "of": "completed", "window": "1d"})
+
     kind: Literal["volume"]
     """`volume`: the number of items created (or completed) in the window."""
     of: Literal["created", "completed"] = "created"
@@ -276,16 +306,31 @@ class VolumeKpi(_Kpi):
 
 
 class BacklogKpi(_Kpi):
+    """Open items now."""
+
+    model_config = examples({"kind": "backlog", "target": {"max": 500}})
+
     kind: Literal["backlog"]
     """`backlog`: the number of open items now (status in `open_statuses`)."""
 
 
 class OverdueKpi(_Kpi):
+    """Open items past their due time: the SLA risk still in flight, which a completed-item SLO cannot see yet."""
+
+    model_config = examples({"kind": "overdue", "target": {"max": 20}})
+
     kind: Literal["overdue"]
     """`overdue`: the number of open items past their due time, paused ones excluded (needs `columns.due`)."""
 
 
 class DurationKpi(_Kpi):
+    """Cycle time, created to completed, paused time excluded: a quantile or the mean over a window."""
+
+    model_config = examples(
+        {"kind": "duration", "stat": "quantile", "quantile": 0.9, "buckets": ["1h", "4h", "8h", "1d", "2d", "3d"],
+         "target": {"max": 172800}},
+    )
+
     kind: Literal["duration"]
     """`duration`: cycle time from created to completed, paused time excluded."""
     buckets: tuple[Duration, ...]
@@ -309,6 +354,13 @@ class DurationKpi(_Kpi):
 
 
 class SlaKpi(_Kpi):
+    """The share of items completed in time: an SLO, with an error budget and burn-rate alerts."""
+
+    model_config = examples(
+        {"kind": "sla", "objective": 0.9, "window": "30d"},
+        {"kind": "sla", "objective": 0.99, "good": "reopened = 0"},
+    )
+
     kind: Literal["sla"]
     """`sla`: the share of items completed in time over the window (good / valid), an SLO with burn-rate alerts."""
     objective: float
@@ -338,6 +390,10 @@ class SlaKpi(_Kpi):
 
 
 class RatioKpi(_Kpi):
+    """The share of items matching a SQL predicate among those of a window."""
+
+    model_config = examples({"kind": "ratio", "good": "reopened = 0", "target": {"min": 0.95}})
+
     kind: Literal["ratio"]
     """`ratio`: the share of items matching `good` among the items of the window."""
     good: str
@@ -349,6 +405,10 @@ class RatioKpi(_Kpi):
 
 
 class CostKpi(_Kpi):
+    """Cost per item: the process's costs over a window divided by its items."""
+
+    model_config = examples({"kind": "cost", "per": "completed", "target": {"max": 9.5}})
+
     kind: Literal["cost"]
     """`cost`: cost per item, the process's costs in the window divided by the items completed (or created) in it."""
     per: Literal["created", "completed"] = "completed"
@@ -358,6 +418,10 @@ class CostKpi(_Kpi):
 
 
 class ValueKpi(_Kpi):
+    """Any figure one read-only query returns."""
+
+    model_config = examples({"kind": "value", "sql": "SELECT count(*) FROM customer WHERE churned_at IS NULL"})
+
     kind: Literal["value"]
     """`value`: any figure a read-only SQL query returns."""
     sql: str
@@ -380,6 +444,8 @@ Kpi = Annotated[
 
 class CostComponent(Model):
     """Activity-based cost: a driver column times a rate, booked on completion, or a fixed amount."""
+
+    model_config = examples({"driver": "handling_minutes", "rate_per_hour": 42}, {"fixed_per_month": 12000})
 
     driver: Column | None = None
     """A measure column multiplied by the rate (`rate_per_hour` or `rate_per_unit` only), e.g. `handling_minutes`."""
@@ -413,6 +479,8 @@ class CostComponent(Model):
 
 
 class Process(Model):
+    """One customer process: its work items, its KPIs and their targets, its costs."""
+
     etom: Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+)*$")]
     """The eTOM process number, e.g. `1.3.1.3` (Support Customer Problem Management)."""
     name: str
@@ -432,6 +500,8 @@ class Process(Model):
 
 
 class Inventory(Model):
+    """The configuration of fabwatch."""
+
     service: ServiceConfig = ServiceConfig()
     """How fabwatch itself runs: where it listens, its time zone and currency, where it keeps its state."""
     sources: dict[Name, Source]

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, StringConstraints, field_validator, model_validator
 
-from collector.inventory.base import Model
+from collector.inventory.base import Model, examples
 from collector.inventory.durations import Duration
 from collector.inventory.types import CronExpression
 
@@ -65,6 +65,8 @@ NAMES = tuple(name for name, _, _ in COLUMNS)
 class BearerAuth(Model):
     """A static bearer token, inline (from `${ENV}`) or read from a file at each request."""
 
+    model_config = examples({"kind": "bearer", "token_file": "/run/secrets/tt-token"})
+
     kind: Literal["bearer"]
     """`bearer`: an `Authorization: Bearer` header."""
     token: str | None = None
@@ -80,6 +82,10 @@ class BearerAuth(Model):
 
 
 class BasicAuth(Model):
+    """HTTP basic authentication."""
+
+    model_config = examples({"kind": "basic", "username": "fabwatch", "password": "${TT_PASSWORD}"})
+
     kind: Literal["basic"]
     """`basic`: HTTP basic authentication."""
     username: str
@@ -90,6 +96,11 @@ class BasicAuth(Model):
 
 class OAuth2Auth(Model):
     """OAuth2 client credentials: the token is fetched, cached, and re-fetched once on a 401."""
+
+    model_config = examples(
+        {"kind": "oauth2", "token_url": "https://auth.example/oauth2/token", "client_id": "fabwatch",
+         "client_secret": "${TT_CLIENT_SECRET}"},
+    )
 
     kind: Literal["oauth2"]
     """`oauth2`: the OAuth2 client credentials grant."""
@@ -142,6 +153,11 @@ class _Http(_Synced):
 class TmfSource(_Http):
     """Poll a TM Forum Open API list endpoint: paging, `fields=`, incremental by `lastUpdate`."""
 
+    model_config = examples(
+        {"kind": "tmf621", "base_url": "https://tt.example/tmf-api/troubleTicket/v4", "interval": "1m",
+         "auth": {"kind": "bearer", "token_file": "/run/secrets/tt-token"}},
+    )
+
     kind: TmfApi
     """The TM Forum Open API polled: `tmf621` Trouble Ticket, `tmf622` Product Order, `tmf678` Customer Bill,
     `tmf676` Payment, `tmf683` Party Interaction."""
@@ -174,6 +190,11 @@ class TmfSource(_Http):
 
 class TmfEventsSource(_Synced):
     """Receive TMF event notifications on `/tmf/<source>/listener/<eventName>`."""
+
+    model_config = examples(
+        {"kind": "tmf_events", "api": "tmf622", "hub_url": "https://om.example/tmf-api/productOrdering/v4",
+         "secret": "${OM_EVENTS_SECRET}", "silent_after": "1h"},
+    )
 
     kind: Literal["tmf_events"]
     """`tmf_events`: receive TM Forum event notifications (hub and listener) instead of polling."""
@@ -235,6 +256,10 @@ def _jmespath(expression: str, name: str | None = None) -> str:
 class HttpJsonSource(_Http):
     """A JSON document mapped by JMESPath to work items (`items` + `columns`) or to `values`."""
 
+    model_config = examples(
+        {"kind": "http_json", "url": "https://crm.example/api/churn", "values": {"churn_rate": "data.monthlyChurn"}},
+    )
+
     kind: Literal["http_json"]
     """`http_json`: a JSON document fetched over HTTP at each sample."""
     url: Url
@@ -283,6 +308,8 @@ class HttpJsonSource(_Http):
 
 class CostCsvSource(_Synced):
     """Monthly costs from finance: CSV files with process, component, amount, currency, month."""
+
+    model_config = examples({"kind": "cost_csv", "path": "/data/finance/costs-*.csv", "interval": "1h"})
 
     kind: Literal["cost_csv"]
     """`cost_csv`: the monthly costs finance booked, from CSV files."""
