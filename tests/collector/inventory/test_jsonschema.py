@@ -5,6 +5,7 @@ The committed files are compared with what `fabwatch schema` prints in tests/app
 
 import json
 import re
+import subprocess
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -269,6 +270,27 @@ def test_the_schema_accepts_what_the_loader_accepts(change: Callable[[dict[str, 
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     load_inventory([path], {})
     assert not _schema_reasons(data)
+
+
+def test_every_pattern_is_one_an_editor_can_read() -> None:
+    """Editors run JSON Schema patterns as JavaScript regular expressions (with the `u` flag), which
+    refuse some of Python's syntax (`(?P<name>...)`, `\\Z`): compile each one with Node.js."""
+    patterns = sorted({node["pattern"] for node in _mappings(committed()) if isinstance(node.get("pattern"), str)})
+    script = "for (const p of JSON.parse(process.argv[1])) new RegExp(p, 'u'); console.log('ok')"
+    result = subprocess.run(["node", "-e", script, json.dumps(patterns)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.stdout.strip() == "ok", result.stderr
+    assert len(patterns) >= 10
+
+
+def _mappings(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _mappings(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _mappings(item)
 
 
 def test_published_types_are_what_a_person_writes() -> None:
