@@ -1,4 +1,4 @@
-"""The `fabwatch` command: serve, check, demo, simulate.
+"""The `fabwatch` command: serve, check, demo, simulate, schema.
 
 Every flag of check, serve and demo can also come from an environment variable `FABWATCH_<FLAG>`
 (e.g. `--listen` from `FABWATCH_LISTEN`; `-c/--config` from `FABWATCH_CONFIG`, several files
@@ -132,6 +132,12 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
           help="write tickets and orders the way ITSM/OSS systems store them into this database "
                "(postgresql+asyncpg://, mariadb+aiomysql://, sqlite+aiosqlite://) and watch them there")
     demo_cmd.set_defaults(command=cmd_demo, env_flags=common + flags)
+
+    schema_cmd = commands.add_parser(
+        "schema", help="print the inventory's JSON Schema (for editors), or its reference in Markdown")
+    schema_cmd.add_argument("--markdown", action="store_true",
+                            help="print the inventory reference (every key, its type, default and description)")
+    schema_cmd.set_defaults(command=cmd_schema, env_flags=common)
 
     _add_simulate(commands, common, wanted)
     _add_lazy(commands, common, wanted)
@@ -267,6 +273,18 @@ def load_or_report(paths: Sequence[str], environ: Mapping[str, str] | None = Non
         for problem in exc.problems:
             print(problem, file=err or sys.stderr)
         return None
+
+
+# --- schema ------------------------------------------------------------------------------
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the inventory's JSON Schema, or with --markdown its reference page."""
+    # here, not at the top: `serve` has no use for them
+    from collector.inventory.jsonschema import inventory_schema, schema_text
+    from collector.inventory.reference import inventory_reference
+
+    sys.stdout.write(inventory_reference() if args.markdown else schema_text(inventory_schema()))
+    return EXIT_OK
 
 
 # --- serve -------------------------------------------------------------------------------

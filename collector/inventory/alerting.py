@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from collector.inventory.base import examples
 from collector.inventory.durations import Duration, format_duration
 from collector.inventory.types import TimeZoneName
 
@@ -36,10 +37,18 @@ class BurnWindow(Model):
     `long` means burning at `budget_share x slo_window / long` (2% in 1h of 30d = 14.4).
     """
 
+    model_config = examples({"severity": "critical", "long": "1h", "short": "5m", "budget_share": 0.02})
+
     severity: Literal["critical", "warning"]
+    """`critical` pages (the team's `page` receiver), `warning` opens a ticket."""
     long: Duration
+    """The long window of the pair: the budget must have burned at the rate over it (e.g. `1h`)."""
     short: Duration
+    """The short window: the burn must still be going on over it (e.g. `5m`), so a recovered burn stops the alert;
+    shorter than `long`."""
     budget_share: Annotated[float, Field(gt=0, le=1)]
+    """The share of the whole SLO window's error budget that, spent within `long`, fires the alert, in (0, 1] (0.02 =
+    2%)."""
     min_events: Annotated[int, Field(ge=0)] | None = None
     """Valid events the long window needs before its ratio counts (default: slo.min_events)."""
     min_bad_events: Annotated[int, Field(ge=0)] | None = None
@@ -63,7 +72,11 @@ WORKBOOK_WINDOWS = (
 
 
 class SloAlerting(Model):
+    """The burn-rate alerts of the `sla` KPIs (SRE Workbook, chapter 5)."""
+
     windows: tuple[BurnWindow, ...] = WORKBOOK_WINDOWS
+    """The burn-rate window pairs; default: the SRE Workbook's four (2% of the budget in 1h and 5% in 6h page; 10% in
+    1d and 10% in 3d open a ticket)."""
     min_events: Annotated[int, Field(ge=0)] = 10
     """Below this many valid events in a long window the error ratio is noise: no alert."""
     min_bad_events: Annotated[int, Field(ge=0)] = 3
@@ -74,6 +87,7 @@ class SloAlerting(Model):
     raw_window_max: Duration = 6 * 3600.0
     """Windows up to this read the counters; longer ones sum the recorded short-window increases."""
     at_risk_for: Duration = 900.0
+    """How long open items already past due must outnumber the error budget left before `FabSlaAtRisk` fires."""
 
     @field_validator("windows")
     @classmethod
@@ -104,28 +118,47 @@ class SloAlerting(Model):
 
 
 class TargetAlerting(Model):
+    """When a KPI outside its target alerts."""
+
     for_: Annotated[Duration, Field(alias="for")] = 1800.0
+    """How long a KPI must stay outside its target before `FabKpiTargetMissed` fires (also `FabOpenItemTooOld`); the
+    YAML key is `for`."""
     severity: Severity = "warning"
+    """Severity of `FabKpiTargetMissed` and `FabOpenItemTooOld`."""
 
 
 class TrendAlerting(Model):
+    """The month-end forecast: a KPI whose linear trend misses its target before the month ends."""
+
     enabled: bool = True
+    """Write the month-end forecast alert (`FabKpiTargetMissedByMonthEnd`) at all."""
     lookback: Duration = 86400.0
     """Range the slope is fitted over (predict_linear); long enough to smooth daily cycles."""
     margin: Annotated[float, Field(gt=0, lt=1)] = 0.2
     """Only warn when the KPI is already within this share of its target (the current-level guard)."""
     for_: Annotated[Duration, Field(alias="for")] = 3600.0
+    """How long the forecast must say the target will be missed before the alert fires; the YAML key is `for`."""
     severity: Severity = "warning"
+    """Severity of `FabKpiTargetMissedByMonthEnd`."""
 
 
 class HealthAlerting(Model):
+    """Alerts on fabwatch's own sources and TMF event listeners."""
+
     source_down_for: Duration = 300.0
+    """How long a source must fail every sample (or be missing from the metrics) before `FabSourceDown`
+    (`FabSourceAbsent`) fires; also how long the events listener alerts must hold."""
     stale_intervals: Annotated[float, Field(ge=1)] = 3.0
+    """`FabSourceStale` fires after this many sampling intervals without a successful sample (for a `cron` source,
+    times the longest gap of its schedule), at least 1."""
     stale_min: Duration = 300.0
     """Never call data stale sooner than this, however short the sampling interval."""
     absent_for: Duration = 3600.0
+    """How long a KPI may have no value before `FabKpiAbsent` fires."""
     severity: Severity = "warning"
+    """Severity of the source and events listener alerts."""
     absent_severity: Severity = "info"
+    """Severity of `FabKpiAbsent`."""
     events_refused_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """Warn when a TMF events listener refuses more than this share of what it receives..."""
     events_window: Duration = 900.0
@@ -137,26 +170,42 @@ class HealthAlerting(Model):
 
 
 class ProcessAlerting(Model):
+    """Alert settings of one process."""
+
     max_open_age: Duration | None = None
     """Warn when the oldest open item is older (default: the last cycle-time bucket)."""
 
 
 class WebhookReceiver(Model):
+    """An HTTP endpoint that receives Alertmanager's webhook payload."""
+
     url: Annotated[str, StringConstraints(pattern=r"^https?://")]
+    """URL Alertmanager posts notifications to (its webhook JSON payload)."""
     credentials_file: str | None = None
     """Bearer token file (Alertmanager http_config.authorization.credentials_file)."""
     send_resolved: bool = True
+    """Also notify when an alert resolves."""
     max_alerts: Annotated[int, Field(ge=0)] = 0
+    """Most alerts sent in one notification; 0: all of them."""
 
 
 class EmailReceiver(Model):
+    """An email address (the mail server is `alerting.smtp`)."""
+
     to: str
+    """Address to notify, e.g. `assurance-ops@example.com` (needs `alerting.smtp`)."""
     send_resolved: bool = False
+    """Also notify when an alert resolves."""
 
 
 class PagerDutyReceiver(Model):
+    """A PagerDuty service, through the Events API v2."""
+
     routing_key_file: str | None = None
+    """File holding the PagerDuty Events API v2 routing key, read by Alertmanager (required; an inline `routing_key`
+    is refused)."""
     send_resolved: bool = True
+    """Also notify when an alert resolves."""
 
     @model_validator(mode="before")
     @classmethod
@@ -172,11 +221,16 @@ class PagerDutyReceiver(Model):
 
 
 class OpsgenieReceiver(Model):
+    """An Opsgenie team."""
+
     api_key_file: str | None = None
+    """File holding the Opsgenie API key, read by Alertmanager (required; an inline `api_key` is refused)."""
     api_url: Annotated[str, StringConstraints(pattern=r"^https?://")] | None = None
+    """Opsgenie API URL, e.g. https://api.eu.opsgenie.com/ for the EU instance; none: Alertmanager's default."""
     responders: tuple[str, ...] = ()
     """Opsgenie team names to notify."""
     send_resolved: bool = True
+    """Also notify when an alert resolves."""
 
     @model_validator(mode="before")
     @classmethod
@@ -199,10 +253,16 @@ def _refuse_inline(data: Any, inline: str, file_field: str) -> Any:
 class Receiver(Model):
     """Where one kind of notification goes; any mix of the integrations below."""
 
+    model_config = examples({"pagerduty": {"routing_key_file": "/run/secrets/pagerduty-assurance"}})
+
     webhook: WebhookReceiver | None = None
+    """Post to an HTTP endpoint."""
     email: EmailReceiver | None = None
+    """Send an email."""
     pagerduty: PagerDutyReceiver | None = None
+    """Trigger a PagerDuty incident."""
     opsgenie: OpsgenieReceiver | None = None
+    """Create an Opsgenie alert."""
 
     @model_validator(mode="after")
     def _not_empty(self) -> Receiver:
@@ -212,6 +272,13 @@ class Receiver(Model):
 
 
 class TeamAlerting(Model):
+    """Where a team's alerts go, by severity."""
+
+    model_config = examples(
+        {"page": {"pagerduty": {"routing_key_file": "/run/secrets/pagerduty-assurance"}},
+         "ticket": {"email": {"to": "assurance-ops@example.com"}}, "tickets_during": "office_hours"},
+    )
+
     page: Receiver
     """Critical alerts: wake someone up."""
     ticket: Receiver
@@ -223,10 +290,21 @@ class TeamAlerting(Model):
 
 
 class TimeInterval(Model):
+    """Business hours, as Alertmanager's time intervals: days, hours and holidays in a time zone."""
+
+    model_config = examples(
+        {"timezone": "Europe/Berlin", "weekdays": ["monday:friday"], "hours": ["08:00-18:00"],
+         "holidays": ["2026-12-25"]},
+    )
+
     timezone: TimeZoneName = "UTC"
+    """IANA time zone the hours are read in, e.g. Europe/Berlin."""
     weekdays: tuple[str, ...] = ("monday:friday",)
+    """Days of the interval: lower-case names or ranges, e.g. `monday:friday`."""
     hours: tuple[str, ...] = ("08:00-18:00",)
+    """Time ranges HH:MM-HH:MM within those days (an end may be 24:00), e.g. `08:00-18:00`."""
     holidays: tuple[dt.date, ...] = ()
+    """Dates (YYYY-MM-DD) left out of the interval, e.g. `2026-12-25`."""
 
     @field_validator("weekdays")
     @classmethod
@@ -246,11 +324,23 @@ class TimeInterval(Model):
 
 
 class SmtpConfig(Model):
+    """The mail server Alertmanager sends email through."""
+
+    model_config = examples(
+        {"smarthost": "smtp.example.com:587", "from": "fabwatch@example.com", "auth_username": "fabwatch",
+         "auth_password_file": "/run/secrets/smtp"},
+    )
+
     smarthost: Annotated[str, StringConstraints(pattern=r"^[^:\s]+:\d+$")]
+    """HOST:PORT of the mail server, e.g. `smtp.example.com:587`."""
     from_: Annotated[str, Field(alias="from")]
+    """Sender address of the emails; the YAML key is `from`."""
     auth_username: str | None = None
+    """SMTP user name (needs `auth_password_file`); none: no authentication."""
     auth_password_file: str | None = None
+    """File holding the SMTP password, read by Alertmanager (an inline `auth_password` is refused)."""
     require_tls: bool = True
+    """Require STARTTLS."""
 
     @model_validator(mode="before")
     @classmethod
@@ -265,24 +355,43 @@ class SmtpConfig(Model):
 
 
 class Routing(Model):
+    """How Alertmanager groups and repeats notifications."""
+
     group_wait: Duration = 30.0
+    """How long Alertmanager waits to gather the first alerts of a group into one notification."""
     group_interval: Duration = 300.0
+    """How long it waits before notifying alerts added to a group already notified."""
     repeat_interval: Duration = 4 * 3600.0
+    """How often a ticket or info alert still firing is notified again."""
     page_repeat_interval: Duration = 3600.0
+    """How often a page still firing is notified again."""
 
 
 class AlertingConfig(Model):
+    """What `fabwatch alerts build` writes: Prometheus rules and the Alertmanager configuration."""
+
     grafana_url: Annotated[str, StringConstraints(pattern=r"^https?://")] = "http://127.0.0.1:3000"
+    """Grafana's base URL: alerts link to their dashboard there (`dashboard_url`)."""
     runbook_url: Annotated[str, StringConstraints(pattern=r"^https?://")] | None = None
     """Runbook for processes that name none (`processes.<name>.runbook` wins)."""
     slo: SloAlerting = SloAlerting()
+    """Burn-rate alerts of the `sla` KPIs (the SRE Workbook's multi-window, multi-burn-rate alerts)."""
     targets: TargetAlerting = TargetAlerting()
+    """Alerts on KPIs outside their target."""
     trends: TrendAlerting = TrendAlerting()
+    """Alerts on KPIs heading for a target miss by the end of the month."""
     health: HealthAlerting = HealthAlerting()
+    """Alerts on fabwatch's own sources and event listeners."""
     processes: dict[str, ProcessAlerting] = {}
+    """Alert settings per process, by process name."""
     teams: dict[str, TeamAlerting] = {}
+    """The receivers of each team, by the team names of `processes.<name>.team`; once any team is given, every
+    process's team needs its entry."""
     default: Receiver | None = None
     """Alerts no team route takes (none by default: they are dropped)."""
     smtp: SmtpConfig | None = None
+    """The mail server of email receivers (required when any receiver sends email)."""
     time_intervals: dict[IntervalName, TimeInterval] = {}
+    """Named business hours, with holidays, that `teams.<team>.tickets_during` refers to."""
     routing: Routing = Routing()
+    """Alertmanager's grouping and repeat timings."""

@@ -6,10 +6,14 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, PlainSerializer
 
+from collector.inventory.base import published_as
+
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 MAX_SECONDS = 3650 * 86400.0
 """Longer durations are mistakes (and overflow the scheduler's date arithmetic)."""
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+PATTERN = r"^\s*(\d+(\.\d+)?(ms|s|m|h|d|w))+\s*$"
+"""A duration as text, for the JSON Schema (what `parse_duration` reads; ECMAScript syntax)."""
 
 
 def parse_duration(text: object) -> float:
@@ -53,4 +57,4 @@ def format_duration(seconds: float) -> str:
     return "".join(out)
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration), published_as("Duration")]

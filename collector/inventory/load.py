@@ -27,7 +27,8 @@ from collector.inventory.models import (
 from collector.inventory.sources import RECORD_STORE_TABLES, SOURCE_KINDS, TmfEventsSource
 from collector.logs import safe_dsn
 
-_VAR = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
+VARIABLE = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
+"""A `${VAR}`, `${VAR:-default}` or `${file:/path}` reference in a value (the JSON Schema publishes it too)."""
 RESERVED_LABELS = frozenset({"process", "kpi", "outcome", "component", "currency", "le", "source",
                              "reason", "bound", "job", "instance", "quantile"})
 _MERGEABLE = re.compile(r"^(service|sources|processes|processes\.[^.]+|processes\.[^.]+\.(kpis|costs))$")
@@ -299,7 +300,7 @@ def _substitute(value: Any, path: str, env: Mapping[str, str], origins: _Origins
         problems.append(_problem(origins, path, f"environment variable {name} is not set"))
         return ""
 
-    return _VAR.sub(replace, value)
+    return VARIABLE.sub(replace, value)
 
 
 def _read_secret(file: str, path: str, origins: _Origins, problems: list[Problem]) -> str:

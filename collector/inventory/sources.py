@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, StringConstraints, field_validator, model_validator
 
-from collector.inventory.base import Model
+from collector.inventory.base import Model, examples
 from collector.inventory.durations import Duration
 from collector.inventory.types import CronExpression
 
@@ -65,9 +65,14 @@ NAMES = tuple(name for name, _, _ in COLUMNS)
 class BearerAuth(Model):
     """A static bearer token, inline (from `${ENV}`) or read from a file at each request."""
 
+    model_config = examples({"kind": "bearer", "token_file": "/run/secrets/tt-token"})
+
     kind: Literal["bearer"]
+    """`bearer`: an `Authorization: Bearer` header."""
     token: str | None = None
+    """The token; give it as `${ENV}` or `${file:/run/secrets/...}`, not inline."""
     token_file: str | None = None
+    """A file holding the token, read at each request (a rotated token is used at once)."""
 
     @model_validator(mode="after")
     def _one(self) -> "BearerAuth":
@@ -77,19 +82,36 @@ class BearerAuth(Model):
 
 
 class BasicAuth(Model):
+    """HTTP basic authentication."""
+
+    model_config = examples({"kind": "basic", "username": "fabwatch", "password": "${TT_PASSWORD}"})
+
     kind: Literal["basic"]
+    """`basic`: HTTP basic authentication."""
     username: str
+    """The user name."""
     password: str
+    """The password; give it as `${ENV}` or `${file:/run/secrets/...}`, not inline."""
 
 
 class OAuth2Auth(Model):
     """OAuth2 client credentials: the token is fetched, cached, and re-fetched once on a 401."""
 
+    model_config = examples(
+        {"kind": "oauth2", "token_url": "https://auth.example/oauth2/token", "client_id": "fabwatch",
+         "client_secret": "${TT_CLIENT_SECRET}"},
+    )
+
     kind: Literal["oauth2"]
+    """`oauth2`: the OAuth2 client credentials grant."""
     token_url: Url
+    """The token endpoint, e.g. https://auth.example/oauth2/token."""
     client_id: str
+    """The client id."""
     client_secret: str
+    """The client secret; give it as `${ENV}` or `${file:/run/secrets/...}`, not inline."""
     scope: str | None = None
+    """Scopes asked for, separated by spaces; none: the server's default."""
 
 
 Auth = Annotated[BearerAuth | BasicAuth | OAuth2Auth, Field(discriminator="kind")]
@@ -101,21 +123,29 @@ class _Synced(Model):
     """What every syncing source shares: schedule, limits and where its record store lives."""
 
     interval: Duration = 60.0
+    """Time between two samples of the record store (and, for a polled source, syncs); ignored when `cron` is given."""
     cron: CronExpression | None = None
+    """Sample on this five-field crontab, on the wall clock of `service.timezone`, instead of every `interval`, e.g.
+    `*/5 * * * *`."""
     jitter: Duration | None = None
+    """Random delay, up to this long, added to each scheduled sample; none: no delay."""
     timeout: Duration = 10.0
     """Per HTTP request (and per query of the record store)."""
     settle: Annotated[float, Field(ge=0)] = 0.0
+    """Seconds a record may reach the record store late: counters only read records older than `now - settle`."""
     reconcile: Duration = 3600.0
+    """How often window sums are recomputed in full instead of from their edges."""
     store: str | None = None
     """Record store file; default `<state file stem>-records-<source>.db` next to the state file."""
 
 
 class _Http(_Synced):
     auth: Auth | None = None
+    """Credentials sent with each request (`kind: bearer`, `basic` or `oauth2`); none: no authentication."""
     ca_file: str | None = None
     """PEM bundle of the CA that signs the server certificate (https only)."""
     retries: Annotated[int, Field(ge=0, le=10)] = 2
+    """Retries of a request that failed in a way worth retrying (5xx, 429, timeout, connection error), 0 to 10."""
     backoff: Duration = 0.5
     """First retry delay; doubled each retry, with full jitter; `Retry-After` wins when longer."""
     max_bytes: Annotated[int, Field(gt=0)] = 16 * MIB
@@ -125,11 +155,20 @@ class _Http(_Synced):
 class TmfSource(_Http):
     """Poll a TM Forum Open API list endpoint: paging, `fields=`, incremental by `lastUpdate`."""
 
+    model_config = examples(
+        {"kind": "tmf621", "base_url": "https://tt.example/tmf-api/troubleTicket/v4", "interval": "1m",
+         "auth": {"kind": "bearer", "token_file": "/run/secrets/tt-token"}},
+    )
+
     kind: TmfApi
+    """The TM Forum Open API polled: `tmf621` Trouble Ticket, `tmf622` Product Order, `tmf678` Customer Bill,
+    `tmf676` Payment, `tmf683` Party Interaction."""
     base_url: Url
     """The API root, e.g. https://tt.example/tmf-api/troubleTicket/v4 (the resource is appended)."""
     version: Literal[4, 5] = 4
+    """The API's major version, 4 or 5 (names of states and attributes differ)."""
     page_size: Annotated[int, Field(ge=1, le=5000)] = 500
+    """Items asked for per page (`limit=`), 1 to 5000."""
     query: str = ""
     """Extra list filter, e.g. `ticketType=billInquiry` (also sent as the hub query)."""
     fields: bool = True
@@ -154,14 +193,24 @@ class TmfSource(_Http):
 class TmfEventsSource(_Synced):
     """Receive TMF event notifications on `/tmf/<source>/listener/<eventName>`."""
 
+    model_config = examples(
+        {"kind": "tmf_events", "api": "tmf622", "hub_url": "https://om.example/tmf-api/productOrdering/v4",
+         "secret": "${OM_EVENTS_SECRET}", "silent_after": "1h"},
+    )
+
     kind: Literal["tmf_events"]
+    """`tmf_events`: receive TM Forum event notifications (hub and listener) instead of polling."""
     api: TmfApi
+    """The TMF API whose events arrive: `tmf621`, `tmf622`, `tmf678`, `tmf676` or `tmf683`."""
     version: Literal[4, 5] = 4
+    """The API's major version, 4 or 5 (names of events and attributes differ)."""
     hub_url: Url | None = None
     """API root to register with (`POST {hub_url}/hub`) on start; none: the hub is set up elsewhere."""
     callback: Url | None = None
     """URL the hub calls; default `http://<service.listen>/tmf/<source>`."""
     query: str = ""
+    """Filter sent with the hub registration (the `query` of `POST /hub`), e.g.
+    `eventType=TroubleTicketStatusChangeEvent`."""
     secret: str | None = None
     """Shared secret the sender must put in the `X-Fabwatch-Secret` header."""
     sender_auth: SenderAuth | None = None
@@ -170,6 +219,7 @@ class TmfEventsSource(_Synced):
     basic, username: ..., password: ...}`. Checked besides the shared secret and mutual TLS; a
     missing or wrong one gets 401."""
     max_body: Annotated[int, Field(gt=0)] = MIB
+    """Largest event body accepted, in bytes; a larger one is refused (413) before it is read."""
     batch_max: Annotated[int, Field(ge=1, le=10000)] = 1000
     """Events committed together at most (group commit); each is acknowledged after its commit."""
     durability: Literal["full", "normal"] = "full"
@@ -189,6 +239,7 @@ class TmfEventsSource(_Synced):
     auth: Auth | None = None
     """Credentials for the hub registration and the API (`base_url`)."""
     ca_file: str | None = None
+    """PEM bundle of the CA that signs the hub's and the API's certificates (https only)."""
 
     @property
     def dsn(self) -> str:
@@ -212,8 +263,14 @@ def _jmespath(expression: str, name: str | None = None) -> str:
 class HttpJsonSource(_Http):
     """A JSON document mapped by JMESPath to work items (`items` + `columns`) or to `values`."""
 
+    model_config = examples(
+        {"kind": "http_json", "url": "https://crm.example/api/churn", "values": {"churn_rate": "data.monthlyChurn"}},
+    )
+
     kind: Literal["http_json"]
+    """`http_json`: a JSON document fetched over HTTP at each sample."""
     url: Url
+    """URL of the JSON document."""
     items: str | None = None
     """JMESPath to the list of work items in the payload."""
     columns: dict[Column, str] = {}
@@ -259,7 +316,10 @@ class HttpJsonSource(_Http):
 class CostCsvSource(_Synced):
     """Monthly costs from finance: CSV files with process, component, amount, currency, month."""
 
+    model_config = examples({"kind": "cost_csv", "path": "/data/finance/costs-*.csv", "interval": "1h"})
+
     kind: Literal["cost_csv"]
+    """`cost_csv`: the monthly costs finance booked, from CSV files."""
     path: str
     """A file or a glob (`/data/finance/costs-*.csv`)."""
 

@@ -6,6 +6,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator
 
+from collector.inventory.base import published_as
+
 
 def _known_zone(value: str) -> str:
     try:
@@ -15,7 +17,7 @@ def _known_zone(value: str) -> str:
     return value
 
 
-TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
+TimeZoneName = Annotated[str, AfterValidator(_known_zone), published_as("TimeZone")]
 """An IANA time zone name such as Europe/Berlin."""
 
 
@@ -34,7 +36,7 @@ def _five_fields(value: str) -> str:
     return value
 
 
-CronExpression = Annotated[str, AfterValidator(_five_fields)]
+CronExpression = Annotated[str, AfterValidator(_five_fields), published_as("CronExpression")]
 """A five-field cron expression such as `*/5 * * * *`."""
 
 

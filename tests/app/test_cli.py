@@ -490,3 +490,15 @@ def test_demo_names_a_data_directory_it_cannot_use(tmp_path, capsys):
     taken.write_text("")
     assert main(["demo", "--data-dir", str(taken)]) == 1
     assert f"fabwatch: cannot use {taken} as the demo's data directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "committed"), [
+    (["schema"], ROOT / "schema" / "inventory.schema.json"),
+    (["schema", "--markdown"], ROOT / "docs" / "reference" / "inventory.md"),
+], ids=["json-schema", "reference"])
+def test_schema_prints_what_is_committed(argv, committed, capsys):
+    """A field added to a model and not to the published files fails here."""
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out == committed.read_text(encoding="utf-8"), (
+        f"regenerate: fabwatch {' '.join(argv)} > {committed.relative_to(ROOT)}")
