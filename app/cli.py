@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
+from app.exposure import warn_exposure
 from app.service import build_app, processes_of, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
@@ -341,6 +342,7 @@ async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
     if not state_file_usable(state or inventory.service.state_path):
         return EXIT_FAILED
     app = build_app(inventory, state_path=state, clock=clock)
+    warn_exposure(inventory, host, port)
     try:
         async with _stop_on_signals() as stop:
             await serve(app, host, port, stop)
