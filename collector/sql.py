@@ -180,6 +180,19 @@ class EdgeQuery:
         groups = [g.label(f"g{i}") for i, g in enumerate(self._group_by)]
         return [*groups, func.count().label("n"), *[expr.label(name) for name, expr in self._sums]]
 
+    def bucketed(self, bucket: Callable[[Expr], Expr], lo: str, hi: str) -> Statement:
+        """The same aggregation over the rows whose edge time is in [:lo, :hi), each row led by
+        `bucket(edge time)` labelled `fab_bucket` and grouped by it: e.g. the day a row falls in
+        (collector/rollups.py). Grouped by the label, as PostgreSQL needs for an expression with
+        bound parameters."""
+        kind = self.time.bind_type(True)
+        return (
+            select(bucket(self._time_column).label(BUCKET), *self._columns)
+            .where(self._time_column >= bindparam(lo, type_=kind), self._time_column < bindparam(hi, type_=kind),
+                   *self._filters)
+            .group_by(text(BUCKET), *self._group_by)
+        )
+
     def _ranged(self, lo: str, hi: str, *lead: Expr) -> Statement:
         return (
             select(*lead, *self._columns)
@@ -188,6 +201,9 @@ class EdgeQuery:
             .group_by(*self._group_by)
         )
 
+
+BUCKET = "fab_bucket"
+"""Label of the leading column of a `bucketed` statement."""
 
 UPCOMING = "fab_upcoming"
 """Label of the column giving the due time of an open item that falls due before the next recount."""

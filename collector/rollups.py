@@ -1,0 +1,392 @@
+"""Daily rollups: per process, calendar day in `service.timezone` and dimension set, the counts, sums
+and histogram buckets the KPIs need, and end-of-day snapshots of the open items.
+
+A day is [its local midnight, the next local midnight): 23, 24 or 25 hours across daylight saving
+time. The day boundaries are computed here (zoneinfo) and bound as parameters, each as the type of
+the time column it is compared with (`collector.timetypes`), so one statement per chunk of days
+works on SQLite, PostgreSQL and MariaDB with every kind of time column: the days of a chunk are told
+apart by a `CASE` over their starts (`EdgeQuery.bucketed`), the snapshots by one `UNION ALL` part
+per day end.
+
+Measures of a day and dimension set (all summed across dimension sets, but `open.oldest_age`: the
+largest):
+
+- `created`, `created.ratio_<kpi>`: items created that day, and those matching a ratio's `good`;
+- `completed`, `outcome.<label>`, `completed.<sum>`: items completed that day, by outcome, and the
+  completion sums of `collector.sql` (`dur_sum`, `le_<i>`, `sla_good_<kpi>`, `sla_valid_<kpi>`,
+  `ratio_<kpi>`, `driver_<component>`);
+- `cost.<component>`: cost booked that day as the cost KPIs define it (a driver's rate on the items
+  completed that day; a fixed monthly amount accrues over the day's seconds, on the dimension set
+  `[]`); components read from a `cost_csv` source are not rolled up;
+- `open`, `open.overdue`, `open.oldest_age`: items open at the end of the day, read from the records
+  (created before the day's end, not completed by it), those of them due before it, and the age of
+  the oldest. The live backlog KPI counts open statuses instead; a paused item counts as overdue.
+
+The rollups are kept beside the state, in the state store's SQLite file (`RollupStore`).
+"""
+
+import json
+import sqlite3
+import time as clock
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, bindparam, case, func, literal, literal_column, or_, select, text, union_all
+
+from collector.db import AsyncConnection, AsyncEngine, create_engine, guard, read_only
+from collector.inventory.models import Process, SqlSource
+from collector.kpis import fixed_cost, variable_cost
+from collector.reflect import detect_times
+from collector.sql import EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
+
+Measures = dict[str, float]
+DayRollup = dict[str, Measures]
+"""One day of one process: measures by dimension set (a JSON list of the dimension labels)."""
+CHUNK_DAYS = 31
+"""Days read by one statement: one round trip per month of history, and a `CASE` short enough to be cheap."""
+NO_DIMENSIONS = "[]"
+"""The dimension set of what belongs to the process as a whole (fixed costs)."""
+
+
+@dataclass(frozen=True)
+class Day:
+    """A calendar day in a time zone and its bounds as epoch seconds: [start, end)."""
+
+    day: date
+    start: float
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+def midnight(day: date, zone: str) -> float:
+    """The first instant of `day` in `zone`, as epoch seconds."""
+    return datetime.combine(day, time(0), tzinfo=ZoneInfo(zone)).timestamp()
+
+
+def days_between(first: date, last: date, zone: str) -> list[Day]:
+    """Every day from `first` to `last` included, with its bounds in `zone` (DST-correct)."""
+    out = []
+    day = first
+    while day <= last:
+        following = day + timedelta(days=1)
+        out.append(Day(day, midnight(day, zone), midnight(following, zone)))
+        day = following
+    return out
+
+
+def day_of(epoch: float, zone: str) -> date:
+    """The calendar day in `zone` an instant falls in."""
+    return datetime.fromtimestamp(epoch, ZoneInfo(zone)).date()
+
+
+# --- SQL -----------------------------------------------------------------------------------
+
+
+def day_index(n: int, time_bind: Callable[[str], Expr]) -> Callable[[Expr], Expr]:
+    """The index of the day (0 to n-1) a time falls in, from the starts :d1 ... :d<n-1> of days 1 to n-1."""
+
+    def index(column: Expr) -> Expr:
+        if n == 1:
+            return literal_column("0")
+        # the indices are written inline: constants, not parameters, so the database sees an integer
+        return case(*[(column < time_bind(f"d{i + 1}"), literal_column(str(i))) for i in range(n - 1)],
+                    else_=literal_column(str(n - 1)))
+
+    return index
+
+
+def edge_statement(query: EdgeQuery, n: int) -> Statement:
+    """The edge's sums per day of a chunk of `n` days: params :d0 ... :d<n> (starts, then the last end)."""
+    kind = query.time.bind_type(True)
+    return query.bucketed(day_index(n, lambda name: bindparam(name, type_=kind)), "d0", f"d{n}")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The statement counting the open items at the end of each day of a chunk, and how to read it."""
+
+    statement: Statement
+    dims: int
+    times: Times
+    lookups: tuple[Any, ...]
+
+
+def snapshot_statement(process: Process, times: Times, n: int) -> Snapshot | None:
+    """Items open at the end of each of `n` days (params :e0 ... :e<n-1>), per dimension set, with
+    those due before it and the oldest created time; None without a completion column."""
+    records, cols = process.records, process.records.columns
+    if cols.completed is None:
+        return None
+    tbl = records_relation(records, cols.all())
+    created, completed = tbl.c[cols.created], tbl.c[cols.completed]
+    dims = [tbl.c[d] for d in cols.dimensions]
+    filters: list[Any] = [text(f"({records.where})")] if records.where else []
+
+    def part(i: int) -> Statement:
+        def end(role: str) -> Expr:
+            return bindparam(f"e{i}__{role}", type_=getattr(times, role).bind_type(True))
+
+        overdue: Expr = literal(0)
+        if cols.due:
+            due = tbl.c[cols.due]
+            overdue = func.sum(case((and_(due.is_not(None), due < end("due")), 1), else_=0))
+        return (select(literal_column(str(i)).label("fab_bucket"), *[d.label(f"g{j}") for j, d in enumerate(dims)],
+                       func.count().label("n"), overdue.label("overdue"), func.min(created).label("oldest"))
+                .where(created < end("created"), or_(completed.is_(None), completed >= end("completed")), *filters)
+                .group_by(*dims))
+
+    statement = select(union_all(*[part(i) for i in range(n)]).subquery())
+    return Snapshot(statement, len(dims), times, lookups_of(records, list(cols.dimensions)))
+
+
+def _key(values: Sequence[Any], lookups: Sequence[Any]) -> str:
+    return json.dumps([label(v, lk) for v, lk in zip(values, lookups, strict=True)])
+
+
+def _add(into: Measures, name: str, value: float) -> None:
+    into[name] = into.get(name, 0.0) + value
+
+
+class ProcessRoller:
+    """Computes the rollups of one process over chunks of days, on a connection it is given."""
+
+    def __init__(self, name: str, process: Process, times: Times) -> None:
+        self.name = name
+        self.process = process
+        self.times = times
+        self.queries = build_queries(process, None, times)
+        self._statements: dict[tuple[str, int], Any] = {}
+
+    def _cached(self, key: tuple[str, int], build: Callable[[], Any]) -> Any:
+        if key not in self._statements:
+            self._statements[key] = build()
+        return self._statements[key]
+
+    async def roll(self, conn: AsyncConnection, days: Sequence[Day]) -> dict[date, DayRollup]:
+        """The rollup of each day (at most `CHUNK_DAYS`), read in at most three statements."""
+        n = len(days)
+        out: dict[date, DayRollup] = {d.day: {} for d in days}
+        bounds = {f"d{i}": d.start for i, d in enumerate(days)} | {f"d{n}": days[-1].end}
+        created = self._cached(("created", n), lambda: edge_statement(self.queries.created, n))
+        for row in await conn.execute(created, bounds):
+            self._add_edge(out, days, self.queries.created, row, "created")
+        if self.queries.completed is not None:
+            query = self.queries.completed
+            completed = self._cached(("completed", n), lambda: edge_statement(query, n))
+            for row in await conn.execute(completed, bounds):
+                self._add_edge(out, days, query, row, "completed")
+        snapshot = self._cached(("open", n), lambda: snapshot_statement(self.process, self.times, n))
+        if snapshot is not None:
+            params = {f"e{i}__{role}": d.end for i, d in enumerate(days) for role in ("created", "completed", "due")}
+            for row in await conn.execute(snapshot.statement, params):
+                self._add_open(out, days, snapshot, row)
+        for day in days:
+            self._add_costs(out[day.day], day)
+        return out
+
+    def _add_edge(self, out: dict[date, DayRollup], days: Sequence[Day], query: EdgeQuery, row: Any,
+                  edge: str) -> None:
+        groups = row[1:1 + query.groups]
+        dims = len(self.process.records.columns.dimensions)
+        measures = out[days[int(row[0])].day].setdefault(_key(groups[:dims], query.lookups[:dims]), {})
+        sums = dict(zip(query.sum_names, row[1 + query.groups:], strict=True))
+        _add(measures, edge, float(sums.pop("n") or 0))
+        if edge == "completed" and query.groups > dims:
+            _add(measures, f"outcome.{label(groups[dims], query.lookups[dims])}", float(row[1 + query.groups]))
+        for name, value in sums.items():
+            _add(measures, f"{edge}.{name}", float(value or 0))
+
+    def _add_open(self, out: dict[date, DayRollup], days: Sequence[Day], snapshot: Snapshot, row: Any) -> None:
+        day = days[int(row[0])]
+        mapping = row._mapping
+        measures = out[day.day].setdefault(_key(row[1:1 + snapshot.dims], snapshot.lookups), {})
+        _add(measures, "open", float(mapping["n"]))
+        _add(measures, "open.overdue", float(mapping["overdue"] or 0))
+        oldest = snapshot.times.created.to_epoch(mapping["oldest"])
+        if oldest is not None:
+            measures["open.oldest_age"] = max(measures.get("open.oldest_age", 0.0), day.end - oldest)
+
+    def _add_costs(self, rollup: DayRollup, day: Day) -> None:
+        for name, component in self.process.costs.items():
+            if component.fixed_per_month is not None:
+                _add(rollup.setdefault(NO_DIMENSIONS, {}), f"cost.{name}", fixed_cost(component, day.seconds))
+                continue
+            if component.monthly_from is not None:
+                continue
+            for measures in rollup.values():
+                sums = {"n": measures.get("completed", 0.0),
+                        f"driver_{name}": measures.get(f"completed.driver_{name}", 0.0)}
+                cost = variable_cost(component, sums, name)
+                if cost:
+                    _add(measures, f"cost.{name}", cost)
+
+
+# --- storage -------------------------------------------------------------------------------
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS daily_rollup (
+        process TEXT NOT NULL, day TEXT NOT NULL, dims TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
+        PRIMARY KEY (process, day, dims, measure)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS rollup_day (
+        process TEXT NOT NULL, day TEXT NOT NULL, timezone TEXT NOT NULL, rolled_at REAL NOT NULL,
+        PRIMARY KEY (process, day)) WITHOUT ROWID""",
+)
+
+
+class RollupStore:
+    """The daily rollups, in their own tables of the state store's SQLite file.
+
+    `rollup_day` records which days of a process were rolled up, in which time zone: a day without
+    a row there has no figures (as opposed to a day with no items)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        for statement in _SCHEMA:
+            self._db.execute(statement)
+
+    def save(self, process: str, rollups: Mapping[date, DayRollup], zone: str) -> None:
+        """Replace the rollups of these days of a process, in one transaction."""
+        now = clock.time()
+        with self._transaction():
+            for day, rollup in rollups.items():
+                iso = day.isoformat()
+                self._db.execute("DELETE FROM daily_rollup WHERE process = ? AND day = ?", (process, iso))
+                self._db.executemany(
+                    "INSERT INTO daily_rollup (process, day, dims, measure, value) VALUES (?, ?, ?, ?, ?)",
+                    [(process, iso, dims, name, value) for dims, measures in rollup.items()
+                     for name, value in measures.items()])
+                self._db.execute("INSERT OR REPLACE INTO rollup_day (process, day, timezone, rolled_at) "
+                                 "VALUES (?, ?, ?, ?)", (process, iso, zone, now))
+
+    def _transaction(self) -> Any:
+        db = self._db
+
+        class _Tx:
+            def __enter__(self) -> None:
+                db.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self, kind: Any, *_: Any) -> None:
+                db.execute("ROLLBACK" if kind else "COMMIT")
+
+        return _Tx()
+
+    def rolled(self, process: str, first: date, last: date, zone: str) -> set[date]:
+        """The days from `first` to `last` of a process rolled up in `zone`."""
+        rows = self._db.execute("SELECT day FROM rollup_day WHERE process = ? AND day BETWEEN ? AND ? "
+                                "AND timezone = ?", (process, first.isoformat(), last.isoformat(), zone))
+        return {date.fromisoformat(r[0]) for r in rows}
+
+    def read(self, process: str, first: date, last: date, zone: str) -> dict[date, DayRollup]:
+        """The rollups of a process from `first` to `last` rolled up in `zone` (days rolled up with no
+        items: empty; days not rolled up, or in another zone: absent)."""
+        days = {d.isoformat() for d in self.rolled(process, first, last, zone)}
+        out: dict[date, DayRollup] = {date.fromisoformat(d): {} for d in days}
+        rows = self._db.execute("SELECT day, dims, measure, value FROM daily_rollup "
+                                "WHERE process = ? AND day BETWEEN ? AND ?",
+                                (process, first.isoformat(), last.isoformat()))
+        for day, dims, measure, value in rows:
+            if day in days:
+                out[date.fromisoformat(day)].setdefault(dims, {})[measure] = value
+        return out
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def totals(rollup: DayRollup) -> Measures:
+    """A day's measures summed over its dimension sets (the oldest age: the largest)."""
+    out: Measures = {}
+    for measures in rollup.values():
+        for name, value in measures.items():
+            if name == "open.oldest_age":
+                out[name] = max(out.get(name, 0.0), value)
+            else:
+                _add(out, name, value)
+    return out
+
+
+# --- rolling a source ----------------------------------------------------------------------
+
+
+Progress = Callable[[int, int], None]
+"""Called with (days done, days to do) after each chunk of each process."""
+
+
+class SourceRoller:
+    """Rolls up the days of every process of one SQL source into a `RollupStore`."""
+
+    def __init__(self, name: str, source: SqlSource, processes: Mapping[str, Process], store: RollupStore,
+                 zone: str) -> None:
+        self.name = name
+        self.source = source
+        self.processes = dict(processes)
+        self.store = store
+        self.zone = zone
+        self._engine: AsyncEngine | None = None
+        self._rollers: dict[str, ProcessRoller] = {}
+
+    async def roll(self, days: Sequence[Day], progress: Progress | None = None) -> None:
+        """Compute and store the rollups of `days` for every process, a chunk at a time."""
+        if self._engine is None:
+            self._engine = create_engine(self.source)
+        chunks = [days[i:i + CHUNK_DAYS] for i in range(0, len(days), CHUNK_DAYS)]
+        done, todo = 0, len(days) * len(self.processes)
+        for name, process in self.processes.items():
+            for chunk in chunks:
+                async with guard(self.name, self.source.timeout), \
+                        read_only(self.name, self._engine, self.source.timeout) as conn:
+                    roller = await self._roller(conn, name, process, chunk[-1].day.year)
+                    rollups = await roller.roll(conn, chunk)
+                self.store.save(name, rollups, self.zone)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, todo)
+
+    async def _roller(self, conn: AsyncConnection, name: str, process: Process, year: int) -> ProcessRoller:
+        roller = self._rollers.get(name)
+        if roller is None or roller.times.created.year != year:
+            times = await detect_times(conn, process.records, self.source, year)
+            roller = self._rollers[name] = ProcessRoller(name, process, times)
+        return roller
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+
+def reroll_days(now: float, zone: str, late: float) -> list[Day]:
+    """The days a re-roll at `now` recomputes: today and every day within `late` seconds before now."""
+    return days_between(day_of(now - late, zone), day_of(now, zone), zone)
+
+
+def late_of(source: SqlSource) -> float:
+    """How far back rows may change: the source's `late_window`, else its `reconcile` period."""
+    return source.late_window if source.late_window is not None else source.reconcile
+
+
+def sql_sources(sources: Mapping[str, Any]) -> dict[str, SqlSource]:
+    return {n: s for n, s in sources.items() if isinstance(s, SqlSource)}
+
+
+def processes_in(processes: Mapping[str, Process], source: str) -> dict[str, Process]:
+    return {n: p for n, p in processes.items() if p.records.source == source}
+
+
+def iter_months(first: date, last: date) -> Iterable[date]:
+    """The first day of every month from `first`'s to `last`'s."""
+    month = first.replace(day=1)
+    while month <= last:
+        yield month
+        month = (month + timedelta(days=32)).replace(day=1)
