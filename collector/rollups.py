@@ -28,7 +28,7 @@ The rollups are kept beside the state, in the state store's SQLite file (`Rollup
 import json
 import sqlite3
 import time as clock
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -366,6 +366,37 @@ class SourceRoller:
             self._engine = None
 
 
+async def roll_sources(sources: Mapping[str, Any], processes: Mapping[str, Process], store: RollupStore,
+                       zone: str, days: Sequence[Day], progress: Progress | None = None) -> list[str]:
+    """Roll up `days` for every process whose records are in a SQL source; return the processes that
+    cannot be rolled up (their records come from another kind of source)."""
+    rollers = [SourceRoller(n, s, processes_in(processes, n), store, zone)
+               for n, s in sql_sources(sources).items() if processes_in(processes, n)]
+    todo = len(days) * sum(len(r.processes) for r in rollers)
+    done = 0
+
+    def step(finished: int, _total: int) -> None:
+        if progress is not None:
+            progress(done + finished, todo)
+
+    for roller in rollers:
+        try:
+            await roller.roll(days, step)
+        finally:
+            await roller.close()
+        done += len(days) * len(roller.processes)
+    rolled = {p for r in rollers for p in r.processes}
+    return [p for p in processes if p not in rolled]
+
+
+async def reroll(roller: SourceRoller, now: float) -> list[Day]:
+    """Recompute today and the days within the source's late window (else its reconcile period) before
+    `now`, so that late rows and reopened items heal their day; return the days recomputed."""
+    days = reroll_days(now, roller.zone, late_of(roller.source))
+    await roller.roll(days)
+    return days
+
+
 def reroll_days(now: float, zone: str, late: float) -> list[Day]:
     """The days a re-roll at `now` recomputes: today and every day within `late` seconds before now."""
     return days_between(day_of(now - late, zone), day_of(now, zone), zone)
@@ -384,9 +415,3 @@ def processes_in(processes: Mapping[str, Process], source: str) -> dict[str, Pro
     return {n: p for n, p in processes.items() if p.records.source == source}
 
 
-def iter_months(first: date, last: date) -> Iterable[date]:
-    """The first day of every month from `first`'s to `last`'s."""
-    month = first.replace(day=1)
-    while month <= last:
-        yield month
-        month = (month + timedelta(days=32)).replace(day=1)
