@@ -68,6 +68,18 @@ def _positive(value: str) -> float:
     return number
 
 
+REPORT_FORMATS = ("html", "md", "json", "csv")
+
+
+def _formats(value: str) -> list[str]:
+    chosen = [part.strip() for part in value.split(",") if part.strip()]
+    unknown = [part for part in chosen if part not in REPORT_FORMATS]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(unknown) or '(none)'}; "
+                                         f"choose from {', '.join(REPORT_FORMATS)}")
+    return chosen
+
+
 def _paths(value: str) -> list[str]:
     return [part for part in value.split(os.pathsep) if part]
 
@@ -139,6 +151,26 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     schema_cmd.add_argument("--markdown", action="store_true",
                             help="print the inventory reference (every key, its type, default and description)")
     schema_cmd.set_defaults(command=cmd_schema, env_flags=common)
+
+    flags = []
+    report_cmd = commands.add_parser(
+        "report", help="write the monthly summary for managers, or backfill the daily rollups it reads")
+    _config_flag(report_cmd, flags)
+    _flag(report_cmd, flags, "--month", env="REPORT_MONTH", metavar="YYYY-MM",
+          help="calendar month to report, in service.timezone (default: the last full month)")
+    _flag(report_cmd, flags, "--format", env="REPORT_FORMAT", convert=_formats, default=list(REPORT_FORMATS),
+          help=f"formats to write, comma-separated: {', '.join(REPORT_FORMATS)} (default: all)")
+    _flag(report_cmd, flags, "--out", env="REPORT_OUT", default=".",
+          help="directory the report files are written to (default: the working directory)")
+    _flag(report_cmd, flags, "--state", env="STATE",
+          help="state file holding the rollups (default: service.state_path)")
+    _flag(report_cmd, flags, "--backfill", env="REPORT_BACKFILL", convert=truthy, default=False,
+          action="store_const", const=True,
+          help="compute the daily rollups of the past days from the records first (then, with --month, report)")
+    _flag(report_cmd, flags, "--since", env="REPORT_SINCE", metavar="YYYY-MM",
+          help="with --backfill, the first month to compute (default: the same month a year ago, "
+               "so that the report has its year-on-year change and 12-month trend)")
+    report_cmd.set_defaults(command=cmd_report, env_flags=common + flags)
 
     _add_simulate(commands, common, wanted)
     _add_lazy(commands, common, wanted)
@@ -286,6 +318,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
     sys.stdout.write(inventory_reference() if args.markdown else schema_text(inventory_schema()))
     return EXIT_OK
+
+
+# --- report ------------------------------------------------------------------------------
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Backfill the daily rollups and/or write a month's summary."""
+    from app.report import run_report  # here: jinja2 and the report code are no use to `serve`
+
+    inventory = load_or_report(args.config)
+    if inventory is None:
+        return EXIT_CONFIG
+    return run_report(inventory, args, sys.stdout, sys.stderr)
 
 
 # --- serve -------------------------------------------------------------------------------

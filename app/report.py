@@ -1,0 +1,92 @@
+"""`fabwatch report`: backfill the daily rollups from the records, write a month's summary."""
+
+import argparse
+import asyncio
+import time
+from datetime import date, datetime
+from pathlib import Path
+from typing import TextIO
+from zoneinfo import ZoneInfo
+
+from collector.errors import SourceError
+from collector.inventory.models import Inventory
+from collector.rollups import Progress, RollupStore, days_between, roll_sources
+from reports.render import write
+from reports.summary import Month, read_rollups, summarize
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def today(zone: str, now: float | None = None) -> date:
+    return datetime.fromtimestamp(time.time() if now is None else now, ZoneInfo(zone)).date()
+
+
+def last_full_month(zone: str, now: float | None = None) -> Month:
+    day = today(zone, now)
+    return Month(day.year, day.month).shift(-1)
+
+
+def progress_line(err: TextIO) -> Progress:
+    """A one-line progress bar on `err`, redrawn in place on a terminal, else written once at the end."""
+    started = time.monotonic()
+    live = err.isatty()
+
+    def show(done: int, todo: int) -> None:
+        if not live and done < todo:
+            return
+        width = 30
+        filled = width * done // max(todo, 1)
+        line = (f"backfill [{'#' * filled}{'.' * (width - filled)}] {done}/{todo} process-days "
+                f"{time.monotonic() - started:.0f}s")
+        err.write(("\r" + line) if live else line + "\n")
+        if live and done >= todo:
+            err.write("\n")
+        err.flush()
+
+    return show
+
+
+def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Run `fabwatch report` with parsed arguments; return the exit status."""
+    zone = inventory.service.timezone
+    try:
+        month = Month.parse(args.month) if args.month else last_full_month(zone)
+        since = Month.parse(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"fabwatch: {exc}", file=err)
+        return EXIT_CONFIG
+    store = RollupStore(args.state or inventory.service.state_path)
+    try:
+        if args.backfill:
+            first = (since or Month(*_year_month(today(zone))).shift(-12)).first
+            status = backfill(inventory, store, first, today(zone), err)
+            if status != EXIT_OK or not args.month:
+                return status
+        report = summarize(inventory, read_rollups(store, inventory, month), month)
+    finally:
+        store.close()
+    for path in write(report, Path(args.out), args.format):
+        print(path, file=out)
+    missing = [p.name for p in report.processes if not p.complete]
+    if missing:
+        print(f"fabwatch: {month} lacks daily figures for {', '.join(missing)}: run "
+              f"`fabwatch report --backfill --since {month.shift(-12)}` first", file=err)
+    return EXIT_OK
+
+
+def _year_month(day: date) -> tuple[int, int]:
+    return day.year, day.month
+
+
+def backfill(inventory: Inventory, store: RollupStore, first: date, last: date, err: TextIO) -> int:
+    """Compute the rollups of every day from `first` to `last` from the records."""
+    days = days_between(first, last, inventory.service.timezone)
+    try:
+        skipped = asyncio.run(roll_sources(inventory.sources, inventory.processes, store,
+                                           inventory.service.timezone, days, progress_line(err)))
+    except SourceError as exc:
+        print(f"fabwatch: backfill failed: {exc}", file=err)
+        return EXIT_FAILED
+    if skipped:
+        print(f"fabwatch: not rolled up (records not in a SQL source): {', '.join(skipped)}", file=err)
+    return EXIT_OK
