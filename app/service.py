@@ -9,6 +9,7 @@ import asyncio
 import gc
 import html
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -20,9 +21,11 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from collector.engine import SourceSampler
+from collector.errors import SourceError
 from collector.health import HealthTracker
 from collector.inventory.models import Inventory, Process
 from collector.logs import log_event, safe_dsn
+from collector.rollups import RollupStore, SourceRoller, reroll, sql_sources
 from collector.sampling import build_sampler, monthly_costs, mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
 from collector.state import StateStore
@@ -59,6 +62,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
     app.cleanup_ctx.append(_sampling(state_path, samplers, clock))
+    if samplers is None:  # a caller's own samplers (tests, replays) read no records of their own
+        app.cleanup_ctx.append(_rolling(state_path, clock))
     mount_sources(app, inventory, state_path, health)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
@@ -101,6 +106,47 @@ def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None
             yield
 
     return context
+
+
+def _rolling(state_path: str | Path | None,
+             clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Return the cleanup context that re-rolls the daily rollups of each SQL source every `reconcile`."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        inventory = app[INVENTORY]
+        store = RollupStore(state_path or inventory.service.state_path)
+        rollers = [SourceRoller(name, source, processes_of(inventory, name), store, inventory.service.timezone)
+                   for name, source in sql_sources(inventory.sources).items() if processes_of(inventory, name)]
+        tasks = [asyncio.create_task(_reroll_every(roller, clock), name=f"rollups-{roller.name}")
+                 for roller in rollers]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for roller in rollers:
+                await roller.close()
+            store.close()
+
+    return context
+
+
+async def _reroll_every(roller: SourceRoller, clock: Callable[[], float]) -> None:
+    """Recompute today and the days rows may still change in (late rows, reopened items), then wait
+    the source's `reconcile` period: the rollups heal as the KPIs do."""
+    while True:
+        started = time.monotonic()
+        try:
+            days = await reroll(roller, clock())
+        except SourceError as exc:
+            log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason=exc.reason, error=str(exc))
+        except sqlite3.Error as exc:  # the state file: full, locked, read-only
+            log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason="state", error=str(exc))
+        else:
+            log_event(_LOG, "rollup_done", logging.DEBUG, source=roller.name, days=len(days),
+                      seconds=round(time.monotonic() - started, 3))
+        await asyncio.sleep(roller.source.reconcile)
 
 
 async def _open_samplers(inventory: Inventory, state_path: str | Path,

@@ -203,3 +203,26 @@ def test_a_faster_clock_starts_where_it_is_told_and_runs_at_its_rate(monkeypatch
     same = shifted_clock(5_000.0)
     wall[0] += 1.0
     assert same() == 5_001.0
+
+
+async def test_serve_keeps_the_daily_rollups_of_today(aiohttp_client, tmp_path, records):
+    """The rollup job re-rolls today (and the late window) from the records while serving."""
+    from datetime import UTC, datetime
+
+    from collector.rollups import RollupStore, totals
+
+    inventory = load_inventory([write_inventory(tmp_path, records)])
+    await aiohttp_client(build_app(inventory))
+    today = datetime.now(UTC).date()
+    start = datetime(today.year, today.month, today.day, tzinfo=UTC).timestamp()
+    with sqlite3.connect(records) as db:
+        created = db.execute("SELECT COUNT(*) FROM trouble_ticket WHERE created_at >= ?", (start,)).fetchone()[0]
+    store = RollupStore(tmp_path / "state.db")
+    deadline = time.monotonic() + 20
+    try:
+        while not (days := store.read("problem", today, today, "UTC")):
+            assert time.monotonic() < deadline, "no rollup of today after 20 s"
+            await asyncio.sleep(0.05)
+        assert totals(days[today]).get("created", 0.0) == created
+    finally:
+        store.close()
