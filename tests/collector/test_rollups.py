@@ -1,0 +1,158 @@
+"""Daily rollups: day bounds across DST, a late row and a reopened ticket healed by the re-roll,
+and the same rollups from every time kind SQLite holds."""
+
+import math
+import sqlite3
+from datetime import date, datetime
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from collector.inventory.load import load_inventory
+from collector.inventory.models import Inventory
+from collector.rollups import (
+    DayRollup,
+    RollupStore,
+    SourceRoller,
+    days_between,
+    reroll,
+    reroll_days,
+    roll_sources,
+    totals,
+)
+from simulator import Simulator
+from tests.collector.time_tables import Rows, read_rows, simulate, write
+from tests.reports.report_oracle import bounds, figures
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
+BERLIN = "Europe/Berlin"
+NOW = datetime(2026, 3, 31, 9, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()
+"""Two days after the change to summer time."""
+
+
+def example(dsn: str, zone: str = BERLIN, source_zone: str = "UTC", late: float | None = None) -> Inventory:
+    found = load_inventory([EXAMPLE], {"FABWATCH_DEMO_DSN": dsn})
+    source = found.sources["operator"].model_copy(update={"timezone": source_zone, "late_window": late})
+    return found.model_copy(update={"sources": {"operator": source},
+                                    "service": found.service.model_copy(update={"timezone": zone})})
+
+
+def test_a_day_lasts_23_24_or_25_hours() -> None:
+    march = days_between(date(2026, 3, 28), date(2026, 3, 30), BERLIN)
+    assert [d.seconds / 3600 for d in march] == [24, 23, 24]
+    october = days_between(date(2026, 10, 24), date(2026, 10, 26), BERLIN)
+    assert [d.seconds / 3600 for d in october] == [24, 25, 24]
+    assert all(a.end == b.start for a, b in pairwise(march))
+    new_york = days_between(date(2026, 3, 8), date(2026, 3, 8), "America/New_York")[0]
+    assert (new_york.seconds, datetime.fromtimestamp(new_york.start, ZoneInfo("UTC")).hour) == (23 * 3600, 5)
+
+
+def test_a_reroll_covers_today_and_the_late_window() -> None:
+    days = reroll_days(NOW, BERLIN, 36 * 3600)  # 09:00 on the 31st, 36 h back: the evening of the 29th
+    assert [d.day for d in days] == [date(2026, 3, 29), date(2026, 3, 30), date(2026, 3, 31)]
+    assert [d.day for d in reroll_days(NOW, BERLIN, 3600)] == [date(2026, 3, 31)]
+
+
+def assert_rollups_match(rollups: dict[date, DayRollup], inventory: Inventory, rows: Rows, process: str,
+                         zone: str) -> None:
+    """A day's totals against the oracle: created, completed, outcomes, costs, open items."""
+    model = inventory.processes[process]
+    for day, rollup in rollups.items():
+        got = totals(rollup)
+        want = figures(model, rows[model.records.table], *bounds(day, day, zone))
+        assert got.get("created", 0.0) == want.created, day
+        assert got.get("completed", 0.0) == want.completed, day
+        assert {k.removeprefix("outcome."): v for k, v in got.items() if k.startswith("outcome.")} == \
+            dict(want.outcomes), day
+        for name, cost in want.costs.items():
+            assert math.isclose(got.get(f"cost.{name}", 0.0), cost, rel_tol=1e-9, abs_tol=1e-9), (day, name)
+        backlog = next((n for n, k in model.kpis.items() if k.kind == "backlog"), None)
+        if backlog is not None:
+            assert got.get("open", 0.0) == want.kpis[backlog], day
+
+
+async def test_a_late_row_and_a_reopened_ticket_change_their_day_after_the_next_reroll(tmp_path: Path) -> None:
+    db = tmp_path / "operator.db"
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = Simulator(dsn, seed=3, scale=0.2)
+    await sim.create_schema()
+    await sim.backfill(5, NOW)
+    await sim.close()
+    inventory = example(dsn, late=2 * 86400)
+    store = RollupStore(tmp_path / "state.db")
+    roller = SourceRoller("operator", inventory.sources["operator"], inventory.processes,  # type: ignore[arg-type]
+                          store, BERLIN)
+    await roller.roll(days_between(date(2026, 3, 27), date(2026, 3, 31), BERLIN))
+    yesterday = date(2026, 3, 30)
+    before = totals(store.read("problem", yesterday, yesterday, BERLIN)[yesterday])
+    noon = datetime(2026, 3, 30, 12, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()
+    with sqlite3.connect(db) as conn:  # committed now, dated yesterday: a late row
+        conn.execute("INSERT INTO trouble_ticket (id, created_at, updated_at, status, priority, channel, segment) "
+                     "VALUES ('LATE-1', ?, ?, 'inProgress', 'high', 'web', 'consumer')", (noon, noon))
+        start, end = bounds(yesterday, yesterday, BERLIN)
+        reopened = conn.execute("SELECT id FROM trouble_ticket WHERE completed_at >= ? AND completed_at < ? "
+                                "AND created_at < ? LIMIT 1", (start, end, start)).fetchone()[0]
+        conn.execute("UPDATE trouble_ticket SET completed_at = NULL, outcome = NULL, status = 'inProgress', "
+                     "reopened = reopened + 1 WHERE id = ?", (reopened,))
+    untouched = store.read("problem", date(2026, 3, 27), date(2026, 3, 27), BERLIN)
+    days = await reroll(roller, NOW)
+    await roller.close()
+    assert [d.day for d in days] == [date(2026, 3, 29), date(2026, 3, 30), date(2026, 3, 31)]
+    after = totals(store.read("problem", yesterday, yesterday, BERLIN)[yesterday])
+    assert after["created"] == before["created"] + 1
+    assert after["completed"] == before["completed"] - 1
+    assert after["open"] == before["open"] + 2  # both are open at the end of the day
+    rows = read_rows(db)
+    assert_rollups_match(store.read("problem", days[0].day, days[-1].day, BERLIN), inventory, rows, "problem", BERLIN)
+    assert store.read("problem", date(2026, 3, 27), date(2026, 3, 27), BERLIN) == untouched
+    store.close()
+
+
+@pytest.fixture(scope="module")
+def spring_rows(tmp_path_factory: pytest.TempPathFactory) -> Rows:
+    import asyncio
+
+    path = tmp_path_factory.mktemp("sim") / "spring.db"
+    asyncio.run(simulate(path, NOW))
+    return read_rows(path)
+
+
+async def rollups_of(dsn: str, tmp: Path, name: str, source_zone: str = "UTC") -> dict[str, Any]:
+    inventory = example(dsn, source_zone=source_zone)
+    store = RollupStore(tmp / f"{name}.state")
+    days = days_between(date(2026, 3, 25), date(2026, 3, 31), BERLIN)
+    skipped = await roll_sources(inventory.sources, inventory.processes, store, BERLIN, days)
+    assert skipped == []
+    out = {p: store.read(p, days[0].day, days[-1].day, BERLIN) for p in inventory.processes}
+    store.close()
+    return out
+
+
+def assert_same_rollups(mine: dict[str, Any], theirs: dict[str, Any]) -> None:
+    flat = {(p, d, dims, m): v for p, days in mine.items() for d, r in days.items()
+            for dims, ms in r.items() for m, v in ms.items()}
+    other = {(p, d, dims, m): v for p, days in theirs.items() for d, r in days.items()
+             for dims, ms in r.items() for m, v in ms.items()}
+    assert flat.keys() == other.keys()
+    assert len(flat) > 1000
+    differ = {k: (flat[k], other[k]) for k in flat if not math.isclose(flat[k], other[k], rel_tol=1e-9, abs_tol=1e-6)}
+    assert not differ
+
+
+async def compare_kinds(rows: Rows, typed_dsn: str, epoch_dsn: str, tmp: Path, kind: str, zone: str) -> None:
+    """The rollups of the rows with times of `kind` equal those of the same rows in epoch seconds."""
+    await write(epoch_dsn, rows, "epoch_s", "UTC")
+    await write(typed_dsn, rows, kind, zone)
+    epoch = await rollups_of(epoch_dsn, tmp, "epoch")
+    assert_rollups_match(epoch["problem"], example(epoch_dsn), rows, "problem", BERLIN)
+    assert_same_rollups(await rollups_of(typed_dsn, tmp, "typed", zone), epoch)
+
+
+@pytest.mark.parametrize(("kind", "zone"), [("iso_text", BERLIN), ("iso_text", "UTC")])
+async def test_sqlite_time_kinds_give_the_rollups_of_epoch_seconds(spring_rows: Rows, tmp_path: Path, kind: str,
+                                                                   zone: str) -> None:
+    await compare_kinds(spring_rows, f"sqlite+aiosqlite:///{tmp_path / 'typed.db'}",
+                        f"sqlite+aiosqlite:///{tmp_path / 'epoch.db'}", tmp_path, kind, zone)
