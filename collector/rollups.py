@@ -48,6 +48,8 @@ DayRollup = dict[str, Measures]
 """One day of one process: measures by dimension set (a JSON list of the dimension labels)."""
 CHUNK_DAYS = 31
 """Days read by one statement: one round trip per month of history, and a `CASE` short enough to be cheap."""
+ALL = "*"
+"""The dimension set of a day's totals over all its dimension sets (`RollupStore.read_totals`)."""
 NO_DIMENSIONS = "[]"
 """The dimension set of what belongs to the process as a whole (fixed costs)."""
 
@@ -244,6 +246,9 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS daily_rollup (
         process TEXT NOT NULL, day TEXT NOT NULL, dims TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
         PRIMARY KEY (process, day, dims, measure)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS daily_total (
+        process TEXT NOT NULL, day TEXT NOT NULL, measure TEXT NOT NULL, value REAL NOT NULL,
+        PRIMARY KEY (process, day, measure)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS rollup_day (
         process TEXT NOT NULL, day TEXT NOT NULL, timezone TEXT NOT NULL, rolled_at REAL NOT NULL,
         PRIMARY KEY (process, day)) WITHOUT ROWID""",
@@ -276,6 +281,9 @@ class RollupStore:
                     "INSERT INTO daily_rollup (process, day, dims, measure, value) VALUES (?, ?, ?, ?, ?)",
                     [(process, iso, dims, name, value) for dims, measures in rollup.items()
                      for name, value in measures.items()])
+                self._db.execute("DELETE FROM daily_total WHERE process = ? AND day = ?", (process, iso))
+                self._db.executemany("INSERT INTO daily_total (process, day, measure, value) VALUES (?, ?, ?, ?)",
+                                     [(process, iso, name, value) for name, value in totals(rollup).items()])
                 self._db.execute("INSERT OR REPLACE INTO rollup_day (process, day, timezone, rolled_at) "
                                  "VALUES (?, ?, ?, ?)", (process, iso, zone, now))
 
@@ -308,6 +316,18 @@ class RollupStore:
         for day, dims, measure, value in rows:
             if day in days:
                 out[date.fromisoformat(day)].setdefault(dims, {})[measure] = value
+        return out
+
+    def read_totals(self, process: str, first: date, last: date, zone: str) -> dict[date, DayRollup]:
+        """Like `read`, with each day's measures summed over its dimension sets (`totals`, kept when
+        the day is saved), under the one key `ALL`: what a report needs, some 40 rows a day."""
+        days = {d.isoformat() for d in self.rolled(process, first, last, zone)}
+        out: dict[date, DayRollup] = {date.fromisoformat(d): {} for d in days}
+        rows = self._db.execute("SELECT day, measure, value FROM daily_total WHERE process = ? AND day BETWEEN ? AND ?",
+                                (process, first.isoformat(), last.isoformat()))
+        for day, measure, value in rows:
+            if day in days:
+                out[date.fromisoformat(day)].setdefault(ALL, {})[measure] = value
         return out
 
     def close(self) -> None:

@@ -433,7 +433,7 @@ def history_span(month: Month) -> tuple[date, date]:
 def read_rollups(store: RollupStore, inventory: Inventory, month: Month) -> dict[str, dict[date, DayRollup]]:
     """The rollups a month's report needs, for every process."""
     first, last = history_span(month)
-    return {name: store.read(name, first, last, inventory.service.timezone) for name in inventory.processes}
+    return {name: store.read_totals(name, first, last, inventory.service.timezone) for name in inventory.processes}
 
 
 # --- text ------------------------------------------------------------------------------------
