@@ -149,6 +149,7 @@ class Finding:
     reason: str
     """"persistent" or "deteriorating"."""
     sentence: str
+    process_title: str = ""
 
 
 @dataclass(frozen=True)
@@ -374,7 +375,7 @@ def worst_days(name: str, kpi: Kpi, target: Target | None, rollups: Rollups, mon
     return known[:WORST_DAYS]
 
 
-def findings_of(process: str, kpi: KpiSummary) -> list[Finding]:
+def findings_of(process: str, kpi: KpiSummary, title: str = "") -> list[Finding]:
     """Why a KPI makes its process need modification: missed every one of the last 3 months, or met
     now with a trend line that misses the target within 3 months."""
     target = Target(min=kpi.target_min, max=kpi.target_max) if kpi.target_text else None
@@ -386,14 +387,15 @@ def findings_of(process: str, kpi: KpiSummary) -> list[Finding]:
         values = ", ".join(format_value(v, kpi.unit) for v in recent)
         return [Finding(process, kpi.kpi, "persistent",
                         f"{label} missed its target ({format_target(kpi)}) in each of the last "
-                        f"{PERSISTENT_MONTHS} months ({values}): the process as it runs cannot reach it.")]
+                        f"{PERSISTENT_MONTHS} months ({values}): the process as it runs cannot reach it.",
+                        title or process)]
     ahead = projected_miss(kpi.trend, target)
     if kpi.met and ahead is not None and kpi.forecast is not None:
         when = "next month" if ahead == 1 else f"within {ahead} months"
         return [Finding(process, kpi.kpi, "deteriorating",
                         f"{label} still meets its target ({format_target(kpi)}) but is getting worse by "
                         f"{format_change(-abs(kpi.forecast.slope), kpi.unit)[1:]} a month and will miss it {when} "
-                        "if nothing changes.")]
+                        "if nothing changes.", title or process)]
     return []
 
 
@@ -405,7 +407,7 @@ def summarize_process(name: str, process: Process, rollups: Rollups, month: Mont
     for kpi_name, kpi in process.kpis.items():
         summary = summarize_kpi(kpi_name, kpi, process, rollups, month)
         kpis.append(summary)
-        findings += findings_of(name, summary)
+        findings += findings_of(name, summary, process.name)
     completed = sums.get("completed", 0.0)
     costs = {c: sums.get(f"cost.{c}", 0.0) for c in process.costs}
     total = sum(costs.values())
