@@ -6,7 +6,7 @@ time. The day boundaries are computed here (zoneinfo) and bound as parameters, e
 the time column it is compared with (`collector.timetypes`), so one statement per chunk of days
 works on SQLite, PostgreSQL and MariaDB with every kind of time column: the days of a chunk are told
 apart by a `CASE` over their starts (`EdgeQuery.bucketed`), the snapshots by one `UNION ALL` part
-per day end.
+per day end (a few day ends per statement).
 
 Measures of a day and dimension set (all summed across dimension sets, but `open.oldest_age`: the
 largest):
@@ -31,6 +31,7 @@ import time as clock
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -47,7 +48,15 @@ Measures = dict[str, float]
 DayRollup = dict[str, Measures]
 """One day of one process: measures by dimension set (a JSON list of the dimension labels)."""
 CHUNK_DAYS = 31
-"""Days read by one statement: one round trip per month of history, and a `CASE` short enough to be cheap."""
+"""Days read by one edge statement: one round trip per month of history, and a `CASE` short enough to be cheap."""
+SNAPSHOT_DAYS = 4
+"""Day ends one snapshot statement counts the open items at. For a day long past that reads most of the
+table (every item completed since), so a backfill's statement stays within the source's `timeout`."""
+
+
+def statements(days: int) -> int:
+    """How many statements a process's chunk of `days` days runs at most."""
+    return 2 + -(-days // SNAPSHOT_DAYS)
 ALL = "*"
 """The dimension set of a day's totals over all its dimension sets (`RollupStore.read_totals`)."""
 NO_DIMENSIONS = "[]"
@@ -182,7 +191,7 @@ class ProcessRoller:
         return self._statements[key]
 
     async def roll(self, conn: AsyncConnection, days: Sequence[Day]) -> dict[date, DayRollup]:
-        """The rollup of each day (at most `CHUNK_DAYS`), read in at most three statements."""
+        """The rollup of each day (at most `CHUNK_DAYS`), read in `statements(len(days))` statements at most."""
         n = len(days)
         out: dict[date, DayRollup] = {d.day: {} for d in days}
         bounds = {f"d{i}": d.start for i, d in enumerate(days)} | {f"d{n}": days[-1].end}
@@ -194,11 +203,15 @@ class ProcessRoller:
             completed = self._cached(("completed", n), lambda: edge_statement(query, n))
             for row in await conn.execute(completed, bounds):
                 self._add_edge(out, days, query, row, "completed")
-        snapshot = self._cached(("open", n), lambda: snapshot_statement(self.process, self.times, n))
-        if snapshot is not None:
-            params = {f"e{i}__{role}": d.end for i, d in enumerate(days) for role in ("created", "completed", "due")}
+        for first in range(0, n, SNAPSHOT_DAYS):
+            part = days[first:first + SNAPSHOT_DAYS]
+            size = len(part)
+            snapshot = self._cached(("open", size), partial(snapshot_statement, self.process, self.times, size))
+            if snapshot is None:
+                break
+            params = {f"e{i}__{role}": d.end for i, d in enumerate(part) for role in ("created", "completed", "due")}
             for row in await conn.execute(snapshot.statement, params):
-                self._add_open(out, days, snapshot, row)
+                self._add_open(out, part, snapshot, row)
         for day in days:
             self._add_costs(out[day.day], day)
         return out
@@ -374,7 +387,7 @@ class SourceRoller:
         done, todo = 0, len(days) * len(self.processes)
         for name, process in self.processes.items():
             for chunk in chunks:
-                async with guard(self.name, self.source.timeout), \
+                async with guard(self.name, self.source.timeout * statements(len(chunk))), \
                         read_only(self.name, self._engine, self.source.timeout) as conn:
                     roller = await self._roller(conn, name, process, chunk[-1].day.year)
                     rollups = await roller.roll(conn, chunk)

@@ -72,6 +72,16 @@ def assert_rollups_match(rollups: dict[date, DayRollup], inventory: Inventory, r
         backlog = next((n for n, k in model.kpis.items() if k.kind == "backlog"), None)
         if backlog is not None:
             assert got.get("open", 0.0) == want.kpis[backlog], day
+        overdue = next((n for n, k in model.kpis.items() if k.kind == "overdue"), None)
+        if overdue is not None:
+            assert got.get("open.overdue", 0.0) == want.kpis[overdue], day
+        end = bounds(day, day, zone)[1]
+        still_open = [r["created_at"] for r in rows[model.records.table]
+                      if r["created_at"] < end and (r["completed_at"] is None or r["completed_at"] >= end)]
+        oldest_age = end - min(still_open) if still_open else None
+        assert (got.get("open.oldest_age") is None) == (oldest_age is None), day
+        if oldest_age is not None:
+            assert math.isclose(got["open.oldest_age"], oldest_age, rel_tol=1e-9, abs_tol=1e-6), day
 
 
 async def test_a_late_row_and_a_reopened_ticket_change_their_day_after_the_next_reroll(tmp_path: Path) -> None:
