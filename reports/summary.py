@@ -336,17 +336,32 @@ def month_sums(rollups: Rollups, month: Month) -> Measures | None:
     return span_totals([rollups[d] for d in days])
 
 
-def summarize_kpi(name: str, kpi: Kpi, process: Process, rollups: Rollups, month: Month) -> KpiSummary:
+class MonthSums:
+    """The summed measures of each month of a process, computed once for all its KPIs."""
+
+    def __init__(self, rollups: Rollups) -> None:
+        self._rollups = rollups
+        self._sums: dict[Month, Measures | None] = {}
+
+    def __call__(self, month: Month) -> Measures | None:
+        if month not in self._sums:
+            self._sums[month] = month_sums(self._rollups, month)
+        return self._sums[month]
+
+
+def summarize_kpi(name: str, kpi: Kpi, process: Process, rollups: Rollups, month: Month,
+                  monthly: MonthSums | None = None) -> KpiSummary:
     """One KPI's figures for the month, its trend, forecast and worst days."""
     buckets = buckets_of(process)
+    sums_of = monthly or MonthSums(rollups)
 
     def value_in(m: Month) -> float | None:
-        sums = month_sums(rollups, m)
+        sums = sums_of(m)
         return None if sums is None else kpi_value(name, kpi, sums, buckets)
 
     trend = [(str(m), value_in(m)) for m in (month.shift(i - TREND_MONTHS + 1) for i in range(TREND_MONTHS))]
     value = trend[-1][1]
-    sums = month_sums(rollups, month) or {}
+    sums = sums_of(month) or {}
     extra: dict[str, float | None] = {}
     if isinstance(kpi, SlaKpi):
         good, valid = sums.get(f"completed.sla_good_{name}", 0.0), sums.get(f"completed.sla_valid_{name}", 0.0)
@@ -401,11 +416,12 @@ def findings_of(process: str, kpi: KpiSummary, title: str = "") -> list[Finding]
 
 def summarize_process(name: str, process: Process, rollups: Rollups, month: Month) -> ProcessSummary:
     days = month.days()
-    sums = month_sums(rollups, month) or span_totals([rollups[d] for d in days if d in rollups])
+    monthly = MonthSums(rollups)
+    sums = monthly(month) or span_totals([rollups[d] for d in days if d in rollups])
     kpis: list[KpiSummary] = []
     findings: list[Finding] = []
     for kpi_name, kpi in process.kpis.items():
-        summary = summarize_kpi(kpi_name, kpi, process, rollups, month)
+        summary = summarize_kpi(kpi_name, kpi, process, rollups, month, monthly)
         kpis.append(summary)
         findings += findings_of(name, summary, process.name)
     completed = sums.get("completed", 0.0)
