@@ -28,7 +28,8 @@ The rollups are kept beside the state, in the state store's SQLite file (`Rollup
 import json
 import sqlite3
 import time as clock
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from functools import partial
@@ -300,17 +301,15 @@ class RollupStore:
                 self._db.execute("INSERT OR REPLACE INTO rollup_day (process, day, timezone, rolled_at) "
                                  "VALUES (?, ?, ?, ?)", (process, iso, zone, now))
 
-    def _transaction(self) -> Any:
-        db = self._db
-
-        class _Tx:
-            def __enter__(self) -> None:
-                db.execute("BEGIN IMMEDIATE")
-
-            def __exit__(self, kind: Any, *_: Any) -> None:
-                db.execute("ROLLBACK" if kind else "COMMIT")
-
-        return _Tx()
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def rolled(self, process: str, first: date, last: date, zone: str) -> set[date]:
         """The days from `first` to `last` of a process rolled up in `zone`."""
