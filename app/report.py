@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from collector.errors import SourceError
 from collector.inventory.models import Inventory
-from collector.rollups import Progress, RollupStore, days_between, roll_sources
+from collector.rollups import Progress, RollupStore, days_between, roll_sources, sql_sources
 from reports.render import write
 from reports.summary import Month, read_rollups, summarize
 
@@ -67,7 +67,13 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
         store.close()
     for path in write(report, Path(args.out), args.format):
         print(path, file=out)
-    missing = [p.name for p in report.processes if not p.complete]
+    sql = sql_sources(inventory.sources)
+    missing = [p.name for p in report.processes if not p.complete
+               and inventory.processes[p.name].records.source in sql]
+    elsewhere = [name for name, p in inventory.processes.items() if p.records.source not in sql]
+    if elsewhere:
+        print(f"fabwatch: no daily figures for {', '.join(elsewhere)}: their records are not in a SQL source",
+              file=err)
     if missing:
         print(f"fabwatch: {month} lacks daily figures for {', '.join(missing)}: run "
               f"`fabwatch report --backfill --since {month.shift(-12)}` first", file=err)
