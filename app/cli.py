@@ -160,9 +160,9 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
           help="calendar month to report, in service.timezone (default: the last full month)")
     _flag(report_cmd, flags, "--format", env="REPORT_FORMAT", convert=_formats, default=list(REPORT_FORMATS),
           help=f"formats to write, comma-separated: {', '.join(REPORT_FORMATS)} (default: all)")
-    _flag(report_cmd, flags, "--out", env="REPORT_OUT", default=".",
+    _flag(report_cmd, flags, "--out", env="REPORT_OUT", default=".", metavar="DIR",
           help="directory the report files are written to (default: the working directory)")
-    _flag(report_cmd, flags, "--state", env="STATE",
+    _flag(report_cmd, flags, "--state", env="STATE", metavar="FILE",
           help="state file holding the rollups (default: service.state_path)")
     _flag(report_cmd, flags, "--backfill", env="REPORT_BACKFILL", convert=truthy, default=False,
           action="store_const", const=True,
