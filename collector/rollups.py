@@ -43,7 +43,7 @@ from collector.db import AsyncConnection, AsyncEngine, create_engine, guard, rea
 from collector.inventory.models import Process, SqlSource
 from collector.kpis import fixed_cost, variable_cost
 from collector.reflect import detect_times
-from collector.sql import EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
+from collector.sql import BUCKET, EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
 
 Measures = dict[str, float]
 DayRollup = dict[str, Measures]
@@ -149,8 +149,9 @@ def snapshot_statement(process: Process, times: Times, n: int) -> Snapshot | Non
         if cols.due:
             due = tbl.c[cols.due]
             overdue = func.sum(case((and_(due.is_not(None), due < end("due")), 1), else_=0))
+
         def branch(open_then: Expr, created_by: Expr) -> Statement:
-            return (select(literal_column(str(i)).label("fab_bucket"),
+            return (select(literal_column(str(i)).label(BUCKET),
                            *[d.label(f"g{j}") for j, d in enumerate(dims)], func.count().label("n"),
                            overdue.label("overdue"), func.min(created).label("oldest"))
                     .where(open_then, created_by < end("created"), *filters)
