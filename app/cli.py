@@ -90,7 +90,7 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
         prog="fabwatch", description="Monitor the customer processes (eTOM 1.3.1) of an operator.")
     parser.add_argument("--version", action="version", version=f"fabwatch {fabwatch_version()}")
     common: list[EnvFlag] = []
-    _flag(parser, common, "--log-level", env="LOG_LEVEL", default="info", help="log level",
+    _flag(parser, common, "--log-level", env="LOG_LEVEL", default="info", help="log level (default: info)",
           choices=["debug", "info", "warning", "error"], convert=str.lower)
     parser.set_defaults(env_flags=common, command=None)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -100,12 +100,14 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _config_flag(serve_cmd, flags)
     _flag(serve_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
           help="HOST:PORT to listen on (default: service.listen of the inventory)")
-    _flag(serve_cmd, flags, "--state", env="STATE", help="state file (default: service.state_path)")
+    _flag(serve_cmd, flags, "--state", env="STATE",
+          help="state file (default: service.state_path of the inventory)")
     _flag(serve_cmd, flags, "--clock-start", env="CLOCK_START", convert=float, metavar="UNIX_TIME",
-          help="sample as if the clock read UNIX_TIME at start, running on from there: for replaying "
-               "a dataset whose timestamps end at a fixed instant (benchmarks); default: the real clock")
+          help="sample as if the clock read UNIX_TIME at start and ran on from there, to replay a dataset "
+               "whose timestamps end at a fixed instant (default: the real clock)")
     _flag(serve_cmd, flags, "--clock-rate", env="CLOCK_RATE", convert=_positive, default=1.0, metavar="RATE",
-          help="with --clock-start, seconds the clock advances per real second (a soak: weeks in minutes)")
+          help="with --clock-start, seconds the clock advances per real second, for a soak: weeks in "
+               "minutes (default: 1)")
     serve_cmd.set_defaults(command=cmd_serve, env_flags=common + flags)
 
     flags = []
@@ -117,16 +119,16 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     flags = []
     demo_cmd = commands.add_parser("demo", help="run a simulated operator and fabwatch on it")
     _flag(demo_cmd, flags, "--data-dir", env="DATA_DIR", default=DEMO_DIR,
-          help=f"where the demo database and state live (default {DEMO_DIR})")
+          help=f"where the demo database and state live (default: {DEMO_DIR})")
     _flag(demo_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
           help="HOST:PORT to listen on (default: service.listen of examples/operator.yaml)")
     _flag(demo_cmd, flags, "--speed", env="SPEED", convert=_positive, default=1.0,
-          help="simulated seconds per real second (default 1)")
+          help="simulated seconds per real second (default: 1)")
     _flag(demo_cmd, flags, "--days", env="DAYS", convert=_positive, default=35.0,
-          help="days of history to backfill on the first run (default 35)")
-    _flag(demo_cmd, flags, "--seed", env="SEED", convert=int, default=1, help="random seed")
+          help="days of history to backfill on the first run (default: 35)")
+    _flag(demo_cmd, flags, "--seed", env="SEED", convert=int, default=1, help="random seed (default: 1)")
     _flag(demo_cmd, flags, "--scale", env="SCALE", convert=_positive, default=1.0,
-          help="volume multiplier of the simulated operator (default 1)")
+          help="volume multiplier of the simulated operator (default: 1)")
     _flag(demo_cmd, flags, "--tmf", env="TMF", convert=truthy, default=False, action="store_const", const=True,
           help="serve the simulator as TMF Open APIs and let fabwatch poll them instead of reading SQL")
     _flag(demo_cmd, flags, "--db", env="DEMO_DB", metavar="URL",
@@ -187,9 +189,13 @@ def truthy(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+CONFIG_HELP = f"inventory file; repeat to merge several, or list them in the variable separated by {os.pathsep!r}"
+"""The help of every command's `-c/--config` (followed by `[env FABWATCH_CONFIG]`)."""
+
+
 def _config_flag(parser: argparse.ArgumentParser, flags: list[EnvFlag]) -> None:
     _flag(parser, flags, "-c", "--config", env="CONFIG", convert=_paths, action="append",
-          metavar="FILE", help="inventory file; repeat to merge several")
+          metavar="FILE", help=CONFIG_HELP)
 
 
 def _add_simulate(commands: Any, common: list[EnvFlag], wanted: str | None) -> None:
