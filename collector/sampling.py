@@ -213,7 +213,7 @@ def build_sampler(name: str, source: Source, processes: Mapping[str, Process], s
     """Return the sampler of any source: the SQL engine itself, or a syncing sampler around it;
     `monthly` finds the amounts of `monthly_from` costs (see `monthly_costs`)."""
     options: dict[str, Any] = {"currency": service.currency, "max_series": service.max_series_per_process,
-                               "monthly": monthly}
+                               "monthly": monthly, "series_expiry": service.series_expiry}
     if isinstance(source, SqlSource):
         return SourceSampler(name, source, processes, state, **options)
     store = open_store(name, source, processes, state_path)

@@ -12,6 +12,7 @@ from typing import Any
 
 from collector.db import AsyncConnection
 from collector.engine.cost import book_completed, booked
+from collector.engine.expiry import mark_seen
 from collector.engine.sums import Groups, Sums, add, cap, group_key
 from collector.engine.windows import Range, longest_window, ranges, reconcile_due
 from collector.inventory.models import Process
@@ -120,6 +121,7 @@ async def count_entering(reader: EdgeReader, process: Process, state: dict[str, 
     for edge in reader.edges():
         groups = await reader.read(edge, lo, hi)
         add_counted(process, state, edge, groups, reader.dims, limit)
+        mark_seen(state, groups, reader.dims, hi)
         # what the counters took, by group, since the ledger's start (see `late.count_late`)
         ledger = ledgers.setdefault(edge, {"from": lo, "sums": {}})
         for key, sums in groups.items():

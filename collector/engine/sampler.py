@@ -17,13 +17,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from collector.db import AsyncConnection, AsyncEngine, classify, create_engine, guard, read_only
-from collector.engine.backlog import Backlog
+from collector.engine.backlog import Backlog, Open
 from collector.engine.cost import MonthlyLookup, accrue_fixed, costed
 from collector.engine.edges import EdgeReader, count_entering, read_shared, span
+from collector.engine.expiry import expire_unseen, mark_seen
 from collector.engine.families import ProcessRun, Publishing, publish
 from collector.engine.late import LateRows, arrived_late, ingest_seq
-from collector.engine.windows import move_windows, ranges, reconcile_due
+from collector.engine.windows import move_windows, ranges, reconcile_due, window_lengths
 from collector.errors import SourceQueryFailed, StateFailed
+from collector.inventory.durations import format_duration
 from collector.inventory.models import Process, SqlSource, ValueKpi
 from collector.logs import log_event
 from collector.reflect import describe, detect_times, full_scans, present_columns
@@ -43,7 +45,7 @@ class SourceSampler:
     def __init__(self, name: str, source: SqlSource, processes: Mapping[str, Process],
                  state: StateStore, *, currency: str = "EUR", max_series: int = 2000,
                  clock: Callable[[], float] = time.time, monthly: MonthlyLookup | None = None,
-                 late_every_sample: bool = False) -> None:
+                 late_every_sample: bool = False, series_expiry: float | None = None) -> None:
         self.name = name
         self.late_every_sample = late_every_sample
         """Look for late rows at every sample over the longest window (a record store fabwatch writes,
@@ -58,6 +60,8 @@ class SourceSampler:
         self.max_series = max_series
         self.monthly = monthly
         """Finds the monthly amount of a `monthly_from` cost: (cost source, process, component, now)."""
+        self.series_expiry = series_expiry
+        """Drop a dimension set nothing happened in for this long (at least the longest KPI window)."""
         self._store = state
         self._state: dict[str, Any] = state.load(name)
         self._times: dict[str, Times] | None = None
@@ -153,9 +157,21 @@ class SourceSampler:
             await self._count_edges(conn, name, process, state, reader, (lo, prev, hi), now)
         accrue_fixed(process, state, now)
         open_items = await self._backlog.follow(conn, name, self._queries[name].open_items, state, now)
+        self._expire(name, process, state, open_items, now)
         values = {k: await self._value_kpi(conn, name, k, kpi)
                   for k, kpi in process.kpis.items() if isinstance(kpi, ValueKpi)}
         return ProcessRun(open_items, values, time.perf_counter() - started)
+
+    def _expire(self, name: str, process: Process, state: dict[str, Any], open_items: Open, now: float) -> None:
+        """Drop the dimension sets of `name` nothing happened in for `series_expiry` (see `expiry`)."""
+        dims = len(process.records.columns.dimensions)
+        mark_seen(state, [key for key, sums in open_items.backlog.items() if sums.get("n", 0.0) > 0], dims, now)
+        after = None if self.series_expiry is None else max(
+            [self.series_expiry, *(w for kpi in process.kpis.values() for w in window_lengths(kpi))])
+        gone = expire_unseen(state, dims, now, after)
+        if gone:
+            log_event(log, "series_expired", logging.INFO, source=self.name, process=name, dimension_sets=len(gone),
+                      first=gone[0], unseen_for=format_duration(after or 0.0))
 
     async def _count_edges(self, conn: AsyncConnection, name: str, process: Process, state: dict[str, Any],
                            reader: EdgeReader, bounds: tuple[float, float | None, float], now: float) -> None:
