@@ -87,8 +87,8 @@ def test_the_readme_stays_a_front_door():
 
 
 def test_the_docs_include_complete_inventories_from_examples():
-    assert [p.relative_to(ROOT).as_posix() for p in included_inventories()] == [
-        "examples/docs/itsm-query.yaml", "examples/docs/problem-sql.yaml"]
+    included = {p.relative_to(ROOT).as_posix() for p in included_inventories()}
+    assert {"examples/docs/itsm-query.yaml", "examples/docs/problem-sql.yaml"} <= included
 
 
 @pytest.mark.parametrize("path", included_inventories(), ids=lambda p: p.name)
