@@ -7,7 +7,6 @@ the last samples left: a scrape never runs a query.
 
 import asyncio
 import gc
-import html
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -27,7 +26,7 @@ from collector.samples import SampleSink, SourceSample
 from collector.sampling import build_sampler, monthly_costs, mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
 from collector.state import StateStore
-from exporters import api
+from exporters import api, page
 from exporters.prometheus import PrometheusExporter
 from exporters.status import StatusBoard
 
@@ -64,11 +63,11 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app[api.BOARD] = StatusBoard(inventory, health, app[EXPORTER].latest)
     app.cleanup_ctx.append(_sampling(state_path, samplers, clock))
     mount_sources(app, inventory, state_path, health)
-    app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     api.add_routes(app)
+    page.add_routes(app)
     return app
 
 
@@ -166,26 +165,6 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "not ready", "not_sampled": pending, "down": down},
                                  status=503)
     return web.json_response({"status": "ready", "sources": list(health.sources), "down": down})
-
-
-async def index(request: web.Request) -> web.Response:
-    """A tiny HTML page linking to the endpoints, with each source's state."""
-    health = request.app[HEALTH]
-    pending = set(health.not_sampled())
-    rows = "".join(f"<li>{html.escape(name)}: {html.escape(_state(health, name, pending))}</li>"
-                   for name in health.sources)
-    body = (
-        "<!doctype html><html><head><meta charset=utf-8><title>fabwatch</title></head><body>"
-        "<h1>fabwatch</h1><ul><li><a href=metrics>/metrics</a></li>"
-        "<li><a href=readyz>/readyz</a></li><li><a href=healthz>/healthz</a></li></ul>"
-        f"<h2>Sources</h2><ul>{rows}</ul></body></html>\n")
-    return web.Response(text=body, content_type="text/html")
-
-
-def _state(health: HealthTracker, name: str, pending: set[str]) -> str:
-    if name in pending:
-        return "not sampled yet"
-    return "up" if health.is_up(name) else f"down ({health.last_reason(name)})"
 
 
 class AccessLogger(AbstractAccessLogger):
