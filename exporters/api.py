@@ -5,7 +5,7 @@ Errors under /api/ are JSON: `{"error": ..., "detail": ...}`, 400 for a bad para
 an unknown process or path, 405 for a method other than GET or HEAD.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from functools import lru_cache
 from typing import Any, get_args
 
@@ -40,9 +40,10 @@ class ApiError(Exception):
         self.status, self.error, self.detail = status, error, detail
 
 
-def respond(model: BaseModel) -> web.Response:
-    """Serialise a response model."""
-    return web.Response(body=model.model_dump_json(), content_type="application/json")
+def respond(request: web.Request, key: Hashable, build: Callable[[], BaseModel]) -> web.Response:
+    """Answer the response model `build` makes, serialised once per version of the view."""
+    body = request.app[BOARD].memo(key, lambda: build().model_dump_json().encode())
+    return web.Response(body=body, content_type="application/json")
 
 
 def error_response(status: int, error: str, detail: str) -> web.Response:
@@ -80,7 +81,8 @@ def _choice(request: web.Request, name: str, allowed: tuple[str, ...]) -> str | 
 
 async def processes(request: web.Request) -> web.Response:
     """Every process with its overall state."""
-    return respond(ProcessList(processes=request.app[BOARD].summaries()))
+    board = request.app[BOARD]
+    return respond(request, "processes", lambda: ProcessList(processes=board.summaries()))
 
 
 async def process(request: web.Request) -> web.Response:
@@ -89,7 +91,7 @@ async def process(request: web.Request) -> web.Response:
     status = request.app[BOARD].processes().get(name)
     if status is None:
         raise ApiError(404, "not_found", f"no process named {name!r}")
-    return respond(status)
+    return respond(request, ("process", name), lambda: status)
 
 
 async def kpis(request: web.Request) -> web.Response:
@@ -97,25 +99,28 @@ async def kpis(request: web.Request) -> web.Response:
     board = request.app[BOARD]
     name = _choice(request, "process", tuple(board.inventory.processes))
     state = _choice(request, "state", _STATES)
-    return respond(KpiList(kpis=filter_kpis(board.processes(), name, state)))  # type: ignore[arg-type]
+    return respond(request, ("kpis", name, state),
+                   lambda: KpiList(kpis=filter_kpis(board.processes(), name, state)))  # type: ignore[arg-type]
 
 
 async def slos(request: web.Request) -> web.Response:
     """Every SLA as an objective with its error budget and burn rates; `process` filters."""
     board = request.app[BOARD]
     name = _choice(request, "process", tuple(board.inventory.processes))
-    return respond(SloList(slos=[slo for key, status in board.processes().items() if name in (None, key)
-                                 for slo in status.slos]))
+    return respond(request, ("slos", name), lambda: SloList(
+        slos=[slo for key, status in board.processes().items() if name in (None, key) for slo in status.slos]))
 
 
 async def sources(request: web.Request) -> web.Response:
     """Every source's health."""
-    return respond(SourceList(sources=request.app[BOARD].sources()))
+    board = request.app[BOARD]
+    return respond(request, "sources", lambda: SourceList(sources=board.sources()))
 
 
 async def inventory(request: web.Request) -> web.Response:
     """The inventory without any secret."""
-    return respond(inventory_view(request.app[BOARD].inventory))
+    board = request.app[BOARD]
+    return respond(request, "inventory", lambda: inventory_view(board.inventory))
 
 
 async def openapi(request: web.Request) -> web.Response:

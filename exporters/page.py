@@ -170,30 +170,15 @@ def render(inventory: Inventory, statuses: Sequence[ProcessStatus], sources: Seq
         spark_w=SPARK_W, spark_h=SPARK_H)
 
 
-class PageCache:
-    """The rendered page of one view version."""
-
-    def __init__(self) -> None:
-        self.version = -1
-        self.body = b""
-
-
-PAGE = web.AppKey("status_page", PageCache)
-
-
 async def status_page(request: web.Request) -> web.Response:
     """Serve the status page, rendered once per change of the view."""
-    board, cache = request.app[BOARD], request.app[PAGE]
-    if cache.version != board.version:
-        version = board.version
-        cache.body = render(board.inventory, list(board.processes().values()), board.sources()).encode()
-        cache.version = version
-    return web.Response(body=cache.body, content_type="text/html", charset="utf-8",
-                        headers={"Cache-Control": "no-cache"})
+    board = request.app[BOARD]
+    body = board.memo("page", lambda: render(board.inventory, list(board.processes().values()),
+                                             board.sources()).encode())
+    return web.Response(body=body, content_type="text/html", charset="utf-8", headers={"Cache-Control": "no-cache"})
 
 
 def add_routes(app: web.Application) -> None:
     """Serve the page at / and its stylesheet under /static/."""
-    app[PAGE] = PageCache()
     app.router.add_get("/", status_page)
     app.router.add_static("/static/", STATIC_DIR)

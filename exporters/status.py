@@ -23,7 +23,7 @@ them in memory (one point a minute at most, as long as the longest window), with
 """
 
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from collector.health import HealthTracker
@@ -237,6 +237,8 @@ class StatusBoard:
         self._counters: dict[Key, deque[CounterPoint]] = {}
         self._keep = inventory.alerting.slo.longest_window + COUNTER_SPACING
         self._cache: dict[str, ProcessStatus] | None = None
+        self._sources: list[SourceStatus] | None = None
+        self._memo: dict[Hashable, bytes] = {}
         self.version = 0
         """Bumped on every change; what a client may cache the view by."""
 
@@ -255,6 +257,8 @@ class StatusBoard:
     def invalidate(self) -> None:
         """Forget the view: a sample or a source's health changed."""
         self._cache = None
+        self._sources = None
+        self._memo.clear()
         self.version += 1
 
     def _record(self, key: Key, point: CounterPoint) -> None:
@@ -280,8 +284,19 @@ class StatusBoard:
                 for status in self.processes().values()]
 
     def sources(self) -> list[SourceStatus]:
-        """Every source's health."""
-        return [source_status(self.inventory, self._health, name) for name in self.inventory.sources]
+        """Every source's health (a health change invalidates the view too)."""
+        if self._sources is None:
+            self._sources = [source_status(self.inventory, self._health, name) for name in self.inventory.sources]
+        return self._sources
+
+    def memo(self, key: Hashable, build: Callable[[], bytes]) -> bytes:
+        """Return what `build` returns for `key`, built once per version of the view (a serialised
+        answer: fifty wall screens cost one serialisation, not fifty). Keys must come from a
+        bounded set (validated parameters), never from raw request text."""
+        body = self._memo.get(key)
+        if body is None:
+            body = self._memo[key] = build()
+        return body
 
     def _process(self, name: str, process: Process) -> ProcessStatus:
         sample = self._latest(process.records.source)
