@@ -2,7 +2,6 @@
 a real headless Chromium on `fabwatch serve` sampling the simulated operator with an incident."""
 
 import os
-import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -173,11 +172,3 @@ async def test_in_chromium_eight_tiles_show_and_the_incident_turns_its_process_b
         phone = await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         assert phone, "the page scrolls sideways on a phone"
         print(f"screenshot on a phone: {await page.screenshot(_artefact(tmp_path, 'status-page-phone.png'))}")
-
-
-def test_chromium_is_installed_by_the_test_command():
-    """A test that needs Chromium fails when it is missing; scripts/ensure-deps.sh installs it."""
-    script = (ROOT / "scripts" / "ensure-deps.sh").read_text()
-    assert "chromium" in script
-    assert shutil.which("chromium"), "chromium is missing: run scripts/ensure-deps.sh"
-
