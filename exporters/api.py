@@ -7,7 +7,7 @@ an unknown process or path, 405 for a method other than GET or HEAD.
 
 from collections.abc import Awaitable, Callable, Hashable
 from functools import lru_cache
-from typing import Any, get_args
+from typing import Any, cast, get_args
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -98,9 +98,8 @@ async def kpis(request: web.Request) -> web.Response:
     """Every KPI's value, target and state; `process` and `state` filter."""
     board = request.app[BOARD]
     name = _choice(request, "process", tuple(board.inventory.processes))
-    state = _choice(request, "state", _STATES)
-    return respond(request, ("kpis", name, state),
-                   lambda: KpiList(kpis=filter_kpis(board.processes(), name, state)))  # type: ignore[arg-type]
+    state = cast(State | None, _choice(request, "state", _STATES))
+    return respond(request, ("kpis", name, state), lambda: KpiList(kpis=filter_kpis(board.processes(), name, state)))
 
 
 async def slos(request: web.Request) -> web.Response:
