@@ -562,6 +562,11 @@ def _realistic_example(args: argparse.Namespace) -> str:
     return example_name(args.db)
 
 
+def demo_url(host: str, port: int) -> str:
+    """The demo's base URL (IPv6 hosts in brackets)."""
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+
 async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_dir: Path,
                 host: str, port: int) -> int:
     from sqlalchemy.engine import make_url
@@ -569,6 +574,7 @@ async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_d
     from simulator import Simulator  # only the demo needs it
     from simulator.realistic import RealisticSimulator
 
+    print(f"fabwatch status page: {demo_url(host, port)}/", flush=True)  # first: what a user opens
     options = {"seed": args.seed, "scale": args.scale, "speed": args.speed}
     simulator = (RealisticSimulator(dsn, epoch_dsn=f"sqlite+aiosqlite:///{data_dir / 'operator.db'}", **options)
                  if args.db else Simulator(dsn, **options))
@@ -632,11 +638,11 @@ async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host:
     if not state_file_usable(data_dir / "state.db"):
         return EXIT_FAILED
     app = build_app(inventory, state_path=data_dir / "state.db")
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    url = demo_url(host, port)
     async with _stop_on_signals() as stop:
         live = asyncio.create_task(simulator.run(stop, 1.0), name="simulator")
-        print(f"fabwatch demo running on {data_dir}\n"
-              f"  metrics: {url}/metrics\n  ready:   {url}/readyz\n  index:   {url}/\n"
+        print(f"fabwatch demo running on {data_dir}: status page {url}/\n"
+              f"  metrics: {url}/metrics\n  ready:   {url}/readyz\n  API:     {url}/api/v1/openapi.json\n"
               "Press Ctrl+C (or send SIGTERM) to stop.", flush=True)
         try:
             await serve(app, host, port, stop)

@@ -1,4 +1,4 @@
-"""The aiohttp service: /metrics, /healthz, /readyz and a tiny index.
+"""The aiohttp service: /metrics, /healthz, /readyz, the status page at / and the JSON API.
 
 `build_app` wires the health tracker, the exporter and the sampling scheduler; the scheduler
 and the samplers are started and stopped with the app (`cleanup_ctx`). Handlers only read what
@@ -7,7 +7,6 @@ the last samples left: a scrape never runs a query.
 
 import asyncio
 import gc
-import html
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -23,10 +22,13 @@ from collector.engine import SourceSampler
 from collector.health import HealthTracker
 from collector.inventory.models import Inventory, Process
 from collector.logs import log_event, safe_dsn
+from collector.samples import SampleSink, SourceSample
 from collector.sampling import build_sampler, monthly_costs, mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
 from collector.state import StateStore
+from exporters import api, page
 from exporters.prometheus import PrometheusExporter
+from exporters.status import StatusBoard
 
 INVENTORY = web.AppKey("inventory", Inventory)
 HEALTH = web.AppKey("health", HealthTracker)
@@ -53,18 +55,37 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     `samplers` is given, in which case the caller owns them. `state_path` overrides
     `service.state_path`. `clock` tells the time samples are taken at (see `shifted_clock`).
     """
-    app = web.Application()
+    app = web.Application(middlewares=[api.json_errors])
     health = HealthTracker(inventory.sources, syncing=[n for n, s in inventory.sources.items() if s.kind != "sql"])
     app[INVENTORY] = inventory
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
+    app[api.BOARD] = StatusBoard(inventory, health, app[EXPORTER].latest)
     app.cleanup_ctx.append(_sampling(state_path, samplers, clock))
     mount_sources(app, inventory, state_path, health)
-    app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    api.add_routes(app)
+    page.add_routes(app)
     return app
+
+
+class Sinks:
+    """Hands each sample (and each health change) to several sinks: the exporter, the status board."""
+
+    def __init__(self, *sinks: SampleSink) -> None:
+        self._sinks = sinks
+
+    def update(self, sample: SourceSample) -> None:
+        """Give the sample to every sink."""
+        for sink in self._sinks:
+            sink.update(sample)
+
+    def invalidate(self) -> None:
+        """Tell every sink that a source's health changed."""
+        for sink in self._sinks:
+            sink.invalidate()
 
 
 def shifted_clock(start: float, rate: float = 1.0) -> Callable[[], float]:
@@ -93,8 +114,8 @@ def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None
                 inventory, state_path or inventory.service.state_path, stack, clock)
             # The samplers run on `clock` (a replay's shifted one); health timestamps stay real, so
             # that `time() - fab_source_last_success_timestamp_seconds` (FabSourceStale) holds.
-            scheduler = SamplingScheduler(inventory.sources, samplers, app[HEALTH], app[EXPORTER],
-                                          timezone=inventory.service.timezone)
+            scheduler = SamplingScheduler(inventory.sources, samplers, app[HEALTH],
+                                          Sinks(app[EXPORTER], app[api.BOARD]), timezone=inventory.service.timezone)
             app[SCHEDULER] = scheduler
             scheduler.start()
             stack.push_async_callback(scheduler.stop)  # runs first: stop sampling, then close
@@ -148,26 +169,6 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "not ready", "not_sampled": pending, "down": down},
                                  status=503)
     return web.json_response({"status": "ready", "sources": list(health.sources), "down": down})
-
-
-async def index(request: web.Request) -> web.Response:
-    """A tiny HTML page linking to the endpoints, with each source's state."""
-    health = request.app[HEALTH]
-    pending = set(health.not_sampled())
-    rows = "".join(f"<li>{html.escape(name)}: {html.escape(_state(health, name, pending))}</li>"
-                   for name in health.sources)
-    body = (
-        "<!doctype html><html><head><meta charset=utf-8><title>fabwatch</title></head><body>"
-        "<h1>fabwatch</h1><ul><li><a href=metrics>/metrics</a></li>"
-        "<li><a href=readyz>/readyz</a></li><li><a href=healthz>/healthz</a></li></ul>"
-        f"<h2>Sources</h2><ul>{rows}</ul></body></html>\n")
-    return web.Response(text=body, content_type="text/html")
-
-
-def _state(health: HealthTracker, name: str, pending: set[str]) -> str:
-    if name in pending:
-        return "not sampled yet"
-    return "up" if health.is_up(name) else f"down ({health.last_reason(name)})"
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -254,8 +254,11 @@ def test_demo_backfills_then_serves_until_sigint(tmp_path):
     body = wait_http(f"http://127.0.0.1:{port}/metrics", proc)
     assert b'fab_source_up{source="operator"} 1.0' in body
     assert b'fab_items_created_total{' in body
+    page = wait_http(f"http://127.0.0.1:{port}/", proc)
+    assert page.count(b'<article class="tile') == 8
     code, out, err = stop(proc, signal.SIGINT)
     assert code == 0, err
+    assert out.splitlines()[0] == f"fabwatch status page: http://127.0.0.1:{port}/"  # first, before the backfill
     assert f"http://127.0.0.1:{port}/metrics" in out
     assert "Ctrl+C" in out
     assert (data / "operator.db").exists()
