@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -25,9 +27,10 @@ from pydantic import ValidationError
 from app.service import build_app, processes_of, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
-from collector.inventory.load import ConfigError, callback_problems, load_inventory
+from collector.inventory.load import ConfigError, callback_problems, load_inventory, load_web_config
 from collector.inventory.models import Inventory, ServiceConfig
-from collector.logs import safe_dsn, setup_logging
+from collector.inventory.webconfig import WebConfig
+from collector.logs import log_event, safe_dsn, setup_logging
 from collector.samples import KpiReading
 from collector.sampling import build_sampler
 from collector.state import StateStore
@@ -36,6 +39,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_DIR = ".fabwatch-demo"
 DEMO_DSN_VAR = "FABWATCH_DEMO_DSN"
 Listen = tuple[str, int]
+_LOG = logging.getLogger("fabwatch.cli")
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,9 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _flag(serve_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
           help="HOST:PORT to listen on (default: service.listen of the inventory)")
     _flag(serve_cmd, flags, "--state", env="STATE", help="state file (default: service.state_path)")
+    _flag(serve_cmd, flags, "--web.config.file", env="WEB_CONFIG", metavar="FILE", dest="web_config",
+          help="TLS and basic authentication of the service port, in the Prometheus exporter-toolkit's "
+               "web config format (default: service.web_config of the inventory)")
     _flag(serve_cmd, flags, "--clock-start", env="CLOCK_START", convert=float, metavar="UNIX_TIME",
           help="sample as if the clock read UNIX_TIME at start, running on from there: for replaying "
                "a dataset whose timestamps end at a fixed instant (benchmarks); default: the real clock")
@@ -278,8 +285,65 @@ def cmd_serve(args: argparse.Namespace) -> int:
     inventory = listening_on(inventory, host, port)
     if not callbacks_reachable(inventory, f"--listen {host}:{port}" if args.listen else None):
         return EXIT_CONFIG
+    web_path = args.web_config or inventory.service.web_config
+    web_config = None if web_path is None else load_web_or_report(web_path)
+    if web_path is not None and web_config is None:
+        return EXIT_CONFIG
+    context = None if web_config is None else _tls_or_report(web_config)
+    if web_config is not None and web_config.tls_server_config is not None and context is None:
+        return EXIT_CONFIG
+    warn_exposure(inventory, host, web_config)
     clock = time.time if args.clock_start is None else shifted_clock(args.clock_start)
-    return _run(_serve(inventory, host, port, args.state, clock), fast=receives_events(inventory))
+    return _run(_serve(inventory, host, port, args.state, clock, web_config, context),
+                fast=receives_events(inventory))
+
+
+def load_web_or_report(path: str) -> WebConfig | None:
+    """Load the web config file; on `ConfigError` print one line per problem and return None."""
+    try:
+        return load_web_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"fabwatch: web config: {problem}", file=sys.stderr)
+        return None
+
+
+def exposure_risks(host: str, config: WebConfig | None) -> list[str]:
+    """What is at risk when the service listens on `host` with `config` (nothing on loopback)."""
+    if host in ("127.0.0.1", "::1", "localhost") or host.startswith("127."):
+        return []
+    risks = []
+    if config is None or config.tls_server_config is None:
+        risks.append("no TLS: metrics, credentials and API answers travel in clear text")
+    if config is None or not config.basic_auth_users:
+        risks.append("no authentication: anyone who reaches the port reads the metrics and the API "
+                     "and can ask for a reload")
+    return risks
+
+
+def _tls_or_report(web_config: WebConfig) -> ssl.SSLContext | None:
+    if web_config.tls_server_config is None:
+        return None
+    from app.websecurity import WebConfigUnusable, tls_context
+
+    try:
+        return tls_context(web_config.tls_server_config)
+    except WebConfigUnusable as exc:
+        print(f"fabwatch: web config: {exc}", file=sys.stderr)
+        return None
+
+
+def warn_exposure(inventory: Inventory, host: str, web_config: WebConfig | None) -> None:
+    """Log a warning naming each risk of listening on `host` as configured, and the hub events that
+    basic authentication on the main port would refuse."""
+    for risk in exposure_risks(host, web_config):
+        log_event(_LOG, "listen_exposed", logging.WARNING, host=host, risk=risk,
+                  fix="a web config file (--web.config.file) with tls_server_config and basic_auth_users")
+    if web_config is not None and web_config.basic_auth_users and inventory.service.events_listen is None:
+        for name in (n for n, s in inventory.sources.items() if s.kind == "tmf_events"):
+            log_event(_LOG, "events_need_credentials", logging.WARNING, source=name,
+                      why="basic authentication covers every path of the main port, and a hub sends none",
+                      fix="service.events_listen: receive events on their own port")
 
 
 def listening_on(inventory: Inventory, host: str, port: int) -> Inventory:
@@ -314,13 +378,14 @@ def _run(main: Coroutine[Any, Any, int], *, fast: bool) -> int:
 
 
 async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
-                 clock: Callable[[], float] = time.time) -> int:
+                 clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
+                 context: ssl.SSLContext | None = None) -> int:
     if not state_file_usable(state or inventory.service.state_path):
         return EXIT_FAILED
-    app = build_app(inventory, state_path=state, clock=clock)
+    app = build_app(inventory, state_path=state, clock=clock, web_config=web_config)
     try:
         async with _stop_on_signals() as stop:
-            await serve(app, host, port, stop)
+            await serve(app, host, port, stop, context)
     except CannotListen as exc:
         print(f"fabwatch: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED

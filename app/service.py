@@ -9,6 +9,7 @@ import asyncio
 import gc
 import html
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
@@ -16,12 +17,14 @@ from pathlib import Path
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from collector.engine import SourceSampler
 from collector.health import HealthTracker
 from collector.inventory.models import Inventory, Process
+from collector.inventory.webconfig import WebConfig
 from collector.logs import log_event, safe_dsn
 from collector.sampling import build_sampler, monthly_costs, mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
@@ -46,14 +49,16 @@ def processes_of(inventory: Inventory, source: str) -> dict[str, Process]:
 
 def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               samplers: Mapping[str, Sampler] | None = None,
-              clock: Callable[[], float] = time.time) -> web.Application:
+              clock: Callable[[], float] = time.time, web_config: WebConfig | None = None) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
     `samplers` is given, in which case the caller owns them. `state_path` overrides
     `service.state_path`. `clock` tells the time samples are taken at (see `shifted_clock`).
+    `web_config` (the exporter-toolkit file) adds basic authentication to every path and its
+    response headers; its TLS is the listener's (`serve`).
     """
-    app = web.Application()
+    app = web.Application(middlewares=_security(web_config, inventory))
     health = HealthTracker(inventory.sources, syncing=[n for n, s in inventory.sources.items() if s.kind != "sql"])
     app[INVENTORY] = inventory
     app[HEALTH] = health
@@ -64,7 +69,19 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if web_config is not None:
+        from app.websecurity import add_headers
+
+        add_headers(app, web_config)
     return app
+
+
+def _security(web_config: WebConfig | None, inventory: Inventory) -> list[Middleware]:
+    if web_config is None:
+        return []
+    from app.websecurity import protect  # bcrypt only when the service is configured for it
+
+    return protect(web_config, healthz_open=inventory.service.healthz_without_auth)
 
 
 def shifted_clock(start: float) -> Callable[[], float]:
@@ -181,16 +198,18 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.DEBUG)
 
 
-async def serve(app: web.Application, host: str, port: int, stop: asyncio.Event) -> None:
-    """Serve `app` on host:port until `stop` is set, then shut down cleanly."""
+async def serve(app: web.Application, host: str, port: int, stop: asyncio.Event,
+                ssl_context: ssl.SSLContext | None = None) -> None:
+    """Serve `app` on host:port (HTTPS with `ssl_context`) until `stop` is set, then shut down cleanly."""
     runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=_ACCESS_LOG,
                            shutdown_timeout=5.0, handle_signals=False)
     try:
         await runner.setup()  # inside: a start-up that fails half-way still closes what it opened
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         _freeze_startup_objects()
-        log_event(_LOG, "listening", url=f"http://{_url_host(host)}:{port}/")
+        scheme = "http" if ssl_context is None else "https"
+        log_event(_LOG, "listening", url=f"{scheme}://{_url_host(host)}:{port}/")
         await stop.wait()
     finally:
         log_event(_LOG, "stopping")

@@ -60,6 +60,13 @@ class ServiceConfig(Model):
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = "EUR"
     state_path: str = "fabwatch-state.db"
     max_series_per_process: Annotated[int, Field(gt=0)] = 2000
+    web_config: str | None = None
+    """Web configuration file of the service port, in the Prometheus exporter-toolkit's format (TLS,
+    mutual TLS, `basic_auth_users` with bcrypt hashes, response headers); `--web.config.file` wins.
+    None: plain HTTP, no authentication."""
+    healthz_without_auth: bool = False
+    """Answer `/healthz` without basic authentication, for load balancers that cannot send
+    credentials (it says only `ok`; TLS still applies). Every other path needs the credentials."""
 
     @field_validator("listen", "events_listen")
     @classmethod

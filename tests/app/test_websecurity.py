@@ -1,0 +1,278 @@
+"""TLS, mutual TLS and basic authentication on the service port, with certificates made by the test."""
+
+import base64
+import logging
+import ssl
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import bcrypt
+import pytest
+import yaml
+from aiohttp import web
+
+from app.service import build_app, serve
+from app.websecurity import FailedLogins, protect, tls_context
+from collector.inventory.load import load_inventory, load_web_config
+from collector.inventory.webconfig import WebConfig
+from tests.app.test_cli import run_fabwatch, stop
+from tests.app.test_service import make_records, write_inventory
+from tests.servers import free_port
+from tests.sources.tls import Pki, make_pki
+
+USER, PASSWORD = "prometheus", "correct horse"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    return make_pki(directory)
+
+
+def web_config_file(tmp_path: Path, pki: Pki, *, mtls: bool = False, users: bool = True) -> Path:
+    tls: dict[str, Any] = {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key)}
+    if mtls:
+        tls |= {"client_auth_type": "RequireAndVerifyClientCert", "client_ca_file": str(pki.ca)}
+    document: dict[str, Any] = {"tls_server_config": tls,
+                                "http_server_config": {"headers": {"X-Content-Type-Options": "nosniff"}}}
+    if users:
+        document["basic_auth_users"] = {USER: bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()}
+    path = tmp_path / "web.yml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def _serving(tmp_path: Path, web: WebConfig, *, healthz_open: bool = False) -> AsyncIterator[str]:
+    import asyncio
+
+    records = tmp_path / "records.db"
+    make_records(records)
+    inventory = load_inventory([write_inventory(tmp_path, records)])
+    if healthz_open:
+        inventory = inventory.model_copy(update={"service": inventory.service.model_copy(
+            update={"healthz_without_auth": True})})
+    assert web.tls_server_config is not None
+    port = free_port()
+    stopping = asyncio.Event()
+    app = build_app(inventory, web_config=web)
+    task = asyncio.create_task(serve(app, "127.0.0.1", port, stopping, tls_context(web.tls_server_config)))
+    url = f"https://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    try:
+        yield url
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def service(tmp_path: Path, pki: Pki) -> AsyncIterator[str]:
+    async for url in _serving(tmp_path, load_web_config(web_config_file(tmp_path, pki))):
+        yield url
+
+
+async def get(url: str, pki: Pki, headers: dict[str, str] | None = None,
+              cert: tuple[Path, Path] | None = None) -> tuple[int, dict[str, str], str]:
+    connector = aiohttp.TCPConnector(ssl=pki.client_context(cert=cert))
+    async with aiohttp.ClientSession(connector=connector) as session, \
+            session.get(url, headers=headers or {}) as response:
+        return response.status, dict(response.headers), await response.text()
+
+
+async def test_every_path_needs_the_credentials(service: str, pki: Pki) -> None:
+    for path in ("/metrics", "/healthz", "/readyz", "/", "/no/such/path"):
+        status, headers, _ = await get(service + path, pki)
+        assert status == 401, path
+        assert headers["WWW-Authenticate"].startswith("Basic ")
+        assert headers["X-Content-Type-Options"] == "nosniff"  # on refusals too
+    status, _, _ = await get(service + "/metrics", pki, basic(USER, "wrong"))
+    assert status == 401
+    status, _, _ = await get(service + "/metrics", pki, basic("mallory", PASSWORD))
+    assert status == 401
+    status, headers, body = await get(service + "/metrics", pki, basic(USER, PASSWORD))
+    assert status == 200
+    assert "fab_source_up" in body
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    status, _, _ = await get(service + "/no/such/path", pki, basic(USER, PASSWORD))
+    assert status == 404
+
+
+async def test_healthz_is_left_open_only_when_the_inventory_says_so(tmp_path: Path, pki: Pki) -> None:
+    config = load_web_config(web_config_file(tmp_path, pki))
+    async for url in _serving(tmp_path, config, healthz_open=True):
+        assert (await get(url + "/healthz", pki))[0] == 200
+        assert (await get(url + "/readyz", pki))[0] == 401
+        assert (await get(url + "/metrics", pki))[0] == 401
+
+
+async def test_plain_http_gets_no_answer_from_the_tls_port(service: str, pki: Pki) -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ClientError):
+            async with session.get(service.replace("https:", "http:") + "/metrics", headers=basic(USER, PASSWORD)):
+                pass
+
+
+async def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(tmp_path: Path, pki: Pki) -> None:
+    config = load_web_config(web_config_file(tmp_path, pki, mtls=True, users=False))
+    async for url in _serving(tmp_path, config):
+        for cert in (None, (pki.stranger_cert, pki.stranger_key)):
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError)):
+                await get(url + "/healthz", pki, cert=cert)
+        status, _, _ = await get(url + "/metrics", pki, cert=(pki.client_cert, pki.client_key))
+        assert status == 200
+
+
+async def test_failed_logins_are_logged_with_user_and_address_at_a_bounded_rate(
+        service: str, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fabwatch.auth")
+    for _ in range(5):
+        await get(service + "/metrics", pki, basic("mallory", "guess"))
+    failed = [r for r in caplog.records if r.getMessage() == "login_failed"]
+    assert len(failed) == 1
+    fields = failed[0].fabwatch_fields  # type: ignore[attr-defined]
+    assert fields["user"] == "mallory"
+    assert fields["remote"] == "127.0.0.1"
+    assert "guess" not in caplog.text
+
+
+def test_failed_logins_count_what_they_did_not_log() -> None:
+    now = [0.0]
+    log = FailedLogins(every=10.0, clock=lambda: now[0])
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("fabwatch.auth")
+    logger.addHandler(handler)
+    try:
+        for _ in range(3):
+            log.failed("eve", "10.0.0.1", "/metrics")
+        log.failed("eve", "10.0.0.2", "/metrics")
+        now[0] = 11.0
+        log.failed("eve", "10.0.0.1", "/metrics")
+    finally:
+        logger.removeHandler(handler)
+    counts = [(r.fabwatch_fields["remote"], r.fabwatch_fields["suppressed_since_last"])  # type: ignore[attr-defined]
+              for r in records]
+    assert counts == [("10.0.0.1", 0), ("10.0.0.2", 0), ("10.0.0.1", 2)]
+
+
+async def test_a_valid_password_is_hashed_once_then_remembered(pki: Pki, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    import app.websecurity
+
+    hashed: list[bytes] = []
+    checkpw = app.websecurity._checkpw
+    monkeypatch.setattr(app.websecurity, "_checkpw", lambda pw, h: hashed.append(pw) or checkpw(pw, h))
+    middleware = protect(load_web_config(web_config_file(tmp_path, pki)))[0]
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def status(user: str, password: str) -> int:
+        return (await middleware(make_mocked_request("GET", "/", headers=basic(user, password)), handler)).status
+
+    assert [await status(USER, PASSWORD) for _ in range(10)] == [200] * 10
+    assert len(hashed) == 1
+    assert [await status(USER, "wrong") for _ in range(3)] == [401] * 3  # a failure is never remembered
+    assert await status("nobody", PASSWORD) == 401  # an unknown user costs a hash too (same timing)
+    assert len(hashed) == 5
+
+
+def _get_tls(url: str, pki: Pki, headers: dict[str, str]) -> tuple[int, bytes]:
+    context = pki.client_context(cert=(pki.client_cert, pki.client_key))
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_prometheus_scrapes_fabwatch_over_mutual_tls_with_basic_auth(tmp_path: Path, pki: Pki,
+                                                                     prometheus_factory: Any) -> None:
+    records = tmp_path / "records.db"
+    make_records(records)
+    inventory = write_inventory(tmp_path, records)
+    web_file = web_config_file(tmp_path, pki, mtls=True)
+    port = free_port()
+    proc = run_fabwatch("serve", "-c", str(inventory), "--web.config.file", str(web_file),
+                        env={"FABWATCH_LISTEN": f"127.0.0.1:{port}"})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                status, _ = _get_tls(f"https://127.0.0.1:{port}/readyz", pki, basic(USER, PASSWORD))
+                if status == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            time.sleep(0.2)
+        tls = {"ca_file": str(pki.ca), "cert_file": str(pki.client_cert), "key_file": str(pki.client_key)}
+        job = {"scheme": "https", "tls_config": tls, "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+        config = {"global": {"scrape_interval": "1s", "scrape_timeout": "1s"}, "scrape_configs": [
+            {"job_name": "fabwatch", **job, "basic_auth": {"username": USER, "password": PASSWORD}},
+            {"job_name": "intruder", **job, "basic_auth": {"username": USER, "password": "guess"}}]}
+        prometheus = prometheus_factory(yaml.safe_dump(config))
+        prometheus.wait_for('fab_source_up{job="fabwatch",source="crm"} == 1')
+        prometheus.wait_for('up{job="intruder"} == 0')
+        targets = prometheus.api("targets")["activeTargets"]
+        intruder = next(t for t in targets if t["labels"]["job"] == "intruder")
+        assert "401" in intruder["lastError"]
+        assert _get_tls(f"https://127.0.0.1:{port}/metrics", pki, {})[0] == 401
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+    assert "event=login_failed" in err
+    assert "guess" not in err
+    assert PASSWORD not in err
+
+
+def test_serve_refuses_a_bad_web_config_and_exits_2(tmp_path: Path) -> None:
+    records = tmp_path / "records.db"
+    make_records(records)
+    inventory = write_inventory(tmp_path, records)
+    bad = tmp_path / "web.yml"
+    bad.write_text("tls_server_config: {cert_file: /nonexistent.pem, key_file: /nonexistent.key}\n")
+    proc = run_fabwatch("serve", "-c", str(inventory), env={"FABWATCH_WEB_CONFIG": str(bad),
+                                                             "FABWATCH_LISTEN": f"127.0.0.1:{free_port()}"})
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "tls_server_config.cert_file/key_file" in err
+    bad.write_text("basic_auth_users: {alice: not-a-hash}\n")
+    proc = run_fabwatch("serve", "-c", str(inventory), "--web.config.file", str(bad))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "not a bcrypt hash" in err
+    assert "not-a-hash" not in err
+
+
+def test_listening_beyond_loopback_without_tls_or_auth_names_the_risk() -> None:
+    from app.cli import exposure_risks
+
+    assert exposure_risks("127.0.0.1", None) == []
+    risks = exposure_risks("0.0.0.0", None)
+    assert any("TLS" in r for r in risks)
+    assert any("authentication" in r for r in risks)
+    assert exposure_risks("0.0.0.0", WebConfig.model_validate({
+        "tls_server_config": {"cert_file": "a", "key_file": "b"},
+        "basic_auth_users": {"a": "$2y$10$" + "a" * 53}})) == []
+
