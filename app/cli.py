@@ -24,7 +24,8 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
-from app.service import build_app, processes_of, serve, shifted_clock
+from app.reload import processes_of
+from app.service import build_app, reload_inventory, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
 from collector.inventory.load import ConfigError, callback_problems, load_inventory, load_web_config
@@ -294,7 +295,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     warn_exposure(inventory, host, web_config)
     clock = time.time if args.clock_start is None else shifted_clock(args.clock_start)
-    return _run(_serve(inventory, host, port, args.state, clock, web_config, context),
+    paths = list(args.config)
+
+    def reload() -> Inventory:  # as at start: `--listen` replaces service.listen
+        return listening_on(load_inventory(paths), host, port)
+
+    return _run(_serve(inventory, host, port, args.state, clock, web_config, context, reload),
                 fast=receives_events(inventory))
 
 
@@ -379,12 +385,12 @@ def _run(main: Coroutine[Any, Any, int], *, fast: bool) -> int:
 
 async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
                  clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
-                 context: ssl.SSLContext | None = None) -> int:
+                 context: ssl.SSLContext | None = None, loader: Callable[[], Inventory] | None = None) -> int:
     if not state_file_usable(state or inventory.service.state_path):
         return EXIT_FAILED
-    app = build_app(inventory, state_path=state, clock=clock, web_config=web_config)
+    app = build_app(inventory, state_path=state, clock=clock, web_config=web_config, loader=loader)
     try:
-        async with _stop_on_signals() as stop:
+        async with _stop_on_signals(lambda: reload_inventory(app)) as stop:
             await serve(app, host, port, stop, context)
     except CannotListen as exc:
         print(f"fabwatch: {exc.strerror}", file=sys.stderr)
@@ -411,17 +417,30 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _stop_on_signals() -> Any:
-    """Yield an event set by SIGINT or SIGTERM; restore the default handlers afterwards."""
+async def _stop_on_signals(on_hup: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> Any:
+    """Yield an event set by SIGINT or SIGTERM, and run `on_hup` on SIGHUP (a reload, one at a
+    time: the reload serialises itself); restore the default handlers afterwards."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def hup() -> None:
+        if on_hup is not None and not stop.is_set():
+            task = loop.create_task(on_hup())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup)
     try:
         yield stop
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in list(tasks):  # a reload still loading when the service stops
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # --- check -------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""The aiohttp service: /metrics, /healthz, /readyz and a tiny index.
+"""The aiohttp service: /metrics, /healthz, /readyz, /-/reload and a tiny index.
 
 `build_app` wires the health tracker, the exporter and the sampling scheduler; the scheduler
-and the samplers are started and stopped with the app (`cleanup_ctx`). Handlers only read what
-the last samples left: a scrape never runs a query.
+and the samplers are started and stopped with the app (`cleanup_ctx`), and replaced by a reload
+(`app.reload`). Handlers only read what the last samples left: a scrape never runs a query.
 """
 
 import asyncio
@@ -12,7 +12,6 @@ import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack
 from pathlib import Path
 
 from aiohttp import web
@@ -21,54 +20,56 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from collector.engine import SourceSampler
+from app.reload import LiveSampling, ReloadRefused
 from collector.health import HealthTracker
-from collector.inventory.models import Inventory, Process
+from collector.inventory.load import ConfigError
+from collector.inventory.models import Inventory
 from collector.inventory.webconfig import WebConfig
-from collector.logs import log_event, safe_dsn
-from collector.sampling import build_sampler, monthly_costs, mount_sources
+from collector.logs import log_event
+from collector.sampling import mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
-from collector.state import StateStore
 from exporters.prometheus import PrometheusExporter
 
 INVENTORY = web.AppKey("inventory", Inventory)
 HEALTH = web.AppKey("health", HealthTracker)
 EXPORTER = web.AppKey("exporter", PrometheusExporter)
 SCHEDULER = web.AppKey("scheduler", SamplingScheduler)
+"""The scheduler started with the app; after a reload, `app[LIVE].scheduler` is the running one."""
+LIVE = web.AppKey("live", LiveSampling)
+LOADER = web.AppKey[Callable[[], Inventory] | None]("loader")
 
 _LOG = logging.getLogger("fabwatch.service")
 _ACCESS_LOG = logging.getLogger("fabwatch.access")
 _VARY = "Accept, Accept-Encoding"
 
 
-def processes_of(inventory: Inventory, source: str) -> dict[str, Process]:
-    """Return the processes whose records live in `source`."""
-    return {name: process for name, process in inventory.processes.items()
-            if process.records.source == source}
-
-
 def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               samplers: Mapping[str, Sampler] | None = None,
-              clock: Callable[[], float] = time.time, web_config: WebConfig | None = None) -> web.Application:
+              clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
+              loader: Callable[[], Inventory] | None = None) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
     `samplers` is given, in which case the caller owns them. `state_path` overrides
     `service.state_path`. `clock` tells the time samples are taken at (see `shifted_clock`).
     `web_config` (the exporter-toolkit file) adds basic authentication to every path and its
-    response headers; its TLS is the listener's (`serve`).
+    response headers; its TLS is the listener's (`serve`). `loader` reads the inventory again for a
+    reload (`POST /-/reload`, SIGHUP); without it, the service cannot reload.
     """
     app = web.Application(middlewares=_security(web_config, inventory))
     health = HealthTracker(inventory.sources, syncing=[n for n, s in inventory.sources.items() if s.kind != "sql"])
     app[INVENTORY] = inventory
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
-    app.cleanup_ctx.append(_sampling(state_path, samplers, clock))
+    app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers)
+    app[LOADER] = loader
+    app.cleanup_ctx.append(_sampling(app[LIVE]))
     mount_sources(app, inventory, state_path, health)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post("/-/reload", reload_endpoint)
     if web_config is not None:
         from app.websecurity import add_headers
 
@@ -95,45 +96,47 @@ def shifted_clock(start: float) -> Callable[[], float]:
     return lambda: time.time() + offset
 
 
-def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None,
-              clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Return the cleanup context that opens samplers, starts the scheduler, and undoes both."""
+def _sampling(live: LiveSampling) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Return the cleanup context that opens samplers and starts the scheduler, and undoes both."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        inventory = app[INVENTORY]
-        async with AsyncExitStack() as stack:
-            samplers = dict(given) if given is not None else await _open_samplers(
-                inventory, state_path or inventory.service.state_path, stack, clock)
-            # The samplers run on `clock` (a replay's shifted one); health timestamps stay real, so
-            # that `time() - fab_source_last_success_timestamp_seconds` (FabSourceStale) holds.
-            scheduler = SamplingScheduler(inventory.sources, samplers, app[HEALTH], app[EXPORTER],
-                                          timezone=inventory.service.timezone)
-            app[SCHEDULER] = scheduler
-            scheduler.start()
-            stack.push_async_callback(scheduler.stop)  # runs first: stop sampling, then close
+        try:
+            app[SCHEDULER] = await live.start()  # the first one; a reload starts another (`live.scheduler`)
             yield
+        finally:
+            await live.stop()  # stop sampling, then close
 
     return context
 
 
-async def _open_samplers(inventory: Inventory, state_path: str | Path,
-                         stack: AsyncExitStack, clock: Callable[[], float]) -> dict[str, Sampler]:
-    """Open the state store and one sampler per source; register their closing on `stack`."""
-    state = StateStore(state_path)
-    stack.callback(state.close)
-    samplers: dict[str, Sampler] = {}
-    monthly = monthly_costs(inventory, state_path)
-    for name, source in inventory.sources.items():
-        sampler = build_sampler(name, source, processes_of(inventory, name), state, inventory.service, state_path,
-                                monthly)
-        if isinstance(sampler, SourceSampler):
-            sampler.clock = clock
-        await sampler.open()
-        stack.push_async_callback(sampler.close)
-        samplers[name] = sampler
-        log_event(_LOG, "source_opened", source=name, dsn=safe_dsn(source.dsn),
-                  processes=",".join(processes_of(inventory, name)) or "-")
-    return samplers
+async def reload_inventory(app: web.Application) -> list[str]:
+    """Re-read the inventory and apply it; return the problems that refused it (none: applied).
+    The outcome is logged and exported (`fab_config_last_reload_successful`)."""
+    loader = app[LOADER]
+    if loader is None:
+        return ["this service was not started from inventory files: nothing to reload"]
+    try:
+        await app[LIVE].reload(lambda: asyncio.to_thread(loader))
+    except ConfigError as exc:
+        problems = [str(problem) for problem in exc.problems]
+    except ReloadRefused as exc:
+        problems = exc.problems
+    except Exception as exc:  # a store that cannot be opened: the old inventory runs on
+        log_event(_LOG, "reload_failed", logging.ERROR, exc_info=True, error=repr(exc))
+        return [f"the new inventory could not be opened: {exc!r}"]
+    else:
+        return []
+    for problem in problems:
+        log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")
+    return problems
+
+
+async def reload_endpoint(request: web.Request) -> web.Response:
+    """POST /-/reload: 200 when the new inventory runs, 400 with the problems when it was refused."""
+    problems = await reload_inventory(request.app)
+    if problems:
+        return web.json_response({"status": "refused", "problems": problems}, status=400)
+    return web.json_response({"status": "reloaded"})
 
 
 async def metrics(request: web.Request) -> web.Response:

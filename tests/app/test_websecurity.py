@@ -88,10 +88,10 @@ async def service(tmp_path: Path, pki: Pki) -> AsyncIterator[str]:
 
 
 async def get(url: str, pki: Pki, headers: dict[str, str] | None = None,
-              cert: tuple[Path, Path] | None = None) -> tuple[int, dict[str, str], str]:
+              cert: tuple[Path, Path] | None = None, method: str = "GET") -> tuple[int, dict[str, str], str]:
     connector = aiohttp.TCPConnector(ssl=pki.client_context(cert=cert))
     async with aiohttp.ClientSession(connector=connector) as session, \
-            session.get(url, headers=headers or {}) as response:
+            session.request(method, url, headers=headers or {}) as response:
         return response.status, dict(response.headers), await response.text()
 
 
@@ -111,6 +111,8 @@ async def test_every_path_needs_the_credentials(service: str, pki: Pki) -> None:
     assert headers["X-Content-Type-Options"] == "nosniff"
     status, _, _ = await get(service + "/no/such/path", pki, basic(USER, PASSWORD))
     assert status == 404
+    status, _, _ = await get(service + "/-/reload", pki, method="POST")
+    assert status == 401  # a reload too needs the credentials
 
 
 async def test_healthz_is_left_open_only_when_the_inventory_says_so(tmp_path: Path, pki: Pki) -> None:
