@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -154,9 +155,8 @@ def test_alerts_build_prints_no_webhook_secret_and_writes_it_only_where_alertman
     from alerts.cli import add_parser, run
 
     url = f"https://hook:{MARKER}@hooks.example/x?token={MARKER}t"
-    path = write_inventory(merged(SMALL, {"alerting": {"teams": {"assurance-ops": {"page": {"webhook": {"url": url}}}}}}))
-    import argparse
-
+    hook = {"alerting": {"teams": {"assurance-ops": {"page": {"webhook": {"url": url}}}}}}
+    path = write_inventory(merged(SMALL, hook))
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers())
     assert run(parser.parse_args(["alerts", "build", "-c", str(path), "--out", str(tmp_path / "out")])) == 0
