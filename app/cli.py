@@ -327,6 +327,15 @@ def exposure_risks(host: str, config: WebConfig | None) -> list[str]:
     return risks
 
 
+def web_config_usable(path: str | None) -> bool:
+    """Check the web config file `serve` would use (none: nothing to check): its format, and that
+    its certificate and key load; print the problems."""
+    web_config = None if path is None else load_web_or_report(path)
+    if path is not None and web_config is None:
+        return False
+    return web_config is None or web_config.tls_server_config is None or _tls_or_report(web_config) is not None
+
+
 def _tls_or_report(web_config: WebConfig) -> ssl.SSLContext | None:
     if web_config.tls_server_config is None:
         return None
@@ -459,7 +468,7 @@ class CheckRow:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the inventory, then check and sample every source once; print a table."""
     inventory = load_or_report(args.config)
-    if inventory is None:
+    if inventory is None or not web_config_usable(inventory.service.web_config):
         return EXIT_CONFIG
     rows = asyncio.run(check_sources(inventory))
     print_table(rows, sys.stdout)

@@ -30,7 +30,7 @@ from collector.scheduler import SamplingScheduler
 from collector.state import StateStore
 from exporters.prometheus import PrometheusExporter
 
-_LOG = logging.getLogger("fabwatch.reload")
+_LOG = logging.getLogger("fabwatch.service")
 
 
 class ReloadRefused(Exception):

@@ -278,3 +278,45 @@ def test_listening_beyond_loopback_without_tls_or_auth_names_the_risk() -> None:
         "tls_server_config": {"cert_file": "a", "key_file": "b"},
         "basic_auth_users": {"a": "$2y$10$" + "a" * 53}})) == []
 
+
+
+def test_check_checks_the_web_config_the_inventory_names(tmp_path: Path, pki: Pki) -> None:
+    records = tmp_path / "records.db"
+    make_records(records)
+    inventory = write_inventory(tmp_path, records)
+    document = yaml.safe_load(inventory.read_text())
+    web = tmp_path / "web.yml"
+    web.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": str(pki.server_cert),
+                                                         "key_file": str(pki.stranger_key)}}))
+    document["service"]["web_config"] = str(web)
+    inventory.write_text(yaml.safe_dump(document))
+    proc = run_fabwatch("check", "-c", str(inventory))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert "tls_server_config.cert_file/key_file" in err  # a key that is not the certificate's
+    web.write_text(yaml.safe_dump({"tls_server_config": {"cert_file": str(pki.server_cert),
+                                                         "key_file": str(pki.server_key)}}))
+    proc = run_fabwatch("check", "-c", str(inventory))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+
+def test_basic_auth_on_the_main_port_warns_of_the_hub_events_it_would_refuse(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from app.cli import warn_exposure
+
+    path = tmp_path / "events.yaml"
+    path.write_text(yaml.safe_dump({"service": {"state_path": str(tmp_path / "state.db")}, "processes": {},
+                                    "sources": {"tickets": {"kind": "tmf_events", "api": "tmf621"}}}))
+    inventory = load_inventory([path])
+    users = WebConfig.model_validate({"basic_auth_users": {"a": "$2y$10$" + "a" * 53}})
+    caplog.set_level(logging.WARNING, logger="fabwatch.cli")
+    warn_exposure(inventory, "127.0.0.1", None)
+    assert not caplog.records
+    warn_exposure(inventory, "127.0.0.1", users)
+    (record,) = caplog.records
+    assert record.getMessage() == "events_need_credentials"
+    assert record.fabwatch_fields["source"] == "tickets"  # type: ignore[attr-defined]
+    caplog.clear()
+    warn_exposure(inventory, "0.0.0.0", None)
+    assert [r.getMessage() for r in caplog.records] == ["listen_exposed", "listen_exposed"]
