@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from app.reload import processes_of
-from app.service import build_app, reload_inventory, serve, shifted_clock
+from app.service import GUARD, build_app, reload_inventory, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
 from collector.inventory.load import ConfigError, callback_problems, load_inventory, load_web_config
@@ -300,8 +300,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def reload() -> Inventory:  # as at start: `--listen` replaces service.listen
         return listening_on(load_inventory(paths), host, port)
 
-    return _run(_serve(inventory, host, port, args.state, clock, web_config, context, reload),
-                fast=receives_events(inventory))
+    def reload_web() -> WebConfig:  # the file read at start, read again at each reload
+        assert web_path is not None
+        return load_web_config(web_path)
+
+    served = Served(web_config, context, reload, None if web_path is None else reload_web)
+    return _run(_serve(inventory, host, port, args.state, clock, served), fast=receives_events(inventory))
+
+
+@dataclass(frozen=True)
+class Served:
+    """How `serve` serves: the web config and its TLS context, and what reads the files again."""
+
+    web_config: WebConfig | None = None
+    context: ssl.SSLContext | None = None
+    loader: Callable[[], Inventory] | None = None
+    web_loader: Callable[[], WebConfig] | None = None
 
 
 def load_web_or_report(path: str) -> WebConfig | None:
@@ -393,14 +407,18 @@ def _run(main: Coroutine[Any, Any, int], *, fast: bool) -> int:
 
 
 async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
-                 clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
-                 context: ssl.SSLContext | None = None, loader: Callable[[], Inventory] | None = None) -> int:
+                 clock: Callable[[], float] = time.time, served: Served | None = None) -> int:
     if not state_file_usable(state or inventory.service.state_path):
         return EXIT_FAILED
-    app = build_app(inventory, state_path=state, clock=clock, web_config=web_config, loader=loader)
+    served = served or Served()
+    app = build_app(inventory, state_path=state, clock=clock, web_config=served.web_config, loader=served.loader,
+                    web_loader=served.web_loader)
+    guard = app[GUARD]
+    if guard is not None:
+        guard.context = served.context  # a reload loads a new certificate into it
     try:
         async with _stop_on_signals(lambda: reload_inventory(app)) as stop:
-            await serve(app, host, port, stop, context)
+            await serve(app, host, port, stop, served.context)
     except CannotListen as exc:
         print(f"fabwatch: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED

@@ -13,10 +13,10 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -30,6 +30,9 @@ from collector.sampling import mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
 from exporters.prometheus import PrometheusExporter
 
+if TYPE_CHECKING:
+    from app.websecurity import WebGuard
+
 INVENTORY = web.AppKey("inventory", Inventory)
 HEALTH = web.AppKey("health", HealthTracker)
 EXPORTER = web.AppKey("exporter", PrometheusExporter)
@@ -37,6 +40,8 @@ SCHEDULER = web.AppKey("scheduler", SamplingScheduler)
 """The scheduler started with the app; after a reload, `app[LIVE].scheduler` is the running one."""
 LIVE = web.AppKey("live", LiveSampling)
 LOADER = web.AppKey[Callable[[], Inventory] | None]("loader")
+GUARD = web.AppKey[Optional["WebGuard"]]("guard")
+WEB_LOADER = web.AppKey[Callable[[], WebConfig] | None]("web_loader")
 
 _LOG = logging.getLogger("fabwatch.service")
 _ACCESS_LOG = logging.getLogger("fabwatch.access")
@@ -46,7 +51,8 @@ _VARY = "Accept, Accept-Encoding"
 def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               samplers: Mapping[str, Sampler] | None = None,
               clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
-              loader: Callable[[], Inventory] | None = None) -> web.Application:
+              loader: Callable[[], Inventory] | None = None,
+              web_loader: Callable[[], WebConfig] | None = None) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
@@ -54,15 +60,19 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     `service.state_path`. `clock` tells the time samples are taken at (see `shifted_clock`).
     `web_config` (the exporter-toolkit file) adds basic authentication to every path and its
     response headers; its TLS is the listener's (`serve`). `loader` reads the inventory again for a
-    reload (`POST /-/reload`, SIGHUP); without it, the service cannot reload.
+    reload (`POST /-/reload`, SIGHUP); without it, the service cannot reload. `web_loader` reads the
+    web config again at each reload (new certificate, users, headers).
     """
-    app = web.Application(middlewares=_security(web_config, inventory))
+    guard = _guard(web_config, inventory)
+    app = web.Application(middlewares=[] if guard is None else [guard.middleware])
     health = HealthTracker(inventory.sources, syncing=[n for n, s in inventory.sources.items() if s.kind != "sql"])
     app[INVENTORY] = inventory
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers)
     app[LOADER] = loader
+    app[GUARD] = guard
+    app[WEB_LOADER] = web_loader
     app.cleanup_ctx.append(_sampling(app[LIVE]))
     mount_sources(app, inventory, state_path, health)
     app.router.add_get("/", index)
@@ -70,19 +80,17 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/-/reload", reload_endpoint)
-    if web_config is not None:
-        from app.websecurity import add_headers
-
-        add_headers(app, web_config)
+    if guard is not None:
+        app.on_response_prepare.append(guard.add_headers)
     return app
 
 
-def _security(web_config: WebConfig | None, inventory: Inventory) -> list[Middleware]:
+def _guard(web_config: WebConfig | None, inventory: Inventory) -> "WebGuard | None":
     if web_config is None:
-        return []
-    from app.websecurity import protect  # bcrypt only when the service is configured for it
+        return None
+    from app.websecurity import WebGuard  # bcrypt only when the service is configured for it
 
-    return protect(web_config, healthz_open=inventory.service.healthz_without_auth)
+    return WebGuard(web_config, healthz_open=inventory.service.healthz_without_auth)
 
 
 def shifted_clock(start: float) -> Callable[[], float]:
@@ -115,6 +123,13 @@ async def reload_inventory(app: web.Application) -> list[str]:
     loader = app[LOADER]
     if loader is None:
         return ["this service was not started from inventory files: nothing to reload"]
+    web_config, problems = await _reload_web_config(app)
+    if problems:
+        app[HEALTH].reload_failed()
+        app[EXPORTER].invalidate()
+        for problem in problems:
+            log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")
+        return problems
     try:
         await app[LIVE].reload(lambda: asyncio.to_thread(loader))
     except ConfigError as exc:
@@ -125,10 +140,34 @@ async def reload_inventory(app: web.Application) -> list[str]:
         log_event(_LOG, "reload_failed", logging.ERROR, exc_info=True, error=repr(exc))
         return [f"the new inventory could not be opened: {exc!r}"]
     else:
+        guard = app[GUARD]
+        if guard is not None and web_config is not None:
+            guard.replace(web_config)
         return []
     for problem in problems:
         log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")
     return problems
+
+
+async def _reload_web_config(app: web.Application) -> tuple[WebConfig | None, list[str]]:
+    """Read the web config file again and check it can replace the running one (certificate and
+    key loaded, nothing changed that needs a restart); (None, []) when there is none to read."""
+    guard, loader = app[GUARD], app[WEB_LOADER]
+    if guard is None or loader is None:
+        return None, []
+    from app.websecurity import WebConfigUnusable, tls_context
+
+    try:
+        new = await asyncio.to_thread(loader)
+    except ConfigError as exc:
+        return None, [f"web config: {problem}" for problem in exc.problems]
+    problems = guard.problems(new)
+    if not problems and new.tls_server_config is not None:
+        try:
+            await asyncio.to_thread(tls_context, new.tls_server_config)
+        except WebConfigUnusable as exc:
+            problems.append(f"web config: {exc}")
+    return new, problems
 
 
 async def reload_endpoint(request: web.Request) -> web.Response:

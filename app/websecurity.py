@@ -1,7 +1,7 @@
 """TLS, basic authentication and response headers on the service port, from the web config file.
 
-Everything the service answers goes through `protect` (metrics, health, status, the API, reload,
-an unknown path's 404 too): a request without valid credentials gets 401 with
+Everything the service answers goes through `WebGuard.middleware` (metrics, health, status, the
+API, reload, an unknown path's 404 too): a request without valid credentials gets 401 with
 `WWW-Authenticate: Basic`. The one exception is explicit: `service.healthz_without_auth` leaves
 `/healthz` open for load balancers. Passwords are checked with bcrypt in a worker thread (a check
 costs tens of milliseconds of CPU) and a success is remembered under a keyed digest, so a scrape
@@ -23,7 +23,6 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import bcrypt
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from collector.inventory.webconfig import GO_CIPHER_SUITES, TlsServerConfig, WebConfig
 from collector.logs import log_event
@@ -142,36 +141,57 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
     return (user, password) if colon else None
 
 
-def protect(config: WebConfig, *, healthz_open: bool = False) -> list[Middleware]:
-    """The middlewares that make the service answer only to valid credentials (when the config
-    has `basic_auth_users`); `healthz_open` leaves `/healthz` open."""
-    if not config.basic_auth_users:
-        return []
-    auth = BasicAuth(config.basic_auth_users)
-    failures = FailedLogins()
+class WebGuard:
+    """What the web config asks of every request: basic authentication and response headers, and
+    the listener's TLS context; `replace` applies a reloaded file to all three while serving."""
+
+    def __init__(self, config: WebConfig, *, healthz_open: bool = False) -> None:
+        self.config = config
+        self.healthz_open = healthz_open
+        """`service.healthz_without_auth`: `/healthz` answers without credentials."""
+        self.context: ssl.SSLContext | None = None
+        """The listener's TLS context (set by whoever starts the listener), updated by `replace`."""
+        self.failures = FailedLogins()
+        self._auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
+        self._headers = config.http_server_config.headers.items()
 
     @web.middleware
-    async def basic_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if healthz_open and request.path == "/healthz":
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer 401 to a request without valid credentials, when the config has users."""
+        auth = self._auth
+        if auth is None or (self.healthz_open and request.path == "/healthz"):
             return await handler(request)
         user, ok = await auth.user(request.headers.get("Authorization"))
         if not ok:
             if user or "Authorization" in request.headers:
-                failures.failed(user or "-", request.remote or "-", request.path)
+                self.failures.failed(user or "-", request.remote or "-", request.path)
             return web.Response(status=401, text="401 Unauthorized\n",
                                 headers={"WWW-Authenticate": f'Basic realm="{REALM}"'})
         return await handler(request)
 
-    return [basic_auth]
+    async def add_headers(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Send the configured `http_server_config.headers` with a response (`on_response_prepare`)."""
+        if self._headers:
+            response.headers.update(self._headers)
 
+    def problems(self, new: WebConfig) -> list[str]:
+        """What `new` changes that the running listener cannot take: TLS on or off, and every TLS
+        setting but the certificate and key (rotated by a reload)."""
+        old_tls, new_tls = self.config.tls_server_config, new.tls_server_config
+        if (old_tls is None) != (new_tls is None):
+            return ["web config: tls_server_config added or removed: TLS is switched at a restart"]
+        if old_tls is None or new_tls is None:
+            return []
+        changed = sorted(k for k in type(new_tls).model_fields
+                         if k not in ("cert_file", "key_file") and getattr(old_tls, k) != getattr(new_tls, k))
+        return [f"web config: tls_server_config.{k} changed: it takes effect at a restart" for k in changed]
 
-def add_headers(app: web.Application, config: WebConfig) -> None:
-    """Send the configured `http_server_config.headers` with every response."""
-    headers = config.http_server_config.headers.items()
-    if not headers:
-        return
-
-    async def prepare(request: web.Request, response: web.StreamResponse) -> None:
-        response.headers.update(headers)
-
-    app.on_response_prepare.append(prepare)
+    def replace(self, new: WebConfig) -> None:
+        """Apply `new` (checked with `problems` and `tls_context` first): new handshakes present its
+        certificate, new requests need its users' passwords and get its headers."""
+        if new.tls_server_config is not None and self.context is not None:
+            self.context.load_cert_chain(new.tls_server_config.cert_file, new.tls_server_config.key_file)
+        if new.basic_auth_users != self.config.basic_auth_users:
+            self._auth = BasicAuth(new.basic_auth_users) if new.basic_auth_users else None
+        self._headers = new.http_server_config.headers.items()
+        self.config = new

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from app.service import build_app, serve
-from app.websecurity import FailedLogins, protect, tls_context
+from app.service import GUARD, build_app, serve
+from app.websecurity import FailedLogins, WebGuard, tls_context
 from collector.inventory.load import load_inventory, load_web_config
 from collector.inventory.webconfig import WebConfig
 from tests.app.test_cli import run_fabwatch, stop
@@ -183,7 +183,7 @@ async def test_a_valid_password_is_hashed_once_then_remembered(pki: Pki, tmp_pat
     hashed: list[bytes] = []
     checkpw = app.websecurity._checkpw
     monkeypatch.setattr(app.websecurity, "_checkpw", lambda pw, h: hashed.append(pw) or checkpw(pw, h))
-    middleware = protect(load_web_config(web_config_file(tmp_path, pki)))[0]
+    middleware = WebGuard(load_web_config(web_config_file(tmp_path, pki))).middleware
 
     async def handler(request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -320,3 +320,57 @@ def test_basic_auth_on_the_main_port_warns_of_the_hub_events_it_would_refuse(
     caplog.clear()
     warn_exposure(inventory, "0.0.0.0", None)
     assert [r.getMessage() for r in caplog.records] == ["listen_exposed", "listen_exposed"]
+
+
+async def test_a_reload_rotates_the_certificate_and_the_passwords_and_refuses_a_tls_change(
+        tmp_path: Path, pki: Pki) -> None:
+    import asyncio
+
+    records = tmp_path / "records.db"
+    make_records(records)
+    inventory_file = write_inventory(tmp_path, records)
+    web_file = web_config_file(tmp_path, pki)
+    config = load_web_config(web_file)
+    assert config.tls_server_config is not None
+    app = build_app(load_inventory([inventory_file]), web_config=config,
+                    loader=lambda: load_inventory([inventory_file]), web_loader=lambda: load_web_config(web_file))
+    context = tls_context(config.tls_server_config)
+    guard = app[GUARD]
+    assert guard is not None
+    guard.context = context
+    port, stopping = free_port(), asyncio.Event()
+    task = asyncio.create_task(serve(app, "127.0.0.1", port, stopping, context))
+    url = f"https://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if (await get(url + "/healthz", pki))[0] == 401:
+                    break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+        (tmp_path / "pki2").mkdir()
+        rotated = make_pki(tmp_path / "pki2")
+        document = yaml.safe_load(web_file.read_text())
+        document["tls_server_config"] = {"cert_file": str(rotated.server_cert), "key_file": str(rotated.server_key)}
+        document["basic_auth_users"] = {USER: bcrypt.hashpw(b"new password", bcrypt.gensalt(4)).decode()}
+        web_file.write_text(yaml.safe_dump(document))
+        status, _, body = await get(url + "/-/reload", pki, basic(USER, PASSWORD), method="POST")
+        assert status == 200, body
+        with pytest.raises(aiohttp.ClientError):  # the old CA's certificate is no longer presented
+            await get(url + "/healthz", pki, basic(USER, "new password"))
+        assert (await get(url + "/metrics", rotated, basic(USER, PASSWORD)))[0] == 401
+        status, _, body = await get(url + "/metrics", rotated, basic(USER, "new password"))
+        assert status == 200
+        assert "fab_config_last_reload_successful 1.0" in body
+
+        document["tls_server_config"]["min_version"] = "TLS13"
+        web_file.write_text(yaml.safe_dump(document))
+        status, _, body = await get(url + "/-/reload", rotated, basic(USER, "new password"), method="POST")
+        assert status == 400
+        assert "tls_server_config.min_version changed: it takes effect at a restart" in body
+        status, _, body = await get(url + "/metrics", rotated, basic(USER, "new password"))
+        assert status == 200
+        assert "fab_config_last_reload_successful 0.0" in body
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 30)
