@@ -99,6 +99,11 @@ class LiveSampling:
         self._lock = asyncio.Lock()
         self._stopped = False
 
+    @property
+    def samplers(self) -> Mapping[str, Sampler]:
+        """The samplers this object opened, by source (none when the caller gave them)."""
+        return dict(self._samplers)
+
     async def start(self) -> SamplingScheduler:
         """Open the state store and the samplers, start the scheduler."""
         if self.given is None:

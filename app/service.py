@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from app.websecurity import WebGuard
 
 INVENTORY = web.AppKey("inventory", Inventory)
+"""The inventory the service started with; after a reload, `app[LIVE].inventory` is the running one."""
 HEALTH = web.AppKey("health", HealthTracker)
 EXPORTER = web.AppKey("exporter", PrometheusExporter)
 SCHEDULER = web.AppKey("scheduler", SamplingScheduler)

@@ -86,12 +86,12 @@ async def test_a_reload_keeps_unchanged_samplers_counters_and_schedules(aiohttp_
     created = created_of(body, "problem")
     assert created > 0
     assert "fab_config_last_reload_successful 1.0" in body
-    crm = live._samplers["crm"]
+    crm = live.samplers["crm"]
 
     write(path, with_second_source(document))
     answer = await client.post("/-/reload")
     assert answer.status == 200, await answer.text()
-    assert live._samplers["crm"] is crm  # the same sampler: its pool and state live on
+    assert live.samplers["crm"] is crm  # the same sampler: its pool and state live on
     await poll_async_body(lambda: _text(client, "/metrics"), 'fab_kpi_value{kpi="inflow",process="inquiry"}')
     assert live.scheduler is not None
     assert live.scheduler.runs["crm"] == 0  # kept its next run, an hour away: no extra sample
@@ -128,7 +128,7 @@ async def test_a_bad_inventory_is_refused_and_the_old_one_keeps_running(aiohttp_
     live = app[LIVE]
     await poll_async_body(lambda: _text(client, "/metrics"), 'fab_source_up{source="crm"} 1.0')
     scheduler = live.scheduler
-    crm = live._samplers["crm"]
+    crm = live.samplers["crm"]
 
     broken = copy.deepcopy(document)
     broken["processes"]["problem"]["kpis"]["resolved_in_time"]["objective"] = 90
@@ -141,7 +141,7 @@ async def test_a_bad_inventory_is_refused_and_the_old_one_keeps_running(aiohttp_
     assert "fab_config_last_reload_successful 0.0" in body
     assert 'fab_kpi_value{kpi="backlog",process="problem"}' in body
     assert live.scheduler is scheduler
-    assert live._samplers["crm"] is crm
+    assert live.samplers["crm"] is crm
     assert live.inventory.processes["problem"].kpis["resolved_in_time"].objective == 0.9  # type: ignore[union-attr]
 
     moved = copy.deepcopy(document)
