@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -23,11 +25,13 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from app.exposure import warn_exposure
-from app.service import build_app, processes_of, serve, shifted_clock
+from app.reload import processes_of
+from app.service import GUARD, build_app, reload_inventory, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
-from collector.inventory.load import ConfigError, callback_problems, load_inventory
+from collector.inventory.load import ConfigError, callback_problems, load_inventory, load_web_config
 from collector.inventory.models import Inventory, ServiceConfig
+from collector.inventory.webconfig import WebConfig
 from collector.logs import safe_dsn, setup_logging
 from collector.samples import KpiReading
 from collector.sampling import build_sampler
@@ -37,6 +41,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_DIR = ".fabwatch-demo"
 DEMO_DSN_VAR = "FABWATCH_DEMO_DSN"
 Listen = tuple[str, int]
+_LOG = logging.getLogger("fabwatch.cli")
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,9 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
           help="HOST:PORT to listen on (default: service.listen of the inventory)")
     _flag(serve_cmd, flags, "--state", env="STATE",
           help="state file (default: service.state_path of the inventory)")
+    _flag(serve_cmd, flags, "--web.config.file", env="WEB_CONFIG", metavar="FILE", dest="web_config",
+          help="TLS and basic authentication of the service port, in the Prometheus exporter-toolkit's "
+               "web config format (default: service.web_config of the inventory)")
     _flag(serve_cmd, flags, "--clock-start", env="CLOCK_START", convert=float, metavar="UNIX_TIME",
           help="sample as if the clock read UNIX_TIME at start and ran on from there, to replay a dataset "
                "whose timestamps end at a fixed instant (default: the real clock)")
@@ -305,11 +313,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
     inventory = listening_on(inventory, host, port)
     if not callbacks_reachable(inventory, f"--listen {host}:{port}" if args.listen else None):
         return EXIT_CONFIG
+    web_path = args.web_config or inventory.service.web_config
+    web_config = None if web_path is None else load_web_or_report(web_path)
+    if web_path is not None and web_config is None:
+        return EXIT_CONFIG
+    context = None if web_config is None else _tls_or_report(web_config)
+    if web_config is not None and web_config.tls_server_config is not None and context is None:
+        return EXIT_CONFIG
+    warn_exposure(inventory, host, port, web_config)
     if args.clock_start is None and args.clock_rate != 1.0:
         print("fabwatch: --clock-rate needs --clock-start (the instant the faster clock starts from)", file=sys.stderr)
         return EXIT_CONFIG
     clock = time.time if args.clock_start is None else shifted_clock(args.clock_start, args.clock_rate)
-    return _run(_serve(inventory, host, port, args.state, clock), fast=receives_events(inventory))
+    paths = list(args.config)
+
+    def reload() -> Inventory:  # as at start: `--listen` replaces service.listen
+        return listening_on(load_inventory(paths), host, port)
+
+    def reload_web() -> WebConfig:  # the file read at start, read again at each reload
+        assert web_path is not None
+        return load_web_config(web_path)
+
+    served = Served(web_config, context, reload, None if web_path is None else reload_web)
+    return _run(_serve(inventory, host, port, args.state, clock, served), fast=receives_events(inventory))
+
+
+@dataclass(frozen=True)
+class Served:
+    """How `serve` serves: the web config and its TLS context, and what reads the files again."""
+
+    web_config: WebConfig | None = None
+    context: ssl.SSLContext | None = None
+    loader: Callable[[], Inventory] | None = None
+    web_loader: Callable[[], WebConfig] | None = None
+
+
+def load_web_or_report(path: str) -> WebConfig | None:
+    """Load the web config file; on `ConfigError` print one line per problem and return None."""
+    try:
+        return load_web_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"fabwatch: web config: {problem}", file=sys.stderr)
+        return None
+
+
+def web_config_usable(path: str | None) -> bool:
+    """Check the web config file `serve` would use (none: nothing to check): its format, and that
+    its certificate and key load; print the problems."""
+    web_config = None if path is None else load_web_or_report(path)
+    if path is not None and web_config is None:
+        return False
+    return web_config is None or web_config.tls_server_config is None or _tls_or_report(web_config) is not None
+
+
+def _tls_or_report(web_config: WebConfig) -> ssl.SSLContext | None:
+    if web_config.tls_server_config is None:
+        return None
+    from app.websecurity import WebConfigUnusable, tls_context
+
+    try:
+        return tls_context(web_config.tls_server_config)
+    except WebConfigUnusable as exc:
+        print(f"fabwatch: web config: {exc}", file=sys.stderr)
+        return None
 
 
 def listening_on(inventory: Inventory, host: str, port: int) -> Inventory:
@@ -344,14 +411,18 @@ def _run(main: Coroutine[Any, Any, int], *, fast: bool) -> int:
 
 
 async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
-                 clock: Callable[[], float] = time.time) -> int:
+                 clock: Callable[[], float] = time.time, served: Served | None = None) -> int:
     if not state_file_usable(state or inventory.service.state_path):
         return EXIT_FAILED
-    app = build_app(inventory, state_path=state, clock=clock)
-    warn_exposure(inventory, host, port)
+    served = served or Served()
+    app = build_app(inventory, state_path=state, clock=clock, web_config=served.web_config, loader=served.loader,
+                    web_loader=served.web_loader)
+    guard = app[GUARD]
+    if guard is not None:
+        guard.context = served.context  # a reload loads a new certificate into it
     try:
-        async with _stop_on_signals() as stop:
-            await serve(app, host, port, stop)
+        async with _stop_on_signals(lambda: reload_inventory(app)) as stop:
+            await serve(app, host, port, stop, served.context)
     except CannotListen as exc:
         print(f"fabwatch: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
@@ -377,17 +448,30 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _stop_on_signals() -> Any:
-    """Yield an event set by SIGINT or SIGTERM; restore the default handlers afterwards."""
+async def _stop_on_signals(on_hup: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> Any:
+    """Yield an event set by SIGINT or SIGTERM, and run `on_hup` on SIGHUP (a reload, one at a
+    time: the reload serialises itself); restore the default handlers afterwards."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def hup() -> None:
+        if on_hup is not None and not stop.is_set():
+            task = loop.create_task(on_hup())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup)
     try:
         yield stop
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in list(tasks):  # a reload still loading when the service stops
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # --- check -------------------------------------------------------------------------------
@@ -406,7 +490,7 @@ class CheckRow:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the inventory, then check and sample every source once; print a table."""
     inventory = load_or_report(args.config)
-    if inventory is None:
+    if inventory is None or not web_config_usable(inventory.service.web_config):
         return EXIT_CONFIG
     rows = asyncio.run(check_sources(inventory))
     print_table(rows, sys.stdout)

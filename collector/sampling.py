@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -91,9 +92,11 @@ class SyncingSampler:
 
 
 def _hub(hub_url: str, subscription: str | None = None) -> str:
-    """The URL of a TMF hub's `/hub` resource, or of one subscription in it."""
-    base = f"{hub_url.rstrip('/')}/hub"
-    return base if subscription is None else f"{base}/{subscription}"
+    """The URL of a TMF hub's `/hub` resource, or of one subscription in it: appended to the path,
+    the query string (a gateway's key) and fragment kept where they were."""
+    parts = urlsplit(hub_url)
+    path = f"{parts.path.rstrip('/')}/hub" + ("" if subscription is None else f"/{quote(subscription, safe='')}")
+    return urlunsplit(parts._replace(path=path))
 
 
 _HUB_ID, _HUB_URL, _HUB_OWED = "hub_id", "hub_url", "hub_unregister_owed"

@@ -9,6 +9,7 @@ from typing import Any
 
 from collector.inventory.load import ConfigError, load_inventory
 from collector.inventory.models import Inventory
+from collector.logs import mask_secrets, safe_dsn
 from dashboards.build import DEFAULT_PROMETHEUS_URL, PROVISIONED_PATH, build, build_dashboards, write
 from dashboards.push import PushError, connect, credential_from, push
 
@@ -102,9 +103,9 @@ def cmd_push(inventory: Inventory, args: argparse.Namespace, env: Mapping[str, s
         api = connect(args.url, credential_from(env))
         saved = push(api, build_dashboards(inventory).values(), overwrite=not args.no_overwrite)
     except PushError as exc:
-        print(f"fabwatch: {exc}", file=sys.stderr)
+        print(f"fabwatch: {mask_secrets(str(exc))}", file=sys.stderr)  # "cannot reach" quotes the URL
         return EXIT_FAILED
     for item in saved:
         print(f"{item.uid}: version {item.version} {item.url}")
-    print(f"Pushed {len(saved)} dashboards to {args.url}")
+    print(f"Pushed {len(saved)} dashboards to {safe_dsn(args.url)}")
     return EXIT_OK

@@ -242,6 +242,15 @@ class StatusBoard:
         self.version = 0
         """Bumped on every change; what a client may cache the view by."""
 
+    def replace_inventory(self, inventory: Inventory) -> None:
+        """Show `inventory` from now on (a reload applied it): KPIs it no longer has lose their history."""
+        kept = {(name, kpi) for name, process in inventory.processes.items() for kpi in process.kpis}
+        self._trends = {key: trend for key, trend in self._trends.items() if key in kept}
+        self._counters = {key: points for key, points in self._counters.items() if key in kept}
+        self.inventory = inventory
+        self._keep = inventory.alerting.slo.longest_window + COUNTER_SPACING
+        self.invalidate()
+
     def update(self, sample: SourceSample) -> None:
         """Record the KPI values and SLA counters of a new sample."""
         for reading in sample.kpis:

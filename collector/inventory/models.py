@@ -90,6 +90,13 @@ class ServiceConfig(Model):
     """A dimension set (a priority, a channel value) no item entered, left or stayed open in for this long
     (at least the process's longest KPI window) leaves /metrics instead of lingering at its last values,
     and frees its place under the cap; back later, its counters start again from zero. `null`: never."""
+    web_config: str | None = None
+    """Web configuration file of the service port, in the Prometheus exporter-toolkit's format (TLS,
+    mutual TLS, `basic_auth_users` with bcrypt hashes, response headers); `--web.config.file` wins.
+    None: plain HTTP, no authentication."""
+    healthz_without_auth: bool = False
+    """Answer `/healthz` without basic authentication, for load balancers that cannot send
+    credentials (it says only `ok`; TLS still applies). Every other path needs the credentials."""
 
     @field_validator("listen", "events_listen")
     @classmethod
