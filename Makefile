@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint fmt clean distclean venv deps
+.PHONY: demo test lint docs fmt clean distclean venv deps
 
 demo: venv
 	$(BIN)/fabwatch demo
@@ -11,6 +11,7 @@ test: deps venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(MAKE) --no-print-directory docs
 	$(BIN)/pytest -q
 
 # The code is laid out by hand (aligned continuation lines, 120 columns); ruff's formatter would
@@ -19,6 +20,15 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+
+# The documentation site, built the way CI builds it: --strict turns a broken link, a page missing
+# from the nav or a missing included example into a failure. Built outside the tree (mktemp).
+# NO_MKDOCS_2_WARNING: Material prints a banner about MkDocs 2 on every build otherwise. Not --quiet:
+# it hides the warnings that --strict counts, and a broken link would pass.
+docs: venv
+	@site=$$(mktemp -d); \
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$site"; status=$$?; \
+	rm -rf "$$site"; [ $$status -eq 0 ] && echo "docs: built with --strict"; exit $$status
 
 fmt: venv
 	$(BIN)/ruff check --fix .

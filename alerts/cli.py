@@ -23,8 +23,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     commands = alerts.add_subparsers(title="alerts commands", metavar="COMMAND", dest="alerts_command")
     build_cmd = commands.add_parser("build", help="write rules, promtool tests and alertmanager.yml")
     build_cmd.add_argument("-c", "--config", action="append", metavar="FILE",
-                           help="inventory file; repeat to merge several [env FABWATCH_CONFIG, several "
-                                f"files separated by {os.pathsep!r}]")
+                           help="inventory file; repeat to merge several, or list them in the variable "
+                                f"separated by {os.pathsep!r} [env FABWATCH_CONFIG]")
     build_cmd.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
     return alerts
 

@@ -10,8 +10,10 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import time
@@ -23,11 +25,13 @@ from typing import Any, TextIO
 from pydantic import ValidationError
 
 from app.exposure import warn_exposure
-from app.service import build_app, processes_of, serve, shifted_clock
+from app.reload import processes_of
+from app.service import GUARD, build_app, reload_inventory, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
-from collector.inventory.load import ConfigError, callback_problems, load_inventory
+from collector.inventory.load import ConfigError, callback_problems, load_inventory, load_web_config
 from collector.inventory.models import Inventory, ServiceConfig
+from collector.inventory.webconfig import WebConfig
 from collector.logs import safe_dsn, setup_logging
 from collector.samples import KpiReading
 from collector.sampling import build_sampler
@@ -37,6 +41,7 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_DIR = ".fabwatch-demo"
 DEMO_DSN_VAR = "FABWATCH_DEMO_DSN"
 Listen = tuple[str, int]
+_LOG = logging.getLogger("fabwatch.cli")
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
         prog="fabwatch", description="Monitor the customer processes (eTOM 1.3.1) of an operator.")
     parser.add_argument("--version", action="version", version=f"fabwatch {fabwatch_version()}")
     common: list[EnvFlag] = []
-    _flag(parser, common, "--log-level", env="LOG_LEVEL", default="info", help="log level",
+    _flag(parser, common, "--log-level", env="LOG_LEVEL", default="info", help="log level (default: info)",
           choices=["debug", "info", "warning", "error"], convert=str.lower)
     parser.set_defaults(env_flags=common, command=None)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -112,12 +117,17 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _config_flag(serve_cmd, flags)
     _flag(serve_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
           help="HOST:PORT to listen on (default: service.listen of the inventory)")
-    _flag(serve_cmd, flags, "--state", env="STATE", help="state file (default: service.state_path)")
+    _flag(serve_cmd, flags, "--state", env="STATE",
+          help="state file (default: service.state_path of the inventory)")
+    _flag(serve_cmd, flags, "--web.config.file", env="WEB_CONFIG", metavar="FILE", dest="web_config",
+          help="TLS and basic authentication of the service port, in the Prometheus exporter-toolkit's "
+               "web config format (default: service.web_config of the inventory)")
     _flag(serve_cmd, flags, "--clock-start", env="CLOCK_START", convert=float, metavar="UNIX_TIME",
-          help="sample as if the clock read UNIX_TIME at start, running on from there: for replaying "
-               "a dataset whose timestamps end at a fixed instant (benchmarks); default: the real clock")
+          help="sample as if the clock read UNIX_TIME at start and ran on from there, to replay a dataset "
+               "whose timestamps end at a fixed instant (default: the real clock)")
     _flag(serve_cmd, flags, "--clock-rate", env="CLOCK_RATE", convert=_positive, default=1.0, metavar="RATE",
-          help="with --clock-start, seconds the clock advances per real second (a soak: weeks in minutes)")
+          help="with --clock-start, seconds the clock advances per real second, for a soak: weeks in "
+               "minutes (default: 1)")
     serve_cmd.set_defaults(command=cmd_serve, env_flags=common + flags)
 
     flags = []
@@ -129,16 +139,16 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     flags = []
     demo_cmd = commands.add_parser("demo", help="run a simulated operator and fabwatch on it")
     _flag(demo_cmd, flags, "--data-dir", env="DATA_DIR", default=DEMO_DIR,
-          help=f"where the demo database and state live (default {DEMO_DIR})")
+          help=f"where the demo database and state live (default: {DEMO_DIR})")
     _flag(demo_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
           help="HOST:PORT to listen on (default: service.listen of examples/operator.yaml)")
     _flag(demo_cmd, flags, "--speed", env="SPEED", convert=_positive, default=1.0,
-          help="simulated seconds per real second (default 1)")
+          help="simulated seconds per real second (default: 1)")
     _flag(demo_cmd, flags, "--days", env="DAYS", convert=_positive, default=35.0,
-          help="days of history to backfill on the first run (default 35)")
-    _flag(demo_cmd, flags, "--seed", env="SEED", convert=int, default=1, help="random seed")
+          help="days of history to backfill on the first run (default: 35)")
+    _flag(demo_cmd, flags, "--seed", env="SEED", convert=int, default=1, help="random seed (default: 1)")
     _flag(demo_cmd, flags, "--scale", env="SCALE", convert=_positive, default=1.0,
-          help="volume multiplier of the simulated operator (default 1)")
+          help="volume multiplier of the simulated operator (default: 1)")
     _flag(demo_cmd, flags, "--tmf", env="TMF", convert=truthy, default=False, action="store_const", const=True,
           help="serve the simulator as TMF Open APIs and let fabwatch poll them instead of reading SQL")
     _flag(demo_cmd, flags, "--db", env="DEMO_DB", metavar="URL",
@@ -219,9 +229,13 @@ def truthy(text: str) -> bool:
     raise ValueError("expected true or false")
 
 
+CONFIG_HELP = f"inventory file; repeat to merge several, or list them in the variable separated by {os.pathsep!r}"
+"""The help of every command's `-c/--config` (followed by `[env FABWATCH_CONFIG]`)."""
+
+
 def _config_flag(parser: argparse.ArgumentParser, flags: list[EnvFlag]) -> None:
     _flag(parser, flags, "-c", "--config", env="CONFIG", convert=_paths, action="append",
-          metavar="FILE", help="inventory file; repeat to merge several")
+          metavar="FILE", help=CONFIG_HELP)
 
 
 def _add_simulate(commands: Any, common: list[EnvFlag], wanted: str | None) -> None:
@@ -343,11 +357,70 @@ def cmd_serve(args: argparse.Namespace) -> int:
     inventory = listening_on(inventory, host, port)
     if not callbacks_reachable(inventory, f"--listen {host}:{port}" if args.listen else None):
         return EXIT_CONFIG
+    web_path = args.web_config or inventory.service.web_config
+    web_config = None if web_path is None else load_web_or_report(web_path)
+    if web_path is not None and web_config is None:
+        return EXIT_CONFIG
+    context = None if web_config is None else _tls_or_report(web_config)
+    if web_config is not None and web_config.tls_server_config is not None and context is None:
+        return EXIT_CONFIG
+    warn_exposure(inventory, host, port, web_config)
     if args.clock_start is None and args.clock_rate != 1.0:
         print("fabwatch: --clock-rate needs --clock-start (the instant the faster clock starts from)", file=sys.stderr)
         return EXIT_CONFIG
     clock = time.time if args.clock_start is None else shifted_clock(args.clock_start, args.clock_rate)
-    return _run(_serve(inventory, host, port, args.state, clock), fast=receives_events(inventory))
+    paths = list(args.config)
+
+    def reload() -> Inventory:  # as at start: `--listen` replaces service.listen
+        return listening_on(load_inventory(paths), host, port)
+
+    def reload_web() -> WebConfig:  # the file read at start, read again at each reload
+        assert web_path is not None
+        return load_web_config(web_path)
+
+    served = Served(web_config, context, reload, None if web_path is None else reload_web)
+    return _run(_serve(inventory, host, port, args.state, clock, served), fast=receives_events(inventory))
+
+
+@dataclass(frozen=True)
+class Served:
+    """How `serve` serves: the web config and its TLS context, and what reads the files again."""
+
+    web_config: WebConfig | None = None
+    context: ssl.SSLContext | None = None
+    loader: Callable[[], Inventory] | None = None
+    web_loader: Callable[[], WebConfig] | None = None
+
+
+def load_web_or_report(path: str) -> WebConfig | None:
+    """Load the web config file; on `ConfigError` print one line per problem and return None."""
+    try:
+        return load_web_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"fabwatch: web config: {problem}", file=sys.stderr)
+        return None
+
+
+def web_config_usable(path: str | None) -> bool:
+    """Check the web config file `serve` would use (none: nothing to check): its format, and that
+    its certificate and key load; print the problems."""
+    web_config = None if path is None else load_web_or_report(path)
+    if path is not None and web_config is None:
+        return False
+    return web_config is None or web_config.tls_server_config is None or _tls_or_report(web_config) is not None
+
+
+def _tls_or_report(web_config: WebConfig) -> ssl.SSLContext | None:
+    if web_config.tls_server_config is None:
+        return None
+    from app.websecurity import WebConfigUnusable, tls_context
+
+    try:
+        return tls_context(web_config.tls_server_config)
+    except WebConfigUnusable as exc:
+        print(f"fabwatch: web config: {exc}", file=sys.stderr)
+        return None
 
 
 def listening_on(inventory: Inventory, host: str, port: int) -> Inventory:
@@ -382,14 +455,18 @@ def _run(main: Coroutine[Any, Any, int], *, fast: bool) -> int:
 
 
 async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
-                 clock: Callable[[], float] = time.time) -> int:
+                 clock: Callable[[], float] = time.time, served: Served | None = None) -> int:
     if not state_file_usable(state or inventory.service.state_path):
         return EXIT_FAILED
-    app = build_app(inventory, state_path=state, clock=clock)
-    warn_exposure(inventory, host, port)
+    served = served or Served()
+    app = build_app(inventory, state_path=state, clock=clock, web_config=served.web_config, loader=served.loader,
+                    web_loader=served.web_loader)
+    guard = app[GUARD]
+    if guard is not None:
+        guard.context = served.context  # a reload loads a new certificate into it
     try:
-        async with _stop_on_signals() as stop:
-            await serve(app, host, port, stop)
+        async with _stop_on_signals(lambda: reload_inventory(app)) as stop:
+            await serve(app, host, port, stop, served.context)
     except CannotListen as exc:
         print(f"fabwatch: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
@@ -415,17 +492,30 @@ def _cannot_listen(host: str, port: int, exc: OSError) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _stop_on_signals() -> Any:
-    """Yield an event set by SIGINT or SIGTERM; restore the default handlers afterwards."""
+async def _stop_on_signals(on_hup: Callable[[], Coroutine[Any, Any, Any]] | None = None) -> Any:
+    """Yield an event set by SIGINT or SIGTERM, and run `on_hup` on SIGHUP (a reload, one at a
+    time: the reload serialises itself); restore the default handlers afterwards."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[Any]] = set()
+
+    def hup() -> None:
+        if on_hup is not None and not stop.is_set():
+            task = loop.create_task(on_hup())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, hup)
     try:
         yield stop
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        for task in list(tasks):  # a reload still loading when the service stops
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # --- check -------------------------------------------------------------------------------
@@ -444,7 +534,7 @@ class CheckRow:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate the inventory, then check and sample every source once; print a table."""
     inventory = load_or_report(args.config)
-    if inventory is None:
+    if inventory is None or not web_config_usable(inventory.service.web_config):
         return EXIT_CONFIG
     rows = asyncio.run(check_sources(inventory))
     print_table(rows, sys.stdout)
@@ -600,6 +690,11 @@ def _realistic_example(args: argparse.Namespace) -> str:
     return example_name(args.db)
 
 
+def demo_url(host: str, port: int) -> str:
+    """The demo's base URL (IPv6 hosts in brackets)."""
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+
+
 async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_dir: Path,
                 host: str, port: int) -> int:
     from sqlalchemy.engine import make_url
@@ -607,6 +702,7 @@ async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_d
     from simulator import Simulator  # only the demo needs it
     from simulator.realistic import RealisticSimulator
 
+    print(f"fabwatch status page: {demo_url(host, port)}/", flush=True)  # first: what a user opens
     options = {"seed": args.seed, "scale": args.scale, "speed": args.speed}
     simulator = (RealisticSimulator(dsn, epoch_dsn=f"sqlite+aiosqlite:///{data_dir / 'operator.db'}", **options)
                  if args.db else Simulator(dsn, **options))
@@ -670,11 +766,11 @@ async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host:
     if not state_file_usable(data_dir / "state.db"):
         return EXIT_FAILED
     app = build_app(inventory, state_path=data_dir / "state.db")
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    url = demo_url(host, port)
     async with _stop_on_signals() as stop:
         live = asyncio.create_task(simulator.run(stop, 1.0), name="simulator")
-        print(f"fabwatch demo running on {data_dir}\n"
-              f"  metrics: {url}/metrics\n  ready:   {url}/readyz\n  index:   {url}/\n"
+        print(f"fabwatch demo running on {data_dir}: status page {url}/\n"
+              f"  metrics: {url}/metrics\n  ready:   {url}/readyz\n  API:     {url}/api/v1/openapi.json\n"
               "Press Ctrl+C (or send SIGTERM) to stop.", flush=True)
         try:
             await serve(app, host, port, stop)

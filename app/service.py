@@ -1,75 +1,104 @@
-"""The aiohttp service: /metrics, /healthz, /readyz and a tiny index.
+"""The aiohttp service: /metrics, /healthz, /readyz, /-/reload, the status page at / and the JSON API.
 
 `build_app` wires the health tracker, the exporter and the sampling scheduler; the scheduler
-and the samplers are started and stopped with the app (`cleanup_ctx`). Handlers only read what
-the last samples left: a scrape never runs a query.
+and the samplers are started and stopped with the app (`cleanup_ctx`), and replaced by a reload
+(`app.reload`). Handlers only read what the last samples left: a scrape never runs a query.
 """
 
 import asyncio
 import gc
-import html
 import logging
-import sqlite3
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
-from collector.engine import SourceSampler
-from collector.errors import SourceError
+from app.reload import LiveSampling, ReloadRefused
+from app.rolling import rolling
 from collector.health import HealthTracker
-from collector.inventory.models import Inventory, Process
-from collector.logs import log_event, safe_dsn
-from collector.rollups import RollupStore, SourceRoller, reroll, sql_sources
-from collector.sampling import build_sampler, monthly_costs, mount_sources
+from collector.inventory.load import ConfigError
+from collector.inventory.models import Inventory
+from collector.inventory.webconfig import WebConfig
+from collector.logs import log_event
+from collector.sampling import mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
-from collector.state import StateStore
+from exporters import api, page
 from exporters.prometheus import PrometheusExporter
+from exporters.status import StatusBoard
+
+if TYPE_CHECKING:
+    from app.websecurity import WebGuard
 
 INVENTORY = web.AppKey("inventory", Inventory)
+"""The inventory the service started with; after a reload, `app[LIVE].inventory` is the running one."""
 HEALTH = web.AppKey("health", HealthTracker)
 EXPORTER = web.AppKey("exporter", PrometheusExporter)
 SCHEDULER = web.AppKey("scheduler", SamplingScheduler)
+"""The scheduler started with the app; after a reload, `app[LIVE].scheduler` is the running one."""
+LIVE = web.AppKey("live", LiveSampling)
+LOADER = web.AppKey[Callable[[], Inventory] | None]("loader")
+GUARD = web.AppKey[Optional["WebGuard"]]("guard")
+WEB_LOADER = web.AppKey[Callable[[], WebConfig] | None]("web_loader")
 
 _LOG = logging.getLogger("fabwatch.service")
 _ACCESS_LOG = logging.getLogger("fabwatch.access")
 _VARY = "Accept, Accept-Encoding"
 
 
-def processes_of(inventory: Inventory, source: str) -> dict[str, Process]:
-    """Return the processes whose records live in `source`."""
-    return {name: process for name, process in inventory.processes.items()
-            if process.records.source == source}
-
-
 def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               samplers: Mapping[str, Sampler] | None = None,
-              clock: Callable[[], float] = time.time) -> web.Application:
+              clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
+              loader: Callable[[], Inventory] | None = None,
+              web_loader: Callable[[], WebConfig] | None = None) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
     `samplers` is given, in which case the caller owns them. `state_path` overrides
     `service.state_path`. `clock` tells the time samples are taken at (see `shifted_clock`).
+    `web_config` (the exporter-toolkit file) adds basic authentication to every path and its
+    response headers; its TLS is the listener's (`serve`). `loader` reads the inventory again for a
+    reload (`POST /-/reload`, SIGHUP); without it, the service cannot reload. `web_loader` reads the
+    web config again at each reload (new certificate, users, headers).
     """
-    app = web.Application()
+    guard = _guard(web_config, inventory)
+    app = web.Application(middlewares=[api.json_errors] if guard is None else [guard.middleware, api.json_errors])
     health = HealthTracker(inventory.sources, syncing=[n for n, s in inventory.sources.items() if s.kind != "sql"])
     app[INVENTORY] = inventory
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
-    app.cleanup_ctx.append(_sampling(state_path, samplers, clock))
+    app[api.BOARD] = board = StatusBoard(inventory, health, app[EXPORTER].latest)
+    app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
+                             sinks=(board,), on_reload=(board.replace_inventory,))
+    app[LOADER] = loader
+    app[GUARD] = guard
+    app[WEB_LOADER] = web_loader
+    app.cleanup_ctx.append(_sampling(app[LIVE]))
     if samplers is None:  # a caller's own samplers (tests, replays) read no records of their own
-        app.cleanup_ctx.append(_rolling(state_path, clock))
+        app.cleanup_ctx.append(rolling(inventory, state_path, clock))
     mount_sources(app, inventory, state_path, health)
-    app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_post("/-/reload", reload_endpoint)
+    api.add_routes(app)
+    page.add_routes(app)
+    if guard is not None:
+        app.on_response_prepare.append(guard.add_headers)
     return app
+
+
+def _guard(web_config: WebConfig | None, inventory: Inventory) -> "WebGuard | None":
+    if web_config is None:
+        return None
+    from app.websecurity import WebGuard  # bcrypt only when the service is configured for it
+
+    return WebGuard(web_config, healthz_open=inventory.service.healthz_without_auth)
 
 
 def shifted_clock(start: float, rate: float = 1.0) -> Callable[[], float]:
@@ -87,86 +116,78 @@ def shifted_clock(start: float, rate: float = 1.0) -> Callable[[], float]:
     return lambda: start + (time.time() - began) * rate
 
 
-def _sampling(state_path: str | Path | None, given: Mapping[str, Sampler] | None,
-              clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Return the cleanup context that opens samplers, starts the scheduler, and undoes both."""
+def _sampling(live: LiveSampling) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Return the cleanup context that opens samplers and starts the scheduler, and undoes both."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        inventory = app[INVENTORY]
-        async with AsyncExitStack() as stack:
-            samplers = dict(given) if given is not None else await _open_samplers(
-                inventory, state_path or inventory.service.state_path, stack, clock)
-            # The samplers run on `clock` (a replay's shifted one); health timestamps stay real, so
-            # that `time() - fab_source_last_success_timestamp_seconds` (FabSourceStale) holds.
-            scheduler = SamplingScheduler(inventory.sources, samplers, app[HEALTH], app[EXPORTER],
-                                          timezone=inventory.service.timezone)
-            app[SCHEDULER] = scheduler
-            scheduler.start()
-            stack.push_async_callback(scheduler.stop)  # runs first: stop sampling, then close
-            yield
-
-    return context
-
-
-def _rolling(state_path: str | Path | None,
-             clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Return the cleanup context that re-rolls the daily rollups of each SQL source every `reconcile`."""
-
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        inventory = app[INVENTORY]
-        store = RollupStore(state_path or inventory.service.state_path)
-        rollers = [SourceRoller(name, source, processes_of(inventory, name), store, inventory.service.timezone)
-                   for name, source in sql_sources(inventory.sources).items() if processes_of(inventory, name)]
-        tasks = [asyncio.create_task(_reroll_every(roller, clock), name=f"rollups-{roller.name}")
-                 for roller in rollers]
         try:
+            app[SCHEDULER] = await live.start()  # the first one; a reload starts another (`live.scheduler`)
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for roller in rollers:
-                await roller.close()
-            store.close()
+            await live.stop()  # stop sampling, then close
 
     return context
 
 
-async def _reroll_every(roller: SourceRoller, clock: Callable[[], float]) -> None:
-    """Recompute today and the days rows may still change in (late rows, reopened items), then wait
-    the source's `reconcile` period: the rollups heal as the KPIs do."""
-    while True:
-        started = time.monotonic()
+async def reload_inventory(app: web.Application) -> list[str]:
+    """Re-read the inventory and apply it; return the problems that refused it (none: applied).
+    The outcome is logged and exported (`fab_config_last_reload_successful`)."""
+    loader = app[LOADER]
+    if loader is None:
+        return ["this service was not started from inventory files: nothing to reload"]
+    web_config, problems = await _reload_web_config(app)
+    if problems:
+        app[HEALTH].reload_failed()
+        app[EXPORTER].invalidate()
+        for problem in problems:
+            log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")
+        return problems
+    try:
+        await app[LIVE].reload(lambda: asyncio.to_thread(loader))
+    except ConfigError as exc:
+        problems = [str(problem) for problem in exc.problems]
+    except ReloadRefused as exc:
+        problems = exc.problems
+    except Exception as exc:  # a store that cannot be opened: the old inventory runs on
+        log_event(_LOG, "reload_failed", logging.ERROR, exc_info=True, error=repr(exc))
+        return [f"the new inventory could not be opened: {exc!r}"]
+    else:
+        guard = app[GUARD]
+        if guard is not None and web_config is not None:
+            guard.replace(web_config)
+        return []
+    for problem in problems:
+        log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")
+    return problems
+
+
+async def _reload_web_config(app: web.Application) -> tuple[WebConfig | None, list[str]]:
+    """Read the web config file again and check it can replace the running one (certificate and
+    key loaded, nothing changed that needs a restart); (None, []) when there is none to read."""
+    guard, loader = app[GUARD], app[WEB_LOADER]
+    if guard is None or loader is None:
+        return None, []
+    from app.websecurity import WebConfigUnusable, tls_context
+
+    try:
+        new = await asyncio.to_thread(loader)
+    except ConfigError as exc:
+        return None, [f"web config: {problem}" for problem in exc.problems]
+    problems = guard.problems(new)
+    if not problems and new.tls_server_config is not None:
         try:
-            days = await reroll(roller, clock())
-        except SourceError as exc:
-            log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason=exc.reason, error=str(exc))
-        except sqlite3.Error as exc:  # the state file: full, locked, read-only
-            log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason="state", error=str(exc))
-        else:
-            log_event(_LOG, "rollup_done", logging.DEBUG, source=roller.name, days=len(days),
-                      seconds=round(time.monotonic() - started, 3))
-        await asyncio.sleep(roller.source.reconcile)
+            await asyncio.to_thread(tls_context, new.tls_server_config)
+        except WebConfigUnusable as exc:
+            problems.append(f"web config: {exc}")
+    return new, problems
 
 
-async def _open_samplers(inventory: Inventory, state_path: str | Path,
-                         stack: AsyncExitStack, clock: Callable[[], float]) -> dict[str, Sampler]:
-    """Open the state store and one sampler per source; register their closing on `stack`."""
-    state = StateStore(state_path)
-    stack.callback(state.close)
-    samplers: dict[str, Sampler] = {}
-    monthly = monthly_costs(inventory, state_path)
-    for name, source in inventory.sources.items():
-        sampler = build_sampler(name, source, processes_of(inventory, name), state, inventory.service, state_path,
-                                monthly)
-        if isinstance(sampler, SourceSampler):
-            sampler.clock = clock
-        await sampler.open()
-        stack.push_async_callback(sampler.close)
-        samplers[name] = sampler
-        log_event(_LOG, "source_opened", source=name, dsn=safe_dsn(source.dsn),
-                  processes=",".join(processes_of(inventory, name)) or "-")
-    return samplers
+async def reload_endpoint(request: web.Request) -> web.Response:
+    """POST /-/reload: 200 when the new inventory runs, 400 with the problems when it was refused."""
+    problems = await reload_inventory(request.app)
+    if problems:
+        return web.json_response({"status": "refused", "problems": problems}, status=400)
+    return web.json_response({"status": "reloaded"})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -196,26 +217,6 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready", "sources": list(health.sources), "down": down})
 
 
-async def index(request: web.Request) -> web.Response:
-    """A tiny HTML page linking to the endpoints, with each source's state."""
-    health = request.app[HEALTH]
-    pending = set(health.not_sampled())
-    rows = "".join(f"<li>{html.escape(name)}: {html.escape(_state(health, name, pending))}</li>"
-                   for name in health.sources)
-    body = (
-        "<!doctype html><html><head><meta charset=utf-8><title>fabwatch</title></head><body>"
-        "<h1>fabwatch</h1><ul><li><a href=metrics>/metrics</a></li>"
-        "<li><a href=readyz>/readyz</a></li><li><a href=healthz>/healthz</a></li></ul>"
-        f"<h2>Sources</h2><ul>{rows}</ul></body></html>\n")
-    return web.Response(text=body, content_type="text/html")
-
-
-def _state(health: HealthTracker, name: str, pending: set[str]) -> str:
-    if name in pending:
-        return "not sampled yet"
-    return "up" if health.is_up(name) else f"down ({health.last_reason(name)})"
-
-
 class AccessLogger(AbstractAccessLogger):
     """Access log as key=value events, at DEBUG so that scrapes don't flood the log."""
 
@@ -231,16 +232,18 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.DEBUG)
 
 
-async def serve(app: web.Application, host: str, port: int, stop: asyncio.Event) -> None:
-    """Serve `app` on host:port until `stop` is set, then shut down cleanly."""
+async def serve(app: web.Application, host: str, port: int, stop: asyncio.Event,
+                ssl_context: ssl.SSLContext | None = None) -> None:
+    """Serve `app` on host:port (HTTPS with `ssl_context`) until `stop` is set, then shut down cleanly."""
     runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=_ACCESS_LOG,
                            shutdown_timeout=5.0, handle_signals=False)
     try:
         await runner.setup()  # inside: a start-up that fails half-way still closes what it opened
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
         _freeze_startup_objects()
-        log_event(_LOG, "listening", url=f"http://{_url_host(host)}:{port}/")
+        scheme = "http" if ssl_context is None else "https"
+        log_event(_LOG, "listening", url=f"{scheme}://{_url_host(host)}:{port}/")
         await stop.wait()
     finally:
         log_event(_LOG, "stopping")

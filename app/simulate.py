@@ -35,37 +35,51 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     dsn = _env("DSN")
     parser.add_argument(
-        "--dsn", default=dsn, required=dsn is None, help="sqlite+aiosqlite:///path or postgresql+asyncpg://..."
+        "--dsn", default=dsn, required=dsn is None,
+        help="database to write into: sqlite+aiosqlite:///path or postgresql+asyncpg://... "
+        "[env FABWATCH_SIMULATE_DSN]",
     )
     # String defaults: argparse converts them with `type` when `simulate` runs, so a bad variable is
     # "argument --days: invalid float value" and exit 2, and never stops another command.
-    parser.add_argument("--days", type=float, default=_env("DAYS", "0"), help="days of history")
-    parser.add_argument("--seed", type=int, default=_env("SEED", "1"))
-    parser.add_argument("--scale", type=float, default=_env("SCALE", "1"), help="volume factor")
+    parser.add_argument("--days", type=float, default=_env("DAYS", "0"),
+                        help="days of history to backfill (default: 0) [env FABWATCH_SIMULATE_DAYS]")
+    parser.add_argument("--seed", type=int, default=_env("SEED", "1"),
+                        help="random seed (default: 1) [env FABWATCH_SIMULATE_SEED]")
+    parser.add_argument("--scale", type=float, default=_env("SCALE", "1"),
+                        help="volume factor (default: 1) [env FABWATCH_SIMULATE_SCALE]")
     parser.add_argument("--live", action="store_true", default=None,
-                        help="keep writing live (FABWATCH_SIMULATE_LIVE: 1/true/yes/on or 0/false/no/off)")
-    parser.add_argument("--speed", type=float, default=_env("SPEED", "1"), help="time acceleration")
-    parser.add_argument("--tick", type=float, default=_env("TICK", "1"), help="live step seconds")
-    parser.add_argument("--timezone", default=_env("TIMEZONE", "Europe/Berlin"), help="for diurnal patterns")
+                        help="keep writing live (the variable: 1/true/yes/on or 0/false/no/off) "
+                        "[env FABWATCH_SIMULATE_LIVE]")
+    parser.add_argument("--speed", type=float, default=_env("SPEED", "1"),
+                        help="time acceleration (default: 1) [env FABWATCH_SIMULATE_SPEED]")
+    parser.add_argument("--tick", type=float, default=_env("TICK", "1"),
+                        help="real seconds between live steps (default: 1) [env FABWATCH_SIMULATE_TICK]")
+    parser.add_argument("--timezone", default=_env("TIMEZONE", "Europe/Berlin"),
+                        help="time zone of the diurnal patterns (default: Europe/Berlin) "
+                        "[env FABWATCH_SIMULATE_TIMEZONE]")
     parser.add_argument(
         "--incident",
         action="append",
         default=[s for s in (_env("INCIDENT") or "").split(",") if s],
         metavar="SPEC",
-        help="process:kind:factor[:start_offset[:duration]] (kind: slow, fallout, surge); repeatable",
+        help="process:kind:factor[:start_offset[:duration]] (kind: slow, fallout, surge); repeat for several, "
+        "or list them in the variable separated by ',' [env FABWATCH_SIMULATE_INCIDENT]",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop the live run after S seconds")
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop the live run after SECONDS (default: run until stopped)")
     parser.add_argument(
         "--schema",
         choices=SCHEMAS,
         default=_env("SCHEMA", "epoch"),
-        help="realistic: also store tickets and orders as ITSM/OSS systems do (timestamps, codes, "
-        "a status history; examples/realistic-*.yaml map them)",
+        help="epoch: the simulator's own tables only; realistic: also store tickets and orders as ITSM/OSS "
+        "systems do (timestamps, codes, a status history; examples/realistic-*.yaml map them) (default: epoch) "
+        "[env FABWATCH_SIMULATE_SCHEMA]",
     )
     parser.add_argument(
         "--epoch-dsn",
         default=_env("EPOCH_DSN"),
-        help="with --schema realistic: where the simulator's own tables live (default --dsn; required for MariaDB)",
+        help="with --schema realistic: where the simulator's own tables live (default: the --dsn database; "
+        "required for MariaDB) [env FABWATCH_SIMULATE_EPOCH_DSN]",
     )
     return parser
 

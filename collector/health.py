@@ -113,6 +113,30 @@ class HealthTracker:
         """The listener of each `tmf_events` source: its live counts by result, its last event."""
         self.completions: dict[str, Completions] = {}
         """The listener of each `tmf_events` source: its incomplete resources."""
+        self.reload_ok = True
+        """Whether the last reload of the inventory succeeded (`fab_config_last_reload_successful`)."""
+        self.reload_at: float | None = None
+        """When the inventory was last loaded successfully, at start or by a reload (Unix time)."""
+
+    def track(self, sources: Iterable[str], syncing: Iterable[str] = ()) -> None:
+        """Track `sources` from now on (a reload): the health of the ones tracked already is kept,
+        new ones start not sampled, and the ones no longer configured are forgotten, series and all."""
+        syncs = set(syncing)
+        tracked = {}
+        for name in sources:
+            tracked[name] = self._sources.get(name) or _SourceHealth()
+            if name in syncs:
+                for reason in SYNC_REASONS:
+                    tracked[name].errors.setdefault(reason, 0)
+        self._sources = tracked
+
+    def reload_succeeded(self, at: float) -> None:
+        """Record that the inventory was loaded (at start) or reloaded at `at` (Unix time)."""
+        self.reload_ok, self.reload_at = True, at
+
+    def reload_failed(self) -> None:
+        """Record that a reload was refused: the last good inventory still runs."""
+        self.reload_ok = False
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -168,8 +192,20 @@ class HealthTracker:
         info = Family("fab_build_info", "gauge",
                       "fabwatch build information; the value is always 1.",
                       [((("version", self.version),), 1.0)])
-        return (up, last, durations, errors, info, *_task_families(), *self._intake_families(),
-                *self._completion_families())
+        return (up, last, durations, errors, info, *_task_families(), *self._reload_families(),
+                *self._intake_families(), *self._completion_families())
+
+    def _reload_families(self) -> tuple[Family, ...]:
+        """`fab_config_last_reload_successful` and its timestamp, named as Prometheus names its own."""
+        if self.reload_at is None:  # not serving (check, tests of the engine alone)
+            return ()
+        ok = Family("fab_config_last_reload_successful", "gauge",
+                    "1 if the last reload of the inventory succeeded, 0 if it was refused (the last good "
+                    "inventory still runs).", [((), 1.0 if self.reload_ok else 0.0)])
+        at = Family("fab_config_last_reload_success_timestamp_seconds", "gauge",
+                    "When the inventory was last loaded successfully, at start or by a reload (Unix time).",
+                    [((), self.reload_at)])
+        return (ok, at)
 
     def _completion_families(self) -> tuple[Family, ...]:
         """`fab_records_incomplete` and `fab_records_completed_total{how}`, when there are listeners."""

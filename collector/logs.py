@@ -44,13 +44,33 @@ def safe_dsn(dsn: str) -> str:
         return "<unparsable DSN>"
 
 
+_AT_AFTER_AUTHORITY = re.compile(r"^[/?#][^/?#]*@")
+"""An `@` in the first segment after the authority: the rest of a password holding `/`, `?` or `#`."""
+
+
+def ambiguous_userinfo(url: str) -> bool:
+    """Whether an HTTP URL's password holds an unescaped `/`, `?` or `#`: parsers then cut the
+    authority there and read the password's start as the port (`http://u:1234/5@host/` is host `u`,
+    port 1234), so the password reaches logs and DNS as a host name."""
+    try:
+        netloc = urlsplit(url).netloc
+    except ValueError:
+        return False
+    start = url.find("://") + 3
+    return "@" not in netloc and ":" in netloc and bool(_AT_AFTER_AUTHORITY.match(url[start + len(netloc):]))
+
+
 def _safe_http_url(url: str) -> str:
-    """Hide the password of an HTTP URL's userinfo, parsed as aiohttp parses it (the last `@`)."""
+    """Hide the password of an HTTP URL's userinfo, parsed as aiohttp parses it (the last `@`), or
+    as written when the password holds a `/`, `?` or `#` that cut the authority short."""
+    start = url.index("://") + 3
+    if ambiguous_userinfo(url):
+        cut = url.index("@", start)
+        return f"{url[:start]}{url[start:cut].split(':', 1)[0]}:***{url[cut:]}"
     netloc = urlsplit(url).netloc
     userinfo, at, host = netloc.rpartition("@")
     if not at or ":" not in userinfo:
         return url
-    start = url.index("://") + 3
     return f"{url[:start]}{userinfo.split(':', 1)[0]}:***@{host}{url[start + len(netloc):]}"
 
 

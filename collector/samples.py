@@ -73,3 +73,20 @@ class SampleSink(Protocol):
 
     def invalidate(self) -> None:
         """Forget what was rendered: a source's health changed without a new sample."""
+
+
+class FanOut:
+    """Hands each sample (and each health change) to several sinks: the exporter, the status board."""
+
+    def __init__(self, *sinks: SampleSink) -> None:
+        self._sinks = sinks
+
+    def update(self, sample: SourceSample) -> None:
+        """Give the sample to every sink."""
+        for sink in self._sinks:
+            sink.update(sample)
+
+    def invalidate(self) -> None:
+        """Tell every sink that a source's health changed."""
+        for sink in self._sinks:
+            sink.invalidate()

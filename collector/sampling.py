@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -91,9 +92,11 @@ class SyncingSampler:
 
 
 def _hub(hub_url: str, subscription: str | None = None) -> str:
-    """The URL of a TMF hub's `/hub` resource, or of one subscription in it."""
-    base = f"{hub_url.rstrip('/')}/hub"
-    return base if subscription is None else f"{base}/{subscription}"
+    """The URL of a TMF hub's `/hub` resource, or of one subscription in it: appended to the path,
+    the query string (a gateway's key) and fragment kept where they were."""
+    parts = urlsplit(hub_url)
+    path = f"{parts.path.rstrip('/')}/hub" + ("" if subscription is None else f"/{quote(subscription, safe='')}")
+    return urlunsplit(parts._replace(path=path))
 
 
 _HUB_ID, _HUB_URL, _HUB_OWED = "hub_id", "hub_url", "hub_unregister_owed"
@@ -213,7 +216,7 @@ def build_sampler(name: str, source: Source, processes: Mapping[str, Process], s
     """Return the sampler of any source: the SQL engine itself, or a syncing sampler around it;
     `monthly` finds the amounts of `monthly_from` costs (see `monthly_costs`)."""
     options: dict[str, Any] = {"currency": service.currency, "max_series": service.max_series_per_process,
-                               "monthly": monthly}
+                               "monthly": monthly, "series_expiry": service.series_expiry}
     if isinstance(source, SqlSource):
         return SourceSampler(name, source, processes, state, **options)
     store = open_store(name, source, processes, state_path)

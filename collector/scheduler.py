@@ -123,16 +123,22 @@ class SamplingScheduler:
         """Whether the scheduler has been started and not stopped."""
         return bool(self._scheduler.running) and not self._stopping
 
-    def start(self) -> None:
-        """Add one job per source, each first run due now, and start (inside the running loop)."""
+    def start(self, next_runs: Mapping[str, datetime] | None = None) -> None:
+        """Add one job per source, each first run due now (or at its time in `next_runs`: a source
+        kept across a reload keeps its schedule), and start (inside the running loop)."""
         now = datetime.now(self._timezone)
         for name, source in self._sources.items():
             self._scheduler.add_job(
                 self._job, trigger_for(source, self._timezone), args=(name,), id=name,
                 name=f"sample {name}", max_instances=1, coalesce=True,
-                misfire_grace_time=misfire_grace(source), next_run_time=now)
+                misfire_grace_time=misfire_grace(source), next_run_time=(next_runs or {}).get(name, now))
         self._scheduler.start()
         log_event(_LOG, "scheduler_started", sources=",".join(self._sources) or "-")
+
+    def next_runs(self) -> dict[str, datetime]:
+        """When each source is due next (for a reload to keep the schedules of the sources it keeps)."""
+        return {str(job.id): job.next_run_time for job in self._scheduler.get_jobs()
+                if job.next_run_time is not None}
 
     async def stop(self) -> None:
         """Stop scheduling; let the samples in flight finish within `stop_grace` (their results

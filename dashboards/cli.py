@@ -9,10 +9,14 @@ from typing import Any
 
 from collector.inventory.load import ConfigError, load_inventory
 from collector.inventory.models import Inventory
+from collector.logs import mask_secrets, safe_dsn
 from dashboards.build import DEFAULT_PROMETHEUS_URL, PROVISIONED_PATH, build, build_dashboards, write
 from dashboards.push import PushError, connect, credential_from, push
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+PUSH_CREDENTIALS = ("credentials: a service account token [env FABWATCH_GRAFANA_TOKEN], or a user "
+                    "[env FABWATCH_GRAFANA_USER] and password [env FABWATCH_GRAFANA_PASSWORD]; each variable "
+                    "may instead end in _FILE and name a file holding the value")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -25,13 +29,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     _inventory_flag(build_cmd)
     build_cmd.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory")
     build_cmd.add_argument("--prometheus-url", default=_env("PROMETHEUS_URL", DEFAULT_PROMETHEUS_URL),
-                           help="URL of the provisioned Prometheus datasource (env FABWATCH_PROMETHEUS_URL)")
+                           help=f"address of the provisioned Prometheus datasource (default: {DEFAULT_PROMETHEUS_URL}) "
+                                "[env FABWATCH_PROMETHEUS_URL]")
     build_cmd.add_argument("--dashboards-path", default=_env("DASHBOARDS_PATH", PROVISIONED_PATH),
-                           help="where Grafana reads the JSON files (env FABWATCH_DASHBOARDS_PATH)")
-    push_cmd = commands.add_parser(
-        "push", help="upload the dashboards to Grafana (token or user/password from FABWATCH_GRAFANA_*)")
+                           help=f"where Grafana reads the JSON files (default: {PROVISIONED_PATH}) "
+                                "[env FABWATCH_DASHBOARDS_PATH]")
+    push_cmd = commands.add_parser("push", help="upload the dashboards to Grafana", epilog=PUSH_CREDENTIALS)
     _inventory_flag(push_cmd)
-    push_cmd.add_argument("--url", default=_env("GRAFANA_URL"), help="Grafana base URL (env FABWATCH_GRAFANA_URL)")
+    push_cmd.add_argument("--url", default=_env("GRAFANA_URL"), help="base URL of Grafana [env FABWATCH_GRAFANA_URL]")
     push_cmd.add_argument("--no-overwrite", action="store_true",
                           help="refuse (412) to replace dashboards changed in Grafana since they were pushed")
     parser.set_defaults(dashboards_run=run)
@@ -44,7 +49,8 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 def _inventory_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", action="append", metavar="FILE", default=argparse.SUPPRESS,
-                        help="inventory file; repeat to merge several (env FABWATCH_CONFIG)")
+                        help="inventory file; repeat to merge several, or list them in the variable separated "
+                             f"by {os.pathsep!r} [env FABWATCH_CONFIG]")
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
@@ -97,9 +103,9 @@ def cmd_push(inventory: Inventory, args: argparse.Namespace, env: Mapping[str, s
         api = connect(args.url, credential_from(env))
         saved = push(api, build_dashboards(inventory).values(), overwrite=not args.no_overwrite)
     except PushError as exc:
-        print(f"fabwatch: {exc}", file=sys.stderr)
+        print(f"fabwatch: {mask_secrets(str(exc))}", file=sys.stderr)  # "cannot reach" quotes the URL
         return EXIT_FAILED
     for item in saved:
         print(f"{item.uid}: version {item.version} {item.url}")
-    print(f"Pushed {len(saved)} dashboards to {args.url}")
+    print(f"Pushed {len(saved)} dashboards to {safe_dsn(args.url)}")
     return EXIT_OK

@@ -1,4 +1,4 @@
-"""What each dashboard contains, as markdown: the README's substitute for screenshots."""
+"""What each dashboard contains, as markdown: the docs' substitute for screenshots (docs/dashboards.md)."""
 
 from collections.abc import Iterable, Iterator
 from typing import Any

@@ -4,13 +4,21 @@ Idempotent: the folder is created only when missing, and each dashboard is saved
 `POST /api/dashboards/db`, replacing the version in Grafana (`overwrite`) unless asked not to.
 """
 
+import socket
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 from grafana_client.api import GrafanaApi
-from grafana_client.client import GrafanaClientError, GrafanaException, GrafanaUnauthorizedError
+from grafana_client.client import (
+    GrafanaClientError,
+    GrafanaException,
+    GrafanaTimeoutError,
+    GrafanaUnauthorizedError,
+)
 from niquests.exceptions import RequestException  # grafana-client's HTTP library
 
 from dashboards.build import FOLDER_TITLE, FOLDER_UID
@@ -60,7 +68,9 @@ def _secret(env: Mapping[str, str], name: str) -> str | None:
 
 
 def connect(url: str, credential: Credential | None, timeout: float = TIMEOUT) -> GrafanaApi:
-    """Return a client of the Grafana at `url`."""
+    """Return a client of the Grafana at `url` (http:// or https://)."""
+    if not url.startswith(("http://", "https://")):
+        raise PushError(f"the Grafana URL must start with http:// or https://, got {url!r}")
     api: GrafanaApi = GrafanaApi.from_url(url, credential=credential, timeout=timeout)
     return api
 
@@ -96,10 +106,52 @@ def push(api: GrafanaApi, models: Iterable[dict[str, Any]], *, overwrite: bool =
     except GrafanaUnauthorizedError as exc:
         raise PushError("Grafana answered 401 Unauthorized: check FABWATCH_GRAFANA_TOKEN (a service account "
                         "token with the Editor role) or FABWATCH_GRAFANA_USER/PASSWORD") from exc
+    except GrafanaTimeoutError as exc:
+        raise PushError(f"cannot reach Grafana at {base_url(api)}: no answer within {api.client.timeout:g} s") \
+            from exc
     except GrafanaException as exc:
-        raise PushError(f"Grafana request failed: {exc.message}") from exc
+        raise PushError(_answered(api, exc)) from exc
     except RequestException as exc:  # no answer at all: wrong URL, Grafana down, TLS
-        raise PushError(f"cannot reach Grafana: {exc}") from exc
+        raise PushError(f"cannot reach Grafana at {base_url(api)}: {_reason(exc)}") from exc
+
+
+def base_url(api: GrafanaApi) -> str:
+    """The Grafana URL the client was made for (its API URL without `/api`)."""
+    return str(api.client.url).removesuffix("/api")
+
+
+def _answered(api: GrafanaApi, exc: GrafanaException) -> str:
+    """Say an HTTP error by its status and Grafana's message (its JSON `message`, else the body)."""
+    if not exc.status_code:  # grafana-client wraps the HTTP library's other errors with status 0
+        return f"cannot reach Grafana at {base_url(api)}: {_reason(exc)}"
+    response = exc.response
+    message = response.get("message", "") if isinstance(response, dict) else str(response or "")
+    first = " ".join(message.split())[:200] or "no message"
+    return f"Grafana at {base_url(api)} answered {_status(exc.status_code)}: {first}"
+
+
+def _status(code: int) -> str:
+    try:
+        return f"{code} {HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+def _reason(exc: BaseException) -> str:
+    """Why no answer came, in the operating system's words (`connection refused`), not the HTTP
+    library's: the innermost socket error of the exception's chain."""
+    inner: BaseException | None = exc
+    seen: set[int] = set()
+    while inner is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        if isinstance(inner, socket.gaierror):
+            return f"cannot resolve the host name ({inner.strerror or str(inner).split(':')[0]})"
+        if isinstance(inner, ssl.SSLError):
+            return f"TLS failed: {inner.reason or inner.strerror or inner}"
+        if isinstance(inner, OSError) and inner.strerror and type(inner).__module__ in ("builtins", "socket"):
+            return inner.strerror[0].lower() + inner.strerror[1:]
+        inner = inner.__cause__ or inner.__context__
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _save_one(api: GrafanaApi, model: dict[str, Any], folder_uid: str, overwrite: bool) -> Saved:

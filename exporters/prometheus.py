@@ -176,6 +176,13 @@ class PrometheusExporter:
         self._samples[sample.source] = sample
         self.invalidate()
 
+    def forget(self, sources: Iterable[str]) -> None:
+        """Drop the samples of sources no longer configured (a reload): their series end now instead
+        of lingering with their last values."""
+        dropped = [self._samples.pop(name) for name in sources if name in self._samples]
+        if dropped:
+            self.invalidate()
+
     def invalidate(self) -> None:
         """Drop the cached exposition (after a new sample or a health change); re-render it in the
         background for the format last served when an event loop runs."""

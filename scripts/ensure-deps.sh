@@ -2,8 +2,8 @@
 # Install the system packages the test suite starts for real (idempotent, Debian 12):
 # prometheus + promtool, prometheus-alertmanager + amtool, PostgreSQL (initdb, postgres, psql),
 # MariaDB (mariadb-install-db, mariadbd, mariadb), openssl (certificates for the TLS tests), Node.js
-# (the inventory schema's patterns, as editors read them), Chromium (the HTML report, seen as a person
-# would).
+# (the inventory schema's patterns, as editors read them), Chromium (the status page's acceptance
+# test drives Debian's headless chromium over DevTools; the monthly report's HTML is screenshot by it).
 # Only missing packages are installed; `apt-get update` runs once, and only if needed.
 set -euo pipefail
 
@@ -29,7 +29,7 @@ have_mariadb() {
 have_mariadb || missing+=(mariadb-server mariadb-client)
 have openssl || missing+=(openssl)   # the TLS tests make their certificates with it
 have node || missing+=(nodejs)      # the JSON Schema's patterns are compiled as editors (JavaScript) read them
-have chromium || missing+=(chromium)   # renders the monthly report's HTML headless for its screenshot test
+{ have chromium && have chromedriver; } || missing+=(chromium chromium-driver)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 
 if (( ${#missing[@]} == 0 )); then

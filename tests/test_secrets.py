@@ -99,7 +99,8 @@ def test_a_marker_secret_reaches_no_log_table_answer_or_generated_file(tmp_path,
                          "--state", str(tmp_path / "serve-state.db"))
     answers = [wait_http(f"http://127.0.0.1:{port}/metrics", serve)]
     time.sleep(3)  # a few samples of each source, failed ones included
-    for page in ("/metrics", "/", "/healthz"):
+    for page in ("/metrics", "/", "/healthz", "/api/v1/inventory", "/api/v1/sources", "/api/v1/processes/problem",
+                 "/api/v1/kpis", "/api/v1/slos", "/api/v1/openapi.json"):
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=5) as reply:
                 answers.append(reply.read())

@@ -12,10 +12,11 @@ import datetime as dt
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from collector.inventory.base import examples
 from collector.inventory.durations import Duration, format_duration
+from collector.inventory.sources import unambiguous_url
 from collector.inventory.types import TimeZoneName
 
 Severity = Literal["critical", "warning", "info"]
@@ -179,8 +180,11 @@ class ProcessAlerting(Model):
 class WebhookReceiver(Model):
     """An HTTP endpoint that receives Alertmanager's webhook payload."""
 
-    url: Annotated[str, StringConstraints(pattern=r"^https?://")]
-    """URL Alertmanager posts notifications to (its webhook JSON payload)."""
+    url: Annotated[str, StringConstraints(pattern=r"^https?://"), AfterValidator(unambiguous_url)] = Field(repr=False)
+    """Where Alertmanager posts the alerts. It goes into the generated alertmanager.yml as it is
+    (Alertmanager 0.25 reads no URL file), and nowhere else: never in a log, a problem or a repr,
+    where its userinfo and credential-like query values are masked. A token is better in
+    `credentials_file`."""
     credentials_file: str | None = None
     """Bearer token file (Alertmanager http_config.authorization.credentials_file)."""
     send_resolved: bool = True

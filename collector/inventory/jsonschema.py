@@ -109,6 +109,9 @@ def _publish_types(schema: Schema) -> Schema:
     def publish(node: Schema) -> Schema:
         name = node.get(PUBLISHED_TYPE)
         if name is None:
+            if isinstance(node.get("default"), int | float) and not isinstance(node["default"], bool) and any(
+                    item.get("$ref") == "#/$defs/Duration" for item in node.get("anyOf", [])):
+                return {**node, "default": format_duration(node["default"])}  # an optional duration's
             return node
         used.add(name)
         out = {"$ref": f"#/$defs/{name}", **{k: v for k, v in node.items() if k != PUBLISHED_TYPE}}

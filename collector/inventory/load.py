@@ -25,6 +25,7 @@ from collector.inventory.models import (
     SlaKpi,
 )
 from collector.inventory.sources import RECORD_STORE_TABLES, SOURCE_KINDS, TmfEventsSource
+from collector.inventory.webconfig import WebConfig
 from collector.logs import safe_dsn
 
 VARIABLE = re.compile(r"\$\{(?:file:(?P<file>[^}]+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?)\}")
@@ -119,7 +120,22 @@ def load_inventory(paths: Sequence[str | Path], environ: Mapping[str, str] | Non
     return inventory
 
 
-def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[str, Any] | None:
+def load_web_config(path: str | Path) -> WebConfig:
+    """Load the service port's web configuration file (exporter-toolkit format); raise `ConfigError`
+    naming every problem, with the same limits on hostile YAML as the inventory."""
+    origins = _Origins()
+    problems: list[Problem] = []
+    document = _read_file(Path(path), origins, problems, what="tls_server_config, basic_auth_users")
+    if problems or document is None:
+        raise ConfigError(problems)
+    try:
+        return WebConfig.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(_validation_problems(exc, origins)) from None
+
+
+def _read_file(path: Path, origins: _Origins, problems: list[Problem],
+               what: str = "service, sources, processes") -> dict[str, Any] | None:
     text = _read_text(path, problems)
     if text is None:
         return None
@@ -147,7 +163,7 @@ def _read_file(path: Path, origins: _Origins, problems: list[Problem]) -> dict[s
     if data is None:
         return {}
     if not isinstance(data, dict):
-        problems.append(Problem(str(path), 1, "", "the file must hold a mapping (service, sources, processes)"))
+        problems.append(Problem(str(path), 1, "", f"the file must hold a mapping ({what})"))
         return None
     _record_lines(node, "", str(path), origins)
     return data

@@ -86,6 +86,17 @@ class ServiceConfig(Model):
     max_series_per_process: Annotated[int, Field(gt=0)] = 2000
     """Most dimension sets (label value combinations) exported per process; new ones beyond it are counted as
     `other`, and how much of the cap is used is itself exported."""
+    series_expiry: Duration | None = 90 * 86_400.0
+    """A dimension set (a priority, a channel value) no item entered, left or stayed open in for this long
+    (at least the process's longest KPI window) leaves /metrics instead of lingering at its last values,
+    and frees its place under the cap; back later, its counters start again from zero. `null`: never."""
+    web_config: str | None = None
+    """Web configuration file of the service port, in the Prometheus exporter-toolkit's format (TLS,
+    mutual TLS, `basic_auth_users` with bcrypt hashes, response headers); `--web.config.file` wins.
+    None: plain HTTP, no authentication."""
+    healthz_without_auth: bool = False
+    """Answer `/healthz` without basic authentication, for load balancers that cannot send
+    credentials (it says only `ok`; TLS still applies). Every other path needs the credentials."""
 
     @field_validator("listen", "events_listen")
     @classmethod

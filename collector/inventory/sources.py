@@ -13,21 +13,26 @@ from pydantic import AfterValidator, Field, StringConstraints, field_validator, 
 from collector.inventory.base import Model, examples
 from collector.inventory.durations import Duration
 from collector.inventory.types import CronExpression
+from collector.logs import ambiguous_userinfo
 
 TmfApi = Literal["tmf621", "tmf622", "tmf678", "tmf676", "tmf683"]
 TMF_APIS: tuple[TmfApi, ...] = ("tmf621", "tmf622", "tmf678", "tmf676", "tmf683")
 
 
-def _port(url: str) -> str:
-    """Refuse a URL whose port does not parse, without quoting it: a '/' in a password cut it there."""
+def unambiguous_url(url: str) -> str:
+    """Refuse a URL whose port does not parse, or whose password cut the authority short (an
+    all-digit start of it then parses as a port), without quoting it."""
     try:
         urlsplit(url).port  # noqa: B018
     except ValueError:
         raise ValueError("the port is not a number (a '/' in the password? write it as %2F)") from None
+    if ambiguous_userinfo(url):
+        raise ValueError("an '@' follows the host: a '/', '?' or '#' in the password cut the address short (its "
+                         "start would be read as the port); write them as %2F, %3F, %23, an '@' in a path as %40")
     return url
 
 
-Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$"), AfterValidator(_port)]
+Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$"), AfterValidator(unambiguous_url)]
 Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
 MIB = 1024 * 1024
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,3 +124,43 @@ def test_time_interval_hours_as_alertmanager_parses_them(write_inventory: Callab
     found = problems(write_inventory(merged(SMALL, {"alerting": {"time_intervals": {
         "office_hours": {"weekdays": ["monday:friday"], "hours": [hours]}}}})))
     assert (found == []) is valid, found
+
+
+MARKER = "Zq7mArKeR42"
+
+
+@pytest.mark.parametrize("url", [
+    f"https://hook:{MARKER}@hooks.example/x?token={MARKER}t&a=1",
+    f"ftp://hook:{MARKER}@hooks.example/x?token={MARKER}t",  # refused: a problem quotes it, masked
+    f"https://hook:1234/{MARKER}@hooks.example/x",  # refused: the password's start would be the port
+])
+def test_a_webhook_url_is_masked_in_every_problem_and_repr(write_inventory: Callable[[dict], Path],
+                                                           url: str) -> None:
+    document = merged(SMALL, {"alerting": {"teams": {"assurance-ops": {"page": {"webhook": {"url": url}}}}}})
+    try:
+        inventory = load_inventory([write_inventory(document)], environ={})
+    except ConfigError as exc:
+        shown = str(exc)
+        assert "alerting.teams.assurance-ops.page.webhook.url" in shown
+    else:
+        shown = repr(inventory) + str(inventory.model_dump(exclude={"alerting"}))
+        assert inventory.alerting is not None
+        assert inventory.alerting.teams["assurance-ops"].page.webhook is not None
+        assert inventory.alerting.teams["assurance-ops"].page.webhook.url == url
+    assert MARKER not in shown, shown
+
+
+def test_alerts_build_prints_no_webhook_secret_and_writes_it_only_where_alertmanager_reads_it(
+        write_inventory: Callable[[dict], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from alerts.cli import add_parser, run
+
+    url = f"https://hook:{MARKER}@hooks.example/x?token={MARKER}t"
+    hook = {"alerting": {"teams": {"assurance-ops": {"page": {"webhook": {"url": url}}}}}}
+    path = write_inventory(merged(SMALL, hook))
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    assert run(parser.parse_args(["alerts", "build", "-c", str(path), "--out", str(tmp_path / "out")])) == 0
+    printed = capsys.readouterr()
+    assert MARKER not in printed.out + printed.err
+    holding = sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file() and MARKER in p.read_text())
+    assert holding == ["alertmanager.yml"]

@@ -1,5 +1,6 @@
 """The fabwatch command line: check, serve and demo, flags from the environment."""
 
+import argparse
 import contextlib
 import logging
 import os
@@ -253,8 +254,11 @@ def test_demo_backfills_then_serves_until_sigint(tmp_path):
     body = wait_http(f"http://127.0.0.1:{port}/metrics", proc)
     assert b'fab_source_up{source="operator"} 1.0' in body
     assert b'fab_items_created_total{' in body
+    page = wait_http(f"http://127.0.0.1:{port}/", proc)
+    assert page.count(b'<article class="tile') == 8
     code, out, err = stop(proc, signal.SIGINT)
     assert code == 0, err
+    assert out.splitlines()[0] == f"fabwatch status page: http://127.0.0.1:{port}/"  # first, before the backfill
     assert f"http://127.0.0.1:{port}/metrics" in out
     assert "Ctrl+C" in out
     assert (data / "operator.db").exists()
@@ -264,7 +268,7 @@ def test_demo_backfills_then_serves_until_sigint(tmp_path):
 def test_serve_loads_neither_the_simulator_nor_the_generators():
     code = ("import sys; from app.cli import build_parser; build_parser('serve'); "
             "print(sorted({m.split('.')[0] for m in sys.modules}"
-            " & {'simulator', 'dashboards', 'grafana_foundation_sdk', 'reports', 'jinja2'}))")
+            " & {'simulator', 'dashboards', 'grafana_foundation_sdk', 'reports'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -502,3 +506,60 @@ def test_schema_prints_what_is_committed(argv, committed, capsys):
     out = capsys.readouterr().out
     assert out == committed.read_text(encoding="utf-8"), (
         f"regenerate: fabwatch {' '.join(argv)} > {committed.relative_to(ROOT)}")
+
+
+# --- help: one style -----------------------------------------------------------------------
+
+HELP_COMMANDS = [(), ("serve",), ("check",), ("demo",), ("simulate",), ("alerts",), ("alerts", "build"),
+                 ("dashboards",), ("dashboards", "build"), ("dashboards", "push"), ("report",)]
+ENV_NAME = re.compile(r"FABWATCH_[A-Z0-9_]+")
+ENV_AT_END = re.compile(r" \[env FABWATCH_[A-Z0-9_]+\]$")
+
+
+def _parser_of(words: tuple[str, ...]) -> argparse.ArgumentParser:
+    """The parser `fabwatch <words>` runs with (the lazy commands loaded as when they run)."""
+    parser = build_parser(words[0] if words else None)
+    for word in words:
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = commands.choices[word]
+    return parser
+
+
+def _helps(parser: argparse.ArgumentParser) -> list[tuple[str, str | None]]:
+    """(what, help) of every option, positional and subcommand of one parser."""
+    out: list[tuple[str, str | None]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            out += [(f"command {a.dest}", a.help) for a in action._choices_actions]
+        else:
+            out.append(("/".join(action.option_strings) or action.dest, action.help))
+    return out
+
+
+@pytest.mark.parametrize("words", HELP_COMMANDS, ids=lambda words: " ".join(words) or "fabwatch")
+def test_every_help_speaks_one_style(words, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([*words, "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith(" ".join(("usage: fabwatch", *words)))
+    assert len(ENV_NAME.findall(text)) == len(re.findall(r"\[env FABWATCH_[A-Z0-9_]+\]", text)), \
+        f"an environment variable not written [env FABWATCH_X]: {text}"
+    for what, help_text in _helps(_parser_of(words)):
+        assert help_text, f"{what} has no help"
+        assert help_text != argparse.SUPPRESS, f"{what} has no help"
+        first = help_text.split()[0]
+        assert first[0].islower() or first.isupper(), f"{what}: help starts upper-case: {help_text!r}"
+        assert not help_text.endswith("."), f"{what}: help ends with a period: {help_text!r}"
+        assert len(re.findall(r"\bdefault\b", help_text)) == help_text.count("(default: "), \
+            f"{what}: a default not written (default: X): {help_text!r}"
+        if "FABWATCH_" in help_text:
+            assert ENV_AT_END.search(help_text), f"{what}: its variable not at the end as [env FABWATCH_X]"
+            assert len(ENV_NAME.findall(help_text)) == 1, f"{what}: more than one variable: {help_text!r}"
+
+
+def test_every_inventory_option_reads_the_same():
+    helps = {" ".join(words): dict(_helps(_parser_of(words)))["-c/--config"]
+             for words in HELP_COMMANDS if "-c/--config" in dict(_helps(_parser_of(words)))}
+    assert set(helps) == {"serve", "check", "alerts build", "dashboards build", "dashboards push", "report"}
+    assert len(set(helps.values())) == 1, helps

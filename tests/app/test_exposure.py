@@ -1,4 +1,4 @@
-"""Warnings for ports open beyond this machine without protection."""
+"""Warnings for ports open beyond this machine without protection (the main port's: tests/app/test_websecurity.py)."""
 
 import logging
 from pathlib import Path
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.exposure import exposure_warnings, is_loopback, warn_exposure
+from app.exposure import events_risks, is_loopback, warn_exposure
 from collector.inventory.models import Inventory
 from tests.sources.helpers import API_OF, example
 
@@ -28,14 +28,8 @@ def inventory(tmp_path: Path, events: dict[str, Any] | None = None, **service: A
     return loaded.model_copy(update={"service": loaded.service.model_copy(update=service)}) if service else loaded
 
 
-def test_a_loopback_service_warns_of_nothing(tmp_path: Path) -> None:
-    assert exposure_warnings(inventory(tmp_path, {}), "127.0.0.1", 9464) == []
-
-
-def test_an_open_main_port_is_named_unless_protected(tmp_path: Path) -> None:
-    (risk,) = exposure_warnings(inventory(tmp_path), "0.0.0.0", 9464)
-    assert risk.startswith("0.0.0.0:9464 serves /metrics"), risk
-    assert exposure_warnings(inventory(tmp_path), "0.0.0.0", 9464, main_protected=True) == []
+def test_events_on_a_loopback_port_risk_nothing(tmp_path: Path) -> None:
+    assert events_risks(inventory(tmp_path, {}), "127.0.0.1", 9464) == []
 
 
 @pytest.mark.parametrize(("events", "listen", "warned"), [
@@ -46,7 +40,7 @@ def test_an_open_main_port_is_named_unless_protected(tmp_path: Path) -> None:
 ])
 def test_an_open_events_port_is_named_unless_senders_must_prove_who_they_are(
         tmp_path: Path, events: dict[str, Any], listen: str, warned: bool) -> None:
-    risks = exposure_warnings(inventory(tmp_path, events, events_listen=listen), "127.0.0.1", 9464)
+    risks = events_risks(inventory(tmp_path, events, events_listen=listen), "127.0.0.1", 9464)
     assert [r for r in risks if "accepts TMF events for tickets" in r] == ([risks[0]] if warned else [])
 
 
@@ -57,14 +51,14 @@ def test_mutual_tls_on_the_events_port_is_protection_enough(tmp_path: Path) -> N
     from collector.inventory.models import EventsTls
 
     with_tls = loaded.model_copy(update={"service": loaded.service.model_copy(update={"events_tls": EventsTls(**tls)})})
-    assert exposure_warnings(with_tls, "127.0.0.1", 9464) == []
+    assert events_risks(with_tls, "127.0.0.1", 9464) == []
     without_ca = EventsTls(**{**tls, "client_ca_file": None})
     only_tls = loaded.model_copy(update={"service": loaded.service.model_copy(update={"events_tls": without_ca})})
-    assert len(exposure_warnings(only_tls, "127.0.0.1", 9464)) == 1
+    assert len(events_risks(only_tls, "127.0.0.1", 9464)) == 1
 
 
 def test_each_risk_is_logged_as_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """What `serve` calls once it is set up (a test may not bind beyond loopback to see it there)."""
     with caplog.at_level(logging.WARNING, logger="fabwatch.service"):
-        warn_exposure(inventory(tmp_path, {}, events_listen="0.0.0.0:9465"), "0.0.0.0", 9464)
-    assert [r.getMessage() for r in caplog.records] == ["exposed_without_protection"] * 2
+        warn_exposure(inventory(tmp_path, {}, events_listen="0.0.0.0:9465"), "0.0.0.0", 9464, None)
+    assert [r.getMessage() for r in caplog.records] == ["listen_exposed", "listen_exposed", "events_exposed"]

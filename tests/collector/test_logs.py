@@ -76,3 +76,14 @@ def test_mask_secrets_in_an_error_quoting_a_url() -> None:
     text = "GET https://api.example/v1: 302, message='Found', url='https://api.example/v1?access_token=tO&a=1'"
     assert mask_secrets(text) == \
         "GET https://api.example/v1: 302, message='Found', url='https://api.example/v1?access_token=***&a=1'"
+
+
+def test_safe_dsn_hides_an_all_digit_password_and_one_that_cut_the_address_short() -> None:
+    assert safe_dsn("http://u:1234@host/") == "http://u:***@host/"
+    assert safe_dsn("http://u:1234@host") == "http://u:***@host"
+    assert safe_dsn("https://u:1234@[::1]:8443/x?a=1") == "https://u:***@[::1]:8443/x?a=1"
+    # a '/', '?' or '#' in the password: parsers read host "u" and port 1234, the rest as the path
+    assert safe_dsn("http://u:1234/5678@host/v1") == "http://u:***@host/v1"
+    assert safe_dsn("http://u:1234?5678@host/v1?token=tK") == "http://u:***@host/v1?token=***"
+    assert safe_dsn("http://u:1234#5678@host/") == "http://u:***@host/"
+    assert safe_dsn("http://host:8080/users/a@b.example") == "http://host:8080/users/a@b.example"

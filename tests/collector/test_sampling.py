@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -98,6 +99,33 @@ async def test_a_subscription_the_hub_would_not_drop_at_a_restart_is_dropped_lat
         await restarted.close()
         store.close()
     assert hub.subscriptions == []
+
+
+async def test_a_hub_url_with_a_query_string_gets_hub_appended_to_its_path(tmp_path: Path) -> None:
+    """A gateway's key in the hub URL's query (`?apikey=...`): `/hub` used to land after the query,
+    inside the key's value, and the hub answered 404 (or the gateway 401) to every registration."""
+    hub = _Hub()
+    keys: list[tuple[str, str]] = []
+
+    @web.middleware
+    async def gateway(request: web.Request, handler: Any) -> web.StreamResponse:
+        keys.append((request.method, request.query.get("apikey", "")))
+        return await handler(request)
+
+    app = hub.app()
+    app.middlewares.append(gateway)
+    async with serve_app(app) as url:
+        source = TmfEventsSource(kind="tmf_events", api="tmf621",
+                                 hub_url=f"{url}/tmf-api/troubleTicket/v4/?apikey=gw-key")
+        store = RecordStore(tmp_path / "events.db", ["trouble_ticket"])
+        registration = HubRegistration("tickets", source, "http://127.0.0.1:9464/tmf/tickets/listener", store,
+                                       HttpClient("tickets", limits_of(source)))
+        await registration.sync()
+        assert hub.subscriptions == ["sub-1"]
+        await registration.close()
+        store.close()
+    assert hub.subscriptions == []
+    assert keys == [("POST", "gw-key"), ("DELETE", "gw-key")]
 
 
 async def test_a_ticket_an_event_spoke_of_partially_is_completed_from_the_api_at_the_next_sample(

@@ -4,7 +4,8 @@ Folder API: `GET /api/folders/:uid` (404 when missing), `POST /api/folders {uid,
 the uid exists). Dashboard API: `POST /api/dashboards/db {dashboard, folderUid, overwrite, message}`
 answering `{id, uid, url, status, version, slug}`, 412 `{message, status: version-mismatch}` when
 the dashboard changed and `overwrite` is false, 400 for an unknown folder. Every request needs a
-Bearer token or Basic credentials, else 401 `{"message": "Unauthorized"}`.
+Bearer token or Basic credentials, else 401 `{"message": "Unauthorized"}`. A state's `failure`
+(status, message) makes every request answer that error, in Grafana's shape `{"message": ...}`.
 """
 
 import base64
@@ -23,6 +24,8 @@ class GrafanaState:
     dashboards: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Saved dashboards by uid: {"dashboard": model, "folderUid": uid, "version": n}."""
     requests: list[tuple[str, str]] = field(default_factory=list)
+    failure: tuple[int, str] | None = None
+    """(status, message) every request answers, as a Grafana failing (5xx) or behind a proxy (404)."""
 
 
 STATE = web.AppKey("state", GrafanaState)
@@ -46,6 +49,9 @@ def _authorized(request: web.Request, state: GrafanaState) -> bool:
 async def auth(request: web.Request, handler: Any) -> web.StreamResponse:
     state = request.app[STATE]
     state.requests.append((request.method, request.path))
+    if state.failure is not None:
+        status, message = state.failure
+        return web.json_response({"message": message}, status=status)
     if not _authorized(request, state):
         return web.json_response({"message": "Unauthorized"}, status=401)
     return await handler(request)

@@ -106,10 +106,10 @@ def test_write_returns_every_path(tmp_path, inventory):
     assert len(write(output, tmp_path)) == len(output.files)
 
 
-def test_readme_shows_what_each_dashboard_contains(dashboards):
-    readme = (COMMITTED.parents[1] / "README.md").read_text(encoding="utf-8")
-    block = readme.split("<!-- dashboards-contents:begin -->\n", 1)[1].split("\n<!-- dashboards-contents:end -->", 1)[0]
-    assert block == contents_markdown(dashboards.values()).strip(), "copy examples/dashboards/CONTENTS.md to README"
+def test_docs_show_what_each_dashboard_contains(dashboards):
+    page = (COMMITTED.parents[1] / "docs" / "dashboards.md").read_text(encoding="utf-8")
+    block = page.split("<!-- dashboards-contents:begin -->\n", 1)[1].split("\n<!-- dashboards-contents:end -->", 1)[0]
+    assert block == contents_markdown(dashboards.values()).strip(), "copy examples/dashboards/CONTENTS.md to docs/"
 
 
 def test_the_event_intake_row_comes_with_a_listener_and_marks_the_alert_threshold(inventory, tmp_path):

@@ -1,6 +1,8 @@
 """`fabwatch dashboards push` against a fake Grafana that follows the documented HTTP API."""
 
 import asyncio
+import socket
+import time
 
 import pytest
 
@@ -79,9 +81,52 @@ async def test_cli_push(grafana, monkeypatch, capsys):
     assert "401 Unauthorized" in capsys.readouterr().err
 
 
-def test_a_grafana_that_does_not_answer_is_a_clear_error(dashboards):
+def _push_cli(url: str, capsys) -> tuple[int, str]:
+    """Run `fabwatch dashboards push` to `url`; return its status and what it wrote to stderr."""
+    status = main(["dashboards", "push", "-c", str(EXAMPLE), "--url", url])
+    return status, capsys.readouterr().err
+
+
+def test_push_to_a_closed_port_is_one_clear_line(monkeypatch, capsys):
     from tests.servers import free_port
 
-    api = connect(f"http://127.0.0.1:{free_port()}", credential_from({"FABWATCH_GRAFANA_TOKEN": "t"}))
-    with pytest.raises(PushError, match="cannot reach Grafana: "):
-        push(api, list(dashboards.values())[:1])
+    monkeypatch.setenv("FABWATCH_GRAFANA_TOKEN", "t")
+    url = f"http://127.0.0.1:{free_port()}"
+    status, err = _push_cli(url, capsys)
+    assert status == 1
+    assert err == f"fabwatch: cannot reach Grafana at {url}: connection refused\n"
+
+
+def test_a_grafana_that_does_not_answer_in_time_is_a_timeout(dashboards):
+    with socket.socket() as listening:  # accepts connections (the backlog) and never answers
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        url = f"http://127.0.0.1:{listening.getsockname()[1]}"
+        api = connect(url, credential_from({"FABWATCH_GRAFANA_TOKEN": "t"}), timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(PushError) as error:
+            push(api, list(dashboards.values())[:1])
+        assert time.monotonic() - started < 5.0
+    assert str(error.value) == f"cannot reach Grafana at {url}: no answer within 0.5 s"
+
+
+@pytest.mark.parametrize(("status", "message", "said"), [
+    (404, "Not found", "404 Not Found: Not found"),
+    (500, "database is locked", "500 Internal Server Error: database is locked"),
+    (503, "Grafana is starting", "503 Service Unavailable: Grafana is starting"),
+])
+async def test_an_http_error_says_the_status_and_grafanas_message(grafana, monkeypatch, capsys, status, message,
+                                                                  said):
+    state, url = grafana
+    state.failure = (status, message)
+    monkeypatch.setenv("FABWATCH_GRAFANA_TOKEN", state.token)
+    code, err = await asyncio.to_thread(_push_cli, url, capsys)
+    assert code == 1
+    assert err == f"fabwatch: Grafana at {url} answered {said}\n"
+
+
+def test_a_url_without_its_scheme_is_refused_before_any_request(monkeypatch, capsys):
+    monkeypatch.setenv("FABWATCH_GRAFANA_TOKEN", "t")
+    status, err = _push_cli("127.0.0.1:3000", capsys)
+    assert status == 1
+    assert err == "fabwatch: the Grafana URL must start with http:// or https://, got '127.0.0.1:3000'\n"

@@ -377,3 +377,33 @@ def test_an_http_url_with_a_cut_password_is_refused_without_quoting_it(tmp_path:
         """)
     (line,) = problems([path])
     assert line.endswith("sources.api.url: the port is not a number (a '/' in the password? write it as %2F)"), line
+
+
+@pytest.mark.parametrize("url", [
+    "https://fab:1234/5678@api.example/v1",  # host "fab", port 1234 otherwise: the password's start
+    "https://fab:1234?5678@api.example/v1",
+    "https://fab:1234#5678@api.example/v1",
+])
+def test_an_http_url_whose_cut_password_starts_with_digits_is_refused_without_quoting_it(
+        tmp_path: Path, url: str) -> None:
+    """The digits before the '/' parse as a port, so the port check let it through: the request
+    went to host "fab" and the logs showed the password's start as the port."""
+    path = write(tmp_path, "a.yaml", f"""
+        sources:
+          api: {{kind: http_json, url: "{url}", values: {{n: n}}}}
+        processes: {{}}
+        """)
+    (line,) = problems([path])
+    assert "sources.api.url: an '@' follows the host" in line, line
+    assert "1234" not in line, line
+    assert "5678" not in line, line
+
+
+def test_an_all_digit_password_and_an_at_sign_in_a_later_path_segment_are_fine(tmp_path: Path) -> None:
+    for url in ("http://u:1234@api.example/v1", "http://api.example:8080/v1/users/a@b.example"):
+        path = write(tmp_path, "a.yaml", f"""
+            sources:
+              api: {{kind: http_json, url: "{url}", values: {{n: n}}}}
+            processes: {{}}
+            """)
+        assert load_inventory([path]).sources["api"].url == url  # type: ignore[union-attr]
