@@ -1,14 +1,14 @@
 """The daily rollups kept current while serving: a task per SQL source re-rolls today and the days
-rows may still change in, every `reconcile` period, so late rows and reopened items heal their day."""
+rows may still change in, every `reconcile` period, so late rows and reopened items heal their day.
+A reload replaces the tasks with those of the new inventory."""
 
 import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
-
-from aiohttp import web
+from typing import Any
 
 from app.reload import processes_of
 from collector.errors import SourceError
@@ -19,41 +19,65 @@ from collector.rollups import RollupStore, SourceRoller, reroll, sql_sources
 _LOG = logging.getLogger("fabwatch.rollups")
 
 
-def rolling(inventory: Inventory, state_path: str | Path | None,
-            clock: Callable[[], float]) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Return the cleanup context that re-rolls the daily rollups of each SQL source of `inventory`
-    (the one the service started with) every `reconcile`, and stops them with the app."""
+class Rolling:
+    """One re-roll task per SQL source of the running inventory, on the state file's rollup tables."""
 
-    async def context(_app: web.Application) -> AsyncIterator[None]:
-        store = RollupStore(state_path or inventory.service.state_path)
-        rollers = [SourceRoller(name, source, processes_of(inventory, name), store, inventory.service.timezone)
-                   for name, source in sql_sources(inventory.sources).items() if processes_of(inventory, name)]
-        tasks = [asyncio.create_task(_reroll_every(roller, clock), name=f"rollups-{roller.name}")
-                 for roller in rollers]
-        try:
-            yield
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for roller in rollers:
-                await roller.close()
-            store.close()
+    def __init__(self, inventory: Inventory, state_path: str | Path | None, clock: Callable[[], float]) -> None:
+        self._inventory = inventory
+        self._state_path = state_path or inventory.service.state_path  # the service section waits for a restart
+        self._clock = clock
+        self._store: RollupStore | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
-    return context
+    def start(self) -> None:
+        """Open the rollup tables and start re-rolling (inside the running loop)."""
+        self._store = RollupStore(self._state_path)
+        self._spawn(self._inventory)
+
+    def replace_inventory(self, new: Inventory) -> None:
+        """After a reload: stop the old tasks (each closes its connections) and re-roll the new sources."""
+        for task in self._tasks:
+            task.cancel()
+        self._inventory = new
+        if self._store is not None:
+            self._spawn(new)
+
+    def _spawn(self, inventory: Inventory) -> None:
+        assert self._store is not None
+        for name, source in sql_sources(inventory.sources).items():
+            processes = processes_of(inventory, name)
+            if processes:
+                roller = SourceRoller(name, source, processes, self._store, inventory.service.timezone)
+                task = asyncio.create_task(_reroll_every(roller, self._clock), name=f"rollups-{name}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Stop every task, wait until they have closed their connections, close the tables."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 async def _reroll_every(roller: SourceRoller, clock: Callable[[], float]) -> None:
-    """Recompute today and the source's late window, then wait its `reconcile` period; for ever."""
-    while True:
-        started = time.monotonic()
-        try:
-            days = await reroll(roller, clock())
-        except SourceError as exc:
-            log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason=exc.reason, error=str(exc))
-        except sqlite3.Error as exc:  # the state file: full, locked, read-only
-            log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason="state", error=str(exc))
-        else:
-            log_event(_LOG, "rollup_done", logging.DEBUG, source=roller.name, days=len(days),
-                      seconds=round(time.monotonic() - started, 3))
-        await asyncio.sleep(roller.source.reconcile)
+    """Recompute today and the source's late window, then wait its `reconcile` period, until cancelled."""
+    try:
+        while True:
+            started = time.monotonic()
+            try:
+                days = await reroll(roller, clock())
+            except SourceError as exc:
+                log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason=exc.reason,
+                          error=str(exc))
+            except sqlite3.Error as exc:  # the state file: full, locked, read-only
+                log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason="state", error=str(exc))
+            else:
+                log_event(_LOG, "rollup_done", logging.DEBUG, source=roller.name, days=len(days),
+                          seconds=round(time.monotonic() - started, 3))
+            await asyncio.sleep(roller.source.reconcile)
+    finally:
+        await roller.close()

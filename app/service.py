@@ -20,7 +20,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
 from app.reload import LiveSampling, ReloadRefused
-from app.rolling import rolling
+from app.rolling import Rolling
 from collector.health import HealthTracker
 from collector.inventory.load import ConfigError
 from collector.inventory.models import Inventory
@@ -73,14 +73,17 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
     app[api.BOARD] = board = StatusBoard(inventory, health, app[EXPORTER].latest)
+    # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either
+    rolling = Rolling(inventory, state_path, clock) if samplers is None else None
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
-                             sinks=(board,), on_reload=(board.replace_inventory,))
+                             sinks=(board,), on_reload=(board.replace_inventory,
+                                                        *([rolling.replace_inventory] if rolling else [])))
     app[LOADER] = loader
     app[GUARD] = guard
     app[WEB_LOADER] = web_loader
     app.cleanup_ctx.append(_sampling(app[LIVE]))
-    if samplers is None:  # a caller's own samplers (tests, replays) read no records of their own
-        app.cleanup_ctx.append(rolling(inventory, state_path, clock))
+    if rolling is not None:
+        app.cleanup_ctx.append(_rolling(rolling))
     mount_sources(app, inventory, state_path, health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -125,6 +128,19 @@ def _sampling(live: LiveSampling) -> Callable[[web.Application], AsyncIterator[N
             yield
         finally:
             await live.stop()  # stop sampling, then close
+
+    return context
+
+
+def _rolling(rolling: Rolling) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Return the cleanup context that keeps the daily rollups current while the app runs."""
+
+    async def context(_app: web.Application) -> AsyncIterator[None]:
+        rolling.start()
+        try:
+            yield
+        finally:
+            await rolling.stop()
 
     return context
 
