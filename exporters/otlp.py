@@ -264,6 +264,22 @@ def decumulate(histogram: Histogram) -> tuple[float, ...]:
     return tuple(counts)
 
 
+class _MaskSecrets(logging.Filter):
+    """Masks credential-like query values in the SDK exporter's own log lines, which quote the
+    request's URL (`... url: /v1/metrics?api_key=...`) when a transport error is retried."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_SDK_LOGGER = logging.getLogger("opentelemetry.exporter.otlp.proto.http.metric_exporter")
+_SDK_FILTER = _MaskSecrets()
+
+
 def _recording_session() -> Any:
     """A `requests.Session` (the SDK exporter's public `session` argument) that remembers how its last
     request ended: the SDK's `export` returns only FAILURE, the log line needs the reason."""
@@ -371,6 +387,7 @@ class OtlpExporter:
 
         settings = self.settings
         self._session = _recording_session()
+        _SDK_LOGGER.addFilter(_SDK_FILTER)  # the same filter object: added once however many exporters
         self._sdk = OTLPMetricExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
                                        timeout=settings.timeout, session=self._session)
         self._converter = _Converter(Resource(dict(settings.resource)), self._clock(),

@@ -357,3 +357,23 @@ async def test_stop_pushes_a_last_time(receiver, aiohttp_client, tmp_path):
     await client.close()
     assert len(receiver.received) == 1
     assert "fab_items_created" in metrics_of(receiver.received[0].request)
+
+
+async def test_attributes_are_bounded_by_the_series_cap_of_metrics(receiver, aiohttp_client, tmp_path):
+    records = tmp_path / "records.db"
+    make_records(records)  # 3 priorities x 2 channels = 6 dimension sets
+    path = write_inventory(tmp_path, records)
+    document = yaml.safe_load(path.read_text())
+    document["service"]["max_series_per_process"] = 2
+    path.write_text(yaml.safe_dump(document))
+    app = build_app(load_inventory([path]), environ=otel_env(receiver.url))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    text = await scrape(client)
+    assert await app[OTLP].export()
+    pushed = otlp_view(receiver.received[0].request)
+    assert pushed == prometheus_view(text)
+    created = pushed["fab_items_created"][1]
+    dimension_sets = {(dict(key)["priority"], dict(key)["channel"]) for key in created}
+    assert len(dimension_sets) == 3  # two kept, the rest folded into ("other", "other")
+    assert ("other", "other") in dimension_sets
