@@ -17,7 +17,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,12 +27,11 @@ from collector.health import HealthTracker, fabwatch_version
 from collector.inventory.exporters import OtlpConfig
 from collector.logs import log_event, mask_secrets, safe_dsn
 from collector.samples import Family, Histogram, Labels, SourceSample
-from exporters.prometheus import merge
 
 if TYPE_CHECKING:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    from opentelemetry.sdk.metrics.export import HistogramDataPoint, Metric, MetricsData, NumberDataPoint
-    from opentelemetry.sdk.resources import Resource
+
+    from exporters.otlp_data import Converter
 
 Temporality = Literal["cumulative", "delta"]
 EXPORTER = "otlp"
@@ -183,75 +182,6 @@ class Deltas:
         return changes, total - old_total, count - old_count, start
 
 
-@dataclass(slots=True)
-class _Converter:
-    """Builds the SDK's `MetricsData` from merged families (in the export thread)."""
-
-    resource: "Resource"
-    started: int
-    """When the exporter started (ns): the start time of cumulative series."""
-    deltas: Deltas | None
-    now: int = 0
-
-    def metrics_data(self, families: Iterable[Family], now: int) -> "MetricsData":
-        from opentelemetry.sdk.metrics.export import MetricsData, ResourceMetrics, ScopeMetrics
-        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
-        self.now = now
-        metrics = [metric for family in merge(families) if (metric := self._metric(family)) is not None]
-        scope = InstrumentationScope("fabwatch", fabwatch_version())
-        return MetricsData([ResourceMetrics(self.resource, [ScopeMetrics(scope, metrics, "")], "")])
-
-    def _metric(self, family: Family) -> "Metric | None":
-        from opentelemetry.sdk.metrics.export import AggregationTemporality, Gauge, Metric, Sum
-        from opentelemetry.sdk.metrics.export import Histogram as OtelHistogram
-
-        temporality = (AggregationTemporality.DELTA if self.deltas is not None
-                       else AggregationTemporality.CUMULATIVE)
-        data: Any
-        if family.kind == "gauge":
-            data = Gauge([self._gauge_point(labels, value) for labels, value in family.samples])
-        elif family.kind == "counter":
-            sums = [p for labels, value in family.samples if (p := self._sum_point(family.name, labels, value))]
-            data = Sum(sums, temporality, is_monotonic=True)
-        else:
-            spreads = [q for labels, h in family.histograms if (q := self._histogram_point(family.name, labels, h))]
-            data = OtelHistogram(spreads, temporality)
-        if not data.data_points:
-            return None
-        return Metric(family.name, family.documentation, unit_of(family.name), data)
-
-    def _gauge_point(self, labels: Labels, value: float) -> "NumberDataPoint":
-        from opentelemetry.sdk.metrics.export import NumberDataPoint
-
-        return NumberDataPoint(dict(labels), 0, self.now, value)
-
-    def _sum_point(self, name: str, labels: Labels, value: float) -> "NumberDataPoint | None":
-        from opentelemetry.sdk.metrics.export import NumberDataPoint
-
-        start = self.started
-        if self.deltas is not None:
-            change = self.deltas.number(name, labels, value, self.now)
-            if change is None:
-                return None
-            value, start = change
-        return NumberDataPoint(dict(labels), start, self.now, value)
-
-    def _histogram_point(self, name: str, labels: Labels, histogram: Histogram) -> "HistogramDataPoint | None":
-        from opentelemetry.sdk.metrics.export import HistogramDataPoint
-
-        bounds = tuple(bound for bound, _ in histogram.buckets if not math.isinf(bound))
-        counts = decumulate(histogram)
-        total, count, start = histogram.sum, histogram.count, self.started
-        if self.deltas is not None:
-            change = self.deltas.histogram(name, labels, counts, total, count, self.now)
-            if change is None:
-                return None
-            counts, total, count, start = change
-        return HistogramDataPoint(dict(labels), start, self.now, int(count), total, [int(n) for n in counts],
-                                  list(bounds), None, None)  # type: ignore[arg-type]  # min, max: unknown
-
-
 def decumulate(histogram: Histogram) -> tuple[float, ...]:
     """The count of each bucket alone (OTLP's `bucket_counts`), the `+Inf` bucket last, from the
     cumulative Prometheus buckets; a histogram without a `+Inf` bucket gets one from its count."""
@@ -324,7 +254,7 @@ class OtlpExporter:
         self._samples: dict[str, SourceSample] = {}
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-export")
         self._sdk: OTLPMetricExporter | None = None
-        self._converter: _Converter | None = None
+        self._converter: Converter | None = None
         self._session: Any = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -385,13 +315,15 @@ class OtlpExporter:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
         from opentelemetry.sdk.resources import Resource
 
+        from exporters.otlp_data import Converter
+
         settings = self.settings
         self._session = _recording_session()
         _SDK_LOGGER.addFilter(_SDK_FILTER)  # the same filter object: added once however many exporters
         self._sdk = OTLPMetricExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
                                        timeout=settings.timeout, session=self._session)
-        self._converter = _Converter(Resource(dict(settings.resource)), self._clock(),
-                                     Deltas() if settings.temporality == "delta" else None)
+        self._converter = Converter(Resource(dict(settings.resource)), self._health.version, self._clock(),
+                                    Deltas() if settings.temporality == "delta" else None)
 
     def _push(self, families: list[Family]) -> str | None:
         """Convert and send (in the export thread); the reason of a failure, None on success."""
