@@ -9,6 +9,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope as PbScope
+from opentelemetry.proto.metrics.v1 import metrics_pb2 as pb
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
 from opentelemetry.sdk.metrics.export import (
     AggregationTemporality,
     Gauge,
@@ -87,3 +92,86 @@ class Converter:
             counts, total, count, start = change
         return HistogramDataPoint(dict(labels), start, self.now, int(count), total, [int(n) for n in counts],
                                   list(bounds), None, None)  # type: ignore[arg-type]  # min, max: unknown
+
+
+class Encoder:
+    """Builds the OTLP request straight from the families: the same message as `Converter` then the SDK's
+    `encode_metrics` give (a test holds them equal), at a quarter of the CPU. The SDK's encoder builds
+    every attribute of every point anew on each export; here each label set's attribute messages are
+    built once and reused while the series lives (the cache keeps the series of the last export only)."""
+
+    def __init__(self, resource: Resource, version: str, started: int, deltas: Deltas | None) -> None:
+        self._resource = PbResource(attributes=[_key_value(k, str(v)) for k, v in resource.attributes.items()])
+        self._scope = PbScope(name="fabwatch", version=version)
+        self.started = started
+        self.deltas = deltas
+        self._temporality = (pb.AGGREGATION_TEMPORALITY_DELTA if deltas is not None
+                             else pb.AGGREGATION_TEMPORALITY_CUMULATIVE)
+        self._attributes: dict[Labels, list[KeyValue]] = {}
+        self._previous: dict[Labels, list[KeyValue]] = {}
+
+    def request(self, families: Iterable[Family], now: int) -> ExportMetricsServiceRequest:
+        """The export request of `families` (merged by name) at `now` (ns)."""
+        self._previous, self._attributes = self._attributes, {}
+        request = ExportMetricsServiceRequest()
+        resource_metrics = request.resource_metrics.add(resource=self._resource)
+        scope_metrics = resource_metrics.scope_metrics.add(scope=self._scope)
+        for family in merge(families):
+            metric = pb.Metric(name=family.name, description=family.documentation, unit=unit_of(family.name))
+            if self._fill(metric, family, now):
+                scope_metrics.metrics.append(metric)
+        return request
+
+    def _labels(self, labels: Labels) -> list[KeyValue]:
+        attributes = self._attributes.get(labels)
+        if attributes is None:
+            attributes = self._previous.get(labels)
+            if attributes is None:
+                attributes = [_key_value(key, value) for key, value in labels]
+            self._attributes[labels] = attributes
+        return attributes
+
+    def _fill(self, metric: pb.Metric, family: Family, now: int) -> bool:
+        """Add the family's points to `metric`; False when it has none to send."""
+        if family.kind == "gauge":
+            points = metric.gauge.data_points
+            for labels, value in family.samples:
+                points.add(time_unix_nano=now, as_double=value).attributes.extend(self._labels(labels))
+            return bool(points)
+        if family.kind == "counter":
+            sums = metric.sum.data_points
+            for labels, value in family.samples:
+                start = self.started
+                if self.deltas is not None:
+                    change = self.deltas.number(family.name, labels, value, now)
+                    if change is None:
+                        continue
+                    value, start = change
+                sums.add(start_time_unix_nano=start, time_unix_nano=now,
+                         as_double=value).attributes.extend(self._labels(labels))
+            if sums:
+                metric.sum.aggregation_temporality = self._temporality
+                metric.sum.is_monotonic = True
+            return bool(sums)
+        spreads = metric.histogram.data_points
+        for labels, histogram in family.histograms:
+            self._histogram(spreads, family.name, labels, histogram, now)
+        if spreads:
+            metric.histogram.aggregation_temporality = self._temporality
+        return bool(spreads)
+
+    def _histogram(self, points: Any, name: str, labels: Labels, histogram: Histogram, now: int) -> None:
+        counts, total, count, start = decumulate(histogram), histogram.sum, histogram.count, self.started
+        if self.deltas is not None:
+            change = self.deltas.histogram(name, labels, counts, total, count, now)
+            if change is None:
+                return
+            counts, total, count, start = change
+        bounds = [bound for bound, _ in histogram.buckets if not math.isinf(bound)]
+        points.add(start_time_unix_nano=start, time_unix_nano=now, count=int(count), sum=total,
+                   bucket_counts=[int(n) for n in counts], explicit_bounds=bounds
+                   ).attributes.extend(self._labels(labels))
+
+
+def _key_value(key: str, value: str) -> KeyValue:
+    return KeyValue(key=key, value=AnyValue(string_value=value))

@@ -183,7 +183,7 @@ async def test_a_failing_endpoint_is_counted_and_does_not_hold_sampling_or_scrap
     records = tmp_path / "records.db"
     make_records(records)
     receiver.status, receiver.delay = 503, 0.5  # slow, then unavailable: retried until the timeout
-    env = otel_env(receiver.url + "?api_key=s3cr3t", OTEL_EXPORTER_OTLP_TIMEOUT="1500")
+    env = otel_env(receiver.url + "?api_key=s3cr3t", OTEL_EXPORTER_OTLP_TIMEOUT="3000")  # 2 tries
     app = build_app(load_inventory([write_inventory(tmp_path, records)]), environ=env)
     client = await aiohttp_client(app)
     await wait_ready(client)
@@ -377,3 +377,30 @@ async def test_attributes_are_bounded_by_the_series_cap_of_metrics(receiver, aio
     dimension_sets = {(dict(key)["priority"], dict(key)["channel"]) for key in created}
     assert len(dimension_sets) == 3  # two kept, the rest folded into ("other", "other")
     assert ("other", "other") in dimension_sets
+
+
+@pytest.mark.parametrize("temporality", ["cumulative", "delta"])
+async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client, tmp_path, temporality):
+    from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+    from opentelemetry.sdk.resources import Resource
+
+    from exporters.otlp import Deltas
+    from exporters.otlp_data import Converter, Encoder
+
+    records = tmp_path / "records.db"
+    make_records(records)
+    app = build_app(load_inventory([write_inventory(tmp_path, records)]), environ=otel_env(receiver.url))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    resource = Resource({"service.name": "fabwatch", "site": "a"})
+    delta = temporality == "delta"
+    encoder = Encoder(resource, "1.2.3", 1000, Deltas() if delta else None)
+    converter = Converter(resource, "1.2.3", 1000, Deltas() if delta else None)
+    first = app[OTLP].snapshot()
+    add_tickets(records, 3)
+    await asyncio.sleep(2.1)
+    assert await app[SCHEDULER].run_once("crm") is not None
+    for now, families in ((2000, first), (3000, app[OTLP].snapshot())):
+        ours, sdks = encoder.request(families, now), encode_metrics(converter.metrics_data(families, now))
+        assert ours == sdks
+        assert len(ours.resource_metrics[0].scope_metrics[0].metrics) > (8 if delta and now == 2000 else 15)
