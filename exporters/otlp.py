@@ -2,8 +2,9 @@
 
 The exporter is a `SampleSink` beside the Prometheus exporter: it keeps the latest sample of each
 source (the very objects `/metrics` renders) and, every interval, converts them with the sources'
-health to OTLP metrics and hands them to the SDK's OTLP/HTTP exporter, in a thread of its own:
-sampling and scrapes never wait for a collector. One export runs at a time; the SDK's retries are
+health to an OTLP request (`exporters.otlp_data`: the message the SDK's encoder would build from its
+`MetricsData`, at a quarter of the CPU) and sends it with the SDK's OTLP/HTTP exporter, in a thread
+of its own: sampling and scrapes never wait for a collector. One export runs at a time; the SDK's retries are
 bounded by the export timeout, so a dead collector costs one blocked thread, never a pile of them.
 
 Names keep the Prometheus base name (`fab_items_created`, `_total` dropped), so that a collector
@@ -336,12 +337,12 @@ class OtlpExporter:
         from opentelemetry.sdk.metrics.export import MetricExportResult
 
         assert self._convert is not None, "start() builds the exporter"
-        send = self._convert(families, self._clock())
         self._session.last = None
         try:
-            result = send()
-        except Exception as exc:  # the SDK catches its own; anything else is a bug to count, not to crash on
-            return repr(exc)
+            result = self._convert(families, self._clock())()
+        except Exception as exc:  # a bug (the SDK catches its own errors): counted, traced, and the next interval runs
+            log_event(_LOG, "export_crashed", logging.ERROR, exc_info=True, exporter=EXPORTER)
+            return f"internal: {type(exc).__name__}"
         if result is MetricExportResult.SUCCESS:
             return None
         return _short(self._session.last or "export failed (see the SDK's log line)")
