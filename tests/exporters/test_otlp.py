@@ -17,7 +17,6 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.service import EXPORTER, HEALTH, OTLP, SCHEDULER, build_app
-from collector.health import HealthTracker
 from collector.inventory.exporters import OtlpConfig
 from collector.inventory.load import load_inventory
 from collector.samples import Histogram
@@ -335,15 +334,6 @@ def test_deltas_set_a_baseline_then_send_changes_and_survive_a_reset():
     assert deltas.number("c", labels, 2.0, 3) == (2.0, 2)  # lower: counted from zero again
     assert deltas.histogram("h", labels, (1.0, 2.0), 5.0, 3.0, 1) is None
     assert deltas.histogram("h", labels, (2.0, 4.0), 9.0, 6.0, 2) == ((1.0, 2.0), 4.0, 3.0, 1)
-
-
-def test_export_errors_family_only_with_a_push_exporter():
-    health = HealthTracker(["crm"])
-    assert "fab_export_errors" not in {f.name for f in health.families()}
-    health.track_exporter("otlp")
-    health.record_export_error("otlp")
-    [family] = [f for f in health.families() if f.name == "fab_export_errors"]
-    assert (family.kind, family.samples) == ("counter", [((("exporter", "otlp"),), 1.0)])
 
 
 async def test_stop_pushes_a_last_time(receiver, aiohttp_client, tmp_path):
