@@ -8,16 +8,20 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints
 
-from collector.inventory.base import Model
+from collector.inventory.base import Model, examples
 from collector.inventory.durations import Duration
 from collector.inventory.sources import Url
 
-HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=128)]
+HeaderName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9!#$%&'*+.^_~-]+$", max_length=128)]
 """An HTTP header name (an RFC 9110 token)."""
 
 
 class OtlpConfig(Model):
     """Push the metrics `/metrics` serves to an OpenTelemetry Collector or vendor over OTLP."""
+
+    model_config = examples({"endpoint": "http://otel-collector:4318/v1/metrics",
+                             "headers": {"Authorization": "Bearer ${OTLP_TOKEN}"}, "interval": "60s",
+                             "resource_attributes": {"deployment.environment.name": "prod"}})
 
     enabled: bool = True
     """Whether to push; `false` turns off an export that `OTEL_METRICS_EXPORTER=otlp` switched on."""
