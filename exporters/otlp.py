@@ -159,10 +159,18 @@ class Deltas:
     def __init__(self) -> None:
         self._numbers: dict[tuple[str, Labels], tuple[float, int]] = {}
         self._histograms: dict[tuple[str, Labels], tuple[tuple[float, ...], float, float, int]] = {}
+        self._last_numbers = self._numbers
+        self._last_histograms = self._histograms
+
+    def begin(self) -> None:
+        """Start an export: only the series of the previous export are remembered, so the baselines
+        of series gone from `/metrics` (expired dimension sets) do not pile up."""
+        self._last_numbers, self._numbers = self._numbers, {}
+        self._last_histograms, self._histograms = self._histograms, {}
 
     def number(self, name: str, labels: Labels, value: float, now: int) -> tuple[float, int] | None:
         """(change, start time) of a counter series, None on its first export."""
-        previous = self._numbers.get((name, labels))
+        previous = self._last_numbers.get((name, labels))
         self._numbers[(name, labels)] = (value, now)
         if previous is None:
             return None
@@ -172,7 +180,7 @@ class Deltas:
     def histogram(self, name: str, labels: Labels, counts: tuple[float, ...], total: float, count: float,
                   now: int) -> tuple[tuple[float, ...], float, float, int] | None:
         """(bucket counts, sum, count, start time) of the change of a histogram series, None at first."""
-        previous = self._histograms.get((name, labels))
+        previous = self._last_histograms.get((name, labels))
         self._histograms[(name, labels)] = (counts, total, count, now)
         if previous is None:
             return None

@@ -50,6 +50,8 @@ class Converter:
 
     def metrics_data(self, families: Iterable[Family], now: int) -> MetricsData:
         self.now = now
+        if self.deltas is not None:
+            self.deltas.begin()
         metrics = [metric for family in merge(families) if (metric := self._metric(family)) is not None]
         scope = InstrumentationScope("fabwatch", self.version)
         return MetricsData([ResourceMetrics(self.resource, [ScopeMetrics(scope, metrics, "")], "")])
@@ -115,6 +117,8 @@ class Encoder:
     def request(self, families: Iterable[Family], now: int) -> ExportMetricsServiceRequest:
         """The export request of `families` (merged by name) at `now` (ns)."""
         self._previous, self._attributes = self._attributes, {}
+        if self.deltas is not None:
+            self.deltas.begin()
         request = ExportMetricsServiceRequest()
         resource_metrics = request.resource_metrics.add(resource=self._resource)
         scope_metrics = resource_metrics.scope_metrics.add(scope=self._scope)

@@ -339,11 +339,23 @@ def test_buckets_are_decumulated_with_inf_last():
 
 def test_deltas_set_a_baseline_then_send_changes_and_survive_a_reset():
     deltas, labels = Deltas(), (("process", "p"),)
+    deltas.begin()
     assert deltas.number("c", labels, 10.0, 1) is None
-    assert deltas.number("c", labels, 13.0, 2) == (3.0, 1)
-    assert deltas.number("c", labels, 2.0, 3) == (2.0, 2)  # lower: counted from zero again
     assert deltas.histogram("h", labels, (1.0, 2.0), 5.0, 3.0, 1) is None
+    deltas.begin()
+    assert deltas.number("c", labels, 13.0, 2) == (3.0, 1)
     assert deltas.histogram("h", labels, (2.0, 4.0), 9.0, 6.0, 2) == ((1.0, 2.0), 4.0, 3.0, 1)
+    deltas.begin()
+    assert deltas.number("c", labels, 2.0, 3) == (2.0, 2)  # lower: counted from zero again
+
+
+def test_deltas_forget_a_series_missing_from_an_export():
+    deltas, labels = Deltas(), (("process", "p"),)
+    deltas.begin()
+    assert deltas.number("c", labels, 10.0, 1) is None
+    deltas.begin()  # an export without the series (its dimension set expired)
+    deltas.begin()
+    assert deltas.number("c", labels, 12.0, 3) is None  # a new baseline, not 2 over two exports
 
 
 async def test_stop_pushes_a_last_time(receiver, aiohttp_client, tmp_path):
