@@ -5,14 +5,16 @@ database (backfilled `--days`, written live by the simulator during the run), sa
 `--interval` seconds; one also pushes over OTLP (switched on by the standard `OTEL_*` variables
 alone) every `--export-interval` seconds to a receiver on loopback that decodes each request with
 the official protobuf messages. After `--warmup` seconds (the first, full-window samples), the CPU
-time of each process (user + system, every thread, /proc) is read over `--seconds`, with the
-number of sampling cycles each ran; both run at the same time, so machine noise hits both alike.
-Reports JSON: CPU seconds, cycles, CPU per cycle for each, and the ratio on/off (goal: at most 1.10).
+time of each process (user + system, every thread, /proc) is read over `--rounds` windows of
+`--seconds`, with the number of sampling cycles each ran; both run at the same time, so machine noise
+hits both alike. Reports JSON: CPU seconds, cycles, CPU per cycle for each, the ratio on/off over
+all rounds (goal: at most 1.10) and each round's (their spread shows the noise: /proc counts 10 ms ticks).
 
     .venv/bin/python bench/otlp.py --seconds 60 --out /tmp/otlp.json
 """
 
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -90,7 +92,7 @@ def measure(a: argparse.Namespace, tmp: Path, receiver: Receiver) -> dict[str, A
     otel = {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
             "OTEL_METRIC_EXPORT_INTERVAL": str(int(a.export_interval * 1000))}
     live = subprocess.Popen([*FABWATCH, "simulate", "--dsn", dsn, "--live",
-                             "--duration", str(a.warmup + a.seconds + 120)], cwd=ROOT,
+                             "--duration", str(a.warmup + a.seconds * a.rounds + 120)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs = {"off": start_serve(tmp, "off", base, tmp / "off.log"),
              "on": start_serve(tmp, "on", {**base, **otel}, tmp / "on.log")}
@@ -98,20 +100,24 @@ def measure(a: argparse.Namespace, tmp: Path, receiver: Receiver) -> dict[str, A
         for proc, port in procs.values():
             wait_ready(port, proc, 180)
         time.sleep(a.warmup)
-        before = {k: (cpu_seconds(p.pid), cycles(port)) for k, (p, port) in procs.items()}
-        exports_before = len(receiver.received)
-        time.sleep(a.seconds)
-        after = {k: (cpu_seconds(p.pid), cycles(port)) for k, (p, port) in procs.items()}
-        exports = len(receiver.received) - exports_before
+        marks = [({k: (cpu_seconds(p.pid), cycles(port)) for k, (p, port) in procs.items()}, len(receiver.received))]
+        for _ in range(a.rounds):
+            time.sleep(a.seconds)
+            marks.append(({k: (cpu_seconds(p.pid), cycles(port)) for k, (p, port) in procs.items()},
+                          len(receiver.received)))
     finally:
         for proc, _ in procs.values():
             stop(proc)
         stop(live)
+    (before, exports_before), (after, exports_after) = marks[0], marks[-1]
+    exports = exports_after - exports_before
     result: dict[str, Any] = {}
     for key in procs:
         cpu, ran = after[key][0] - before[key][0], after[key][1] - before[key][1]
         result[key] = {"cpu_seconds": round(cpu, 3), "cycles": ran,
                        "cpu_ms_per_cycle": round(1000 * cpu / ran, 2) if ran else None}
+    result["rounds_on_off"] = [round((b[0]["on"][0] - a_[0]["on"][0]) / (b[0]["off"][0] - a_[0]["off"][0]), 3)
+                               for a_, b in itertools.pairwise(marks)]
     last = metrics_of(receiver.received[-1].request) if receiver.received else {}
     result["on"].update(exports=exports, metrics_per_export=len(last),
                         points_per_export=sum(len(getattr(m, m.WhichOneof("data")).data_points) for m in last.values()))
@@ -126,10 +132,11 @@ def main() -> None:
     ap.add_argument("--export-interval", type=float, default=5.0,
                     help="OTLP export interval, seconds (OTel's default is 60: this is the heavy case)")
     ap.add_argument("--warmup", type=float, default=15.0)
-    ap.add_argument("--seconds", type=float, default=60.0, help="measured time (bounded: at most 600)")
+    ap.add_argument("--seconds", type=float, default=60.0, help="measured time of a round (bounded: at most 600)")
+    ap.add_argument("--rounds", type=int, default=1, help="measured rounds, one after the other (at most 10)")
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
-    a.seconds = min(a.seconds, 600.0)
+    a.seconds, a.rounds = min(a.seconds, 600.0), max(1, min(a.rounds, 10))
     receiver = Receiver()
     receiver.start()
     try:
