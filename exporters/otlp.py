@@ -79,8 +79,11 @@ def otlp_settings(config: OtlpConfig | None, environ: Mapping[str, str]) -> Otlp
     if protocol != "http/protobuf":
         raise OtlpSettingsError(f"OTLP protocol {protocol!r} is not supported: fabwatch exports over "
                                 "http/protobuf (set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf and port 4318)")
+    endpoint = cfg.endpoint or _endpoint(environ)
+    if not endpoint.lower().startswith(("http://", "https://")):
+        raise OtlpSettingsError(f"the OTLP endpoint must be an http:// or https:// URL, got {safe_dsn(endpoint)!r}")
     return OtlpSettings(
-        endpoint=cfg.endpoint or _endpoint(environ),
+        endpoint=endpoint,
         interval=cfg.interval or _millis(environ, ("OTEL_METRIC_EXPORT_INTERVAL",), 60_000),
         timeout=cfg.timeout or _millis(environ, ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),
                                        10_000),

@@ -316,7 +316,8 @@ def test_settings_resolution():
     assert (settings.endpoint, settings.interval, settings.timeout) == ("http://c:4318/v1/metrics", 1.5, 3.0)
     for bad in ({"OTEL_METRIC_EXPORT_INTERVAL": "soon"}, {"OTEL_METRIC_EXPORT_INTERVAL": "0"},
                 {"OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": "sideways"},
-                {"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"}):
+                {"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "http/json"},
+                {"OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318"}):
         with pytest.raises(OtlpSettingsError):
             otlp_settings(OtlpConfig(), bad)
     with pytest.raises(OtlpSettingsError, match="grpc"):
