@@ -85,7 +85,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
         app.cleanup_ctx.append(_pushing(app[OTLP]))  # before sampling: stopped after it, for a last push
     pushed = (app[OTLP],) if settings is not None else ()
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
-                             sinks=(board, *pushed), on_reload=(board.replace_inventory,))
+                             sinks=(board, *pushed),
+                             on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed)))
     app[LOADER] = loader
     app[GUARD] = guard
     app[WEB_LOADER] = web_loader

@@ -117,6 +117,7 @@ class HealthTracker:
         """Whether the last reload of the inventory succeeded (`fab_config_last_reload_successful`)."""
         self.reload_at: float | None = None
         """When the inventory was last loaded successfully, at start or by a reload (Unix time)."""
+        self._export_errors: dict[str, int] = {}
 
     def track(self, sources: Iterable[str], syncing: Iterable[str] = ()) -> None:
         """Track `sources` from now on (a reload): the health of the ones tracked already is kept,
@@ -137,7 +138,6 @@ class HealthTracker:
     def reload_failed(self) -> None:
         """Record that a reload was refused: the last good inventory still runs."""
         self.reload_ok = False
-        self._export_errors: dict[str, int] = {}
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ from urllib.parse import unquote
 
 from collector.health import HealthTracker, fabwatch_version
 from collector.inventory.exporters import OtlpConfig
+from collector.inventory.models import Inventory
 from collector.logs import log_event, mask_secrets, safe_dsn
 from collector.samples import Family, Histogram, Labels, SourceSample
 
@@ -280,6 +281,12 @@ class OtlpExporter:
 
     def invalidate(self) -> None:
         """Nothing to drop: each export reads the health as it is then."""
+
+    def reloaded(self, inventory: Inventory) -> None:
+        """Drop the samples of sources a reload removed, as `/metrics` does (the OTLP settings themselves
+        are read at start only)."""
+        for name in set(self._samples) - set(inventory.sources):
+            del self._samples[name]
 
     def snapshot(self) -> list[Family]:
         """The families `/metrics` serves now: every source's latest sample, then the health."""

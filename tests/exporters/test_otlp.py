@@ -17,10 +17,11 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.service import EXPORTER, HEALTH, OTLP, SCHEDULER, build_app
+from collector.health import HealthTracker
 from collector.inventory.exporters import OtlpConfig
 from collector.inventory.load import load_inventory
-from collector.samples import Histogram
-from exporters.otlp import Deltas, OtlpSettingsError, decumulate, otlp_settings, parse_pairs, unit_of
+from collector.samples import Family, Histogram, SourceSample
+from exporters.otlp import Deltas, OtlpExporter, OtlpSettingsError, decumulate, otlp_settings, parse_pairs, unit_of
 from tests.app.test_cli import ROOT, run_fabwatch, stop, wait_http
 from tests.app.test_service import make_records, wait_ready, write_inventory
 from tests.exporters.otlp_receiver import Receiver, attributes, metrics_of
@@ -417,3 +418,19 @@ async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client,
         ours, sdks = encoder.request(families, now), encode_metrics(converter.metrics_data(families, now))
         assert ours == sdks
         assert len(ours.resource_metrics[0].scope_metrics[0].metrics) > (8 if delta and now == 2000 else 15)
+
+
+def test_a_reload_drops_the_samples_of_removed_sources(tmp_path):
+    records = tmp_path / "records.db"
+    make_records(records)
+    inventory = load_inventory([write_inventory(tmp_path, records)])
+    settings = otlp_settings(OtlpConfig(), {})
+    assert settings is not None
+    otlp = OtlpExporter(settings, HealthTracker(["crm"]))
+    kept = Family("fab_backlog_items", "gauge", "Open.", [((("process", "problem"),), 1.0)])
+    gone = Family("fab_backlog_items", "gauge", "Open.", [((("process", "order"),), 2.0)])
+    otlp.update(SourceSample("crm", 1.0, 0.1, (kept,), ()))
+    otlp.update(SourceSample("removed", 1.0, 0.1, (gone,), ()))
+    otlp.reloaded(inventory)
+    backlog = [family for family in otlp.snapshot() if family.name == "fab_backlog_items"]
+    assert backlog == [kept]
