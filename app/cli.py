@@ -36,6 +36,7 @@ from collector.logs import safe_dsn, setup_logging
 from collector.samples import KpiReading
 from collector.sampling import build_sampler
 from collector.state import StateStore
+from exporters.otlp import OtlpSettingsError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_DIR = ".fabwatch-demo"
@@ -459,8 +460,12 @@ async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
     if not state_file_usable(state or inventory.service.state_path):
         return EXIT_FAILED
     served = served or Served()
-    app = build_app(inventory, state_path=state, clock=clock, web_config=served.web_config, loader=served.loader,
-                    web_loader=served.web_loader)
+    try:
+        app = build_app(inventory, state_path=state, clock=clock, web_config=served.web_config, loader=served.loader,
+                        web_loader=served.web_loader)
+    except OtlpSettingsError as exc:
+        print(f"fabwatch: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     guard = app[GUARD]
     if guard is not None:
         guard.context = served.context  # a reload loads a new certificate into it

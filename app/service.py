@@ -8,6 +8,7 @@ and the samplers are started and stopped with the app (`cleanup_ctx`), and repla
 import asyncio
 import gc
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -29,6 +30,7 @@ from collector.logs import log_event
 from collector.sampling import mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
 from exporters import api, page
+from exporters.otlp import OtlpExporter, otlp_settings
 from exporters.prometheus import PrometheusExporter
 from exporters.status import StatusBoard
 
@@ -45,6 +47,8 @@ LIVE = web.AppKey("live", LiveSampling)
 LOADER = web.AppKey[Callable[[], Inventory] | None]("loader")
 GUARD = web.AppKey[Optional["WebGuard"]]("guard")
 WEB_LOADER = web.AppKey[Callable[[], WebConfig] | None]("web_loader")
+OTLP = web.AppKey("otlp", OtlpExporter)
+"""Present when OTLP export is on (the inventory's `exporters.otlp` or `OTEL_METRICS_EXPORTER=otlp`)."""
 
 _LOG = logging.getLogger("fabwatch.service")
 _ACCESS_LOG = logging.getLogger("fabwatch.access")
@@ -55,7 +59,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               samplers: Mapping[str, Sampler] | None = None,
               clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
               loader: Callable[[], Inventory] | None = None,
-              web_loader: Callable[[], WebConfig] | None = None) -> web.Application:
+              web_loader: Callable[[], WebConfig] | None = None,
+              environ: Mapping[str, str] | None = None) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
@@ -65,6 +70,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     response headers; its TLS is the listener's (`serve`). `loader` reads the inventory again for a
     reload (`POST /-/reload`, SIGHUP); without it, the service cannot reload. `web_loader` reads the
     web config again at each reload (new certificate, users, headers).
+    `environ` (default `os.environ`) holds the `OTEL_*` variables that may switch OTLP export on;
+    a bad OTLP setting raises `OtlpSettingsError`.
     """
     guard = _guard(web_config, inventory)
     app = web.Application(middlewares=[api.json_errors] if guard is None else [guard.middleware, api.json_errors])
@@ -73,11 +80,17 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app[HEALTH] = health
     app[EXPORTER] = PrometheusExporter(health)
     app[api.BOARD] = board = StatusBoard(inventory, health, app[EXPORTER].latest)
+    settings = otlp_settings(inventory.exporters.otlp, os.environ if environ is None else environ)
+    if settings is not None:
+        app[OTLP] = OtlpExporter(settings, health, on_error=app[EXPORTER].invalidate)
+        app.cleanup_ctx.append(_pushing(app[OTLP]))  # before sampling: stopped after it, for a last push
+    pushed = (app[OTLP],) if settings is not None else ()
     # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either
     rolling = Rolling(inventory, state_path, clock) if samplers is None else None
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
-                             sinks=(board,), on_reload=(board.replace_inventory,
-                                                        *([rolling.replace_inventory] if rolling else [])))
+                             sinks=(board, *pushed),
+                             on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed),
+                                        *([rolling.replace_inventory] if rolling else [])))
     app[LOADER] = loader
     app[GUARD] = guard
     app[WEB_LOADER] = web_loader
@@ -117,6 +130,19 @@ def shifted_clock(start: float, rate: float = 1.0) -> Callable[[], float]:
         offset = start - began
         return lambda: time.time() + offset
     return lambda: start + (time.time() - began) * rate
+
+
+def _pushing(otlp: OtlpExporter) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Return the cleanup context that starts the OTLP exporter and stops it (with a last push)."""
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        await otlp.start()
+        try:
+            yield
+        finally:
+            await otlp.stop()
+
+    return context
 
 
 def _sampling(live: LiveSampling) -> Callable[[web.Application], AsyncIterator[None]]:

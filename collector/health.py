@@ -117,6 +117,7 @@ class HealthTracker:
         """Whether the last reload of the inventory succeeded (`fab_config_last_reload_successful`)."""
         self.reload_at: float | None = None
         """When the inventory was last loaded successfully, at start or by a reload (Unix time)."""
+        self._export_errors: dict[str, int] = {}
 
     def track(self, sources: Iterable[str], syncing: Iterable[str] = ()) -> None:
         """Track `sources` from now on (a reload): the health of the ones tracked already is kept,
@@ -168,6 +169,18 @@ class HealthTracker:
         """Failures of `source` by reason so far."""
         return dict(self._sources[source].errors)
 
+    def track_exporter(self, exporter: str) -> None:
+        """Export `fab_export_errors_total{exporter}` for a push exporter (OTLP), at 0 from the start."""
+        self._export_errors.setdefault(exporter, 0)
+
+    def record_export_error(self, exporter: str) -> None:
+        """Count one failed push of `exporter` (after its own retries)."""
+        self._export_errors[exporter] = self._export_errors.get(exporter, 0) + 1
+
+    def export_errors(self, exporter: str) -> int:
+        """Failed pushes of `exporter` so far."""
+        return self._export_errors.get(exporter, 0)
+
     def not_sampled(self) -> list[str]:
         """Sources not sampled yet (neither a success nor a failure so far)."""
         return [name for name, health in self._sources.items() if not health.sampled]
@@ -193,7 +206,7 @@ class HealthTracker:
                       "fabwatch build information; the value is always 1.",
                       [((("version", self.version),), 1.0)])
         return (up, last, durations, errors, info, *_task_families(), *self._reload_families(),
-                *self._intake_families(), *self._completion_families())
+                *self._intake_families(), *self._completion_families(), *self._export_families())
 
     def _reload_families(self) -> tuple[Family, ...]:
         """`fab_config_last_reload_successful` and its timestamp, named as Prometheus names its own."""
@@ -206,6 +219,15 @@ class HealthTracker:
                     "When the inventory was last loaded successfully, at start or by a reload (Unix time).",
                     [((), self.reload_at)])
         return (ok, at)
+
+    def _export_families(self) -> tuple[Family, ...]:
+        """`fab_export_errors_total{exporter}`, when a push exporter is configured."""
+        if not self._export_errors:
+            return ()
+        return (Family("fab_export_errors", "counter",
+                       "Pushes of an exporter (otlp) that failed after its retries: refused, timed out, or an "
+                       "error status from the receiver.",
+                       [((("exporter", name),), float(count)) for name, count in sorted(self._export_errors.items())]),)
 
     def _completion_families(self) -> tuple[Family, ...]:
         """`fab_records_incomplete` and `fab_records_completed_total{how}`, when there are listeners."""

@@ -75,6 +75,8 @@ def marked_inventory(tmp_path: Path, postgres: PostgresServer, api: str) -> Path
                        "auth": {"kind": "basic", "username": "fab", "password": MARKER},
                        "sender_auth": {"kind": "bearer", "token": MARKER}},
         },
+        "exporters": {"otlp": {"endpoint": f"{closed}/v1/metrics?api_key={MARKER}", "interval": "1s",
+                               "timeout": "1s", "headers": {"Authorization": f"Bearer {MARKER}"}}},
         "processes": {"problem": {  # alerts and dashboards are built per process
             "etom": "1.3.1.3", "name": "Problem", "team": "assurance-ops", "runbook": "https://wiki.example/problem",
             "records": {"source": "ops", "table": "trouble_ticket", "open_statuses": ["open"]},
@@ -110,6 +112,7 @@ def test_a_marker_secret_reaches_no_log_table_answer_or_generated_file(tmp_path,
     assert code == 0, serve_err
     assert "event=source_opened" in serve_err
     assert "api_key=***" in serve_err
+    assert "event=export_failed" in serve_err  # the OTLP push to the closed port, logged without its secrets
 
     built = tmp_path / "built"
     for command in (["alerts", "build", "--out", str(built / "alerts")],

@@ -12,6 +12,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 from collector.inventory.alerting import AlertingConfig
 from collector.inventory.base import Model, examples
 from collector.inventory.durations import Duration
+from collector.inventory.exporters import ExportersConfig
 from collector.inventory.sources import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
 from collector.inventory.types import CronExpression, TimeKind, TimeZoneName
 
@@ -523,3 +524,5 @@ class Inventory(Model):
     where their work items are, their KPIs and their costs."""
     alerting: AlertingConfig = AlertingConfig()
     """What `fabwatch alerts build` writes: SLO burn-rate windows, thresholds, teams and their receivers."""
+    exporters: ExportersConfig = ExportersConfig()
+    """Exporters beside `/metrics`: OpenTelemetry (OTLP) push."""

@@ -106,3 +106,12 @@ async def test_the_service_tasks_are_counted_in_the_loop():
     finally:
         for task in idle:
             task.cancel()
+
+
+def test_export_errors_family_only_with_a_push_exporter():
+    health = HealthTracker(["crm"])
+    assert "fab_export_errors" not in {f.name for f in health.families()}
+    health.track_exporter("otlp")
+    health.record_export_error("otlp")
+    [family] = [f for f in health.families() if f.name == "fab_export_errors"]
+    assert (family.kind, family.samples) == ("counter", [((("exporter", "otlp"),), 1.0)])

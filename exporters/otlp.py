@@ -1,0 +1,371 @@
+"""OpenTelemetry (OTLP) push of the snapshot `/metrics` serves.
+
+The exporter is a `SampleSink` beside the Prometheus exporter: it keeps the latest sample of each
+source (the very objects `/metrics` renders) and, every interval, converts them with the sources'
+health to an OTLP request (`exporters.otlp_data`: the message the SDK's encoder would build from its
+`MetricsData`, at a quarter of the CPU) and sends it with the SDK's OTLP/HTTP exporter, in a thread
+of its own: sampling and scrapes never wait for a collector. One export runs at a time; the SDK's retries are
+bounded by the export timeout, so a dead collector costs one blocked thread, never a pile of them.
+
+Names keep the Prometheus base name (`fab_items_created`, `_total` dropped), so that a collector
+translating back to Prometheus gives the names `/metrics` has; the unit comes from the name's suffix
+(`unit_of`). opentelemetry is imported only when an exporter is built: `serve` without OTLP never
+loads it.
+"""
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import unquote
+
+from collector.health import HealthTracker, fabwatch_version
+from collector.inventory.exporters import OtlpConfig
+from collector.inventory.models import Inventory
+from collector.logs import log_event, mask_secrets, safe_dsn
+from collector.samples import Family, Histogram, Labels, SourceSample
+
+if TYPE_CHECKING:
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics.export import MetricExportResult
+
+Temporality = Literal["cumulative", "delta"]
+EXPORTER = "otlp"
+"""The `exporter` label of `fab_export_errors_total`."""
+DEFAULT_ENDPOINT = "http://localhost:4318/v1/metrics"
+_LOG = logging.getLogger("fabwatch.otlp")
+_UNITS = (("_timestamp_seconds", "s"), ("_seconds", "s"), ("_bytes", "By"), ("_ratio", "1"))
+"""Name suffix -> UCUM unit, the first match wins; any other name has no unit (counts of items)."""
+
+
+class OtlpSettingsError(ValueError):
+    """An OTLP setting (inventory or `OTEL_*` variable) that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class OtlpSettings:
+    """What the OTLP exporter does, resolved from the inventory over the `OTEL_*` environment."""
+
+    endpoint: str
+    interval: float
+    timeout: float
+    temporality: Temporality
+    resource: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    """May carry an API key: kept out of `repr`, never logged."""
+
+
+def unit_of(name: str) -> str:
+    """The OpenTelemetry unit of a fabwatch metric, from its name's suffix (`_seconds` -> `s`)."""
+    return next((unit for suffix, unit in _UNITS if name.endswith(suffix)), "")
+
+
+def otlp_settings(config: OtlpConfig | None, environ: Mapping[str, str]) -> OtlpSettings | None:
+    """Resolve the OTLP settings, the inventory's fields over the `OTEL_*` variables; None when off.
+
+    On when the inventory has `exporters.otlp` (unless `enabled: false`), or when
+    `OTEL_METRICS_EXPORTER` names `otlp`.
+    """
+    wanted = {part.strip() for part in environ.get("OTEL_METRICS_EXPORTER", "").split(",")}
+    if (config is None and "otlp" not in wanted) or (config is not None and not config.enabled):
+        return None
+    cfg = config or OtlpConfig()
+    protocol = cfg.protocol or _env(environ, "PROTOCOL") or "http/protobuf"
+    if protocol != "http/protobuf":
+        raise OtlpSettingsError(f"OTLP protocol {protocol!r} is not supported: fabwatch exports over "
+                                "http/protobuf (set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf and port 4318)")
+    endpoint = cfg.endpoint or _endpoint(environ)
+    if not endpoint.lower().startswith(("http://", "https://")):
+        raise OtlpSettingsError(f"the OTLP endpoint must be an http:// or https:// URL, got {safe_dsn(endpoint)!r}")
+    return OtlpSettings(
+        endpoint=endpoint,
+        interval=cfg.interval or _millis(environ, ("OTEL_METRIC_EXPORT_INTERVAL",), 60_000),
+        timeout=cfg.timeout or _millis(environ, ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),
+                                       10_000),
+        temporality=cfg.temporality or _temporality(environ),
+        resource=_resource(cfg, environ),
+        headers=tuple({**parse_pairs(_env(environ, "HEADERS")), **(cfg.headers or {})}.items()),
+    )
+
+
+def _env(environ: Mapping[str, str], setting: str) -> str:
+    """`OTEL_EXPORTER_OTLP_METRICS_<setting>`, else `OTEL_EXPORTER_OTLP_<setting>`, else empty."""
+    return (environ.get(f"OTEL_EXPORTER_OTLP_METRICS_{setting}") or environ.get(f"OTEL_EXPORTER_OTLP_{setting}")
+            or "").strip()
+
+
+def _endpoint(environ: Mapping[str, str]) -> str:
+    """The metrics URL: the signal's variable as it is, the general one with `/v1/metrics` appended."""
+    if signal := environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip():
+        return signal
+    if base := environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip():
+        return base.rstrip("/") + "/v1/metrics"
+    return DEFAULT_ENDPOINT
+
+
+def _millis(environ: Mapping[str, str], names: tuple[str, ...], default: float) -> float:
+    """The first of `names` set, a duration in milliseconds, returned in seconds."""
+    name = next((n for n in names if environ.get(n, "").strip()), names[0])
+    raw = environ.get(name, "").strip()
+    try:
+        millis = float(raw) if raw else default
+    except ValueError:
+        raise OtlpSettingsError(f"{name} must be a number of milliseconds, got {raw!r}") from None
+    if not millis > 0 or math.isinf(millis):
+        raise OtlpSettingsError(f"{name} must be a positive number of milliseconds, got {raw!r}")
+    return millis / 1000
+
+
+def _temporality(environ: Mapping[str, str]) -> Temporality:
+    name = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE"
+    value = environ.get(name, "").strip().lower() or "cumulative"
+    if value == "cumulative":
+        return "cumulative"
+    if value in ("delta", "lowmemory"):  # lowmemory: delta for counters and histograms, what fabwatch has
+        return "delta"
+    raise OtlpSettingsError(f"{name} must be cumulative or delta, got {value!r}")
+
+
+def _resource(config: OtlpConfig, environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    attributes = parse_pairs(environ.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+    attributes.update(config.resource_attributes or {})
+    attributes["service.name"] = (config.service_name or environ.get("OTEL_SERVICE_NAME", "").strip()
+                                  or attributes.get("service.name") or "fabwatch")
+    attributes["service.version"] = fabwatch_version()
+    return tuple(sorted(attributes.items()))
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """Parse `key=value,key2=value2` as the OTEL_*_HEADERS and OTEL_RESOURCE_ATTRIBUTES variables hold
+    them (values percent-encoded); an element without `=` is skipped."""
+    pairs = {}
+    for element in text.split(","):
+        key, sep, value = element.partition("=")
+        if sep and key.strip():
+            pairs[unquote(key.strip())] = unquote(value.strip())
+    return pairs
+
+
+class Deltas:
+    """Turns cumulative values into the change since the previous export, per series.
+
+    A series seen for the first time sets its baseline and is not sent: fabwatch's counters carry the
+    history from before the process started, which is no interval's change. A value lower than its
+    baseline (a source whose state was reset) counts from zero again.
+    """
+
+    def __init__(self) -> None:
+        self._numbers: dict[tuple[str, Labels], tuple[float, int]] = {}
+        self._histograms: dict[tuple[str, Labels], tuple[tuple[float, ...], float, float, int]] = {}
+        self._last_numbers = self._numbers
+        self._last_histograms = self._histograms
+
+    def begin(self) -> None:
+        """Start an export: only the series of the previous export are remembered, so the baselines
+        of series gone from `/metrics` (expired dimension sets) do not pile up."""
+        self._last_numbers, self._numbers = self._numbers, {}
+        self._last_histograms, self._histograms = self._histograms, {}
+
+    def number(self, name: str, labels: Labels, value: float, now: int) -> tuple[float, int] | None:
+        """(change, start time) of a counter series, None on its first export."""
+        previous = self._last_numbers.get((name, labels))
+        self._numbers[(name, labels)] = (value, now)
+        if previous is None:
+            return None
+        before, start = previous
+        return (value - before if value >= before else value), start
+
+    def histogram(self, name: str, labels: Labels, counts: tuple[float, ...], total: float, count: float,
+                  now: int) -> tuple[tuple[float, ...], float, float, int] | None:
+        """(bucket counts, sum, count, start time) of the change of a histogram series, None at first."""
+        previous = self._last_histograms.get((name, labels))
+        self._histograms[(name, labels)] = (counts, total, count, now)
+        if previous is None:
+            return None
+        old_counts, old_total, old_count, start = previous
+        if count < old_count or len(old_counts) != len(counts):
+            return counts, total, count, start
+        changes = tuple(n - o for n, o in zip(counts, old_counts, strict=True))
+        return changes, total - old_total, count - old_count, start
+
+
+def decumulate(histogram: Histogram) -> tuple[float, ...]:
+    """The count of each bucket alone (OTLP's `bucket_counts`), the `+Inf` bucket last, from the
+    cumulative Prometheus buckets; a histogram without a `+Inf` bucket gets one from its count."""
+    counts, below = [], 0.0
+    for _, cumulative in histogram.buckets:
+        counts.append(cumulative - below)
+        below = cumulative
+    if not histogram.buckets or not math.isinf(histogram.buckets[-1][0]):
+        counts.append(histogram.count - below)
+    return tuple(counts)
+
+
+class _MaskSecrets(logging.Filter):
+    """Masks credential-like query values in the SDK exporter's own log lines, which quote the
+    request's URL (`... url: /v1/metrics?api_key=...`) when a transport error is retried."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_SDK_LOGGER = logging.getLogger("opentelemetry.exporter.otlp.proto.http.metric_exporter")
+_SDK_FILTER = _MaskSecrets()
+
+
+def _recording_session() -> Any:
+    """A `requests.Session` (the SDK exporter's public `session` argument) that remembers how its last
+    request ended: the SDK's `export` returns only FAILURE, the log line needs the reason."""
+    import requests
+
+    class RecordingSession(requests.Session):
+        last: str | None = None
+
+        def request(self, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+            try:
+                response = super().request(*args, **kwargs)
+            except requests.RequestException as exc:
+                self.last = _cause(exc)
+                raise
+            self.last = f"HTTP {response.status_code} {response.reason}"
+            return response
+
+    return RecordingSession()
+
+
+def _cause(exc: BaseException) -> str:
+    """The gist of a transport error: `[Errno 111] Connection refused`, `timed out`, else its text."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if errno:
+        return errno[0].strip()
+    return "timed out" if "timed out" in text.lower() else f"{type(exc).__name__}: {text}"
+
+
+class OtlpExporter:
+    """A `SampleSink` that pushes the latest sample of every source, with the sources' health, over OTLP."""
+
+    def __init__(self, settings: OtlpSettings, health: HealthTracker, *,
+                 on_error: Callable[[], None] = lambda: None,
+                 clock: Callable[[], int] = time.time_ns) -> None:
+        """`on_error` runs (in the event loop) after a failed export counted in `health`: the
+        Prometheus exporter's `invalidate`, so that `/metrics` shows the new count."""
+        self.settings = settings
+        self._health = health
+        self._on_error = on_error
+        self._clock = clock
+        self._samples: dict[str, SourceSample] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="otlp-export")
+        self._sdk: OTLPMetricExporter | None = None
+        self._convert: Callable[[list[Family], int], Callable[[], MetricExportResult]] | None = None
+        self._session: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.exports = 0
+        """Exports attempted so far (for tests and the benchmark)."""
+        health.track_exporter(EXPORTER)
+
+    def update(self, sample: SourceSample) -> None:
+        """Keep the latest sample of `sample.source` for the next export."""
+        self._samples[sample.source] = sample
+
+    def invalidate(self) -> None:
+        """Nothing to drop: each export reads the health as it is then."""
+
+    def reloaded(self, inventory: Inventory) -> None:
+        """Drop the samples of sources a reload removed, as `/metrics` does (the OTLP settings themselves
+        are read at start only)."""
+        for name in set(self._samples) - set(inventory.sources):
+            del self._samples[name]
+
+    def snapshot(self) -> list[Family]:
+        """The families `/metrics` serves now: every source's latest sample, then the health."""
+        families = [family for source in sorted(self._samples) for family in self._samples[source].families]
+        return families + list(self._health.families())
+
+    async def start(self) -> None:
+        """Build the SDK exporter (importing opentelemetry) and start exporting every interval."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._build)
+        self._task = asyncio.create_task(self._every_interval(), name="otlp-export")
+        log_event(_LOG, "otlp_started", endpoint=safe_dsn(self.settings.endpoint),
+                  interval=self.settings.interval, temporality=self.settings.temporality)
+
+    async def stop(self) -> None:
+        """Stop the interval, push one last time (what sampling left last), and shut the SDK exporter down."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+            await self.export()
+        if self._sdk is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._sdk.shutdown)
+        self._executor.shutdown(wait=True)
+
+    async def export(self) -> bool:
+        """Push the current snapshot now (after any export in flight); True when the receiver took it."""
+        async with self._lock:
+            families = self.snapshot()  # in the loop's thread: the samples of this instant
+            self.exports += 1
+            reason = await asyncio.get_running_loop().run_in_executor(self._executor, self._push, families)
+        if reason is not None:
+            self._health.record_export_error(EXPORTER)
+            self._on_error()
+            log_event(_LOG, "export_failed", logging.WARNING, exporter=EXPORTER,
+                      endpoint=safe_dsn(self.settings.endpoint), reason=reason)
+        return reason is None
+
+    async def _every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.interval)
+            await self.export()
+
+    def _build(self) -> None:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk.resources import Resource
+
+        from exporters.otlp_data import Converter, Encoder
+
+        settings = self.settings
+        self._session = _recording_session()
+        _SDK_LOGGER.addFilter(_SDK_FILTER)  # the same filter object: added once however many exporters
+        self._sdk = OTLPMetricExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
+                                       timeout=settings.timeout, session=self._session)
+        resource, deltas = Resource(dict(settings.resource)), Deltas() if settings.temporality == "delta" else None
+        sdk = self._sdk
+        if hasattr(sdk, "_export_batch"):  # the SDK's export() less its encoder: encode 4x cheaper, send the same
+            encoder = Encoder(resource, self._health.version, self._clock(), deltas)
+            self._convert = lambda families, now: partial(sdk._export_batch, encoder.request(families, now))
+        else:  # an SDK without that step: the public path, all SDK
+            converter = Converter(resource, self._health.version, self._clock(), deltas)
+            self._convert = lambda families, now: partial(sdk.export, converter.metrics_data(families, now))
+
+    def _push(self, families: list[Family]) -> str | None:
+        """Convert and send (in the export thread); the reason of a failure, None on success."""
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+
+        assert self._convert is not None, "start() builds the exporter"
+        self._session.last = None
+        try:
+            result = self._convert(families, self._clock())()
+        except Exception as exc:  # a bug (the SDK catches its own errors): counted, traced, and the next interval runs
+            log_event(_LOG, "export_crashed", logging.ERROR, exc_info=True, exporter=EXPORTER)
+            return f"internal: {type(exc).__name__}"
+        if result is MetricExportResult.SUCCESS:
+            return None
+        return _short(self._session.last or "export failed (see the SDK's log line)")
+
+
+def _short(message: str) -> str:
+    """The SDK's message on one line, credential-like query values masked, cut to a readable length."""
+    return mask_secrets(re.sub(r"\s+", " ", message))[:300]
