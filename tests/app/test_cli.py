@@ -207,6 +207,7 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, s
     return proc.returncode, out, err
 
 
+@pytest.mark.slow
 def test_serve_stops_cleanly_on_sigterm(inventory_file):
     port = free_port()
     proc = run_fabwatch("serve", "-c", str(inventory_file), env={"FABWATCH_LISTEN":
@@ -220,6 +221,7 @@ def test_serve_stops_cleanly_on_sigterm(inventory_file):
     assert all(line.startswith("ts=") for line in err.splitlines()), err
 
 
+@pytest.mark.slow
 def test_serve_stops_within_its_grace_during_a_slow_sqlite_statement(tmp_path):
     """A statement calling a slow function on each row ignored the stop: `sample_cancelled` after
     the grace, then the process hung for as long as the statement ran (40 s here; issue 18)."""
@@ -244,6 +246,7 @@ def test_serve_stops_within_its_grace_during_a_slow_sqlite_statement(tmp_path):
     assert all(line.startswith("ts=") for line in err.splitlines()), err  # no traceback
 
 
+@pytest.mark.slow
 def test_demo_backfills_then_serves_until_sigint(tmp_path):
     port = free_port()
     data = tmp_path / "demo"
@@ -261,6 +264,7 @@ def test_demo_backfills_then_serves_until_sigint(tmp_path):
     assert (data / "state.db").exists()
 
 
+@pytest.mark.slow
 def test_serve_loads_neither_the_simulator_nor_the_generators():
     code = ("import sys; from app.cli import build_parser; build_parser('serve'); "
             "print(sorted({m.split('.')[0] for m in sys.modules}"
@@ -269,6 +273,7 @@ def test_serve_loads_neither_the_simulator_nor_the_generators():
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_serving_sql_sources_loads_neither_the_orm_nor_the_other_sources(inventory_file):
     """Memory (issue 3): what an inventory of SQL sources does not use is not imported."""
     code = ("import sys; from app.cli import build_parser; from collector.inventory.load import load_inventory; "
@@ -288,6 +293,7 @@ def test_simulate_runs_through_the_fabwatch_command(tmp_path):
         assert conn.execute("SELECT COUNT(*) FROM trouble_ticket").fetchone()[0] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_demo_in_tmf_mode_polls_the_simulator_through_its_open_apis(tmp_path):
     port = free_port()
@@ -310,6 +316,7 @@ def test_demo_in_tmf_mode_polls_the_simulator_through_its_open_apis(tmp_path):
     assert "TMF APIs of the simulated operator: http://127.0.0.1:" in out
 
 
+@pytest.mark.slow
 def test_serve_names_a_busy_events_port_and_exits_1(tmp_path):
     from tests.sources.helpers import events_inventory
 
@@ -374,6 +381,7 @@ def _with_hub(inventory: Path, hub_url: str) -> None:
     inventory.write_text(yaml.safe_dump(document, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_serve_registers_the_address_given_by_listen_with_the_hub(tmp_path):
     """`--listen` overrides service.listen; the callback the hub calls must follow it, or every
     event goes to a port nobody listens on."""
@@ -432,6 +440,7 @@ def test_serve_names_a_state_file_it_cannot_use_and_exits_1(tmp_path, inventory_
     assert "cannot listen" not in err
 
 
+@pytest.mark.slow
 def test_a_subscription_left_by_a_killed_run_is_dropped_at_the_next_start(tmp_path):
     """SIGKILL leaves no time to unregister: the next start removes the old subscription, else the
     hub would post every event twice, to the old one and the new one, for as long as it lives."""
@@ -467,6 +476,7 @@ def test_a_subscription_left_by_a_killed_run_is_dropped_at_the_next_start(tmp_pa
     assert hub.calls == ["POST 1", "DELETE 1", "POST 2", "DELETE 2"]
 
 
+@pytest.mark.slow
 def test_demo_interrupted_while_backfilling_exits_without_a_traceback(tmp_path):
     data = tmp_path / "demo"
     proc = run_fabwatch("demo", "--data-dir", str(data), "--days", "30", "--listen", f"127.0.0.1:{free_port()}")
