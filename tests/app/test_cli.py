@@ -116,9 +116,9 @@ def test_check_says_whether_each_kpi_meets_its_target(reading: KpiReading, cell:
 def test_check_on_a_hostile_file_names_it_and_exits_2(tmp_path, capsys, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: a busy machine (parallel workers, CI) does not inflate it
     assert main(["check", "-c", str(path)]) == 2
-    assert time.monotonic() - started < 2.0
+    assert time.process_time() - started < 2.0
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith(str(path)), line[:300]
     assert message in line, line[:300]
