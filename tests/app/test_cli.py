@@ -178,8 +178,15 @@ def test_missing_config_and_bad_listen(capsys, monkeypatch):
         parse_listen("nowhere")
 
 
-def run_fabwatch(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT,
+SIGINT_AT_START = {"default": "signal.default_int_handler", "ignored": "signal.SIG_IGN"}
+"""What `python -m app.cli` finds for SIGINT: set by the child itself, never inherited from the test
+run (`nohup make test &` starts it ignored), so that each test knows what it tests."""
+
+
+def run_fabwatch(*args: str, env: dict[str, str] | None = None, sigint: str = "default") -> subprocess.Popen[str]:
+    start = (f"import runpy, signal, sys; signal.signal(signal.SIGINT, {SIGINT_AT_START[sigint]}); "
+             "sys.argv = ['fabwatch', *sys.argv[1:]]; runpy.run_module('app.cli', run_name='__main__', alter_sys=True)")
+    return subprocess.Popen([sys.executable, "-c", start, *args], cwd=ROOT,
                             env={**os.environ, **(env or {})}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -477,9 +484,11 @@ def test_a_subscription_left_by_a_killed_run_is_dropped_at_the_next_start(tmp_pa
 
 
 @pytest.mark.slow
-def test_demo_interrupted_while_backfilling_exits_without_a_traceback(tmp_path):
+@pytest.mark.parametrize("sigint", ["default", "ignored"])  # ignored: a shell's background job, `nohup ... &`
+def test_demo_interrupted_while_backfilling_exits_without_a_traceback(tmp_path, sigint):
     data = tmp_path / "demo"
-    proc = run_fabwatch("demo", "--data-dir", str(data), "--days", "30", "--listen", f"127.0.0.1:{free_port()}")
+    proc = run_fabwatch("demo", "--data-dir", str(data), "--days", "30", "--listen", f"127.0.0.1:{free_port()}",
+                        sigint=sigint)
     deadline = time.monotonic() + 60
     while not (data / "operator.db").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
