@@ -2,17 +2,31 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint docs fmt clean distclean venv deps
+# Test workers (pytest-xdist): most of the suite waits on servers and subprocesses, so two cores
+# keep four workers busy. `make test WORKERS=0` runs in one process.
+WORKERS ?= 4
+XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
+
+.PHONY: demo test check lint docs fmt clean distclean venv deps
 
 demo: venv
 	$(BIN)/fabwatch demo
 
+# Everything: lint, types, layers, then every test, real servers included.
 test: deps venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(MAKE) --no-print-directory docs
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
+
+# The quick tier, under a minute: lint, types, layers and the unit tests (no server started, no
+# fabwatch or demo subprocess, nothing that waits seconds: markers `integration` and `slow`).
+check: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -n 2 -m "not integration and not slow"
 
 # The code is laid out by hand (aligned continuation lines, 120 columns); ruff's formatter would
 # rewrite most files, so lint checks rules and types, and fmt applies ruff's safe fixes.

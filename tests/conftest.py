@@ -25,6 +25,17 @@ from tests.servers import (
 PrometheusFactory = Callable[..., PrometheusServer]
 AlertmanagerFactory = Callable[..., AlertmanagerServer]
 
+SERVER_FIXTURES = frozenset({"postgres", "mariadb", "promtool", "amtool", "prometheus_factory", "alertmanager_factory"})
+"""The fixtures that start a real server or run a Prometheus tool: a test using one is `integration`."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real server `integration`, marker or not, so that the quick tier
+    (`make check`: `-m "not integration and not slow"`) never starts one."""
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:

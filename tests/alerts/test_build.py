@@ -78,11 +78,13 @@ def test_pairs_burning_under_1x_fire_from_1x_and_are_reported(example: Inventory
     assert "ratio_rate3d{process=\"interface\", kpi=\"answered_in_20s\"} > (1 * 0.3)" in burns[1]["expr"]
 
 
+@pytest.mark.slow
 def test_every_file_carries_the_header(example: Inventory) -> None:
     for document in build(example).documents.values():
         assert dump(document).startswith(HEADER)
 
 
+@pytest.mark.slow
 def test_committed_example_output_does_not_drift(example: Inventory, tmp_path: Path) -> None:
     written = write(build(example).documents, tmp_path)
     committed = sorted(p.relative_to(COMMITTED) for p in COMMITTED.rglob("*.yml"))
@@ -94,6 +96,7 @@ def test_committed_example_output_does_not_drift(example: Inventory, tmp_path: P
             f"examples/alerts/{relative} drifted: fabwatch alerts build -c examples/operator.yaml --out examples/alerts"
 
 
+@pytest.mark.slow
 def test_write_removes_files_it_no_longer_generates(example: Inventory, tmp_path: Path) -> None:
     (tmp_path / "rules").mkdir()
     stale = tmp_path / "rules" / "process-gone.rules.yml"

@@ -68,6 +68,7 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "operator.db"
 
 
+@pytest.mark.slow
 async def test_every_kpi_kind_matches_an_independent_computation(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     inventory = example(dsn)
@@ -86,6 +87,7 @@ async def test_every_kpi_kind_matches_an_independent_computation(db: Path, tmp_p
     await sim.close()
 
 
+@pytest.mark.slow
 async def test_counters_count_each_row_once_across_samples_and_restarts(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     inventory = example(dsn)
@@ -169,6 +171,7 @@ async def test_a_sqlite_file_replaced_by_another_is_read_again(db: Path, tmp_pat
     await engine.close()
 
 
+@pytest.mark.slow
 async def test_a_state_file_that_cannot_be_written_is_named_as_such(db: Path, tmp_path: Path) -> None:
     """The source answered; fabwatch's own file failed. On-call must not go looking at the database."""
     engine = await sampled_once(db, tmp_path, days=1)
@@ -184,6 +187,7 @@ async def test_a_state_file_that_cannot_be_written_is_named_as_such(db: Path, tm
     await engine.close()
 
 
+@pytest.mark.slow
 async def test_histogram_and_slo_counters_agree_with_rows(db: Path, tmp_path: Path) -> None:
     dsn = f"sqlite+aiosqlite:///{db}"
     inventory = example(dsn)
@@ -299,6 +303,7 @@ async def test_a_sqlite_statement_slow_on_each_row_stops_at_its_timeout(db: Path
     await engine.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sql", ["", SLOW_FUNCTION_SQL], ids=["many-steps", "slow-function"])
 async def test_a_cancelled_sqlite_sample_stops_its_query_at_once(db: Path, tmp_path: Path, sql: str) -> None:
     """A stop cancels the samples still running after its grace; SQLite's query runs on in
@@ -414,6 +419,7 @@ async def test_processes_split_from_one_table_keep_their_own_open_statuses(
     assert got[("low", "backlog")] > got[("high", "backlog")] > 0
 
 
+@pytest.mark.slow
 async def test_a_clock_stepped_back_accrues_no_negative_fixed_cost(db: Path, tmp_path: Path) -> None:
     """NTP stepping the clock back, or a VM resumed, must not make `fab_cost_total` go down: Prometheus
     would read it as a counter reset and count the whole total again."""
@@ -441,6 +447,7 @@ def _remapped(inventory: Inventory, name: str, **columns: Any) -> Inventory:
 
 @pytest.mark.parametrize("columns", [{"dimensions": ("priority", "channel")}, {"dimensions": ()}],
                          ids=["a dimension added", "dimensions removed"])
+@pytest.mark.slow
 async def test_a_process_whose_dimensions_changed_counts_again_from_its_lookback(
         db: Path, tmp_path: Path, columns: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
     """Saved counts are keyed by dimension values: after a restart with other dimensions they crashed
@@ -463,6 +470,7 @@ async def test_a_process_whose_dimensions_changed_counts_again_from_its_lookback
     assert_same(values(got), values(want))
 
 
+@pytest.mark.slow
 async def test_a_new_rate_books_later_completions_and_leaves_booked_cost_alone(db: Path, tmp_path: Path) -> None:
     """`fab_cost_total` is a counter of cost booked on completion: a rate changed (and fabwatch
     restarted) used to reprice every completion since the start, so the counter fell (a reset to

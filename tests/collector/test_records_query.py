@@ -109,6 +109,7 @@ async def compare(rows: Rows, itsm: str, plain: str, tmp: Path, kind: str) -> No
     assert labels >= {"critical", "high"}
 
 
+@pytest.mark.slow
 async def test_sqlite_query_with_codes_lookups_and_history(spring_rows: Rows, tmp_path: Path) -> None:  # noqa: F811
     await compare(spring_rows, f"sqlite+aiosqlite:///{tmp_path / 'itsm.db'}",
                   f"sqlite+aiosqlite:///{tmp_path / 'plain.db'}", tmp_path, "iso_text")

@@ -83,6 +83,7 @@ async def sqlite_url(tmp_path: Path, indexed: bool) -> str:
     return url
 
 
+@pytest.mark.slow
 async def test_sqlite_edge_queries_use_the_time_index(tmp_path: Path) -> None:
     notes = await notes_for(await sqlite_url(tmp_path, indexed=True), tmp_path)
     assert "process problem: created opened: iso_text" in "\n".join(notes)
@@ -91,6 +92,7 @@ async def test_sqlite_edge_queries_use_the_time_index(tmp_path: Path) -> None:
     assert not [n for n in plans if "full scan" in n], plans
 
 
+@pytest.mark.slow
 async def test_a_missing_index_is_a_warning_naming_the_table(tmp_path: Path) -> None:
     notes = await notes_for(await sqlite_url(tmp_path, indexed=False), tmp_path)
     assert [n for n in notes if "WARNING full scan of ticket" in n]

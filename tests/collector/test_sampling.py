@@ -73,6 +73,7 @@ class _Hub:
         return web.Response(status=204)
 
 
+@pytest.mark.slow
 async def test_a_subscription_the_hub_would_not_drop_at_a_restart_is_dropped_later(tmp_path: Path) -> None:
     """A run killed while registered leaves its subscription; the next run drops it first. If the
     hub is down then, the id used to be forgotten anyway: the hub, back, sent every event twice."""

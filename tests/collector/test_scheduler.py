@@ -81,6 +81,7 @@ async def test_first_run_is_immediate_and_recorded():
     assert b'fab_source_up{source="crm"} 1.0' in exporter.render()
 
 
+@pytest.mark.slow
 async def test_slow_sampler_never_overlaps():
     sampler = ScriptedSampler("crm", delay=0.45)
     scheduler, _, _ = scheduler_for(sampler, source("100ms"))
@@ -94,6 +95,7 @@ async def test_slow_sampler_never_overlaps():
     assert scheduler.skipped["crm"] >= 3  # runs due while one was in flight were skipped
 
 
+@pytest.mark.slow
 async def test_runs_missed_while_the_loop_was_busy_coalesce_into_one():
     sampler = ScriptedSampler("crm")
     scheduler, _, _ = scheduler_for(sampler, source("100ms"))

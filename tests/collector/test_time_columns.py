@@ -99,6 +99,7 @@ def repeated_hour(values: dict[str, Any]) -> bool:
     ("iso_text", "Europe/Berlin", None),     # '2026-03-30 12:00:00.000', wall time
     ("epoch_ms", "UTC", "epoch_ms"),         # an INTEGER of milliseconds, declared
 ])
+@pytest.mark.slow
 async def test_sqlite_time_kinds_give_the_kpis_of_epoch_seconds(spring_rows: Rows, tmp_path: Path, kind: str,
                                                                 zone: str, declared: str | None) -> None:
     await compare(spring_rows, f"sqlite+aiosqlite:///{tmp_path / 'typed.db'}",

@@ -24,7 +24,7 @@ from collector.inventory.load import load_inventory
 from dashboards import promql
 from dashboards.selfmon import self_dashboard
 from tests.dashboards import lint
-from tests.servers import HOST, free_port, http_get, stop_process
+from tests.servers import HOST, PrometheusServer, free_port, http_get, start_prometheus, stop_process
 from tests.sources.helpers import EVENT_PATH, FabwatchProcess, events_inventory, ticket_event
 
 pytestmark = pytest.mark.integration
@@ -49,12 +49,15 @@ groups:
 _LABEL_VALUES = re.compile(r"^label_values\((?P<metric>.+),\s*(?P<label>\w+)\)$")
 
 
-@pytest.fixture
-def fabwatch_demo(tmp_path) -> Iterator[str]:
-    """Run `fabwatch demo` (35 backfilled days, then live, sampled every second); yield its address."""
+@pytest.fixture(scope="module")
+def fabwatch_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Run `fabwatch demo` (35 backfilled days, then live, sampled every second); yield its address.
+
+    One demo for the module: its backfill is the slowest part, and the tests only read what it serves."""
     port = free_port()
     env = {**os.environ, "FABWATCH_INTERVAL": "1s"}
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "--data-dir", str(tmp_path / "demo"),
+    data = tmp_path_factory.mktemp("demo")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "demo", "--data-dir", str(data),
                              "--days", "35", "--speed", "60", "--listen", f"{HOST}:{port}"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -62,6 +65,21 @@ def fabwatch_demo(tmp_path) -> Iterator[str]:
         yield f"{HOST}:{port}"
     finally:
         stop_process(proc, signal.SIGINT)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def demo_prometheus(tmp_path_factory: pytest.TempPathFactory, fabwatch_demo: str) -> Iterator[PrometheusServer]:
+    """A Prometheus scraping the demo every second, with alerts that always fire (for the annotations)."""
+    prometheus = start_prometheus(
+        tmp_path_factory.mktemp("prometheus"),
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "rule_files: [rules.yml]\n"
+        f"scrape_configs:\n  - job_name: fabwatch\n    static_configs: [{{targets: ['{fabwatch_demo}']}}]\n",
+        {"rules.yml": ALWAYS_FIRING}, ())
+    try:
+        yield prometheus
+    finally:
+        prometheus.stop()
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
@@ -115,12 +133,9 @@ def queries(model: dict[str, Any]) -> Iterator[tuple[str, str]]:
             yield f"{model['uid']} / annotation {annotation['name']}", substitute(annotation["expr"], variables)
 
 
-def test_every_query_returns_data(prometheus_factory, fabwatch_demo, dashboards):
-    prometheus = prometheus_factory(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-        "rule_files: [rules.yml]\n"
-        f"scrape_configs:\n  - job_name: fabwatch\n    static_configs: [{{targets: ['{fabwatch_demo}']}}]\n",
-        files={"rules.yml": ALWAYS_FIRING})
+@pytest.mark.xdist_group("dashboards-demo")  # one worker, one demo (module-scoped)
+def test_every_query_returns_data(demo_prometheus, dashboards):
+    prometheus = demo_prometheus
     prometheus.wait_for("count_over_time(fab_source_up[1m]) >= 15", timeout=60)
     prometheus.wait_for('ALERTS{alertstate="firing"}', timeout=30)
     empty = []
@@ -134,10 +149,9 @@ def test_every_query_returns_data(prometheus_factory, fabwatch_demo, dashboards)
     assert not empty, "queries without data:\n" + "\n".join(empty)
 
 
-def test_a_misspelt_metric_returns_nothing(prometheus_factory, fabwatch_demo):
-    prometheus = prometheus_factory(
-        "global: {scrape_interval: 1s}\n"
-        f"scrape_configs:\n  - job_name: fabwatch\n    static_configs: [{{targets: ['{fabwatch_demo}']}}]\n")
+@pytest.mark.xdist_group("dashboards-demo")  # one worker, one demo (module-scoped)
+def test_a_misspelt_metric_returns_nothing(demo_prometheus):
+    prometheus = demo_prometheus
     prometheus.wait_for("fab_backlog_items")
     assert prometheus.query(substitute('sum(fab_backlog_item{job=~"$job"})', {"job": ALL})) == []
 

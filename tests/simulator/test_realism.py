@@ -8,6 +8,7 @@ import pytest
 from simulator.profiles import PROFILES
 from tests.simulator.helpers import NOW, backfill, query, scalar
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("realism")]  # one 30-day backfill for the module, one worker
 DAYS = 30
 START = NOW - DAYS * 86400
 

@@ -138,6 +138,7 @@ def assert_lifecycles_covered(epoch: dict[str, dict[str, Any]], process: str) ->
         assert {"inProgress", "completed", "failed", "partial", "cancelled"} <= statuses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("process", ["problem", "order"])
 async def test_sqlite_iso_text_schema_reads_back_as_the_epoch_rows(tmp_path: Path, process: str) -> None:
     url = dsn(tmp_path / "operator.db")
@@ -169,6 +170,7 @@ async def test_postgres_timestamptz_schema_reads_back_as_the_epoch_rows(postgres
     assert kind == "timestamp with time zone"
 
 
+@pytest.mark.slow
 async def test_sync_again_from_scratch_adds_no_duplicate_and_changes_nothing(tmp_path: Path) -> None:
     url = dsn(tmp_path / "operator.db")
     await simulate(url, steps=6)
@@ -363,10 +365,12 @@ async def assert_same_metrics_both_ways(
     return compared
 
 
+@pytest.mark.slow
 async def test_sqlite_iso_text_schema_gives_the_metrics_of_the_epoch_tables(tmp_path: Path) -> None:
     assert await assert_same_metrics_both_ways(dsn(tmp_path / "operator.db"), "sqlite", tmp_path, 1e-3) > 1000
 
 
+@pytest.mark.slow
 async def test_sqlite_local_wall_time_across_the_spring_change_gives_the_metrics_of_the_epoch_tables(
     tmp_path: Path,
 ) -> None:
@@ -531,6 +535,7 @@ def assert_checked(kind: str, out: str) -> None:
     assert "process order: due due_at: epoch_ms" in out, out
 
 
+@pytest.mark.slow
 async def test_check_passes_on_the_sqlite_example_with_every_edge_on_an_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -49,6 +49,7 @@ def on_time(path, table, low, high):
     return scalar(path, sql, low, high)
 
 
+@pytest.mark.slow
 def test_slow_incident_lowers_on_time_share_in_its_window(tmp_path):
     window = (NOW - 8 * DAY, NOW - 4 * DAY)
     backfill(tmp_path / "base.db", 10, scale=0.5)

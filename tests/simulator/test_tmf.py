@@ -52,6 +52,7 @@ async def _get(url: str, **params: str) -> tuple[list[dict], dict[str, str]]:
         return await response.json(), dict(response.headers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "version"), ENDPOINTS)
 async def test_resources_and_events_validate_against_the_specification(served: str, kind: str, version: int) -> None:
     api = APIS[kind]

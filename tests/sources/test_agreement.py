@@ -6,6 +6,8 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.service import build_app
 from collector.engine import SourceSampler
 from collector.inventory.models import Process, SqlSource
@@ -50,6 +52,7 @@ async def _poll_all(url: str, processes: dict[str, Process], tmp: Path, version:
     return dsns
 
 
+@pytest.mark.slow
 async def test_polling_events_and_sql_agree(tmp_path: Path) -> None:
     sim_db = tmp_path / "operator.db"
     dsn = f"sqlite+aiosqlite:///{sim_db}"
@@ -152,6 +155,7 @@ def _late(sample: SourceSample) -> float:
     return sum(value for f in sample.families if f.name == "fab_items_late" for _, value in f.samples)
 
 
+@pytest.mark.slow
 async def test_late_and_partial_events_agree_with_sql_sampled_during_the_run(tmp_path: Path) -> None:
     """Change events carry only what changed and 30 % of events come a round late, while fabwatch
     samples after every round: once everything has arrived, every family and KPI equals SQL's."""

@@ -87,6 +87,7 @@ async def _service(url: str, tmp_path: Path, **extra: Any) -> web.Application:
     ("5xx", "http_status"), ("429", "rate_limited"), ("slow", "timeout"), ("json", "invalid_json"),
     ("big", "oversize"), ("schema", "schema"), ("no_id", "schema"), ("history", "schema"),
 ])
+@pytest.mark.slow
 async def test_fault_gives_reason_and_source_down(faulty: tuple[Faulty, str], tmp_path: Path, mode: str,
                                                   reason: str) -> None:
     server, url = faulty

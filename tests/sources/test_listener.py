@@ -240,6 +240,7 @@ async def test_an_event_about_an_unseen_ticket_is_kept_until_a_later_event_compl
         'fab_records_completed_total{how="failed",source="tickets"}': 0.0}
 
 
+@pytest.mark.slow
 async def test_late_events_are_counted_once_within_a_sample_of_their_arrival(tmp_path: Path) -> None:
     """A hub retrying after a partition sends a ticket created ten minutes ago, and one created and
     resolved days ago: both enter `fab_items_created_total` and the backlog at the next sample (they

@@ -107,6 +107,7 @@ def test_a_payment_and_a_v4_interaction_date_their_changes_as_the_specifications
 
 @pytest.mark.parametrize(("kind", "versions"), [("tmf621", {4, 5}), ("tmf622", set()), ("tmf676", set()),
                                                  ("tmf678", {4, 5}), ("tmf683", {5})])
+@pytest.mark.slow
 def test_lastupdate_is_where_the_specifications_define_it(kind: str, versions: set[int]) -> None:
     """Incremental sync filters on lastUpdate: it must only be used where the resource has one."""
     import yaml

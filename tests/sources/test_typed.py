@@ -115,6 +115,7 @@ def test_the_simulators_events_take_the_typed_path_and_map_as_in_general(
     assert seen >= 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "version"), ENDPOINTS)
 def test_any_one_change_to_an_event_maps_as_in_general_or_takes_the_general_path(
         kind: str, version: int, records: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:

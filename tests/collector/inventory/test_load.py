@@ -287,12 +287,14 @@ BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}'] * 9 if p else ['lol'] * 9)}]\n"
 """A "billion laughs": 9 levels of 9 aliases, about 400 bytes that stand for 9**9 values."""
 
 
-def refused_fast(path: Path, seconds: float = 10.0, traced: bool = True) -> str:
-    """Load `path`, expecting one problem, within `seconds` and 50 MB of Python allocations (the bound is
-    loose for a loaded machine: the alias bomb took 59 s before the loader counted values)."""
-    started = time.monotonic()
+def refused_fast(path: Path, seconds: float = 2.0, traced: bool = True) -> str:
+    """Load `path`, expecting one problem, within `seconds` of CPU and 50 MB of Python allocations.
+
+    CPU time, not wall time: other processes on a busy machine (parallel test workers, CI) do not
+    count against the loader."""
+    started = time.process_time()
     (line,) = problems([path])
-    elapsed = time.monotonic() - started
+    elapsed = time.process_time() - started
     assert elapsed < seconds, f"{elapsed:.2f}s"
     if not traced:
         return line
@@ -338,6 +340,7 @@ def test_a_file_over_1_mib_is_not_read(tmp_path: Path) -> None:
     assert refused_fast(path) == f"{path}: over 1 MiB: not an inventory"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", ["x-a: [" + "1, " * 300_000 + "]\n", "x-a:\n" + "- 1\n" * 200_000])
 def test_a_file_of_too_many_values_is_refused_before_it_is_all_parsed(tmp_path: Path, text: str) -> None:
     path = write(tmp_path, "wide.yaml", text)
