@@ -75,6 +75,7 @@ def test_only_what_changed_is_reopened_and_the_service_section_waits_for_a_resta
     assert "listen" in problems[0]
 
 
+@pytest.mark.slow
 async def test_a_reload_keeps_unchanged_samplers_counters_and_schedules(aiohttp_client: Any, tmp_path: Path) -> None:
     document = base_document(tmp_path)
     path = write(tmp_path / "inventory.yaml", document)
@@ -160,6 +161,7 @@ async def _text(client: Any, path: str) -> str:
     return str(await (await client.get(path)).text())
 
 
+@pytest.mark.slow
 def test_serve_reloads_on_sighup_and_refuses_a_bad_file(tmp_path: Path) -> None:
     document = base_document(tmp_path)
     path = write(tmp_path / "inventory.yaml", document)

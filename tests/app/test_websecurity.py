@@ -248,6 +248,7 @@ def test_prometheus_scrapes_fabwatch_over_mutual_tls_with_basic_auth(tmp_path: P
     assert PASSWORD not in err
 
 
+@pytest.mark.slow
 def test_serve_refuses_a_bad_web_config_and_exits_2(tmp_path: Path) -> None:
     records = tmp_path / "records.db"
     make_records(records)
@@ -280,6 +281,7 @@ def test_listening_beyond_loopback_without_tls_or_auth_names_the_risk() -> None:
 
 
 
+@pytest.mark.slow
 def test_check_checks_the_web_config_the_inventory_names(tmp_path: Path, pki: Pki) -> None:
     records = tmp_path / "records.db"
     make_records(records)

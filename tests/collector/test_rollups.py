@@ -168,6 +168,7 @@ async def compare_kinds(rows: Rows, typed_dsn: str, epoch_dsn: str, tmp: Path, k
     assert_same_rollups(await rollups_of(typed_dsn, tmp, "typed", zone, declared), epoch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "zone", "declared"), [
     ("iso_text", BERLIN, None),        # '2026-03-30 12:00:00.000', a wall time across the change
     ("iso_text", "UTC", None),         # '2026-03-30T10:00:00.000Z'

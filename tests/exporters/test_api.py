@@ -173,6 +173,7 @@ def _conforms(operation: Any, mode: GenerationMode, base_url: str) -> None:
     check()
 
 
+@pytest.mark.slow
 def test_the_api_conforms_to_its_openapi_document(served, monkeypatch):
     """Every operation with generated valid parameters, and those with parameters with invalid ones:
     no 5xx, documented status codes and content types, bodies valid against their schemas, bad

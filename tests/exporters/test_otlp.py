@@ -154,6 +154,7 @@ def counter_values(text: str, name: str) -> Series:
     return prometheus_view(text)[name][1]
 
 
+@pytest.mark.slow
 async def test_delta_temporality_sends_the_change_since_the_last_export(receiver, aiohttp_client, tmp_path):
     records = tmp_path / "records.db"
     make_records(records)
@@ -188,6 +189,7 @@ async def test_delta_temporality_sends_the_change_since_the_last_export(receiver
     assert sum(cycle.data_points[0].bucket_counts) == 4
 
 
+@pytest.mark.slow
 async def test_a_failing_endpoint_is_counted_and_does_not_hold_sampling_or_scrapes(receiver, aiohttp_client,
                                                                                    tmp_path, caplog):
     records = tmp_path / "records.db"
@@ -259,6 +261,7 @@ async def test_the_inventory_wins_over_the_environment(receiver, aiohttp_client,
     assert OTLP not in off
 
 
+@pytest.mark.slow
 def test_the_standard_variables_alone_switch_it_on(tmp_path, receiver):
     records = tmp_path / "records.db"
     make_records(records)
@@ -393,6 +396,7 @@ async def test_attributes_are_bounded_by_the_series_cap_of_metrics(receiver, aio
     assert ("other", "other") in dimension_sets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("temporality", ["cumulative", "delta"])
 async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client, tmp_path, temporality):
     from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics

@@ -126,6 +126,7 @@ def operator(tmp_path_factory) -> Iterator[str]:
         assert code == 0, err
 
 
+@pytest.mark.slow
 def test_without_javascript_the_html_shows_every_tile(operator):
     with urllib.request.urlopen(operator, timeout=10) as response:
         page = parse(response.read().decode())
@@ -144,6 +145,8 @@ def _artefact(tmp_path: Path, name: str) -> Path:
 TILES = "[...document.querySelectorAll('article.tile')].map(t => [t.dataset.process, t.dataset.state])"
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 async def test_in_chromium_eight_tiles_show_and_the_incident_turns_its_process_breached(operator, tmp_path):
     async with chromium(tmp_path / "profile") as page:
         await page.goto(operator)

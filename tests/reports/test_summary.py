@@ -19,6 +19,8 @@ from simulator import Simulator
 from tests.collector.kpi_oracle import Row
 from tests.reports.report_oracle import bounds, figures, line_forecast, month_bounds
 
+pytestmark = pytest.mark.slow  # a simulated 14 months per time zone: seconds to build
+
 EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
 END = 1741132800.0  # 2025-03-05T00:00:00Z: history from 2024-01-11
 FIRST, LAST = date(2024, 1, 12), date(2025, 3, 3)

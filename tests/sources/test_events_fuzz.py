@@ -184,6 +184,7 @@ def _parse(buffer: bytes, answers: list[tuple[int, bytes]]) -> bytes:
     return buffer
 
 
+@pytest.mark.slow
 def test_random_and_mutated_requests_never_crash_the_port_or_lose_an_acknowledged_event(
         server: Served) -> None:
     """No 5xx for a client's fault, every acknowledged event stored; afterwards a valid event is
