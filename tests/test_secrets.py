@@ -4,16 +4,19 @@ dashboards (issue 18, defect 6)."""
 
 import http.server
 import json
+import signal
+import subprocess
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.app.test_cli import run_fabwatch, stop, wait_http
+from tests.app.test_cli import run_fabwatch, wait_http
 from tests.app.test_service import make_records
 from tests.servers import PostgresServer, free_port
 
@@ -44,6 +47,36 @@ def json_api() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+class Drained:
+    """Reads a process's stdout and stderr as it writes them, so that it never blocks on a full pipe."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.threads = [threading.Thread(target=self._read, args=(stream, into), daemon=True)
+                        for stream, into in ((proc.stdout, self.out), (proc.stderr, self.err))]
+        for thread in self.threads:
+            thread.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+
+    def stop(self) -> tuple[int, str, str]:
+        """SIGTERM, wait (SIGKILL after 20 s), and return (exit code, stdout, stderr)."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+        for thread in self.threads:
+            thread.join(10)
+        return self.proc.returncode, "".join(self.out), "".join(self.err)
 
 
 def marked_inventory(tmp_path: Path, postgres: PostgresServer, api: str) -> Path:
@@ -99,6 +132,7 @@ def test_a_marker_secret_reaches_no_log_table_answer_or_generated_file(tmp_path,
     port = free_port()
     serve = run_fabwatch("--log-level", "debug", "serve", "-c", str(inventory), "--listen", f"127.0.0.1:{port}",
                          "--state", str(tmp_path / "serve-state.db"))
+    drained = Drained(serve)  # debug logs fill a pipe's 64 KiB in seconds: unread, they would block serve
     answers = [wait_http(f"http://127.0.0.1:{port}/metrics", serve)]
     time.sleep(3)  # a few samples of each source, failed ones included
     for page in ("/metrics", "/", "/healthz", "/api/v1/inventory", "/api/v1/sources", "/api/v1/processes/problem",
@@ -108,7 +142,7 @@ def test_a_marker_secret_reaches_no_log_table_answer_or_generated_file(tmp_path,
                 answers.append(reply.read())
         except urllib.error.HTTPError as exc:  # /readyz-like pages may answer 503: read it all the same
             answers.append(exc.read())
-    code, serve_out, serve_err = stop(serve)
+    code, serve_out, serve_err = drained.stop()
     assert code == 0, serve_err
     assert "event=source_opened" in serve_err
     assert "api_key=***" in serve_err
