@@ -44,7 +44,7 @@ class Chart:
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html"]),
+    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "html.j2"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["value"] = format_value
     env.filters["change"] = format_change
