@@ -378,16 +378,40 @@ def summarize_kpi(name: str, kpi: Kpi, process: Process, rollups: Rollups, month
 
 def worst_days(name: str, kpi: Kpi, target: Target | None, rollups: Rollups, month: Month,
                buckets: Sequence[float]) -> list[tuple[str, float]]:
-    """The days of the month whose own value is furthest on the wrong side (highest under a maximum,
-    lowest under a minimum); none without a target."""
+    """The days of the month whose own value is furthest outside the target, then (when fewer are
+    outside) the days inside it nearest the bound the month strays towards; none without a target."""
     if target is None or isinstance(kpi, ValueKpi):
         return []
     daily = [(d.isoformat(), kpi_value(name, kpi, span_totals([rollups[d]]), buckets))
              for d in month.days() if d in rollups]
     known = [(d, v) for d, v in daily if v is not None]
-    high_is_bad = target.max is not None
-    known.sort(key=lambda item: (-item[1] if high_is_bad else item[1], item[0]))
-    return known[:WORST_DAYS]
+    outside = sorted((item for item in known if outside_by(item[1], target) > 0),
+                     key=lambda item: (-outside_by(item[1], target), item[0]))
+    bound = violated_bound([v for _, v in outside] or [v for _, v in known], target)
+    inside = sorted((item for item in known if outside_by(item[1], target) <= 0),
+                    key=lambda item: (abs(item[1] - bound) if bound is not None else 0.0, item[0]))
+    return (outside + inside)[:WORST_DAYS]
+
+
+def outside_by(value: float, target: Target) -> float:
+    """How far a value lies outside a target (0 inside it)."""
+    below = target.min - value if target.min is not None else 0.0
+    above = value - target.max if target.max is not None else 0.0
+    return max(below, above, 0.0)
+
+
+def violated_bound(values: Sequence[float], target: Target) -> float | None:
+    """The bound the worst of `values` (sorted worst first when outside) are on the wrong side of, else the
+    bound nearest their mean: the one a day inside the target is "bad" by being near."""
+    if target.min is None or target.max is None:
+        return target.min if target.max is None else target.max
+    if not values:
+        return None
+    first = values[0]
+    if outside_by(first, target) > 0:
+        return target.min if first < target.min else target.max
+    mean = sum(values) / len(values)
+    return target.min if abs(mean - target.min) <= abs(mean - target.max) else target.max
 
 
 def findings_of(process: str, kpi: KpiSummary, title: str = "") -> list[Finding]:
