@@ -370,6 +370,16 @@ class RollupStore:
                                 (process, first.isoformat(), last.isoformat(), zone))
         return {date.fromisoformat(d): Rolled(at, None if kept is None else json.loads(kept)) for d, at, kept in rows}
 
+    def last_final(self, process: str, zone: str, late: float) -> date | None:
+        """The last final day of a process (None: none)."""
+        rows = self._db.execute("SELECT day, rolled_at FROM rollup_day WHERE process = ? AND timezone = ? "
+                                "ORDER BY day DESC", (process, zone))
+        for iso, rolled_at in rows:
+            day = date.fromisoformat(iso)
+            if Rolled(rolled_at, None).final(day, zone, late):
+                return day
+        return None
+
     def first_pending(self, process: str, zone: str, late: float) -> date | None:
         """The day after the last final day of a process, else its first day rolled; None: none rolled."""
         rows = self._db.execute("SELECT day, rolled_at FROM rollup_day WHERE process = ? AND timezone = ? "
@@ -518,6 +528,17 @@ def pending_days(store: RollupStore, processes: Iterable[str], zone: str, late: 
         if pending is not None:
             first = min(first, pending)
     return days_between(first, day_of(now, zone), zone)[:limit]
+
+
+def final_through(store: RollupStore, processes: Iterable[str], zone: str, late: float) -> float | None:
+    """The end of the last day final for every one of the processes (epoch seconds; None: one has none)."""
+    ends = []
+    for process in processes:
+        day = store.last_final(process, zone, late)
+        if day is None:
+            return None
+        ends.append(midnight(day + timedelta(days=1), zone))
+    return min(ends, default=None)
 
 
 def reroll_days(now: float, zone: str, late: float) -> list[Day]:
