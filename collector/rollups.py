@@ -283,7 +283,8 @@ def definitions(process: Process) -> dict[str, str]:
     """A fingerprint of what each KPI's rolled measures depend on: the KPI itself, the records (table or
     query, filter, columns, dimensions), the histogram buckets and, for a cost KPI, the cost components.
     A day rolled under another fingerprint of a KPI has no figure for it."""
-    records = process.records.model_dump(mode="json", exclude={"source"})
+    records = process.records.model_dump(mode="json", exclude={"source", "open_statuses", "paused_statuses",
+                                                                "description"})  # the live KPIs' only
     buckets = next((k.buckets for k in process.kpis.values() if isinstance(k, DurationKpi)), ())
     costs = {n: c.model_dump(mode="json") for n, c in process.costs.items()}
     out = {}

@@ -12,13 +12,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from collector.inventory.load import load_inventory
-from collector.inventory.models import Inventory
+from collector.inventory.models import Inventory, RatioKpi, Target
 from collector.rollups import (
     DayRollup,
     Rolled,
     RollupStore,
     SourceRoller,
     days_between,
+    definitions,
     pending_days,
     reroll,
     reroll_days,
@@ -83,6 +84,27 @@ def test_a_reroll_resumes_after_the_last_final_day_oldest_first_and_bounded(tmp_
     assert [d.day for d in pending_days(store, ["problem"], BERLIN, 3600, NOW)] == [date(2026, 3, 30),
                                                                                    date(2026, 3, 31)]
     store.close()
+
+
+def test_a_kpi_fingerprint_changes_with_what_its_rolled_measures_depend_on_only() -> None:
+    inventory = load_inventory([EXAMPLE], {"FABWATCH_DEMO_DSN": "sqlite+aiosqlite:///unused.db"})
+    problem = inventory.processes["problem"]
+    before = definitions(problem)
+    reopen = problem.kpis["reopen_rate"]
+    assert isinstance(reopen, RatioKpi)
+    retargeted = problem.model_copy(update={
+        "kpis": {**problem.kpis, "reopen_rate": reopen.model_copy(update={"target": Target(max=0.5),
+                                                                          "description": "other"})},
+        "records": problem.records.model_copy(update={"open_statuses": ("held",)})})
+    assert definitions(retargeted) == before
+    regood = problem.model_copy(update={"kpis": {**problem.kpis, "reopen_rate": reopen.model_copy(
+        update={"good": "reopened = 1"})}})
+    assert {k for k, v in definitions(regood).items() if before[k] != v} == {"reopen_rate"}
+    filtered = problem.model_copy(update={"records": problem.records.model_copy(update={"where": "1 = 1"})})
+    assert all(before[k] != v for k, v in definitions(filtered).items())
+    recosted = problem.model_copy(update={"costs": {}})
+    assert {k for k, v in definitions(recosted).items() if before[k] != v} == {
+        k for k, kpi in problem.kpis.items() if kpi.kind == "cost"}
 
 
 def assert_rollups_match(rollups: dict[date, DayRollup], inventory: Inventory, rows: Rows, process: str,
