@@ -12,7 +12,7 @@ from collector.errors import SourceError
 from collector.inventory.models import Inventory
 from collector.rollups import Progress, RollupStore, days_between, roll_sources, sql_sources
 from reports.render import write
-from reports.summary import Month, read_rollups, summarize
+from reports.summary import Month, read_rollups, read_states, summarize
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -62,7 +62,8 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
             status = backfill(inventory, store, first, today(zone), err)
             if status != EXIT_OK or not args.month:
                 return status
-        report = summarize(inventory, read_rollups(store, inventory, month), month)
+        report = summarize(inventory, read_rollups(store, inventory, month), month,
+                           read_states(store, inventory, month))
     finally:
         store.close()
     for path in write(report, Path(args.out), args.format):
@@ -74,6 +75,14 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
     if elsewhere:
         print(f"fabwatch: no daily figures for {', '.join(elsewhere)}: their records are not in a SQL source",
               file=err)
+    stale = [f"{p.name} ({', '.join(p.needs_backfill)})" for p in report.processes if p.needs_backfill]
+    if stale:
+        print(f"fabwatch: {month}: days rolled up before a KPI was added or changed have no figure for it: "
+              f"{'; '.join(stale)}: run `fabwatch report --backfill --since {month.shift(-12)}`", file=err)
+    provisional = [p.name for p in report.processes if not p.final]
+    if provisional:
+        print(f"fabwatch: {month} is provisional for {', '.join(provisional)}: days rolled up before their "
+              "late window had passed (the serve re-rolls them)", file=err)
     if missing:
         print(f"fabwatch: {month} lacks daily figures for {', '.join(missing)}: run "
               f"`fabwatch report --backfill --since {month.shift(-12)}` first", file=err)

@@ -12,9 +12,10 @@ from typing import Any
 
 from app.reload import processes_of
 from collector.errors import SourceError
+from collector.health import HealthTracker
 from collector.inventory.models import Inventory
 from collector.logs import log_event
-from collector.rollups import RollupStore, SourceRoller, reroll, sql_sources
+from collector.rollups import RollupStore, SourceRoller, final_through, late_of, reroll, sql_sources
 
 _LOG = logging.getLogger("fabwatch.rollups")
 
@@ -22,8 +23,11 @@ _LOG = logging.getLogger("fabwatch.rollups")
 class Rolling:
     """One re-roll task per SQL source of the running inventory, on the state file's rollup tables."""
 
-    def __init__(self, inventory: Inventory, state_path: str | Path | None, clock: Callable[[], float]) -> None:
+    def __init__(self, inventory: Inventory, state_path: str | Path | None, clock: Callable[[], float],
+                 health: HealthTracker | None = None) -> None:
+        """`health`: where failed passes and the last final day of each source are counted."""
         self._inventory = inventory
+        self._health = health or HealthTracker([])
         self._state_path = state_path or inventory.service.state_path  # the service section waits for a restart
         self._clock = clock
         self._store: RollupStore | None = None
@@ -44,13 +48,14 @@ class Rolling:
 
     def _spawn(self, inventory: Inventory) -> None:
         assert self._store is not None
-        for name, source in sql_sources(inventory.sources).items():
-            processes = processes_of(inventory, name)
-            if processes:
-                roller = SourceRoller(name, source, processes, self._store, inventory.service.timezone)
-                task = asyncio.create_task(_reroll_every(roller, self._clock), name=f"rollups-{name}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+        rolled = {name: source for name, source in sql_sources(inventory.sources).items()
+                  if processes_of(inventory, name)}
+        self._health.track_rollups(rolled)
+        for name, source in rolled.items():
+            roller = SourceRoller(name, source, processes_of(inventory, name), self._store, inventory.service.timezone)
+            task = asyncio.create_task(_reroll_every(roller, self._clock, self._health), name=f"rollups-{name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
         """Stop every task, wait until they have closed their connections, close the tables."""
@@ -63,19 +68,24 @@ class Rolling:
             self._store = None
 
 
-async def _reroll_every(roller: SourceRoller, clock: Callable[[], float]) -> None:
-    """Recompute today and the source's late window, then wait its `reconcile` period, until cancelled."""
+async def _reroll_every(roller: SourceRoller, clock: Callable[[], float], health: HealthTracker) -> None:
+    """Recompute the days not final yet (at start, a missed day too), then wait the source's `reconcile`
+    period, until cancelled; count failed passes and the last final day in `health`."""
     try:
         while True:
             started = time.monotonic()
             try:
                 days = await reroll(roller, clock())
             except SourceError as exc:
+                health.record_rollup_error(roller.name)
                 log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason=exc.reason,
                           error=str(exc))
             except sqlite3.Error as exc:  # the state file: full, locked, read-only
+                health.record_rollup_error(roller.name)
                 log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason="state", error=str(exc))
             else:
+                health.record_rollup(roller.name, final_through(roller.store, roller.processes, roller.zone,
+                                                                late_of(roller.source)))
                 log_event(_LOG, "rollup_done", logging.DEBUG, source=roller.name, days=len(days),
                           seconds=round(time.monotonic() - started, 3))
             await asyncio.sleep(roller.source.reconcile)

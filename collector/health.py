@@ -118,6 +118,8 @@ class HealthTracker:
         self.reload_at: float | None = None
         """When the inventory was last loaded successfully, at start or by a reload (Unix time)."""
         self._export_errors: dict[str, int] = {}
+        self._rollup_errors: dict[str, int] = {}
+        self._rollup_final: dict[str, float] = {}
 
     def track(self, sources: Iterable[str], syncing: Iterable[str] = ()) -> None:
         """Track `sources` from now on (a reload): the health of the ones tracked already is kept,
@@ -181,6 +183,26 @@ class HealthTracker:
         """Failed pushes of `exporter` so far."""
         return self._export_errors.get(exporter, 0)
 
+    def track_rollups(self, sources: Iterable[str]) -> None:
+        """Export `fab_rollup_errors_total{source}` for the SQL sources whose days are rolled up, at 0 from
+        the start; sources no longer rolled up are forgotten (a reload)."""
+        names = list(sources)
+        self._rollup_errors = {name: self._rollup_errors.get(name, 0) for name in names}
+        self._rollup_final = {n: v for n, v in self._rollup_final.items() if n in self._rollup_errors}
+
+    def record_rollup(self, source: str, final_through: float | None) -> None:
+        """Record a re-roll pass of `source` that succeeded; `final_through`: the end of its last final day."""
+        if final_through is not None:
+            self._rollup_final[source] = final_through
+
+    def record_rollup_error(self, source: str) -> None:
+        """Count one failed re-roll pass of `source`."""
+        self._rollup_errors[source] = self._rollup_errors.get(source, 0) + 1
+
+    def rollup_errors(self, source: str) -> int:
+        """Failed re-roll passes of `source` so far."""
+        return self._rollup_errors.get(source, 0)
+
     def not_sampled(self) -> list[str]:
         """Sources not sampled yet (neither a success nor a failure so far)."""
         return [name for name, health in self._sources.items() if not health.sampled]
@@ -206,7 +228,8 @@ class HealthTracker:
                       "fabwatch build information; the value is always 1.",
                       [((("version", self.version),), 1.0)])
         return (up, last, durations, errors, info, *_task_families(), *self._reload_families(),
-                *self._intake_families(), *self._completion_families(), *self._export_families())
+                *self._intake_families(), *self._completion_families(), *self._export_families(),
+                *self._rollup_families())
 
     def _reload_families(self) -> tuple[Family, ...]:
         """`fab_config_last_reload_successful` and its timestamp, named as Prometheus names its own."""
@@ -228,6 +251,21 @@ class HealthTracker:
                        "Pushes of an exporter (otlp) that failed after its retries: refused, timed out, or an "
                        "error status from the receiver.",
                        [((("exporter", name),), float(count)) for name, count in sorted(self._export_errors.items())]),)
+
+    def _rollup_families(self) -> tuple[Family, ...]:
+        """`fab_rollup_errors_total{source}` and `fab_rollup_last_day_timestamp_seconds{source}`, when serving
+        rolls up days."""
+        if not self._rollup_errors:
+            return ()
+        errors = Family("fab_rollup_errors", "counter",
+                        "Re-roll passes of the daily rollups of the source's processes that failed (source "
+                        "error, or the state file).",
+                        [((("source", name),), float(count)) for name, count in sorted(self._rollup_errors.items())])
+        final = Family("fab_rollup_last_day_timestamp_seconds", "gauge",
+                       "End of the last day whose rollup is final for every process of the source, rolled after "
+                       "its late window had passed (Unix time).",
+                       [((("source", name),), at) for name, at in sorted(self._rollup_final.items())])
+        return (errors, final)
 
     def _completion_families(self) -> tuple[Family, ...]:
         """`fab_records_incomplete` and `fab_records_completed_total{how}`, when there are listeners."""

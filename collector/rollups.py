@@ -22,13 +22,19 @@ largest):
   (created before the day's end, not completed by it), those of them due before it, and the age of
   the oldest. The live backlog KPI counts open statuses instead; a paused item counts as overdue.
 
-The rollups are kept beside the state, in the state store's SQLite file (`RollupStore`).
+The rollups are kept beside the state, in the state store's SQLite file (`RollupStore`), with when each
+day was rolled and a fingerprint of each KPI's definitions it was rolled under (`definitions`). A day
+is *final* once it was rolled at least the source's late window (`late_of`) after its end: rows may
+still change before that, so until then its figures are provisional and the serve re-rolls it
+(`pending_days`). A day rolled under other definitions of a KPI than the inventory's has no figure for
+that KPI until it is rolled again (`fabwatch report --backfill`).
 """
 
+import hashlib
 import json
 import sqlite3
 import time as clock
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -40,7 +46,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, bindparam, case, func, literal, literal_column, select, text, union_all
 
 from collector.db import AsyncConnection, AsyncEngine, create_engine, guard, read_only
-from collector.inventory.models import Process, SqlSource
+from collector.inventory.models import CostKpi, DurationKpi, Process, SqlSource
 from collector.kpis import fixed_cost, variable_cost
 from collector.reflect import detect_times
 from collector.sql import BUCKET, EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
@@ -50,6 +56,8 @@ DayRollup = dict[str, Measures]
 """One day of one process: measures by dimension set (a JSON list of the dimension labels)."""
 CHUNK_DAYS = 31
 """Days read by one edge statement: one round trip per month of history, and a `CASE` short enough to be cheap."""
+REROLL_DAYS = 62
+"""Days one serve re-roll pass recomputes at most (two chunks): a long outage heals over a few passes."""
 SNAPSHOT_DAYS = 4
 """Day ends one snapshot statement counts the open items at. For a day long past that reads most of the
 table (every item completed since), so a backfill's statement stays within the source's `timeout`."""
@@ -267,8 +275,39 @@ _SCHEMA = (
         PRIMARY KEY (process, day, measure)) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS rollup_day (
         process TEXT NOT NULL, day TEXT NOT NULL, timezone TEXT NOT NULL, rolled_at REAL NOT NULL,
-        PRIMARY KEY (process, day)) WITHOUT ROWID""",
+        definitions TEXT, PRIMARY KEY (process, day)) WITHOUT ROWID""",
 )
+
+
+def definitions(process: Process) -> dict[str, str]:
+    """A fingerprint of what each KPI's rolled measures depend on: the KPI itself, the records (table or
+    query, filter, columns, dimensions), the histogram buckets and, for a cost KPI, the cost components.
+    A day rolled under another fingerprint of a KPI has no figure for it."""
+    records = process.records.model_dump(mode="json", exclude={"source", "open_statuses", "paused_statuses",
+                                                                "description"})  # the live KPIs' only
+    buckets = next((k.buckets for k in process.kpis.values() if isinstance(k, DurationKpi)), ())
+    costs = {n: c.model_dump(mode="json") for n, c in process.costs.items()}
+    out = {}
+    for name, kpi in process.kpis.items():
+        relevant = {"kpi": kpi.model_dump(mode="json", exclude={"description", "target", "window", "objective"}),
+                    "records": records, "buckets": list(buckets) if isinstance(kpi, DurationKpi) else [],
+                    "costs": costs if isinstance(kpi, CostKpi) else {}}
+        text_ = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
+        out[name] = hashlib.sha256(text_.encode()).hexdigest()[:16]
+    return out
+
+
+@dataclass(frozen=True)
+class Rolled:
+    """When a day of a process was rolled, and the fingerprints of its KPIs then (None: rolled before
+    fingerprints were kept)."""
+
+    rolled_at: float
+    definitions: dict[str, str] | None
+
+    def final(self, day: date, zone: str, late: float) -> bool:
+        """Whether no late row could have changed the day since it was rolled."""
+        return self.rolled_at >= midnight(day + timedelta(days=1), zone) + late
 
 
 class RollupStore:
@@ -285,10 +324,16 @@ class RollupStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         for statement in _SCHEMA:
             self._db.execute(statement)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(rollup_day)")}
+        if "definitions" not in columns:  # a state file of an earlier version: its days have no fingerprint
+            self._db.execute("ALTER TABLE rollup_day ADD COLUMN definitions TEXT")
 
-    def save(self, process: str, rollups: Mapping[date, DayRollup], zone: str) -> None:
-        """Replace the rollups of these days of a process, in one transaction."""
-        now = clock.time()
+    def save(self, process: str, rollups: Mapping[date, DayRollup], zone: str,
+             fingerprints: Mapping[str, str] | None = None, now: float | None = None) -> None:
+        """Replace the rollups of these days of a process, in one transaction, rolled at `now` (default:
+        the clock) under the KPI `fingerprints` (`definitions`)."""
+        now = clock.time() if now is None else now
+        kept = None if fingerprints is None else json.dumps(dict(fingerprints), sort_keys=True)
         with self._transaction():
             for day, rollup in rollups.items():
                 iso = day.isoformat()
@@ -300,8 +345,8 @@ class RollupStore:
                 self._db.execute("DELETE FROM daily_total WHERE process = ? AND day = ?", (process, iso))
                 self._db.executemany("INSERT INTO daily_total (process, day, measure, value) VALUES (?, ?, ?, ?)",
                                      [(process, iso, name, value) for name, value in totals(rollup).items()])
-                self._db.execute("INSERT OR REPLACE INTO rollup_day (process, day, timezone, rolled_at) "
-                                 "VALUES (?, ?, ?, ?)", (process, iso, zone, now))
+                self._db.execute("INSERT OR REPLACE INTO rollup_day (process, day, timezone, rolled_at, definitions) "
+                                 "VALUES (?, ?, ?, ?, ?)", (process, iso, zone, now, kept))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -318,6 +363,35 @@ class RollupStore:
         rows = self._db.execute("SELECT day FROM rollup_day WHERE process = ? AND day BETWEEN ? AND ? "
                                 "AND timezone = ?", (process, first.isoformat(), last.isoformat(), zone))
         return {date.fromisoformat(r[0]) for r in rows}
+
+    def states(self, process: str, first: date, last: date, zone: str) -> dict[date, Rolled]:
+        """When each day from `first` to `last` of a process was rolled up in `zone`, and under what."""
+        rows = self._db.execute("SELECT day, rolled_at, definitions FROM rollup_day WHERE process = ? "
+                                "AND day BETWEEN ? AND ? AND timezone = ?",
+                                (process, first.isoformat(), last.isoformat(), zone))
+        return {date.fromisoformat(d): Rolled(at, None if kept is None else json.loads(kept)) for d, at, kept in rows}
+
+    def last_final(self, process: str, zone: str, late: float) -> date | None:
+        """The last final day of a process (None: none)."""
+        rows = self._db.execute("SELECT day, rolled_at FROM rollup_day WHERE process = ? AND timezone = ? "
+                                "ORDER BY day DESC", (process, zone))
+        for iso, rolled_at in rows:
+            day = date.fromisoformat(iso)
+            if Rolled(rolled_at, None).final(day, zone, late):
+                return day
+        return None
+
+    def first_pending(self, process: str, zone: str, late: float) -> date | None:
+        """The day after the last final day of a process, else its first day rolled; None: none rolled."""
+        rows = self._db.execute("SELECT day, rolled_at FROM rollup_day WHERE process = ? AND timezone = ? "
+                                "ORDER BY day DESC", (process, zone))
+        earliest = None
+        for iso, rolled_at in rows:
+            day = date.fromisoformat(iso)
+            if Rolled(rolled_at, None).final(day, zone, late):
+                return day + timedelta(days=1)
+            earliest = day
+        return earliest
 
     def read(self, process: str, first: date, last: date, zone: str) -> dict[date, DayRollup]:
         """The rollups of a process from `first` to `last` rolled up in `zone` (days rolled up with no
@@ -380,19 +454,22 @@ class SourceRoller:
         self._engine: AsyncEngine | None = None
         self._rollers: dict[str, ProcessRoller] = {}
 
-    async def roll(self, days: Sequence[Day], progress: Progress | None = None) -> None:
-        """Compute and store the rollups of `days` for every process, a chunk at a time."""
+    async def roll(self, days: Sequence[Day], progress: Progress | None = None,
+                   clock_: Callable[[], float] = clock.time) -> None:
+        """Compute and store the rollups of `days` for every process, a chunk at a time, each chunk
+        marked rolled at the `clock_` time its statements started."""
         if self._engine is None:
             self._engine = create_engine(self.source)
         chunks = [days[i:i + CHUNK_DAYS] for i in range(0, len(days), CHUNK_DAYS)]
         done, todo = 0, len(days) * len(self.processes)
         for name, process in self.processes.items():
             for chunk in chunks:
+                started = clock_()
                 async with guard(self.name, self.source.timeout * statements(len(chunk))), \
                         read_only(self.name, self._engine, self.source.timeout) as conn:
                     roller = await self._roller(conn, name, process, chunk[-1].day.year)
                     rollups = await roller.roll(conn, chunk)
-                self.store.save(name, rollups, self.zone)
+                self.store.save(name, rollups, self.zone, definitions(process), started)
                 done += len(chunk)
                 if progress is not None:
                     progress(done, todo)
@@ -433,16 +510,40 @@ async def roll_sources(sources: Mapping[str, Any], processes: Mapping[str, Proce
     return [p for p in processes if p not in rolled]
 
 
-async def reroll(roller: SourceRoller, now: float) -> list[Day]:
-    """Recompute today and the days within the source's late window (else its reconcile period) before
-    `now`, so that late rows and reopened items heal their day; return the days recomputed."""
-    days = reroll_days(now, roller.zone, late_of(roller.source))
-    await roller.roll(days)
+async def reroll(roller: SourceRoller, now: float, clock_: Callable[[], float] | None = None) -> list[Day]:
+    """Recompute the days not final yet (`pending_days`) of the source's processes, oldest first; return
+    the days recomputed."""
+    days = pending_days(roller.store, roller.processes, roller.zone, late_of(roller.source), now)
+    await roller.roll(days, clock_=clock_ or (lambda: now))
     return days
 
 
+def pending_days(store: RollupStore, processes: Iterable[str], zone: str, late: float, now: float,
+                 limit: int = REROLL_DAYS) -> list[Day]:
+    """The days a re-roll at `now` recomputes: from the day after the last final day of any of the
+    processes (else its first day rolled), or the first day within `late` before now if earlier, to
+    today; the oldest `limit` of them."""
+    first = day_of(now - late, zone)
+    for process in processes:
+        pending = store.first_pending(process, zone, late)
+        if pending is not None:
+            first = min(first, pending)
+    return days_between(first, day_of(now, zone), zone)[:limit]
+
+
+def final_through(store: RollupStore, processes: Iterable[str], zone: str, late: float) -> float | None:
+    """The end of the last day final for every one of the processes (epoch seconds; None: one has none)."""
+    ends = []
+    for process in processes:
+        day = store.last_final(process, zone, late)
+        if day is None:
+            return None
+        ends.append(midnight(day + timedelta(days=1), zone))
+    return min(ends, default=None)
+
+
 def reroll_days(now: float, zone: str, late: float) -> list[Day]:
-    """The days a re-roll at `now` recomputes: today and every day within `late` seconds before now."""
+    """Today and every day within `late` seconds before now."""
     return days_between(day_of(now - late, zone), day_of(now, zone), zone)
 
 

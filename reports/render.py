@@ -44,7 +44,7 @@ class Chart:
 
 
 def _environment() -> Environment:
-    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html"]),
+    env = Environment(loader=PackageLoader("reports", "templates"), autoescape=select_autoescape(["html", "html.j2"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["value"] = format_value
     env.filters["change"] = format_change
@@ -109,6 +109,8 @@ def as_dict(report: Report) -> dict[str, Any]:
     for process, data in zip(report.processes, out["processes"], strict=True):
         data["status"] = process.status
         data["complete"] = process.complete
+        data["final"] = process.final
+        data["needs_backfill"] = process.needs_backfill
         for kpi, kpi_data in zip(process.kpis, data["kpis"], strict=True):
             kpi_data["change_previous"] = kpi.change_previous
             kpi_data["change_year"] = kpi.change_year
@@ -131,7 +133,8 @@ def _process_figures(p: ProcessSummary) -> Iterator[tuple[str, Any]]:
     yield from (("status", p.status), ("days_rolled", p.days_rolled), ("days_in_month", p.days_in_month),
                 ("created", p.created), ("completed", p.completed))
     yield from ((f"outcome:{name}", v) for name, v in p.by_outcome.items())
-    yield ("cost_total", p.cost_total)
+    yield from (("final", p.final), ("provisional_days", len(p.provisional_days)))
+    yield from (("cost_total", p.cost_total), ("cost_partial", p.cost_partial))
     yield from ((f"cost:{name}", v) for name, v in p.cost_by_component.items())
     yield ("cost_per_item", p.cost_per_item)
 
@@ -139,7 +142,7 @@ def _process_figures(p: ProcessSummary) -> Iterator[tuple[str, Any]]:
 def _kpi_figures(k: KpiSummary) -> Iterator[tuple[str, Any]]:
     yield from (("value", k.value), ("target_min", k.target_min), ("target_max", k.target_max), ("met", k.met),
                 ("previous", k.previous), ("change_previous", k.change_previous), ("last_year", k.last_year),
-                ("change_year", k.change_year))
+                ("change_year", k.change_year), ("needs_backfill", k.needs_backfill), ("partial", k.partial))
     if k.kind == "sla":
         yield from (("good", k.good), ("valid", k.valid), ("attainment", k.attainment),
                     ("budget_used", k.budget_used))

@@ -3,7 +3,10 @@
 Every figure of a calendar month is computed from the sums of its days, never from averaged
 percentages: a month's SLA attainment is its good items over its valid items, its p90 the quantile
 of its summed histogram, its cost per item its summed cost over its summed items. A month has a
-value only when every one of its days was rolled up ("history exists").
+value only when every one of its days was rolled up ("history exists"), and a KPI's only when every
+one of them was rolled under the KPI's current definitions (`collector.rollups.definitions`; a day
+rolled before a KPI was added or changed has no figure for it until a backfill). A month with days
+rolled before their late window had passed is provisional: late rows may still change it.
 
 Forecast (one sentence, shown in the report): a least-squares line through the monthly values of the
 last 12 months (at least 4) extended one month ahead, with a 95 % prediction interval from the
@@ -30,7 +33,16 @@ from collector.inventory.models import (
     VolumeKpi,
 )
 from collector.kpis import quantile
-from collector.rollups import DayRollup, Measures, RollupStore, totals
+from collector.rollups import (
+    DayRollup,
+    Measures,
+    Rolled,
+    RollupStore,
+    definitions,
+    late_of,
+    sql_sources,
+    totals,
+)
 
 FORECAST_METHOD = ("least-squares line through the monthly values of the last 12 months (at least 4), "
                    "extended one month, with a 95% prediction interval from the months' scatter around the line")
@@ -44,6 +56,7 @@ _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 """Student's t, two-sided 95 %, for 1 to 10 degrees of freedom."""
 
 Rollups = Mapping[date, DayRollup]
+States = Mapping[date, Rolled]
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,11 @@ class KpiSummary:
     """An SLA: the share of the month's error budget (1 - objective of its valid items) spent."""
     good: float | None = None
     valid: float | None = None
+    needs_backfill: bool = False
+    """Days of the months read were rolled before the KPI was added or changed: their figures are n/a
+    until `fabwatch report --backfill`."""
+    partial: bool = False
+    """A cost KPI with a component not rolled up (`monthly_from`): its value leaves that out, so no verdict."""
 
     @property
     def change_previous(self) -> float | None:
@@ -166,11 +184,25 @@ class ProcessSummary:
     completed: float
     by_outcome: dict[str, float]
     cost_total: float
-    cost_by_component: dict[str, float]
+    cost_by_component: dict[str, float | None]
+    """None: a component read from a `cost_csv` source, not rolled up."""
     cost_per_item: float | None
     """Cost total over the items completed in the month."""
     kpis: list[KpiSummary]
     findings: list[Finding] = field(default_factory=list)
+    provisional_days: list[str] = field(default_factory=list)
+    """Days of the month rolled before their late window had passed: late rows may still change them."""
+    cost_partial: bool = False
+    """The cost total and cost per item leave out components not rolled up (None in `cost_by_component`)."""
+
+    @property
+    def final(self) -> bool:
+        return not self.provisional_days
+
+    @property
+    def needs_backfill(self) -> list[str]:
+        """The KPIs with days rolled under other definitions."""
+        return [k.kpi for k in self.kpis if k.needs_backfill]
 
     @property
     def complete(self) -> bool:
@@ -336,6 +368,34 @@ def month_sums(rollups: Rollups, month: Month) -> Measures | None:
     return span_totals([rollups[d] for d in days])
 
 
+def kpi_measures(name: str, kpi: Kpi) -> list[tuple[str, str]]:
+    """(measure, base): the measures a KPI's value reads that a day has whenever it has items of the base."""
+    if isinstance(kpi, SlaKpi):
+        return [(f"completed.sla_valid_{name}", "completed")]
+    if isinstance(kpi, RatioKpi):
+        return [(f"{kpi.of}.ratio_{name}", kpi.of)]
+    if isinstance(kpi, DurationKpi):
+        measure = "completed.dur_sum" if kpi.stat == "mean" else f"completed.le_{len(kpi.buckets) - 1}"
+        return [(measure, "completed")]
+    return []
+
+
+def stale_days(name: str, kpi: Kpi, fingerprint: str, rollups: Rollups, states: States | None) -> set[date]:
+    """The days rolled under other definitions of the KPI than `fingerprint`, or without its measures."""
+    needed = kpi_measures(name, kpi)
+    out = set()
+    for day, rollup in rollups.items():
+        state = states.get(day) if states is not None else None
+        if state is not None and state.definitions is not None and state.definitions.get(name) != fingerprint:
+            out.add(day)
+            continue
+        if needed:
+            sums = totals(rollup)
+            if any(m not in sums and sums.get(base, 0.0) > 0 for m, base in needed):
+                out.add(day)
+    return out
+
+
 class MonthSums:
     """The summed measures of each month of a process, computed once for all its KPIs."""
 
@@ -350,51 +410,83 @@ class MonthSums:
 
 
 def summarize_kpi(name: str, kpi: Kpi, process: Process, rollups: Rollups, month: Month,
-                  monthly: MonthSums | None = None) -> KpiSummary:
-    """One KPI's figures for the month, its trend, forecast and worst days."""
+                  monthly: MonthSums | None = None, stale: set[date] | None = None) -> KpiSummary:
+    """One KPI's figures for the month, its trend, forecast and worst days; the `stale` days (rolled
+    under other definitions of the KPI) count as not rolled up for it."""
     buckets = buckets_of(process)
     sums_of = monthly or MonthSums(rollups)
+    stale = stale or set()
+    partial = isinstance(kpi, CostKpi) and any(c.monthly_from is not None for c in process.costs.values())
 
     def value_in(m: Month) -> float | None:
         sums = sums_of(m)
-        return None if sums is None else kpi_value(name, kpi, sums, buckets)
+        if sums is None or any(d in stale for d in m.days()):
+            return None
+        return kpi_value(name, kpi, sums, buckets)
 
     trend = [(str(m), value_in(m)) for m in (month.shift(i - TREND_MONTHS + 1) for i in range(TREND_MONTHS))]
     value = trend[-1][1]
-    sums = sums_of(month) or {}
+    sums = (sums_of(month) if not any(d in stale for d in month.days()) else None) or {}
     extra: dict[str, float | None] = {}
     if isinstance(kpi, SlaKpi):
         good, valid = sums.get(f"completed.sla_good_{name}", 0.0), sums.get(f"completed.sla_valid_{name}", 0.0)
         extra = {"attainment": value, "good": good, "valid": valid,
                  "budget_used": (valid - good) / (valid * (1 - kpi.objective)) if valid > 0 else None}
     target = kpi.target if not isinstance(kpi, SlaKpi) else (kpi.target or Target(min=kpi.objective))
+    judged = None if partial else target
+    current = {d: r for d, r in rollups.items() if d not in stale} if stale else rollups
     return KpiSummary(
         kpi=name, kind=kpi.kind, description=kpi.description or kpi.kind, unit=unit_of(kpi), value=value,
         target_min=target.min if target else None, target_max=target.max if target else None,
-        met=meets(value, target), previous=trend[-2][1], last_year=value_in(month.shift(-12)), trend=trend,
-        forecast=forecast(trend, target, str(month.shift(1))),
-        worst_days=worst_days(name, kpi, target, rollups, month, buckets), **extra)  # type: ignore[arg-type]
+        met=meets(value, judged), previous=trend[-2][1], last_year=value_in(month.shift(-12)), trend=trend,
+        forecast=forecast(trend, judged, str(month.shift(1))),
+        worst_days=worst_days(name, kpi, target, current, month, buckets),
+        needs_backfill=bool(stale), partial=partial, **extra)  # type: ignore[arg-type]
 
 
 def worst_days(name: str, kpi: Kpi, target: Target | None, rollups: Rollups, month: Month,
                buckets: Sequence[float]) -> list[tuple[str, float]]:
-    """The days of the month whose own value is furthest on the wrong side (highest under a maximum,
-    lowest under a minimum); none without a target."""
+    """The days of the month whose own value is furthest outside the target, then (when fewer are
+    outside) the days inside it nearest the bound the month strays towards; none without a target."""
     if target is None or isinstance(kpi, ValueKpi):
         return []
     daily = [(d.isoformat(), kpi_value(name, kpi, span_totals([rollups[d]]), buckets))
              for d in month.days() if d in rollups]
     known = [(d, v) for d, v in daily if v is not None]
-    high_is_bad = target.max is not None
-    known.sort(key=lambda item: (-item[1] if high_is_bad else item[1], item[0]))
-    return known[:WORST_DAYS]
+    outside = sorted((item for item in known if outside_by(item[1], target) > 0),
+                     key=lambda item: (-outside_by(item[1], target), item[0]))
+    bound = violated_bound([v for _, v in outside] or [v for _, v in known], target)
+    inside = sorted((item for item in known if outside_by(item[1], target) <= 0),
+                    key=lambda item: (abs(item[1] - bound) if bound is not None else 0.0, item[0]))
+    return (outside + inside)[:WORST_DAYS]
+
+
+def outside_by(value: float, target: Target) -> float:
+    """How far a value lies outside a target (0 inside it)."""
+    below = target.min - value if target.min is not None else 0.0
+    above = value - target.max if target.max is not None else 0.0
+    return max(below, above, 0.0)
+
+
+def violated_bound(values: Sequence[float], target: Target) -> float | None:
+    """The bound the worst of `values` (sorted worst first when outside) are on the wrong side of, else the
+    bound nearest their mean: the one a day inside the target is "bad" by being near."""
+    if target.min is None or target.max is None:
+        return target.min if target.max is None else target.max
+    if not values:
+        return None
+    first = values[0]
+    if outside_by(first, target) > 0:
+        return target.min if first < target.min else target.max
+    mean = sum(values) / len(values)
+    return target.min if abs(mean - target.min) <= abs(mean - target.max) else target.max
 
 
 def findings_of(process: str, kpi: KpiSummary, title: str = "") -> list[Finding]:
     """Why a KPI makes its process need modification: missed every one of the last 3 months, or met
     now with a trend line that misses the target within 3 months."""
     target = Target(min=kpi.target_min, max=kpi.target_max) if kpi.target_text else None
-    if target is None:
+    if target is None or kpi.partial:
         return []
     recent = [v for _, v in kpi.trend[-PERSISTENT_MONTHS:]]
     label = kpi.title.capitalize()
@@ -414,33 +506,49 @@ def findings_of(process: str, kpi: KpiSummary, title: str = "") -> list[Finding]
     return []
 
 
-def summarize_process(name: str, process: Process, rollups: Rollups, month: Month) -> ProcessSummary:
+def summarize_process(name: str, process: Process, rollups: Rollups, month: Month, states: States | None = None,
+                      zone: str = "UTC", late: float = 0.0) -> ProcessSummary:
+    """A process's month; `states` (when and under what each day was rolled) tell the days rolled before
+    their `late` window had passed, and those rolled under other KPI definitions."""
     days = month.days()
     monthly = MonthSums(rollups)
     sums = monthly(month) or span_totals([rollups[d] for d in days if d in rollups])
+    fingerprints = definitions(process)
     kpis: list[KpiSummary] = []
     findings: list[Finding] = []
     for kpi_name, kpi in process.kpis.items():
-        summary = summarize_kpi(kpi_name, kpi, process, rollups, month, monthly)
+        stale = stale_days(kpi_name, kpi, fingerprints[kpi_name], rollups, states)
+        summary = summarize_kpi(kpi_name, kpi, process, rollups, month, monthly, stale)
         kpis.append(summary)
         findings += findings_of(name, summary, process.name)
     completed = sums.get("completed", 0.0)
-    costs = {c: sums.get(f"cost.{c}", 0.0) for c in process.costs}
-    total = sum(costs.values())
+    costs: dict[str, float | None] = {c: None if component.monthly_from is not None else sums.get(f"cost.{c}", 0.0)
+                                      for c, component in process.costs.items()}
+    total = sum(v for v in costs.values() if v is not None)
+    provisional = [d.isoformat() for d in days if states is not None and d in states and d in rollups
+                   and not states[d].final(d, zone, late)]
     return ProcessSummary(
         name=name, title=process.name, etom=process.etom, team=process.team,
         days_rolled=sum(1 for d in days if d in rollups), days_in_month=len(days),
         created=sums.get("created", 0.0), completed=completed,
         by_outcome={n.removeprefix("outcome."): v for n, v in sorted(sums.items()) if n.startswith("outcome.")},
         cost_total=total, cost_by_component=costs, cost_per_item=total / completed if completed > 0 else None,
-        kpis=kpis, findings=findings)
+        kpis=kpis, findings=findings, provisional_days=provisional,
+        cost_partial=any(v is None for v in costs.values()))
 
 
-def summarize(inventory: Inventory, rollups: Mapping[str, Rollups], month: Month) -> Report:
-    """The monthly summary of every process from its daily rollups."""
-    processes = [summarize_process(name, process, rollups.get(name, {}), month)
+def summarize(inventory: Inventory, rollups: Mapping[str, Rollups], month: Month,
+              states: Mapping[str, States] | None = None) -> Report:
+    """The monthly summary of every process from its daily rollups (and, when given, when and under
+    what definitions each day was rolled: `read_states`)."""
+    zone = inventory.service.timezone
+    sources = sql_sources(inventory.sources)
+    processes = [summarize_process(name, process, rollups.get(name, {}), month,
+                                   None if states is None else states.get(name, {}), zone,
+                                   late_of(sources[process.records.source])
+                                   if process.records.source in sources else 0.0)
                  for name, process in inventory.processes.items()]
-    return Report(str(month), inventory.service.timezone, inventory.service.currency, FORECAST_METHOD, processes)
+    return Report(str(month), zone, inventory.service.currency, FORECAST_METHOD, processes)
 
 
 def history_span(month: Month) -> tuple[date, date]:
@@ -452,6 +560,12 @@ def read_rollups(store: RollupStore, inventory: Inventory, month: Month) -> dict
     """The rollups a month's report needs, for every process."""
     first, last = history_span(month)
     return {name: store.read_totals(name, first, last, inventory.service.timezone) for name in inventory.processes}
+
+
+def read_states(store: RollupStore, inventory: Inventory, month: Month) -> dict[str, dict[date, Rolled]]:
+    """When, and under which KPI definitions, each day a month's report reads was rolled, for every process."""
+    first, last = history_span(month)
+    return {name: store.states(name, first, last, inventory.service.timezone) for name in inventory.processes}
 
 
 # --- text ------------------------------------------------------------------------------------

@@ -5,11 +5,13 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from app.cli import main
+from collector.rollups import RollupStore, days_between
 from simulator import Simulator
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
@@ -79,6 +81,30 @@ def test_a_month_without_rollups_says_how_to_backfill(operator_db: Path, tmp_pat
                    "--format", "md", "--out", str(tmp_path)])
     assert status == 0
     assert "fabwatch report --backfill --since 2025-02" in capsys.readouterr().err
+
+
+def test_days_rolled_under_other_definitions_or_too_early_are_reported(operator_db: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FABWATCH_DEMO_DSN", f"sqlite+aiosqlite:///{operator_db}")
+    store = RollupStore(tmp_path / "state.db")
+    history = days_between(date(2025, 2, 1), date(2026, 2, 28), "Europe/Berlin")
+    # rolled under other definitions of every KPI, the last day an hour before its end: not final
+    store.save("problem", {d.day: {} for d in history[:-1]}, "Europe/Berlin", {"backlog": "old"})
+    store.save("problem", {history[-1].day: {}}, "Europe/Berlin", {"backlog": "old"}, history[-1].end - 3600)
+    store.close()
+    status = main(["report", "-c", str(EXAMPLE), "--state", str(tmp_path / "state.db"), "--month", "2026-02",
+                   "--format", "json", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "days rolled up before a KPI was added or changed have no figure for it: problem (" in err
+    assert "2026-02 is provisional for problem" in err
+    data = json.loads((tmp_path / "fabwatch-report-2026-02.json").read_text())
+    problem = next(p for p in data["processes"] if p["name"] == "problem")
+    assert problem["final"] is False
+    assert problem["provisional_days"] == ["2026-02-28"]
+    assert "backlog" in problem["needs_backfill"]
+    assert all(k["value"] is None for k in problem["kpis"] if k["kind"] in ("sla", "ratio", "cost"))
 
 
 @pytest.mark.parametrize(("args", "message"), [

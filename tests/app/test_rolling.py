@@ -3,12 +3,14 @@
 import asyncio
 import sqlite3
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from app.rolling import Rolling
+from collector.health import HealthTracker
 from collector.inventory.load import load_inventory
-from collector.rollups import RollupStore, totals
+from collector.inventory.models import SqlSource
+from collector.rollups import RollupStore, late_of, midnight, totals
 from tests.app.test_service import make_records, write_inventory
 
 
@@ -59,3 +61,45 @@ async def test_a_reload_rolls_up_the_new_inventorys_records(tmp_path: Path) -> N
     finally:
         await rolling.stop()
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("rollups-")]
+
+
+def rollup_samples(health: HealthTracker, family: str) -> dict[str, float]:
+    found = next((f for f in health.families() if f.name == family), None)
+    return {} if found is None else {dict(labels)["source"]: value for labels, value in found.samples}
+
+
+async def test_the_last_final_day_and_failed_passes_are_exported(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir()
+    bad.mkdir()
+    make_records(good / "records.db")
+    sqlite3.connect(bad / "records.db").close()  # no table: every pass fails
+    inventory = load_inventory([write_inventory(good, good / "records.db")])
+    broken = load_inventory([write_inventory(bad, bad / "records.db")])
+    source = inventory.sources["crm"]
+    assert isinstance(source, SqlSource)
+    now = time.time()
+    today = datetime.fromtimestamp(now, UTC).date()
+    state = tmp_path / "state.db"
+    store = RollupStore(state)  # three days ago final: the serve resumes from the day after
+    store.save("problem", {today - timedelta(days=3): {}}, "UTC", {}, now)
+    store.close()
+    ends = [midnight(today - timedelta(days=i), "UTC") for i in range(3)]
+    want = max(end for end in ends if end + late_of(source) <= now)
+    health = HealthTracker([])
+    rolling = Rolling(inventory, state, lambda: now, health)
+    rolling.start()
+    try:
+        assert rollup_samples(health, "fab_rollup_errors") == {"crm": 0.0}  # at 0 from the start
+        deadline = time.monotonic() + 20
+        while "crm" not in rollup_samples(health, "fab_rollup_last_day_timestamp_seconds"):
+            assert time.monotonic() < deadline, "no final day after 20 s"
+            await asyncio.sleep(0.05)
+        assert rollup_samples(health, "fab_rollup_last_day_timestamp_seconds") == {"crm": want}
+        rolling.replace_inventory(broken)
+        while health.rollup_errors("crm") < 1:
+            assert time.monotonic() < deadline, "no failed pass counted after 20 s"
+            await asyncio.sleep(0.05)
+        assert rollup_samples(health, "fab_rollup_errors") == {"crm": 1.0}
+    finally:
+        await rolling.stop()

@@ -12,12 +12,15 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from collector.inventory.load import load_inventory
-from collector.inventory.models import Inventory
+from collector.inventory.models import Inventory, RatioKpi, Target
 from collector.rollups import (
     DayRollup,
+    Rolled,
     RollupStore,
     SourceRoller,
     days_between,
+    definitions,
+    pending_days,
     reroll,
     reroll_days,
     roll_sources,
@@ -59,6 +62,49 @@ def test_a_reroll_covers_today_and_the_late_window() -> None:
     days = reroll_days(NOW, BERLIN, 36 * 3600)  # 09:00 on the 31st, 36 h back: the evening of the 29th
     assert [d.day for d in days] == [date(2026, 3, 29), date(2026, 3, 30), date(2026, 3, 31)]
     assert [d.day for d in reroll_days(NOW, BERLIN, 3600)] == [date(2026, 3, 31)]
+
+
+def test_a_day_is_final_once_rolled_the_late_window_after_its_end() -> None:
+    end = datetime(2026, 3, 30, 0, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()  # the end of the 29th
+    assert Rolled(end + 3600, None).final(date(2026, 3, 29), BERLIN, 3600)
+    assert not Rolled(end + 3599, None).final(date(2026, 3, 29), BERLIN, 3600)
+    assert not Rolled(end + 3600, None).final(date(2026, 3, 30), BERLIN, 3600)
+
+
+def test_a_reroll_resumes_after_the_last_final_day_oldest_first_and_bounded(tmp_path: Path) -> None:
+    store = RollupStore(tmp_path / "state.db")
+    assert [d.day for d in pending_days(store, ["problem"], BERLIN, 3600, NOW)] == [date(2026, 3, 31)]
+    final_at = datetime(2026, 1, 2, 12, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()  # the 1st is final, not the 2nd
+    store.save("problem", {date(2026, 1, 1): {}, date(2026, 1, 2): {}}, BERLIN, {}, final_at)
+    days = pending_days(store, ["problem", "order"], BERLIN, 3600, NOW)
+    assert len(days) == 62  # 2 January to 4 March: the oldest first, today in a later pass
+    assert days == days_between(date(2026, 1, 2), date(2026, 3, 4), BERLIN)
+    assert [d.day for d in pending_days(store, ["problem"], BERLIN, 3600, NOW, limit=400)][-1] == date(2026, 3, 31)
+    store.save("problem", {date(2026, 3, 29): {}}, BERLIN, {}, NOW)  # a later final day
+    assert [d.day for d in pending_days(store, ["problem"], BERLIN, 3600, NOW)] == [date(2026, 3, 30),
+                                                                                   date(2026, 3, 31)]
+    store.close()
+
+
+def test_a_kpi_fingerprint_changes_with_what_its_rolled_measures_depend_on_only() -> None:
+    inventory = load_inventory([EXAMPLE], {"FABWATCH_DEMO_DSN": "sqlite+aiosqlite:///unused.db"})
+    problem = inventory.processes["problem"]
+    before = definitions(problem)
+    reopen = problem.kpis["reopen_rate"]
+    assert isinstance(reopen, RatioKpi)
+    retargeted = problem.model_copy(update={
+        "kpis": {**problem.kpis, "reopen_rate": reopen.model_copy(update={"target": Target(max=0.5),
+                                                                          "description": "other"})},
+        "records": problem.records.model_copy(update={"open_statuses": ("held",)})})
+    assert definitions(retargeted) == before
+    regood = problem.model_copy(update={"kpis": {**problem.kpis, "reopen_rate": reopen.model_copy(
+        update={"good": "reopened = 1"})}})
+    assert {k for k, v in definitions(regood).items() if before[k] != v} == {"reopen_rate"}
+    filtered = problem.model_copy(update={"records": problem.records.model_copy(update={"where": "1 = 1"})})
+    assert all(before[k] != v for k, v in definitions(filtered).items())
+    recosted = problem.model_copy(update={"costs": {}})
+    assert {k for k, v in definitions(recosted).items() if before[k] != v} == {
+        k for k, kpi in problem.kpis.items() if kpi.kind == "cost"}
 
 
 def assert_rollups_match(rollups: dict[date, DayRollup], inventory: Inventory, rows: Rows, process: str,
@@ -123,6 +169,43 @@ async def test_a_late_row_and_a_reopened_ticket_change_their_day_after_the_next_
     rows = read_rows(db)
     assert_rollups_match(store.read("problem", days[0].day, days[-1].day, BERLIN), inventory, rows, "problem", BERLIN)
     assert store.read("problem", date(2026, 3, 27), date(2026, 3, 27), BERLIN) == untouched
+    store.close()
+
+
+async def test_a_day_rolled_before_its_late_window_passed_is_rerolled_on_the_next_pass(tmp_path: Path) -> None:
+    """A serve stopped the evening of the 28th and started again the 31st: the 28th, rolled before it
+    ended, is recomputed with the rows that came later, though it is outside the 1 h late window."""
+    db = tmp_path / "operator.db"
+    dsn = f"sqlite+aiosqlite:///{db}"
+    sim = Simulator(dsn, seed=3, scale=0.2)
+    await sim.create_schema()
+    await sim.backfill(5, NOW)
+    await sim.close()
+    inventory = example(dsn, late=3600)
+    store = RollupStore(tmp_path / "state.db")
+    roller = SourceRoller("operator", inventory.sources["operator"], inventory.processes,  # type: ignore[arg-type]
+                          store, BERLIN)
+    evening = datetime(2026, 3, 28, 20, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()
+    await reroll(roller, evening)
+    day = date(2026, 3, 28)
+    late = datetime(2026, 3, 28, 21, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()
+    with sqlite3.connect(db) as conn:  # a row of the 28th committed after that roll
+        conn.execute("INSERT INTO trouble_ticket (id, created_at, updated_at, status, priority, channel, segment) "
+                     "VALUES ('LATE-1', ?, ?, 'inProgress', 'high', 'web', 'consumer')", (late, late))
+    before = totals(store.read("problem", day, day, BERLIN)[day])
+    assert not store.states("problem", day, day, BERLIN)[day].final(day, BERLIN, 3600)
+    days = await reroll(roller, NOW)
+    await roller.close()
+    assert [d.day for d in days] == [day, date(2026, 3, 29), date(2026, 3, 30), date(2026, 3, 31)]
+    assert totals(store.read("problem", day, day, BERLIN)[day])["created"] == before["created"] + 1
+    fresh = RollupStore(tmp_path / "fresh.db")
+    again = SourceRoller("operator", inventory.sources["operator"], inventory.processes,  # type: ignore[arg-type]
+                         fresh, BERLIN)
+    await again.roll(days_between(day, day, BERLIN))
+    await again.close()
+    assert store.read("problem", day, day, BERLIN) == fresh.read("problem", day, day, BERLIN)
+    fresh.close()
+    assert store.states("problem", day, day, BERLIN)[day].final(day, BERLIN, 3600)
     store.close()
 
 

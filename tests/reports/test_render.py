@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from markupsafe import escape
 
 from collector.inventory.load import load_inventory
 from collector.inventory.models import Inventory
@@ -85,7 +86,7 @@ def test_html_is_self_contained_with_a_chart_per_targeted_kpi(report: Report) ->
     for process in report.processes:
         assert f'id="{process.name}"' in page
     for finding in report.findings:
-        assert finding.sentence.replace("'", "&#39;") in page
+        assert str(escape(finding.sentence)) in page  # autoescaped: "<= 500" is "&lt;= 500"
 
 
 def test_json_and_csv_carry_every_figure(report: Report) -> None:
@@ -134,3 +135,19 @@ class _Tags(HTMLParser):
         for name, value in attrs:
             if name in ("src", "href", "xlink:href", "action") and value and not value.startswith("#"):
                 self.external.append((tag, value))
+
+
+def test_html_escapes_names_teams_and_descriptions(inventory: Inventory) -> None:
+    """Text from the inventory is data: a name, team or description holding markup shows as text."""
+    problem = inventory.processes["problem"]
+    kpis = {name: kpi.model_copy(update={"description": 'late & "<i>odd</i>'}) for name, kpi in problem.kpis.items()}
+    hostile = problem.model_copy(update={"name": "Problem <script>alert(1)</script>", "team": 'ops & "<b>night</b>',
+                                         "kpis": kpis})
+    changed = inventory.model_copy(update={"processes": {**inventory.processes, "problem": hostile}})
+    page = render_html(summarize(changed, {"problem": problem_rollups()}, MONTH))
+    parser = _Tags()
+    parser.feed(page)
+    assert not {"script", "b", "i"} & set(parser.tags)
+    assert "Problem &lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "ops &amp; &#34;&lt;b&gt;night&lt;/b&gt;" in page
+    assert "late &amp; &#34;&lt;i&gt;odd&lt;/i&gt;" in page
