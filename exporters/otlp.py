@@ -152,47 +152,67 @@ def parse_pairs(text: str) -> dict[str, str]:
     return pairs
 
 
+Spread = tuple[tuple[float, ...], float, float]
+"""A histogram's (bucket counts, sum, count)."""
+
+
 class Deltas:
-    """Turns cumulative values into the change since the previous export, per series.
+    """Turns cumulative values into the change since the last export the receiver took, per series.
 
     A series seen for the first time sets its baseline and is not sent: fabwatch's counters carry the
     history from before the process started, which is no interval's change. A value lower than its
-    baseline (a source whose state was reset) counts from zero again.
+    baseline (a source whose state was reset) counts from zero again; so does a histogram one of whose
+    buckets, or its sum, went down, or whose bounds changed.
+
+    The baselines an export computes are staged, and become the baselines only when the receiver took
+    it (`commit`): after a failed export, the next one covers both intervals from the old start time.
     """
 
     def __init__(self) -> None:
         self._numbers: dict[tuple[str, Labels], tuple[float, int]] = {}
-        self._histograms: dict[tuple[str, Labels], tuple[tuple[float, ...], float, float, int]] = {}
-        self._last_numbers = self._numbers
-        self._last_histograms = self._histograms
+        self._histograms: dict[tuple[str, Labels], tuple[Spread, tuple[float, ...], int]] = {}
+        self._staged_numbers = dict(self._numbers)
+        self._staged_histograms = dict(self._histograms)
 
     def begin(self) -> None:
-        """Start an export: only the series of the previous export are remembered, so the baselines
-        of series gone from `/metrics` (expired dimension sets) do not pile up."""
-        self._last_numbers, self._numbers = self._numbers, {}
-        self._last_histograms, self._histograms = self._histograms, {}
+        """Start an export: stage the baselines of this export's series only, so that those of series gone
+        from `/metrics` (expired dimension sets) do not pile up."""
+        self._staged_numbers, self._staged_histograms = {}, {}
+
+    def commit(self) -> None:
+        """The receiver took the export: its values are the baselines of the next one."""
+        self._numbers, self._histograms = self._staged_numbers, self._staged_histograms
 
     def number(self, name: str, labels: Labels, value: float, now: int) -> tuple[float, int] | None:
         """(change, start time) of a counter series, None on its first export."""
-        previous = self._last_numbers.get((name, labels))
-        self._numbers[(name, labels)] = (value, now)
+        previous = self._numbers.get((name, labels))
+        self._staged_numbers[(name, labels)] = (value, now)
         if previous is None:
             return None
         before, start = previous
         return (value - before if value >= before else value), start
 
     def histogram(self, name: str, labels: Labels, counts: tuple[float, ...], total: float, count: float,
-                  now: int) -> tuple[tuple[float, ...], float, float, int] | None:
+                  bounds: tuple[float, ...], now: int) -> tuple[tuple[float, ...], float, float, int] | None:
         """(bucket counts, sum, count, start time) of the change of a histogram series, None at first."""
-        previous = self._last_histograms.get((name, labels))
-        self._histograms[(name, labels)] = (counts, total, count, now)
+        previous = self._histograms.get((name, labels))
+        self._staged_histograms[(name, labels)] = ((counts, total, count), bounds, now)
         if previous is None:
             return None
-        old_counts, old_total, old_count, start = previous
-        if count < old_count or len(old_counts) != len(counts):
+        old, old_bounds, start = previous
+        if old_bounds != bounds or went_down(old, (counts, total, count)):
             return counts, total, count, start
+        old_counts, old_total, old_count = old
         changes = tuple(n - o for n, o in zip(counts, old_counts, strict=True))
         return changes, total - old_total, count - old_count, start
+
+
+def went_down(old: Spread, new: Spread) -> bool:
+    """Whether any bucket, the sum or the count of a histogram is lower than before (or the number of
+    buckets changed): a reset, whose whole value is the change."""
+    (old_counts, old_total, old_count), (counts, total, count) = old, new
+    return (len(old_counts) != len(counts) or total < old_total or count < old_count
+            or any(n < o for n, o in zip(counts, old_counts, strict=True)))
 
 
 def decumulate(histogram: Histogram) -> tuple[float, ...]:
@@ -269,6 +289,7 @@ class OtlpExporter:
         self._sdk: OTLPMetricExporter | None = None
         self._convert: Callable[[list[Family], int], Callable[[], MetricExportResult]] | None = None
         self._session: Any = None
+        self._deltas: Deltas | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.exports = 0
@@ -341,7 +362,8 @@ class OtlpExporter:
         _SDK_LOGGER.addFilter(_SDK_FILTER)  # the same filter object: added once however many exporters
         self._sdk = OTLPMetricExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
                                        timeout=settings.timeout, session=self._session)
-        resource, deltas = Resource(dict(settings.resource)), Deltas() if settings.temporality == "delta" else None
+        resource = Resource(dict(settings.resource))
+        deltas = self._deltas = Deltas() if settings.temporality == "delta" else None
         sdk = self._sdk
         if hasattr(sdk, "_export_batch"):  # the SDK's export() less its encoder: encode 4x cheaper, send the same
             encoder = Encoder(resource, self._health.version, self._clock(), deltas)
@@ -362,6 +384,8 @@ class OtlpExporter:
             log_event(_LOG, "export_crashed", logging.ERROR, exc_info=True, exporter=EXPORTER)
             return f"internal: {type(exc).__name__}"
         if result is MetricExportResult.SUCCESS:
+            if self._deltas is not None:
+                self._deltas.commit()
             return None
         return _short(self._session.last or "export failed (see the SDK's log line)")
 

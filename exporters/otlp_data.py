@@ -88,7 +88,7 @@ class Converter:
         counts = decumulate(histogram)
         total, count, start = histogram.sum, histogram.count, self.started
         if self.deltas is not None:
-            change = self.deltas.histogram(name, labels, counts, total, count, self.now)
+            change = self.deltas.histogram(name, labels, counts, total, count, bounds, self.now)
             if change is None:
                 return None
             counts, total, count, start = change
@@ -175,12 +175,12 @@ class Encoder:
 
     def _histogram(self, points: Any, name: str, labels: Labels, histogram: Histogram, now: int) -> None:
         counts, total, count, start = decumulate(histogram), histogram.sum, histogram.count, self.started
+        bounds = tuple(bound for bound, _ in histogram.buckets if not math.isinf(bound))
         if self.deltas is not None:
-            change = self.deltas.histogram(name, labels, counts, total, count, now)
+            change = self.deltas.histogram(name, labels, counts, total, count, bounds, now)
             if change is None:
                 return
             counts, total, count, start = change
-        bounds = [bound for bound, _ in histogram.buckets if not math.isinf(bound)]
         points.add(start_time_unix_nano=start, time_unix_nano=now, count=int(count), sum=total,
                    bucket_counts=[int(n) for n in counts], explicit_bounds=bounds
                    ).attributes.extend(self._labels(labels)[0])

@@ -21,7 +21,16 @@ from collector.health import HealthTracker
 from collector.inventory.exporters import OtlpConfig
 from collector.inventory.load import load_inventory
 from collector.samples import Family, Histogram, SourceSample
-from exporters.otlp import Deltas, OtlpExporter, OtlpSettingsError, decumulate, otlp_settings, parse_pairs, unit_of
+from exporters.otlp import (
+    Deltas,
+    OtlpExporter,
+    OtlpSettings,
+    OtlpSettingsError,
+    decumulate,
+    otlp_settings,
+    parse_pairs,
+    unit_of,
+)
 from tests.app.test_cli import ROOT, run_fabwatch, stop, wait_http
 from tests.app.test_service import make_records, wait_ready, write_inventory
 from tests.exporters.otlp_receiver import Receiver, attributes, metrics_of
@@ -346,10 +355,12 @@ def test_deltas_set_a_baseline_then_send_changes_and_survive_a_reset():
     deltas, labels = Deltas(), (("process", "p"),)
     deltas.begin()
     assert deltas.number("c", labels, 10.0, 1) is None
-    assert deltas.histogram("h", labels, (1.0, 2.0), 5.0, 3.0, 1) is None
+    assert deltas.histogram("h", labels, (1.0, 2.0), 5.0, 3.0, (1.0,), 1) is None
+    deltas.commit()
     deltas.begin()
     assert deltas.number("c", labels, 13.0, 2) == (3.0, 1)
-    assert deltas.histogram("h", labels, (2.0, 4.0), 9.0, 6.0, 2) == ((1.0, 2.0), 4.0, 3.0, 1)
+    assert deltas.histogram("h", labels, (2.0, 4.0), 9.0, 6.0, (1.0,), 2) == ((1.0, 2.0), 4.0, 3.0, 1)
+    deltas.commit()
     deltas.begin()
     assert deltas.number("c", labels, 2.0, 3) == (2.0, 2)  # lower: counted from zero again
 
@@ -358,7 +369,9 @@ def test_deltas_forget_a_series_missing_from_an_export():
     deltas, labels = Deltas(), (("process", "p"),)
     deltas.begin()
     assert deltas.number("c", labels, 10.0, 1) is None
+    deltas.commit()
     deltas.begin()  # an export without the series (its dimension set expired)
+    deltas.commit()
     deltas.begin()
     assert deltas.number("c", labels, 12.0, 3) is None  # a new baseline, not 2 over two exports
 
@@ -438,3 +451,103 @@ def test_a_reload_drops_the_samples_of_removed_sources(tmp_path):
     otlp.reloaded(inventory)
     backlog = [family for family in otlp.snapshot() if family.name == "fab_backlog_items"]
     assert backlog == [kept]
+
+
+def one_source(items: float, buckets: tuple[tuple[float, float], ...], total: float | None = None) -> SourceSample:
+    """A sample of source `crm` with one counter series and one histogram series of process `p`."""
+    labels = (("process", "p"),)
+    spread = Histogram(buckets, buckets[-1][1] if total is None else total, buckets[-1][1])
+    return SourceSample("crm", 0.0, 0.0, (Family("fab_items_created", "counter", "Created.", [(labels, items)]),
+                                          Family("fab_cycle_time_seconds", "histogram", "Cycle.", [],
+                                                 [(labels, spread)])), ())
+
+
+def pushed_points(received: list[Any], name: str) -> list[Any]:
+    """The data points of metric `name` in each request, in order (empty where it was absent)."""
+    points = []
+    for request in received:
+        metric = metrics_of(request.request).get(name)
+        points.append([] if metric is None else list(getattr(metric, metric.WhichOneof("data")).data_points))
+    return points
+
+
+def export_time(received: Any) -> int:
+    """The time of an export: its gauges' (every export has the health gauges)."""
+    return next(p.time_unix_nano for m in metrics_of(received.request).values() if m.WhichOneof("data") == "gauge"
+                for p in m.gauge.data_points)
+
+
+async def delta_exporter(receiver: Receiver, **more: Any) -> OtlpExporter:
+    settings = OtlpSettings(endpoint=receiver.url, interval=3600, timeout=2, temporality="delta",
+                            resource=(("service.name", "t"),))
+    otlp = OtlpExporter(settings, HealthTracker(["crm"]), **more)
+    await otlp.start()
+    return otlp
+
+
+async def test_a_failed_delta_export_loses_nothing(receiver):
+    otlp = await delta_exporter(receiver)
+    try:
+        for items, status in ((10.0, 200), (15.0, 400), (20.0, 200)):
+            receiver.status = status
+            otlp.update(one_source(items, ((1.0, items), (math.inf, items))))
+            assert await otlp.export() == (status == 200)
+    finally:
+        receiver.status = 200
+        await otlp.stop()
+    sent = pushed_points(receiver.received, "fab_items_created")
+    assert sent[0] == []  # the baseline
+    assert [p.as_double for p in sent[1]] == [5.0]  # refused by the receiver
+    assert [p.as_double for p in sent[2]] == [10.0]  # both intervals: the refused one is not lost
+    assert sent[2][0].start_time_unix_nano == export_time(receiver.received[0])  # the last one taken
+
+
+@pytest.mark.parametrize(("buckets", "total", "why"), [
+    (((1.0, 19.0), (math.inf, 20.0)), 20.0, "one item moved from <=1 to +Inf: the first bucket went down"),
+    (((1.0, 20.0), (math.inf, 20.0)), 5.0, "the sum went down"),
+    (((2.0, 20.0), (math.inf, 20.0)), 20.0, "other bounds"),
+])
+async def test_a_histogram_going_down_is_a_reset_not_a_crash(receiver, buckets, total, why):
+    otlp = await delta_exporter(receiver)
+    try:
+        otlp.update(one_source(20.0, ((1.0, 20.0), (math.inf, 20.0)), 20.0))
+        assert await otlp.export()  # the baseline
+        otlp.update(one_source(20.0, buckets, total))
+        assert await otlp.export(), why
+    finally:
+        await otlp.stop()
+    spreads = pushed_points(receiver.received, "fab_cycle_time_seconds")
+    point = spreads[1][0]
+    assert list(point.bucket_counts) == [int(n) for n in decumulate(Histogram(buckets, total, 20.0))], why
+    assert (point.sum, point.count) == (total, 20), why
+    assert list(point.explicit_bounds) == [buckets[0][0]], why
+    assert point.start_time_unix_nano == export_time(receiver.received[0])
+
+
+def test_deltas_keep_the_baseline_of_a_failed_export():
+    deltas, labels = Deltas(), (("process", "p"),)
+    deltas.begin()
+    assert deltas.number("c", labels, 10.0, 1) is None
+    deltas.commit()
+    deltas.begin()
+    assert deltas.number("c", labels, 15.0, 2) == (5.0, 1)  # not committed: the export failed
+    deltas.begin()
+    assert deltas.number("c", labels, 20.0, 3) == (10.0, 1)
+
+
+def test_deltas_treat_any_histogram_bucket_or_sum_going_down_as_a_reset():
+    deltas, labels, bounds = Deltas(), (("process", "p"),), (1.0,)
+    deltas.begin()
+    assert deltas.histogram("h", labels, (2.0, 2.0), 9.0, 4.0, bounds, 1) is None
+    deltas.commit()
+    deltas.begin()
+    assert deltas.histogram("h", labels, (1.0, 3.0), 9.0, 4.0, bounds, 2) == ((1.0, 3.0), 9.0, 4.0, 1)
+    deltas.commit()
+    deltas.begin()
+    assert deltas.histogram("h", labels, (1.0, 3.0), 8.0, 4.0, bounds, 3) == ((1.0, 3.0), 8.0, 4.0, 2)
+    deltas.commit()
+    deltas.begin()
+    assert deltas.histogram("h", labels, (1.0, 3.0), 8.0, 4.0, (2.0,), 4) == ((1.0, 3.0), 8.0, 4.0, 3)
+    deltas.commit()
+    deltas.begin()
+    assert deltas.histogram("h", labels, (2.0, 3.0), 9.0, 5.0, (2.0,), 5) == ((1.0, 0.0), 1.0, 1.0, 4)
