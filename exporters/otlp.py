@@ -14,14 +14,17 @@ loads it.
 """
 
 import asyncio
+import json
 import logging
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
@@ -30,6 +33,7 @@ from collector.inventory.exporters import OtlpConfig
 from collector.inventory.models import Inventory
 from collector.logs import log_event, mask_secrets, safe_dsn
 from collector.samples import Family, Histogram, Labels, SourceSample
+from collector.state import StateStore
 
 if TYPE_CHECKING:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -215,6 +219,79 @@ def went_down(old: Spread, new: Spread) -> bool:
             or any(n < o for n, o in zip(counts, old_counts, strict=True)))
 
 
+Saved = tuple[int, str, int]
+"""A series as the state store keeps it: (start time, its level as JSON, when that level was seen)."""
+
+
+@dataclass(slots=True)
+class _Seen:
+    start: int
+    level: list[Any]
+    """[value] of a counter; [bounds, bucket counts, sum, count] of a histogram (as JSON has them)."""
+    at: int
+
+
+class Starts:
+    """The start time of each cumulative series: the start of the counting its value comes from.
+
+    fabwatch's counters carry on across restarts (the state store keeps them), so their start time
+    must too: a series takes the exporter's start the first time it is ever exported, and keeps it in
+    the state store (`saved`, then `drain`) across restarts. Only a value going down (a reset: the
+    source's counts started again) moves it on, to when the value before was last seen; for a
+    histogram, any bucket, the sum or the count going down, or other bounds. The families named in
+    `volatile` (the health's, counted in memory from this run's start) are kept in memory only.
+    """
+
+    def __init__(self, started: int, saved: Mapping[str, Saved] | None = None) -> None:
+        self.started = started
+        self.volatile: frozenset[str] = frozenset()
+        self._saved = dict(saved or {})
+        self._seen: dict[tuple[str, Labels], _Seen] = {}
+        self._previous: dict[tuple[str, Labels], _Seen] = {}
+        self._pending: dict[str, Saved] = {}
+
+    def begin(self) -> None:
+        """Start an export: only the series of the previous one stay in memory (the store has the rest)."""
+        self._previous, self._seen = self._seen, {}
+
+    def number(self, name: str, labels: Labels, value: float, now: int) -> int:
+        """The start time of a counter series at `value`."""
+        return self._start(name, labels, [value], now, lambda old: value < old[0])
+
+    def histogram(self, name: str, labels: Labels, counts: tuple[float, ...], total: float, count: float,
+                  bounds: tuple[float, ...], now: int) -> int:
+        """The start time of a histogram series."""
+        level = [list(bounds), list(counts), total, count]
+        return self._start(name, labels, level, now, lambda old: old[0] != level[0] or went_down(
+            (tuple(old[1]), old[2], old[3]), (counts, total, count)))
+
+    def drain(self) -> list[tuple[str, int, str, int]]:
+        """The series to save since the last call: (key, start, level, seen at)."""
+        rows = [(key, *saved) for key, saved in self._pending.items()]
+        self._pending = {}
+        return rows
+
+    def _start(self, name: str, labels: Labels, level: list[Any], now: int, reset: Callable[[list[Any]], bool]) -> int:
+        key = (name, labels)
+        seen = self._seen.get(key) or self._previous.get(key) or self._restore(name, labels)
+        start = self.started if seen is None else seen.at if reset(seen.level) else seen.start
+        if name not in self.volatile and (seen is None or seen.level != level or start != seen.start):
+            self._saved[_series_key(name, labels)] = self._pending[_series_key(name, labels)] = (
+                start, json.dumps(level), now)
+        self._seen[key] = _Seen(start, level, now)
+        return start
+
+    def _restore(self, name: str, labels: Labels) -> _Seen | None:
+        if name in self.volatile or (saved := self._saved.get(_series_key(name, labels))) is None:
+            return None
+        start, level, at = saved
+        return _Seen(start, json.loads(level), at)
+
+
+def _series_key(name: str, labels: Labels) -> str:
+    return json.dumps([name, labels], separators=(",", ":"))
+
+
 def decumulate(histogram: Histogram) -> tuple[float, ...]:
     """The count of each bucket alone (OTLP's `bucket_counts`), the `+Inf` bucket last, from the
     cumulative Prometheus buckets; a histogram without a `+Inf` bucket gets one from its count."""
@@ -277,10 +354,14 @@ class OtlpExporter:
 
     def __init__(self, settings: OtlpSettings, health: HealthTracker, *,
                  on_error: Callable[[], None] = lambda: None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, state_path: str | Path | None = None) -> None:
         """`on_error` runs (in the event loop) after a failed export counted in `health`: the
-        Prometheus exporter's `invalidate`, so that `/metrics` shows the new count."""
+        Prometheus exporter's `invalidate`, so that `/metrics` shows the new count. `state_path`, the
+        state store, keeps the start times of cumulative series across restarts (without it, in memory)."""
         self.settings = settings
+        self._state_path = state_path
+        self._store: StateStore | None = None
+        self._starts: Starts | None = None
         self._health = health
         self._on_error = on_error
         self._clock = clock
@@ -311,8 +392,10 @@ class OtlpExporter:
 
     def snapshot(self) -> list[Family]:
         """The families `/metrics` serves now: every source's latest sample, then the health."""
-        families = [family for source in sorted(self._samples) for family in self._samples[source].families]
-        return families + list(self._health.families())
+        return self._sampled() + list(self._health.families())
+
+    def _sampled(self) -> list[Family]:
+        return [family for source in sorted(self._samples) for family in self._samples[source].families]
 
     async def start(self) -> None:
         """Build the SDK exporter (importing opentelemetry) and start exporting every interval."""
@@ -331,12 +414,18 @@ class OtlpExporter:
             await self.export()
         if self._sdk is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._sdk.shutdown)
+        if self._store is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
+            self._store = None
         self._executor.shutdown(wait=True)
 
     async def export(self) -> bool:
         """Push the current snapshot now (after any export in flight); True when the receiver took it."""
         async with self._lock:
-            families = self.snapshot()  # in the loop's thread: the samples of this instant
+            health = self._health.families()  # in the loop's thread: the samples of this instant
+            families = self._sampled() + list(health)
+            if self._starts is not None:
+                self._starts.volatile = frozenset(family.name for family in health)
             self.exports += 1
             reason = await asyncio.get_running_loop().run_in_executor(self._executor, self._push, families)
         if reason is not None:
@@ -364,13 +453,34 @@ class OtlpExporter:
                                        timeout=settings.timeout, session=self._session)
         resource = Resource(dict(settings.resource))
         deltas = self._deltas = Deltas() if settings.temporality == "delta" else None
+        starts = self._starts = self._load_starts()
         sdk = self._sdk
         if hasattr(sdk, "_export_batch"):  # the SDK's export() less its encoder: encode 4x cheaper, send the same
-            encoder = Encoder(resource, self._health.version, self._clock(), deltas)
+            encoder = Encoder(resource, self._health.version, starts, deltas)
             self._convert = lambda families, now: partial(sdk._export_batch, encoder.request(families, now))
         else:  # an SDK without that step: the public path, all SDK
-            converter = Converter(resource, self._health.version, self._clock(), deltas)
+            converter = Converter(resource, self._health.version, starts, deltas)
             self._convert = lambda families, now: partial(sdk.export, converter.metrics_data(families, now))
+
+    def _load_starts(self) -> Starts:
+        """The start times of cumulative series, those of earlier runs from the state store."""
+        if self.settings.temporality == "cumulative" and self._state_path is not None:
+            try:
+                self._store = StateStore(self._state_path)
+                return Starts(self._clock(), self._store.otlp_series())
+            except (sqlite3.Error, OSError) as exc:
+                log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=str(self._state_path), error=str(exc))
+                self._store = None
+        return Starts(self._clock())
+
+    def _save_starts(self) -> None:
+        """Save the start times set or moved by the request just built (in the export thread)."""
+        if self._store is None or self._starts is None:
+            return
+        try:
+            self._store.save_otlp_series(self._starts.drain())
+        except (sqlite3.Error, OSError) as exc:  # the export goes on; the next one saves them again
+            log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=str(self._state_path), error=str(exc))
 
     def _push(self, families: list[Family]) -> str | None:
         """Convert and send (in the export thread); the reason of a failure, None on success."""
@@ -379,7 +489,9 @@ class OtlpExporter:
         assert self._convert is not None, "start() builds the exporter"
         self._session.last = None
         try:
-            result = self._convert(families, self._clock())()
+            send = self._convert(families, self._clock())
+            self._save_starts()
+            result = send()
         except Exception as exc:  # a bug (the SDK catches its own errors): counted, traced, and the next interval runs
             log_event(_LOG, "export_crashed", logging.ERROR, exc_info=True, exporter=EXPORTER)
             return f"internal: {type(exc).__name__}"

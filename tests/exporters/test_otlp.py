@@ -1,6 +1,7 @@
 """OTLP export: what a real receiver decodes (official protobuf messages) equals `/metrics` at the same sample."""
 
 import asyncio
+import json
 import logging
 import math
 import sqlite3
@@ -21,6 +22,7 @@ from collector.health import HealthTracker
 from collector.inventory.exporters import OtlpConfig
 from collector.inventory.load import load_inventory
 from collector.samples import Family, Histogram, SourceSample
+from collector.state import StateStore
 from exporters.otlp import (
     Deltas,
     OtlpExporter,
@@ -415,7 +417,7 @@ async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client,
     from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
     from opentelemetry.sdk.resources import Resource
 
-    from exporters.otlp import Deltas
+    from exporters.otlp import Deltas, Starts
     from exporters.otlp_data import Converter, Encoder
 
     records = tmp_path / "records.db"
@@ -425,8 +427,8 @@ async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client,
     await wait_ready(client)
     resource = Resource({"service.name": "fabwatch", "site": "a"})
     delta = temporality == "delta"
-    encoder = Encoder(resource, "1.2.3", 1000, Deltas() if delta else None)
-    converter = Converter(resource, "1.2.3", 1000, Deltas() if delta else None)
+    encoder = Encoder(resource, "1.2.3", Starts(1000), Deltas() if delta else None)
+    converter = Converter(resource, "1.2.3", Starts(1000), Deltas() if delta else None)
     first = app[OTLP].snapshot()
     add_tickets(records, 3)
     await asyncio.sleep(2.1)
@@ -435,6 +437,9 @@ async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client,
         ours, sdks = encoder.request(families, now), encode_metrics(converter.metrics_data(families, now))
         assert ours == sdks
         assert len(ours.resource_metrics[0].scope_metrics[0].metrics) > (8 if delta and now == 2000 else 15)
+        for deltas in (encoder.deltas, converter.deltas):
+            if deltas is not None:
+                deltas.commit()  # the collector took it
 
 
 def test_a_reload_drops_the_samples_of_removed_sources(tmp_path):
@@ -551,3 +556,84 @@ def test_deltas_treat_any_histogram_bucket_or_sum_going_down_as_a_reset():
     deltas.commit()
     deltas.begin()
     assert deltas.histogram("h", labels, (2.0, 3.0), 9.0, 5.0, (2.0,), 5) == ((1.0, 0.0), 1.0, 1.0, 4)
+
+
+S = 1_000_000_000
+
+
+class Clock:
+    """The exporter's clock (ns), set by the test: runs of fabwatch days apart."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def cumulative_run(receiver: Receiver, state: Path, clock: Clock,
+                         samples: list[SourceSample]) -> None:
+    """One run of fabwatch's OTLP exporter on the state file `state`: one export per sample, a minute apart."""
+    settings = OtlpSettings(endpoint=receiver.url, interval=3600, timeout=2, temporality="cumulative",
+                            resource=(("service.name", "t"),))
+    otlp = OtlpExporter(settings, HealthTracker(["crm"]), clock=clock, state_path=state)
+    await otlp.start()
+    try:
+        for sample in samples:
+            clock.now += 60 * S
+            otlp.update(sample)
+            assert await otlp.export()
+    finally:
+        await otlp.stop()
+
+
+def starts_and_times(receiver: Receiver, name: str) -> list[tuple[int, int]]:
+    return [(p.start_time_unix_nano // S, p.time_unix_nano // S)
+            for points in pushed_points(receiver.received, name) for p in points]
+
+
+async def test_cumulative_start_times_survive_a_restart(receiver, tmp_path):
+    state, buckets = tmp_path / "state.db", lambda n: ((1.0, n), (math.inf, n))
+    await cumulative_run(receiver, state, Clock(1000 * S), [one_source(250_000.0, buckets(9.0)),
+                                                            one_source(250_010.0, buckets(10.0))])
+    await cumulative_run(receiver, state, Clock(5000 * S), [one_source(250_020.0, buckets(11.0))])
+    # the values carry on from the saved state: so does the start, the first run's
+    items = starts_and_times(receiver, "fab_items_created")
+    assert items == [(1000, 1060), (1000, 1120), (1000, 1120), (1000, 5060), (1000, 5060)]  # stop pushes again
+    assert {start for start, _ in starts_and_times(receiver, "fab_cycle_time_seconds")} == {1000}
+    # a health counter lives in memory: it starts with the run
+    errors = [p.start_time_unix_nano // S for points in pushed_points(receiver.received, "fab_export_errors")
+              for p in points]
+    assert set(errors[:3]) == {1000}
+    assert set(errors[3:]) == {5000}
+
+
+async def test_a_value_going_down_moves_the_start_time_on(receiver, tmp_path):
+    state = tmp_path / "state.db"
+    await cumulative_run(receiver, state, Clock(1000 * S), [
+        one_source(100.0, ((1.0, 5.0), (math.inf, 10.0))),
+        one_source(3.0, ((1.0, 4.0), (math.inf, 10.0))),  # counts started again; one bucket went down
+    ])
+    assert [s for s, _ in starts_and_times(receiver, "fab_items_created")] == [1000, 1060, 1060]
+    assert [s for s, _ in starts_and_times(receiver, "fab_cycle_time_seconds")] == [1000, 1060, 1060]
+    # reset while fabwatch was down (a changed mapping counts a process again): seen at the next start
+    await cumulative_run(receiver, state, Clock(5000 * S), [one_source(1.0, ((1.0, 4.0), (math.inf, 10.0)))])
+    assert [s for s, _ in starts_and_times(receiver, "fab_items_created")][3:] == [1120, 1120]
+    assert [s for s, _ in starts_and_times(receiver, "fab_cycle_time_seconds")][3:] == [1060, 1060]
+
+
+async def test_the_service_keeps_start_times_in_its_state_file(receiver, aiohttp_client, tmp_path):
+    records = tmp_path / "records.db"
+    make_records(records)
+    app = build_app(load_inventory([write_inventory(tmp_path, records)]), environ=otel_env(receiver.url))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    assert await app[OTLP].export()
+    await client.close()
+    store = StateStore(tmp_path / "state.db")  # the inventory's `service.state_path`
+    try:
+        saved = {json.loads(key)[0] for key in store.otlp_series()}
+    finally:
+        store.close()
+    assert {"fab_items_created", "fab_cycle_time_seconds"} <= saved
+    assert "fab_export_errors" not in saved  # counted in memory: starts with each run
