@@ -223,12 +223,21 @@ Saved = tuple[int, str, int]
 """A series as the state store keeps it: (start time, its level as JSON, when that level was seen)."""
 
 
+LEVELS_EVERY = 300 * 1_000_000_000
+"""How often (ns) the last values of the cumulative series are saved (and at stop); a start time set
+or moved is saved with the export that sends it."""
+
+
 @dataclass(slots=True)
 class _Seen:
+    key: str
+    """The series in the state store."""
     start: int
     level: list[Any]
     """[value] of a counter; [bounds, bucket counts, sum, count] of a histogram (as JSON has them)."""
     at: int
+    durable: bool
+    """Saved in the state store (not a health family)."""
 
 
 class Starts:
@@ -238,8 +247,10 @@ class Starts:
     must too: a series takes the exporter's start the first time it is ever exported, and keeps it in
     the state store (`saved`, then `drain`) across restarts. Only a value going down (a reset: the
     source's counts started again) moves it on, to when the value before was last seen; for a
-    histogram, any bucket, the sum or the count going down, or other bounds. The families named in
-    `volatile` (the health's, counted in memory from this run's start) are kept in memory only.
+    histogram, any bucket, the sum or the count going down, or other bounds. The last values are
+    saved too (every `LEVELS_EVERY` and at stop), so that a reset while fabwatch was down is seen at
+    the next start. The families named in `volatile` (the health's, counted in memory from this
+    run's start) are kept in memory only.
     """
 
     def __init__(self, started: int, saved: Mapping[str, Saved] | None = None) -> None:
@@ -248,7 +259,11 @@ class Starts:
         self._saved = dict(saved or {})
         self._seen: dict[tuple[str, Labels], _Seen] = {}
         self._previous: dict[tuple[str, Labels], _Seen] = {}
-        self._pending: dict[str, Saved] = {}
+        self._moved: dict[str, _Seen] = {}
+        """Series whose start was set or moved since the last `drain`."""
+        self._grown: dict[str, _Seen] = {}
+        """Series whose value changed since their last save."""
+        self._levels_saved = started
 
     def begin(self) -> None:
         """Start an export: only the series of the previous one stay in memory (the store has the rest)."""
@@ -256,6 +271,16 @@ class Starts:
 
     def number(self, name: str, labels: Labels, value: float, now: int) -> int:
         """The start time of a counter series at `value`."""
+        key = (name, labels)
+        seen = self._previous.get(key)
+        if seen is not None and value >= seen.level[0]:  # the common case, without a reset: kept short
+            if value != seen.level[0]:
+                seen.level = [value]
+                if seen.durable:
+                    self._grown[seen.key] = seen
+            seen.at = now
+            self._seen[key] = seen
+            return seen.start
         return self._start(name, labels, [value], now, lambda old: value < old[0])
 
     def histogram(self, name: str, labels: Labels, counts: tuple[float, ...], total: float, count: float,
@@ -265,27 +290,44 @@ class Starts:
         return self._start(name, labels, level, now, lambda old: old[0] != level[0] or went_down(
             (tuple(old[1]), old[2], old[3]), (counts, total, count)))
 
-    def drain(self) -> list[tuple[str, int, str, int]]:
-        """The series to save since the last call: (key, start, level, seen at)."""
-        rows = [(key, *saved) for key, saved in self._pending.items()]
-        self._pending = {}
+    def drain(self, now: int, everything: bool = False) -> list[tuple[str, int, str, int]]:
+        """The rows to save (key, start, last value, seen at): the series whose start was set or moved,
+        and every `LEVELS_EVERY` (or with `everything`) those whose value changed."""
+        chosen = self._moved
+        if everything or now - self._levels_saved >= LEVELS_EVERY:
+            chosen = {**self._grown, **self._moved}
+            self._grown, self._levels_saved = {}, now
+        self._moved = {}
+        rows = [(key, seen.start, json.dumps(seen.level), seen.at) for key, seen in chosen.items()]
+        self._saved.update((key, (start, level, at)) for key, start, level, at in rows)
         return rows
 
     def _start(self, name: str, labels: Labels, level: list[Any], now: int, reset: Callable[[list[Any]], bool]) -> int:
         key = (name, labels)
         seen = self._seen.get(key) or self._previous.get(key) or self._restore(name, labels)
-        start = self.started if seen is None else seen.at if reset(seen.level) else seen.start
-        if name not in self.volatile and (seen is None or seen.level != level or start != seen.start):
-            self._saved[_series_key(name, labels)] = self._pending[_series_key(name, labels)] = (
-                start, json.dumps(level), now)
-        self._seen[key] = _Seen(start, level, now)
-        return start
+        if seen is None:
+            seen = _Seen(_series_key(name, labels), self.started, level, now, name not in self.volatile)
+            if seen.durable:
+                self._moved[seen.key] = seen
+        else:
+            if reset(seen.level):
+                seen.start = seen.at
+                if seen.durable:
+                    self._moved[seen.key] = seen
+            if seen.durable and seen.level != level:
+                self._grown[seen.key] = seen
+            seen.level, seen.at = level, now
+        self._seen[key] = seen
+        return seen.start
 
     def _restore(self, name: str, labels: Labels) -> _Seen | None:
-        if name in self.volatile or (saved := self._saved.get(_series_key(name, labels))) is None:
+        if name in self.volatile:
+            return None
+        key = _series_key(name, labels)
+        if (saved := self._saved.get(key)) is None:
             return None
         start, level, at = saved
-        return _Seen(start, json.loads(level), at)
+        return _Seen(key, start, json.loads(level), at, durable=True)
 
 
 def _series_key(name: str, labels: Labels) -> str:
@@ -415,7 +457,9 @@ class OtlpExporter:
         if self._sdk is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._sdk.shutdown)
         if self._store is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, partial(self._save_starts, everything=True))
+            await loop.run_in_executor(self._executor, self._store.close)
             self._store = None
         self._executor.shutdown(wait=True)
 
@@ -473,12 +517,13 @@ class OtlpExporter:
                 self._store = None
         return Starts(self._clock())
 
-    def _save_starts(self) -> None:
-        """Save the start times set or moved by the request just built (in the export thread)."""
+    def _save_starts(self, everything: bool = False) -> None:
+        """Save the start times set or moved by the request just built, and the last values when due or
+        with `everything` (in the export thread)."""
         if self._store is None or self._starts is None:
             return
         try:
-            self._store.save_otlp_series(self._starts.drain())
+            self._store.save_otlp_series(self._starts.drain(self._clock(), everything))
         except (sqlite3.Error, OSError) as exc:  # the export goes on; the next one saves them again
             log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=str(self._state_path), error=str(exc))
 
