@@ -24,10 +24,12 @@ from collector.inventory.load import load_inventory
 from collector.samples import Family, Histogram, SourceSample
 from collector.state import StateStore
 from exporters.otlp import (
+    LEVELS_EVERY,
     Deltas,
     OtlpExporter,
     OtlpSettings,
     OtlpSettingsError,
+    Starts,
     decumulate,
     otlp_settings,
     parse_pairs,
@@ -637,3 +639,20 @@ async def test_the_service_keeps_start_times_in_its_state_file(receiver, aiohttp
         store.close()
     assert {"fab_items_created", "fab_cycle_time_seconds"} <= saved
     assert "fab_export_errors" not in saved  # counted in memory: starts with each run
+
+
+def test_start_times_are_saved_at_once_and_values_every_few_minutes():
+    starts, labels = Starts(1000), (("process", "p"),)
+    starts.begin()
+    assert starts.number("c", labels, 5.0, 2000) == 1000
+    assert [(key, start) for key, start, _, _ in starts.drain(2000)] == [('["c",[["process","p"]]]', 1000)]
+    starts.begin()
+    assert starts.number("c", labels, 6.0, 3000) == 1000
+    assert starts.drain(3000) == []  # grown only: saved later
+    starts.begin()
+    assert starts.number("c", labels, 7.0, 1000 + LEVELS_EVERY) == 1000
+    assert [json.loads(level) for _, _, level, _ in starts.drain(1000 + LEVELS_EVERY)] == [[7.0]]
+    starts.begin()
+    assert starts.number("c", labels, 2.0, 2000 + LEVELS_EVERY) == 1000 + LEVELS_EVERY  # a reset: saved at once
+    assert [(start, json.loads(level)) for _, start, level, _ in starts.drain(2000 + LEVELS_EVERY)] == [
+        (1000 + LEVELS_EVERY, [2.0])]
