@@ -82,7 +82,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app[api.BOARD] = board = StatusBoard(inventory, health, app[EXPORTER].latest)
     settings = otlp_settings(inventory.exporters.otlp, os.environ if environ is None else environ)
     if settings is not None:
-        app[OTLP] = OtlpExporter(settings, health, on_error=app[EXPORTER].invalidate)
+        app[OTLP] = OtlpExporter(settings, health, on_error=app[EXPORTER].invalidate,
+                                 state_path=state_path or inventory.service.state_path)
         app.cleanup_ctx.append(_pushing(app[OTLP]))  # before sampling: stopped after it, for a last push
     pushed = (app[OTLP],) if settings is not None else ()
     # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either

@@ -1,6 +1,7 @@
 """The state store: watermarks, cumulative counters and window sums, kept across restarts.
 
-One SQLite file (WAL) with one JSON document per source. A source's state is replaced whole
+One SQLite file (WAL) with one JSON document per source (and the start time of each series the OTLP
+exporter pushes as cumulative, which must last as long as the counters do). A source's state is replaced whole
 and atomically after each successful sample, so a crash loses at most the sample in flight
 and never counts a row twice: the next sample re-reads from the last saved watermark.
 """
@@ -8,6 +9,7 @@ and never counts a row twice: the next sample re-reads from the last saved water
 import json
 import sqlite3
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,14 @@ CREATE TABLE IF NOT EXISTS source_state (
     source TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     saved_at REAL NOT NULL
+)
+"""
+_SERIES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS otlp_series (
+    series TEXT PRIMARY KEY,
+    start_ns INTEGER NOT NULL,
+    level TEXT NOT NULL,
+    seen_ns INTEGER NOT NULL
 )
 """
 
@@ -30,6 +40,7 @@ class StateStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_SERIES_SCHEMA)
 
     def load(self, source: str) -> dict[str, Any]:
         """Return the saved state of a source, or an empty state if it was never sampled."""
@@ -44,6 +55,20 @@ class StateStore:
             "ON CONFLICT(source) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at",
             (source, document, time.time()),
         )
+
+    def otlp_series(self) -> dict[str, tuple[int, str, int]]:
+        """The OTLP exporter's cumulative series: key -> (start time, last level as JSON, when seen), in ns."""
+        rows = self._db.execute("SELECT series, start_ns, level, seen_ns FROM otlp_series")
+        return {series: (start, level, seen) for series, start, level, seen in rows}
+
+    def save_otlp_series(self, rows: Iterable[tuple[str, int, str, int]]) -> None:
+        """Replace the given series (key, start time, level, when seen) in one transaction."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO otlp_series (series, start_ns, level, seen_ns) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(series) DO UPDATE SET start_ns = excluded.start_ns, level = excluded.level, "
+                "seen_ns = excluded.seen_ns", rows)
 
     def close(self) -> None:
         self._db.close()

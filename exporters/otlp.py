@@ -14,14 +14,17 @@ loads it.
 """
 
 import asyncio
+import json
 import logging
 import math
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote
 
@@ -30,6 +33,7 @@ from collector.inventory.exporters import OtlpConfig
 from collector.inventory.models import Inventory
 from collector.logs import log_event, mask_secrets, safe_dsn
 from collector.samples import Family, Histogram, Labels, SourceSample
+from collector.state import StateStore
 
 if TYPE_CHECKING:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -152,47 +156,182 @@ def parse_pairs(text: str) -> dict[str, str]:
     return pairs
 
 
+Spread = tuple[tuple[float, ...], float, float]
+"""A histogram's (bucket counts, sum, count)."""
+
+
 class Deltas:
-    """Turns cumulative values into the change since the previous export, per series.
+    """Turns cumulative values into the change since the last export the receiver took, per series.
 
     A series seen for the first time sets its baseline and is not sent: fabwatch's counters carry the
     history from before the process started, which is no interval's change. A value lower than its
-    baseline (a source whose state was reset) counts from zero again.
+    baseline (a source whose state was reset) counts from zero again; so does a histogram one of whose
+    buckets, or its sum, went down, or whose bounds changed.
+
+    The baselines an export computes are staged, and become the baselines only when the receiver took
+    it (`commit`): after a failed export, the next one covers both intervals from the old start time.
     """
 
     def __init__(self) -> None:
         self._numbers: dict[tuple[str, Labels], tuple[float, int]] = {}
-        self._histograms: dict[tuple[str, Labels], tuple[tuple[float, ...], float, float, int]] = {}
-        self._last_numbers = self._numbers
-        self._last_histograms = self._histograms
+        self._histograms: dict[tuple[str, Labels], tuple[Spread, tuple[float, ...], int]] = {}
+        self._staged_numbers = dict(self._numbers)
+        self._staged_histograms = dict(self._histograms)
 
     def begin(self) -> None:
-        """Start an export: only the series of the previous export are remembered, so the baselines
-        of series gone from `/metrics` (expired dimension sets) do not pile up."""
-        self._last_numbers, self._numbers = self._numbers, {}
-        self._last_histograms, self._histograms = self._histograms, {}
+        """Start an export: stage the baselines of this export's series only, so that those of series gone
+        from `/metrics` (expired dimension sets) do not pile up."""
+        self._staged_numbers, self._staged_histograms = {}, {}
+
+    def commit(self) -> None:
+        """The receiver took the export: its values are the baselines of the next one."""
+        self._numbers, self._histograms = self._staged_numbers, self._staged_histograms
 
     def number(self, name: str, labels: Labels, value: float, now: int) -> tuple[float, int] | None:
         """(change, start time) of a counter series, None on its first export."""
-        previous = self._last_numbers.get((name, labels))
-        self._numbers[(name, labels)] = (value, now)
+        previous = self._numbers.get((name, labels))
+        self._staged_numbers[(name, labels)] = (value, now)
         if previous is None:
             return None
         before, start = previous
         return (value - before if value >= before else value), start
 
     def histogram(self, name: str, labels: Labels, counts: tuple[float, ...], total: float, count: float,
-                  now: int) -> tuple[tuple[float, ...], float, float, int] | None:
+                  bounds: tuple[float, ...], now: int) -> tuple[tuple[float, ...], float, float, int] | None:
         """(bucket counts, sum, count, start time) of the change of a histogram series, None at first."""
-        previous = self._last_histograms.get((name, labels))
-        self._histograms[(name, labels)] = (counts, total, count, now)
+        previous = self._histograms.get((name, labels))
+        self._staged_histograms[(name, labels)] = ((counts, total, count), bounds, now)
         if previous is None:
             return None
-        old_counts, old_total, old_count, start = previous
-        if count < old_count or len(old_counts) != len(counts):
+        old, old_bounds, start = previous
+        if old_bounds != bounds or went_down(old, (counts, total, count)):
             return counts, total, count, start
+        old_counts, old_total, old_count = old
         changes = tuple(n - o for n, o in zip(counts, old_counts, strict=True))
         return changes, total - old_total, count - old_count, start
+
+
+def went_down(old: Spread, new: Spread) -> bool:
+    """Whether any bucket, the sum or the count of a histogram is lower than before (or the number of
+    buckets changed): a reset, whose whole value is the change."""
+    (old_counts, old_total, old_count), (counts, total, count) = old, new
+    return (len(old_counts) != len(counts) or total < old_total or count < old_count
+            or any(n < o for n, o in zip(counts, old_counts, strict=True)))
+
+
+Saved = tuple[int, str, int]
+"""A series as the state store keeps it: (start time, its level as JSON, when that level was seen)."""
+
+
+LEVELS_EVERY = 300 * 1_000_000_000
+"""How often (ns) the last values of the cumulative series are saved (and at stop); a start time set
+or moved is saved with the export that sends it."""
+
+
+@dataclass(slots=True)
+class _Seen:
+    key: str
+    """The series in the state store."""
+    start: int
+    level: list[Any]
+    """[value] of a counter; [bounds, bucket counts, sum, count] of a histogram (as JSON has them)."""
+    at: int
+    durable: bool
+    """Saved in the state store (not a health family)."""
+
+
+class Starts:
+    """The start time of each cumulative series: the start of the counting its value comes from.
+
+    fabwatch's counters carry on across restarts (the state store keeps them), so their start time
+    must too: a series takes the exporter's start the first time it is ever exported, and keeps it in
+    the state store (`saved`, then `drain`) across restarts. Only a value going down (a reset: the
+    source's counts started again) moves it on, to when the value before was last seen; for a
+    histogram, any bucket, the sum or the count going down, or other bounds. The last values are
+    saved too (every `LEVELS_EVERY` and at stop), so that a reset while fabwatch was down is seen at
+    the next start. The families named in `volatile` (the health's, counted in memory from this
+    run's start) are kept in memory only.
+    """
+
+    def __init__(self, started: int, saved: Mapping[str, Saved] | None = None) -> None:
+        self.started = started
+        self.volatile: frozenset[str] = frozenset()
+        self._saved = dict(saved or {})
+        self._seen: dict[tuple[str, Labels], _Seen] = {}
+        self._previous: dict[tuple[str, Labels], _Seen] = {}
+        self._moved: dict[str, _Seen] = {}
+        """Series whose start was set or moved since the last `drain`."""
+        self._grown: dict[str, _Seen] = {}
+        """Series whose value changed since their last save."""
+        self._levels_saved = started
+
+    def begin(self) -> None:
+        """Start an export: only the series of the previous one stay in memory (the store has the rest)."""
+        self._previous, self._seen = self._seen, {}
+
+    def number(self, name: str, labels: Labels, value: float, now: int) -> int:
+        """The start time of a counter series at `value`."""
+        key = (name, labels)
+        seen = self._previous.get(key)
+        if seen is not None and value >= seen.level[0]:  # the common case, without a reset: kept short
+            if value != seen.level[0]:
+                seen.level = [value]
+                if seen.durable:
+                    self._grown[seen.key] = seen
+            seen.at = now
+            self._seen[key] = seen
+            return seen.start
+        return self._start(name, labels, [value], now, lambda old: value < old[0])
+
+    def histogram(self, name: str, labels: Labels, counts: tuple[float, ...], total: float, count: float,
+                  bounds: tuple[float, ...], now: int) -> int:
+        """The start time of a histogram series."""
+        level = [list(bounds), list(counts), total, count]
+        return self._start(name, labels, level, now, lambda old: old[0] != level[0] or went_down(
+            (tuple(old[1]), old[2], old[3]), (counts, total, count)))
+
+    def drain(self, now: int, everything: bool = False) -> list[tuple[str, int, str, int]]:
+        """The rows to save (key, start, last value, seen at): the series whose start was set or moved,
+        and every `LEVELS_EVERY` (or with `everything`) those whose value changed."""
+        chosen = self._moved
+        if everything or now - self._levels_saved >= LEVELS_EVERY:
+            chosen = {**self._grown, **self._moved}
+            self._grown, self._levels_saved = {}, now
+        self._moved = {}
+        rows = [(key, seen.start, json.dumps(seen.level), seen.at) for key, seen in chosen.items()]
+        self._saved.update((key, (start, level, at)) for key, start, level, at in rows)
+        return rows
+
+    def _start(self, name: str, labels: Labels, level: list[Any], now: int, reset: Callable[[list[Any]], bool]) -> int:
+        key = (name, labels)
+        seen = self._seen.get(key) or self._previous.get(key) or self._restore(name, labels)
+        if seen is None:
+            seen = _Seen(_series_key(name, labels), self.started, level, now, name not in self.volatile)
+            if seen.durable:
+                self._moved[seen.key] = seen
+        else:
+            if reset(seen.level):
+                seen.start = seen.at
+                if seen.durable:
+                    self._moved[seen.key] = seen
+            if seen.durable and seen.level != level:
+                self._grown[seen.key] = seen
+            seen.level, seen.at = level, now
+        self._seen[key] = seen
+        return seen.start
+
+    def _restore(self, name: str, labels: Labels) -> _Seen | None:
+        if name in self.volatile:
+            return None
+        key = _series_key(name, labels)
+        if (saved := self._saved.get(key)) is None:
+            return None
+        start, level, at = saved
+        return _Seen(key, start, json.loads(level), at, durable=True)
+
+
+def _series_key(name: str, labels: Labels) -> str:
+    return json.dumps([name, labels], separators=(",", ":"))
 
 
 def decumulate(histogram: Histogram) -> tuple[float, ...]:
@@ -257,10 +396,14 @@ class OtlpExporter:
 
     def __init__(self, settings: OtlpSettings, health: HealthTracker, *,
                  on_error: Callable[[], None] = lambda: None,
-                 clock: Callable[[], int] = time.time_ns) -> None:
+                 clock: Callable[[], int] = time.time_ns, state_path: str | Path | None = None) -> None:
         """`on_error` runs (in the event loop) after a failed export counted in `health`: the
-        Prometheus exporter's `invalidate`, so that `/metrics` shows the new count."""
+        Prometheus exporter's `invalidate`, so that `/metrics` shows the new count. `state_path`, the
+        state store, keeps the start times of cumulative series across restarts (without it, in memory)."""
         self.settings = settings
+        self._state_path = state_path
+        self._store: StateStore | None = None
+        self._starts: Starts | None = None
         self._health = health
         self._on_error = on_error
         self._clock = clock
@@ -269,6 +412,7 @@ class OtlpExporter:
         self._sdk: OTLPMetricExporter | None = None
         self._convert: Callable[[list[Family], int], Callable[[], MetricExportResult]] | None = None
         self._session: Any = None
+        self._deltas: Deltas | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.exports = 0
@@ -290,8 +434,10 @@ class OtlpExporter:
 
     def snapshot(self) -> list[Family]:
         """The families `/metrics` serves now: every source's latest sample, then the health."""
-        families = [family for source in sorted(self._samples) for family in self._samples[source].families]
-        return families + list(self._health.families())
+        return self._sampled() + list(self._health.families())
+
+    def _sampled(self) -> list[Family]:
+        return [family for source in sorted(self._samples) for family in self._samples[source].families]
 
     async def start(self) -> None:
         """Build the SDK exporter (importing opentelemetry) and start exporting every interval."""
@@ -310,12 +456,20 @@ class OtlpExporter:
             await self.export()
         if self._sdk is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._sdk.shutdown)
+        if self._store is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, partial(self._save_starts, everything=True))
+            await loop.run_in_executor(self._executor, self._store.close)
+            self._store = None
         self._executor.shutdown(wait=True)
 
     async def export(self) -> bool:
         """Push the current snapshot now (after any export in flight); True when the receiver took it."""
         async with self._lock:
-            families = self.snapshot()  # in the loop's thread: the samples of this instant
+            health = self._health.families()  # in the loop's thread: the samples of this instant
+            families = self._sampled() + list(health)
+            if self._starts is not None:
+                self._starts.volatile = frozenset(family.name for family in health)
             self.exports += 1
             reason = await asyncio.get_running_loop().run_in_executor(self._executor, self._push, families)
         if reason is not None:
@@ -341,14 +495,37 @@ class OtlpExporter:
         _SDK_LOGGER.addFilter(_SDK_FILTER)  # the same filter object: added once however many exporters
         self._sdk = OTLPMetricExporter(endpoint=settings.endpoint, headers=dict(settings.headers),
                                        timeout=settings.timeout, session=self._session)
-        resource, deltas = Resource(dict(settings.resource)), Deltas() if settings.temporality == "delta" else None
+        resource = Resource(dict(settings.resource))
+        deltas = self._deltas = Deltas() if settings.temporality == "delta" else None
+        starts = self._starts = self._load_starts()
         sdk = self._sdk
         if hasattr(sdk, "_export_batch"):  # the SDK's export() less its encoder: encode 4x cheaper, send the same
-            encoder = Encoder(resource, self._health.version, self._clock(), deltas)
+            encoder = Encoder(resource, self._health.version, starts, deltas)
             self._convert = lambda families, now: partial(sdk._export_batch, encoder.request(families, now))
         else:  # an SDK without that step: the public path, all SDK
-            converter = Converter(resource, self._health.version, self._clock(), deltas)
+            converter = Converter(resource, self._health.version, starts, deltas)
             self._convert = lambda families, now: partial(sdk.export, converter.metrics_data(families, now))
+
+    def _load_starts(self) -> Starts:
+        """The start times of cumulative series, those of earlier runs from the state store."""
+        if self.settings.temporality == "cumulative" and self._state_path is not None:
+            try:
+                self._store = StateStore(self._state_path)
+                return Starts(self._clock(), self._store.otlp_series())
+            except (sqlite3.Error, OSError) as exc:
+                log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=str(self._state_path), error=str(exc))
+                self._store = None
+        return Starts(self._clock())
+
+    def _save_starts(self, everything: bool = False) -> None:
+        """Save the start times set or moved by the request just built, and the last values when due or
+        with `everything` (in the export thread)."""
+        if self._store is None or self._starts is None:
+            return
+        try:
+            self._store.save_otlp_series(self._starts.drain(self._clock(), everything))
+        except (sqlite3.Error, OSError) as exc:  # the export goes on; the next one saves them again
+            log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=str(self._state_path), error=str(exc))
 
     def _push(self, families: list[Family]) -> str | None:
         """Convert and send (in the export thread); the reason of a failure, None on success."""
@@ -357,11 +534,15 @@ class OtlpExporter:
         assert self._convert is not None, "start() builds the exporter"
         self._session.last = None
         try:
-            result = self._convert(families, self._clock())()
+            send = self._convert(families, self._clock())
+            self._save_starts()
+            result = send()
         except Exception as exc:  # a bug (the SDK catches its own errors): counted, traced, and the next interval runs
             log_event(_LOG, "export_crashed", logging.ERROR, exc_info=True, exporter=EXPORTER)
             return f"internal: {type(exc).__name__}"
         if result is MetricExportResult.SUCCESS:
+            if self._deltas is not None:
+                self._deltas.commit()
             return None
         return _short(self._session.last or "export failed (see the SDK's log line)")
 

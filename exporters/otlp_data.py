@@ -30,7 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from collector.samples import Family, Histogram, Labels
-from exporters.otlp import Deltas, decumulate, unit_of
+from exporters.otlp import Deltas, Starts, decumulate, unit_of
 from exporters.prometheus import merge
 
 DELTA, CUMULATIVE = AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE
@@ -43,13 +43,14 @@ class Converter:
     resource: Resource
     version: str
     """fabwatch's version: the instrumentation scope's."""
-    started: int
-    """When the exporter started (ns): the start time of cumulative series."""
+    starts: Starts
+    """The start time of each cumulative series."""
     deltas: Deltas | None
     now: int = 0
 
     def metrics_data(self, families: Iterable[Family], now: int) -> MetricsData:
         self.now = now
+        self.starts.begin()
         if self.deltas is not None:
             self.deltas.begin()
         metrics = [metric for family in merge(families) if (metric := self._metric(family)) is not None]
@@ -75,8 +76,9 @@ class Converter:
         return NumberDataPoint(dict(labels), 0, self.now, value)
 
     def _sum_point(self, name: str, labels: Labels, value: float) -> NumberDataPoint | None:
-        start = self.started
-        if self.deltas is not None:
+        if self.deltas is None:
+            start = self.starts.number(name, labels, value, self.now)
+        else:
             change = self.deltas.number(name, labels, value, self.now)
             if change is None:
                 return None
@@ -86,9 +88,11 @@ class Converter:
     def _histogram_point(self, name: str, labels: Labels, histogram: Histogram) -> HistogramDataPoint | None:
         bounds = tuple(bound for bound, _ in histogram.buckets if not math.isinf(bound))
         counts = decumulate(histogram)
-        total, count, start = histogram.sum, histogram.count, self.started
-        if self.deltas is not None:
-            change = self.deltas.histogram(name, labels, counts, total, count, self.now)
+        total, count = histogram.sum, histogram.count
+        if self.deltas is None:
+            start = self.starts.histogram(name, labels, counts, total, count, bounds, self.now)
+        else:
+            change = self.deltas.histogram(name, labels, counts, total, count, bounds, self.now)
             if change is None:
                 return None
             counts, total, count, start = change
@@ -104,10 +108,10 @@ class Encoder:
     point's as the few serialized bytes of a point holding only them: parsing those into a new point
     costs less than copying the attribute messages."""
 
-    def __init__(self, resource: Resource, version: str, started: int, deltas: Deltas | None) -> None:
+    def __init__(self, resource: Resource, version: str, starts: Starts, deltas: Deltas | None) -> None:
         self._resource = PbResource(attributes=[_key_value(k, str(v)) for k, v in resource.attributes.items()])
         self._scope = PbScope(name="fabwatch", version=version)
-        self.started = started
+        self.starts = starts
         self.deltas = deltas
         self._temporality = (pb.AGGREGATION_TEMPORALITY_DELTA if deltas is not None
                              else pb.AGGREGATION_TEMPORALITY_CUMULATIVE)
@@ -117,6 +121,7 @@ class Encoder:
     def request(self, families: Iterable[Family], now: int) -> ExportMetricsServiceRequest:
         """The export request of `families` (merged by name) at `now` (ns)."""
         self._previous, self._attributes = self._attributes, {}
+        self.starts.begin()
         if self.deltas is not None:
             self.deltas.begin()
         request = ExportMetricsServiceRequest()
@@ -155,8 +160,9 @@ class Encoder:
         if family.kind == "counter":
             sums = metric.sum.data_points
             for labels, value in family.samples:
-                start = self.started
-                if self.deltas is not None:
+                if self.deltas is None:
+                    start = self.starts.number(family.name, labels, value, now)
+                else:
                     change = self.deltas.number(family.name, labels, value, now)
                     if change is None:
                         continue
@@ -174,13 +180,15 @@ class Encoder:
         return bool(spreads)
 
     def _histogram(self, points: Any, name: str, labels: Labels, histogram: Histogram, now: int) -> None:
-        counts, total, count, start = decumulate(histogram), histogram.sum, histogram.count, self.started
-        if self.deltas is not None:
-            change = self.deltas.histogram(name, labels, counts, total, count, now)
+        counts, total, count = decumulate(histogram), histogram.sum, histogram.count
+        bounds = tuple(bound for bound, _ in histogram.buckets if not math.isinf(bound))
+        if self.deltas is None:
+            start = self.starts.histogram(name, labels, counts, total, count, bounds, now)
+        else:
+            change = self.deltas.histogram(name, labels, counts, total, count, bounds, now)
             if change is None:
                 return
             counts, total, count, start = change
-        bounds = [bound for bound, _ in histogram.buckets if not math.isinf(bound)]
         points.add(start_time_unix_nano=start, time_unix_nano=now, count=int(count), sum=total,
                    bucket_counts=[int(n) for n in counts], explicit_bounds=bounds
                    ).attributes.extend(self._labels(labels)[0])

@@ -7,11 +7,12 @@ States (one of `schema.State`):
 - `breached`: the value is outside its target; an SLA whose good ratio over its window is under
   its objective (its error budget is spent).
 - `at_risk`: within target but close to it. For a `max` bound, a value above
-  `max x (1 - AT_RISK_MARGIN)`; for a `min` bound, a value under `min x (1 + AT_RISK_MARGIN)`.
+  `max x (1 - AT_RISK_MARGIN)`; for a `min` bound, a value under `min x (1 + AT_RISK_MARGIN)`,
+  or for a share (`SHARE_KINDS`: values in [0, 1]) under `min + AT_RISK_MARGIN x (1 - min)`.
   An SLA is at risk when less than `AT_RISK_MARGIN` of its error budget is left, or when an
   alert window pair of `alerting.slo.windows` burns faster than the pair allows (both its long
-  and its short window above the pair's factor, the condition of `FabSlaErrorBudgetBurn`,
-  as far as the in-memory history covers the windows).
+  and its short window above the pair's factor, the condition of `FabSlaErrorBudgetBurn`, once
+  the in-memory history covers the pair's long window; before that its rates show, unjudged).
 - `ok`: otherwise; also a KPI without a target whenever it has a value.
 
 A process takes the worst state (breached, then at_risk, then no_data, then ok) of its KPIs
@@ -53,6 +54,8 @@ from exporters.schema import (
 )
 
 AT_RISK_MARGIN = 0.1
+SHARE_KINDS = ("sla", "ratio")
+"""KPI kinds whose values are shares in [0, 1]."""
 """The share of a target (or of an error budget) within which a KPI is `at_risk`."""
 TREND_POINTS = 60
 """Values kept per KPI for its trend line."""
@@ -86,8 +89,16 @@ def target_of(kpi: Kpi) -> Target | None:
     return None if low is None and high is None else Target(min=low, max=high)
 
 
-def kpi_state(value: float | None, target: Target | None, margin: float = AT_RISK_MARGIN) -> State:
-    """Return the state of a non-SLA KPI's value against its target."""
+def is_share(kpi: Kpi) -> bool:
+    """Whether the KPI's values are shares in [0, 1] (an SLA's or a ratio's good ratio)."""
+    return kpi.kind in SHARE_KINDS
+
+
+def kpi_state(value: float | None, target: Target | None, margin: float = AT_RISK_MARGIN, *,
+              share: bool = False) -> State:
+    """Return the state of a non-SLA KPI's value against its target. The at-risk margin is `margin` of
+    the target, or for a share's `min` bound `margin` of the headroom above it (`1 - min`): 10 % of a
+    0.95 minimum would be out of reach."""
     if value is None:
         return "no_data"
     if target is None:
@@ -95,7 +106,8 @@ def kpi_state(value: float | None, target: Target | None, margin: float = AT_RIS
     if (target.min is not None and value < target.min) or (target.max is not None and value > target.max):
         return "breached"
     near_max = target.max is not None and target.max > 0 and value > target.max * (1 - margin)
-    near_min = target.min is not None and target.min > 0 and value < target.min * (1 + margin)
+    near_min = target.min is not None and target.min > 0 and value < (
+        target.min + margin * (1 - target.min) if share else target.min * (1 + margin))
     return "at_risk" if near_max or near_min else "ok"
 
 
@@ -143,7 +155,8 @@ def burn_rates(points: Iterable[CounterPoint], now: float, kpi: SlaKpi,
         factor = burn_factor(window, kpi.window)
         long_rate, covered = burn_rate(kept, now, window.long, kpi.objective)
         short_rate, _ = burn_rate(kept, now, window.short, kpi.objective)
-        burning = long_rate is not None and short_rate is not None and min(long_rate, short_rate) > factor
+        burning = (covered >= window.long and long_rate is not None and short_rate is not None
+                   and min(long_rate, short_rate) > factor)  # shown before, but burning only over the long window
         rates.append(BurnRate(severity=window.severity, long_seconds=window.long, short_seconds=window.short,
                               factor=factor, long_rate=long_rate, short_rate=short_rate,
                               covered_seconds=covered, burning=burning))
@@ -334,7 +347,7 @@ class StatusBoard:
         value = reading.value if reading else None
         target = target_of(kpi)
         return KpiStatus(process=process, kpi=name, kind=kpi.kind, description=kpi.description, value=value,
-                         target=target, state=kpi_state(value, target),
+                         target=target, state=kpi_state(value, target, share=is_share(kpi)),
                          sampled_at=sample.sampled_at if sample else None,
                          trend=list(self._trends.get((process, name), ())))
 

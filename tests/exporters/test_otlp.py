@@ -1,6 +1,7 @@
 """OTLP export: what a real receiver decodes (official protobuf messages) equals `/metrics` at the same sample."""
 
 import asyncio
+import json
 import logging
 import math
 import sqlite3
@@ -21,7 +22,19 @@ from collector.health import HealthTracker
 from collector.inventory.exporters import OtlpConfig
 from collector.inventory.load import load_inventory
 from collector.samples import Family, Histogram, SourceSample
-from exporters.otlp import Deltas, OtlpExporter, OtlpSettingsError, decumulate, otlp_settings, parse_pairs, unit_of
+from collector.state import StateStore
+from exporters.otlp import (
+    LEVELS_EVERY,
+    Deltas,
+    OtlpExporter,
+    OtlpSettings,
+    OtlpSettingsError,
+    Starts,
+    decumulate,
+    otlp_settings,
+    parse_pairs,
+    unit_of,
+)
 from tests.app.test_cli import ROOT, run_fabwatch, stop, wait_http
 from tests.app.test_service import make_records, wait_ready, write_inventory
 from tests.exporters.otlp_receiver import Receiver, attributes, metrics_of
@@ -346,10 +359,12 @@ def test_deltas_set_a_baseline_then_send_changes_and_survive_a_reset():
     deltas, labels = Deltas(), (("process", "p"),)
     deltas.begin()
     assert deltas.number("c", labels, 10.0, 1) is None
-    assert deltas.histogram("h", labels, (1.0, 2.0), 5.0, 3.0, 1) is None
+    assert deltas.histogram("h", labels, (1.0, 2.0), 5.0, 3.0, (1.0,), 1) is None
+    deltas.commit()
     deltas.begin()
     assert deltas.number("c", labels, 13.0, 2) == (3.0, 1)
-    assert deltas.histogram("h", labels, (2.0, 4.0), 9.0, 6.0, 2) == ((1.0, 2.0), 4.0, 3.0, 1)
+    assert deltas.histogram("h", labels, (2.0, 4.0), 9.0, 6.0, (1.0,), 2) == ((1.0, 2.0), 4.0, 3.0, 1)
+    deltas.commit()
     deltas.begin()
     assert deltas.number("c", labels, 2.0, 3) == (2.0, 2)  # lower: counted from zero again
 
@@ -358,7 +373,9 @@ def test_deltas_forget_a_series_missing_from_an_export():
     deltas, labels = Deltas(), (("process", "p"),)
     deltas.begin()
     assert deltas.number("c", labels, 10.0, 1) is None
+    deltas.commit()
     deltas.begin()  # an export without the series (its dimension set expired)
+    deltas.commit()
     deltas.begin()
     assert deltas.number("c", labels, 12.0, 3) is None  # a new baseline, not 2 over two exports
 
@@ -402,7 +419,7 @@ async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client,
     from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
     from opentelemetry.sdk.resources import Resource
 
-    from exporters.otlp import Deltas
+    from exporters.otlp import Deltas, Starts
     from exporters.otlp_data import Converter, Encoder
 
     records = tmp_path / "records.db"
@@ -412,8 +429,8 @@ async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client,
     await wait_ready(client)
     resource = Resource({"service.name": "fabwatch", "site": "a"})
     delta = temporality == "delta"
-    encoder = Encoder(resource, "1.2.3", 1000, Deltas() if delta else None)
-    converter = Converter(resource, "1.2.3", 1000, Deltas() if delta else None)
+    encoder = Encoder(resource, "1.2.3", Starts(1000), Deltas() if delta else None)
+    converter = Converter(resource, "1.2.3", Starts(1000), Deltas() if delta else None)
     first = app[OTLP].snapshot()
     add_tickets(records, 3)
     await asyncio.sleep(2.1)
@@ -422,6 +439,9 @@ async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client,
         ours, sdks = encoder.request(families, now), encode_metrics(converter.metrics_data(families, now))
         assert ours == sdks
         assert len(ours.resource_metrics[0].scope_metrics[0].metrics) > (8 if delta and now == 2000 else 15)
+        for deltas in (encoder.deltas, converter.deltas):
+            if deltas is not None:
+                deltas.commit()  # the collector took it
 
 
 def test_a_reload_drops_the_samples_of_removed_sources(tmp_path):
@@ -438,3 +458,201 @@ def test_a_reload_drops_the_samples_of_removed_sources(tmp_path):
     otlp.reloaded(inventory)
     backlog = [family for family in otlp.snapshot() if family.name == "fab_backlog_items"]
     assert backlog == [kept]
+
+
+def one_source(items: float, buckets: tuple[tuple[float, float], ...], total: float | None = None) -> SourceSample:
+    """A sample of source `crm` with one counter series and one histogram series of process `p`."""
+    labels = (("process", "p"),)
+    spread = Histogram(buckets, buckets[-1][1] if total is None else total, buckets[-1][1])
+    return SourceSample("crm", 0.0, 0.0, (Family("fab_items_created", "counter", "Created.", [(labels, items)]),
+                                          Family("fab_cycle_time_seconds", "histogram", "Cycle.", [],
+                                                 [(labels, spread)])), ())
+
+
+def pushed_points(received: list[Any], name: str) -> list[Any]:
+    """The data points of metric `name` in each request, in order (empty where it was absent)."""
+    points = []
+    for request in received:
+        metric = metrics_of(request.request).get(name)
+        points.append([] if metric is None else list(getattr(metric, metric.WhichOneof("data")).data_points))
+    return points
+
+
+def export_time(received: Any) -> int:
+    """The time of an export: its gauges' (every export has the health gauges)."""
+    return next(p.time_unix_nano for m in metrics_of(received.request).values() if m.WhichOneof("data") == "gauge"
+                for p in m.gauge.data_points)
+
+
+async def delta_exporter(receiver: Receiver, **more: Any) -> OtlpExporter:
+    settings = OtlpSettings(endpoint=receiver.url, interval=3600, timeout=2, temporality="delta",
+                            resource=(("service.name", "t"),))
+    otlp = OtlpExporter(settings, HealthTracker(["crm"]), **more)
+    await otlp.start()
+    return otlp
+
+
+async def test_a_failed_delta_export_loses_nothing(receiver):
+    otlp = await delta_exporter(receiver)
+    try:
+        for items, status in ((10.0, 200), (15.0, 400), (20.0, 200)):
+            receiver.status = status
+            otlp.update(one_source(items, ((1.0, items), (math.inf, items))))
+            assert await otlp.export() == (status == 200)
+    finally:
+        receiver.status = 200
+        await otlp.stop()
+    sent = pushed_points(receiver.received, "fab_items_created")
+    assert sent[0] == []  # the baseline
+    assert [p.as_double for p in sent[1]] == [5.0]  # refused by the receiver
+    assert [p.as_double for p in sent[2]] == [10.0]  # both intervals: the refused one is not lost
+    assert sent[2][0].start_time_unix_nano == export_time(receiver.received[0])  # the last one taken
+
+
+@pytest.mark.parametrize(("buckets", "total", "why"), [
+    (((1.0, 19.0), (math.inf, 20.0)), 20.0, "one item moved from <=1 to +Inf: the first bucket went down"),
+    (((1.0, 20.0), (math.inf, 20.0)), 5.0, "the sum went down"),
+    (((2.0, 20.0), (math.inf, 20.0)), 20.0, "other bounds"),
+])
+async def test_a_histogram_going_down_is_a_reset_not_a_crash(receiver, buckets, total, why):
+    otlp = await delta_exporter(receiver)
+    try:
+        otlp.update(one_source(20.0, ((1.0, 20.0), (math.inf, 20.0)), 20.0))
+        assert await otlp.export()  # the baseline
+        otlp.update(one_source(20.0, buckets, total))
+        assert await otlp.export(), why
+    finally:
+        await otlp.stop()
+    spreads = pushed_points(receiver.received, "fab_cycle_time_seconds")
+    point = spreads[1][0]
+    assert list(point.bucket_counts) == [int(n) for n in decumulate(Histogram(buckets, total, 20.0))], why
+    assert (point.sum, point.count) == (total, 20), why
+    assert list(point.explicit_bounds) == [buckets[0][0]], why
+    assert point.start_time_unix_nano == export_time(receiver.received[0])
+
+
+def test_deltas_keep_the_baseline_of_a_failed_export():
+    deltas, labels = Deltas(), (("process", "p"),)
+    deltas.begin()
+    assert deltas.number("c", labels, 10.0, 1) is None
+    deltas.commit()
+    deltas.begin()
+    assert deltas.number("c", labels, 15.0, 2) == (5.0, 1)  # not committed: the export failed
+    deltas.begin()
+    assert deltas.number("c", labels, 20.0, 3) == (10.0, 1)
+
+
+def test_deltas_treat_any_histogram_bucket_or_sum_going_down_as_a_reset():
+    deltas, labels, bounds = Deltas(), (("process", "p"),), (1.0,)
+    deltas.begin()
+    assert deltas.histogram("h", labels, (2.0, 2.0), 9.0, 4.0, bounds, 1) is None
+    deltas.commit()
+    deltas.begin()
+    assert deltas.histogram("h", labels, (1.0, 3.0), 9.0, 4.0, bounds, 2) == ((1.0, 3.0), 9.0, 4.0, 1)
+    deltas.commit()
+    deltas.begin()
+    assert deltas.histogram("h", labels, (1.0, 3.0), 8.0, 4.0, bounds, 3) == ((1.0, 3.0), 8.0, 4.0, 2)
+    deltas.commit()
+    deltas.begin()
+    assert deltas.histogram("h", labels, (1.0, 3.0), 8.0, 4.0, (2.0,), 4) == ((1.0, 3.0), 8.0, 4.0, 3)
+    deltas.commit()
+    deltas.begin()
+    assert deltas.histogram("h", labels, (2.0, 3.0), 9.0, 5.0, (2.0,), 5) == ((1.0, 0.0), 1.0, 1.0, 4)
+
+
+S = 1_000_000_000
+
+
+class Clock:
+    """The exporter's clock (ns), set by the test: runs of fabwatch days apart."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def cumulative_run(receiver: Receiver, state: Path, clock: Clock,
+                         samples: list[SourceSample]) -> None:
+    """One run of fabwatch's OTLP exporter on the state file `state`: one export per sample, a minute apart."""
+    settings = OtlpSettings(endpoint=receiver.url, interval=3600, timeout=2, temporality="cumulative",
+                            resource=(("service.name", "t"),))
+    otlp = OtlpExporter(settings, HealthTracker(["crm"]), clock=clock, state_path=state)
+    await otlp.start()
+    try:
+        for sample in samples:
+            clock.now += 60 * S
+            otlp.update(sample)
+            assert await otlp.export()
+    finally:
+        await otlp.stop()
+
+
+def starts_and_times(receiver: Receiver, name: str) -> list[tuple[int, int]]:
+    return [(p.start_time_unix_nano // S, p.time_unix_nano // S)
+            for points in pushed_points(receiver.received, name) for p in points]
+
+
+async def test_cumulative_start_times_survive_a_restart(receiver, tmp_path):
+    state, buckets = tmp_path / "state.db", lambda n: ((1.0, n), (math.inf, n))
+    await cumulative_run(receiver, state, Clock(1000 * S), [one_source(250_000.0, buckets(9.0)),
+                                                            one_source(250_010.0, buckets(10.0))])
+    await cumulative_run(receiver, state, Clock(5000 * S), [one_source(250_020.0, buckets(11.0))])
+    # the values carry on from the saved state: so does the start, the first run's
+    items = starts_and_times(receiver, "fab_items_created")
+    assert items == [(1000, 1060), (1000, 1120), (1000, 1120), (1000, 5060), (1000, 5060)]  # stop pushes again
+    assert {start for start, _ in starts_and_times(receiver, "fab_cycle_time_seconds")} == {1000}
+    # a health counter lives in memory: it starts with the run
+    errors = [p.start_time_unix_nano // S for points in pushed_points(receiver.received, "fab_export_errors")
+              for p in points]
+    assert set(errors[:3]) == {1000}
+    assert set(errors[3:]) == {5000}
+
+
+async def test_a_value_going_down_moves_the_start_time_on(receiver, tmp_path):
+    state = tmp_path / "state.db"
+    await cumulative_run(receiver, state, Clock(1000 * S), [
+        one_source(100.0, ((1.0, 5.0), (math.inf, 10.0))),
+        one_source(3.0, ((1.0, 4.0), (math.inf, 10.0))),  # counts started again; one bucket went down
+    ])
+    assert [s for s, _ in starts_and_times(receiver, "fab_items_created")] == [1000, 1060, 1060]
+    assert [s for s, _ in starts_and_times(receiver, "fab_cycle_time_seconds")] == [1000, 1060, 1060]
+    # reset while fabwatch was down (a changed mapping counts a process again): seen at the next start
+    await cumulative_run(receiver, state, Clock(5000 * S), [one_source(1.0, ((1.0, 4.0), (math.inf, 10.0)))])
+    assert [s for s, _ in starts_and_times(receiver, "fab_items_created")][3:] == [1120, 1120]
+    assert [s for s, _ in starts_and_times(receiver, "fab_cycle_time_seconds")][3:] == [1060, 1060]
+
+
+async def test_the_service_keeps_start_times_in_its_state_file(receiver, aiohttp_client, tmp_path):
+    records = tmp_path / "records.db"
+    make_records(records)
+    app = build_app(load_inventory([write_inventory(tmp_path, records)]), environ=otel_env(receiver.url))
+    client = await aiohttp_client(app)
+    await wait_ready(client)
+    assert await app[OTLP].export()
+    await client.close()
+    store = StateStore(tmp_path / "state.db")  # the inventory's `service.state_path`
+    try:
+        saved = {json.loads(key)[0] for key in store.otlp_series()}
+    finally:
+        store.close()
+    assert {"fab_items_created", "fab_cycle_time_seconds"} <= saved
+    assert "fab_export_errors" not in saved  # counted in memory: starts with each run
+
+
+def test_start_times_are_saved_at_once_and_values_every_few_minutes():
+    starts, labels = Starts(1000), (("process", "p"),)
+    starts.begin()
+    assert starts.number("c", labels, 5.0, 2000) == 1000
+    assert [(key, start) for key, start, _, _ in starts.drain(2000)] == [('["c",[["process","p"]]]', 1000)]
+    starts.begin()
+    assert starts.number("c", labels, 6.0, 3000) == 1000
+    assert starts.drain(3000) == []  # grown only: saved later
+    starts.begin()
+    assert starts.number("c", labels, 7.0, 1000 + LEVELS_EVERY) == 1000
+    assert [json.loads(level) for _, _, level, _ in starts.drain(1000 + LEVELS_EVERY)] == [[7.0]]
+    starts.begin()
+    assert starts.number("c", labels, 2.0, 2000 + LEVELS_EVERY) == 1000 + LEVELS_EVERY  # a reset: saved at once
+    assert [(start, json.loads(level)) for _, start, level, _ in starts.drain(2000 + LEVELS_EVERY)] == [
+        (1000 + LEVELS_EVERY, [2.0])]

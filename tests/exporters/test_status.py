@@ -4,7 +4,7 @@ import pytest
 
 from collector.health import HealthTracker
 from collector.inventory.alerting import BurnWindow
-from collector.inventory.models import Inventory, SlaKpi
+from collector.inventory.models import BacklogKpi, Inventory, RatioKpi, SlaKpi
 from collector.samples import Family, KpiReading, SourceSample
 from exporters.schema import Target
 from exporters.status import (
@@ -14,8 +14,10 @@ from exporters.status import (
     budget,
     burn_rate,
     burn_rates,
+    is_share,
     kpi_state,
     safe_link,
+    target_of,
     worst,
 )
 
@@ -178,3 +180,36 @@ def test_counter_history_is_thinned_and_bounded():
     assert len(points) <= (3600 + COUNTER_SPACING) / COUNTER_SPACING + 2
     assert points[-1].at == 4 * 3600 - 15  # the newest sample is always kept
     assert points[0].at >= points[-1].at - 3600 - COUNTER_SPACING
+
+
+def test_a_pair_does_not_burn_before_the_history_covers_its_long_window():
+    kpi = SlaKpi(kind="sla", objective=0.9, window=30 * 86400)
+    pair = BurnWindow(severity="critical", long=HOUR, short=300, budget_share=0.01)  # 7.2x
+    bad = [CounterPoint(t, 0.0, t / 60) for t in range(0, 1801, 60)]  # every event bad for 30 min: 10x
+    (rate,) = burn_rates(bad, 1800.0, kpi, [pair])
+    assert rate.long_rate == pytest.approx(10.0)  # shown...
+    assert rate.short_rate == pytest.approx(10.0)
+    assert rate.covered_seconds == 1800.0
+    assert not rate.burning  # ...but half an hour is not the hour the alert rule reads
+    longer = bad + [CounterPoint(t, 0.0, t / 60) for t in range(1860, 3601, 60)]
+    (full,) = burn_rates(longer, 3600.0, kpi, [pair])
+    assert full.burning
+
+
+@pytest.mark.parametrize(("value", "target", "state"), [
+    (0.97, Target(min=0.95, max=None), "ok"),        # 0.95 + 10 % of the 0.05 headroom = 0.955
+    (0.954, Target(min=0.95, max=None), "at_risk"),
+    (0.94, Target(min=0.95, max=None), "breached"),
+    (0.0905, Target(min=None, max=0.1), "at_risk"),  # a max bound: above 0.1 - 10 % of 0.1
+    (0.089, Target(min=None, max=0.1), "ok"),
+])
+def test_the_margin_of_a_share_is_a_tenth_of_its_headroom(value, target, state):
+    assert kpi_state(value, target, share=True) == state
+
+
+def test_a_ratio_kpi_comfortably_over_its_minimum_is_ok():
+    ratio = RatioKpi(kind="ratio", good="reopened = 0", target={"min": 0.95})
+    assert kpi_state(0.97, target_of(ratio), share=is_share(ratio)) == "ok"  # 0.97 < 0.95 x 1.1 was at risk
+    backlog = BacklogKpi(kind="backlog", target={"max": 500})
+    assert not is_share(backlog)
+    assert kpi_state(455.0, target_of(backlog), share=is_share(backlog)) == "at_risk"  # 10 % of the target

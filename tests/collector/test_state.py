@@ -1,0 +1,16 @@
+"""The state store: sources' state and the OTLP exporter's series, kept across reopenings."""
+
+from collector.state import StateStore
+
+
+def test_otlp_series_are_kept_across_reopenings_and_replaced_by_key(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    assert store.otlp_series() == {}
+    store.save_otlp_series([("a", 1, "[1.0]", 2), ("b", 3, "[4.0]", 5)])
+    store.save_otlp_series([("a", 1, "[7.0]", 8)])
+    store.save("crm", {"watermark": 3})
+    store.close()
+    again = StateStore(tmp_path / "state.db")
+    assert again.otlp_series() == {"a": (1, "[7.0]", 8), "b": (3, "[4.0]", 5)}
+    assert again.load("crm") == {"watermark": 3}  # beside the sources' state, not instead of it
+    again.close()
