@@ -155,7 +155,8 @@ class LiveSampling:
         kept = unchanged_sources(old, new)
         next_runs = self.scheduler.next_runs() if self.scheduler is not None else {}
         if self.scheduler is not None:
-            await self.scheduler.stop()  # before a new sampler reads its source's state: the last save is in
+            # Before a new sampler reads its source's state: the last save is in.
+            await self.scheduler.stop("the inventory was reloaded")
         await self._close([n for n in self._samplers if n not in kept])
         try:
             opened = await self._open(new, set(new.sources) - kept)

@@ -106,6 +106,49 @@ async def test_a_reload_keeps_unchanged_samplers_counters_and_schedules(aiohttp_
     assert created_of(body, "inquiry") > 0  # the new process counts on its own source
 
 
+KNOB_SQL = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < (SELECT n FROM knob)) "
+            "SELECT count(*) FROM c")
+"""A value KPI counting to `knob.n`."""
+
+
+def set_knob(records: Path, n: int) -> None:
+    db = sqlite3.connect(records)
+    db.execute("CREATE TABLE IF NOT EXISTS knob (n INTEGER)")
+    db.execute("DELETE FROM knob")
+    db.execute("INSERT INTO knob VALUES (?)", (n,))
+    db.commit()
+    db.close()
+
+
+async def test_a_sample_cancelled_by_a_reload_leaves_its_kept_source_up(
+        aiohttp_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload cancels a sample still running after the grace; its source, unchanged, is kept:
+    its engine interrupted every later statement (down, reason=timeout, until a restart)."""
+    document = base_document(tmp_path)
+    document["sources"]["crm"]["timeout"] = "60s"
+    document["processes"]["problem"]["kpis"]["slow"] = {"kind": "value", "sql": KNOB_SQL}
+    set_knob(tmp_path / "records.db", 1_000_000_000)
+    path = write(tmp_path / "inventory.yaml", document)
+    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]))
+    client = await aiohttp_client(app)
+    live = app[LIVE]
+    assert live.scheduler is not None
+    live.scheduler.stop_grace = 0.3
+    in_flight = asyncio.create_task(live.scheduler._job("crm"))
+    await asyncio.sleep(0.5)  # into the slow query
+    write(path, with_second_source(document))  # crm unchanged: its sampler kept
+    crm = live.samplers["crm"]
+    answer = await client.post("/-/reload")
+    assert answer.status == 200, await answer.text()
+    await in_flight
+    set_knob(tmp_path / "records.db", 2_000_000)  # some 0.5 s: many periods of the interrupts (0.05 s)
+    assert live.samplers["crm"] is crm
+    whys = {getattr(r, "fabwatch_fields", {}).get("why")
+            for r in caplog.records if r.getMessage() == "sample_cancelled"}
+    assert whys == {"still running when the inventory was reloaded"}
+    assert await live.scheduler.run_once("crm") is not None
+
+
 def created_of(body: str, process: str) -> float:
     """`fab_items_created_total` of `process`, all dimensions summed."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
