@@ -177,7 +177,7 @@ async def reload_inventory(app: web.Application) -> list[str]:
     loader = app[LOADER]
     if loader is None:
         return ["this service was not started from inventory files: nothing to reload"]
-    web_config, problems = await _reload_web_config(app)
+    web_config, context, problems = await _reload_web_config(app)
     if problems:
         app[HEALTH].reload_failed()
         app[EXPORTER].invalidate()
@@ -196,32 +196,34 @@ async def reload_inventory(app: web.Application) -> list[str]:
     else:
         guard = app[GUARD]
         if guard is not None and web_config is not None:
-            guard.replace(web_config)
+            guard.replace(web_config, context)
         return []
     for problem in problems:
         log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")
     return problems
 
 
-async def _reload_web_config(app: web.Application) -> tuple[WebConfig | None, list[str]]:
-    """Read the web config file again and check it can replace the running one (certificate and
-    key loaded, nothing changed that needs a restart); (None, []) when there is none to read."""
+async def _reload_web_config(app: web.Application) -> tuple[WebConfig | None, ssl.SSLContext | None, list[str]]:
+    """Read the web config file again and check it can replace the running one (its TLS context
+    built from the files as they are now, nothing changed that needs a restart); (None, None, [])
+    when there is none to read."""
     guard, loader = app[GUARD], app[WEB_LOADER]
     if guard is None or loader is None:
-        return None, []
+        return None, None, []
     from app.websecurity import WebConfigUnusable, tls_context
 
     try:
         new = await asyncio.to_thread(loader)
     except ConfigError as exc:
-        return None, [f"web config: {problem}" for problem in exc.problems]
+        return None, None, [f"web config: {problem}" for problem in exc.problems]
     problems = guard.problems(new)
+    context = None
     if not problems and new.tls_server_config is not None:
         try:
-            await asyncio.to_thread(tls_context, new.tls_server_config)
+            context = await asyncio.to_thread(tls_context, new.tls_server_config)
         except WebConfigUnusable as exc:
             problems.append(f"web config: {exc}")
-    return new, problems
+    return new, context, problems
 
 
 async def reload_endpoint(request: web.Request) -> web.Response:

@@ -40,6 +40,10 @@ _CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CE
                 "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
 
 
+_ROTATED = ("cert_file", "key_file", "client_ca_file")
+"""The TLS settings a reload applies (the files are read again); the others need a restart."""
+
+
 class WebConfigUnusable(Exception):
     """A file the web config names cannot be used (missing, not PEM, key not matching)."""
 
@@ -150,7 +154,9 @@ class WebGuard:
         self.healthz_open = healthz_open
         """`service.healthz_without_auth`: `/healthz` answers without credentials."""
         self.context: ssl.SSLContext | None = None
-        """The listener's TLS context (set by whoever starts the listener), updated by `replace`."""
+        """The listener's TLS context (set by whoever starts the listener); `replace` makes each new
+        handshake switch from it to the reloaded file's context (`_reloaded`)."""
+        self._reloaded: ssl.SSLContext | None = None
         self.failures = FailedLogins()
         self._auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
         self._headers = config.http_server_config.headers.items()
@@ -176,22 +182,33 @@ class WebGuard:
 
     def problems(self, new: WebConfig) -> list[str]:
         """What `new` changes that the running listener cannot take: TLS on or off, and every TLS
-        setting but the certificate and key (rotated by a reload)."""
+        setting but the certificate, key and client CA file (rotated by a reload)."""
         old_tls, new_tls = self.config.tls_server_config, new.tls_server_config
         if (old_tls is None) != (new_tls is None):
             return ["web config: tls_server_config added or removed: TLS is switched at a restart"]
         if old_tls is None or new_tls is None:
             return []
         changed = sorted(k for k in type(new_tls).model_fields
-                         if k not in ("cert_file", "key_file") and getattr(old_tls, k) != getattr(new_tls, k))
+                         if k not in _ROTATED and getattr(old_tls, k) != getattr(new_tls, k))
         return [f"web config: tls_server_config.{k} changed: it takes effect at a restart" for k in changed]
 
-    def replace(self, new: WebConfig) -> None:
-        """Apply `new` (checked with `problems` and `tls_context` first): new handshakes present its
-        certificate, new requests need its users' passwords and get its headers."""
-        if new.tls_server_config is not None and self.context is not None:
-            self.context.load_cert_chain(new.tls_server_config.cert_file, new.tls_server_config.key_file)
+    def replace(self, new: WebConfig, context: ssl.SSLContext | None = None) -> None:
+        """Apply `new` (checked with `problems` first; `context` its `tls_context`, built from the
+        files as they are now): new handshakes present its certificate and trust only its client
+        CAs, new requests need its users' passwords and get its headers."""
+        if context is not None and self.context is not None:
+            # A context only adds CAs (`load_verify_locations`): a revoked one stays trusted. Each
+            # handshake switches to the whole new context instead (certificate, key and CAs).
+            self._reloaded = context
+            self.context.sni_callback = self._switch
         if new.basic_auth_users != self.config.basic_auth_users:
             self._auth = BasicAuth(new.basic_auth_users) if new.basic_auth_users else None
         self._headers = new.http_server_config.headers.items()
         self.config = new
+
+    def _switch(self, connection: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None,
+                _context: ssl.SSLContext) -> None:
+        """Serve a handshake with the last reloaded context (called for every client hello, with
+        or without a server name)."""
+        if self._reloaded is not None:
+            connection.context = self._reloaded
