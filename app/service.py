@@ -90,7 +90,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
                              sinks=(board, *pushed),
                              on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed),
-                                        *([rolling.replace_inventory] if rolling else [])))
+                                        *([rolling.replace_inventory] if rolling else [])),
+                             forget=tuple(otlp.forget for otlp in pushed))
     app[LOADER] = loader
     app[GUARD] = guard
     app[WEB_LOADER] = web_loader

@@ -5,6 +5,7 @@ import copy
 import signal
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,11 @@ import pytest
 import yaml
 
 from app.reload import live_problems, unchanged_sources
-from app.service import LIVE, build_app
+from app.service import LIVE, OTLP, build_app
 from collector.inventory.load import load_inventory
 from tests.app.test_cli import run_fabwatch, stop, wait_http
 from tests.app.test_service import make_records, write_inventory
+from tests.exporters.test_otlp import otel_env
 from tests.servers import free_port, http_get, poll
 
 
@@ -147,6 +149,39 @@ async def test_a_sample_cancelled_by_a_reload_leaves_its_kept_source_up(
             for r in caplog.records if r.getMessage() == "sample_cancelled"}
     assert whys == {"still running when the inventory was reloaded"}
     assert await live.scheduler.run_once("crm") is not None
+
+
+async def test_a_process_moved_to_another_source_is_served_once(aiohttp_client: Any, tmp_path: Path) -> None:
+    """Only removed sources were forgotten: the old source's last sample still carried the moved
+    process, and /metrics and OTLP served its series twice (old values and the new source's)."""
+    both = with_second_source(base_document(tmp_path))
+    both["processes"]["inquiry"]["records"]["source"] = "crm"
+    both["sources"]["crm"]["timeout"] = "60s"
+    both["processes"]["problem"]["kpis"]["slow"] = {"kind": "value", "sql": KNOB_SQL}
+    set_knob(tmp_path / "records.db", 1)
+    desk = both["sources"].pop("desk")
+    path = write(tmp_path / "inventory.yaml", both)
+    environ = otel_env(f"http://127.0.0.1:{free_port()}/v1/metrics")  # never reached: the snapshot is read
+    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]), environ=environ)
+    client = await aiohttp_client(app)
+    await poll_async_body(lambda: _text(client, "/metrics"), 'fab_kpi_value{kpi="inflow",process="inquiry"}')
+    moved = copy.deepcopy(both)
+    moved["sources"]["desk"] = desk
+    moved["processes"]["inquiry"]["records"]["source"] = "desk"
+    write(path, moved)
+    set_knob(tmp_path / "records.db", 1_000_000_000)  # crm's next sample (it is reopened) takes long
+    answer = await client.post("/-/reload")
+    assert answer.status == 200, await answer.text()
+    await poll_async_body(lambda: _text(client, "/metrics"), 'fab_source_up{source="desk"} 1.0')
+    assert app[LIVE].scheduler is not None
+    app[LIVE].scheduler.stop_grace = 0.1  # the slow sample is cancelled at the end
+    await poll_async_body(lambda: _text(client, "/metrics"), 'fab_kpi_value{kpi="inflow",process="inquiry"}')
+    series = [line.rsplit(" ", 1)[0] for line in (await _text(client, "/metrics")).splitlines()
+              if line and not line.startswith("#")]
+    assert [s for s, n in Counter(series).items() if n > 1] == []
+    pushed = [(f.name, labels) for f in app[OTLP].snapshot() for labels, _ in f.samples]
+    assert [s for s, n in Counter(pushed).items() if n > 1] == []
+    assert any(name == "fab_kpi_value" and ("process", "inquiry") in labels for name, labels in pushed)
 
 
 def created_of(body: str, process: str) -> float:
