@@ -192,17 +192,27 @@ class WebGuard:
                          if k not in _ROTATED and getattr(old_tls, k) != getattr(new_tls, k))
         return [f"web config: tls_server_config.{k} changed: it takes effect at a restart" for k in changed]
 
-    def replace(self, new: WebConfig, context: ssl.SSLContext | None = None) -> None:
+    def prepare(self, new: WebConfig) -> "BasicAuth | None":
+        """The basic authentication `new` asks for, built (its dummy hash made: seconds at a high
+        cost, so in a worker thread) before a reload applies anything; the running one if `new`
+        has the same users."""
+        if new.basic_auth_users == self.config.basic_auth_users:
+            return self._auth
+        return BasicAuth(new.basic_auth_users) if new.basic_auth_users else None
+
+    def replace(self, new: WebConfig, context: ssl.SSLContext | None = None,
+                auth: "BasicAuth | None" = None) -> None:
         """Apply `new` (checked with `problems` first; `context` its `tls_context`, built from the
-        files as they are now): new handshakes present its certificate and trust only its client
-        CAs, new requests need its users' passwords and get its headers."""
+        files as they are now; `auth` what `prepare` built for it): new handshakes present its
+        certificate and trust only its client CAs, new requests need its users' passwords and get
+        its headers."""
         if context is not None and self.context is not None:
             # A context only adds CAs (`load_verify_locations`): a revoked one stays trusted. Each
             # handshake switches to the whole new context instead (certificate, key and CAs).
             self._reloaded = context
             self.context.sni_callback = self._switch
         if new.basic_auth_users != self.config.basic_auth_users:
-            self._auth = BasicAuth(new.basic_auth_users) if new.basic_auth_users else None
+            self._auth = auth if auth is not None or not new.basic_auth_users else self.prepare(new)
         self._headers = new.http_server_config.headers.items()
         self.config = new
 

@@ -1,6 +1,7 @@
 """Reloading the inventory while serving: SIGHUP and POST /-/reload, over real SQLite sources."""
 
 import asyncio
+import base64
 import copy
 import signal
 import sqlite3
@@ -9,12 +10,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 
 from app.reload import live_problems, unchanged_sources
 from app.service import LIVE, OTLP, build_app
-from collector.inventory.load import load_inventory
+from collector.inventory.load import load_inventory, load_web_config
 from tests.app.test_cli import run_fabwatch, stop, wait_http
 from tests.app.test_service import make_records, write_inventory
 from tests.exporters.test_otlp import otel_env
@@ -182,6 +184,29 @@ async def test_a_process_moved_to_another_source_is_served_once(aiohttp_client: 
     pushed = [(f.name, labels) for f in app[OTLP].snapshot() for labels, _ in f.samples]
     assert [s for s, n in Counter(pushed).items() if n > 1] == []
     assert any(name == "fab_kpi_value" and ("process", "inquiry") in labels for name, labels in pushed)
+
+
+async def test_a_bad_web_config_refuses_the_whole_reload(aiohttp_client: Any, tmp_path: Path) -> None:
+    """A bcrypt cost bcrypt cannot hash at passed the check: the inventory was applied, then building
+    the users' dummy hash failed: a 500, half the reload applied."""
+    document = base_document(tmp_path)
+    path = write(tmp_path / "inventory.yaml", document)
+    web_file = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"old", bcrypt.gensalt(4)).decode()
+    web_file.write_text(yaml.safe_dump({"basic_auth_users": {"prom": hashed}}))
+    app = build_app(load_inventory([path]), web_config=load_web_config(web_file),
+                    loader=lambda: load_inventory([path]), web_loader=lambda: load_web_config(web_file))
+    client = await aiohttp_client(app)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"prom:old").decode()}
+    write(path, with_second_source(document))
+    web_file.write_text(yaml.safe_dump({"basic_auth_users": {"prom": "$2y$99$" + "a" * 53}}))
+    answer = await client.post("/-/reload", headers=auth)
+    assert answer.status == 400, await answer.text()
+    assert "basic_auth_users" in await answer.text()
+    body = await (await client.get("/metrics", headers=auth)).text()
+    assert "fab_config_last_reload_successful 0.0" in body
+    assert "desk" not in app[LIVE].inventory.sources  # nothing of the reload applied
+    assert "desk" not in app[LIVE].samplers
 
 
 def created_of(body: str, process: str) -> float:
