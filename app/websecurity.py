@@ -32,6 +32,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REALM = "fabwatch"
 CACHE_SIZE = 64
 """Credentials remembered as valid (digests, never the passwords): a few users, a few clients each."""
+FAILED_ADDRESSES = 10_000
+"""Addresses whose failed logins `FailedLogins` remembers at most."""
 FAILED_LOG_EVERY = 10.0
 """Seconds between two `login_failed` lines for the same address; the ones in between are counted."""
 _VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -74,23 +76,38 @@ class FailedLogins:
     """Log failed logins (user name, address) at most once per address every `FAILED_LOG_EVERY`
     seconds, with the number of failures in between: a brute force cannot flood the log."""
 
-    def __init__(self, every: float = FAILED_LOG_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every: float = FAILED_LOG_EVERY, clock: Callable[[], float] = time.monotonic,
+                 addresses: int = FAILED_ADDRESSES) -> None:
         self.every = every
         self.clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self.addresses = addresses
+        """At most this many addresses remembered (the oldest logged are forgotten first)."""
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        """Address -> (when its failure was last logged, failures not logged since), oldest logged first."""
+
+    @property
+    def tracked(self) -> int:
+        """How many addresses are remembered now."""
+        return len(self._seen)
 
     def failed(self, user: str, remote: str, path: str) -> None:
         """Count one failure; log it unless this address was logged less than `every` ago."""
         now = self.clock()
-        if now - self._last.get(remote, -self.every) < self.every:
-            self._suppressed[remote] = self._suppressed.get(remote, 0) + 1
+        logged, suppressed = self._seen.get(remote, (-self.every, 0))
+        if now - logged < self.every:
+            self._seen[remote] = (logged, suppressed + 1)  # in its place: the order is by time logged
             return
-        if len(self._last) > 10_000:  # many addresses: forget those logged long ago
-            self._last = {a: t for a, t in self._last.items() if now - t < self.every}
-        self._last[remote] = now
+        self._seen.pop(remote, None)
+        self._forget()
+        self._seen[remote] = (now, 0)
         log_event(_LOG, "login_failed", logging.WARNING, user=user[:64], remote=remote, path=path,
-                  suppressed_since_last=self._suppressed.pop(remote, 0))
+                  suppressed_since_last=suppressed)
+
+    def _forget(self) -> None:
+        """Make room for one more address: a flood from many addresses (an IPv6 range) would grow the
+        map without bound. The ones logged longest ago go (their failures since then uncounted)."""
+        while self._seen and len(self._seen) >= self.addresses:
+            self._seen.popitem(last=False)
 
 
 class BasicAuth:

@@ -174,6 +174,22 @@ def test_failed_logins_count_what_they_did_not_log() -> None:
     assert counts == [("10.0.0.1", 0), ("10.0.0.2", 0), ("10.0.0.1", 2)]
 
 
+def test_failed_logins_remember_a_bounded_number_of_addresses() -> None:
+    """The suppressed counts were never cleaned: one entry per address that ever failed twice."""
+    now = [0.0]
+    log = FailedLogins(every=10.0, clock=lambda: now[0], addresses=100)
+    logging.getLogger("fabwatch.auth").disabled = True
+    try:
+        for second in range(5):
+            now[0] = second * 20.0  # past `every`: each round logs again
+            for address in range(1000):
+                log.failed("eve", f"2001:db8::{second:x}:{address:x}", "/metrics")
+                log.failed("eve", f"2001:db8::{second:x}:{address:x}", "/metrics")  # suppressed
+        assert log.tracked <= 100
+    finally:
+        logging.getLogger("fabwatch.auth").disabled = False
+
+
 async def test_a_valid_password_is_hashed_once_then_remembered(pki: Pki, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from aiohttp.test_utils import make_mocked_request
