@@ -44,7 +44,8 @@ def exposure_risks(host: str, config: WebConfig | None) -> list[str]:
 def events_risks(inventory: Inventory, host: str, port: int) -> list[str]:
     """What is at risk on the events port (or the main port, `host:port`, when events come there)."""
     events = [name for name, source in inventory.sources.items()
-              if isinstance(source, TmfEventsSource) and source.secret is None and source.sender_auth is None]
+              if isinstance(source, TmfEventsSource) and not (source.secret or "").strip()
+              and source.sender_auth is None]
     address = inventory.service.events_address
     events_host, events_port = address if address is not None else (host, port)
     tls = inventory.service.events_tls

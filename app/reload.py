@@ -16,7 +16,7 @@ own the events port and their record stores.
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -87,7 +87,8 @@ class LiveSampling:
     def __init__(self, inventory: Inventory, health: HealthTracker, exporter: PrometheusExporter, *,
                  state_path: str | Path | None = None, clock: Callable[[], float] = time.time,
                  given: Mapping[str, Scheduled] | None = None, sinks: Sequence[SampleSink] = (),
-                 on_reload: Sequence[Callable[[Inventory], None]] = ()) -> None:
+                 on_reload: Sequence[Callable[[Inventory], None]] = (),
+                 forget: Sequence[Callable[[Iterable[str]], None]] = ()) -> None:
         self.inventory = inventory
         self.health = health
         self.exporter = exporter
@@ -95,6 +96,9 @@ class LiveSampling:
         """Where the scheduler hands each sample: the exporter, then the other sinks (the status board)."""
         self.on_reload = tuple(on_reload)
         """Told the new inventory once a reload applied it."""
+        self.forget = (exporter.forget, *forget)
+        """Told, at a reload, the sources whose last samples must go (removed or reopened): the sinks
+        that keep samples of their own (`/metrics`, OTLP)."""
         self.state_path = state_path or inventory.service.state_path
         self.clock = clock
         self.given = given
@@ -155,7 +159,8 @@ class LiveSampling:
         kept = unchanged_sources(old, new)
         next_runs = self.scheduler.next_runs() if self.scheduler is not None else {}
         if self.scheduler is not None:
-            await self.scheduler.stop()  # before a new sampler reads its source's state: the last save is in
+            # Before a new sampler reads its source's state: the last save is in.
+            await self.scheduler.stop("the inventory was reloaded")
         await self._close([n for n in self._samplers if n not in kept])
         try:
             opened = await self._open(new, set(new.sources) - kept)
@@ -166,7 +171,10 @@ class LiveSampling:
         self._samplers.update(opened)
         self.inventory = new
         self.health.track(new.sources, syncing=[n for n, s in new.sources.items() if s.kind != "sql"])
-        self.exporter.forget(set(old.sources) - set(new.sources))
+        # Removed and reopened sources: a process moved to another source would otherwise be
+        # served twice, by the old source's last sample and by the new source's.
+        for forget in self.forget:
+            forget(set(old.sources) - kept)
         for listener in self.on_reload:
             listener(new)
         self._start_scheduler({n: t for n, t in next_runs.items() if n in kept})

@@ -35,7 +35,7 @@ from exporters.prometheus import PrometheusExporter
 from exporters.status import StatusBoard
 
 if TYPE_CHECKING:
-    from app.websecurity import WebGuard
+    from app.websecurity import BasicAuth, WebGuard
 
 INVENTORY = web.AppKey("inventory", Inventory)
 """The inventory the service started with; after a reload, `app[LIVE].inventory` is the running one."""
@@ -91,7 +91,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
                              sinks=(board, *pushed),
                              on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed),
-                                        *([rolling.replace_inventory] if rolling else [])))
+                                        *([rolling.replace_inventory] if rolling else [])),
+                             forget=tuple(otlp.forget for otlp in pushed))
     app[LOADER] = loader
     app[GUARD] = guard
     app[WEB_LOADER] = web_loader
@@ -178,7 +179,7 @@ async def reload_inventory(app: web.Application) -> list[str]:
     loader = app[LOADER]
     if loader is None:
         return ["this service was not started from inventory files: nothing to reload"]
-    web_config, problems = await _reload_web_config(app)
+    web_config, context, auth, problems = await _reload_web_config(app)
     if problems:
         app[HEALTH].reload_failed()
         app[EXPORTER].invalidate()
@@ -197,32 +198,40 @@ async def reload_inventory(app: web.Application) -> list[str]:
     else:
         guard = app[GUARD]
         if guard is not None and web_config is not None:
-            guard.replace(web_config)
+            guard.replace(web_config, context, auth)
         return []
     for problem in problems:
         log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")
     return problems
 
 
-async def _reload_web_config(app: web.Application) -> tuple[WebConfig | None, list[str]]:
-    """Read the web config file again and check it can replace the running one (certificate and
-    key loaded, nothing changed that needs a restart); (None, []) when there is none to read."""
+async def _reload_web_config(app: web.Application) -> tuple[WebConfig | None, ssl.SSLContext | None,
+                                                            "BasicAuth | None", list[str]]:
+    """Read the web config file again and check it can replace the running one (its TLS context and
+    basic authentication built, nothing changed that needs a restart), before the inventory is
+    swapped: a bad web config refuses the whole reload. (None, None, None, []) when there is none."""
     guard, loader = app[GUARD], app[WEB_LOADER]
     if guard is None or loader is None:
-        return None, []
+        return None, None, None, []
     from app.websecurity import WebConfigUnusable, tls_context
 
     try:
         new = await asyncio.to_thread(loader)
     except ConfigError as exc:
-        return None, [f"web config: {problem}" for problem in exc.problems]
+        return None, None, None, [f"web config: {problem}" for problem in exc.problems]
     problems = guard.problems(new)
+    context, auth = None, None
     if not problems and new.tls_server_config is not None:
         try:
-            await asyncio.to_thread(tls_context, new.tls_server_config)
+            context = await asyncio.to_thread(tls_context, new.tls_server_config)
         except WebConfigUnusable as exc:
             problems.append(f"web config: {exc}")
-    return new, problems
+    if not problems:
+        try:
+            auth = await asyncio.to_thread(guard.prepare, new)
+        except ValueError as exc:  # bcrypt refusing a hash the file's check let through
+            problems.append(f"web config: basic_auth_users: {exc}")
+    return new, context, auth, problems
 
 
 async def reload_endpoint(request: web.Request) -> web.Response:

@@ -32,12 +32,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REALM = "fabwatch"
 CACHE_SIZE = 64
 """Credentials remembered as valid (digests, never the passwords): a few users, a few clients each."""
+FAILED_ADDRESSES = 10_000
+"""Addresses whose failed logins `FailedLogins` remembers at most."""
 FAILED_LOG_EVERY = 10.0
 """Seconds between two `login_failed` lines for the same address; the ones in between are counted."""
 _VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
              "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
 _CLIENT_AUTH = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
                 "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+
+
+_ROTATED = ("cert_file", "key_file", "client_ca_file")
+"""The TLS settings a reload applies (the files are read again); the others need a restart."""
 
 
 class WebConfigUnusable(Exception):
@@ -70,23 +76,38 @@ class FailedLogins:
     """Log failed logins (user name, address) at most once per address every `FAILED_LOG_EVERY`
     seconds, with the number of failures in between: a brute force cannot flood the log."""
 
-    def __init__(self, every: float = FAILED_LOG_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every: float = FAILED_LOG_EVERY, clock: Callable[[], float] = time.monotonic,
+                 addresses: int = FAILED_ADDRESSES) -> None:
         self.every = every
         self.clock = clock
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self.addresses = addresses
+        """At most this many addresses remembered (the oldest logged are forgotten first)."""
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        """Address -> (when its failure was last logged, failures not logged since), oldest logged first."""
+
+    @property
+    def tracked(self) -> int:
+        """How many addresses are remembered now."""
+        return len(self._seen)
 
     def failed(self, user: str, remote: str, path: str) -> None:
         """Count one failure; log it unless this address was logged less than `every` ago."""
         now = self.clock()
-        if now - self._last.get(remote, -self.every) < self.every:
-            self._suppressed[remote] = self._suppressed.get(remote, 0) + 1
+        logged, suppressed = self._seen.get(remote, (-self.every, 0))
+        if now - logged < self.every:
+            self._seen[remote] = (logged, suppressed + 1)  # in its place: the order is by time logged
             return
-        if len(self._last) > 10_000:  # many addresses: forget those logged long ago
-            self._last = {a: t for a, t in self._last.items() if now - t < self.every}
-        self._last[remote] = now
+        self._seen.pop(remote, None)
+        self._forget()
+        self._seen[remote] = (now, 0)
         log_event(_LOG, "login_failed", logging.WARNING, user=user[:64], remote=remote, path=path,
-                  suppressed_since_last=self._suppressed.pop(remote, 0))
+                  suppressed_since_last=suppressed)
+
+    def _forget(self) -> None:
+        """Make room for one more address: a flood from many addresses (an IPv6 range) would grow the
+        map without bound. The ones logged longest ago go (their failures since then uncounted)."""
+        while self._seen and len(self._seen) >= self.addresses:
+            self._seen.popitem(last=False)
 
 
 class BasicAuth:
@@ -150,7 +171,9 @@ class WebGuard:
         self.healthz_open = healthz_open
         """`service.healthz_without_auth`: `/healthz` answers without credentials."""
         self.context: ssl.SSLContext | None = None
-        """The listener's TLS context (set by whoever starts the listener), updated by `replace`."""
+        """The listener's TLS context (set by whoever starts the listener); `replace` makes each new
+        handshake switch from it to the reloaded file's context (`_reloaded`)."""
+        self._reloaded: ssl.SSLContext | None = None
         self.failures = FailedLogins()
         self._auth = BasicAuth(config.basic_auth_users) if config.basic_auth_users else None
         self._headers = config.http_server_config.headers.items()
@@ -176,22 +199,43 @@ class WebGuard:
 
     def problems(self, new: WebConfig) -> list[str]:
         """What `new` changes that the running listener cannot take: TLS on or off, and every TLS
-        setting but the certificate and key (rotated by a reload)."""
+        setting but the certificate, key and client CA file (rotated by a reload)."""
         old_tls, new_tls = self.config.tls_server_config, new.tls_server_config
         if (old_tls is None) != (new_tls is None):
             return ["web config: tls_server_config added or removed: TLS is switched at a restart"]
         if old_tls is None or new_tls is None:
             return []
         changed = sorted(k for k in type(new_tls).model_fields
-                         if k not in ("cert_file", "key_file") and getattr(old_tls, k) != getattr(new_tls, k))
+                         if k not in _ROTATED and getattr(old_tls, k) != getattr(new_tls, k))
         return [f"web config: tls_server_config.{k} changed: it takes effect at a restart" for k in changed]
 
-    def replace(self, new: WebConfig) -> None:
-        """Apply `new` (checked with `problems` and `tls_context` first): new handshakes present its
-        certificate, new requests need its users' passwords and get its headers."""
-        if new.tls_server_config is not None and self.context is not None:
-            self.context.load_cert_chain(new.tls_server_config.cert_file, new.tls_server_config.key_file)
+    def prepare(self, new: WebConfig) -> "BasicAuth | None":
+        """The basic authentication `new` asks for, built (its dummy hash made: seconds at a high
+        cost, so in a worker thread) before a reload applies anything; the running one if `new`
+        has the same users."""
+        if new.basic_auth_users == self.config.basic_auth_users:
+            return self._auth
+        return BasicAuth(new.basic_auth_users) if new.basic_auth_users else None
+
+    def replace(self, new: WebConfig, context: ssl.SSLContext | None = None,
+                auth: "BasicAuth | None" = None) -> None:
+        """Apply `new` (checked with `problems` first; `context` its `tls_context`, built from the
+        files as they are now; `auth` what `prepare` built for it): new handshakes present its
+        certificate and trust only its client CAs, new requests need its users' passwords and get
+        its headers."""
+        if context is not None and self.context is not None:
+            # A context only adds CAs (`load_verify_locations`): a revoked one stays trusted. Each
+            # handshake switches to the whole new context instead (certificate, key and CAs).
+            self._reloaded = context
+            self.context.sni_callback = self._switch
         if new.basic_auth_users != self.config.basic_auth_users:
-            self._auth = BasicAuth(new.basic_auth_users) if new.basic_auth_users else None
+            self._auth = auth if auth is not None or not new.basic_auth_users else self.prepare(new)
         self._headers = new.http_server_config.headers.items()
         self.config = new
+
+    def _switch(self, connection: ssl.SSLObject | ssl.SSLSocket, _server_name: str | None,
+                _context: ssl.SSLContext) -> None:
+        """Serve a handshake with the last reloaded context (called for every client hello, with
+        or without a server name)."""
+        if self._reloaded is not None:
+            connection.context = self._reloaded

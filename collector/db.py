@@ -129,19 +129,32 @@ class AsyncEngine:
         self.sync_engine = sync_engine
         self.file_identity: tuple[int, int] | None = None
         """(device, inode) of the SQLite file the pooled connections have open."""
-        self.aborting = False
-        """Set by `abort`: SQLite transactions are interrupted from then on (PostgreSQL's
-        statements are cancelled by asyncpg when their task is)."""
+        self.aborted: set[asyncio.Task[Any]] = set()
+        """The tasks `abort` applies to, until each has unwound: their SQLite transactions are
+        interrupted at once (PostgreSQL's statements are cancelled by asyncpg when their task is).
+        Not a lasting flag: an engine kept across a reload samples again afterwards."""
         self.deadlines: set[SqliteDeadline] = set()
         """The deadlines of this engine's SQLite transactions in progress."""
+
+    @property
+    def aborting(self) -> bool:
+        """Whether a sample `abort` applies to has not yet unwound."""
+        return bool(self.aborted)
 
     def abort(self) -> None:
         """Make the running SQLite statements of this engine stop now: a query runs on in
         aiosqlite's thread when its task is cancelled, and unwinding waits for it (up to the
-        whole timeout, past a stop's grace). For a service that is stopping."""
-        self.aborting = True
+        whole timeout, past a stop's grace). For the samples about to be cancelled (a stop, a
+        reload): the tasks running these statements, until they are done, and no other."""
         for deadline in list(self.deadlines):
+            self._abort_task(deadline.task)
             deadline.expire()
+
+    def _abort_task(self, task: asyncio.Task[Any] | None) -> None:
+        if task is None or task.done() or task in self.aborted:
+            return
+        self.aborted.add(task)
+        task.add_done_callback(self.aborted.discard)
 
     @property
     def url(self) -> URL:
@@ -261,6 +274,8 @@ class SqliteDeadline:
     def __init__(self, dbapi_connection: sqlite3.Connection, timeout: float) -> None:
         self._dbapi_connection = dbapi_connection
         self._loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        """The task whose transaction this is (the sample an `abort` applies to)."""
         self._timer = self._loop.call_later(timeout, self.expire)
 
     def expire(self) -> None:
@@ -278,13 +293,13 @@ class SqliteDeadline:
 
 
 async def _sqlite_deadline(conn: AsyncConnection, timeout: float, engine: AsyncEngine) -> SqliteDeadline:
-    """Make SQLite stop this connection's statements after `timeout` (or at once if the engine is
-    aborting), and on the engine's `abort`."""
+    """Make SQLite stop this connection's statements after `timeout` (or at once if this task's
+    sample has been aborted and is unwinding), and on the engine's `abort`."""
     driver = await conn.driver_connection()
     # aiosqlite's own `interrupt()` is a coroutine; a timer needs the sqlite3 connection itself.
     deadline = SqliteDeadline(driver._conn, timeout)
     engine.deadlines.add(deadline)
-    if engine.aborting:
+    if deadline.task in engine.aborted:
         deadline.expire()
     return deadline
 

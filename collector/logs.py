@@ -25,10 +25,13 @@ _FIELDS = "fabwatch_fields"
 _HANDLER = "fabwatch"
 
 
-_QUERY_PARAM = re.compile(r"(?P<lead>[?&;](?P<name>[A-Za-z0-9_.\-\[\]%]+)=)(?P<value>[^&#;\s'\"]*)")
-_SECRET_NAME = re.compile(r"key|token|secret|passw|signature|credential|session|(^|_)(sig|pwd|pass|auth)$")
+_QUERY_PARAM = re.compile(r"(?P<lead>[?&;](?P<name>[A-Za-z0-9_.\-\[\]%]+)=)(?P<value>[^&#\s'\"]*)")
+"""A query parameter; its value ends at `&` or `#` (a `;` may be part of a token: `?token=ab;cd`)."""
+_SECRET_NAME = re.compile(r"key|token|secret|passw|signature|credential|session|authoriz|jwt|bearer|assertion"
+                          r"|code$|(^|_)(sig|pwd|pass|auth)$")
 """A query parameter whose (lowercased) name matches holds a credential: `key`, `api_key`, `apiKey`,
-`access_token`, `client_secret`, `password`, `sig` (Azure SAS), `X-Amz-Signature`..."""
+`access_token`, `client_secret`, `password`, `sig` (Azure SAS), `X-Amz-Signature`, `authorization`,
+`id_jwt`, `client_assertion`, an OAuth2 `code`..."""
 
 
 def safe_dsn(dsn: str) -> str:
@@ -61,24 +64,31 @@ def ambiguous_userinfo(url: str) -> bool:
 
 
 def _safe_http_url(url: str) -> str:
-    """Hide the password of an HTTP URL's userinfo, parsed as aiohttp parses it (the last `@`), or
-    as written when the password holds a `/`, `?` or `#` that cut the authority short."""
+    """Hide the password of an HTTP URL's userinfo (the whole userinfo when it has no password: a
+    token given as the user name), parsed as aiohttp parses it (the last `@`), or as written when the
+    password holds a `/`, `?` or `#` that cut the authority short."""
     start = url.index("://") + 3
     if ambiguous_userinfo(url):
         cut = url.index("@", start)
         return f"{url[:start]}{url[start:cut].split(':', 1)[0]}:***{url[cut:]}"
     netloc = urlsplit(url).netloc
     userinfo, at, host = netloc.rpartition("@")
-    if not at or ":" not in userinfo:
+    if not at:
         return url
-    return f"{url[:start]}{userinfo.split(':', 1)[0]}:***@{host}{url[start + len(netloc):]}"
+    user, _, password = userinfo.partition(":")
+    if not password:  # `https://TOKEN@host`, `https://TOKEN:@host`: the user name is the credential
+        return f"{url[:start]}***@{host}{url[start + len(netloc):]}"
+    return f"{url[:start]}{user}:***@{host}{url[start + len(netloc):]}"
 
 
 def mask_secrets(text: str) -> str:
     """Replace the values of credential-like query parameters (`?key=...`) anywhere in `text`."""
     def mask(match: re.Match[str]) -> str:
         name = match["name"].lower().replace("-", "_")
-        return f"{match['lead']}***" if _SECRET_NAME.search(name) and match["value"] else match[0]
+        if _SECRET_NAME.search(name) and match["value"]:
+            return f"{match['lead']}***"
+        # Not a credential: a `;`-separated parameter may follow in the value (`?page=1;token=...`).
+        return match["lead"] + _QUERY_PARAM.sub(mask, match["value"])
 
     return _QUERY_PARAM.sub(mask, text)
 

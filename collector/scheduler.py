@@ -140,9 +140,10 @@ class SamplingScheduler:
         return {str(job.id): job.next_run_time for job in self._scheduler.get_jobs()
                 if job.next_run_time is not None}
 
-    async def stop(self) -> None:
+    async def stop(self, cause: str = "the service stopped") -> None:
         """Stop scheduling; let the samples in flight finish within `stop_grace` (their results
-        are kept), cancel the ones still running after it, and wait until they have unwound."""
+        are kept), cancel the ones still running after it, and wait until they have unwound.
+        `cause` (why the scheduler stops: the service, a reload) is logged with a cancellation."""
         if self._stopping:
             return
         self._stopping = True
@@ -155,7 +156,7 @@ class SamplingScheduler:
         for task in late:
             name = task.get_name().removeprefix("sample-")
             log_event(_LOG, "sample_cancelled", logging.WARNING, source=name, after_seconds=self.stop_grace,
-                      why="still running when the service stopped")
+                      why=f"still running when {cause}")
             self._samplers[name].abort()
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

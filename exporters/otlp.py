@@ -20,7 +20,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -425,6 +425,12 @@ class OtlpExporter:
 
     def invalidate(self) -> None:
         """Nothing to drop: each export reads the health as it is then."""
+
+    def forget(self, sources: Iterable[str]) -> None:
+        """Drop the samples of sources a reload removed or reopened, as `/metrics` does: a process
+        moved to another source is not pushed twice."""
+        for name in sources:
+            self._samples.pop(name, None)
 
     def reloaded(self, inventory: Inventory) -> None:
         """Drop the samples of sources a reload removed, as `/metrics` does (the OTLP settings themselves

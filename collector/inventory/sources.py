@@ -33,6 +33,18 @@ def unambiguous_url(url: str) -> str:
 
 
 Url = Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$"), AfterValidator(unambiguous_url)]
+
+
+def _not_empty(value: str) -> str:
+    """Refuse an empty credential: `hmac.compare_digest(b"", b"")` is true, so an empty shared
+    secret or token would let any sender in (and the source would count as protected)."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+Credential = Annotated[str, AfterValidator(_not_empty)]
+"""A secret, token, user name or password: not empty (nor only blanks)."""
 Column = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=63)]
 MIB = 1024 * 1024
 
@@ -74,9 +86,9 @@ class BearerAuth(Model):
 
     kind: Literal["bearer"]
     """`bearer`: an `Authorization: Bearer` header."""
-    token: str | None = None
+    token: Credential | None = None
     """The token; give it as `${ENV}` or `${file:/run/secrets/...}`, not inline."""
-    token_file: str | None = None
+    token_file: Credential | None = None
     """A file holding the token, read at each request (a rotated token is used at once)."""
 
     @model_validator(mode="after")
@@ -93,9 +105,9 @@ class BasicAuth(Model):
 
     kind: Literal["basic"]
     """`basic`: HTTP basic authentication."""
-    username: str
+    username: Credential
     """The user name."""
-    password: str
+    password: Credential
     """The password; give it as `${ENV}` or `${file:/run/secrets/...}`, not inline."""
 
 
@@ -216,7 +228,7 @@ class TmfEventsSource(_Synced):
     query: str = ""
     """Filter sent with the hub registration (the `query` of `POST /hub`), e.g.
     `eventType=TroubleTicketStatusChangeEvent`."""
-    secret: str | None = None
+    secret: Credential | None = None
     """Shared secret the sender must put in the `X-Fabwatch-Secret` header."""
     sender_auth: SenderAuth | None = None
     """Credentials every event must carry in its `Authorization` header, as the hub is set up to send

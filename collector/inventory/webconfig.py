@@ -38,8 +38,9 @@ GO_CIPHER_SUITES: dict[str, str] = {
 """Go's names of the TLS 1.2 cipher suites (what the toolkit's `cipher_suites` lists) and OpenSSL's.
 TLS 1.3 suites are not configurable, in Go as in OpenSSL's cipher list."""
 
-BCRYPT_HASH = re.compile(r"^\$2[aby]?\$\d{2}\$[./A-Za-z0-9]{53}$")
-"""A bcrypt hash as `htpasswd -nBC 10` writes it: `$2y$10$` then 53 characters of salt and digest."""
+BCRYPT_HASH = re.compile(r"^\$2[aby]?\$(0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{53}$")
+"""A bcrypt hash as `htpasswd -nBC 10` writes it: `$2y$10$` then 53 characters of salt and digest;
+a cost bcrypt can hash at (4 to 31)."""
 
 _UNSUPPORTED_TLS = {
     "cert": "inline PEM is not supported: give cert_file",

@@ -154,7 +154,9 @@ class Listener:
     def authorize(self, secret: str | None, authorization: str | None = None) -> None:
         """Check the shared secret and the sender's `Authorization`, when the source asks for them."""
         expected = self.source.secret
-        if expected is not None and not hmac.compare_digest((secret or "").encode(), expected.encode()):
+        wrong = expected is not None and not (expected and hmac.compare_digest((secret or "").encode(),
+                                                                            expected.encode()))
+        if wrong:
             raise self.refused(BadEvent(401, "unauthorized", f"missing or wrong {SECRET_HEADER}"))
         if self._authorization is not None and not _same_credentials(authorization, self._authorization):
             raise self.refused(BadEvent(401, "unauthorized", "missing or wrong Authorization"))
@@ -355,9 +357,12 @@ def sender_authorization(name: str, auth: BearerAuth | BasicAuth | None) -> tupl
     if auth.token is not None:
         return "bearer", auth.token
     try:
-        return "bearer", Path(auth.token_file or "").read_text().strip()
+        token = Path(auth.token_file or "").read_text().strip()
     except OSError as exc:
         raise SourceError(name, f"cannot read the sender token file {auth.token_file}: {exc.strerror or exc}") from None
+    if not token:  # an empty token would let in any sender presenting an empty one
+        raise SourceError(name, f"the sender token file {auth.token_file} is empty")
+    return "bearer", token
 
 
 def _same_credentials(header: str | None, expected: tuple[str, str]) -> bool:
@@ -365,4 +370,4 @@ def _same_credentials(header: str | None, expected: tuple[str, str]) -> bool:
     compared in constant time."""
     scheme, _, credentials = (header or "").strip().partition(" ")
     same = hmac.compare_digest(credentials.strip().encode(), expected[1].encode())
-    return scheme.lower() == expected[0] and same
+    return scheme.lower() == expected[0] and same and bool(expected[1])

@@ -44,6 +44,14 @@ def test_an_open_events_port_is_named_unless_senders_must_prove_who_they_are(
     assert [r for r in risks if "accepts TMF events for tickets" in r] == ([risks[0]] if warned else [])
 
 
+def test_an_empty_secret_is_no_protection(tmp_path: Path) -> None:
+    """Refused at load; a source built otherwise (`model_copy`) must still not count as protected."""
+    loaded = inventory(tmp_path, {"secret": "s"}, events_listen="0.0.0.0:9465")
+    emptied = loaded.sources["tickets"].model_copy(update={"secret": ""})
+    unprotected = loaded.model_copy(update={"sources": {**loaded.sources, "tickets": emptied}})
+    assert len(events_risks(unprotected, "127.0.0.1", 9464)) == 1
+
+
 def test_mutual_tls_on_the_events_port_is_protection_enough(tmp_path: Path) -> None:
     tls = {"cert_file": "c.pem", "key_file": "k.pem", "client_ca_file": "ca.pem"}
     service = {"events_listen": "0.0.0.0:9465"}

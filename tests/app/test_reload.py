@@ -1,21 +1,25 @@
 """Reloading the inventory while serving: SIGHUP and POST /-/reload, over real SQLite sources."""
 
 import asyncio
+import base64
 import copy
 import signal
 import sqlite3
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 import yaml
 
 from app.reload import live_problems, unchanged_sources
-from app.service import LIVE, build_app
-from collector.inventory.load import load_inventory
+from app.service import LIVE, OTLP, build_app
+from collector.inventory.load import load_inventory, load_web_config
 from tests.app.test_cli import run_fabwatch, stop, wait_http
 from tests.app.test_service import make_records, write_inventory
+from tests.exporters.test_otlp import otel_env
 from tests.servers import free_port, http_get, poll
 
 
@@ -104,6 +108,105 @@ async def test_a_reload_keeps_unchanged_samplers_counters_and_schedules(aiohttp_
     body = await _text(client, "/metrics")
     assert created_of(body, "problem") == created + 5  # counted on from where it was: not reset, not twice
     assert created_of(body, "inquiry") > 0  # the new process counts on its own source
+
+
+KNOB_SQL = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < (SELECT n FROM knob)) "
+            "SELECT count(*) FROM c")
+"""A value KPI counting to `knob.n`."""
+
+
+def set_knob(records: Path, n: int) -> None:
+    db = sqlite3.connect(records)
+    db.execute("CREATE TABLE IF NOT EXISTS knob (n INTEGER)")
+    db.execute("DELETE FROM knob")
+    db.execute("INSERT INTO knob VALUES (?)", (n,))
+    db.commit()
+    db.close()
+
+
+async def test_a_sample_cancelled_by_a_reload_leaves_its_kept_source_up(
+        aiohttp_client: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A reload cancels a sample still running after the grace; its source, unchanged, is kept:
+    its engine interrupted every later statement (down, reason=timeout, until a restart)."""
+    document = base_document(tmp_path)
+    document["sources"]["crm"]["timeout"] = "60s"
+    document["processes"]["problem"]["kpis"]["slow"] = {"kind": "value", "sql": KNOB_SQL}
+    set_knob(tmp_path / "records.db", 1_000_000_000)
+    path = write(tmp_path / "inventory.yaml", document)
+    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]))
+    client = await aiohttp_client(app)
+    live = app[LIVE]
+    assert live.scheduler is not None
+    live.scheduler.stop_grace = 0.3
+    in_flight = asyncio.create_task(live.scheduler._job("crm"))
+    await asyncio.sleep(0.5)  # into the slow query
+    write(path, with_second_source(document))  # crm unchanged: its sampler kept
+    crm = live.samplers["crm"]
+    answer = await client.post("/-/reload")
+    assert answer.status == 200, await answer.text()
+    await in_flight
+    set_knob(tmp_path / "records.db", 2_000_000)  # some 0.5 s: many periods of the interrupts (0.05 s)
+    assert live.samplers["crm"] is crm
+    whys = {getattr(r, "fabwatch_fields", {}).get("why")
+            for r in caplog.records if r.getMessage() == "sample_cancelled"}
+    assert whys == {"still running when the inventory was reloaded"}
+    assert await live.scheduler.run_once("crm") is not None
+
+
+async def test_a_process_moved_to_another_source_is_served_once(aiohttp_client: Any, tmp_path: Path) -> None:
+    """Only removed sources were forgotten: the old source's last sample still carried the moved
+    process, and /metrics and OTLP served its series twice (old values and the new source's)."""
+    both = with_second_source(base_document(tmp_path))
+    both["processes"]["inquiry"]["records"]["source"] = "crm"
+    both["sources"]["crm"]["timeout"] = "60s"
+    both["processes"]["problem"]["kpis"]["slow"] = {"kind": "value", "sql": KNOB_SQL}
+    set_knob(tmp_path / "records.db", 1)
+    desk = both["sources"].pop("desk")
+    path = write(tmp_path / "inventory.yaml", both)
+    environ = otel_env(f"http://127.0.0.1:{free_port()}/v1/metrics")  # never reached: the snapshot is read
+    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]), environ=environ)
+    client = await aiohttp_client(app)
+    await poll_async_body(lambda: _text(client, "/metrics"), 'fab_kpi_value{kpi="inflow",process="inquiry"}')
+    moved = copy.deepcopy(both)
+    moved["sources"]["desk"] = desk
+    moved["processes"]["inquiry"]["records"]["source"] = "desk"
+    write(path, moved)
+    set_knob(tmp_path / "records.db", 1_000_000_000)  # crm's next sample (it is reopened) takes long
+    answer = await client.post("/-/reload")
+    assert answer.status == 200, await answer.text()
+    await poll_async_body(lambda: _text(client, "/metrics"), 'fab_source_up{source="desk"} 1.0')
+    assert app[LIVE].scheduler is not None
+    app[LIVE].scheduler.stop_grace = 0.1  # the slow sample is cancelled at the end
+    await poll_async_body(lambda: _text(client, "/metrics"), 'fab_kpi_value{kpi="inflow",process="inquiry"}')
+    series = [line.rsplit(" ", 1)[0] for line in (await _text(client, "/metrics")).splitlines()
+              if line and not line.startswith("#")]
+    assert [s for s, n in Counter(series).items() if n > 1] == []
+    pushed = [(f.name, labels) for f in app[OTLP].snapshot() for labels, _ in f.samples]
+    assert [s for s, n in Counter(pushed).items() if n > 1] == []
+    assert any(name == "fab_kpi_value" and ("process", "inquiry") in labels for name, labels in pushed)
+
+
+async def test_a_bad_web_config_refuses_the_whole_reload(aiohttp_client: Any, tmp_path: Path) -> None:
+    """A bcrypt cost bcrypt cannot hash at passed the check: the inventory was applied, then building
+    the users' dummy hash failed: a 500, half the reload applied."""
+    document = base_document(tmp_path)
+    path = write(tmp_path / "inventory.yaml", document)
+    web_file = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"old", bcrypt.gensalt(4)).decode()
+    web_file.write_text(yaml.safe_dump({"basic_auth_users": {"prom": hashed}}))
+    app = build_app(load_inventory([path]), web_config=load_web_config(web_file),
+                    loader=lambda: load_inventory([path]), web_loader=lambda: load_web_config(web_file))
+    client = await aiohttp_client(app)
+    auth = {"Authorization": "Basic " + base64.b64encode(b"prom:old").decode()}
+    write(path, with_second_source(document))
+    web_file.write_text(yaml.safe_dump({"basic_auth_users": {"prom": "$2y$99$" + "a" * 53}}))
+    answer = await client.post("/-/reload", headers=auth)
+    assert answer.status == 400, await answer.text()
+    assert "basic_auth_users" in await answer.text()
+    body = await (await client.get("/metrics", headers=auth)).text()
+    assert "fab_config_last_reload_successful 0.0" in body
+    assert "desk" not in app[LIVE].inventory.sources  # nothing of the reload applied
+    assert "desk" not in app[LIVE].samplers
 
 
 def created_of(body: str, process: str) -> float:

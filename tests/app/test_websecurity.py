@@ -174,6 +174,22 @@ def test_failed_logins_count_what_they_did_not_log() -> None:
     assert counts == [("10.0.0.1", 0), ("10.0.0.2", 0), ("10.0.0.1", 2)]
 
 
+def test_failed_logins_remember_a_bounded_number_of_addresses() -> None:
+    """The suppressed counts were never cleaned: one entry per address that ever failed twice."""
+    now = [0.0]
+    log = FailedLogins(every=10.0, clock=lambda: now[0], addresses=100)
+    logging.getLogger("fabwatch.auth").disabled = True
+    try:
+        for second in range(5):
+            now[0] = second * 20.0  # past `every`: each round logs again
+            for address in range(1000):
+                log.failed("eve", f"2001:db8::{second:x}:{address:x}", "/metrics")
+                log.failed("eve", f"2001:db8::{second:x}:{address:x}", "/metrics")  # suppressed
+        assert log.tracked <= 100
+    finally:
+        logging.getLogger("fabwatch.auth").disabled = False
+
+
 async def test_a_valid_password_is_hashed_once_then_remembered(pki: Pki, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from aiohttp.test_utils import make_mocked_request
@@ -373,6 +389,58 @@ async def test_a_reload_rotates_the_certificate_and_the_passwords_and_refuses_a_
         status, _, body = await get(url + "/metrics", rotated, basic(USER, "new password"))
         assert status == 200
         assert "fab_config_last_reload_successful 0.0" in body
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_a_reload_rotates_the_client_ca_of_mutual_tls(tmp_path: Path, pki: Pki) -> None:
+    """The client CA file given new content (CA1 revoked, CA2 trusted) under the same path: only
+    the path was compared, and the listener went on trusting CA1 and refusing CA2 until a restart."""
+    import asyncio
+    import shutil
+
+    records = tmp_path / "records.db"
+    make_records(records)
+    inventory_file = write_inventory(tmp_path, records)
+    clients_ca = tmp_path / "clients-ca.pem"
+    shutil.copy(pki.ca, clients_ca)
+    document = {"tls_server_config": {"cert_file": str(pki.server_cert), "key_file": str(pki.server_key),
+                                      "client_auth_type": "RequireAndVerifyClientCert",
+                                      "client_ca_file": str(clients_ca)}}
+    web_file = tmp_path / "web.yml"
+    web_file.write_text(yaml.safe_dump(document))
+    config = load_web_config(web_file)
+    assert config.tls_server_config is not None
+    app = build_app(load_inventory([inventory_file]), web_config=config,
+                    loader=lambda: load_inventory([inventory_file]), web_loader=lambda: load_web_config(web_file))
+    context = tls_context(config.tls_server_config)
+    guard = app[GUARD]
+    assert guard is not None
+    guard.context = context
+    (tmp_path / "pki2").mkdir()
+    other = make_pki(tmp_path / "pki2")
+    old_client, new_client = (pki.client_cert, pki.client_key), (other.client_cert, other.client_key)
+    port, stopping = free_port(), asyncio.Event()
+    task = asyncio.create_task(serve(app, "127.0.0.1", port, stopping, context))
+    url = f"https://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if (await get(url + "/healthz", pki, cert=old_client))[0] == 200:
+                    break
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.05)
+        with pytest.raises(aiohttp.ClientError):
+            await get(url + "/healthz", pki, cert=new_client)
+        shutil.copy(other.ca, clients_ca)
+        status, _, body = await get(url + "/-/reload", pki, cert=old_client, method="POST")
+        assert status == 200, body
+        with pytest.raises(aiohttp.ClientError):  # the revoked CA's clients are refused at once
+            await get(url + "/healthz", pki, cert=old_client)
+        status, _, body = await get(url + "/metrics", pki, cert=new_client)
+        assert status == 200
+        assert "fab_config_last_reload_successful 1.0" in body
     finally:
         stopping.set()
         await asyncio.wait_for(task, 30)

@@ -320,6 +320,31 @@ async def test_a_cancelled_sqlite_sample_stops_its_query_at_once(db: Path, tmp_p
     await engine.close()
 
 
+async def test_an_abort_applies_to_the_cancelled_sample_only(db: Path, tmp_path: Path) -> None:
+    """A reload cancels a late sample and keeps its sampler: `abort` left the engine interrupting
+    every later statement (the source down, reason=timeout, until a restart)."""
+    engine = await slow_sampler(db, tmp_path, 60.0, 0, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL "
+                                "SELECT x + 1 FROM c WHERE x < (SELECT n FROM knob)) SELECT MAX(x) FROM c")
+    set_knob(db, 1_000_000_000)
+    task = asyncio.create_task(engine.sample(T0))
+    await asyncio.sleep(0.5)  # into the slow query
+    engine.abort()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    set_knob(db, 2_000_000)  # a query of some 0.5 s, over many interrupt periods (0.05 s)
+    assert (await engine.sample(T0)).families  # not interrupted
+    await engine.close()
+
+
+def set_knob(db: Path, n: int) -> None:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS knob (n INTEGER)")
+        conn.execute("DELETE FROM knob")
+        conn.execute("INSERT INTO knob VALUES (?)", (n,))
+        conn.commit()
+
+
 async def test_a_sqlite_database_locked_for_the_whole_timeout_is_a_timeout(db: Path, tmp_path: Path) -> None:
     """Not `query`, which sends on-call to the SQL: a writer held the lock past the source's timeout."""
     dsn = f"sqlite+aiosqlite:///{db}"

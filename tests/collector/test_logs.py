@@ -87,3 +87,20 @@ def test_safe_dsn_hides_an_all_digit_password_and_one_that_cut_the_address_short
     assert safe_dsn("http://u:1234?5678@host/v1?token=tK") == "http://u:***@host/v1?token=***"
     assert safe_dsn("http://u:1234#5678@host/") == "http://u:***@host/"
     assert safe_dsn("http://host:8080/users/a@b.example") == "http://host:8080/users/a@b.example"
+
+
+def test_safe_dsn_hides_a_token_given_as_the_user_name() -> None:
+    """GitHub-style `https://TOKEN@host` and `https://TOKEN:@host`: the user name is the credential."""
+    assert safe_dsn("https://ghp_SECRET@api.example/v1") == "https://***@api.example/v1"
+    assert safe_dsn("https://SECRET:@api.example/v1?page=2") == "https://***@api.example/v1?page=2"
+    assert safe_dsn("https://fab:pW@api.example/v1") == "https://fab:***@api.example/v1"  # a user name kept
+    assert safe_dsn("https://api.example/users/a@b.example") == "https://api.example/users/a@b.example"
+
+
+def test_mask_secrets_knows_more_credential_names_and_reads_a_value_up_to_amp_or_hash() -> None:
+    assert mask_secrets("https://h/cb?code=c0dE&state=s") == "https://h/cb?code=***&state=s"
+    for name in ("Authorization", "id_jwt", "bearer", "client_assertion", "auth_code"):
+        assert mask_secrets(f"https://h/x?{name}=sEcret&a=1") == f"https://h/x?{name}=***&a=1", name
+    assert mask_secrets("https://h/x?token=ab;cd&a=1#f") == "https://h/x?token=***&a=1#f"  # not `***;cd`
+    assert mask_secrets("https://h/x?page=1;token=tK&a=1") == "https://h/x?page=1;token=***&a=1"
+    assert mask_secrets("https://h/x?country_code=&a=1") == "https://h/x?country_code=&a=1"  # nothing to hide

@@ -18,7 +18,9 @@ import pytest
 from aiohttp import web
 
 from app.service import EXPORTER, build_app
-from collector.sources.listener import RESULTS
+from collector.errors import SourceError
+from collector.inventory.sources import BearerAuth
+from collector.sources.listener import RESULTS, sender_authorization
 from collector.sources.times import format_time
 from collector.sources.typed import TypedEvents
 from tests.servers import free_port
@@ -311,3 +313,14 @@ async def test_a_bearer_token_file_is_asked_of_every_sender_on_either_port(tmp_p
                     posts.append(response.status)
     assert posts == [401, 401, 201]
     assert stored_events(store) == 1
+
+
+def test_an_empty_sender_token_file_stops_the_listener_from_starting(tmp_path: Path) -> None:
+    """An empty token (a file truncated by a failed rotation) would let in any `Bearer ` sender."""
+    token = tmp_path / "sender.token"
+    token.write_text(" \n")
+    auth = BearerAuth(kind="bearer", token_file=str(token))
+    with pytest.raises(SourceError, match=f"the sender token file {token} is empty"):
+        sender_authorization("tickets", auth)
+    token.write_text("s3nder-t0ken\n")
+    assert sender_authorization("tickets", auth) == ("bearer", "s3nder-t0ken")

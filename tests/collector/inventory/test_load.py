@@ -410,3 +410,19 @@ def test_an_all_digit_password_and_an_at_sign_in_a_later_path_segment_are_fine(t
             processes: {{}}
             """)
         assert load_inventory([path]).sources["api"].url == url  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("events", "field"), [
+    ('secret: ""', "sources.tt.secret"),
+    ('secret: "${EMPTY}"', "sources.tt.secret"),
+    ('sender_auth: {kind: bearer, token: "  "}', "sources.tt.sender_auth.bearer.token"),
+    ('sender_auth: {kind: bearer, token_file: ""}', "sources.tt.sender_auth.bearer.token_file"),
+    ('sender_auth: {kind: basic, username: "", password: p}', "sources.tt.sender_auth.basic.username"),
+    ('sender_auth: {kind: basic, username: u, password: ""}', "sources.tt.sender_auth.basic.password"),
+])
+def test_an_empty_sender_credential_is_refused(tmp_path: Path, events: str, field: str) -> None:
+    """`compare_digest(b"", b"")` is true: an empty secret or token let any sender write events."""
+    text = GOOD.replace("  crm: {", f"  tt: {{kind: tmf_events, api: tmf621, {events}}}\n  crm: {{")
+    (line,) = problems([write(tmp_path, "a.yaml", text)], {"EMPTY": ""})
+    assert f"{field}: " in line, line
+    assert "must not be empty" in line, line

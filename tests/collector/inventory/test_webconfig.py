@@ -68,6 +68,19 @@ def test_a_file_asking_for_what_cannot_be_honoured_is_refused(tmp_path: Path, te
     assert message in str(caught.value)
 
 
+@pytest.mark.parametrize(("cost", "accepted"), [("03", False), ("04", True), ("10", True), ("31", True),
+                                               ("32", False), ("99", False)])
+def test_a_bcrypt_cost_outside_4_to_31_is_refused(tmp_path: Path, cost: str, accepted: bool) -> None:
+    """bcrypt cannot hash at such a cost: the dummy hash for unknown users failed with a 500, after a
+    reload had already applied the new inventory."""
+    text = f"basic_auth_users: {{alice: '$2y${cost}${'a' * 53}'}}"
+    if accepted:
+        assert load_web_config(_write(tmp_path, text)).basic_auth_users
+        return
+    with pytest.raises(ConfigError, match="not a bcrypt hash"):
+        load_web_config(_write(tmp_path, text))
+
+
 def test_a_plain_password_written_instead_of_its_hash_is_never_quoted(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_web_config(_write(tmp_path, "basic_auth_users: {alice: Plain-Pa55word}"))
