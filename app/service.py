@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
@@ -31,6 +32,7 @@ from collector.sampling import mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
 from exporters import api, page
 from exporters.otlp import OtlpExporter, otlp_settings
+from exporters.pace import Pace, paced
 from exporters.prometheus import PrometheusExporter
 from exporters.status import StatusBoard
 
@@ -74,7 +76,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     a bad OTLP setting raises `OtlpSettingsError`.
     """
     guard = _guard(web_config, inventory)
-    app = web.Application(middlewares=[api.json_errors] if guard is None else [guard.middleware, api.json_errors])
+    inner: list[Middleware] = [paced(Pace()), api.json_errors]  # the page and the API yield to scrapes
+    app = web.Application(middlewares=inner if guard is None else [guard.middleware, *inner])
     health = HealthTracker(inventory.sources, syncing=[n for n, s in inventory.sources.items() if s.kind != "sql"])
     app[INVENTORY] = inventory
     app[HEALTH] = health
