@@ -133,16 +133,18 @@ def test_a_marker_secret_reaches_no_log_table_answer_or_generated_file(tmp_path,
     serve = run_fabwatch("--log-level", "debug", "serve", "-c", str(inventory), "--listen", f"127.0.0.1:{port}",
                          "--state", str(tmp_path / "serve-state.db"))
     drained = Drained(serve)  # debug logs fill a pipe's 64 KiB in seconds: unread, they would block serve
-    answers = [wait_http(f"http://127.0.0.1:{port}/metrics", serve)]
-    time.sleep(3)  # a few samples of each source, failed ones included
-    for page in ("/metrics", "/", "/healthz", "/api/v1/inventory", "/api/v1/sources", "/api/v1/processes/problem",
-                 "/api/v1/kpis", "/api/v1/slos", "/api/v1/openapi.json"):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=5) as reply:
-                answers.append(reply.read())
-        except urllib.error.HTTPError as exc:  # /readyz-like pages may answer 503: read it all the same
-            answers.append(exc.read())
-    code, serve_out, serve_err = drained.stop()
+    try:
+        answers = [wait_http(f"http://127.0.0.1:{port}/metrics", serve)]
+        time.sleep(3)  # a few samples of each source, failed ones included
+        for page in ("/metrics", "/", "/healthz", "/api/v1/inventory", "/api/v1/sources", "/api/v1/processes/problem",
+                     "/api/v1/kpis", "/api/v1/slos", "/api/v1/openapi.json"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=5) as reply:
+                    answers.append(reply.read())
+            except urllib.error.HTTPError as exc:  # /readyz-like pages may answer 503: read it all the same
+                answers.append(exc.read())
+    finally:  # a failed request must not leave serve running after the test
+        code, serve_out, serve_err = drained.stop()
     assert code == 0, serve_err
     assert "event=source_opened" in serve_err
     assert "api_key=***" in serve_err
