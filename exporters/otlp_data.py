@@ -30,7 +30,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from collector.samples import Family, Histogram, Labels
-from exporters.otlp import Deltas, Starts, decumulate, unit_of
+from exporters.otlp_series import Deltas, Starts, decumulate, unit_of
 from exporters.prometheus import merge
 
 DELTA, CUMULATIVE = AggregationTemporality.DELTA, AggregationTemporality.CUMULATIVE

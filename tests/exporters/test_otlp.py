@@ -23,18 +23,8 @@ from collector.inventory.exporters import OtlpConfig
 from collector.inventory.load import load_inventory
 from collector.samples import Family, Histogram, SourceSample
 from collector.state import StateStore
-from exporters.otlp import (
-    LEVELS_EVERY,
-    Deltas,
-    OtlpExporter,
-    OtlpSettings,
-    OtlpSettingsError,
-    Starts,
-    decumulate,
-    otlp_settings,
-    parse_pairs,
-    unit_of,
-)
+from exporters.otlp import OtlpExporter, OtlpSettings, OtlpSettingsError, otlp_settings, parse_pairs
+from exporters.otlp_series import LEVELS_EVERY, Deltas, Starts, decumulate, unit_of
 from tests.app.test_cli import ROOT, run_fabwatch, stop, wait_http
 from tests.app.test_service import make_records, wait_ready, write_inventory
 from tests.exporters.otlp_receiver import Receiver, attributes, metrics_of
@@ -419,8 +409,8 @@ async def test_the_encoder_builds_what_the_sdk_encodes(receiver, aiohttp_client,
     from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
     from opentelemetry.sdk.resources import Resource
 
-    from exporters.otlp import Deltas, Starts
     from exporters.otlp_data import Converter, Encoder
+    from exporters.otlp_series import Deltas, Starts
 
     records = tmp_path / "records.db"
     make_records(records)
