@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import itertools
 import json
 import os
 import pwd
@@ -31,9 +32,28 @@ ENSURE_DEPS = "run `scripts/ensure-deps.sh` (or `make test`) to install it"
 ResultPredicate = Callable[[list[dict[str, Any]]], bool]
 
 
+PORTS = (20000, 32000)
+"""Where `free_port` looks: below the kernel's ephemeral range (32768 and up), so that no client
+connection of another test worker is given the port between the pick and the server's bind."""
+_picked = itertools.count()
+
+
 def free_port() -> int:
-    """Return a loopback TCP port that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """Return a loopback TCP port that is free right now, from this test worker's own share of `PORTS`
+    (xdist workers never hand out the same port), never the same twice in a row."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    span = (PORTS[1] - PORTS[0]) // workers
+    first = PORTS[0] + worker % workers * span
+    for _ in range(span):
+        port = first + next(_picked) % span
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:  # in use, or still in TIME_WAIT: the next one
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the share is all taken: any port
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
@@ -430,6 +450,9 @@ def run_mariadb(*, time_zones: bool = True) -> Iterator[MariaDBServer]:
         install = [
             mariadb_binary("mariadb-install-db"), "--no-defaults", f"--datadir={base / 'data'}",
             "--auth-root-authentication-method=normal", "--skip-test-db", *_mariadb_user(),
+            # its own temporary directory: a bootstrap removes every `#sql*` file of its tmpdir at
+            # start, so two test workers bootstrapping at once in /tmp delete each other's tables
+            f"--tmpdir={base}",
         ]  # fmt: skip
         proc = subprocess.run(install, cwd=base, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
