@@ -1,8 +1,10 @@
-"""The monthly summary written out: self-contained HTML with inline SVG charts, Markdown, JSON, CSV.
+"""The monthly summary written out: self-contained HTML with inline SVG charts, its PDF, Markdown,
+JSON, CSV.
 
 Rendering is pure (a `Report` in, text out); `write` puts the files in a directory. HTML and
 Markdown come from the Jinja2 templates in `reports/templates/`; the HTML links nothing outside
-itself (styles and charts inline), so it can be mailed, printed or opened offline.
+itself (styles and charts inline), so it can be mailed, printed or opened offline. The PDF is that
+HTML laid out on A4 pages by its print CSS (reports/pdf.py).
 """
 
 import csv
@@ -10,14 +12,18 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from reports.summary import KpiSummary, ProcessSummary, Report, format_change, format_target, format_value
 
-FORMATS = ("html", "md", "json", "csv")
+FORMATS = ("html", "pdf", "md", "json", "csv")
+DEFAULT_FORMATS = ("html", "md", "json", "csv")
+"""Without the PDF: laying it out takes ten times as long as the four others together (docs/reports.md)."""
 CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 360, 130, 28
 
 
@@ -91,10 +97,12 @@ def charts(process: ProcessSummary, currency: str = "") -> list[Chart]:
     return [c for c in found if c is not None]
 
 
-def render_html(report: Report) -> str:
-    """The report as one self-contained HTML page."""
+def render_html(report: Report, generated: datetime | None = None) -> str:
+    """The report as one self-contained HTML page; `generated` (when it was written) shows under the
+    title and in the printed pages' footer."""
     template = _environment().get_template("report.html.j2")
-    return template.render(report=report, charts={p.name: charts(p, report.currency) for p in report.processes})
+    return template.render(report=report, charts={p.name: charts(p, report.currency) for p in report.processes},
+                           generated=None if generated is None else generated.strftime("%Y-%m-%d %H:%M %Z"))
 
 
 def render_markdown(report: Report) -> str:
@@ -170,15 +178,26 @@ def _csv_value(value: Any) -> str:
 
 
 RENDERERS = {"html": render_html, "md": render_markdown, "json": render_json, "csv": render_csv}
+"""The text formats (the PDF is bytes, made from the HTML: `write`)."""
 
 
-def write(report: Report, directory: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write the report in each format as `fabwatch-report-<month>.<ext>`; return the paths."""
+def write(report: Report, directory: str | Path, formats: Sequence[str] = DEFAULT_FORMATS,
+          generated: datetime | None = None) -> list[Path]:
+    """Write the report in each format as `fabwatch-report-<month>.<ext>`; return the paths. The HTML
+    and the PDF say when they were `generated` (default: now, in the report's time zone)."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
+    html = render_html(report, generated or datetime.now(ZoneInfo(report.timezone)))
     paths = []
     for name in formats:
         path = folder / f"fabwatch-report-{report.month}.{name}"
-        path.write_text(RENDERERS[name](report), encoding="utf-8")
+        if name == "pdf":
+            from reports.pdf import render_pdf  # here: WeasyPrint is loaded only when a PDF is asked for
+
+            path.write_bytes(render_pdf(html))
+        elif name == "html":
+            path.write_text(html, encoding="utf-8")
+        else:
+            path.write_text(RENDERERS[name](report), encoding="utf-8")
         paths.append(path)
     return paths

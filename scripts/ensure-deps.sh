@@ -3,7 +3,10 @@
 # prometheus + promtool, prometheus-alertmanager + amtool, PostgreSQL (initdb, postgres, psql),
 # MariaDB (mariadb-install-db, mariadbd, mariadb), openssl (certificates for the TLS tests), Node.js
 # (the inventory schema's patterns, as editors read them), Chromium (the status page's acceptance
-# test drives Debian's headless chromium over DevTools; the monthly report's HTML is screenshot by it).
+# test drives Debian's headless chromium over DevTools; the monthly report's HTML is screenshot by it),
+# Pango, HarfBuzz's subsetter and a font (WeasyPrint lays out the monthly report's PDF with them: a
+# runtime need of `fabwatch report --format pdf` too), poppler-utils (pdftoppm and pdftotext read the
+# PDF back as a person sees it).
 # Only missing packages are installed; `apt-get update` runs once, and only if needed.
 set -euo pipefail
 
@@ -12,6 +15,8 @@ export DEBIAN_FRONTEND=noninteractive
 missing=()
 
 have() { command -v "$1" >/dev/null 2>&1; }
+
+have_deb() { [[ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" == installed ]]; }
 
 have_postgres() {
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null \
@@ -31,6 +36,11 @@ have openssl || missing+=(openssl)   # the TLS tests make their certificates wit
 have node || missing+=(nodejs)      # the JSON Schema's patterns are compiled as editors (JavaScript) read them
 { have chromium && have chromedriver; } || missing+=(chromium chromium-driver)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+# WeasyPrint (the report's PDF) loads these with dlopen: a wheel cannot bring them
+for package in libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core; do
+    have_deb "$package" || missing+=("$package")
+done
+{ have pdftoppm && have pdftotext; } || missing+=(poppler-utils)
 
 if (( ${#missing[@]} == 0 )); then
     exit 0

@@ -109,7 +109,7 @@ def test_days_rolled_under_other_definitions_or_too_early_are_reported(operator_
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--month", "2026-13"], "a month is written YYYY-MM"),
-    (["--format", "pdf"], "unknown format pdf"),
+    (["--format", "docx"], "unknown format docx"),
 ])
 def test_bad_flags_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                message: str) -> None:
