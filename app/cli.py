@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pydantic import ValidationError
 
@@ -43,6 +43,9 @@ DEMO_DIR = ".fabwatch-demo"
 DEMO_DSN_VAR = "FABWATCH_DEMO_DSN"
 Listen = tuple[str, int]
 _LOG = logging.getLogger("fabwatch.cli")
+
+if TYPE_CHECKING:
+    from app.demo_report import DemoReport  # imported by the demo alone: it loads the report code
 
 
 @dataclass(frozen=True)
@@ -146,8 +149,9 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
           help="HOST:PORT to listen on (default: service.listen of examples/operator.yaml)")
     _flag(demo_cmd, flags, "--speed", env="SPEED", convert=_positive, default=1.0,
           help="simulated seconds per real second (default: 1)")
-    _flag(demo_cmd, flags, "--days", env="DAYS", convert=_positive, default=35.0,
-          help="days of history to backfill on the first run (default: 35)")
+    _flag(demo_cmd, flags, "--days", env="DAYS", convert=_positive,
+          help="days of history to backfill on the first run (default: 35, or back to the first day of last "
+               "month if that is further, so that the demo's report is of a whole month)")
     _flag(demo_cmd, flags, "--seed", env="SEED", convert=int, default=1, help="random seed (default: 1)")
     _flag(demo_cmd, flags, "--scale", env="SCALE", convert=_positive, default=1.0,
           help="volume multiplier of the simulated operator (default: 1)")
@@ -683,7 +687,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     # job, `nohup ... &`), as it stops `serve`, whose loop sets its own handler
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return asyncio.run(_demo(inventory, args, dsn, data_dir, host, port))
+        return asyncio.run(_demo(inventory, args, dsn, data_dir, host, port, example))
     except KeyboardInterrupt:  # Ctrl+C while backfilling: the next start backfills again
         print("fabwatch: interrupted", file=sys.stderr)
         return 130
@@ -704,9 +708,10 @@ def demo_url(host: str, port: int) -> str:
 
 
 async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_dir: Path,
-                host: str, port: int) -> int:
+                host: str, port: int, example: Path) -> int:
     from sqlalchemy.engine import make_url
 
+    from app.demo_report import DemoReport, history_days, remember_start
     from simulator import Simulator  # only the demo needs it
     from simulator.realistic import RealisticSimulator
 
@@ -717,13 +722,18 @@ async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_d
     try:
         await simulator.create_schema()
         if await simulator.cursor() is None:
-            print(f"Backfilling {args.days:g} days of a simulated operator into "
+            now = time.time()
+            days = history_days(args.days, inventory.service.timezone, now)
+            print(f"Backfilling {days:g} days of a simulated operator into "
                   f"{make_url(dsn).render_as_string() if args.db else data_dir / 'operator.db'} ...", flush=True)
-            rows = await simulator.backfill(args.days, time.time())
+            rows = await simulator.backfill(days, now)
+            remember_start(data_dir, now - days * 86400)
             print(f"Backfilled {rows} rows.", flush=True)
         if args.tmf:
             return await _demo_tmf(simulator, inventory, dsn, data_dir, host, port)
-        return await _demo_live(simulator, inventory, data_dir, host, port)
+        report = DemoReport(example, {DEMO_DSN_VAR: dsn}, data_dir / "state.db", data_dir,
+                            inventory.service.timezone, Path.cwd())
+        return await _demo_live(simulator, inventory, data_dir, host, port, report)
     finally:
         await simulator.close()
 
@@ -769,8 +779,9 @@ def tmf_inventory(inventory: Inventory, url: str, data_dir: Path) -> Inventory:
 
 
 async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host: str,
-                     port: int) -> int:
-    """Run the live simulator and the service in this loop until a signal."""
+                     port: int, report: "DemoReport | None" = None) -> int:
+    """Run the live simulator and the service in this loop until a signal; with `report` (not for TMF
+    sources, whose records are not rolled up), write the last full month's report beside them."""
     if not state_file_usable(data_dir / "state.db"):
         return EXIT_FAILED
     app = build_app(inventory, state_path=data_dir / "state.db")
@@ -780,6 +791,7 @@ async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host:
         print(f"fabwatch demo running on {data_dir}: status page {url}/\n"
               f"  metrics: {url}/metrics\n  ready:   {url}/readyz\n  API:     {url}/api/v1/openapi.json\n"
               "Press Ctrl+C (or send SIGTERM) to stop.", flush=True)
+        written = None if report is None else asyncio.create_task(_demo_report(report), name="demo-report")
         try:
             await serve(app, host, port, stop)
         except OSError as exc:
@@ -787,8 +799,19 @@ async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host:
             return EXIT_FAILED
         finally:
             stop.set()
+            if written is not None:
+                written.cancel()
+                await asyncio.gather(written, return_exceptions=True)
             await live
     return EXIT_OK
+
+
+async def _demo_report(report: "DemoReport") -> None:
+    """Write the demo's report once the service listens (its child process has the other core)."""
+    from app.demo_report import write_report
+
+    await asyncio.sleep(1.0)  # the service binds its port and takes its first samples first
+    await write_report(report, time.time(), sys.stdout, sys.stderr)
 
 
 if __name__ == "__main__":
