@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from app.exposure import warn_exposure
 from app.reload import processes_of
-from app.service import GUARD, build_app, reload_inventory, serve, shifted_clock
+from app.service import GUARD, HEALTH, build_app, reload_inventory, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
 from collector.inventory.load import ConfigError, callback_problems, load_inventory, load_web_config
@@ -791,7 +791,9 @@ async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host:
         print(f"fabwatch demo running on {data_dir}: status page {url}/\n"
               f"  metrics: {url}/metrics\n  ready:   {url}/readyz\n  API:     {url}/api/v1/openapi.json\n"
               "Press Ctrl+C (or send SIGTERM) to stop.", flush=True)
-        written = None if report is None else asyncio.create_task(_demo_report(report), name="demo-report")
+        health = app[HEALTH]
+        written = None if report is None else asyncio.create_task(
+            _demo_report(report, lambda: not health.not_sampled()), name="demo-report")
         try:
             await serve(app, host, port, stop)
         except OSError as exc:
@@ -806,11 +808,14 @@ async def _demo_live(simulator: Any, inventory: Inventory, data_dir: Path, host:
     return EXIT_OK
 
 
-async def _demo_report(report: "DemoReport") -> None:
-    """Write the demo's report once the service listens (its child process has the other core)."""
+async def _demo_report(report: "DemoReport", ready: Callable[[], bool], patience: float = 60.0) -> None:
+    """Write the demo's report once the service is ready (every source sampled once, or after `patience`
+    seconds): the first samples, which fill the status page and /metrics, do not share the CPU with it."""
     from app.demo_report import write_report
 
-    await asyncio.sleep(1.0)  # the service binds its port and takes its first samples first
+    deadline = time.monotonic() + patience
+    while not ready() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
     await write_report(report, time.time(), sys.stdout, sys.stderr)
 
 
