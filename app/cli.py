@@ -730,6 +730,7 @@ async def _demo(inventory: Inventory, args: argparse.Namespace, dsn: str, data_d
             remember_start(data_dir, now - days * 86400)
             print(f"Backfilled {rows} rows.", flush=True)
         if args.tmf:
+            print("report: none (records polled from TMF APIs are not rolled up yet)", flush=True)
             return await _demo_tmf(simulator, inventory, dsn, data_dir, host, port)
         report = DemoReport(example, {DEMO_DSN_VAR: dsn}, data_dir / "state.db", data_dir,
                             inventory.service.timezone, Path.cwd())
