@@ -1,18 +1,20 @@
 """The report's Prometheus backend against a real Prometheus holding the same history as the rollups.
 
-A simulated operator runs from 2025-09-30 to 2025-11-01 (October in Europe/Berlin: 31 days, the
-25-hour day of the autumn change); the engine samples it every simulated hour, the way a scrape would,
-and each sample's /metrics exposition is written with its timestamp as OpenMetrics, backfilled into a
-TSDB with `promtool tsdb create-blocks-from openmetrics` and served by a real Prometheus. The rollups
-of the same records are computed from the final database. The month's figures from both backends
-must match: exactly for the counts, money and the quantiles of the summed buckets; the open-item
-gauges within what docs/reports.md documents.
+A simulated operator runs for 15 days around the end of October 2025 in Europe/Berlin (the 25-hour
+day of the autumn change, and a month boundary); the engine samples it every simulated hour, the way
+a scrape would, and each sample's /metrics exposition is written with its timestamp as OpenMetrics,
+backfilled into TSDB blocks with `promtool tsdb create-blocks-from openmetrics` and served by a real
+Prometheus. The rollups of the same records are computed from the final database. Every day's figures
+from both backends must match as docs/reports.md ("From Prometheus") says: exactly for the counts,
+money and buckets of items completed once; a reopened item's completions within the tolerance the
+page gives; the open-item gauges likewise.
 """
 
 import asyncio
 import json
 import math
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Callable
 from datetime import date, datetime
@@ -31,35 +33,40 @@ from collector.state import StateStore
 from exporters.prometheus import render
 from reports.prometheus import (
     Connection,
+    History,
     PrometheusError,
     QueryClient,
     mask,
     prometheus_notes,
     read_history,
     read_prometheus,
-    runs,
 )
-from reports.summary import Month, Report, read_rollups, read_states, summarize
+from reports.summary import Month, buckets_of, kpi_value, span_totals, summarize
 from simulator import Simulator
 from tests.servers import free_port
 
-pytestmark = pytest.mark.slow  # a simulated month sampled hourly: some 20 s
+pytestmark = pytest.mark.slow  # 15 simulated days sampled hourly: some 30 s
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
 BERLIN = "Europe/Berlin"
 PROCESSES = ("interface", "order", "problem")
-"""A volume, SLA, duration (mean, p50, p90), backlog, overdue, ratio, value and cost KPI each, fixed costs too."""
-START = datetime(2025, 9, 30, tzinfo=ZoneInfo(BERLIN)).timestamp()
-END = datetime(2025, 11, 1, 1, tzinfo=ZoneInfo(BERLIN)).timestamp()
+"""Volume, SLA, duration (mean, p50, p90), backlog, overdue, ratio, value and cost KPIs, fixed costs,
+and reopened tickets (problem)."""
+FIRST, LAST = date(2025, 10, 19), date(2025, 11, 2)
+START = datetime(2025, 10, 19, tzinfo=ZoneInfo(BERLIN)).timestamp()
+END = datetime(2025, 11, 3, 1, tzinfo=ZoneInfo(BERLIN)).timestamp()
 SCRAPE = 3600.0
-OCTOBER = Month(2025, 10)
+RECONCILE = 6 * 3600.0
 NOW = END + 86400 * 30  # read long after: every day final
+REOPEN_TOLERANCE = 0.05
+"""How far above the records' figure a day's completions (and what is booked on them) may be where
+items were reopened: each completion counts in the counters, the last one in the records."""
 
 
 def operator(dsn: str) -> Inventory:
     found = load_inventory([EXAMPLE], {"FABWATCH_DEMO_DSN": dsn})
-    # a reconcile once a week: the replay writes no late rows, and hourly samples stay cheap
-    source = found.sources["operator"].model_copy(update={"reconcile": 7 * 86400.0})
+    # a reconcile every 6 hours: the replay writes no late rows, and hourly samples stay cheap
+    source = found.sources["operator"].model_copy(update={"reconcile": RECONCILE})
     processes = {n: p for n, p in found.processes.items() if n in PROCESSES}
     return found.model_copy(update={"sources": {"operator": source}, "processes": processes})
 
@@ -137,7 +144,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             await sampler.close()
             await sim.close()
         store = RollupStore(directory / "rollups.db")
-        days = days_between(date(2025, 9, 30), date(2025, 10, 31), BERLIN)
+        days = days_between(FIRST, LAST, BERLIN)
         await roll_sources(inventory.sources, inventory.processes, store, BERLIN, days)
         store.close()
         return out
@@ -161,121 +168,177 @@ def prometheus(blocks: Path, prometheus_factory: Callable[..., Any], tmp_path: P
     return prometheus_factory(args=["--storage.tsdb.retention.time=100y"])
 
 
-def rollup_report(history: dict[str, Any]) -> Report:
-    inventory = history["inventory"]
-    store = RollupStore(history["dir"] / "rollups.db")
-    try:
-        return summarize(inventory, read_rollups(store, inventory, OCTOBER), OCTOBER,
-                         read_states(store, inventory, OCTOBER))
-    finally:
-        store.close()
+def read(prometheus: Any, inventory: Inventory, now: float = NOW) -> History:
+    async def run() -> History:
+        async with QueryClient(Connection(prometheus.url, lookback=SCRAPE)) as client:
+            return await read_history(client, inventory, FIRST, LAST, now)
+
+    return asyncio.run(run())
 
 
-def close(got: float | None, want: float | None, rel: float = 1e-9) -> bool:
+def reopened(history: dict[str, Any], table: str) -> int:
+    """Items of a table the simulator reopened (from the records)."""
+    with sqlite3.connect(history["dir"] / "operator.db") as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table} WHERE reopened > 0").fetchone()[0])
+
+
+def close(got: float | None, want: float | None) -> bool:
     if got is None or want is None:
         return got is None and want is None
-    return math.isclose(got, want, rel_tol=rel, abs_tol=1e-6)
+    return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-6)
 
 
-def test_the_month_from_prometheus_matches_the_rollups(history: dict[str, Any], prometheus: Any) -> None:
+def within(got: float, want: float) -> bool:
+    """A completion measure where items were reopened: never below the records', at most the tolerance above."""
+    return want - 1e-6 <= got <= want * (1 + REOPEN_TOLERANCE) + 1.0
+
+
+COMPLETION = ("completed", "outcome.", "cost.", "completed.")
+
+
+def test_every_day_has_the_figures_of_the_records(history: dict[str, Any], prometheus: Any) -> None:
     inventory = history["inventory"]
-    read = asyncio.run(read_prometheus(Connection(prometheus.url, lookback=SCRAPE), inventory, OCTOBER, NOW))
-    got = summarize(inventory, read.rollups, OCTOBER, read.states)
-    want = rollup_report(history)
-    checked = 0
-    for mine, theirs in zip(got.processes, want.processes, strict=True):
-        assert mine.complete and theirs.complete, mine.name
-        assert mine.final, mine.provisional_days
-        assert (mine.created, mine.completed) == (theirs.created, theirs.completed), mine.name
-        assert mine.created > 100
-        assert mine.completed > 100
-        assert mine.by_outcome == theirs.by_outcome, mine.name
-        assert mine.cost_by_component.keys() == theirs.cost_by_component.keys()
-        for component, cost in theirs.cost_by_component.items():
-            assert close(mine.cost_by_component[component], cost), (mine.name, component)
-        assert close(mine.cost_per_item, theirs.cost_per_item)
-        for a, b in zip(mine.kpis, theirs.kpis, strict=True):
-            if a.kind in ("ratio", "value"):  # no counter of them: the records only
-                assert a.value is None, (mine.name, a.kpi)
-                continue
-            if a.kind in ("backlog", "overdue"):  # gauges at the month's end: see test_open_items_...
-                continue
-            assert close(a.value, b.value), (mine.name, a.kpi, a.value, b.value)
-            assert a.met == b.met, (mine.name, a.kpi)
-            assert [d for d, _ in a.worst_days] == [d for d, _ in b.worst_days], (mine.name, a.kpi)
-            if a.kind == "sla":
-                assert (a.good, a.valid) == (b.good, b.valid)
-            checked += 1
-    assert checked >= 12
-    # a 25-hour day: its range query is a run of its own, its figures still exact
-    assert any(len(r) == 1 for r in runs([d.end for d in days_between(OCTOBER.first, OCTOBER.last, BERLIN)]))
-
-
-def test_every_day_counts_the_same_items(history: dict[str, Any], prometheus: Any) -> None:
-    inventory = history["inventory"]
-
-    async def read() -> Any:
-        async with QueryClient(Connection(prometheus.url, lookback=SCRAPE)) as client:
-            return await read_history(client, inventory, date(2025, 9, 30), date(2025, 10, 31), NOW)
-
-    found = asyncio.run(read())
+    found = read(prometheus, inventory)
     store = RollupStore(history["dir"] / "rollups.db")
+    checked = above = 0
+    worst: dict[str, float] = {}
     try:
         for name in PROCESSES:
-            want = store.read(name, date(2025, 9, 30), date(2025, 10, 31), BERLIN)
+            process = inventory.processes[name]
+            exact = reopened(history, process.records.table) == 0
+            want = store.read(name, FIRST, LAST, BERLIN)
             got = found.rollups[name]
-            assert set(got) == set(want) and len(got) == 32, name
+            assert set(got) == set(want), name
+            assert len(got) == 15
             for day, rollup in want.items():
                 expected = totals(rollup)
                 measures = next(iter(got[day].values()))
+                assert measures["created"] == expected["created"], (name, day)
                 for measure, value in expected.items():
                     if measure.startswith(("created.ratio", "completed.ratio", "completed.driver", "open")):
-                        continue  # not exported as counters, or gauges (below)
-                    assert close(measures.get(measure, 0.0), value), (name, day, measure)
+                        continue  # not exported as counters; the gauges: below
+                    mine = measures.get(measure, 0.0)
+                    if exact or not measure.startswith(COMPLETION):
+                        assert close(mine, value), (name, day, measure, mine, value)
+                    else:
+                        assert mine >= value - 1e-6, (name, day, measure, mine, value)
+                        above += mine > value + 1e-6
+                        worst[measure] = max(worst.get(measure, 0.0), mine / value - 1 if value else 0.0)
+                    checked += 1
     finally:
         store.close()
-    # one range query per metric and run of 24-hour days, not one per day
-    assert found.queries <= 10 * 4
+    print("worst day above the records where items were reopened:", json.dumps(worst))
+    assert checked > 500
+    assert above > 0  # the reopened tickets do show
+    # one range query per metric and run of 24-hour days (two: the 25-hour day splits them), not one a day
+    assert found.queries <= 10 * 3
+
+
+def test_the_kpis_of_the_period_match_the_records(history: dict[str, Any], prometheus: Any) -> None:
+    """The summary's figures over the 15 days (what a month's are: sums of days) from either backend."""
+    inventory = history["inventory"]
+    found = read(prometheus, inventory)
+    store = RollupStore(history["dir"] / "rollups.db")
+    checked = 0
+    try:
+        for name in PROCESSES:
+            process = inventory.processes[name]
+            exact = reopened(history, process.records.table) == 0
+            want = span_totals([store.read_totals(name, FIRST, LAST, BERLIN)[d] for d in sorted(found.rollups[name])])
+            got = span_totals([found.rollups[name][d] for d in sorted(found.rollups[name])])
+            for kpi_name, kpi in process.kpis.items():
+                mine = kpi_value(kpi_name, kpi, got, buckets_of(process))
+                theirs = kpi_value(kpi_name, kpi, want, buckets_of(process))
+                if kpi.kind == "ratio":  # no counter of them: the records only (the summary shows n/a)
+                    assert f"{getattr(kpi, 'of', '')}.ratio_{kpi_name}" not in got, (name, kpi_name)
+                elif kpi.kind == "value":
+                    assert mine is None
+                elif kpi.kind in ("backlog", "overdue"):
+                    continue  # gauges: below
+                elif exact or (kpi.kind in ("volume",) and getattr(kpi, "of", "") == "created"):
+                    assert close(mine, theirs), (name, kpi_name, mine, theirs)
+                    checked += 1
+                else:
+                    assert mine is not None
+                    assert theirs is not None
+                    assert math.isclose(mine, theirs, rel_tol=REOPEN_TOLERANCE), (name, kpi_name, mine, theirs)
+                    checked += 1
+    finally:
+        store.close()
+    assert checked >= 14
+
+
+def reopened_open_at(history: dict[str, Any], table: str, end: float) -> int:
+    """Reopened items the records count open at `end` (created before it, last completed after it):
+    whether they were open then, or between a first completion and their reopening, the records cannot tell."""
+    with sqlite3.connect(history["dir"] / "operator.db") as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table} WHERE reopened > 0 AND created_at < ? AND "
+                                "(completed_at IS NULL OR completed_at >= ?)", (end, end)).fetchone()[0])
 
 
 def test_open_items_at_the_end_of_each_day_within_the_documented_tolerance(history: dict[str, Any],
                                                                            prometheus: Any) -> None:
-    """The gauges are the live backlog (open statuses) read at a scrape, the rollups count the items
-    created before the day's end and not completed by it: docs/reports.md says how far apart."""
+    """The gauges are the live backlog read at a scrape `settle` after the day's end, its oldest item
+    recounted every `reconcile`; the rollups count the items created before the day's end and not
+    completed by it, as the records tell at the end."""
     inventory = history["inventory"]
-    read = asyncio.run(read_prometheus(Connection(prometheus.url, lookback=SCRAPE), inventory, OCTOBER, NOW))
+    source = inventory.sources["operator"]
+    found = read(prometheus, inventory)
     store = RollupStore(history["dir"] / "rollups.db")
-    worst: dict[str, float] = {}
+    exact = stale = unsure = 0
     try:
         for name in PROCESSES:
-            want = store.read_totals(name, OCTOBER.first, OCTOBER.last, BERLIN)
-            for day, rollup in want.items():
-                expected = next(iter(rollup.values()), {})
-                measures = next(iter(read.rollups[name][day].values()))
+            table = inventory.processes[name].records.table
+            want = store.read_totals(name, FIRST, LAST, BERLIN)
+            for day, end in ((d.day, d.end) for d in days_between(FIRST, LAST, BERLIN)):
+                expected = next(iter(want[day].values()), {})
+                measures = next(iter(found.rollups[name][day].values()))
+                doubt = reopened_open_at(history, table, end)
+                unsure += doubt
                 for measure in ("open", "open.overdue"):
-                    diff = abs(measures.get(measure, 0.0) - expected.get(measure, 0.0))
-                    worst[measure] = max(worst.get(measure, 0.0), diff / max(expected.get(measure, 0.0), 1.0))
-                age = abs(measures.get("open.oldest_age", 0.0) - expected.get("open.oldest_age", 0.0))
-                worst["open.oldest_age"] = max(worst.get("open.oldest_age", 0.0), age)
+                    records, live = expected.get(measure, 0.0), measures.get(measure, 0.0)
+                    assert records - doubt <= live <= records, (name, day, measure, live, records, doubt)
+                if doubt or not expected.get("open"):
+                    continue
+                gauge, records = measures["open.oldest_age"], expected["open.oldest_age"]
+                if math.isclose(gauge, records + source.settle, abs_tol=1e-3):  # type: ignore[union-attr]
+                    exact += 1
+                    continue
+                # else the oldest item was completed since the last recount: the gauge still shows its age
+                assert completed_since_recount(history, table, end + source.settle - gauge, end), (name, day)  # type: ignore[union-attr]
+                stale += 1
     finally:
         store.close()
-    print(json.dumps(worst))
-    assert worst["open"] <= 0.0, worst
-    assert worst["open.overdue"] <= 0.0, worst
-    assert worst["open.oldest_age"] <= 2.0 + 1e-6, worst  # the settle between the day's end and the scrape
+    print(f"oldest age: {exact} days exact (+ settle), {stale} the age of an item completed since the recount")
+    assert unsure > 0  # the reopened tickets do show
+    assert exact > 10 * stale
 
 
-def test_months_without_history_are_named(history: dict[str, Any], prometheus: Any) -> None:
+def completed_since_recount(history: dict[str, Any], table: str, created: float, end: float) -> bool:
+    """Whether the records hold an item created at `created` and completed within the reconcile before `end`."""
+    with sqlite3.connect(history["dir"] / "operator.db") as conn:
+        found = conn.execute(f"SELECT count(*) FROM {table} WHERE abs(created_at - ?) < 0.001 AND "
+                             "completed_at >= ? AND completed_at < ?", (created, end - RECONCILE, end)).fetchone()[0]
+    return bool(found)
+
+
+def test_what_prometheus_lacks_is_named(history: dict[str, Any], prometheus: Any) -> None:
     inventory = history["inventory"]
-    november = Month(2025, 11)
-    read = asyncio.run(read_prometheus(Connection(prometheus.url, lookback=SCRAPE), inventory, november, NOW))
-    report = summarize(inventory, read.rollups, november, read.states)
+    october = Month(2025, 10)
+    found = asyncio.run(read_prometheus(Connection(prometheus.url, lookback=SCRAPE), inventory, october, NOW))
+    report = summarize(inventory, found.rollups, october, found.states)
     assert all(not p.complete for p in report.processes)
-    notes = prometheus_notes(inventory, report, read, november)
-    assert any(line.startswith("2025-11: Prometheus holds no reading of order") for line in notes), notes
-    assert any("order: no complete history in Prometheus for 2024-11, " in line and "2025-09" in line
-               for line in notes), notes
+    assert all(k.value is None for p in report.processes for k in p.kpis)
+    notes = prometheus_notes(inventory, report, found, october)
+    assert "2025-10: Prometheus holds no reading of order at the ends of 18 of its days (2025-10-01 to " \
+           "2025-10-18): no figures for the month" in notes, notes
+    assert any(line.startswith("order: no complete history in Prometheus for 2024-10, 2024-11, ")
+               and line.count(", ") == 11 for line in notes), notes
     assert any("order.fallout" in line and "problem.critical_unassigned" in line for line in notes), notes
+    # read an hour after the last day: the days within the late window are provisional
+    early = read(prometheus, inventory, END + 3600)
+    provisional = [d for d, state in early.states["order"].items() if not state.final(d, BERLIN, RECONCILE)]
+    assert provisional == [LAST]  # its late window (the reconcile, 6 h) not passed an hour after it
 
 
 # --- errors: a real HTTP server on loopback answering as a failing Prometheus would ------------------
