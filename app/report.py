@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from collector.errors import SourceError
 from collector.inventory.models import Inventory
 from collector.rollups import Progress, RollupStore, days_between, roll_sources, sql_sources
-from reports.prometheus import Connection, PrometheusError, prometheus_notes, read_prometheus
+from reports.prometheus import Connection, PrometheusError, prometheus_notes, read_prometheus, summarize_history
 from reports.render import write
 from reports.summary import Month, read_rollups, read_states, summarize
 
@@ -110,7 +110,7 @@ def report_from_prometheus(inventory: Inventory, args: argparse.Namespace, month
     except PrometheusError as exc:
         print(f"fabwatch: cannot read the history from Prometheus: {exc}", file=err)
         return EXIT_FAILED
-    report = summarize(inventory, history.rollups, month, history.states)
+    report = summarize_history(inventory, history, month)
     for path in write(report, Path(args.out), args.format):
         print(path, file=out)
     for line in prometheus_notes(inventory, report, history, month):

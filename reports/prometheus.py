@@ -22,6 +22,7 @@ the measure, so the summary shows n/a for them.
 
 import asyncio
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -37,7 +38,7 @@ import aiohttp
 
 from collector.inventory.models import DurationKpi, Inventory, Process, RatioKpi, ValueKpi
 from collector.rollups import ALL, Day, DayRollup, Measures, Rolled, days_between
-from reports.summary import Month, Report, history_span
+from reports.summary import Month, Report, Rollups, States, history_span, summarize
 
 DAY_SECONDS = 86400.0
 PRESENCE = "fab_oldest_open_item_age_seconds"
@@ -443,3 +444,16 @@ def prometheus_notes(inventory: Inventory, report: Report, history: History, mon
         lines.append(f"{month} is provisional for {', '.join(provisional)}: days read before their late window "
                      "had passed")
     return lines
+
+
+def summarize_history(inventory: Inventory, history: History, month: Month) -> Report:
+    """The month's summary from the daily figures read from Prometheus: the KPIs only the records
+    give are marked so (not "backfill needed": no backfill brings them)."""
+    rollups: dict[str, Rollups] = dict(history.rollups)
+    states: dict[str, States] = dict(history.states)
+    report = summarize(inventory, rollups, month, states)
+    only = set(records_only(inventory))
+    processes = [dataclasses.replace(p, kpis=[
+        dataclasses.replace(k, needs_backfill=False, records_only=True) if f"{p.name}.{k.kpi}" in only else k
+        for k in p.kpis]) for p in report.processes]
+    return dataclasses.replace(report, processes=processes, source="prometheus")

@@ -12,11 +12,12 @@ page gives; the open-item gauges likewise.
 
 import asyncio
 import json
+import logging
 import math
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from aiohttp import web
 
+from app.cli import main
 from collector.engine.sampler import SourceSampler
 from collector.inventory.load import load_inventory
 from collector.inventory.models import Inventory
@@ -32,6 +34,8 @@ from collector.rollups import RollupStore, days_between, roll_sources, totals
 from collector.state import StateStore
 from exporters.prometheus import render
 from reports.prometheus import (
+    COUNTERS,
+    GAUGES,
     Connection,
     History,
     PrometheusError,
@@ -231,7 +235,7 @@ def test_every_day_has_the_figures_of_the_records(history: dict[str, Any], prome
     assert checked > 500
     assert above > 0  # the reopened tickets do show
     # one range query per metric and run of 24-hour days (two: the 25-hour day splits them), not one a day
-    assert found.queries <= 10 * 3
+    assert found.queries == len(COUNTERS + GAUGES) * 2
 
 
 def test_the_kpis_of_the_period_match_the_records(history: dict[str, Any], prometheus: Any) -> None:
@@ -326,6 +330,8 @@ def test_what_prometheus_lacks_is_named(history: dict[str, Any], prometheus: Any
     inventory = history["inventory"]
     october = Month(2025, 10)
     found = asyncio.run(read_prometheus(Connection(prometheus.url, lookback=SCRAPE), inventory, october, NOW))
+    # 2024-10 to 2025-10, three changes of time: four runs of 24-hour days, a range query each per metric
+    assert found.queries == len(COUNTERS + GAUGES) * 4
     report = summarize(inventory, found.rollups, october, found.states)
     assert all(not p.complete for p in report.processes)
     assert all(k.value is None for p in report.processes for k in p.kpis)
@@ -339,6 +345,37 @@ def test_what_prometheus_lacks_is_named(history: dict[str, Any], prometheus: Any
     early = read(prometheus, inventory, END + 3600)
     provisional = [d for d, state in early.states["order"].items() if not state.final(d, BERLIN, RECONCILE)]
     assert provisional == [LAST]  # its late window (the reconcile, 6 h) not passed an hour after it
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """main() installs its log handler on the root logger; take it off after the test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_report_command_reads_prometheus(history: dict[str, Any], prometheus: Any, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`fabwatch report --prometheus` on the example inventory (eight processes; Prometheus holds three)."""
+    status = main(["report", "-c", str(EXAMPLE), "--prometheus", prometheus.url, "--prometheus-lookback", "1h",
+                   "--month", "2025-10", "--format", "json,md", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "fabwatch: 2025-10: Prometheus holds no reading of order at the ends of 18 of its days" in err
+    assert "fabwatch: 2025-10: Prometheus holds no reading of payments at the ends of 31 of its days" in err
+    assert "backfill" not in err
+    data = json.loads((tmp_path / "fabwatch-report-2025-10.json").read_text())
+    assert data["source"] == "prometheus"
+    interface = next(p for p in data["processes"] if p["name"] == "interface")
+    assert interface["days_rolled"] == 13
+    assert interface["needs_backfill"] == []
+    assert {k["kpi"] for k in interface["kpis"] if k["records_only"]} == {"abandonment", "first_contact_resolution",
+                                                                         "digital_share"}
+    assert "(records only)" in (tmp_path / "fabwatch-report-2025-10.md").read_text()
 
 
 # --- errors: a real HTTP server on loopback answering as a failing Prometheus would ------------------
