@@ -47,7 +47,7 @@ from reports.prometheus import (
 )
 from reports.summary import Month, buckets_of, kpi_value, span_totals, summarize
 from simulator import Simulator
-from tests.servers import free_port
+from tests.servers import closed_port, free_port
 
 pytestmark = pytest.mark.slow  # 15 simulated days sampled hourly: some 30 s
 
@@ -411,9 +411,10 @@ async def _query(url: str, **options: Any) -> Any:
 
 
 def test_a_down_server_names_the_url_and_the_query() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(PrometheusError) as raised:
-        asyncio.run(_query(url, retries=1))
+    with closed_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(PrometheusError) as raised:
+            asyncio.run(_query(url, retries=1))
     message = str(raised.value)
     assert url in message
     assert "fab_items_created_total" in message
