@@ -30,6 +30,7 @@ from app.cli import main
 from collector.engine.sampler import SourceSampler
 from collector.inventory.load import load_inventory
 from collector.inventory.models import Inventory
+from collector.logs import KeyValueFormatter
 from collector.rollups import RollupStore, days_between, roll_sources, totals
 from collector.state import StateStore
 from exporters.prometheus import render
@@ -432,7 +433,9 @@ def test_a_5xx_is_retried_then_reported_with_what_came_back() -> None:
     assert seen["requests"] == 3
 
 
-def test_a_4xx_is_not_retried_and_the_secrets_are_sent_never_shown(tmp_path: Path) -> None:
+def test_a_4xx_is_not_retried_and_the_secrets_are_sent_never_shown(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="fabwatch.report")
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     message, seen = asyncio.run(answered(401, "unauthorized", token_file=str(token)))
@@ -447,6 +450,11 @@ def test_a_4xx_is_not_retried_and_the_secrets_are_sent_never_shown(tmp_path: Pat
     assert "HTTP 400: bad_data: parse error" in message
     assert "hunter2" not in message
     assert "***@127.0.0.1" in message
+    logged = "\n".join(KeyValueFormatter().format(r) for r in caplog.records)
+    assert "prometheus_query" in logged
+    assert "***@127.0.0.1" in logged
+    assert "hunter2" not in logged
+    assert "s3cret" not in logged
 
 
 def test_a_server_that_aligns_ranges_to_its_step_is_asked_each_instant() -> None:
