@@ -41,6 +41,7 @@ from reports.prometheus import (
     History,
     PrometheusError,
     QueryClient,
+    day_figures,
     mask,
     prometheus_notes,
     read_history,
@@ -494,6 +495,23 @@ def test_a_server_that_aligns_ranges_to_its_step_is_asked_each_instant() -> None
     assert asked == ["query_range"] + ["query"] * len(times)
     values = next(iter(found["order"].values()))
     assert values == {round(t, 3): t % 1000 for t in times}
+
+
+def test_a_counter_that_drops_or_appears_counts_its_new_reading() -> None:
+    """Day by day from readings at the day ends: a drop is a restart that lost the count (its reading is
+    the day's increase), a series that appears counts from 0, a gauge is its reading at the day's end."""
+    inventory = operator("sqlite+aiosqlite:///unused.db")
+    days = days_between(date(2025, 10, 25), date(2025, 10, 27), BERLIN)  # the middle day has 25 hours
+    ends = [days[0].start, *(d.end for d in days)]
+    steady = (("process", "order"),)
+    late = (("outcome", "done"), ("process", "order"))
+    readings = {steady: {round(ends[0], 3): 10.0, round(ends[1], 3): 15.0, round(ends[2], 3): 4.0,
+                         round(ends[3], 3): 9.0},
+                late: {round(ends[2], 3): 3.0, round(ends[3], 3): 7.0}}
+    created = day_figures(COUNTERS[0], readings, inventory.processes["order"], days, 0.0)
+    assert [created[d.day].get("created") for d in days] == [5.0, 4.0 + 3.0, 5.0 + 4.0]
+    backlog = day_figures(GAUGES[0], readings, inventory.processes["order"], days, 0.0)
+    assert [backlog[d.day].get("open") for d in days] == [15.0, 4.0 + 3.0, 9.0 + 7.0]
 
 
 def test_a_url_is_masked() -> None:
