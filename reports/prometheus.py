@@ -297,7 +297,8 @@ def runs(times: Sequence[float], step: float = DAY_SECONDS) -> list[list[float]]
 
 def selector(processes: Iterable[str]) -> str:
     names = sorted(processes)
-    return "|".join(re.escape(n) for n in names)
+    # a regular expression in a PromQL string: its backslashes escaped once more
+    return "|".join(re.escape(n) for n in names).replace("\\", "\\\\").replace('"', '\\"')
 
 
 # --- reading the history -----------------------------------------------------------------------
@@ -375,8 +376,8 @@ def day_figures(metric: Metric, readings: Mapping[tuple[tuple[str, str], ...], M
 
 async def read_history(client: QueryClient, inventory: Inventory, first: date, last: date,
                        now: float) -> History:
-    """The daily figures of every process, from `first` to `last`
-    (days not ended by `now` left out), as `RollupStore.read_totals` and `read_states` give them."""
+    """The daily figures of every process from `first` to `last` (days not ended by `now` left out),
+    as `RollupStore.read_totals` and `read_states` give them."""
     zone = inventory.service.timezone
     days = [d for d in days_between(first, last, zone) if d.end <= now]
     groups: dict[float, list[str]] = {}

@@ -347,6 +347,12 @@ def test_what_prometheus_lacks_is_named(history: dict[str, Any], prometheus: Any
     assert any(line.startswith("order: no complete history in Prometheus for 2024-10, 2024-11, ")
                and line.count(", ") == 11 for line in notes), notes
     assert any("order.fallout" in line and "problem.critical_unassigned" in line for line in notes), notes
+    # process names with a regular expression's metacharacters are matched literally
+    async def odd_names() -> Any:
+        async with QueryClient(Connection(prometheus.url, lookback=SCRAPE)) as client:
+            return await read_metric(client, GAUGES[-1], ["order", 'no-such.process"x', "ord.r"], [END], SCRAPE)
+
+    assert set(asyncio.run(odd_names())) == {"order"}
     # read an hour after the last day: the days within the late window are provisional
     early = read(prometheus, inventory, END + 3600)
     provisional = [d for d, state in early.states["order"].items() if not state.final(d, BERLIN, RECONCILE)]
