@@ -3,7 +3,8 @@
 # prometheus + promtool, prometheus-alertmanager + amtool, PostgreSQL (initdb, postgres, psql),
 # MariaDB (mariadb-install-db, mariadbd, mariadb), openssl (certificates for the TLS tests), Node.js
 # (the inventory schema's patterns, as editors read them), Chromium (the status page's acceptance
-# test drives Debian's headless chromium over DevTools; the monthly report's HTML is screenshot by it).
+# test drives Debian's headless chromium over DevTools; the monthly report's HTML is screenshot by it),
+# VictoriaMetrics (single-node: the long-term store Prometheus remote-writes into, read back by its query API).
 # Only missing packages are installed; `apt-get update` runs once, and only if needed.
 set -euo pipefail
 
@@ -22,6 +23,7 @@ have_postgres() {
 { have prometheus && have promtool; } || missing+=(prometheus)
 { have prometheus-alertmanager && have amtool; } || missing+=(prometheus-alertmanager)
 have_postgres || missing+=(postgresql)
+have victoria-metrics || missing+=(victoria-metrics)
 have_mariadb() {
     [[ -x /usr/sbin/mariadbd ]] && have mariadb-install-db && have mariadb && have mariadb-admin
 }

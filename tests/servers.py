@@ -1,4 +1,5 @@
-"""Real servers for the integration tests: PostgreSQL, MariaDB, Prometheus and Alertmanager on loopback."""
+"""Real servers for the integration tests: PostgreSQL, MariaDB, Prometheus, Alertmanager and VictoriaMetrics
+on loopback."""
 
 from __future__ import annotations
 
@@ -634,3 +635,54 @@ def start_alertmanager(
     ]  # fmt: skip
     proc = start_http_server(cmd, port, workdir, "alertmanager")
     return AlertmanagerServer(proc, port, workdir)
+
+
+# --------------------------------------------------------------------------- VictoriaMetrics
+
+VICTORIAMETRICS_RETENTION = "100y"
+"""Keep every sample a test writes, however old its timestamps (a backfilled history included)."""
+
+
+class VictoriaMetricsServer(PrometheusServer):
+    """A running single-node VictoriaMetrics: the Prometheus query API (`.query`, `.wait_for`) at the
+    same paths, remote write at `.write_url`, and its own metrics at `/metrics`."""
+
+    @property
+    def write_url(self) -> str:
+        """Return the URL Prometheus' `remote_write` posts to."""
+        return f"{self.url}/api/v1/write"
+
+    def flush(self) -> None:
+        """Make every sample received so far searchable and counted in its data size."""
+        status, body = http_get(f"{self.url}/internal/force_flush")
+        if status != 200:
+            pytest.fail(f"VictoriaMetrics force_flush answered {status}: {body!r}")
+
+    def own_metrics(self) -> dict[str, float]:
+        """Return VictoriaMetrics' own metrics (`name{labels}` -> value), from its /metrics page."""
+        status, body = http_get(f"{self.url}/metrics")
+        if status != 200:
+            pytest.fail(f"VictoriaMetrics /metrics answered {status}")
+        metrics: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                metrics[name] = float(value)
+        return metrics
+
+
+def start_victoriametrics(workdir: Path, args: Sequence[str]) -> VictoriaMetricsServer:
+    """Start single-node VictoriaMetrics with its data in `workdir`, wait until ready.
+
+    Queries see a sample as soon as it is flushed (no 30 s `latencyOffset`, no response cache), so
+    that a test polling for recent data reads what was written, not what a cached answer held."""
+    binary = require_binary("victoria-metrics")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [
+        binary, f"-storageDataPath={workdir / 'data'}", f"-httpListenAddr={HOST}:{port}",
+        f"-retentionPeriod={VICTORIAMETRICS_RETENTION}", "-search.latencyOffset=0s",
+        "-search.disableCache", "-loggerLevel=WARN", *args,
+    ]  # fmt: skip
+    proc = start_http_server(cmd, port, workdir, "victoria-metrics")
+    return VictoriaMetricsServer(proc, port, workdir)

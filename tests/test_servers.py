@@ -65,6 +65,29 @@ def test_prometheus_stops_after_test(prometheus_factory):
     assert prom.proc.poll() is not None
 
 
+def test_victoriametrics_receives_prometheus_remote_write(prometheus_factory, victoriametrics_factory):
+    """A recording rule's samples reach VictoriaMetrics by remote write and read back over its query
+    API, the same as in the Prometheus that evaluated them; its storage is in the test's directory."""
+    vm = victoriametrics_factory()
+    rules = "groups: [{name: t, interval: 1s, rules: [{record: 'fab:test:two', expr: vector(2)}]}]\n"
+    prom = prometheus_factory(
+        "global: {evaluation_interval: 1s}\nrule_files: [rules.yml]\n"
+        f"remote_write: [{{url: '{vm.write_url}', queue_config: {{batch_send_deadline: 1s}}}}]\n",
+        files={"rules.yml": rules})
+    assert prom.wait_for("fab:test:two", timeout=15)[0]["value"][1] == "2"
+    assert vm.wait_for("fab:test:two", timeout=20)[0]["value"][1] == "2"
+    vm.flush()
+    assert vm.own_metrics()['vm_rows{type="storage/small"}'] > 0
+    assert (vm.workdir / "data").is_dir()
+    assert vm.workdir.is_relative_to(prom.workdir.parent)
+
+
+def test_victoriametrics_stops_after_test(victoriametrics_factory):
+    vm = victoriametrics_factory()
+    vm.stop()
+    assert vm.proc.poll() is not None
+
+
 async def test_postgres_accepts_query_as_owner(postgres):
     engine = create_async_engine(postgres.dsn())
     try:
