@@ -40,21 +40,21 @@ WINDOW = 20
 """Seconds of scrapes and rule evaluations compared (one a second each)."""
 
 
-def example_inventory(tmp_path: Path) -> Inventory:
-    """The example inventory on the simulator's database in `tmp_path`, sampled and evaluated every second."""
+def example_inventory(tmp_path: Path, interval: str = "1s") -> Inventory:
+    """The example inventory on the simulator's database in `tmp_path`, sampled and evaluated every `interval`."""
     document = yaml.safe_load(EXAMPLE.read_text())
     document["service"]["state_path"] = str(tmp_path / "state.db")
-    document["sources"]["operator"].update(dsn=f"sqlite+aiosqlite:///{tmp_path / 'operator.db'}", interval="1s")
-    document["alerting"]["slo"] = {**document["alerting"].get("slo", {}), "evaluation_interval": "1s"}
+    document["sources"]["operator"].update(dsn=f"sqlite+aiosqlite:///{tmp_path / 'operator.db'}", interval=interval)
+    document["alerting"]["slo"] = {**document["alerting"].get("slo", {}), "evaluation_interval": interval}
     path = tmp_path / "inventory.yaml"
     path.write_text(yaml.safe_dump(document))
     return load_inventory([path], environ={})
 
 
-def prometheus_config(fabwatch: str, write_url: str) -> str:
-    """Scrape fabwatch and evaluate the rules every second; remote-write all of it, sent within a second."""
+def prometheus_config(fabwatch: str, write_url: str, interval: str = "1s") -> str:
+    """Scrape fabwatch and evaluate the rules every `interval`; remote-write all of it, sent within a second."""
     return yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": ["rules/*.yml"],
         "scrape_configs": [{"job_name": "fabwatch", "static_configs": [{"targets": [fabwatch]}]}],
         "remote_write": [{"url": write_url, "queue_config": {"batch_send_deadline": "1s"}}],
