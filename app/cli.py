@@ -29,6 +29,7 @@ from app.reload import processes_of
 from app.service import GUARD, build_app, reload_inventory, serve, shifted_clock
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
+from collector.inventory.durations import parse_duration
 from collector.inventory.load import ConfigError, callback_problems, load_inventory, load_web_config
 from collector.inventory.models import Inventory, ServiceConfig
 from collector.inventory.webconfig import WebConfig
@@ -75,6 +76,34 @@ def _positive(value: str) -> float:
 
 
 REPORT_FORMATS = ("html", "md", "json", "csv")
+
+
+def _duration(value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_report_prometheus(report_cmd: argparse.ArgumentParser, flags: list[EnvFlag]) -> None:
+    """The flags of the report's second backend: a Prometheus-compatible query API."""
+    _flag(report_cmd, flags, "--prometheus", env="REPORT_PROMETHEUS", metavar="URL",
+          help="read the daily figures from this Prometheus-compatible query API (Prometheus, Thanos, Mimir, "
+               "VictoriaMetrics) instead of the rollups (default: the rollups in the state file)")
+    _flag(report_cmd, flags, "--prometheus-token-file", env="REPORT_PROMETHEUS_TOKEN_FILE", metavar="FILE",
+          help="file holding a bearer token sent to --prometheus (default: none)")
+    _flag(report_cmd, flags, "--prometheus-user", env="REPORT_PROMETHEUS_USER", metavar="USER",
+          help="basic authentication user for --prometheus (default: none)")
+    _flag(report_cmd, flags, "--prometheus-password-file", env="REPORT_PROMETHEUS_PASSWORD_FILE", metavar="FILE",
+          help="file holding the basic authentication password of --prometheus-user (default: none)")
+    _flag(report_cmd, flags, "--prometheus-ca", env="REPORT_PROMETHEUS_CA", metavar="FILE",
+          help="PEM file of the CA that signed the --prometheus server's certificate (default: the system's)")
+    _flag(report_cmd, flags, "--prometheus-timeout", env="REPORT_PROMETHEUS_TIMEOUT", convert=_duration,
+          default=30.0, metavar="DURATION",
+          help="time one query may take; 5xx answers and timeouts are retried 3 times (default: 30s)")
+    _flag(report_cmd, flags, "--prometheus-lookback", env="REPORT_PROMETHEUS_LOOKBACK", convert=_duration,
+          default=300.0, metavar="DURATION",
+          help="how long before each day's end a reading may be: at least the scrape interval (default: 5m)")
 
 
 def _formats(value: str) -> list[str]:
@@ -181,6 +210,7 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _flag(report_cmd, flags, "--since", env="REPORT_SINCE", metavar="YYYY-MM",
           help="with --backfill, the first month to compute (default: the same month a year ago, "
                "so that the report has its year-on-year change and 12-month trend)")
+    _add_report_prometheus(report_cmd, flags)
     report_cmd.set_defaults(command=cmd_report, env_flags=common + flags)
 
     _add_simulate(commands, common, wanted)

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from collector.errors import SourceError
 from collector.inventory.models import Inventory
 from collector.rollups import Progress, RollupStore, days_between, roll_sources, sql_sources
+from reports.prometheus import Connection, PrometheusError, prometheus_notes, read_prometheus, summarize_history
 from reports.render import write
 from reports.summary import Month, read_rollups, read_states, summarize
 
@@ -55,6 +56,12 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
     except ValueError as exc:
         print(f"fabwatch: {exc}", file=err)
         return EXIT_CONFIG
+    if getattr(args, "prometheus", None):
+        if args.backfill:
+            print("fabwatch: --backfill computes the rollups from the records; --prometheus reads no rollups: "
+                  "use one of them", file=err)
+            return EXIT_CONFIG
+        return report_from_prometheus(inventory, args, month, out, err)
     store = RollupStore(args.state or inventory.service.state_path)
     try:
         if args.backfill:
@@ -86,6 +93,28 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
     if missing:
         print(f"fabwatch: {month} lacks daily figures for {', '.join(missing)}: run "
               f"`fabwatch report --backfill --since {month.shift(-12)}` first", file=err)
+    return EXIT_OK
+
+
+def connection_of(args: argparse.Namespace) -> Connection:
+    return Connection(args.prometheus, token_file=args.prometheus_token_file, username=args.prometheus_user,
+                      password_file=args.prometheus_password_file, ca_file=args.prometheus_ca,
+                      timeout=args.prometheus_timeout, lookback=args.prometheus_lookback)
+
+
+def report_from_prometheus(inventory: Inventory, args: argparse.Namespace, month: Month, out: TextIO,
+                           err: TextIO) -> int:
+    """Write the month's report from the daily figures a Prometheus-compatible query API holds."""
+    try:
+        history = asyncio.run(read_prometheus(connection_of(args), inventory, month, time.time()))
+    except PrometheusError as exc:
+        print(f"fabwatch: cannot read the history from Prometheus: {exc}", file=err)
+        return EXIT_FAILED
+    report = summarize_history(inventory, history, month)
+    for path in write(report, Path(args.out), args.format):
+        print(path, file=out)
+    for line in prometheus_notes(inventory, report, history, month):
+        print(f"fabwatch: {line}", file=err)
     return EXIT_OK
 
 

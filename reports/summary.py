@@ -139,6 +139,8 @@ class KpiSummary:
     until `fabwatch report --backfill`."""
     partial: bool = False
     """A cost KPI with a component not rolled up (`monthly_from`): its value leaves that out, so no verdict."""
+    records_only: bool = False
+    """Read from Prometheus, a KPI no exported counter gives (ratio, value): n/a, only the records have it."""
 
     @property
     def change_previous(self) -> float | None:
@@ -231,6 +233,8 @@ class Report:
     currency: str
     forecast_method: str
     processes: list[ProcessSummary]
+    source: str = "rollups"
+    """Where the daily figures came from: "rollups" (the records) or "prometheus" (`reports.prometheus`)."""
 
     @property
     def findings(self) -> list[Finding]:
