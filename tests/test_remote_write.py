@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -37,6 +38,9 @@ EXAMPLE = ROOT / "examples" / "operator.yaml"
 SPEED = 600.0
 """Simulated seconds per second: items arrive and complete between two scrapes, so counters move."""
 WINDOW = 20
+KEEP = "fab_.+|process_kpi:fab_.+|ALERTS|ALERTS_FOR_STATE"
+"""The `write_relabel_configs` keep filter docs/long-term-storage.md proposes: fabwatch's series and rules only."""
+DOCS = ROOT / "docs" / "long-term-storage.md"
 """Seconds of scrapes and rule evaluations compared (one a second each)."""
 
 
@@ -52,12 +56,15 @@ def example_inventory(tmp_path: Path, interval: str = "1s") -> Inventory:
 
 
 def prometheus_config(fabwatch: str, write_url: str, interval: str = "1s") -> str:
-    """Scrape fabwatch and evaluate the rules every `interval`; remote-write all of it, sent within a second."""
+    """Scrape fabwatch and evaluate the rules every `interval`; remote-write what the documented filter
+    keeps, sent within a second."""
     return yaml.safe_dump({
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": ["rules/*.yml"],
         "scrape_configs": [{"job_name": "fabwatch", "static_configs": [{"targets": [fabwatch]}]}],
-        "remote_write": [{"url": write_url, "queue_config": {"batch_send_deadline": "1s"}}],
+        "remote_write": [{"url": write_url, "queue_config": {"batch_send_deadline": "1s"},
+                          "write_relabel_configs": [{"source_labels": ["__name__"], "regex": KEEP,
+                                                     "action": "keep"}]}],
     })
 
 
@@ -187,9 +194,16 @@ async def test_victoriametrics_answers_what_the_local_prometheus_answers(
     assert {"fab_items_created_total", "fab_cycle_time_seconds_bucket", "fab_kpi_value",
             "fab_cost_total"} <= names(local_raw)
     assert names(local_rules) == set(records)  # every recording rule has numbers to compare
+    assert names(remote_rules) == set(records)  # and the documented filter lets every one through
+    assert names(remote_raw) == names(local_raw)
+    assert not [n for n in names(raw_samples(vm, '{__name__=~".+"}', end)) if not re.fullmatch(KEEP, n)]
     assert sum(map(len, local_raw.values())) > 500 * (WINDOW - 5)
     assert differences(local_raw, remote_raw) == []
     assert differences(local_rules, remote_rules) == []
     for name, (local, remote) in ranged.items():
         assert local, name
         assert differences(numbers(local), remote) == [], name
+
+
+def test_the_documented_filter_is_the_tested_one() -> None:
+    assert f'regex: "{KEEP}"' in DOCS.read_text()
