@@ -61,6 +61,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port bound and not listening while the block runs: a connection to it is refused, and
+    no server of another test (or of another suite on the machine) can take it meanwhile."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        yield int(sock.getsockname()[1])
+
+
 def require_binary(name: str) -> str:
     """Return the path of an executable on PATH, failing the test when it is missing."""
     path = shutil.which(name)

@@ -13,7 +13,7 @@ import pytest
 from app.cli import main
 from collector.rollups import RollupStore, days_between
 from simulator import Simulator
-from tests.servers import free_port
+from tests.servers import closed_port
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
 END = 1772668800.0  # 2026-03-05T00:00:00Z
@@ -126,10 +126,10 @@ def test_bad_flags_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str
 def test_a_prometheus_that_does_not_answer_fails_with_its_url_masked(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str],
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"http://reporter:pa55word@127.0.0.1:{free_port()}"
-    monkeypatch.setenv("FABWATCH_REPORT_PROMETHEUS", url)  # the flag's environment fallback
-    status = main(["report", "-c", str(EXAMPLE), "--month", "2026-02", "--prometheus-timeout", "2s",
-                   "--out", str(tmp_path / "out")])
+    with closed_port() as port:  # bound, not listening: refused, and no other server can take it meanwhile
+        monkeypatch.setenv("FABWATCH_REPORT_PROMETHEUS", f"http://reporter:pa55word@127.0.0.1:{port}")  # env fallback
+        status = main(["report", "-c", str(EXAMPLE), "--month", "2026-02", "--prometheus-timeout", "2s",
+                       "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert status == 1, err
     assert "cannot read the history from Prometheus: http://***@127.0.0.1:" in err

@@ -43,11 +43,12 @@ from reports.prometheus import (
     mask,
     prometheus_notes,
     read_history,
+    read_metric,
     read_prometheus,
 )
 from reports.summary import Month, buckets_of, kpi_value, span_totals, summarize
 from simulator import Simulator
-from tests.servers import free_port
+from tests.servers import closed_port, free_port
 
 pytestmark = pytest.mark.slow  # 15 simulated days sampled hourly: some 30 s
 
@@ -411,9 +412,10 @@ async def _query(url: str, **options: Any) -> Any:
 
 
 def test_a_down_server_names_the_url_and_the_query() -> None:
-    url = f"http://127.0.0.1:{free_port()}"
-    with pytest.raises(PrometheusError) as raised:
-        asyncio.run(_query(url, retries=1))
+    with closed_port() as port:
+        url = f"http://127.0.0.1:{port}"
+        with pytest.raises(PrometheusError) as raised:
+            asyncio.run(_query(url, retries=1))
     message = str(raised.value)
     assert url in message
     assert "fab_items_created_total" in message
@@ -442,6 +444,45 @@ def test_a_4xx_is_not_retried_and_the_secrets_are_sent_never_shown(tmp_path: Pat
     assert "HTTP 400: bad_data: parse error" in message
     assert "hunter2" not in message
     assert "***@127.0.0.1" in message
+
+
+def test_a_server_that_aligns_ranges_to_its_step_is_asked_each_instant() -> None:
+    """A range query answered at other instants than asked (VictoriaMetrics rounds a range's start down
+    to a multiple of its step by default): each day's end is then read by an instant query."""
+    asked: list[str] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        endpoint = request.match_info["endpoint"]
+        asked.append(endpoint)
+        series = {"__name__": "fab_items_created_total", "process": "order"}
+        if endpoint == "query_range":
+            start, end, step = (float(request.query[k]) for k in ("start", "end", "step"))
+            aligned = start - start % step
+            values = [[aligned + i * step, str(i)] for i in range(int((end - aligned) // step) + 1)]
+            data = {"resultType": "matrix", "result": [{"metric": series, "values": values}]}
+        else:
+            at = float(request.query["time"])
+            data = {"resultType": "vector", "result": [{"metric": series, "value": [at, str(at % 1000)]}]}
+        return web.json_response({"status": "success", "data": data})
+
+    async def run() -> Any:
+        app = web.Application()
+        app.router.add_get("/api/v1/{endpoint}", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with QueryClient(Connection(f"http://127.0.0.1:{port}")) as client:
+                return await read_metric(client, COUNTERS[0], ["order"], times, 300.0)
+        finally:
+            await runner.cleanup()
+
+    times = [d.end + 2.0 for d in days_between(date(2025, 10, 1), date(2025, 10, 5), BERLIN)]
+    found = asyncio.run(run())
+    assert asked == ["query_range"] + ["query"] * len(times)
+    values = next(iter(found["order"].values()))
+    assert values == {round(t, 3): t % 1000 for t in times}
 
 
 def test_a_url_is_masked() -> None:
