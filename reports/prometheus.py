@@ -24,6 +24,7 @@ import asyncio
 import base64
 import dataclasses
 import json
+import logging
 import math
 import re
 import ssl
@@ -37,6 +38,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import aiohttp
 
 from collector.inventory.models import DurationKpi, Inventory, Process, RatioKpi, ValueKpi
+from collector.logs import log_event
 from collector.rollups import ALL, Day, DayRollup, Measures, Rolled, days_between
 from reports.summary import Month, Report, Rollups, States, history_span, summarize
 
@@ -44,6 +46,7 @@ DAY_SECONDS = 86400.0
 PRESENCE = "fab_oldest_open_item_age_seconds"
 """A gauge every sample exports for every process: a reading of it means fabwatch ran then."""
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_LOG = logging.getLogger("fabwatch.report")
 
 
 class PrometheusError(Exception):
@@ -177,6 +180,8 @@ class QueryClient:
             try:
                 async with self._limit:
                     self.requests += 1
+                    log_event(_LOG, "prometheus_query", logging.DEBUG, url=f"{self.connection.masked}/api/v1/"
+                              f"{endpoint}", query=params["query"], attempt=attempt + 1)
                     async with self._session.get(url, params=params, ssl=self._ssl) as response:
                         body = await response.text()
                         status = response.status
@@ -292,7 +297,8 @@ def runs(times: Sequence[float], step: float = DAY_SECONDS) -> list[list[float]]
 
 def selector(processes: Iterable[str]) -> str:
     names = sorted(processes)
-    return "|".join(re.escape(n) for n in names)
+    # a regular expression in a PromQL string: its backslashes escaped once more
+    return "|".join(re.escape(n) for n in names).replace("\\", "\\\\").replace('"', '\\"')
 
 
 # --- reading the history -----------------------------------------------------------------------
@@ -370,8 +376,8 @@ def day_figures(metric: Metric, readings: Mapping[tuple[tuple[str, str], ...], M
 
 async def read_history(client: QueryClient, inventory: Inventory, first: date, last: date,
                        now: float) -> History:
-    """The daily figures of every process, from `first` to `last`
-    (days not ended by `now` left out), as `RollupStore.read_totals` and `read_states` give them."""
+    """The daily figures of every process from `first` to `last` (days not ended by `now` left out),
+    as `RollupStore.read_totals` and `read_states` give them."""
     zone = inventory.service.timezone
     days = [d for d in days_between(first, last, zone) if d.end <= now]
     groups: dict[float, list[str]] = {}

@@ -30,6 +30,7 @@ from app.cli import main
 from collector.engine.sampler import SourceSampler
 from collector.inventory.load import load_inventory
 from collector.inventory.models import Inventory
+from collector.logs import KeyValueFormatter
 from collector.rollups import RollupStore, days_between, roll_sources, totals
 from collector.state import StateStore
 from exporters.prometheus import render
@@ -40,6 +41,7 @@ from reports.prometheus import (
     History,
     PrometheusError,
     QueryClient,
+    day_figures,
     mask,
     prometheus_notes,
     read_history,
@@ -50,7 +52,7 @@ from reports.summary import Month, buckets_of, kpi_value, span_totals, summarize
 from simulator import Simulator
 from tests.servers import closed_port, free_port
 
-pytestmark = pytest.mark.slow  # 15 simulated days sampled hourly: some 30 s
+pytestmark = pytest.mark.slow  # 15 simulated days sampled hourly, then backfilled: some 50 s
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "operator.yaml"
 BERLIN = "Europe/Berlin"
@@ -72,7 +74,10 @@ def operator(dsn: str) -> Inventory:
     found = load_inventory([EXAMPLE], {"FABWATCH_DEMO_DSN": dsn})
     # a reconcile every 6 hours: the replay writes no late rows, and hourly samples stay cheap
     source = found.sources["operator"].model_copy(update={"reconcile": RECONCILE})
-    processes = {n: p for n, p in found.processes.items() if n in PROCESSES}
+    # one dimension, not three: a tenth of the series to backfill, and series per dimension set still
+    processes = {n: p.model_copy(update={"records": p.records.model_copy(update={
+        "columns": p.records.columns.model_copy(update={"dimensions": ("priority",)})})})
+        for n, p in found.processes.items() if n in PROCESSES}
     return found.model_copy(update={"sources": {"operator": source}, "processes": processes})
 
 
@@ -342,6 +347,12 @@ def test_what_prometheus_lacks_is_named(history: dict[str, Any], prometheus: Any
     assert any(line.startswith("order: no complete history in Prometheus for 2024-10, 2024-11, ")
                and line.count(", ") == 11 for line in notes), notes
     assert any("order.fallout" in line and "problem.critical_unassigned" in line for line in notes), notes
+    # process names with a regular expression's metacharacters are matched literally
+    async def odd_names() -> Any:
+        async with QueryClient(Connection(prometheus.url, lookback=SCRAPE)) as client:
+            return await read_metric(client, GAUGES[-1], ["order", 'no-such.process"x', "ord.r"], [END], SCRAPE)
+
+    assert set(asyncio.run(odd_names())) == {"order"}
     # read an hour after the last day: the days within the late window are provisional
     early = read(prometheus, inventory, END + 3600)
     provisional = [d for d, state in early.states["order"].items() if not state.final(d, BERLIN, RECONCILE)]
@@ -429,7 +440,9 @@ def test_a_5xx_is_retried_then_reported_with_what_came_back() -> None:
     assert seen["requests"] == 3
 
 
-def test_a_4xx_is_not_retried_and_the_secrets_are_sent_never_shown(tmp_path: Path) -> None:
+def test_a_4xx_is_not_retried_and_the_secrets_are_sent_never_shown(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="fabwatch.report")
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     message, seen = asyncio.run(answered(401, "unauthorized", token_file=str(token)))
@@ -444,6 +457,11 @@ def test_a_4xx_is_not_retried_and_the_secrets_are_sent_never_shown(tmp_path: Pat
     assert "HTTP 400: bad_data: parse error" in message
     assert "hunter2" not in message
     assert "***@127.0.0.1" in message
+    logged = "\n".join(KeyValueFormatter().format(r) for r in caplog.records)
+    assert "prometheus_query" in logged
+    assert "***@127.0.0.1" in logged
+    assert "hunter2" not in logged
+    assert "s3cret" not in logged
 
 
 def test_a_server_that_aligns_ranges_to_its_step_is_asked_each_instant() -> None:
@@ -483,6 +501,23 @@ def test_a_server_that_aligns_ranges_to_its_step_is_asked_each_instant() -> None
     assert asked == ["query_range"] + ["query"] * len(times)
     values = next(iter(found["order"].values()))
     assert values == {round(t, 3): t % 1000 for t in times}
+
+
+def test_a_counter_that_drops_or_appears_counts_its_new_reading() -> None:
+    """Day by day from readings at the day ends: a drop is a restart that lost the count (its reading is
+    the day's increase), a series that appears counts from 0, a gauge is its reading at the day's end."""
+    inventory = operator("sqlite+aiosqlite:///unused.db")
+    days = days_between(date(2025, 10, 25), date(2025, 10, 27), BERLIN)  # the middle day has 25 hours
+    ends = [days[0].start, *(d.end for d in days)]
+    steady = (("process", "order"),)
+    late = (("outcome", "done"), ("process", "order"))
+    readings = {steady: {round(ends[0], 3): 10.0, round(ends[1], 3): 15.0, round(ends[2], 3): 4.0,
+                         round(ends[3], 3): 9.0},
+                late: {round(ends[2], 3): 3.0, round(ends[3], 3): 7.0}}
+    created = day_figures(COUNTERS[0], readings, inventory.processes["order"], days, 0.0)
+    assert [created[d.day].get("created") for d in days] == [5.0, 4.0 + 3.0, 5.0 + 4.0]
+    backlog = day_figures(GAUGES[0], readings, inventory.processes["order"], days, 0.0)
+    assert [backlog[d.day].get("open") for d in days] == [15.0, 4.0 + 3.0, 9.0 + 7.0]
 
 
 def test_a_url_is_masked() -> None:
