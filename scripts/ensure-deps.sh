@@ -7,6 +7,7 @@
 # Pango, HarfBuzz's subsetter and a font (WeasyPrint lays out the monthly report's PDF with them: a
 # runtime need of `fabwatch report --format pdf` too), poppler-utils (pdftoppm and pdftotext read the
 # PDF back as a person sees it).
+# VictoriaMetrics (single-node: the long-term store Prometheus remote-writes into, read back by its query API).
 # Only missing packages are installed; `apt-get update` runs once, and only if needed.
 set -euo pipefail
 
@@ -27,6 +28,7 @@ have_postgres() {
 { have prometheus && have promtool; } || missing+=(prometheus)
 { have prometheus-alertmanager && have amtool; } || missing+=(prometheus-alertmanager)
 have_postgres || missing+=(postgresql)
+have victoria-metrics || missing+=(victoria-metrics)
 have_mariadb() {
     [[ -x /usr/sbin/mariadbd ]] && have mariadb-install-db && have mariadb && have mariadb-admin
 }

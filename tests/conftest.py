@@ -1,4 +1,4 @@
-"""Shared fixtures: real PostgreSQL, MariaDB, Prometheus, Alertmanager, promtool and amtool."""
+"""Shared fixtures: real PostgreSQL, MariaDB, Prometheus, Alertmanager, VictoriaMetrics, promtool and amtool."""
 
 from __future__ import annotations
 
@@ -15,17 +15,21 @@ from tests.servers import (
     MariaDBServer,
     PostgresServer,
     PrometheusServer,
+    VictoriaMetricsServer,
     require_binary,
     run_mariadb,
     run_postgres,
     start_alertmanager,
     start_prometheus,
+    start_victoriametrics,
 )
 
 PrometheusFactory = Callable[..., PrometheusServer]
 AlertmanagerFactory = Callable[..., AlertmanagerServer]
+VictoriaMetricsFactory = Callable[..., VictoriaMetricsServer]
 
-SERVER_FIXTURES = frozenset({"postgres", "mariadb", "promtool", "amtool", "prometheus_factory", "alertmanager_factory"})
+SERVER_FIXTURES = frozenset({"postgres", "mariadb", "promtool", "amtool", "prometheus_factory", "alertmanager_factory",
+                             "victoriametrics_factory"})
 """The fixtures that start a real server or run a Prometheus tool: a test using one is `integration`."""
 
 
@@ -95,6 +99,22 @@ def alertmanager_factory(tmp_path: Path) -> Iterator[AlertmanagerFactory]:
         args: Sequence[str] = (),
     ) -> AlertmanagerServer:
         server = start_alertmanager(tmp_path / f"alertmanager-{len(started)}", config, files, args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def victoriametrics_factory(tmp_path: Path) -> Iterator[VictoriaMetricsFactory]:
+    """Start single-node VictoriaMetrics servers on demand, each with its data in the test's
+    temporary directory; each is stopped when the test ends."""
+    started: list[HttpServer] = []
+
+    def start(*, args: Sequence[str] = ()) -> VictoriaMetricsServer:
+        server = start_victoriametrics(tmp_path / f"victoriametrics-{len(started)}", args)
         started.append(server)
         return server
 

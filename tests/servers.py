@@ -1,4 +1,5 @@
-"""Real servers for the integration tests: PostgreSQL, MariaDB, Prometheus and Alertmanager on loopback."""
+"""Real servers for the integration tests: PostgreSQL, MariaDB, Prometheus, Alertmanager and VictoriaMetrics
+on loopback."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import glob
 import itertools
 import json
 import os
+import pty
 import pwd
+import select
 import shutil
 import signal
 import socket
@@ -643,3 +646,106 @@ def start_alertmanager(
     ]  # fmt: skip
     proc = start_http_server(cmd, port, workdir, "alertmanager")
     return AlertmanagerServer(proc, port, workdir)
+
+
+# --------------------------------------------------------------------------- VictoriaMetrics
+
+VICTORIAMETRICS_RETENTION = "100y"
+"""Keep every sample a test writes, however old its timestamps (a backfilled history included)."""
+
+
+class VictoriaMetricsServer(PrometheusServer):
+    """A running single-node VictoriaMetrics: the Prometheus query API (`.query`, `.wait_for`) at the
+    same paths, remote write at `.write_url`, and its own metrics at `/metrics`."""
+
+    @property
+    def write_url(self) -> str:
+        """Return the URL Prometheus' `remote_write` posts to."""
+        return f"{self.url}/api/v1/write"
+
+    def flush(self) -> None:
+        """Make every sample received so far searchable and counted in its data size."""
+        status, body = http_get(f"{self.url}/internal/force_flush")
+        if status != 200:
+            pytest.fail(f"VictoriaMetrics force_flush answered {status}: {body!r}")
+
+    def import_prometheus_blocks(self, directory: Path) -> str:
+        """Copy the samples of a Prometheus TSDB directory (its blocks, or a snapshot) into this
+        server with `vmctl prometheus`, as an operator migrates a history; return vmctl's output."""
+        cmd = [require_binary("vmctl"), "prometheus", "-s", "--vm-disable-progress-bar",
+               f"--prom-snapshot={directory}", f"--vm-addr={self.url}"]
+        status, output = run_in_terminal(cmd, timeout=120.0)
+        if status != 0 or "Import finished!" not in output:
+            pytest.fail(f"vmctl prometheus exited with {status}:\n{output[-3000:]}", pytrace=False)
+        self.flush()
+        return output
+
+    def own_metrics(self) -> dict[str, float]:
+        """Return VictoriaMetrics' own metrics (`name{labels}` -> value), from its /metrics page."""
+        status, body = http_get(f"{self.url}/metrics")
+        if status != 200:
+            pytest.fail(f"VictoriaMetrics /metrics answered {status}")
+        metrics: dict[str, float] = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                metrics[name] = float(value)
+        return metrics
+
+
+def run_in_terminal(cmd: Sequence[str], timeout: float) -> tuple[int, str]:
+    """Run a program on a pseudo-terminal (vmctl stops with "inappropriate ioctl for device" without
+    one); return its exit status and output. Killed after `timeout` seconds."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave)
+    finally:
+        os.close(slave)
+    output = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the program closed the terminal (it exited)
+                    break
+                if not chunk:
+                    break
+                output += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            proc.kill()
+        return proc.wait(timeout=STOP_TIMEOUT), output.decode(errors="replace")
+    finally:
+        os.close(master)
+
+
+BIND_ATTEMPTS = 3
+
+
+def start_victoriametrics(workdir: Path, args: Sequence[str]) -> VictoriaMetricsServer:
+    """Start single-node VictoriaMetrics with its data in `workdir`, wait until ready.
+
+    Queries see a sample as soon as it is flushed (no 30 s `latencyOffset`, no response cache), so
+    that a test polling for recent data reads what was written, not what a cached answer held. A
+    port taken between `free_port` and the server's bind (by a process outside this test run) is
+    replaced by another, up to `BIND_ATTEMPTS` times."""
+    binary = require_binary("victoria-metrics")
+    workdir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        port = free_port()
+        cmd = [
+            binary, f"-storageDataPath={workdir / 'data'}", f"-httpListenAddr={HOST}:{port}",
+            f"-retentionPeriod={VICTORIAMETRICS_RETENTION}", "-search.latencyOffset=0s",
+            "-search.disableCache", "-loggerLevel=WARN", *args,
+        ]  # fmt: skip
+        try:
+            proc = start_http_server(cmd, port, workdir, "victoria-metrics")
+        except pytest.fail.Exception:
+            if attempt < BIND_ATTEMPTS and "address already in use" in log_tail(workdir / "server.log"):
+                continue
+            raise
+        return VictoriaMetricsServer(proc, port, workdir)
+    raise AssertionError("unreachable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import pytest
@@ -9,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests import servers
 from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -63,6 +65,45 @@ def test_prometheus_stops_after_test(prometheus_factory):
     prom = prometheus_factory()
     prom.stop()
     assert prom.proc.poll() is not None
+
+
+def test_victoriametrics_receives_prometheus_remote_write(prometheus_factory, victoriametrics_factory):
+    """A recording rule's samples reach VictoriaMetrics by remote write and read back over its query
+    API, the same as in the Prometheus that evaluated them; its storage is in the test's directory."""
+    vm = victoriametrics_factory()
+    rules = "groups: [{name: t, interval: 1s, rules: [{record: 'fab:test:two', expr: vector(2)}]}]\n"
+    prom = prometheus_factory(
+        "global: {evaluation_interval: 1s}\nrule_files: [rules.yml]\n"
+        f"remote_write: [{{url: '{vm.write_url}', queue_config: {{batch_send_deadline: 1s}}}}]\n",
+        files={"rules.yml": rules})
+    assert prom.wait_for("fab:test:two", timeout=15)[0]["value"][1] == "2"
+    assert vm.wait_for("fab:test:two", timeout=20)[0]["value"][1] == "2"
+    vm.flush()
+    assert vm.own_metrics()['vm_rows{type="storage/small"}'] > 0
+    assert (vm.workdir / "data").is_dir()
+    assert vm.workdir.is_relative_to(prom.workdir.parent)
+
+
+def test_victoriametrics_moves_to_another_port_when_its_port_was_taken(tmp_path, monkeypatch):
+    """Another process may bind the port `free_port` gave before the server does: it starts on another."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = iter([busy, free_port()])
+        monkeypatch.setattr(servers, "free_port", lambda: next(ports))
+        vm = servers.start_victoriametrics(tmp_path / "vm", ())
+        try:
+            assert vm.port != busy
+            assert vm.query("vector(3)")[0]["value"][1] == "3"
+        finally:
+            vm.stop()
+
+
+def test_victoriametrics_stops_after_test(victoriametrics_factory):
+    vm = victoriametrics_factory()
+    vm.stop()
+    assert vm.proc.poll() is not None
 
 
 async def test_postgres_accepts_query_as_owner(postgres):
