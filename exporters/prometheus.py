@@ -170,6 +170,8 @@ class PrometheusExporter:
         """How many times an exposition was rendered (for tests and the self-check)."""
         self.generation = 0
         """Bumped on every change; a scrape between two changes serves the same bytes."""
+        self._owned: frozenset[str] = frozenset()
+        """The sources this replica held when the exposition was rendered (replicas on a shared state)."""
 
     def update(self, sample: SourceSample) -> None:
         """Replace the latest sample of `sample.source`."""
@@ -222,6 +224,8 @@ class PrometheusExporter:
 
     def respond(self, accept: str | None, accept_encoding: str | None) -> Exposition:
         """Pick the format and encoding from the request headers and return the cached bytes."""
+        if self._owned != self._owned_now():  # a lease lapsed (a replica paused past it) or was taken
+            self.invalidate()
         fmt = negotiate_format(accept)
         compressed = accepts_gzip(accept_encoding)
         self._wanted = (fmt, compressed)
@@ -252,9 +256,18 @@ class PrometheusExporter:
             if packed is not None:
                 self._compressed.setdefault(fmt, packed)
 
+    def _owned_now(self) -> frozenset[str]:
+        """The sources whose series this replica exports now: all of them unless replicas lease them."""
+        if self._health is None or self._health.replica is None:
+            return frozenset()
+        return frozenset(filter(self._health.owned, self._health.sources))
+
     def _families(self) -> Iterator[Family]:
+        self._owned = owned = self._owned_now()
+        leased = self._health is not None and self._health.replica is not None
         for source in sorted(self._samples):
-            yield from self._samples[source].families
+            if not leased or source in owned:  # only the holder of a source exports its series
+                yield from self._samples[source].families
         if self._health is not None:
             yield from self._health.families()
 
