@@ -31,6 +31,27 @@ _INF, _MINUS_INF = math.inf, -math.inf
 LabelCache = dict[tuple[Labels, str | None], str]
 
 
+PER_REPLICA = ("fab_build_info", "fab_service_tasks", "fab_config_.+", "fab_events_.+", "fab_records_incomplete",
+               "fab_records_completed_total", "fab_rollup_.+", "fab_export_errors_total")
+"""The series each replica exports of itself (its build, its events port, its reloads); every other
+`fab_` series belongs to a source and is exported by the replica holding that source's lease only."""
+SHARED_INSTANCE = "fabwatch"
+
+
+def replica_relabeling(instance: str = SHARED_INSTANCE) -> list[dict[str, object]]:
+    """The `metric_relabel_configs` of a scrape job over replicas: a source's series get one
+    `instance` whichever replica exports them, so that Prometheus sees one counter going on from the
+    shared state when the source moves to another replica (`increase()` and `sum` exact: no reset,
+    no second series starting at the running total); the per-replica series keep their instance."""
+    return [
+        {"source_labels": ["__name__"], "regex": "|".join(PER_REPLICA), "target_label": "__tmp_per_replica",
+         "replacement": "1"},
+        {"source_labels": ["__tmp_per_replica", "__name__"], "regex": ";fab_.+", "target_label": "instance",
+         "replacement": instance},
+        {"regex": "__tmp_per_replica", "action": "labeldrop"},
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Exposition:
     """A rendered exposition ready to send: body, content type, content encoding (or None)."""
