@@ -171,3 +171,25 @@ def test_the_replica_relabeling_tells_per_replica_series_from_a_sources_series()
     assert {"fab_source_up", "fab_items_created_total", "fab_cycle_time_seconds_bucket"} <= sources
     assert all(per_replica.fullmatch(name) for name in mine), mine
     assert not any(per_replica.fullmatch(name) for name in sources), sources
+
+
+def test_a_replica_exports_only_the_sources_it_holds_checked_at_each_scrape() -> None:
+    """A lease that lapsed while nothing changed (the replica was paused past it) hides the source's
+    series from the very next scrape, though the exposition was cached while it held the source."""
+    held = {"crm", "billing"}
+    health = HealthTracker(["crm", "billing"])
+    health.lease("r1", lambda source: source in held)
+    exporter = PrometheusExporter(health)
+    for sample in (make_sample("crm", "order"), make_sample("billing", "invoice")):
+        exporter.update(sample)
+        health.record_success(sample.source, 0.1, 1.0)
+    before = exporter.respond(None, None).body.decode()
+    assert 'process="order"' in before
+    assert 'fab_source_up{source="crm"} 1.0' in before
+    assert 'fab_source_leader{replica="r1",source="crm"} 1.0' in before
+    held.discard("crm")  # its lease lapsed: no new sample, no invalidation
+    after = exporter.respond(None, None).body.decode()
+    assert 'process="order"' not in after
+    assert 'source="crm"' not in after.replace('fab_source_leader{replica="r1",source="crm"} 0.0', "")
+    assert 'fab_source_leader{replica="r1",source="crm"} 0.0' in after
+    assert 'process="invoice"' in after  # the source it still holds
