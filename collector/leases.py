@@ -141,6 +141,8 @@ class Leases:
             except Exception as exc:  # PostgreSQL down or unreachable: the leases lapse on their own
                 log_event(_LOG, "leases_not_renewed", logging.WARNING, store=safe_dsn(self.url), error=repr(exc))
                 await asyncio.to_thread(self._close)
+                now = self._clock()
+                self._apply(Tick({name: held for name, held in self._held.items() if held[0] > now}))
             else:
                 self._apply(tick)
             pause = min(self.tick_seconds, FIRST_PAUSE) if first else self.tick_seconds

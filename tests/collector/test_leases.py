@@ -78,3 +78,22 @@ async def test_a_stopping_replica_gives_its_leases_back_at_once(pg_url: str) -> 
     tick = await asyncio.to_thread(b.round)
     assert tick.gained == {"crm"}  # not 30 s later
     await b.stop()
+
+
+async def test_leases_lapse_by_the_replicas_own_clock_when_postgres_cannot_be_reached(pg_url: str) -> None:
+    now = [0.0]
+    leases = Leases(pg_url, "a", {"crm": 3.0}, clock=lambda: now[0])
+    leases._apply(await asyncio.to_thread(leases.round))
+    assert leases.holds("crm")
+    lost: asyncio.Queue[set[str]] = asyncio.Queue()
+    leases.on_lost = lost.put_nowait
+    leases.url = "postgresql://fabwatch@127.0.0.1:1/unreachable"  # as after a partition
+    leases._close()
+    now[0] = 3.5  # past the lease: told at the next round that fails
+    leases.start()
+    assert await asyncio.wait_for(lost.get(), 15) == {"crm"}
+    assert not leases.holds("crm")
+    task = leases._task
+    assert task is not None
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
