@@ -65,6 +65,15 @@ class Replica:
                  f"127.0.0.1:{port}", "--state", state, "--replica-id", name],
                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
+    def listening(self, timeout: float = 30.0) -> bool:
+        """Wait until the replica listens (True), or exits (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if "event=listening" in self.log.read_text():
+                return True
+            time.sleep(0.1)
+        return self.proc.poll() is None
+
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
@@ -137,9 +146,12 @@ async def test_replicas_fail_over_within_two_intervals_and_count_every_record_on
     env = {**os.environ, "FABWATCH_DEMO_DSN": dsn, "FABWATCH_INTERVAL": f"{INTERVAL:g}s"}
 
     def start(name: str, port: int | None = None) -> Replica:
-        replica = Replica(name, port or free_port(), inventory, state, env, tmp_path)
-        replicas.append(replica)
-        return replica
+        for _ in range(3):  # a free port may be taken by another test run before the replica binds it
+            replica = Replica(name, port or free_port(), inventory, state, env, tmp_path)
+            replicas.append(replica)
+            if replica.listening():
+                return replica
+        pytest.fail(f"{name} could not listen:\n{replica.log.read_text()[-2000:]}")
 
     a, b = start("a"), start("b")
     config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
