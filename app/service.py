@@ -268,9 +268,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """200 once every source has been sampled at least once (successfully or not), else 503."""
     health = request.app[HEALTH]
-    pending = health.not_sampled()  # of the sources this replica samples (all of them but with replicas)
-    down = [name for name in health.sources
-            if name not in pending and health.owned(name) and not health.is_up(name)]
+    # of the sources this replica samples: all of them, but for replicas on a shared state
+    pending = [name for name in health.not_sampled() if health.owned(name)]
+    down = [name for name in health.sources if name not in pending and health.owned(name) and not health.is_up(name)]
     if pending:
         return web.json_response({"status": "not ready", "not_sampled": pending, "down": down},
                                  status=503)

@@ -218,7 +218,7 @@ class HealthTracker:
 
     def not_sampled(self) -> list[str]:
         """Sources not sampled yet (neither a success nor a failure so far)."""
-        return [name for name, health in self._sources.items() if not health.sampled and self.owned(name)]
+        return [name for name, health in self._sources.items() if not health.sampled]
 
     def families(self) -> tuple[Family, ...]:
         """Render the health of every source as metric families."""
