@@ -165,6 +165,8 @@ class Leases:
         exceeds the fair share, take free sources up to it."""
         conn = self._connection()
         ttls = dict(self._ttls)
+        if not take:  # at start: forget the replicas gone for an hour (each restart is a new id)
+            conn.execute("DELETE FROM fabwatch_replica WHERE expires < now() - interval '1 hour'")
         conn.execute(_HEARTBEAT, {"me": self.replica, "ttl": min(ttls.values(), default=MAX_TICK)})
         row = conn.execute("SELECT count(*) FROM fabwatch_replica WHERE expires > now()").fetchone()
         live = max(1, int(row[0]) if row else 1)

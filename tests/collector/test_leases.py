@@ -97,3 +97,15 @@ async def test_leases_lapse_by_the_replicas_own_clock_when_postgres_cannot_be_re
     assert task is not None
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_starting_replica_forgets_the_replicas_gone_for_an_hour(pg_url: str, postgres: PostgresServer) -> None:
+    database = pg_url.rsplit("/", 1)[1]
+    a = Leases(pg_url, "a", SOURCES)
+    a.round(take=False)  # creates the tables
+    postgres.psql("INSERT INTO fabwatch_replica VALUES ('old', now() - interval '2 hours'), "
+                  "('recent', now() - interval '5 minutes')", database=database)
+    a.round(take=False)
+    rows = postgres.psql("SELECT replica FROM fabwatch_replica ORDER BY replica", database=database).split()
+    assert rows == ["a", "recent"]
+    a._close()
