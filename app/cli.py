@@ -152,7 +152,11 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _flag(serve_cmd, flags, "--listen", env="LISTEN", convert=parse_listen,
           help="HOST:PORT to listen on (default: service.listen of the inventory)")
     _flag(serve_cmd, flags, "--state", env="STATE",
-          help="state file (default: service.state_path of the inventory)")
+          help="state file, or a PostgreSQL URL (postgresql://user@host:port/db) shared by replicas that "
+               "split the sources between them (default: service.state_path of the inventory)")
+    _flag(serve_cmd, flags, "--replica-id", env="REPLICA_ID", metavar="ID",
+          help="this replica's id in the leases of a PostgreSQL state, unique among the replicas "
+               "(default: host name, process id and a random part)")
     _flag(serve_cmd, flags, "--web.config.file", env="WEB_CONFIG", metavar="FILE", dest="web_config",
           help="TLS and basic authentication of the service port, in the Prometheus exporter-toolkit's "
                "web config format (default: service.web_config of the inventory)")
@@ -417,7 +421,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return load_web_config(web_path)
 
     served = Served(web_config, context, reload, None if web_path is None else reload_web)
-    return _run(_serve(inventory, host, port, args.state, clock, served), fast=receives_events(inventory))
+    return _run(_serve(inventory, host, port, args.state, clock, served, args.replica_id),
+                fast=receives_events(inventory))
 
 
 @dataclass(frozen=True)
@@ -493,13 +498,14 @@ def _run(main: Coroutine[Any, Any, int], *, fast: bool) -> int:
 
 
 async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
-                 clock: Callable[[], float] = time.time, served: Served | None = None) -> int:
+                 clock: Callable[[], float] = time.time, served: Served | None = None,
+                 replica: str | None = None) -> int:
     if not state_file_usable(state or inventory.service.state_path):
         return EXIT_FAILED
     served = served or Served()
     try:
         app = build_app(inventory, state_path=state, clock=clock, web_config=served.web_config, loader=served.loader,
-                        web_loader=served.web_loader)
+                        web_loader=served.web_loader, replica=replica)
     except OtlpSettingsError as exc:
         print(f"fabwatch: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -525,7 +531,7 @@ def state_file_usable(path: str | Path) -> bool:
 
     problem = state_file_problem(path)
     if problem is not None:
-        print(f"fabwatch: cannot use the state file {path}: {problem}", file=sys.stderr)
+        print(f"fabwatch: cannot use the state file {safe_dsn(str(path))}: {problem}", file=sys.stderr)
     return problem is None
 
 

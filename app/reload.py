@@ -23,12 +23,14 @@ from pathlib import Path
 from collector.engine import SourceSampler
 from collector.health import HealthTracker
 from collector.inventory.models import Inventory, Process
+from collector.leases import Leases, replica_id
 from collector.logs import log_event, safe_dsn
 from collector.samples import FanOut, SampleSink
 from collector.sampling import Sampler, build_sampler, monthly_costs
 from collector.scheduler import Sampler as Scheduled
-from collector.scheduler import SamplingScheduler
-from collector.state import StateStore
+from collector.scheduler import SamplingScheduler, lease_seconds
+from collector.state import StateStore, open_state
+from collector.storeurl import postgres_url
 from exporters.prometheus import PrometheusExporter
 
 _LOG = logging.getLogger("fabwatch.service")
@@ -88,7 +90,10 @@ class LiveSampling:
                  state_path: str | Path | None = None, clock: Callable[[], float] = time.time,
                  given: Mapping[str, Scheduled] | None = None, sinks: Sequence[SampleSink] = (),
                  on_reload: Sequence[Callable[[Inventory], None]] = (),
-                 forget: Sequence[Callable[[Iterable[str]], None]] = ()) -> None:
+                 forget: Sequence[Callable[[Iterable[str]], None]] = (),
+                 replica: str | None = None) -> None:
+        """`replica`: this replica's id when the state is shared (a PostgreSQL URL; default: host
+        name, process id and a random part)."""
         self.inventory = inventory
         self.health = health
         self.exporter = exporter
@@ -106,6 +111,9 @@ class LiveSampling:
         self.scheduler: SamplingScheduler | None = None
         self._samplers: dict[str, Sampler] = {}
         self._state: StateStore | None = None
+        self.leases: Leases | None = None
+        """This replica's leases on the sources, when the state is shared (a PostgreSQL URL)."""
+        self._replica = replica
         self._lock = asyncio.Lock()
         self._stopped = False
 
@@ -117,10 +125,35 @@ class LiveSampling:
     async def start(self) -> SamplingScheduler:
         """Open the state store and the samplers, start the scheduler."""
         if self.given is None:
-            self._state = StateStore(self.state_path)
+            url = postgres_url(str(self.state_path))
+            if url is not None:
+                self.leases = Leases(url, self._replica or replica_id(), self._lease_ttls(self.inventory))
+                self.leases.on_gained, self.leases.on_lost = self._gained, self._lost
+                self.health.lease(self.leases.replica, self.leases.holds)
+            holder = None if self.leases is None else self.leases.replica
+            self._state = await asyncio.to_thread(open_state, self.state_path, holder)
             self._samplers = await self._open(self.inventory, set(self.inventory.sources))
         self.health.reload_succeeded(time.time())
-        return self._start_scheduler({})
+        scheduler = self._start_scheduler({})
+        if self.leases is not None:
+            self.leases.start()
+            log_event(_LOG, "replica_started", replica=self.leases.replica, store=safe_dsn(self.leases.url))
+        return scheduler
+
+    def _lease_ttls(self, inventory: Inventory) -> dict[str, float]:
+        return {name: lease_seconds(source, inventory.service.timezone) for name, source in inventory.sources.items()}
+
+    def _gained(self, names: set[str]) -> None:
+        """Sources whose leases this replica just took: sample them now."""
+        if self.scheduler is not None:
+            self.scheduler.wake(names)
+        self.exporter.invalidate()
+
+    def _lost(self, names: set[str]) -> None:
+        """Sources another replica samples now: their last samples go from every sink."""
+        for forget in self.forget:
+            forget(names)
+        self.exporter.invalidate()
 
     async def stop(self) -> None:
         """Stop sampling, then close the samplers and the state store (after a reload in flight)."""
@@ -128,6 +161,8 @@ class LiveSampling:
             self._stopped = True
             if self.scheduler is not None:
                 await self.scheduler.stop()
+            if self.leases is not None:
+                await self.leases.stop()  # after the last saves: given back, taken over at once
             await self._close(list(self._samplers))
             if self._state is not None:
                 self._state.close()
@@ -186,8 +221,10 @@ class LiveSampling:
         # The samplers run on `clock` (a replay's shifted one); health timestamps stay real, so
         # that `time() - fab_source_last_success_timestamp_seconds` (FabSourceStale) holds.
         samplers: Mapping[str, Scheduled] = self.given if self.given is not None else self._samplers
+        if self.leases is not None:
+            self.leases.replace(self._lease_ttls(self.inventory))
         self.scheduler = SamplingScheduler(self.inventory.sources, samplers, self.health, self.sinks,
-                                           timezone=self.inventory.service.timezone)
+                                           timezone=self.inventory.service.timezone, leases=self.leases)
         self.scheduler.start(next_runs)
         return self.scheduler
 

@@ -30,6 +30,7 @@ from collector.inventory.webconfig import WebConfig
 from collector.logs import log_event
 from collector.sampling import mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
+from collector.storeurl import postgres_url
 from exporters import api, page
 from exporters.otlp import OtlpExporter, otlp_settings
 from exporters.pace import Pace, paced
@@ -62,7 +63,7 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
               loader: Callable[[], Inventory] | None = None,
               web_loader: Callable[[], WebConfig] | None = None,
-              environ: Mapping[str, str] | None = None) -> web.Application:
+              environ: Mapping[str, str] | None = None, replica: str | None = None) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
@@ -73,7 +74,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     reload (`POST /-/reload`, SIGHUP); without it, the service cannot reload. `web_loader` reads the
     web config again at each reload (new certificate, users, headers).
     `environ` (default `os.environ`) holds the `OTEL_*` variables that may switch OTLP export on;
-    a bad OTLP setting raises `OtlpSettingsError`.
+    a bad OTLP setting raises `OtlpSettingsError`. `replica`: this replica's id when the state is a
+    PostgreSQL URL shared by replicas (see `collector.leases`).
     """
     guard = _guard(web_config, inventory)
     inner: list[Middleware] = [paced(Pace()), api.json_errors]  # the page and the API yield to scrapes
@@ -90,12 +92,14 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
         app.cleanup_ctx.append(_pushing(app[OTLP]))  # before sampling: stopped after it, for a last push
     pushed = (app[OTLP],) if settings is not None else ()
     # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either
-    rolling = Rolling(inventory, state_path, clock, health) if samplers is None else None
+    # (rollups on a PostgreSQL state come with the shared rollup store: until then, none there)
+    shared = postgres_url(str(state_path or inventory.service.state_path)) is not None
+    rolling = Rolling(inventory, state_path, clock, health) if samplers is None and not shared else None
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
                              sinks=(board, *pushed),
                              on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed),
                                         *([rolling.replace_inventory] if rolling else [])),
-                             forget=tuple(otlp.forget for otlp in pushed))
+                             forget=tuple(otlp.forget for otlp in pushed), replica=replica)
     app[LOADER] = loader
     app[GUARD] = guard
     app[WEB_LOADER] = web_loader
@@ -264,8 +268,9 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """200 once every source has been sampled at least once (successfully or not), else 503."""
     health = request.app[HEALTH]
-    pending = health.not_sampled()
-    down = [name for name in health.sources if name not in pending and not health.is_up(name)]
+    # of the sources this replica samples: all of them, but for replicas on a shared state
+    pending = [name for name in health.not_sampled() if health.owned(name)]
+    down = [name for name in health.sources if name not in pending and health.owned(name) and not health.is_up(name)]
     if pending:
         return web.json_response({"status": "not ready", "not_sampled": pending, "down": down},
                                  status=503)

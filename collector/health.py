@@ -6,7 +6,7 @@ engine does, so exporters treat health and KPIs the same way.
 
 import asyncio
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Protocol
@@ -82,6 +82,10 @@ class Completions(Protocol):
         """Incomplete resources completed (or given up), by how: api, event, failed."""
 
 
+def _always(source: str) -> bool:
+    return True
+
+
 def fabwatch_version() -> str:
     """Return the installed fabwatch version, or `unknown` when run from a bare checkout."""
     try:
@@ -120,6 +124,15 @@ class HealthTracker:
         self._export_errors: dict[str, int] = {}
         self._rollup_errors: dict[str, int] = {}
         self._rollup_final: dict[str, float] = {}
+        self.replica: str | None = None
+        """This replica's id, with replicas on a shared state (`fab_source_leader`); None alone."""
+        self.owned: Callable[[str], bool] = _always
+        """Whether this replica samples a source now (holds its lease): only then are its health
+        series exported, so that a replica not holding a source does not show it as down."""
+
+    def lease(self, replica: str, owned: Callable[[str], bool]) -> None:
+        """Export only the health of the sources `owned` says this replica holds, and who holds what."""
+        self.replica, self.owned = replica, owned
 
     def track(self, sources: Iterable[str], syncing: Iterable[str] = ()) -> None:
         """Track `sources` from now on (a reload): the health of the ones tracked already is kept,
@@ -216,8 +229,15 @@ class HealthTracker:
         durations = Family("fab_source_sample_duration_seconds", "histogram",
                            "Time taken by each sample of the source, successful or not.")
         errors = Family("fab_source_errors", "counter", "Failed samples of the source, by reason.")
+        leader = Family("fab_source_leader", "gauge",
+                        "1 if this replica samples the source now (holds its lease), else 0.")
         for name, health in self._sources.items():
             labels: Labels = (("source", name),)
+            owned = self.owned(name)
+            if self.replica is not None:
+                leader.samples.append(((*labels, ("replica", self.replica)), 1.0 if owned else 0.0))
+            if not owned:
+                continue
             up.samples.append((labels, 1.0 if health.up else 0.0))
             if health.last_success is not None:
                 last.samples.append((labels, health.last_success))
@@ -227,7 +247,8 @@ class HealthTracker:
         info = Family("fab_build_info", "gauge",
                       "fabwatch build information; the value is always 1.",
                       [((("version", self.version),), 1.0)])
-        return (up, last, durations, errors, info, *_task_families(), *self._reload_families(),
+        leading = (leader,) if self.replica is not None else ()
+        return (up, last, durations, errors, *leading, info, *_task_families(), *self._reload_families(),
                 *self._intake_families(), *self._completion_families(), *self._export_families(),
                 *self._rollup_families())
 

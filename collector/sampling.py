@@ -75,6 +75,10 @@ class SyncingSampler:
         if self.store is not None:
             self.store.close()
 
+    def resume(self) -> None:
+        """Read the saved state again (a lease taken over from another replica)."""
+        self.inner.resume()
+
     async def sample(self, now: float | None = None) -> SourceSample:
         """Sync, then sample the record store."""
         if self.syncer is not None:

@@ -10,9 +10,9 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from zoneinfo import ZoneInfo
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
@@ -20,12 +20,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from collector.errors import SourceError
+from collector.errors import SourceError, StateFailed
 from collector.health import HealthTracker
 from collector.inventory.cron import _UTC, cron_trigger
 from collector.inventory.models import Source
+from collector.leases import Leases
 from collector.logs import log_event
 from collector.samples import SampleSink, SourceSample
+from collector.state import StateError
 
 _LOG = logging.getLogger("fabwatch.scheduler")
 CRON_MISFIRE_GRACE = 300
@@ -42,6 +44,25 @@ class Sampler(Protocol):
     def abort(self) -> None:
         """Stop the statements of the sample running now, which is about to be cancelled."""
         ...
+
+
+@runtime_checkable
+class Resumable(Protocol):
+    """A sampler that can read its saved state again (after another replica sampled its source)."""
+
+    def resume(self) -> None:
+        """Read the saved state again, forgetting what was followed in memory."""
+        ...
+
+
+MAX_LEASE = 60.0
+"""The longest lease of a crontab source: its holder may die long before its next run."""
+
+
+def lease_seconds(source: Source, timezone: str = "UTC") -> float:
+    """How long a replica's lease on a source lasts without renewal: its interval (so that another
+    replica takes it over within two), at most `MAX_LEASE` for a crontab, at least one second."""
+    return max(1.0, source.interval if not source.cron else min(MAX_LEASE, schedule_gap(source, timezone)))
 
 
 def trigger_for(source: Source, timezone: ZoneInfo) -> BaseTrigger:
@@ -104,8 +125,12 @@ class SamplingScheduler:
     def __init__(self, sources: Mapping[str, Source], samplers: Mapping[str, Sampler],
                  health: HealthTracker, exporter: SampleSink, *,
                  timezone: str = "UTC",
-                 stop_grace: float = STOP_GRACE) -> None:
+                 stop_grace: float = STOP_GRACE, leases: Leases | None = None) -> None:
+        """`leases`: with replicas on a shared state, a source is sampled only while this replica
+        holds its lease, its saved state read again when the lease is a new one."""
         self._sources = dict(sources)
+        self._leases = leases
+        self._terms: dict[str, int] = {}
         self._samplers = dict(samplers)
         self._health = health
         self._exporter = exporter
@@ -139,6 +164,14 @@ class SamplingScheduler:
         """When each source is due next (for a reload to keep the schedules of the sources it keeps)."""
         return {str(job.id): job.next_run_time for job in self._scheduler.get_jobs()
                 if job.next_run_time is not None}
+
+    def wake(self, names: Iterable[str]) -> None:
+        """Sample these sources now (their leases were just taken), then on their schedules."""
+        now = datetime.now(self._timezone)
+        for name in names:
+            job = self._scheduler.get_job(name)
+            if job is not None and not self._stopping:
+                job.modify(next_run_time=now)
 
     async def stop(self, cause: str = "the service stopped") -> None:
         """Stop scheduling; let the samples in flight finish within `stop_grace` (their results
@@ -176,10 +209,14 @@ class SamplingScheduler:
                 raise
 
     async def run_once(self, name: str) -> SourceSample | None:
-        """Sample one source now; record the outcome; return the sample, None on failure."""
+        """Sample one source now; record the outcome; return the sample, None on failure (or when
+        another replica holds its lease)."""
+        if self._leases is not None and not self._leases.holds(name):
+            return None
         self.runs[name] += 1
         started = time.perf_counter()
         try:
+            await self._resume(name)
             sample = await self._samplers[name].sample()
         except SourceError as exc:
             self._failed(name, exc.reason, time.perf_counter() - started, str(exc))
@@ -196,6 +233,19 @@ class SamplingScheduler:
         log_event(_LOG, "sample_done", level, source=name, seconds=round(seconds, 4),
                   families=len(sample.families))
         return sample
+
+    async def _resume(self, name: str) -> None:
+        """Under a new lease, read the source's state again: another replica may have moved it on."""
+        if self._leases is None:
+            return
+        term = self._leases.term(name)
+        sampler = self._samplers[name]
+        if term is not None and term != self._terms.get(name) and isinstance(sampler, Resumable):
+            try:
+                await asyncio.to_thread(sampler.resume)
+            except StateError as exc:
+                raise StateFailed(name, f"cannot read the shared state: {exc}") from exc
+            self._terms[name] = term
 
     def _failed(self, name: str, reason: str, seconds: float, error: str,
                 trace: bool = False) -> None:

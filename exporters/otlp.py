@@ -32,7 +32,7 @@ from collector.inventory.exporters import OtlpConfig
 from collector.inventory.models import Inventory
 from collector.logs import log_event, mask_secrets, safe_dsn
 from collector.samples import Family, SourceSample
-from collector.state import StateStore
+from collector.state import StateError, StateStore, open_state
 from exporters.otlp_series import Deltas, Starts
 
 if TYPE_CHECKING:
@@ -319,10 +319,11 @@ class OtlpExporter:
         """The start times of cumulative series, those of earlier runs from the state store."""
         if self.settings.temporality == "cumulative" and self._state_path is not None:
             try:
-                self._store = StateStore(self._state_path)
+                self._store = open_state(self._state_path)
                 return Starts(self._clock(), self._store.otlp_series())
-            except (sqlite3.Error, OSError) as exc:
-                log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=str(self._state_path), error=str(exc))
+            except (sqlite3.Error, OSError, StateError) as exc:
+                log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=safe_dsn(str(self._state_path)),
+                          error=str(exc))
                 self._store = None
         return Starts(self._clock())
 
@@ -333,8 +334,9 @@ class OtlpExporter:
             return
         try:
             self._store.save_otlp_series(self._starts.drain(self._clock(), everything))
-        except (sqlite3.Error, OSError) as exc:  # the export goes on; the next one saves them again
-            log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=str(self._state_path), error=str(exc))
+        except (sqlite3.Error, OSError, StateError) as exc:  # the export goes on; the next one saves them again
+            log_event(_LOG, "otlp_starts_unsaved", logging.WARNING, path=safe_dsn(str(self._state_path)),
+                      error=str(exc))
 
     def _push(self, families: list[Family]) -> str | None:
         """Convert and send (in the export thread); the reason of a failure, None on success."""

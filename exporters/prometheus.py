@@ -31,6 +31,27 @@ _INF, _MINUS_INF = math.inf, -math.inf
 LabelCache = dict[tuple[Labels, str | None], str]
 
 
+PER_REPLICA = ("fab_build_info", "fab_service_tasks", "fab_config_.+", "fab_events_.+", "fab_records_incomplete",
+               "fab_records_completed_total", "fab_rollup_.+", "fab_export_errors_total")
+"""The series each replica exports of itself (its build, its events port, its reloads); every other
+`fab_` series belongs to a source and is exported by the replica holding that source's lease only."""
+SHARED_INSTANCE = "fabwatch"
+
+
+def replica_relabeling(instance: str = SHARED_INSTANCE) -> list[dict[str, object]]:
+    """The `metric_relabel_configs` of a scrape job over replicas: a source's series get one
+    `instance` whichever replica exports them, so that Prometheus sees one counter going on from the
+    shared state when the source moves to another replica (`increase()` and `sum` exact: no reset,
+    no second series starting at the running total); the per-replica series keep their instance."""
+    return [
+        {"source_labels": ["__name__"], "regex": "|".join(PER_REPLICA), "target_label": "__tmp_per_replica",
+         "replacement": "1"},
+        {"source_labels": ["__tmp_per_replica", "__name__"], "regex": ";fab_.+", "target_label": "instance",
+         "replacement": instance},
+        {"regex": "__tmp_per_replica", "action": "labeldrop"},
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Exposition:
     """A rendered exposition ready to send: body, content type, content encoding (or None)."""
@@ -170,6 +191,8 @@ class PrometheusExporter:
         """How many times an exposition was rendered (for tests and the self-check)."""
         self.generation = 0
         """Bumped on every change; a scrape between two changes serves the same bytes."""
+        self._owned: frozenset[str] = frozenset()
+        """The sources this replica held when the exposition was rendered (replicas on a shared state)."""
 
     def update(self, sample: SourceSample) -> None:
         """Replace the latest sample of `sample.source`."""
@@ -222,6 +245,8 @@ class PrometheusExporter:
 
     def respond(self, accept: str | None, accept_encoding: str | None) -> Exposition:
         """Pick the format and encoding from the request headers and return the cached bytes."""
+        if self._owned != self._owned_now():  # a lease lapsed (a replica paused past it) or was taken
+            self.invalidate()
         fmt = negotiate_format(accept)
         compressed = accepts_gzip(accept_encoding)
         self._wanted = (fmt, compressed)
@@ -252,9 +277,18 @@ class PrometheusExporter:
             if packed is not None:
                 self._compressed.setdefault(fmt, packed)
 
+    def _owned_now(self) -> frozenset[str]:
+        """The sources whose series this replica exports now: all of them unless replicas lease them."""
+        if self._health is None or self._health.replica is None:
+            return frozenset()
+        return frozenset(filter(self._health.owned, self._health.sources))
+
     def _families(self) -> Iterator[Family]:
+        self._owned = owned = self._owned_now()
+        leased = self._health is not None and self._health.replica is not None
         for source in sorted(self._samples):
-            yield from self._samples[source].families
+            if not leased or source in owned:  # only the holder of a source exports its series
+                yield from self._samples[source].families
         if self._health is not None:
             yield from self._health.families()
 

@@ -96,3 +96,13 @@ def test_the_docs_include_complete_inventories_from_examples():
 def test_every_inventory_the_docs_show_loads(path: Path):
     inventory = load_inventory([path], {"CRM_DSN": "sqlite+aiosqlite:///crm.db"})
     assert inventory.processes
+
+
+def test_the_deployment_pages_scrape_config_is_the_relabeling_the_failover_test_uses() -> None:
+    from exporters.prometheus import replica_relabeling
+
+    page = (DOCS / "deployment.md").read_text()
+    blocks = [yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", page, re.DOTALL)]
+    jobs = [job for block in blocks if isinstance(block, dict) for job in block.get("scrape_configs", [])]
+    assert len(jobs) == 1
+    assert jobs[0]["metric_relabel_configs"] == replica_relabeling()

@@ -31,7 +31,7 @@ from collector.logs import log_event
 from collector.reflect import describe, detect_times, full_scans, present_columns
 from collector.samples import SourceSample
 from collector.sql import Times, build_queries, share
-from collector.state import StateStore
+from collector.state import StateError, StateStore
 
 log = logging.getLogger("collector.engine")  # one logger for the engine's events, whichever module logs
 
@@ -89,6 +89,14 @@ class SourceSampler:
             self._state[name] = {key: saved[key] for key in _KEPT_ON_REMAP if key in saved}
         self._state.setdefault(name, {})["mapping"] = mapping
 
+    def resume(self) -> None:
+        """Read the saved state again and forget what was followed in memory: another replica sampled
+        this source since this one last did (a lease taken over), and its counters go on from there."""
+        self._state = self._store.load(self.name)
+        for process in self.processes:
+            self._check_mapping(process)
+        self._books.clear()
+
     async def open(self) -> None:
         """Create the connection pool; connecting happens on the first sample."""
         self._engine = create_engine(self.source)
@@ -116,9 +124,9 @@ class SourceSampler:
             raise
         try:
             await asyncio.to_thread(self._store.save, self.name, state)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StateError) as exc:
             self._books.clear()
-            raise StateFailed(self.name, f"cannot save to fabwatch's own state file {self._store.path}: "
+            raise StateFailed(self.name, f"cannot save to fabwatch's own state file {self._store.where}: "
                                          f"{exc}") from exc
         self._state = state
         families, readings = publish(Publishing(self.currency, self.max_series, self._queries), processes,

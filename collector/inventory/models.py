@@ -83,7 +83,8 @@ class ServiceConfig(Model):
     """ISO 4217 code of every cost amount (the `currency` label of `fab_cost_total`), e.g. EUR."""
     state_path: str = "fabwatch-state.db"
     """SQLite file where fabwatch keeps its counters, watermarks and daily rollups across restarts (relative to the
-    working directory); `--state` overrides it."""
+    working directory), or a PostgreSQL URL (`postgresql://user@host:port/db`) shared by replicas that split the
+    sources between them (see the deployment page); `--state` overrides it."""
     max_series_per_process: Annotated[int, Field(gt=0)] = 2000
     """Most dimension sets (label value combinations) exported per process; new ones beyond it are counted as
     `other`, and how much of the cap is used is itself exported."""

@@ -204,3 +204,63 @@ def test_a_silent_listener_fires_after_silent_after_and_promtool_agrees(
         result = run(promtool, "test", "rules", str(tests))
         assert result.returncode != 0, wrong
         rules.write_text(rules.read_text().replace(wrong, "> 7200\n"))
+
+
+REPLICAS_TEST = """
+rule_files: [%(rules)s]
+evaluation_interval: 30s
+tests:
+  - name: a source handed over between replicas, a replica holding nothing, raise no health alert
+    interval: 30s
+    input_series:
+      # the holder's series carry the shared instance (docs/deployment.md): one series across the hand-over,
+      # with the staleness marker the old holder's last scrape leaves
+      - series: fab_source_up{source="db", job="fabwatch", instance="fabwatch"}
+        values: 1x9 stale 1x10
+      - series: fab_source_last_success_timestamp_seconds{source="db", job="fabwatch", instance="fabwatch"}
+        values: 0+30x9 stale 330+30x10
+      - series: fab_source_leader{source="db", replica="a", job="fabwatch", instance="fabwatch"}
+        values: 1x9 stale
+      - series: fab_source_leader{source="db", replica="b", job="fabwatch", instance="fabwatch"}
+        values: 0x9 1x11
+      - series: up{job="fabwatch", instance="a:9464"}
+        values: 1x9 0x11
+      - series: up{job="fabwatch", instance="b:9464"}
+        values: 1x20
+    alert_rule_test:
+      %(quiet)s
+  - name: no replica left holding the source is an absent source
+    interval: 30s
+    input_series:
+      - series: fab_source_up{source="db", job="fabwatch", instance="fabwatch"}
+        values: 1x4 stale
+      - series: fab_source_leader{source="db", replica="b", job="fabwatch", instance="fabwatch"}
+        values: 0x20
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: FabSourceAbsent
+        exp_alerts:
+          - exp_labels: {source: db, severity: warning, team: assurance-ops, process: problem, kpi: source}
+            exp_annotations:
+              summary: No fabwatch instance exports a source.
+              description: "Prometheus has no fab_source_up for source db (fabwatch down or not scraped): \\
+                problem is not monitored."
+              runbook_url: https://runbooks.example/problem#fabsourceabsent
+              dashboard_url: http://127.0.0.1:3000/d/fabwatch-overview
+"""
+
+
+def test_health_alerts_over_replicas_see_a_source_not_a_replica(promtool: str, tmp_path: Path,
+                                                                write_inventory: Callable[[dict], Path]) -> None:
+    """Only the holder exports a source's health (`fab_source_up`): a replica holding nothing, or one
+    that died after handing over, is no down, absent or stale source; no replica at all is."""
+    inventory = load_inventory([write_inventory(SMALL)], environ={})
+    bundle = tmp_path / "bundle"
+    write(build(inventory).documents, bundle)
+    quiet = "\n      ".join(f"- {{eval_time: {t}, alertname: {alert}, exp_alerts: []}}"
+                           for t in ("4m30s", "5m", "6m", "10m")
+                           for alert in ("FabSourceDown", "FabSourceAbsent", "FabSourceStale"))
+    tests = tmp_path / "replicas.test.yml"
+    tests.write_text(REPLICAS_TEST % {"rules": bundle / "rules" / "health.rules.yml", "quiet": quiet})
+    result = run(promtool, "test", "rules", str(tests))
+    assert result.returncode == 0, result.stdout + result.stderr

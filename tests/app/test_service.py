@@ -226,3 +226,27 @@ async def test_serve_keeps_the_daily_rollups_of_today(aiohttp_client, tmp_path, 
         assert totals(days[today]).get("created", 0.0) == created
     finally:
         store.close()
+
+
+async def test_replicas_on_a_postgres_state_split_the_source_and_the_other_is_ready_without_it(
+        aiohttp_client, tmp_path, records, postgres) -> None:
+    """The replica holding the source samples and exports it; the other one exports only who holds
+    it, and is ready: a source another replica samples is neither pending nor down there."""
+    state = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    inventory = load_inventory([write_inventory(tmp_path, records)])
+    first = await aiohttp_client(build_app(inventory, state_path=state, replica="first"))
+    deadline = time.monotonic() + 15
+    body = ""
+    while "fab_items_created_total{" not in body:  # its first round counts it, the second takes the source
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.1)
+        body = await (await first.get("/metrics")).text()
+    assert 'fab_source_leader{replica="first",source="crm"} 1.0' in body
+    assert 'fab_items_created_total{' in body
+    second = await aiohttp_client(build_app(inventory, state_path=state, replica="second"))
+    assert await wait_ready(second) == {"status": "ready", "sources": ["crm"], "down": []}
+    body = await (await second.get("/metrics")).text()
+    assert 'fab_source_leader{replica="second",source="crm"} 0.0' in body
+    assert 'source="crm"' not in body.replace('fab_source_leader{replica="second",source="crm"} 0.0', "")
+    assert "fab_items_created_total{" not in body
+    assert not (tmp_path / "state.db").exists()  # the state is in PostgreSQL

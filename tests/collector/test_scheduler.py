@@ -15,10 +15,12 @@ from collector.errors import SourceTimeout
 from collector.health import HealthTracker
 from collector.inventory.cron import crontab_weekdays
 from collector.inventory.models import Process, SqlSource
+from collector.leases import Leases
 from collector.samples import Family, SourceSample
 from collector.scheduler import SamplingScheduler, misfire_grace, trigger_for
 from collector.state import StateStore
 from exporters.prometheus import PrometheusExporter
+from tests.servers import PostgresServer
 
 
 class ScriptedSampler:
@@ -281,3 +283,42 @@ async def test_a_real_sampler_blocked_by_a_lock_is_not_run_twice(tmp_path):
         await scheduler.stop()
         await sampler.close()
         state.close()
+
+
+class ResumingSampler(ScriptedSampler):
+    """A scripted sampler that counts how often it read its saved state again."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.resumed = 0
+
+    def resume(self) -> None:
+        self.resumed += 1
+
+
+async def test_with_leases_a_source_is_sampled_only_while_held_and_resumed_under_a_new_lease(
+        postgres: PostgresServer) -> None:
+    url = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    mine, theirs = Leases(url, "a", {"crm": 30.0}), Leases(url, "b", {"crm": 30.0})
+    sampler = ResumingSampler("crm")
+    health = HealthTracker(["crm"])
+    scheduler = SamplingScheduler({"crm": source()}, {"crm": sampler}, health, PrometheusExporter(health),
+                                  leases=mine)
+    assert await scheduler.run_once("crm") is None  # not held: not sampled
+    assert sampler.calls == []
+    mine._apply(await asyncio.to_thread(mine.round))
+    assert await scheduler.run_once("crm") is not None
+    assert await scheduler.run_once("crm") is not None
+    assert sampler.resumed == 1  # once per lease, before its first sample
+    # another replica holds it for a while, then this one takes it back: its state is read again
+    await asyncio.to_thread(mine._give_back, ["crm"])
+    theirs._apply(await asyncio.to_thread(theirs.round))
+    mine._apply(await asyncio.to_thread(mine.round))
+    assert await scheduler.run_once("crm") is None
+    await asyncio.to_thread(theirs._give_back, ["crm"])
+    mine._apply(await asyncio.to_thread(mine.round))
+    assert await scheduler.run_once("crm") is not None
+    assert sampler.resumed == 2
+    assert len(sampler.calls) == 3
+    for leases in (mine, theirs):
+        leases._close()

@@ -1,6 +1,8 @@
 """The Prometheus exporter: family merging, cached rendering, content negotiation, promtool."""
 
 import gzip
+import math
+import re
 import subprocess
 from types import SimpleNamespace
 
@@ -10,7 +12,14 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from collector.health import COMMIT_BUCKETS, DurationHistogram, HealthTracker
 from collector.samples import Family, Histogram, SourceSample
 from collector.sources.listener import RESULTS
-from exporters.prometheus import PrometheusExporter, accepts_gzip, negotiate_format, to_metrics
+from exporters.prometheus import (
+    PER_REPLICA,
+    PrometheusExporter,
+    accepts_gzip,
+    negotiate_format,
+    render,
+    to_metrics,
+)
 
 
 def make_sample(source: str, process: str, created: float = 3.0) -> SourceSample:
@@ -133,3 +142,54 @@ def test_promtool_accepts_the_exposition(promtool):
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.strip() == b"", result.stdout.decode()
+
+
+def test_the_replica_relabeling_tells_per_replica_series_from_a_sources_series() -> None:
+    """Every family a replica exports whether or not it holds a source is kept per replica by the
+    scrape config; every family of a held source gets the shared instance."""
+    health = HealthTracker(["crm"], syncing=["crm"])
+    health.intake["crm"] = SimpleNamespace(received={"created": 1}, last_received=1.0,  # type: ignore[assignment]
+                                           commits=DurationHistogram(COMMIT_BUCKETS))
+    health.completions["crm"] = SimpleNamespace(incomplete=1, completed={"api": 1})  # type: ignore[assignment]
+    health.track_exporter("otlp")
+    health.track_rollups(["crm"])
+    held = {"crm"}
+    health.lease("r1", lambda source: source in held)
+    kpi = Family("fab_items_created", "counter", "Items.", [((("process", "p"),), 1.0)])
+    cycle = Family("fab_cycle_time_seconds", "histogram", "Cycle.", [],
+                   [((("process", "p"),), Histogram(((1.0, 1.0), (math.inf, 1.0)), 1.0, 0.5))])
+
+    def names(families: list[Family]) -> set[str]:
+        return set(re.findall(r"^(fab_[a-z_]+)", render(families).decode(), re.MULTILINE))
+
+    per_replica = re.compile("|".join(PER_REPLICA))
+    held.clear()
+    mine = names(list(health.families())) - {"fab_source_leader"}
+    held.add("crm")
+    sources = names([kpi, cycle, *health.families()]) - mine
+    assert {"fab_events_received_total", "fab_build_info", "fab_records_incomplete"} <= mine
+    assert {"fab_source_up", "fab_items_created_total", "fab_cycle_time_seconds_bucket"} <= sources
+    assert all(per_replica.fullmatch(name) for name in mine), mine
+    assert not any(per_replica.fullmatch(name) for name in sources), sources
+
+
+def test_a_replica_exports_only_the_sources_it_holds_checked_at_each_scrape() -> None:
+    """A lease that lapsed while nothing changed (the replica was paused past it) hides the source's
+    series from the very next scrape, though the exposition was cached while it held the source."""
+    held = {"crm", "billing"}
+    health = HealthTracker(["crm", "billing"])
+    health.lease("r1", lambda source: source in held)
+    exporter = PrometheusExporter(health)
+    for sample in (make_sample("crm", "order"), make_sample("billing", "invoice")):
+        exporter.update(sample)
+        health.record_success(sample.source, 0.1, 1.0)
+    before = exporter.respond(None, None).body.decode()
+    assert 'process="order"' in before
+    assert 'fab_source_up{source="crm"} 1.0' in before
+    assert 'fab_source_leader{replica="r1",source="crm"} 1.0' in before
+    held.discard("crm")  # its lease lapsed: no new sample, no invalidation
+    after = exporter.respond(None, None).body.decode()
+    assert 'process="order"' not in after
+    assert 'source="crm"' not in after.replace('fab_source_leader{replica="r1",source="crm"} 0.0', "")
+    assert 'fab_source_leader{replica="r1",source="crm"} 0.0' in after
+    assert 'process="invoice"' in after  # the source it still holds
