@@ -15,7 +15,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,6 +34,7 @@ from reports.summary import Month
 _LOG = logging.getLogger("fabwatch.reports")
 CATCH_UP = 86_400.0
 """A scheduled run missed while the service was down is made up at start when it is at most this old."""
+_TICK = timedelta(microseconds=1)
 POLL = 1.0
 """Real seconds between two looks at the clock while waiting (the service clock may run faster)."""
 
@@ -54,8 +55,10 @@ class ReportSchedule:
     """Writes and mails the monthly report on the schedule of the running inventory's `reports` section."""
 
     def __init__(self, inventory: Inventory, state_path: str | Path | None, clock: Callable[[], float],
-                 health: HealthTracker) -> None:
+                 health: HealthTracker, on_change: Callable[[], None] = lambda: None) -> None:
+        """`on_change`: called after each attempt has been counted in `health` (the exposition is cached)."""
         self._inventory = inventory
+        self._on_change = on_change
         self._state_path = Path(state_path or inventory.service.state_path)
         self.directory = reports_directory(inventory.reports, self._state_path)
         """Where the reports are written and served from (fixed at start: a reload keeps it)."""
@@ -84,6 +87,7 @@ class ReportSchedule:
             return
         assert self._store is not None
         self._health.track_reports(self._store.last_delivered())
+        self._on_change()
         self._task = asyncio.create_task(self._run(config), name="reports")
 
     async def stop(self) -> None:
@@ -101,7 +105,8 @@ class ReportSchedule:
         trigger = cron_trigger(config.schedule, ZoneInfo(zone))
 
         def next_run(after: float) -> float:
-            fire = trigger.get_next_fire_time(None, datetime.fromtimestamp(after, UTC))
+            """The first run strictly after `after` (the trigger answers a run at `after` itself)."""
+            fire = trigger.get_next_fire_time(None, datetime.fromtimestamp(after, UTC) + _TICK)
             return float("inf") if fire is None else float(fire.timestamp())
 
         now = self._clock()
@@ -167,12 +172,14 @@ class ReportSchedule:
         except DeliveryFailed as exc:
             now = self._clock()
             self._health.record_delivery(exc.reason, now)
+            self._on_change()
             self._store.record_delivery(str(month), False, now, f"{exc.reason}: {exc}")
             log_event(_LOG, "report_delivery_failed", logging.WARNING, month=str(month), attempt=attempt,
                       reason=exc.reason, server=server_of(config.email) if config.email else "-", error=str(exc))
             return exc
         now = self._clock()
         self._health.record_delivery("delivered", now)
+        self._on_change()
         self._store.record_delivery(str(month), True, now, "delivered")
         for note in delivered.notes:
             log_event(_LOG, "report_delivery_note", logging.WARNING, month=str(month), note=note)

@@ -3,6 +3,7 @@ a login, STARTTLS or implicit TLS as the test asks, keeping every message it acc
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import ssl
@@ -57,6 +58,17 @@ class Inbox:
                 if len(self.messages) >= count:
                     return list(self.messages)
             time.sleep(0.05)
+        raise AssertionError(f"the SMTP server received {len(self.messages)} messages, not {count}")
+
+
+    async def arrived(self, count: int, timeout: float = 30.0) -> list[EmailMessage]:
+        """`wait` without blocking the event loop (for a test whose sender runs in the same loop)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.messages) >= count:
+                    return list(self.messages)
+            await asyncio.sleep(0.05)
         raise AssertionError(f"the SMTP server received {len(self.messages)} messages, not {count}")
 
 
