@@ -170,3 +170,23 @@ async def test_a_directory_that_cannot_be_written_fails_as_write(tmp_path: Path)
     finally:
         await schedule.stop()
     assert health.deliveries()["write"] == 1
+
+
+async def test_a_reload_follows_the_new_reports_section(tmp_path: Path) -> None:
+    with smtp_server(user="fabwatch", password=SECRET) as server:
+        with_reports = inventory_with_reports(tmp_path, server, SECRET)
+        without = with_reports.model_copy(update={"reports": None})
+        clock = shifted_clock(FIRE + 1800)  # half an hour after the run: made up as soon as there is a schedule
+        health = HealthTracker(without.sources)
+        schedule = ReportSchedule(without, None, clock, health)
+        schedule.start()
+        try:
+            await settle(schedule)
+            assert server.inbox.messages == []
+            assert not any(f.name.startswith("fab_report") for f in health.families())
+            schedule.replace_inventory(with_reports)  # what a reload does
+            [message] = await server.inbox.arrived(1)
+        finally:
+            await schedule.stop()
+    assert "2026-11" in message["Subject"]
+    assert health.deliveries()["delivered"] == 1
