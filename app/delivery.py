@@ -10,6 +10,8 @@ delivered again after a restart, a month whose delivery failed is tried again at
 missed while the service was down (less than `CATCH_UP` ago) is made up at start.
 """
 
+from __future__ import annotations
+
 import asyncio
 import logging
 import sqlite3
@@ -17,19 +19,19 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from app.report import last_full_month, month_report
 from collector.health import HealthTracker
 from collector.inventory.cron import cron_trigger
 from collector.inventory.models import Inventory
 from collector.inventory.reports import ReportsConfig
 from collector.logs import log_event
 from collector.state import StateStore
-from reports.delivery import deliver
-from reports.mail import DeliveryFailed, server_of
-from reports.summary import Month
+
+if TYPE_CHECKING:  # the report code (jinja2, aiosmtplib) is imported when a report is due, not by every serve
+    from reports.mail import DeliveryFailed
+    from reports.summary import Month
 
 _LOG = logging.getLogger("fabwatch.reports")
 CATCH_UP = 86_400.0
@@ -48,7 +50,10 @@ def reports_directory(config: ReportsConfig | None, state_path: str | Path) -> P
 
 def month_before(at: float, zone: str) -> Month:
     """The calendar month before the one `at` falls in, on the wall clock of `zone`."""
-    return last_full_month(zone, at)
+    from reports.summary import Month
+
+    day = datetime.fromtimestamp(at, ZoneInfo(zone)).date()
+    return Month(day.year, day.month).shift(-1)
 
 
 class ReportSchedule:
@@ -160,6 +165,10 @@ class ReportSchedule:
 
     async def _attempt(self, config: ReportsConfig, month: Month, attempt: int) -> DeliveryFailed | None:
         """One attempt: summarize, write, mail; record the outcome. Return the failure, or None."""
+        from app.report import month_report
+        from reports.delivery import deliver
+        from reports.mail import DeliveryFailed, server_of
+
         assert self._store is not None
         started = time.monotonic()
         try:
