@@ -50,7 +50,7 @@ class Inbox:
             self.tls.append(server.transport.get_extra_info("ssl_object") is not None)
         return "250 Message accepted"
 
-    def wait(self, count: int, timeout: float = 30.0) -> list[EmailMessage]:
+    def wait(self, count: int, timeout: float = 90.0) -> list[EmailMessage]:
         """The messages once there are `count` of them (fails after `timeout`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -61,7 +61,7 @@ class Inbox:
         raise AssertionError(f"the SMTP server received {len(self.messages)} messages, not {count}")
 
 
-    async def arrived(self, count: int, timeout: float = 30.0) -> list[EmailMessage]:
+    async def arrived(self, count: int, timeout: float = 90.0) -> list[EmailMessage]:
         """`wait` without blocking the event loop (for a test whose sender runs in the same loop)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -132,7 +132,7 @@ async def test_the_schedule_fires_on_the_service_clock_and_mails_last_month(tmp_
         schedule.start()
         try:
             assert server.inbox.messages == []  # not before 06:00
-            [message] = await server.inbox.arrived(1, timeout=30)
+            [message] = await server.inbox.arrived(1)
             await settle(schedule, 0.2)
         finally:
             await schedule.stop()
