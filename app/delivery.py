@@ -167,7 +167,7 @@ class ReportSchedule:
         """One attempt: summarize, write, mail; record the outcome. Return the failure, or None."""
         from app.report import month_report
         from reports.delivery import deliver
-        from reports.mail import DeliveryFailed, server_of
+        from reports.mail import DeliveryFailed
 
         assert self._store is not None
         started = time.monotonic()
@@ -179,13 +179,10 @@ class ReportSchedule:
                     from None
             delivered = await deliver(report, self.directory, config.formats, config.email)
         except DeliveryFailed as exc:
-            now = self._clock()
-            self._health.record_delivery(exc.reason, now)
-            self._on_change()
-            self._store.record_delivery(str(month), False, now, f"{exc.reason}: {exc}")
-            log_event(_LOG, "report_delivery_failed", logging.WARNING, month=str(month), attempt=attempt,
-                      reason=exc.reason, server=server_of(config.email) if config.email else "-", error=str(exc))
-            return exc
+            return self._failed(config, month, attempt, exc)
+        except Exception as exc:  # a defect (a template, a renderer): logged with its traceback, the schedule goes on
+            log_event(_LOG, "report_delivery_crashed", logging.ERROR, exc_info=True, month=str(month))
+            return self._failed(config, month, attempt, DeliveryFailed("internal", f"{type(exc).__name__}: {exc}"))
         now = self._clock()
         self._health.record_delivery("delivered", now)
         self._on_change()
@@ -196,3 +193,16 @@ class ReportSchedule:
                   directory=str(self.directory), mailed_to=",".join(delivered.mailed_to) or "-",
                   seconds=round(time.monotonic() - started, 3))
         return None
+
+    def _failed(self, config: ReportsConfig, month: Month, attempt: int, exc: DeliveryFailed) -> DeliveryFailed:
+        """Count, remember and log a failed attempt."""
+        from reports.mail import server_of
+
+        assert self._store is not None
+        now = self._clock()
+        self._health.record_delivery(exc.reason, now)
+        self._on_change()
+        self._store.record_delivery(str(month), False, now, f"{exc.reason}: {exc}")
+        log_event(_LOG, "report_delivery_failed", logging.WARNING, month=str(month), attempt=attempt,
+                  reason=exc.reason, server=server_of(config.email) if config.email else "-", error=str(exc))
+        return exc

@@ -190,3 +190,28 @@ async def test_a_reload_follows_the_new_reports_section(tmp_path: Path) -> None:
             await schedule.stop()
     assert "2026-11" in message["Subject"]
     assert health.deliveries()["delivered"] == 1
+
+
+async def test_a_defect_in_rendering_counts_as_internal_and_the_schedule_goes_on(tmp_path: Path, monkeypatch,
+                                                                                 caplog) -> None:
+    from reports import render
+
+    def broken(report: object) -> str:
+        raise RuntimeError("template defect")
+
+    monkeypatch.setitem(render.RENDERERS, "html", broken)
+    inventory = inventory_with_reports(tmp_path, None, SECRET, retries=0)
+    health = HealthTracker(inventory.sources)
+    schedule = ReportSchedule(inventory, None, shifted_clock(FIRE + 3 * 86400), health)
+    schedule.start()
+    try:
+        assert inventory.reports is not None
+        assert await schedule.deliver_with_retries(inventory.reports, Month(2026, 11), float("inf")) is False
+        assert schedule._task is not None
+        assert not schedule._task.done()  # still waiting for the next run
+    finally:
+        await schedule.stop()
+    assert health.deliveries()["internal"] == 1
+    crashed = [r for r in caplog.records if r.getMessage() == "report_delivery_crashed"]
+    assert crashed
+    assert crashed[0].exc_info is not None
