@@ -1,7 +1,9 @@
 """Health alerts: a source down, absent or stale, a TMF events listener refusing what hubs send,
-silent or committing slowly, and a KPI that stopped being exported.
+silent or committing slowly, a KPI that stopped being exported, and the scheduled monthly report
+not delivered.
 
-Each is raised once per process the source feeds, so it reaches that process's team.
+Each is raised once per process the source feeds, so it reaches that process's team; the report's
+alert, about every process, once per team (labelled with the team's first process, `kpi="report"`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ COMMIT_QUANTILE = 0.99
 ACCEPTED_RESULTS = "|".join(NOT_REFUSED)
 """The `result`s of `fab_events_received_total` that are not refusals, as a regex."""
 SOURCE_KPI = "source"
+REPORT_ALERT = "FabReportDeliveryFailing"
+REPORT_KPI = "report"
 
 
 def stale_after(inventory: Inventory, source: str) -> float:
@@ -45,7 +49,42 @@ def health_group(inventory: Inventory) -> RuleGroup:
     for name, process in inventory.processes.items():
         rules += source_alerts(inventory, name, process)
         rules += [kpi_absent_alert(name, process, kpi, inventory.alerting) for kpi in process.kpis]
+    rules += report_alerts(inventory)
     return RuleGroup("fabwatch-health", tuple(rules))
+
+
+def team_processes(inventory: Inventory) -> dict[str, str]:
+    """Each team, with the first of its processes in the inventory."""
+    first: dict[str, str] = {}
+    for name, process in inventory.processes.items():
+        first.setdefault(process.team, name)
+    return first
+
+
+def report_alerts(inventory: Inventory) -> list[Rule]:
+    """When `serve` writes reports on a schedule: an alert for each team while the last attempt at
+    delivering the monthly report has failed for `report_failing_for` (its retries included)."""
+    if inventory.reports is None:
+        return []
+    alerting = inventory.alerting
+    health = alerting.health
+    rules = []
+    for team, name in team_processes(inventory).items():
+        process = inventory.processes[name]
+        rules.append(Rule(
+            "max(fab_report_delivery_failed_attempts) > 0", alert=REPORT_ALERT, for_=health.report_failing_for,
+            labels={"severity": health.severity, "team": team, "process": name, "kpi": REPORT_KPI},
+            annotations={
+                "summary": "The monthly report could not be delivered.",
+                "description": ("The last {{ $value }} attempts at writing or mailing the scheduled monthly "
+                                f"report failed, for {window(health.report_failing_for)} at least, retries included: "
+                                "the managers of every process, this team's too, are waiting for it. fabwatch's log "
+                                "says which mail server and what failed (event=report_delivery_failed); "
+                                "fab_report_deliveries_total counts the attempts by result."),
+                "runbook_url": runbook_url(process, REPORT_ALERT, alerting.runbook_url),
+                "dashboard_url": dashboard_url(alerting.grafana_url, None),
+            }))
+    return rules
 
 
 def source_alerts(inventory: Inventory, name: str, process: Process) -> list[Rule]:

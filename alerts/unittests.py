@@ -19,6 +19,7 @@ from alerts.health import (
     DOWN_ALERT,
     KPI_ABSENT_ALERT,
     REFUSED_ALERT,
+    REPORT_ALERT,
     SILENT_ALERT,
     STALE_ALERT,
     stale_after,
@@ -368,6 +369,7 @@ def health_tests(inventory: Inventory, rule_file: RuleFile) -> Doc:
         *_refused_tests(inventory, rule_file, steps),
         *_silent_tests(inventory, rule_file, steps),
         *_commit_tests(inventory, rule_file, steps),
+        *report_tests(inventory, rule_file, steps),
     ]
     return {"evaluation_interval": format_duration(steps.interval), "tests": tests}
 
@@ -432,6 +434,28 @@ def _refused_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps) -> l
               [check(steps, at, REFUSED_ALERT)]),
         group("a listener refusing twice the threshold fires", steps, received(2 * ratio),
               [check(steps, at, REFUSED_ALERT, firing)]),
+    ]
+
+
+def report_tests(inventory: Inventory, rule_file: RuleFile, steps: Steps,
+                 failing: Sequence[float] | None = None) -> list[Doc]:
+    """Reports delivered raise nothing; a report whose delivery keeps failing fires for every team once
+    `report_failing_for` has passed, and not a step before. `failing`: the values of
+    `fab_report_delivery_failed_attempts` to fire with (default: 1, 2, 3 ...), e.g. read from a real service."""
+    rules = [rule for rule in rule_file.alerts() if rule.alert == REPORT_ALERT]
+    if not rules:
+        return []
+    held = steps.of(inventory.alerting.health.report_failing_for)
+    length = held + 3
+    values = list(failing) if failing is not None else [float(i + 1) for i in range(length)]
+    ones = (values + [values[-1]] * length)[:length]
+    metric = "fab_report_delivery_failed_attempts"
+    return [
+        group("reports delivered raise nothing", steps, [series(metric, {}, [0.0] * length)],
+              [check(steps, held + 1, REPORT_ALERT)]),
+        group("a report whose delivery keeps failing fires for every team", steps, [series(metric, {}, ones)],
+              [check(steps, held - 1, REPORT_ALERT),
+               check(steps, held + 1, REPORT_ALERT, [expected(rule, ones[held + 1]) for rule in rules])]),
     ]
 
 

@@ -222,6 +222,10 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
           help="with --backfill, the first month to compute (default: the same month a year ago, "
                "so that the report has its year-on-year change and 12-month trend)")
     _add_report_prometheus(report_cmd, flags)
+    _flag(report_cmd, flags, "--mail", env="REPORT_MAIL", convert=truthy, default=False,
+          action="store_const", const=True,
+          help="also mail the report now through the inventory's reports.email, to test those settings "
+               "(default: only write it)")
     report_cmd.set_defaults(command=cmd_report, env_flags=common + flags)
 
     _add_simulate(commands, common, wanted)

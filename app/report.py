@@ -13,7 +13,7 @@ from collector.inventory.models import Inventory
 from collector.rollups import Progress, RollupStore, days_between, roll_sources, sql_sources
 from reports.prometheus import Connection, PrometheusError, prometheus_notes, read_prometheus, summarize_history
 from reports.render import write
-from reports.summary import Month, read_rollups, read_states, summarize
+from reports.summary import Month, Report, read_rollups, read_states, summarize
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -47,6 +47,15 @@ def progress_line(err: TextIO) -> Progress:
     return show
 
 
+def month_report(inventory: Inventory, state_path: str | Path, month: Month) -> Report:
+    """The summary of `month` from the daily rollups in the state file at `state_path`."""
+    store = RollupStore(state_path)
+    try:
+        return summarize(inventory, read_rollups(store, inventory, month), month, read_states(store, inventory, month))
+    finally:
+        store.close()
+
+
 def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run `fabwatch report` with parsed arguments; return the exit status."""
     zone = inventory.service.timezone
@@ -73,8 +82,13 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
                            read_states(store, inventory, month))
     finally:
         store.close()
-    for path in write(report, Path(args.out), args.format):
-        print(path, file=out)
+    if args.mail:
+        status = mail_now(inventory, report, Path(args.out), args.format, out, err)
+        if status != EXIT_OK:
+            return status
+    else:
+        for path in write(report, Path(args.out), args.format):
+            print(path, file=out)
     sql = sql_sources(inventory.sources)
     missing = [p.name for p in report.processes if not p.complete
                and inventory.processes[p.name].records.source in sql]
@@ -111,10 +125,38 @@ def report_from_prometheus(inventory: Inventory, args: argparse.Namespace, month
         print(f"fabwatch: cannot read the history from Prometheus: {exc}", file=err)
         return EXIT_FAILED
     report = summarize_history(inventory, history, month)
-    for path in write(report, Path(args.out), args.format):
-        print(path, file=out)
+    if args.mail:
+        status = mail_now(inventory, report, Path(args.out), args.format, out, err)
+        if status != EXIT_OK:
+            return status
+    else:
+        for path in write(report, Path(args.out), args.format):
+            print(path, file=out)
     for line in prometheus_notes(inventory, report, history, month):
         print(f"fabwatch: {line}", file=err)
+    return EXIT_OK
+
+
+def mail_now(inventory: Inventory, report: Report, directory: Path, formats: list[str], out: TextIO,
+             err: TextIO) -> int:
+    """`--mail`: write the report and mail it through `reports.email` now, as the schedule would."""
+    from reports.delivery import deliver
+    from reports.mail import DeliveryFailed
+
+    email = inventory.reports.email if inventory.reports is not None else None
+    if email is None:
+        print("fabwatch: --mail needs a mail server: the inventory's reports.email", file=err)
+        return EXIT_CONFIG
+    try:
+        delivered = asyncio.run(deliver(report, directory, formats, email))
+    except DeliveryFailed as exc:
+        print(f"fabwatch: the report was not mailed ({exc.reason}): {exc}", file=err)
+        return EXIT_FAILED
+    for path in delivered.paths:
+        print(path, file=out)
+    for note in delivered.notes:
+        print(f"fabwatch: {note}", file=err)
+    print(f"fabwatch: mailed the report of {report.month} to {', '.join(delivered.mailed_to)}", file=err)
     return EXIT_OK
 
 

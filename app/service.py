@@ -1,4 +1,5 @@
-"""The aiohttp service: /metrics, /healthz, /readyz, /-/reload, the status page at / and the JSON API.
+"""The aiohttp service: /metrics, /healthz, /readyz, /-/reload, the status page at /, the JSON API and
+the monthly reports at /reports/ (written, and mailed, on the inventory's `reports.schedule`).
 
 `build_app` wires the health tracker, the exporter and the sampling scheduler; the scheduler
 and the samplers are started and stopped with the app (`cleanup_ctx`), and replaced by a reload
@@ -21,6 +22,7 @@ from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 
+from app.delivery import ReportSchedule
 from app.reload import LiveSampling, ReloadRefused
 from app.rolling import Rolling
 from collector.health import HealthTracker
@@ -31,7 +33,7 @@ from collector.logs import log_event
 from collector.sampling import mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
 from collector.storeurl import postgres_url
-from exporters import api, page
+from exporters import api, page, reportfiles
 from exporters.otlp import OtlpExporter, otlp_settings
 from exporters.pace import Pace, paced
 from exporters.prometheus import PrometheusExporter
@@ -95,10 +97,12 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     # (rollups on a PostgreSQL state come with the shared rollup store: until then, none there)
     shared = postgres_url(str(state_path or inventory.service.state_path)) is not None
     rolling = Rolling(inventory, state_path, clock, health) if samplers is None and not shared else None
+    schedule = ReportSchedule(inventory, state_path, clock, health, on_change=app[EXPORTER].invalidate)
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
                              sinks=(board, *pushed),
                              on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed),
-                                        *([rolling.replace_inventory] if rolling else [])),
+                                        *([rolling.replace_inventory] if rolling else []),
+                                        schedule.replace_inventory),
                              forget=tuple(otlp.forget for otlp in pushed), replica=replica)
     app[LOADER] = loader
     app[GUARD] = guard
@@ -106,6 +110,7 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app.cleanup_ctx.append(_sampling(app[LIVE]))
     if rolling is not None:
         app.cleanup_ctx.append(_rolling(rolling))
+    app.cleanup_ctx.append(_reporting(schedule))
     mount_sources(app, inventory, state_path, health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
@@ -113,6 +118,7 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     app.router.add_post("/-/reload", reload_endpoint)
     api.add_routes(app)
     page.add_routes(app)
+    reportfiles.add_routes(app, schedule.directory, inventory.service.timezone)
     if guard is not None:
         app.on_response_prepare.append(guard.add_headers)
     return app
@@ -176,6 +182,19 @@ def _rolling(rolling: Rolling) -> Callable[[web.Application], AsyncIterator[None
             yield
         finally:
             await rolling.stop()
+
+    return context
+
+
+def _reporting(schedule: ReportSchedule) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Return the cleanup context that runs the scheduled monthly report while the app runs."""
+
+    async def context(_app: web.Application) -> AsyncIterator[None]:
+        schedule.start()
+        try:
+            yield
+        finally:
+            await schedule.stop()
 
     return context
 

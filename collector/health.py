@@ -22,6 +22,9 @@ SYNC_REASONS = ("http_status", "rate_limited", "auth", "tls", "invalid_json", "o
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 """Upper bounds (seconds) of `fab_source_sample_duration_seconds`: 1 ms .. 60 s."""
+DELIVERY_RESULTS = ("delivered", "connection", "tls", "auth", "refused", "timeout", "write", "internal")
+"""Every `result` of `fab_report_deliveries_total`: delivered, or why an attempt failed (the mail server
+unreachable, its TLS, its login, a 4xx/5xx answer, too slow; the report directory), exported at 0."""
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of `fab_events_commit_duration_seconds`: 0.5 ms (an fsync on a fast
 disk) .. 10 s (hubs time out long before)."""
@@ -133,6 +136,9 @@ class HealthTracker:
     def lease(self, replica: str, owned: Callable[[str], bool]) -> None:
         """Export only the health of the sources `owned` says this replica holds, and who holds what."""
         self.replica, self.owned = replica, owned
+        self._deliveries: dict[str, int] = {}
+        self._failed_in_a_row = 0
+        self._delivered_at: float | None = None
 
     def track(self, sources: Iterable[str], syncing: Iterable[str] = ()) -> None:
         """Track `sources` from now on (a reload): the health of the ones tracked already is kept,
@@ -216,6 +222,31 @@ class HealthTracker:
         """Failed re-roll passes of `source` so far."""
         return self._rollup_errors.get(source, 0)
 
+    def track_reports(self, delivered_at: float | None) -> None:
+        """Export the scheduled report's delivery metrics, every result at 0 from the start;
+        `delivered_at`: when a report was last delivered (kept in the state store), if ever."""
+        for result in DELIVERY_RESULTS:
+            self._deliveries.setdefault(result, 0)
+        if delivered_at is not None:
+            self._delivered_at = max(delivered_at, self._delivered_at or 0.0)
+
+    def record_delivery(self, result: str, at: float) -> None:
+        """Count one attempt at delivering the scheduled report: `delivered` at `at`, else why it failed
+        (failed attempts count in a row until one succeeds)."""
+        self._deliveries[result] = self._deliveries.get(result, 0) + 1
+        self._failed_in_a_row = 0 if result == "delivered" else self._failed_in_a_row + 1
+        if result == "delivered":
+            self._delivered_at = at
+
+    def deliveries(self) -> dict[str, int]:
+        """Attempts at delivering the scheduled report so far, by result."""
+        return dict(self._deliveries)
+
+    @property
+    def deliveries_failed_in_a_row(self) -> int:
+        """Attempts at delivering the scheduled report that failed since the last one that succeeded."""
+        return self._failed_in_a_row
+
     def not_sampled(self) -> list[str]:
         """Sources not sampled yet (neither a success nor a failure so far)."""
         return [name for name, health in self._sources.items() if not health.sampled]
@@ -250,7 +281,7 @@ class HealthTracker:
         leading = (leader,) if self.replica is not None else ()
         return (up, last, durations, errors, *leading, info, *_task_families(), *self._reload_families(),
                 *self._intake_families(), *self._completion_families(), *self._export_families(),
-                *self._rollup_families())
+                *self._rollup_families(), *self._delivery_families())
 
     def _reload_families(self) -> tuple[Family, ...]:
         """`fab_config_last_reload_successful` and its timestamp, named as Prometheus names its own."""
@@ -287,6 +318,25 @@ class HealthTracker:
                        "its late window had passed (Unix time).",
                        [((("source", name),), at) for name, at in sorted(self._rollup_final.items())])
         return (errors, final)
+
+    def _delivery_families(self) -> tuple[Family, ...]:
+        """`fab_report_deliveries_total{result}`, `fab_report_delivery_failed_attempts` and the last delivery's
+        time, when `serve` writes reports on a schedule."""
+        if not self._deliveries:
+            return ()
+        attempts = Family("fab_report_deliveries", "counter",
+                          "Attempts at delivering the scheduled monthly report (writing it, then mailing it), by "
+                          "result: delivered, or why the attempt failed.",
+                          [((("result", name),), float(count)) for name, count in sorted(self._deliveries.items())])
+        failing = Family("fab_report_delivery_failed_attempts", "gauge",
+                         "Attempts at delivering the scheduled report that failed in a row since the last one that "
+                         "succeeded (0: the last attempt delivered it, or none failed since the start).",
+                         [((), float(self._failed_in_a_row))])
+        if self._delivered_at is None:
+            return (attempts, failing)
+        last = Family("fab_report_last_success_timestamp_seconds", "gauge",
+                      "When the scheduled report was last delivered (Unix time).", [((), self._delivered_at)])
+        return (attempts, failing, last)
 
     def _completion_families(self) -> tuple[Family, ...]:
         """`fab_records_incomplete` and `fab_records_completed_total{how}`, when there are listeners."""

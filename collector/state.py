@@ -38,6 +38,14 @@ CREATE TABLE IF NOT EXISTS otlp_series (
     seen_ns INTEGER NOT NULL
 )
 """
+_DELIVERY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS report_delivery (
+    month TEXT PRIMARY KEY,
+    delivered INTEGER NOT NULL,
+    at REAL NOT NULL,
+    detail TEXT NOT NULL
+)
+"""
 
 
 class StateError(Exception):
@@ -61,6 +69,7 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._db.execute(_SERIES_SCHEMA)
+        self._db.execute(_DELIVERY_SCHEMA)
 
     def load(self, source: str) -> dict[str, Any]:
         """Return the saved state of a source, or an empty state if it was never sampled."""
@@ -89,6 +98,23 @@ class StateStore:
                 "INSERT INTO otlp_series (series, start_ns, level, seen_ns) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(series) DO UPDATE SET start_ns = excluded.start_ns, level = excluded.level, "
                 "seen_ns = excluded.seen_ns", rows)
+
+    def delivery(self, month: str) -> tuple[bool, float, str] | None:
+        """Whether the scheduled report of `month` (YYYY-MM) was delivered, when it was last tried, and
+        what happened then; None: never tried."""
+        row = self._db.execute("SELECT delivered, at, detail FROM report_delivery WHERE month = ?", (month,)).fetchone()
+        return None if row is None else (bool(row[0]), row[1], row[2])
+
+    def record_delivery(self, month: str, delivered: bool, at: float, detail: str) -> None:
+        """Remember the outcome of the last attempt at delivering the report of `month`."""
+        self._db.execute("INSERT INTO report_delivery (month, delivered, at, detail) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT(month) DO UPDATE SET delivered = excluded.delivered, at = excluded.at, "
+                         "detail = excluded.detail", (month, int(delivered), at, detail))
+
+    def last_delivered(self) -> float | None:
+        """When a scheduled report was last delivered (Unix time); None: never."""
+        row = self._db.execute("SELECT max(at) FROM report_delivery WHERE delivered = 1").fetchone()
+        return None if row is None else row[0]
 
     def close(self) -> None:
         self._db.close()

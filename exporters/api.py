@@ -14,12 +14,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from collector.health import fabwatch_version
+from exporters.reportfiles import api_reports
 from exporters.schema import (
     Error,
     InventoryView,
     KpiList,
     ProcessList,
     ProcessStatus,
+    ReportList,
     SloList,
     SourceList,
     State,
@@ -135,7 +137,7 @@ def add_routes(app: web.Application) -> None:
 
 ROUTES: dict[str, Handler] = {
     "/processes": processes, "/processes/{name}": process, "/kpis": kpis, "/slos": slos,
-    "/sources": sources, "/inventory": inventory, "/openapi.json": openapi,
+    "/sources": sources, "/inventory": inventory, "/reports": api_reports, "/openapi.json": openapi,
 }
 
 
@@ -159,7 +161,8 @@ def _operation(summary: str, model: str, parameters: list[dict[str, Any]], error
 @lru_cache(maxsize=4)
 def openapi_document(process_names: tuple[str, ...]) -> dict[str, Any]:
     """Build the OpenAPI 3.1 document; the schemas are the response models' JSON Schemas."""
-    models: list[type[BaseModel]] = [ProcessList, ProcessStatus, KpiList, SloList, SourceList, InventoryView, Error]
+    models: list[type[BaseModel]] = [ProcessList, ProcessStatus, KpiList, SloList, SourceList, InventoryView,
+                                     ReportList, Error]
     _, schemas = models_json_schema([(m, "serialization") for m in models],
                                     ref_template="#/components/schemas/{model}")
     by_process = _parameter("process", "query", process_names, "Only this process's")
@@ -172,6 +175,7 @@ def openapi_document(process_names: tuple[str, ...]) -> dict[str, Any]:
         "/slos": _operation("Every SLA's objective, error budget and burn rates", "SloList", [by_process], (400,)),
         "/sources": _operation("Every source's health", "SourceList", [], ()),
         "/inventory": _operation("The inventory, without secrets", "InventoryView", [], ()),
+        "/reports": _operation("The monthly reports served at /reports/, newest first", "ReportList", [], ()),
     }
     return {
         "openapi": "3.1.0",

@@ -3,9 +3,9 @@
 One event loop serves `/metrics`, the status page, the API and (without an events port) the TMF
 events. Fifty clients looping over the page and the API as fast as they are answered keep that
 loop busy a thousand times a second, and a scrape then waits behind them (p99 117 ms measured).
-So the page, the API and their assets are paced: at most `rate` answers a second, with a burst of
-`burst`, the others waiting their turn (a client sees a slower answer, never an error, unless it
-would wait over `max_wait`: then 503 with Retry-After). `/metrics`, `/healthz`, `/readyz`,
+So the page, the API, the reports (`/reports/`) and the assets are paced: at most `rate` answers a
+second, with a burst of `burst`, the others waiting their turn (a client sees a slower answer, never
+an error, unless it would wait over `max_wait`: then 503 with Retry-After). `/metrics`, `/healthz`, `/readyz`,
 `/-/reload` and the events are never paced.
 
 The pace is a GCRA (the "virtual scheduling" form of a token bucket): each answer is due
@@ -28,7 +28,7 @@ BURST = 50
 """How many answers may come at once before the pace applies (a page load and its assets, many screens)."""
 MAX_WAIT = 10.0
 """A request that would wait longer is answered 503 at once, so waiting requests stay bounded."""
-PACED = ("/api/", "/static/")
+PACED = ("/api/", "/static/", "/reports")
 
 
 class Pace:

@@ -215,5 +215,26 @@ class SourceList(Shape):
     sources: list[SourceStatus]
 
 
+class ReportFile(Shape):
+    """One file of a monthly report in the reports directory."""
+
+    name: str
+    """The file name, `fabwatch-report-<month>.<format>`."""
+    month: str
+    """The calendar month reported, YYYY-MM."""
+    format: str
+    """html, md, json, csv or pdf."""
+    url: str
+    """Where the service serves it, relative to its root: `reports/fabwatch-report-<month>.<format>`."""
+    bytes: int
+    modified: float
+    """When the file was written (Unix time)."""
+
+
+class ReportList(Shape):
+    reports: list[ReportFile]
+    """Newest month first; in a month, html, pdf, md, json, csv."""
+
+
 STATES: tuple[State, ...] = ("ok", "no_data", "at_risk", "breached")
 """From best to worst: a process takes the worst state of its KPIs."""

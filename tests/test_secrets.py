@@ -110,6 +110,12 @@ def marked_inventory(tmp_path: Path, postgres: PostgresServer, api: str) -> Path
         },
         "exporters": {"otlp": {"endpoint": f"{closed}/v1/metrics?api_key={MARKER}", "interval": "1s",
                                "timeout": "1s", "headers": {"Authorization": f"Bearer {MARKER}"}}},
+        # a run missed "just now" is made up at start: a report is written and mailed to a closed port,
+        # and the failure logged (with the mail server, never its password)
+        "reports": {"schedule": "* * * * *", "directory": str(tmp_path / "reports"), "retries": 0,
+                    "email": {"host": "127.0.0.1", "port": free_port(), "security": "none", "username": "fab",
+                              "password": MARKER, "from": "fabwatch@example.com", "to": ["boss@example.com"],
+                              "timeout": "2s"}},
         "processes": {"problem": {  # alerts and dashboards are built per process
             "etom": "1.3.1.3", "name": "Problem", "team": "assurance-ops", "runbook": "https://wiki.example/problem",
             "records": {"source": "ops", "table": "trouble_ticket", "open_statuses": ["open"]},
@@ -136,7 +142,8 @@ def test_a_marker_secret_reaches_no_log_table_answer_or_generated_file(tmp_path,
     try:
         answers = [wait_http(f"http://127.0.0.1:{port}/metrics", serve)]
         time.sleep(3)  # a few samples of each source, failed ones included
-        for page in ("/metrics", "/", "/healthz", "/api/v1/inventory", "/api/v1/sources", "/api/v1/processes/problem",
+        for page in ("/metrics", "/", "/healthz", "/reports/", "/api/v1/reports", "/api/v1/inventory",
+                     "/api/v1/sources", "/api/v1/processes/problem",
                      "/api/v1/kpis", "/api/v1/slos", "/api/v1/openapi.json"):
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}{page}", timeout=5) as reply:
@@ -149,6 +156,7 @@ def test_a_marker_secret_reaches_no_log_table_answer_or_generated_file(tmp_path,
     assert "event=source_opened" in serve_err
     assert "api_key=***" in serve_err
     assert "event=export_failed" in serve_err  # the OTLP push to the closed port, logged without its secrets
+    assert "event=report_delivery_failed" in serve_err  # the report mailed to the closed port, likewise
 
     built = tmp_path / "built"
     for command in (["alerts", "build", "--out", str(built / "alerts")],
@@ -158,8 +166,9 @@ def test_a_marker_secret_reaches_no_log_table_answer_or_generated_file(tmp_path,
         assert proc.returncode == 0, build_err
         out += build_out
         err += build_err
-    files = [p for p in built.rglob("*") if p.is_file()]
-    assert files
+    reports = sorted((tmp_path / "reports").glob("fabwatch-report-*"))
+    assert reports  # written before the mail failed
+    files = [p for p in built.rglob("*") if p.is_file()] + reports
 
     leaks = [name for name, text in [("check stdout", out), ("check and build logs", err),
                                      ("serve stdout", serve_out), ("serve logs", serve_err),

@@ -160,6 +160,9 @@ class HealthAlerting(Model):
     """Severity of the source and events listener alerts."""
     absent_severity: Severity = "info"
     """Severity of `FabKpiAbsent`."""
+    report_failing_for: Duration = 900.0
+    """How long the scheduled report may stay undelivered after a failed attempt (retries included) before
+    `FabReportDeliveryFailing` fires."""
     events_refused_ratio: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """Warn when a TMF events listener refuses more than this share of what it receives..."""
     events_window: Duration = 900.0

@@ -13,6 +13,7 @@ from collector.inventory.alerting import AlertingConfig
 from collector.inventory.base import Model, examples
 from collector.inventory.durations import Duration
 from collector.inventory.exporters import ExportersConfig
+from collector.inventory.reports import ReportsConfig
 from collector.inventory.sources import CostCsvSource, HttpJsonSource, TmfEventsSource, TmfSource
 from collector.inventory.types import CronExpression, TimeKind, TimeZoneName
 
@@ -527,3 +528,6 @@ class Inventory(Model):
     """What `fabwatch alerts build` writes: SLO burn-rate windows, thresholds, teams and their receivers."""
     exporters: ExportersConfig = ExportersConfig()
     """Exporters beside `/metrics`: OpenTelemetry (OTLP) push."""
+    reports: ReportsConfig | None = None
+    """The monthly summary written by `serve` on a schedule, served at `/reports/` and mailed; none: `serve`
+    writes none (`fabwatch report` still does)."""

@@ -143,3 +143,42 @@ def test_prometheus_and_backfill_together_are_refused(tmp_path: Path, capsys: py
                    "--prometheus", "http://127.0.0.1:9"])
     assert status == 2
     assert "--prometheus reads no rollups" in capsys.readouterr().err
+def mail_settings(tmp_path: Path, port: int, password: str) -> Path:
+    """The example inventory with a mail server in its `reports:` section."""
+    path = tmp_path / f"operator-{password}.yaml"
+    text = EXAMPLE.read_text()
+    assert "\nreports:\n" in text
+    path.write_text(text.replace("\nreports:\n", f"""
+reports:
+  email: {{host: 127.0.0.1, port: {port}, security: none, username: fabwatch, password: "{password}",
+           from: fabwatch@example.com, to: [managers@example.com]}}
+""", 1))
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")  # a loopback test server
+def test_mail_sends_the_report_now_and_says_why_it_could_not(operator_db: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.smtp import smtp_server
+
+    monkeypatch.setenv("FABWATCH_DEMO_DSN", f"sqlite+aiosqlite:///{operator_db}")
+    with smtp_server(user="fabwatch", password="right-one") as server:
+        args = ["--state", str(tmp_path / "state.db"), "--month", "2026-02", "--format", "html,md",
+                "--out", str(tmp_path / "out"), "--mail"]
+        refused = main(["report", "-c", str(mail_settings(tmp_path, server.port, "wrong")), *args])
+        err = capsys.readouterr().err
+        assert refused == 1
+        assert f"the report was not mailed (auth): mail server 127.0.0.1:{server.port}: login as fabwatch" in err
+        assert main(["report", "-c", str(mail_settings(tmp_path, server.port, "right-one")), *args]) == 0
+        [message] = server.inbox.wait(1)
+    out, err = capsys.readouterr()
+    assert out.split() == [str(tmp_path / "out" / "fabwatch-report-2026-02.html"),
+                           str(tmp_path / "out" / "fabwatch-report-2026-02.md")]
+    assert "mailed the report of 2026-02 to managers@example.com" in err
+    assert message["Subject"].startswith("fabwatch monthly report 2026-02: ")
+    assert [p.get_filename() for p in message.iter_attachments()] == ["fabwatch-report-2026-02.html"]
+    without = main(["report", "-c", str(EXAMPLE), "--state", str(tmp_path / "state.db"), "--month", "2026-02",
+                    "--out", str(tmp_path / "out"), "--mail"])
+    assert without == 2
+    assert "--mail needs a mail server: the inventory's reports.email" in capsys.readouterr().err

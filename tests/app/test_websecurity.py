@@ -96,7 +96,8 @@ async def get(url: str, pki: Pki, headers: dict[str, str] | None = None,
 
 
 async def test_every_path_needs_the_credentials(service: str, pki: Pki) -> None:
-    for path in ("/metrics", "/healthz", "/readyz", "/", "/no/such/path"):
+    for path in ("/metrics", "/healthz", "/readyz", "/", "/no/such/path", "/reports/", "/api/v1/reports",
+                 "/reports/fabwatch-report-2026-11.html"):
         status, headers, _ = await get(service + path, pki)
         assert status == 401, path
         assert headers["WWW-Authenticate"].startswith("Basic ")

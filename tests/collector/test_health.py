@@ -1,8 +1,16 @@
 """Per-source health: up, last success, durations and errors by reason."""
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from collector.health import COMMIT_BUCKETS, DURATION_BUCKETS, REASONS, DurationHistogram, HealthTracker
+from collector.health import (
+    COMMIT_BUCKETS,
+    DELIVERY_RESULTS,
+    DURATION_BUCKETS,
+    REASONS,
+    DurationHistogram,
+    HealthTracker,
+)
 
 
 def families(tracker: HealthTracker) -> dict[str, object]:
@@ -115,3 +123,33 @@ def test_export_errors_family_only_with_a_push_exporter():
     health.record_export_error("otlp")
     [family] = [f for f in health.families() if f.name == "fab_export_errors"]
     assert (family.kind, family.samples) == ("counter", [((("exporter", "otlp"),), 1.0)])
+
+
+def test_every_health_metric_is_in_the_metrics_reference() -> None:
+    reference = (Path(__file__).parents[2] / "docs" / "reference" / "metrics.md").read_text(encoding="utf-8")
+    tracker = HealthTracker(["crm"])
+    tracker.reload_succeeded(1.0)
+    tracker.track_exporter("otlp")
+    tracker.track_rollups(["crm"])
+    tracker.record_rollup("crm", 2.0)
+    tracker.track_reports(3.0)
+    names = [f.name + ("_total" if f.kind == "counter" else "") for f in tracker.families()]
+    assert "fab_report_deliveries_total" in names
+    assert [name for name in names if f"`{name}`" not in reference] == []
+
+
+def test_report_deliveries_count_by_result_and_failures_in_a_row() -> None:
+    tracker = HealthTracker([])
+    assert not any(f.name.startswith("fab_report") for f in tracker.families())
+    tracker.track_reports(None)
+    for result in ("auth", "auth", "tls"):
+        tracker.record_delivery(result, 10.0)
+    families = {f.name: f for f in tracker.families()}
+    assert dict((dict(labels)["result"], v) for labels, v in families["fab_report_deliveries"].samples) == {
+        **dict.fromkeys(DELIVERY_RESULTS, 0.0), "auth": 2.0, "tls": 1.0}
+    assert families["fab_report_delivery_failed_attempts"].samples == [((), 3.0)]
+    assert "fab_report_last_success_timestamp_seconds" not in families
+    tracker.record_delivery("delivered", 20.0)
+    families = {f.name: f for f in tracker.families()}
+    assert families["fab_report_delivery_failed_attempts"].samples == [((), 0.0)]
+    assert families["fab_report_last_success_timestamp_seconds"].samples == [((), 20.0)]

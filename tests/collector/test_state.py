@@ -81,3 +81,16 @@ def test_an_unreachable_postgres_is_named_at_start_with_the_password_masked() ->
 
 def test_a_reachable_postgres_state_is_usable(pg_url: str) -> None:
     assert state_file_problem(pg_url) is None
+def test_report_deliveries_are_kept_by_month_across_a_reopen(tmp_path):
+    store = StateStore(tmp_path / "state.db")
+    assert store.delivery("2026-11") is None
+    assert store.last_delivered() is None
+    store.record_delivery("2026-11", False, 10.0, "auth: login refused")
+    store.record_delivery("2026-10", True, 5.0, "delivered")
+    store.close()
+    store = StateStore(tmp_path / "state.db")
+    assert store.delivery("2026-11") == (False, 10.0, "auth: login refused")
+    store.record_delivery("2026-11", True, 20.0, "delivered")  # the retry succeeded: replaces the failure
+    assert store.delivery("2026-11") == (True, 20.0, "delivered")
+    assert store.last_delivered() == 20.0
+    store.close()

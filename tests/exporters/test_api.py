@@ -104,7 +104,7 @@ async def test_bad_parameters_get_a_400_json_error(client, query):
 
 async def test_unknown_paths_and_processes_get_a_404_json_error(client):
     assert (await get(client, "/api/v1/processes/nope", 404))["error"] == "not_found"
-    assert (await get(client, "/api/v1/reports", 404))["error"] == "not_found"
+    assert (await get(client, "/api/v1/report", 404))["error"] == "not_found"
     response = await client.post("/api/v1/kpis")
     assert response.status == 405
     assert (await response.json())["error"] == "method_not_allowed"
@@ -124,7 +124,8 @@ async def test_inventory_and_sources_show_no_secret(client):
 def test_the_openapi_document_is_3_1_and_names_every_route():
     document = openapi_document(("problem",))
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/processes", "/processes/{name}", "/kpis", "/slos", "/sources", "/inventory"}
+    assert set(document["paths"]) == {"/processes", "/processes/{name}", "/kpis", "/slos", "/sources", "/inventory",
+                                         "/reports"}
     (process,) = [p for p in document["paths"]["/kpis"]["get"]["parameters"] if p["name"] == "process"]
     assert process["schema"]["enum"] == ["problem"]
     refs = set(_refs(document))
