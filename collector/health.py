@@ -127,6 +127,9 @@ class HealthTracker:
         self._export_errors: dict[str, int] = {}
         self._rollup_errors: dict[str, int] = {}
         self._rollup_final: dict[str, float] = {}
+        self._deliveries: dict[str, int] = {}
+        self._failed_in_a_row = 0
+        self._delivered_at: float | None = None
         self.replica: str | None = None
         """This replica's id, with replicas on a shared state (`fab_source_leader`); None alone."""
         self.owned: Callable[[str], bool] = _always
@@ -136,9 +139,6 @@ class HealthTracker:
     def lease(self, replica: str, owned: Callable[[str], bool]) -> None:
         """Export only the health of the sources `owned` says this replica holds, and who holds what."""
         self.replica, self.owned = replica, owned
-        self._deliveries: dict[str, int] = {}
-        self._failed_in_a_row = 0
-        self._delivered_at: float | None = None
 
     def track(self, sources: Iterable[str], syncing: Iterable[str] = ()) -> None:
         """Track `sources` from now on (a reload): the health of the ones tracked already is kept,
