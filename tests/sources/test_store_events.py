@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from collector.sources import pgstore
 from collector.sources import store as store_module
-from collector.sources.store import Event, RecordStore
+from collector.sources.store import Event, Records, open_records
 
 T0 = 1_767_225_600.0
 
@@ -17,12 +16,12 @@ def event(event_id: str, ticket: str, status: str, updated: float, *, delete: bo
     return Event(event_id, "change", "trouble_ticket", row, ticket, updated, delete=delete)
 
 
-def state(store: RecordStore) -> list[tuple[str, str, float, int]]:
+def state(store: Records) -> list[tuple[str, str, float, int]]:
     return [(r["id"], r["status"], r["updated_at"], r["reopened"]) for r in store.rows("trouble_ticket")]
 
 
-def test_a_batch_stores_each_event_once_and_keeps_the_newest_version(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "s.db", ["trouble_ticket"], final_statuses={"trouble_ticket": ("resolved",)})
+def test_a_batch_stores_each_event_once_and_keeps_the_newest_version(store_location: str) -> None:
+    store = open_records(store_location, "s", ["trouble_ticket"], final_statuses={"trouble_ticket": ("resolved",)})
     try:
         assert store.apply_events([event("e1", "T1", "inProgress", T0), event("e3", "T1", "resolved", T0 + 30),
                                    event("e1", "T1", "inProgress", T0), event("e2", "T1", "inProgress", T0 + 10),
@@ -34,22 +33,22 @@ def test_a_batch_stores_each_event_once_and_keeps_the_newest_version(tmp_path: P
         assert store.apply_events([event("e6", "T2", "", T0 + 5, delete=True), event("e6", "T2", "", T0 + 5),
                                    event("e7", "T3", "inProgress", T0)]) == [True, False, True]
         assert [r[0] for r in state(store)] == ["T1", "T3"]
-        count = store._db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0]
+        count = store.count("tmf_event")
         assert count == 7
     finally:
         store.close()
 
 
-def test_a_change_older_than_a_deletion_does_not_bring_the_resource_back(tmp_path: Path) -> None:
+def test_a_change_older_than_a_deletion_does_not_bring_the_resource_back(store_location: str) -> None:
     """Create at +10, delete at +30, then a hub's retry of the change at +20: the ticket stays
     deleted. A resource created again later (newer than the deletion) comes back."""
-    store = RecordStore(tmp_path / "s.db", ["trouble_ticket"])
+    store = open_records(store_location, "s", ["trouble_ticket"])
     try:
         store.apply_events([event("c", "T1", "acknowledged", T0 + 10), event("d", "T1", "", T0 + 30, delete=True)])
         assert store.apply_events([event("late", "T1", "inProgress", T0 + 20)]) == [True]  # stored: an event id
         assert state(store) == []
         store.close()
-        store = RecordStore(tmp_path / "s.db", ["trouble_ticket"])  # a restart remembers the deletion
+        store = open_records(store_location, "s", ["trouble_ticket"])  # a restart remembers the deletion
         store.apply_events([event("later", "T1", "pending", T0 + 29)])
         assert state(store) == []
         store.upsert("trouble_ticket", [{"id": "T1", "created_at": T0, "updated_at": T0 + 25, "status": "x"}])
@@ -59,7 +58,7 @@ def test_a_change_older_than_a_deletion_does_not_bring_the_resource_back(tmp_pat
         store.apply_events([event("d-old", "T1", "", T0 + 35, delete=True)])  # a deletion older than the row
         assert state(store) == [("T1", "acknowledged", T0 + 40, 0)]
         assert store.forget_events(T0 + 10**9) >= 0
-        assert store._db.execute("SELECT COUNT(*) FROM tmf_deleted").fetchone()[0] == 0  # pruned with the ids
+        assert store.count("tmf_deleted") == 0  # pruned with the ids
     finally:
         store.close()
 
@@ -73,9 +72,11 @@ class _Clock:
 
 
 def test_old_event_ids_are_forgotten_oldest_first_a_bounded_batch_at_a_time(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        store_location: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _Clock.now = 1000.0
     monkeypatch.setattr(store_module, "time", _Clock)  # received_at
-    store = RecordStore(tmp_path / "s.db", ["trouble_ticket"])
+    monkeypatch.setattr(pgstore, "time", _Clock)
+    store = open_records(store_location, "s", ["trouble_ticket"])
     try:
         store.apply_events([event(f"e{n}", f"T{n}", "inProgress", T0) for n in range(1, 6)])  # at 1000
         _Clock.now = 2000.0
@@ -83,7 +84,7 @@ def test_old_event_ids_are_forgotten_oldest_first_a_bounded_batch_at_a_time(
         assert store.forget_events(before=1500.0, limit=3) == 3  # e1..e3: the first three rows
         assert store.forget_events(before=1500.0, limit=3) == 2  # e4, e5; e6 is too recent
         assert store.forget_events(before=1500.0, limit=3) == 0
-        ids = [r[0] for r in store._db.execute("SELECT event_id FROM tmf_event ORDER BY event_id")]
+        ids = [r[0] for r in store._db.execute("SELECT event_id FROM tmf_event ORDER BY event_id")]  # type: ignore[attr-defined]
         assert ids == ["e6", "e7", "e8"]
         # A forgotten id is new again; a remembered one is still a duplicate.
         assert store.apply_events([event("e1", "T1", "inProgress", T0), event("e6", "T6", "inProgress", T0)]) == [
@@ -93,19 +94,23 @@ def test_old_event_ids_are_forgotten_oldest_first_a_bounded_batch_at_a_time(
 
 
 @pytest.mark.parametrize("shape", ["numbers unset", "numbers set", "a mix", "columns missing"])
-def test_rows_are_stored_with_a_missing_number_as_zero_and_nothing_else_changed(tmp_path: Path, shape: str) -> None:
+def test_rows_are_stored_with_a_missing_number_as_zero_and_nothing_else_changed(store_location: str,
+                                                                                shape: str) -> None:
     """The upsert's parameters are built in C for the usual rows; every shape must store the same."""
     numbers = [name for name, _, default in store_module.COLUMNS if default is not None]
+    # a value of each column's type (PostgreSQL's columns are typed: 1.5 in an INTEGER would round)
+    given = {name: index + (0.5 if name in store_module.FLOATS else 1) for index, name in enumerate(numbers)}
     row: dict[str, object] = dict.fromkeys(store_module.NAMES)
     row.update(id="TT-1", created_at=10.0, updated_at=20.0, status="acknowledged", priority="high", channel=None)
     if shape == "numbers set":
-        row.update({name: index + 0.5 for index, name in enumerate(numbers)})
+        row.update(given)
     elif shape == "a mix":
-        row.update({name: index + 0.5 for index, name in enumerate(numbers) if index % 2})
+        row.update({name: value for index, (name, value) in enumerate(given.items()) if index % 2})
     elif shape == "columns missing":
         row = {k: v for k, v in row.items() if k not in ("priority", "fallout", "amount", "completed_at")}
-    store = RecordStore(tmp_path / "records.db", ["trouble_ticket"])
+    store = open_records(store_location, "s", ["trouble_ticket"])
     store.upsert("trouble_ticket", [row])
     expected = {name: row.get(name) for name in store_module.NAMES}
     expected.update({name: row.get(name) if row.get(name) is not None else 0 for name in numbers})
     assert store.rows("trouble_ticket") == [expected]
+    store.close()
