@@ -224,6 +224,11 @@ def create_engine(source: SqlSource) -> AsyncEngine:
         options["connect_args"] = {"timeout": source.timeout}
     else:
         options.update(pool_size=source.pool_size, max_overflow=0)
+    if url.get_backend_name() == "postgresql" and "search_path" in url.query:
+        # A record store in PostgreSQL (`collector.sources.pgstore`): its tables are in the source's
+        # schema, set as the session's search path (asyncpg's server settings: no round trip).
+        options["connect_args"] = {"server_settings": {"search_path": str(url.query["search_path"])}}
+        url = url.difference_update_query(["search_path"])
     # `_is_async` picks the asyncio variant of a dialect that has both (postgresql+psycopg), as
     # `create_async_engine` does.
     engine = AsyncEngine(create_sync_engine(url, _is_async=True, **options))

@@ -107,10 +107,10 @@ class PostgresRecordStore:
 
     @property
     def dsn(self) -> str:
-        """The SQLAlchemy URL the KPI engine samples (psycopg, the schema first in the search path)."""
+        """The SQLAlchemy URL the KPI engine samples: asyncpg, as for any PostgreSQL source, with the
+        schema as the search path (`collector.db.create_engine` sets it for the session)."""
         joiner = "&" if "?" in self.url else "?"
-        options = quote(f"-csearch_path={self.schema}", safe="")
-        return f"postgresql+psycopg://{self.url.partition('://')[2]}{joiner}options={options}"
+        return f"postgresql+asyncpg://{self.url.partition('://')[2]}{joiner}search_path={quote(self.schema)}"
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(self.url, autocommit=True, options=f"-c search_path={self.schema}")

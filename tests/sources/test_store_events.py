@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from collector.sources import pgstore
@@ -114,3 +116,57 @@ def test_rows_are_stored_with_a_missing_number_as_zero_and_nothing_else_changed(
     expected.update({name: row.get(name) if row.get(name) is not None else 0 for name in numbers})
     assert store.rows("trouble_ticket") == [expected]
     store.close()
+
+
+def test_two_writers_on_one_store_store_each_event_once_and_the_newest_version(store_location: str) -> None:
+    """Two connections (two replicas) write the same events at once, in batches: each event id is
+    acknowledged new by exactly one of them, and every ticket ends at its newest version."""
+    finals = {"trouble_ticket": ("resolved",)}
+    writers = [open_records(store_location, "s", ["trouble_ticket"], final_statuses=finals) for _ in range(2)]
+    tickets, versions = 60, 5
+    events = [event(f"T{t}-v{v}", f"T{t}", "resolved" if v == versions - 1 else "inProgress", T0 + v)
+              for v in range(versions) for t in range(tickets)]
+    orders = [events, events[::-1]]  # one writer sends the newest versions first
+    fresh: list[list[bool]] = [[], []]
+
+    def write(n: int) -> None:
+        for start in range(0, len(events), 25):
+            fresh[n] += writers[n].apply_events(orders[n][start:start + 25])
+
+    try:
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        new = {e.event_id for e, is_new in zip(orders[0], fresh[0], strict=True) if is_new}
+        also = {e.event_id for e, is_new in zip(orders[1], fresh[1], strict=True) if is_new}
+        assert not new & also  # never new for both
+        assert new | also == {e.event_id for e in events}
+        assert state(writers[0]) == sorted((f"T{t}", "resolved", T0 + versions - 1, 0) for t in range(tickets))
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+def test_a_writer_waits_for_the_other_and_takes_the_next_number(store_location: str) -> None:
+    """The ingest numbers follow the commits, whoever writes: a second writer's transaction waits
+    for the first's commit, then numbers its rows after them (the KPI engine reads "arrived since
+    number n" and must never see a smaller number commit later)."""
+    first, second = (open_records(store_location, "s", ["trouble_ticket"]) for _ in range(2))
+    try:
+        first.stage_events([event("a", "A", "inProgress", T0)])
+        done = threading.Event()
+        writer = threading.Thread(target=lambda: (second.apply_events([event("b", "B", "inProgress", T0)]),
+                                                  done.set()))
+        writer.start()
+        assert not done.wait(0.5)  # waits for the first writer's commit
+        first.commit()
+        assert done.wait(30)
+        writer.join()
+        numbers = dict(first._db.execute(  # type: ignore[attr-defined]
+            "SELECT id, fab_created_seq FROM trouble_ticket").fetchall())
+        assert numbers["B"] == numbers["A"] + 1
+    finally:
+        first.close()
+        second.close()
