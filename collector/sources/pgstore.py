@@ -406,10 +406,11 @@ class _Tx:
             self._store.rollback()
             return
         try:
-            self._store.commit()
+            self._store._db.execute("COMMIT")
         except BaseException:
             self._store.rollback()
             raise
+        self._store._lock.release()
 
 
 def _next_seq(db: psycopg.Connection[Any]) -> int:
