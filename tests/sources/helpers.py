@@ -96,9 +96,10 @@ EVENT_T0 = 1_767_225_600.0
 
 
 def events_inventory(directory: Path, *, durability: str = "full", batch_max: int = 1000,
-                     interval: str = "60s", events_port: int | None = None) -> Path:
+                     interval: str = "60s", events_port: int | None = None, store: str | None = None) -> Path:
     """Write an inventory with process `problem` fed by a `tmf_events` source `events` (TMF621 v4),
-    received on the events port when `events_port` is given, else on the main port."""
+    received on the events port when `events_port` is given, else on the main port; its record
+    store is `store` (a PostgreSQL URL, say), else `directory/events.db`."""
     document = yaml.safe_load(EXAMPLE.read_text())
     problem = document["processes"]["problem"]
     problem["records"]["source"] = "events"
@@ -107,7 +108,7 @@ def events_inventory(directory: Path, *, durability: str = "full", batch_max: in
         "service": {"state_path": str(directory / "state.db"), "currency": "EUR", "timezone": "UTC",
                     **({"events_listen": f"127.0.0.1:{events_port}"} if events_port else {})},
         "sources": {"events": {"kind": "tmf_events", "api": "tmf621", "version": 4,
-                               "store": str(directory / "events.db"), "durability": durability,
+                               "store": store or str(directory / "events.db"), "durability": durability,
                                "batch_max": batch_max, "interval": interval}},
         "processes": {"problem": problem},
     }
