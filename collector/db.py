@@ -200,11 +200,12 @@ async def read_only(source: str, engine: AsyncEngine, timeout: float) -> AsyncIt
         if conn.dialect.name in _MYSQL_DIALECTS:
             await _mysql_read_only(conn, timeout)
         elif conn.dialect.name == "postgresql":
-            await conn.execute(text("SET TRANSACTION READ ONLY"))
-            # One round trip: the timeout, and custom plans for the range queries (a generic plan
-            # cannot see that (:lo, :hi] is a few seconds wide and scans whole indexes instead).
+            # One round trip: read only (`SET TRANSACTION READ ONLY`, which may follow a query: only
+            # going back to read-write may not), the timeout, and custom plans for the range queries
+            # (a generic plan cannot see that (:lo, :hi] is a few seconds wide and scans whole indexes).
             await conn.execute(text(
-                f"SELECT set_config('statement_timeout', '{int(timeout * 1000)}', true), "
+                "SELECT set_config('transaction_read_only', 'on', true), "
+                f"set_config('statement_timeout', '{int(timeout * 1000)}', true), "
                 "set_config('plan_cache_mode', 'force_custom_plan', true)"))
         elif conn.dialect.name == "sqlite":
             deadline = await _sqlite_deadline(conn, timeout, engine)
