@@ -68,7 +68,7 @@ _COUNT = ("INSERT INTO sync_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) 
 _PUT_META = ("INSERT INTO sync_meta (key, value) VALUES (%s, %s) "
              "ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 _INSERT_EVENTS = ("INSERT INTO tmf_event (event_id, event_type, resource_id, event_time, received_at) "
-                  "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[]) "
+                  "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::float8[], %b::float8[]) "
                   "ON CONFLICT (event_id) DO NOTHING RETURNING event_id")
 if INGEST_SEQ != "ingest_seq":
     raise AssertionError("_NEXT_SEQ names the ingest sequence's key")
@@ -102,6 +102,8 @@ class PostgresRecordStore:
         self._finals = {t: tuple(finals.get(t, ())) for t in self.tables}
         self._plain = {t: _upsert_sql(t, self._finals[t]) for t in self.tables}
         self._guarded = {t: _upsert_sql(t, self._finals[t], guarded=True) for t in self.tables}
+        self._bulk = {(t, guarded): _upsert_sql(t, self._finals[t], guarded=guarded, bulk=True)
+                      for t in self.tables for guarded in (False, True)}
         self._tombstoned = self._distinct("tmf_deleted")
         self._incomplete = self._distinct("tmf_incomplete")
 
@@ -149,7 +151,7 @@ class PostgresRecordStore:
         with self._transaction() as db:
             if rows:
                 seq = _next_seq(db)
-                db.cursor().executemany(self._upsert(table), [_row_params(r, seq) for r in rows])
+                self._write_rows(db, table, rows, seq)
             _put_meta(db, meta or {})
         return len(rows)
 
@@ -184,7 +186,7 @@ class PostgresRecordStore:
             for table in dict.fromkeys(e.table for e in events if e.row is not None):
                 written = [e.row for e, new in zip(events, fresh, strict=True)
                            if new and e.row is not None and e.table == table]
-                db.cursor().executemany(self._upsert(table), [_row_params(row, seq) for row in written])
+                self._write_rows(db, table, written, seq)
                 if table in self._incomplete:
                     self._completed_by(db, table, written, seq)
         except BaseException:
@@ -336,6 +338,23 @@ class PostgresRecordStore:
     def _upsert(self, table: str) -> str:
         return self._guarded[table] if table in self._tombstoned else self._plain[table]
 
+    def _write_rows(self, db: psycopg.Connection[Any], table: str, rows: Sequence[Row], seq: int) -> None:
+        """Upsert rows in order with one statement per round (arrays of columns, `unnest`): a
+        multi-row upsert may not touch one row twice, so the n-th version of an id goes in round
+        n; ids are independent, so only each id's own order matters (the sequence of versions a
+        reopen is counted from)."""
+        rounds: list[list[tuple[Any, ...]]] = []
+        seen: dict[Any, int] = {}
+        for row in rows:
+            n = seen[row["id"]] = seen.get(row["id"], -1) + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(_row_params(row, seq))
+        statement = self._bulk[(table, table in self._tombstoned)]
+        for params in rounds:
+            db.execute(statement, [_array(kind, column) for kind, column in zip(_KINDS, zip(*params, strict=True),
+                                                                                strict=True)])
+
     def put_values(self, values: Mapping[str, float | None], now: float) -> None:
         """Replace named KPI values (table `kpi_value`)."""
         with self._transaction() as db:
@@ -438,6 +457,8 @@ def _row_params(row: Row, seq: int) -> tuple[Any, ...]:
 
 
 _COMPLETED = NAMES.index("completed_at")
+_KINDS = [_TYPES.get(t.split(" ")[0], t.split(" ")[0]) for _, t, _ in COLUMNS] + ["BIGINT", "BIGINT"]
+"""Each upsert parameter's PostgreSQL type, in `_row_params` order."""
 
 
 def _column_type(sqlite_type: str) -> str:
@@ -451,13 +472,21 @@ def _table_ddl(table: str) -> str:
             "fab_completed_seq BIGINT)")
 
 
-def _upsert_sql(table: str, finals: tuple[str, ...], *, guarded: bool = False) -> str:
+def _array(kind: str, values: tuple[Any, ...]) -> list[Any]:
+    """A column's values as one array parameter of its type (a number given as an int in a float column too)."""
+    if kind == "FLOAT8":
+        return [None if v is None else float(v) for v in values]
+    if kind == "BIGINT":
+        return [None if v is None else int(v) for v in values]
+    return list(values)
+
+
+def _upsert_sql(table: str, finals: tuple[str, ...], *, guarded: bool = False, bulk: bool = False) -> str:
     """As `store._upsert_sql`, in PostgreSQL's SQL: the newer version wins (`WHERE` of `DO UPDATE`,
     evaluated on the locked row), sticky flags, a reopen counted; `guarded`, not over a deletion at
     least as recent."""
     columns = [*NAMES, *SEQ_COLUMNS]
-    types = [_column_type(t).split(" ")[0] for _, t, _ in COLUMNS] + ["BIGINT", "BIGINT"]
-    marks = ", ".join(f"%s::{kind}" for kind in types)
+    marks = ", ".join(f"%s::{kind}" for kind in _KINDS)
     plain = [f"{n} = excluded.{n}" for n in NAMES if n != "id" and n not in STICKY]
     reopen = "0"
     if finals:
@@ -468,9 +497,12 @@ def _upsert_sql(table: str, finals: tuple[str, ...], *, guarded: bool = False) -
     sequence = ["fab_completed_seq = CASE WHEN excluded.completed_at IS NULL THEN NULL WHEN excluded.completed_at "
                 "IS NOT DISTINCT FROM t.completed_at THEN t.fab_completed_seq ELSE excluded.fab_completed_seq END"]
     names = ", ".join(columns)
+    given = (f"unnest({', '.join(f'%b::{kind}[]' for kind in _KINDS)})" if bulk else f"(VALUES ({marks}))")
     if guarded:
-        rows = (f"SELECT * FROM (VALUES ({marks})) AS v ({names}) WHERE NOT EXISTS (SELECT 1 FROM tmf_deleted d "
+        rows = (f"SELECT * FROM {given} AS v ({names}) WHERE NOT EXISTS (SELECT 1 FROM tmf_deleted d "
                 f"WHERE d.tbl = '{table}' AND d.id = v.id AND d.deleted_at >= v.updated_at)")
+    elif bulk:
+        rows = f"SELECT * FROM {given} AS v ({names})"
     else:
         rows = f"VALUES ({marks})"
     return (f'INSERT INTO "{table}" AS t ({names}) {rows} ON CONFLICT (id) DO UPDATE SET '
