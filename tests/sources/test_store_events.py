@@ -170,3 +170,16 @@ def test_a_writer_waits_for_the_other_and_takes_the_next_number(store_location: 
     finally:
         first.close()
         second.close()
+
+
+def test_a_reopen_within_one_batch_is_counted(store_location: str) -> None:
+    """Versions of one ticket in one group commit are applied in order: resolved, then back in
+    progress, is a reopen (the PostgreSQL store writes the n-th version of each id in a round n)."""
+    store = open_records(store_location, "s", ["trouble_ticket"], final_statuses={"trouble_ticket": ("resolved",)})
+    try:
+        store.apply_events([event("a1", "A", "inProgress", T0), event("b1", "B", "inProgress", T0),
+                            event("a2", "A", "resolved", T0 + 10), event("a3", "A", "inProgress", T0 + 20),
+                            event("b2", "B", "resolved", T0 + 10)])
+        assert state(store) == [("A", "inProgress", T0 + 20, 1), ("B", "resolved", T0 + 10, 0)]
+    finally:
+        store.close()
