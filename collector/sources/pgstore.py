@@ -100,12 +100,11 @@ class PostgresRecordStore:
         self._create()
         finals = final_statuses or {}
         self._finals = {t: tuple(finals.get(t, ())) for t in self.tables}
-        self._plain = {t: _upsert_sql(t, self._finals[t]) for t in self.tables}
+        # Always guarded by the tombstones, and a batch always looks for the incomplete resources
+        # it completes: another process (a replica) may have written either since this one
+        # started, so unlike the SQLite store's, no cache of which tables have some.
         self._guarded = {t: _upsert_sql(t, self._finals[t], guarded=True) for t in self.tables}
-        self._bulk = {(t, guarded): _upsert_sql(t, self._finals[t], guarded=guarded, bulk=True)
-                      for t in self.tables for guarded in (False, True)}
-        self._tombstoned = self._distinct("tmf_deleted")
-        self._incomplete = self._distinct("tmf_incomplete")
+        self._bulk = {t: _upsert_sql(t, self._finals[t], guarded=True, bulk=True) for t in self.tables}
 
     @property
     def dsn(self) -> str:
@@ -135,10 +134,6 @@ class PostgresRecordStore:
             for table in self.tables:
                 db.execute(_table_ddl(table))
                 db.execute(_index_ddl(table))
-
-    def _distinct(self, side: str) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._conn().execute(f"SELECT DISTINCT tbl FROM {side}")}
 
     def close(self) -> None:
         self._db.close()
@@ -187,8 +182,7 @@ class PostgresRecordStore:
                 written = [e.row for e, new in zip(events, fresh, strict=True)
                            if new and e.row is not None and e.table == table]
                 self._write_rows(db, table, written, seq)
-                if table in self._incomplete:
-                    self._completed_by(db, table, written, seq)
+                self._completed_by(db, table, written, seq)
         except BaseException:
             self.rollback()
             raise
@@ -223,7 +217,6 @@ class PostgresRecordStore:
             cursor = db.execute("DELETE FROM tmf_event WHERE event_id IN (SELECT event_id FROM tmf_event "
                                 "WHERE received_at < %s ORDER BY received_at LIMIT %s)", (before, limit))
             db.execute("DELETE FROM tmf_deleted WHERE received_at < %s", (before,))
-            self._tombstoned = {r[0] for r in db.execute("SELECT DISTINCT tbl FROM tmf_deleted")}
         return int(cursor.rowcount)
 
     @staticmethod
@@ -248,18 +241,16 @@ class PostgresRecordStore:
                        "ON CONFLICT (tbl, id) DO UPDATE SET deleted_at = GREATEST(tmf_deleted.deleted_at, "
                        "excluded.deleted_at), received_at = excluded.received_at",
                        (event.table, event.resource_id, deleted_at, now))
-            self._tombstoned.add(event.table)
         elif event.partial and event.row is not None:
             self._merge(db, event.table, event.resource_id, event.row, now, seq)
         elif event.row is not None:
             db.execute(self._upsert(event.table), _row_params(event.row, seq))
-            if event.table in self._incomplete:
-                self._completed_by(db, event.table, [event.row], seq)
+            self._completed_by(db, event.table, [event.row], seq)
         return True
 
     def _merge(self, db: psycopg.Connection[Any], table: str, ident: str, part: Row, now: float, seq: int) -> None:
         """As `RecordStore._merge`; the stored row is read `FOR UPDATE` (another writer waits)."""
-        if table in self._tombstoned and db.execute(
+        if db.execute(
                 "SELECT 1 FROM tmf_deleted WHERE tbl = %s AND id = %s AND deleted_at >= %s",
                 (table, ident, part["updated_at"])).fetchone():
             return
@@ -280,10 +271,11 @@ class PostgresRecordStore:
         db.execute("INSERT INTO tmf_incomplete (tbl, id, attrs, updated_at, received_at) VALUES (%s, %s, %s, %s, %s) "
                    "ON CONFLICT (tbl, id) DO UPDATE SET attrs = excluded.attrs, updated_at = excluded.updated_at",
                    (table, ident, json.dumps(attrs), attrs.get("updated_at"), now))
-        self._incomplete.add(table)
 
     def _completed_by(self, db: psycopg.Connection[Any], table: str, rows: Sequence[Row], seq: int) -> None:
         """As `RecordStore._completed_by`."""
+        if not rows:
+            return
         latest = {row["id"]: row for row in rows}
         held = db.execute("DELETE FROM tmf_incomplete WHERE tbl = %s AND id = ANY(%s) RETURNING id, attrs",
                           (table, list(latest))).fetchall()
@@ -336,7 +328,7 @@ class PostgresRecordStore:
         return int(waiting[0] if waiting else 0), counts
 
     def _upsert(self, table: str) -> str:
-        return self._guarded[table] if table in self._tombstoned else self._plain[table]
+        return self._guarded[table]
 
     def _write_rows(self, db: psycopg.Connection[Any], table: str, rows: Sequence[Row], seq: int) -> None:
         """Upsert rows in order with one statement per round (arrays of columns, `unnest`): a
@@ -350,7 +342,7 @@ class PostgresRecordStore:
             if n == len(rounds):
                 rounds.append([])
             rounds[n].append(_row_params(row, seq))
-        statement = self._bulk[(table, table in self._tombstoned)]
+        statement = self._bulk[table]
         for params in rounds:
             db.execute(statement, [_array(kind, column) for kind, column in zip(_KINDS, zip(*params, strict=True),
                                                                                 strict=True)])

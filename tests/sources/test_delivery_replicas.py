@@ -79,40 +79,58 @@ def stored_ids(store: str) -> list[str]:
     return [r["event_id"] for r in stored_rows(store, "events", "tmf_event")]
 
 
-async def kill_and_restart(load: Balanced, replicas: list[FabwatchProcess], store: str, kills: list[int]) -> None:
-    """SIGKILL each replica once, at its threshold; check the acknowledged are stored; restart it."""
-    for threshold, replica in KILLS:
+def start_replica(directory: Path, store: str) -> tuple[FabwatchProcess, str]:
+    """Start a replica on fresh ports; return its process and events URL. A restart takes new
+    ports too, as a replica restarted behind a load balancer may: on a machine shared with other
+    test runs, another process may take a port between its pick and the bind (then: other ports)."""
+    for attempt in range(3):
+        port, events_port = free_port(), free_port()
+        inventory = events_inventory(directory, events_port=events_port, store=store)
+        process = FabwatchProcess(inventory, port, log=directory / "fabwatch.log")
+        try:
+            process.start()
+        except RuntimeError:
+            if attempt == 2 or "already in use" not in (directory / "fabwatch.log").read_text():
+                raise
+            (directory / "fabwatch.log").unlink()
+            continue
+        return process, f"http://127.0.0.1:{events_port}{EVENT_PATH}"
+    raise AssertionError("unreachable")
+
+
+async def kill_and_restart(load: Balanced, replicas: list[FabwatchProcess], store: str, kills: list[int],
+                           directories: list[Path]) -> None:
+    """SIGKILL each replica once, at its threshold; check the acknowledged are stored; restart it
+    (behind the load balancer: its new address replaces the old one)."""
+    for threshold, index in KILLS:
         while len(load.acked) < threshold:
             await asyncio.sleep(0.01)
-        load.up[replica].clear()
-        replicas[replica].kill()
+        load.up[index].clear()
+        replicas[index].kill()
         acknowledged = set(load.acked)  # taken after the kill: every 201 was sent before it
         missing = {f"E{n}" for n in acknowledged} - set(await asyncio.to_thread(stored_ids, store))
         assert not missing, f"{len(missing)} acknowledged events lost by SIGKILL, e.g. {sorted(missing)[:5]}"
         kills.append(len(acknowledged))
-        await asyncio.to_thread(replicas[replica].start)
-        load.up[replica].set()
+        replicas[index], load.urls[index] = await asyncio.to_thread(start_replica, directories[index], store)
+        load.up[index].set()
 
 
 @pytest.mark.slow
 async def test_events_posted_to_two_replicas_killed_in_turn_are_stored_once(tmp_path: Path,
                                                                            postgres: PostgresServer) -> None:
     store = postgres_store(postgres)
-    replicas, urls = [], []
-    for name in ("a", "b"):
-        directory = tmp_path / name
-        directory.mkdir()
-        port, events_port = free_port(), free_port()
-        inventory = events_inventory(directory, events_port=events_port, store=store)
-        replicas.append(FabwatchProcess(inventory, port, log=directory / "fabwatch.log"))
-        urls.append(f"http://127.0.0.1:{events_port}{EVENT_PATH}")
-    load = Balanced(urls)
+    directories = [tmp_path / "a", tmp_path / "b"]
+    replicas: list[FabwatchProcess] = []
+    load = Balanced([])
     kills: list[int] = []
     started = time.monotonic()
-    for replica in replicas:
-        replica.start()
     try:
-        killer = asyncio.create_task(kill_and_restart(load, replicas, store, kills))
+        for directory in directories:
+            directory.mkdir()
+            process, url = start_replica(directory, store)
+            replicas.append(process)
+            load.urls.append(url)
+        killer = asyncio.create_task(kill_and_restart(load, replicas, store, kills, directories))
         await asyncio.wait_for(load.run(list(range(EVENTS))), DEADLINE)
         await asyncio.wait_for(killer, 30)
         first_round = len(load.acked)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
 from collector.sources import pgstore
 from collector.sources import store as store_module
 from collector.sources.store import Event, Records, open_records
+from tests.sources.conftest import postgres_store
 
 T0 = 1_767_225_600.0
 
@@ -183,3 +185,25 @@ def test_a_reopen_within_one_batch_is_counted(store_location: str) -> None:
         assert state(store) == [("A", "inProgress", T0 + 20, 1), ("B", "resolved", T0 + 10, 0)]
     finally:
         store.close()
+
+
+@pytest.mark.integration
+def test_a_writer_sees_the_tombstones_and_kept_partials_another_process_wrote(postgres: Any) -> None:
+    """Replicas: one store in PostgreSQL, written by two processes. The first opened it before the
+    second wrote a deletion and a partial event; an older change must not bring the deleted ticket
+    back, and a whole ticket must complete the kept partial, whoever writes them. (The SQLite store
+    keeps per-process caches of both, which only its own writes update.)"""
+    location = postgres_store(postgres)
+    first, second = (open_records(location, "s", ["trouble_ticket"]) for _ in range(2))
+    try:
+        first.apply_events([event("c", "T1", "acknowledged", T0 + 10)])
+        second.apply_events([event("d", "T1", "", T0 + 30, delete=True),
+                             Event("p", "change", "trouble_ticket", {"id": "T2", "updated_at": T0 + 60,
+                                                                       "status": "resolved"}, "T2", T0 + 60,
+                                   partial=True)])
+        first.apply_events([event("late", "T1", "inProgress", T0 + 20), event("w", "T2", "inProgress", T0 + 40)])
+        assert state(first) == [("T2", "resolved", T0 + 60, 0)]
+        assert first.incomplete_counts() == (0, {"api": 0, "event": 1, "failed": 0})
+    finally:
+        first.close()
+        second.close()
