@@ -135,6 +135,8 @@ class AsyncEngine:
         Not a lasting flag: an engine kept across a reload samples again afterwards."""
         self.deadlines: set[SqliteDeadline] = set()
         """The deadlines of this engine's SQLite transactions in progress."""
+        self.plan_cache_mode = "force_custom_plan"
+        """PostgreSQL's plan mode for this engine's reads (`auto` for a record store: see `create_engine`)."""
 
     @property
     def aborting(self) -> bool:
@@ -200,12 +202,13 @@ async def read_only(source: str, engine: AsyncEngine, timeout: float) -> AsyncIt
         if conn.dialect.name in _MYSQL_DIALECTS:
             await _mysql_read_only(conn, timeout)
         elif conn.dialect.name == "postgresql":
-            await conn.execute(text("SET TRANSACTION READ ONLY"))
-            # One round trip: the timeout, and custom plans for the range queries (a generic plan
-            # cannot see that (:lo, :hi] is a few seconds wide and scans whole indexes instead).
+            # One round trip: read only (`SET TRANSACTION READ ONLY`, which may follow a query: only
+            # going back to read-write may not), the timeout, and custom plans for the range queries
+            # (a generic plan cannot see that (:lo, :hi] is a few seconds wide and scans whole indexes).
             await conn.execute(text(
-                f"SELECT set_config('statement_timeout', '{int(timeout * 1000)}', true), "
-                "set_config('plan_cache_mode', 'force_custom_plan', true)"))
+                "SELECT set_config('transaction_read_only', 'on', true), "
+                f"set_config('statement_timeout', '{int(timeout * 1000)}', true), "
+                f"set_config('plan_cache_mode', '{engine.plan_cache_mode}', true)"))
         elif conn.dialect.name == "sqlite":
             deadline = await _sqlite_deadline(conn, timeout, engine)
         yield conn
@@ -224,9 +227,20 @@ def create_engine(source: SqlSource) -> AsyncEngine:
         options["connect_args"] = {"timeout": source.timeout}
     else:
         options.update(pool_size=source.pool_size, max_overflow=0)
+    store = False
+    if url.get_backend_name() == "postgresql" and "search_path" in url.query:
+        # A record store in PostgreSQL (`collector.sources.pgstore`): its tables are in the source's
+        # schema, set as the session's search path (asyncpg's server settings: no round trip), and
+        # PostgreSQL picks its plans (`auto`): forced custom plans re-plan every statement of every
+        # cycle, which cost a 5,000-record store more than its reads (bench/store_backends.py).
+        options["connect_args"] = {"server_settings": {"search_path": str(url.query["search_path"])}}
+        store = True
+        url = url.difference_update_query(["search_path"])
     # `_is_async` picks the asyncio variant of a dialect that has both (postgresql+psycopg), as
     # `create_async_engine` does.
     engine = AsyncEngine(create_sync_engine(url, _is_async=True, **options))
+    if store:
+        engine.plan_cache_mode = "auto"
     if url.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_read_only)
     elif url.get_backend_name() in _MYSQL_DIALECTS:

@@ -50,6 +50,7 @@ from collector.inventory.models import CostKpi, DurationKpi, Process, SqlSource
 from collector.kpis import fixed_cost, variable_cost
 from collector.reflect import detect_times
 from collector.sql import BUCKET, EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
+from collector.storeurl import postgres_url
 
 Measures = dict[str, float]
 DayRollup = dict[str, Measures]
@@ -317,6 +318,12 @@ class RollupStore:
     a row there has no figures (as opposed to a day with no items)."""
 
     def __init__(self, path: str | Path) -> None:
+        url = postgres_url(str(path))
+        self._db: Any
+        if url is not None:  # the state in PostgreSQL: the rollups in its schema `rollups`
+            self.path = Path()
+            self._db = _PostgresRollups(url)
+            return
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -345,8 +352,10 @@ class RollupStore:
                 self._db.execute("DELETE FROM daily_total WHERE process = ? AND day = ?", (process, iso))
                 self._db.executemany("INSERT INTO daily_total (process, day, measure, value) VALUES (?, ?, ?, ?)",
                                      [(process, iso, name, value) for name, value in totals(rollup).items()])
-                self._db.execute("INSERT OR REPLACE INTO rollup_day (process, day, timezone, rolled_at, definitions) "
-                                 "VALUES (?, ?, ?, ?, ?)", (process, iso, zone, now, kept))
+                self._db.execute("INSERT INTO rollup_day (process, day, timezone, rolled_at, definitions) "
+                                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT (process, day) DO UPDATE SET "
+                                 "timezone = excluded.timezone, rolled_at = excluded.rolled_at, "
+                                 "definitions = excluded.definitions", (process, iso, zone, now, kept))
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -420,6 +429,34 @@ class RollupStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class _PostgresRollups:
+    """The rollup tables in schema `rollups` of a PostgreSQL database, behind the few calls of
+    `sqlite3.Connection` that `RollupStore` makes (its statements are written in the SQL both
+    share, `?` marks turned into psycopg's `%s`). Replicas share them: a day saved by two at once
+    is one transaction each, the later one's rows kept."""
+
+    schema = "rollups"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(url, autocommit=True, options=f"-c search_path={self.schema}")
+        with self._conn.transaction():
+            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('fabwatch rollups'))")
+            self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            for statement in _SCHEMA:
+                self._conn.execute(statement.replace(" WITHOUT ROWID", "").replace(" REAL ", " DOUBLE PRECISION "))
+
+    def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(statement.replace("?", "%s").replace("BEGIN IMMEDIATE", "BEGIN"), params)
+
+    def executemany(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
+        self._conn.cursor().executemany(statement.replace("?", "%s"), params)
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def totals(rollup: DayRollup) -> Measures:

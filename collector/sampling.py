@@ -27,13 +27,14 @@ from collector.inventory.sources import CostCsvSource, HttpJsonSource, SyncedSou
 from collector.logs import log_event, safe_dsn
 from collector.samples import SourceSample
 from collector.state import StateStore
+from collector.storeurl import postgres_url
 
 if TYPE_CHECKING:
     from collector.health import HealthTracker
     from collector.sources.http import HttpClient
     from collector.sources.listener import Listener
     from collector.sources.polling import ResourceCompleter, TmfPoller
-    from collector.sources.store import RecordStore
+    from collector.sources.store import Records
 
 LISTENERS = web.AppKey[dict[str, "Listener"]]("tmf_listeners")
 _LOG = logging.getLogger("fabwatch.sources")
@@ -59,7 +60,7 @@ class Sampler(Protocol):
 class SyncingSampler:
     """Sync the record store, then sample it with the SQL KPI engine."""
 
-    def __init__(self, name: str, syncer: Syncer | None, store: "RecordStore | None", inner: SourceSampler) -> None:
+    def __init__(self, name: str, syncer: Syncer | None, store: "Records | None", inner: SourceSampler) -> None:
         self.name = name
         self.syncer = syncer
         self.store = store
@@ -110,7 +111,7 @@ _HUB_ID, _HUB_URL, _HUB_OWED = "hub_id", "hub_url", "hub_unregister_owed"
 class HubRegistration:
     """Keeps this service registered with a TMF hub (`POST /hub`), and unregisters on close."""
 
-    def __init__(self, name: str, source: TmfEventsSource, callback: str, store: "RecordStore",
+    def __init__(self, name: str, source: TmfEventsSource, callback: str, store: "Records",
                  client: "HttpClient") -> None:
         self.name = name
         self.source = source
@@ -186,17 +187,19 @@ class HubRegistration:
         await self.client.close()
 
 
-def store_path(name: str, source: SyncedSource, state_path: str | Path) -> Path:
-    """Where the record store of a source lives."""
+def store_path(name: str, source: SyncedSource, state_path: str | Path) -> str | Path:
+    """Where the record store of a source lives: a SQLite file, or a PostgreSQL URL."""
     from collector.sources.store import records_path
 
-    return Path(source.store) if source.store else records_path(state_path, name)
+    if source.store:
+        return source.store if postgres_url(source.store) else Path(source.store)
+    return records_path(state_path, name)
 
 
 def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process],
-               state_path: str | Path) -> "RecordStore":
+               state_path: str | Path) -> "Records":
     """Open (creating the tables of) the record store of a source."""
-    from collector.sources.store import RecordStore
+    from collector.sources.store import open_records
     from collector.sources.tmf import APIS
 
     tables = sorted({p.records.table for p in processes.values() if p.records.table}) or [name]
@@ -205,10 +208,10 @@ def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process]
     if api is not None:
         finals = dict.fromkeys(tables, APIS[api].finals)
     sync = "FULL" if isinstance(source, TmfEventsSource) and source.durability == "full" else "NORMAL"
-    return RecordStore(store_path(name, source, state_path), tables, synchronous=sync, final_statuses=finals)
+    return open_records(store_path(name, source, state_path), name, tables, synchronous=sync, final_statuses=finals)
 
 
-def store_source(source: SyncedSource, store: "RecordStore") -> SqlSource:
+def store_source(source: SyncedSource, store: "Records") -> SqlSource:
     """The SQL source the KPI engine samples: the record store, on the source's schedule."""
     return SqlSource(kind="sql", dsn=store.dsn, timeout=source.timeout, interval=source.interval,
                      cron=source.cron, jitter=source.jitter, pool_size=1, settle=source.settle,
@@ -245,7 +248,7 @@ def monthly_costs(inventory: Inventory, state_path: str | Path) -> MonthlyLookup
     return MonthlyCosts(stores, inventory.service.currency)
 
 
-def _syncer(name: str, source: SyncedSource, store: "RecordStore", service: ServiceConfig) -> Syncer:
+def _syncer(name: str, source: SyncedSource, store: "Records", service: ServiceConfig) -> Syncer:
     if isinstance(source, CostCsvSource):
         from collector.sources.files import CostCsvSync
 

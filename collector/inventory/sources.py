@@ -153,7 +153,9 @@ class _Synced(Model):
     reconcile: Duration = 3600.0
     """How often window sums are recomputed in full instead of from their edges."""
     store: str | None = None
-    """Record store file; default `<state file stem>-records-<source>.db` next to the state file."""
+    """Record store: a SQLite file, or a PostgreSQL URL (`postgresql://user:${PASSWORD}@host:5432/db`; the source's
+    tables in schema `records_<source>`, shared by replicas). Default: `<state file stem>-records-<source>.db`
+    next to the state file, or the state's database when `service.state_path` is a PostgreSQL URL."""
 
 
 class _Http(_Synced):

@@ -19,14 +19,16 @@ import re
 import sqlite3
 import time
 from calendar import timegm
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from collector.errors import SourceUnreachable
 from collector.inventory.sources import CostCsvSource
-from collector.logs import log_event
+from collector.logs import log_event, safe_dsn
 from collector.sources.http import SourceSchemaMismatch
-from collector.sources.store import RecordStore
+from collector.sources.store import Records
+from collector.storeurl import postgres_url
 
 HEADER = ("process", "component", "amount", "currency", "month")
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
@@ -36,7 +38,7 @@ CostRow = tuple[str, str, str, float, str, float, str]
 class CostCsvSync:
     """Re-read the cost files when one of them changed (added, modified, removed)."""
 
-    def __init__(self, name: str, source: CostCsvSource, store: RecordStore) -> None:
+    def __init__(self, name: str, source: CostCsvSource, store: Records) -> None:
         self.name = name
         self.source = source
         self.store = store
@@ -117,27 +119,27 @@ class MonthlyCosts:
     they are left out, with a warning naming the file.
     """
 
-    def __init__(self, stores: dict[str, Path], currency: str) -> None:
+    def __init__(self, stores: Mapping[str, str | Path], currency: str) -> None:
         self.stores = stores
         self.currency = currency
         self._warned: set[tuple[str, str, str, str]] = set()
 
     def __call__(self, source: str, process: str, component: str, now: float) -> float | None:
         """The amount per month of `component` of `process` for the UTC month of `now`, or None."""
-        path = self.stores.get(source)
-        if path is None or not path.exists():
+        location = self.stores.get(source)
+        if location is None:
             return None
         month = time.strftime("%Y-%m", time.gmtime(now))
+        url = postgres_url(str(location))
         try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                row = db.execute("SELECT amount, currency, month, file FROM cost_entry WHERE process = ? AND "
-                                 "component = ? AND month <= ? ORDER BY month DESC LIMIT 1",
-                                 (process, component, month)).fetchone()
-            finally:
-                db.close()
-        except sqlite3.Error as exc:
-            self._warn((source, process, component, "store"), "cost_store_unreadable", store=str(path),
+            if url is not None:
+                row = _postgres_cost(url, source, (process, component, month))
+            elif not Path(location).exists():
+                return None
+            else:
+                row = _sqlite_cost(Path(location), (process, component, month))
+        except (sqlite3.Error, OSError, ImportError, ValueError) as exc:
+            self._warn((source, process, component, "store"), "cost_store_unreadable", store=safe_dsn(str(location)),
                        error=str(exc))
             return None
         if row is None:
@@ -155,3 +157,27 @@ class MonthlyCosts:
 
 
 _LOG = logging.getLogger("fabwatch.sources")
+_COST = ("SELECT amount, currency, month, file FROM cost_entry WHERE process = {0} AND component = {0} "
+         "AND month <= {0} ORDER BY month DESC LIMIT 1")
+
+
+def _sqlite_cost(path: Path, key: tuple[str, str, str]) -> tuple[Any, ...] | None:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        row: tuple[Any, ...] | None = db.execute(_COST.format("?"), key).fetchone()
+        return row
+    finally:
+        db.close()
+
+
+def _postgres_cost(url: str, source: str, key: tuple[str, str, str]) -> tuple[Any, ...] | None:
+    """The cost row from a record store in PostgreSQL (a connection a lookup: samples are minutes apart)."""
+    import psycopg
+
+    from collector.sources.pgstore import schema_of
+
+    try:
+        with psycopg.connect(url, options=f"-c search_path={schema_of(source)}", connect_timeout=10) as db:
+            return db.execute(_COST.format("%s"), key).fetchone()
+    except psycopg.Error as exc:
+        raise ValueError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc

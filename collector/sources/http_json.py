@@ -11,14 +11,14 @@ from jmespath.exceptions import JMESPathError
 
 from collector.inventory.sources import HttpJsonSource
 from collector.sources.http import HttpClient, SourceSchemaMismatch
-from collector.sources.store import FLOATS, INTEGERS, RecordStore, Row
+from collector.sources.store import FLOATS, INTEGERS, Records, Row
 from collector.sources.times import parse_time
 
 
 class HttpJsonSync:
     """Fetch the document and store its items or values."""
 
-    def __init__(self, name: str, source: HttpJsonSource, client: HttpClient, store: RecordStore) -> None:
+    def __init__(self, name: str, source: HttpJsonSource, client: HttpClient, store: Records) -> None:
         self.name = name
         self.source = source
         self.client = client

@@ -27,7 +27,7 @@ from collector.errors import SourceError
 from collector.health import COMMIT_BUCKETS, DurationHistogram
 from collector.inventory.sources import BasicAuth, BearerAuth, TmfEventsSource
 from collector.logs import log_event
-from collector.sources.store import Event, RecordStore
+from collector.sources.store import Event, Records
 from collector.sources.times import maybe_time
 from collector.sources.tmf import APIS, MappingError, TmfApi, event_row
 from collector.sources.typed import TypedEvents
@@ -68,7 +68,7 @@ class Listener:
     the aiohttp route (`handle`) and the lean events server (`events_http`) both answer through it.
     """
 
-    def __init__(self, name: str, source: TmfEventsSource, store: RecordStore) -> None:
+    def __init__(self, name: str, source: TmfEventsSource, store: Records) -> None:
         self.name = name
         self.source = source
         self.api: TmfApi = APIS[source.api]
@@ -283,12 +283,15 @@ class Listener:
         then commit in a thread, so requests keep being parsed while the disk syncs; answer each."""
         started = time.perf_counter()
         try:
-            fresh = self.store.stage_events([e for e, _ in batch])
-            try:
-                await asyncio.to_thread(self.store.commit)
-            except BaseException:
-                self.store.rollback()
-                raise
+            if self.store.remote:  # PostgreSQL: each statement is a round trip, the whole batch in a thread
+                fresh = await asyncio.to_thread(self.store.apply_events, [e for e, _ in batch])
+            else:
+                fresh = self.store.stage_events([e for e, _ in batch])
+                try:
+                    await asyncio.to_thread(self.store.commit)
+                except BaseException:
+                    self.store.rollback()
+                    raise
         except Exception as exc:
             self.commits.observe(time.perf_counter() - started)
             log_event(_LOG, "event_store_failed", logging.ERROR, source=self.name, events=len(batch), error=repr(exc))

@@ -24,7 +24,7 @@ from collector.errors import SourceError
 from collector.inventory.sources import TmfEventsSource, TmfSource
 from collector.logs import log_event
 from collector.sources.http import HttpClient, Reply, SourceSchemaMismatch
-from collector.sources.store import RecordStore, Row
+from collector.sources.store import Records, Row
 from collector.sources.times import format_time
 from collector.sources.tmf import APIS, MappingError, resource_to_row
 
@@ -40,7 +40,7 @@ _LOG = logging.getLogger("fabwatch.sources")
 class TmfPoller:
     """Syncs one TMF source into its record store."""
 
-    def __init__(self, name: str, source: TmfSource, client: HttpClient, store: RecordStore) -> None:
+    def __init__(self, name: str, source: TmfSource, client: HttpClient, store: Records) -> None:
         self.name = name
         self.source = source
         self.api = APIS[source.kind]
@@ -201,7 +201,7 @@ class ResourceCompleter:
     resource. The sample itself does not fail: the events it counts are stored.
     """
 
-    def __init__(self, name: str, source: TmfEventsSource, client: HttpClient, store: RecordStore) -> None:
+    def __init__(self, name: str, source: TmfEventsSource, client: HttpClient, store: Records) -> None:
         self.name = name
         self.source = source
         self.api = APIS[source.api]

@@ -22,10 +22,11 @@ import sqlite3
 import time
 from collections.abc import Iterable, Mapping, Sequence, Set
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from collector.inventory.sources import COLUMNS, NAMES
 from collector.logs import log_event
+from collector.storeurl import postgres_url
 
 Row = dict[str, Any]
 _LOG = logging.getLogger("fabwatch.sources")
@@ -81,8 +82,54 @@ class Event(NamedTuple):
     """`row` holds only the columns the event gave (no creation date, or no status): merged."""
 
 
+class Records(Protocol):
+    """What the syncers, the listener and the samplers use of a record store, whichever it is:
+    `RecordStore` (SQLite) or `pgstore.PostgresRecordStore` (the same tables and rules)."""
+
+    tables: tuple[str, ...]
+    remote: bool
+    """Whether each statement is a round trip to a server (written in a thread, not on a loop)."""
+
+    @property
+    def dsn(self) -> str: ...
+    def close(self) -> None: ...
+    def upsert(self, table: str, rows: Sequence[Row], meta: Mapping[str, str] | None = None) -> int: ...
+    def apply_events(self, events: Sequence[Event]) -> list[bool]: ...
+    def stage_events(self, events: Sequence[Event]) -> list[bool]: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def last_received(self) -> float | None: ...
+    def forget_events(self, before: float, limit: int = 10_000) -> int: ...
+    def incomplete(self, limit: int) -> list[tuple[str, str]]: ...
+    def complete(self, found: Mapping[tuple[str, str], Row], gone: Sequence[tuple[str, str]],
+                 failed: Sequence[tuple[str, str]]) -> int: ...
+    def incomplete_counts(self) -> tuple[int, dict[str, int]]: ...
+    def put_values(self, values: Mapping[str, float | None], now: float) -> None: ...
+    def replace_costs(self, rows: Sequence[tuple[str, str, str, float, str, float, str]]) -> None: ...
+    def meta(self, key: str) -> str | None: ...
+    def set_meta(self, values: Mapping[str, str]) -> None: ...
+    def count(self, table: str) -> int: ...
+    def ids_missing(self, table: str, seen: Set[str]) -> list[str]: ...
+    def delete(self, table: str, ids: Sequence[str]) -> int: ...
+    def rows(self, table: str) -> list[Row]: ...
+
+
+def open_records(location: str | Path, source: str, tables: Iterable[str], *, synchronous: str = "NORMAL",
+                 final_statuses: Mapping[str, Sequence[str]] | None = None) -> Records:
+    """Open the record store of `source` at `location`: a SQLite file, or a PostgreSQL URL (the
+    source's own schema there, `pgstore.schema_of`; `synchronous` is SQLite's alone)."""
+    url = postgres_url(str(location))
+    if url is None:
+        return RecordStore(location, tables, synchronous=synchronous, final_statuses=final_statuses)
+    from collector.sources.pgstore import PostgresRecordStore, schema_of
+
+    return PostgresRecordStore(url, schema_of(source), tables, final_statuses=final_statuses)
+
+
 class RecordStore:
     """One SQLite file with a records table per process of a source, plus sync bookkeeping."""
+
+    remote = False
 
     def __init__(self, path: str | Path, tables: Iterable[str], *, synchronous: str = "NORMAL",
                  final_statuses: Mapping[str, Sequence[str]] | None = None) -> None:
@@ -520,7 +567,10 @@ def _params(row: Row) -> tuple[Any, ...]:
     return values[:_NUMBERS] + tuple(0 if value is None else value for value in numbers)
 
 
-def records_path(state_path: str | Path, source: str) -> Path:
-    """Default record store of a source: `<state stem>-records-<source>.db` next to the state file."""
+def records_path(state_path: str | Path, source: str) -> str | Path:
+    """Default record store of a source: `<state stem>-records-<source>.db` next to the state file;
+    with the state in PostgreSQL, the same database (the source's schema there)."""
+    if postgres_url(str(state_path)) is not None:
+        return str(state_path)
     state = Path(state_path)
     return state.with_name(f"{state.stem}-records-{source}.db")

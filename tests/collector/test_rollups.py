@@ -71,8 +71,17 @@ def test_a_day_is_final_once_rolled_the_late_window_after_its_end() -> None:
     assert not Rolled(end + 3600, None).final(date(2026, 3, 30), BERLIN, 3600)
 
 
-def test_a_reroll_resumes_after_the_last_final_day_oldest_first_and_bounded(tmp_path: Path) -> None:
-    store = RollupStore(tmp_path / "state.db")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def state_location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """`service.state_path`: a SQLite file, or a PostgreSQL URL (a fresh database of the session's server)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    server = request.getfixturevalue("postgres")
+    return str(server.dsn(database=server.create_database(), driver="postgresql"))
+
+
+def test_a_reroll_resumes_after_the_last_final_day_oldest_first_and_bounded(state_location: str) -> None:
+    store = RollupStore(state_location)
     assert [d.day for d in pending_days(store, ["problem"], BERLIN, 3600, NOW)] == [date(2026, 3, 31)]
     final_at = datetime(2026, 1, 2, 12, 0, tzinfo=ZoneInfo(BERLIN)).timestamp()  # the 1st is final, not the 2nd
     store.save("problem", {date(2026, 1, 1): {}, date(2026, 1, 2): {}}, BERLIN, {}, final_at)
@@ -135,7 +144,8 @@ def assert_rollups_match(rollups: dict[date, DayRollup], inventory: Inventory, r
             assert math.isclose(got["open.oldest_age"], oldest_age, rel_tol=1e-9, abs_tol=1e-6), day
 
 
-async def test_a_late_row_and_a_reopened_ticket_change_their_day_after_the_next_reroll(tmp_path: Path) -> None:
+async def test_a_late_row_and_a_reopened_ticket_change_their_day_after_the_next_reroll(tmp_path: Path,
+                                                                                      state_location: str) -> None:
     db = tmp_path / "operator.db"
     dsn = f"sqlite+aiosqlite:///{db}"
     sim = Simulator(dsn, seed=3, scale=0.2)
@@ -143,7 +153,7 @@ async def test_a_late_row_and_a_reopened_ticket_change_their_day_after_the_next_
     await sim.backfill(5, NOW)
     await sim.close()
     inventory = example(dsn, late=2 * 86400)
-    store = RollupStore(tmp_path / "state.db")
+    store = RollupStore(state_location)
     roller = SourceRoller("operator", inventory.sources["operator"], inventory.processes,  # type: ignore[arg-type]
                           store, BERLIN)
     await roller.roll(days_between(date(2026, 3, 27), date(2026, 3, 31), BERLIN))

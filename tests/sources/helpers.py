@@ -22,7 +22,9 @@ from collector.engine import SourceSampler
 from collector.inventory.models import Inventory, Process, SqlSource
 from collector.samples import SourceSample
 from collector.sampling import build_sampler
+from collector.sources.pgstore import schema_of
 from collector.state import StateStore
+from collector.storeurl import postgres_url
 from simulator.tmf import PROCESS_APIS, TmfServer
 from tests.servers import free_port
 
@@ -94,9 +96,10 @@ EVENT_T0 = 1_767_225_600.0
 
 
 def events_inventory(directory: Path, *, durability: str = "full", batch_max: int = 1000,
-                     interval: str = "60s", events_port: int | None = None) -> Path:
+                     interval: str = "60s", events_port: int | None = None, store: str | None = None) -> Path:
     """Write an inventory with process `problem` fed by a `tmf_events` source `events` (TMF621 v4),
-    received on the events port when `events_port` is given, else on the main port."""
+    received on the events port when `events_port` is given, else on the main port; its record
+    store is `store` (a PostgreSQL URL, say), else `directory/events.db`."""
     document = yaml.safe_load(EXAMPLE.read_text())
     problem = document["processes"]["problem"]
     problem["records"]["source"] = "events"
@@ -105,7 +108,7 @@ def events_inventory(directory: Path, *, durability: str = "full", batch_max: in
         "service": {"state_path": str(directory / "state.db"), "currency": "EUR", "timezone": "UTC",
                     **({"events_listen": f"127.0.0.1:{events_port}"} if events_port else {})},
         "sources": {"events": {"kind": "tmf_events", "api": "tmf621", "version": 4,
-                               "store": str(directory / "events.db"), "durability": durability,
+                               "store": store or str(directory / "events.db"), "durability": durability,
                                "batch_max": batch_max, "interval": interval}},
         "processes": {"problem": problem},
     }
@@ -135,13 +138,33 @@ def ticket_event(number: int, ticket: int, version: int) -> bytes:
 EVENT_PATH = "/tmf/events/listener/troubleTicketStatusChangeEvent"
 
 
-def stored_events(store: Path) -> int:
-    """How many events a record store holds (table `tmf_event`)."""
-    db = sqlite3.connect(store)
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0])
-    finally:
-        db.close()
+def stored_events(store: str | Path, source: str = "tickets") -> int:
+    """How many events a record store holds (table `tmf_event`): a SQLite file, or the schema of
+    `source` in PostgreSQL."""
+    if postgres_url(str(store)) is None:
+        db = sqlite3.connect(store)
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM tmf_event").fetchone()[0])
+        finally:
+            db.close()
+    return len(stored_rows(store, source, "tmf_event"))
+
+
+def stored_rows(store: str | Path, source: str, table: str) -> list[dict[str, Any]]:
+    """Every row of a table of a record store (SQLite or PostgreSQL), by id, read on a connection of its own."""
+    url, key = postgres_url(str(store)), "event_id" if table == "tmf_event" else "id"
+    if url is None:
+        db = sqlite3.connect(store)
+        db.row_factory = sqlite3.Row
+        try:
+            return [dict(r) for r in db.execute(f'SELECT * FROM "{table}" ORDER BY {key}')]
+        finally:
+            db.close()
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(url, options=f"-c search_path={schema_of(source)}", row_factory=dict_row) as pg:
+        return list(pg.execute(f'SELECT * FROM "{table}" ORDER BY {key} COLLATE "C"'))
 
 
 class FabwatchProcess:

@@ -17,7 +17,7 @@ from collector.kpis import MONTH_SECONDS
 from collector.samples import SourceSample
 from collector.sampling import build_sampler, monthly_costs
 from collector.sources.files import CostCsvSync
-from collector.sources.store import RecordStore
+from collector.sources.store import Records, open_records
 from collector.state import StateStore
 from tests.app.test_service import make_records
 from tests.sources.helpers import EXAMPLE, sample_source
@@ -31,19 +31,20 @@ order,labour,99000,EUR,2026-01
 FEB_2026 = 1_769_904_000.0  # 2026-02-01T00:00:00Z
 
 
-def sync(tmp_path: Path, pattern: str) -> tuple[CostCsvSync, RecordStore]:
-    store = RecordStore(tmp_path / "costs.db", ["trouble_ticket"])
+def sync(tmp_path: Path, pattern: str, location: str | None = None) -> tuple[CostCsvSync, Records]:
+    store = open_records(location or tmp_path / "costs.db", "finance", ["trouble_ticket"])
     return CostCsvSync("finance", CostCsvSource(kind="cost_csv", path=pattern), store), store
 
 
-def entries(store: RecordStore) -> list[tuple[Any, ...]]:
-    return store._db.execute("SELECT process, component, month, amount, currency, month_start FROM cost_entry "
+def entries(store: Records) -> list[tuple[Any, ...]]:
+    return store._db.execute(  # type: ignore[attr-defined,no-any-return]
+        "SELECT process, component, month, amount, currency, month_start FROM cost_entry "
                              "ORDER BY process, component, month").fetchall()
 
 
-async def test_rows_are_stored_and_a_later_file_replaces_a_month(tmp_path: Path) -> None:
+async def test_rows_are_stored_and_a_later_file_replaces_a_month(tmp_path: Path, store_location: str) -> None:
     (tmp_path / "costs-2026-01.csv").write_text(GOOD)
-    syncer, store = sync(tmp_path, str(tmp_path / "costs-*.csv"))
+    syncer, store = sync(tmp_path, str(tmp_path / "costs-*.csv"), store_location)
     try:
         assert await syncer.sync() == 4
         assert await syncer.sync() == 0  # unchanged files are not read again
@@ -169,8 +170,9 @@ async def test_a_fixed_file_is_read_again(tmp_path: Path) -> None:
         store.close()
 
 
-def finance_inventory(tmp_path: Path, costs: dict[str, Any], cost_path: Path) -> Inventory:
-    """The example's `problem` process on SQLite records, its costs from `costs`, a `finance` cost_csv."""
+def finance_inventory(tmp_path: Path, costs: dict[str, Any], cost_path: Path, store: str | None = None) -> Inventory:
+    """The example's `problem` process on SQLite records, its costs from `costs`, a `finance` cost_csv
+    (its record store at `store`, else the default)."""
     document = yaml.safe_load(EXAMPLE.read_text())
     problem = document["processes"]["problem"]
     problem["records"]["source"] = "ops"
@@ -181,7 +183,8 @@ def finance_inventory(tmp_path: Path, costs: dict[str, Any], cost_path: Path) ->
     return Inventory.model_validate({
         "service": {"state_path": str(tmp_path / "state.db"), "currency": "EUR", "timezone": "UTC"},
         "sources": {"ops": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'records.db'}"},
-                    "finance": {"kind": "cost_csv", "path": str(cost_path)}},
+                    "finance": {"kind": "cost_csv", "path": str(cost_path),
+                                **({"store": store} if store else {})}},
         "processes": {"problem": problem}})
 
 
@@ -190,11 +193,11 @@ def platform_cost(sample: SourceSample) -> float:
     return next(v for labels, v in family.samples if ("component", "platform") in labels)
 
 
-async def test_monthly_from_feeds_the_cost_model_from_the_finance_file(tmp_path: Path) -> None:
+async def test_monthly_from_feeds_the_cost_model_from_the_finance_file(tmp_path: Path, store_location: str) -> None:
     path = tmp_path / "costs.csv"
     path.write_text("process,component,amount,currency,month\nproblem,platform,30000,EUR,2026-01\n"
                     "problem,platform,45000,EUR,2026-03\nproblem,platform,99,USD,2026-04\n")
-    inventory = finance_inventory(tmp_path, {"platform": {"monthly_from": "finance"}}, path)
+    inventory = finance_inventory(tmp_path, {"platform": {"monthly_from": "finance"}}, path, store_location)
     state = StateStore(tmp_path / "state.db")
     finance = build_sampler("finance", inventory.sources["finance"], {}, state, inventory.service, state.path)
     monthly = monthly_costs(inventory, state.path)

@@ -17,10 +17,10 @@ import pytest
 from collector.inventory.sources import TmfEventsSource
 from collector.sources.events_http import EventsServer
 from collector.sources.listener import BadEvent, Listener
-from collector.sources.store import Event, RecordStore
+from collector.sources.store import Event, Records, RecordStore, open_records
 from collector.sources.tmf import APIS
 from tests.servers import free_port
-from tests.sources.helpers import stored_events, ticket_event
+from tests.sources.helpers import stored_events, stored_rows, ticket_event
 
 PATH = "/tmf/tickets/listener/troubleTicketStatusChangeEvent"
 SECRET = "s3cret"
@@ -35,14 +35,15 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def events_port(directory: Path, max_body: int = LIMIT, sender_auth: Any = None,
+async def events_port(directory: Path, max_body: int = LIMIT, sender_auth: Any = None, store_at: str | None = None,
                       **options: Any) -> AsyncIterator[Running]:
     """An events server on a free loopback port with one listener `tickets` (secret SECRET) whose
-    store is `directory/events.db`; `options` go to `EventsServer`. Stopping twice is harmless."""
+    store is `store_at` (default `directory/events.db`); `options` go to `EventsServer`. Stopping
+    twice is harmless."""
     source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=max_body,
                              sender_auth=sender_auth)
-    store = RecordStore(directory / "events.db", ["trouble_ticket"], synchronous="FULL",
-                        final_statuses={"trouble_ticket": APIS["tmf621"].finals})
+    store = open_records(store_at or directory / "events.db", "tickets", ["trouble_ticket"], synchronous="FULL",
+                         final_statuses={"trouble_ticket": APIS["tmf621"].finals})
     listener = Listener("tickets", source, store)
     await listener.start()
     server = EventsServer({"tickets": listener}, **options)
@@ -57,10 +58,10 @@ async def events_port(directory: Path, max_body: int = LIMIT, sender_auth: Any =
 
 
 @pytest.fixture
-async def events(tmp_path: Path) -> AsyncIterator[tuple[int, Path]]:
-    """(port, store) of an events port."""
-    async with events_port(tmp_path) as running:
-        yield running.port, tmp_path / "events.db"
+async def events(tmp_path: Path, store_location: str) -> AsyncIterator[tuple[int, str]]:
+    """(port, store) of an events port, its store in SQLite or PostgreSQL."""
+    async with events_port(tmp_path, store_at=store_location) as running:
+        yield running.port, store_location
 
 
 def request(body: bytes, *, path: str = PATH, method: str = "POST", headers: str = "") -> bytes:
@@ -77,7 +78,7 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]
     return status, headers, json.loads(body) if body else None
 
 
-async def test_keep_alive_and_pipelined_answers_come_back_in_request_order(events: tuple[int, Path]) -> None:
+async def test_keep_alive_and_pipelined_answers_come_back_in_request_order(events: tuple[int, str]) -> None:
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request(ticket_event(1, 1, 1)) + request(b"{not json") + request(ticket_event(2, 2, 1))
@@ -94,7 +95,7 @@ async def test_keep_alive_and_pipelined_answers_come_back_in_request_order(event
     assert stored_events(store) == 3
 
 
-async def test_connection_close_is_honoured(events: tuple[int, Path]) -> None:
+async def test_connection_close_is_honoured(events: tuple[int, str]) -> None:
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request(ticket_event(1, 1, 1), headers="Connection: close\r\n"))
@@ -105,7 +106,7 @@ async def test_connection_close_is_honoured(events: tuple[int, Path]) -> None:
     assert stored_events(store) == 1
 
 
-async def test_expect_100_continue(events: tuple[int, Path]) -> None:
+async def test_expect_100_continue(events: tuple[int, str]) -> None:
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = ticket_event(1, 1, 1)
@@ -125,7 +126,7 @@ async def test_expect_100_continue(events: tuple[int, Path]) -> None:
     (request(ticket_event(1, 1, 1), path=PATH.replace("StatusChange", "Exploded")), 400, "unknownEventType"),
 ])
 async def test_refusals_are_json_and_keep_the_connection(
-        events: tuple[int, Path], raw: bytes, status: int, code: str) -> None:
+        events: tuple[int, str], raw: bytes, status: int, code: str) -> None:
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw + request(ticket_event(9, 9, 1)))
@@ -137,7 +138,7 @@ async def test_refusals_are_json_and_keep_the_connection(
 
 
 async def test_a_target_served_before_still_refuses_other_methods_and_header_names_are_case_blind(
-        events: tuple[int, Path]) -> None:
+        events: tuple[int, str]) -> None:
     """Routes are remembered after the first event to a target; the method is still checked each
     time. Header names are matched whatever their case (RFC 9110), the secret's included."""
     port, store = events
@@ -157,7 +158,7 @@ async def test_a_target_served_before_still_refuses_other_methods_and_header_nam
      f"{LIMIT:x}\r\n{'x' * LIMIT}\r\n10\r\n{'x' * 16}\r\n0\r\n\r\n").encode(),
 ])
 async def test_a_body_over_the_limit_is_refused_and_the_connection_closed(
-        events: tuple[int, Path], raw: bytes) -> None:
+        events: tuple[int, str], raw: bytes) -> None:
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw)
@@ -168,7 +169,7 @@ async def test_a_body_over_the_limit_is_refused_and_the_connection_closed(
     assert stored_events(store) == 0
 
 
-async def test_malformed_http_gets_400_and_a_close(events: tuple[int, Path]) -> None:
+async def test_malformed_http_gets_400_and_a_close(events: tuple[int, str]) -> None:
     port, _ = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /tmf/tickets HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
@@ -177,9 +178,10 @@ async def test_malformed_http_gets_400_and_a_close(events: tuple[int, Path]) -> 
     writer.close()
 
 
-async def test_events_queued_when_the_server_stops_are_committed_and_answered(tmp_path: Path) -> None:
+async def test_events_queued_when_the_server_stops_are_committed_and_answered(tmp_path: Path,
+                                                                               store_location: str) -> None:
     """Stopping drains: what was acknowledged is stored; what came after is refused with 503."""
-    async with events_port(tmp_path) as running:
+    async with events_port(tmp_path, store_at=store_location) as running:
         reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
         writer.write(b"".join(request(ticket_event(n, n, 1)) for n in range(50)))
         first = await read_answer(reader)
@@ -190,7 +192,7 @@ async def test_events_queued_when_the_server_stops_are_committed_and_answered(tm
     acknowledged = sum(a[0] == 201 for a in answers)
     assert {a[0] for a in answers} <= {201, 503}
     assert all(a[2]["code"] == "stopping" for a in answers if a[0] == 503)
-    assert stored_events(tmp_path / "events.db") == acknowledged >= 1
+    assert stored_events(store_location) == acknowledged >= 1
     counted = {k: v for k, v in running.listener.received.items() if v}
     assert counted == {"accepted": acknowledged, **({"stopping": 50 - acknowledged} if acknowledged < 50 else {})}
 
@@ -200,7 +202,7 @@ async def test_events_queued_when_the_server_stops_are_committed_and_answered(tm
     (request(b"{}", headers="".join(f"X-Pad-{n}: {'y' * 1000}\r\n" for n in range(70))), 431, "headersTooLarge"),
 ])
 async def test_oversized_request_heads_are_refused_and_closed(
-        events: tuple[int, Path], raw: bytes, status: int, code: str) -> None:
+        events: tuple[int, str], raw: bytes, status: int, code: str) -> None:
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(raw)
@@ -221,16 +223,19 @@ async def test_silent_keep_alive_connections_are_closed_after_the_idle_timeout(t
         writer.close()
 
 
-class _FirstCommitFails(RecordStore):
-    """A record store whose first commit fails, as on a full disk."""
+def _first_commit_fails(store: Records) -> Records:
+    """The store, its first commit failing as on a full disk (SQLite) or a lost server (PostgreSQL)."""
+    commit = store.commit
+    failed: list[bool] = []
 
-    failed = False
-
-    def commit(self) -> None:
-        if not self.failed:
-            self.failed = True
+    def failing() -> None:
+        if not failed:
+            failed.append(True)
             raise sqlite3.OperationalError("database or disk is full")
-        super().commit()
+        commit()
+
+    store.commit = failing  # type: ignore[method-assign]
+    return store
 
 
 async def _submit(listener: Listener, body: bytes) -> tuple[int, Any]:
@@ -244,8 +249,8 @@ async def _submit(listener: Listener, body: bytes) -> tuple[int, Any]:
     return answers[0]
 
 
-async def test_a_failed_commit_is_answered_503_stores_nothing_and_is_counted(tmp_path: Path) -> None:
-    store = _FirstCommitFails(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
+async def test_a_failed_commit_is_answered_503_stores_nothing_and_is_counted(store_location: str) -> None:
+    store = _first_commit_fails(open_records(store_location, "tickets", ["trouble_ticket"], synchronous="FULL"))
     listener = Listener("tickets", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
     await listener.start()
     try:
@@ -254,7 +259,7 @@ async def test_a_failed_commit_is_answered_503_stores_nothing_and_is_counted(tmp
         await listener.stop()
         store.close()
     assert [(status, body.get("code")) for status, body in answers] == [(503, "storeFailed"), (201, None)]
-    assert stored_events(tmp_path / "events.db") == 1  # the failed batch was rolled back
+    assert stored_events(store_location) == 1  # the failed batch was rolled back
     assert {k: v for k, v in listener.received.items() if v} == {"storeFailed": 1, "accepted": 1}
     assert listener.commits.count == 2  # the failed commit's time is shown too
 
@@ -283,8 +288,8 @@ async def test_the_time_each_group_commit_takes_is_measured(tmp_path: Path) -> N
     assert 0.6 <= listener.commits.sum < 1.0
 
 
-async def test_event_ids_older_than_the_dedup_window_are_forgotten(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
+async def test_event_ids_older_than_the_dedup_window_are_forgotten(store_location: str) -> None:
+    store = open_records(store_location, "tickets", ["trouble_ticket"], synchronous="FULL")
     source = TmfEventsSource(kind="tmf_events", api="tmf621", dedup_window=0.3)
     listener = Listener("tickets", source, store)
     listener.forget_every = 0.05
@@ -293,35 +298,37 @@ async def test_event_ids_older_than_the_dedup_window_are_forgotten(tmp_path: Pat
         assert await _submit(listener, ticket_event(1, 1, 1)) == (201, {"eventId": "E1", "duplicate": False})
         assert await _submit(listener, ticket_event(1, 1, 1)) == (201, {"eventId": "E1", "duplicate": True})
         async with asyncio.timeout(10):  # the writer forgets it on its own, with nothing else to do
-            while stored_events(tmp_path / "events.db"):
+            while stored_events(store_location):
                 await asyncio.sleep(0.05)
         # A redelivery after the window is stored again; the row is the same version.
         assert await _submit(listener, ticket_event(1, 1, 1)) == (201, {"eventId": "E1", "duplicate": False})
     finally:
         await listener.stop()
         store.close()
-    assert stored_events(tmp_path / "events.db") == 1
-    with contextlib.closing(sqlite3.connect(tmp_path / "events.db")) as db:
-        assert db.execute("SELECT id, status FROM trouble_ticket").fetchall() == [("TT-1", "resolved")]
+    assert stored_events(store_location) == 1
+    assert [(r["id"], r["status"]) for r in stored_rows(store_location, "tickets", "trouble_ticket")] == [
+        ("TT-1", "resolved")]
 
 
-class _BatchSizes(RecordStore):
-    """A record store that remembers how many events each group commit held."""
+def _batch_sizes(store: Records, sizes: list[int]) -> Records:
+    """The store, noting in `sizes` how many events each group commit held."""
+    stage = store.stage_events
 
-    sizes: list[int]
+    def noted(events: Sequence[Event]) -> list[bool]:
+        sizes.append(len(events))
+        return stage(events)
 
-    def stage_events(self, events: Sequence[Event]) -> list[bool]:
-        self.sizes.append(len(events))
-        return super().stage_events(events)
+    store.stage_events = noted  # type: ignore[method-assign]
+    return store
 
 
 @pytest.mark.parametrize(("batch_max", "sizes"), [(1000, [4]), (3, [3, 1])])
 async def test_events_arriving_over_the_next_loop_turns_share_one_commit(
-        tmp_path: Path, batch_max: int, sizes: list[int]) -> None:
+        store_location: str, batch_max: int, sizes: list[int]) -> None:
     """The writer is woken by the first event; the three that follow it, one per turn of the event
     loop (as requests on other connections are read), go into the same commit, up to `batch_max`."""
-    store = _BatchSizes(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
-    store.sizes = []
+    seen: list[int] = []
+    store = _batch_sizes(open_records(store_location, "tickets", ["trouble_ticket"], synchronous="FULL"), seen)
     listener = Listener("tickets", TmfEventsSource(kind="tmf_events", api="tmf621", batch_max=batch_max), store)
     answers: list[int] = []
     loop = asyncio.get_running_loop()
@@ -343,12 +350,12 @@ async def test_events_arriving_over_the_next_loop_turns_share_one_commit(
         await listener.stop()
         store.close()
     assert answers == [201] * 4
-    assert store.sizes == sizes
-    assert stored_events(tmp_path / "events.db") == 4
+    assert seen == sizes
+    assert stored_events(store_location) == 4
 
 
-async def test_the_last_event_time_moves_with_each_commit_and_survives_a_restart(tmp_path: Path) -> None:
-    store = RecordStore(tmp_path / "events.db", ["trouble_ticket"], synchronous="FULL")
+async def test_the_last_event_time_moves_with_each_commit_and_survives_a_restart(store_location: str) -> None:
+    store = open_records(store_location, "tickets", ["trouble_ticket"], synchronous="FULL")
     source = TmfEventsSource(kind="tmf_events", api="tmf621")
     listener = Listener("tickets", source, store)
     started = time.time()
@@ -380,7 +387,7 @@ async def test_the_last_event_time_moves_with_each_commit_and_survives_a_restart
         store.close()
 
 
-async def test_an_upgrade_asked_for_is_ignored_and_the_event_stored(events: tuple[int, Path]) -> None:
+async def test_an_upgrade_asked_for_is_ignored_and_the_event_stored(events: tuple[int, str]) -> None:
     """Java's HttpClient asks for h2c on every `http://` POST: the parser handed over the body as the
     new protocol's, the event was refused as empty JSON (a 4xx: the hub drops it) and answered twice."""
     port, store = events
@@ -397,7 +404,7 @@ async def test_an_upgrade_asked_for_is_ignored_and_the_event_stored(events: tupl
     assert stored_events(store) == 2
 
 
-async def test_a_client_that_half_closes_gets_every_answer_then_the_close(events: tuple[int, Path]) -> None:
+async def test_a_client_that_half_closes_gets_every_answer_then_the_close(events: tuple[int, str]) -> None:
     """`shutdown(SHUT_WR)` after the last request (`nc -N`): the events were stored, and used to go
     unanswered, the connection closed at once."""
     port, store = events
@@ -412,7 +419,7 @@ async def test_a_client_that_half_closes_gets_every_answer_then_the_close(events
 
 
 async def test_a_pipelined_expect_gets_its_100_continue_after_the_answers_before_it(
-        events: tuple[int, Path]) -> None:
+        events: tuple[int, str]) -> None:
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = ticket_event(2, 2, 1)
@@ -428,7 +435,7 @@ async def test_a_pipelined_expect_gets_its_100_continue_after_the_answers_before
     assert stored_events(store) == 2
 
 
-async def test_a_header_that_never_ends_is_refused_before_it_fills_memory(events: tuple[int, Path]) -> None:
+async def test_a_header_that_never_ends_is_refused_before_it_fills_memory(events: tuple[int, str]) -> None:
     """httptools keeps a header value it has not seen the end of and calls back only at its end."""
     port, store = events
     reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -81,19 +81,20 @@ async def sample_once(tmp_path: Path, spec: dict[str, Any]) -> dict[str, float |
     return {k.kpi: k.value for k in sample.kpis}
 
 
-async def test_items_and_values_are_mapped_by_jmespath_into_the_kpis(api: tuple[Api, str], tmp_path: Path) -> None:
+async def test_items_and_values_are_mapped_by_jmespath_into_the_kpis(api: tuple[Api, str], tmp_path: Path,
+                                                                      store_location: str) -> None:
     _, url = api
-    values = await sample_once(tmp_path, source(url))
+    values = await sample_once(tmp_path, source(url, store=store_location))
     assert values == {"backlog": 2.0, "overdue": 1.0, "inflow": 3.0, "agents": 17.0, "waiting": 4.0}
 
 
-async def test_a_newer_payload_updates_the_items(api: tuple[Api, str], tmp_path: Path) -> None:
+async def test_a_newer_payload_updates_the_items(api: tuple[Api, str], tmp_path: Path, store_location: str) -> None:
     served, url = api
-    await sample_once(tmp_path, source(url))
+    await sample_once(tmp_path, source(url, store=store_location))
     items = served.payload["data"]["items"]
     items[0].update(state="resolved", closed=format_time(NOW - 0.5 * HOUR))
     served.payload["stats"]["agents"] = 11
-    values = await sample_once(tmp_path, source(url))
+    values = await sample_once(tmp_path, source(url, store=store_location))
     assert (values["backlog"], values["overdue"], values["agents"]) == (1.0, 0.0, 11.0)
 
 

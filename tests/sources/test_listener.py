@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from collector.sources.listener import RESULTS, sender_authorization
 from collector.sources.times import format_time
 from collector.sources.typed import TypedEvents
 from tests.servers import free_port
-from tests.sources.helpers import API_OF, example, serve_app, stored_events
+from tests.sources.helpers import API_OF, example, serve_app, stored_events, stored_rows
 
 T0 = 1_767_225_600.0
 SECRET = "s3cret"
@@ -46,18 +45,19 @@ def envelope(event_id: str, resource: dict[str, Any], *, v5: bool = False,
 class Served(NamedTuple):
     url: str
     """The listener base URL: `<base>/tmf/tickets/listener`."""
-    store: Path
+    store: str
+    """The record store: a SQLite file or a PostgreSQL URL (every test runs on both)."""
     app: web.Application
     base: str
     """The main port's URL (`/metrics`)."""
 
 
 @pytest.fixture(params=["main", "events"])
-async def listener(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+async def listener(tmp_path: Path, request: pytest.FixtureRequest, store_location: str) -> AsyncIterator[Served]:
     port, events_port = free_port(), free_port()
-    store = tmp_path / "events.db"
+    store = store_location
     sources = {"sql": {"kind": "sql", "dsn": f"sqlite+aiosqlite:///{tmp_path / 'none.db'}"},
-               "tickets": {"kind": "tmf_events", "api": "tmf621", "store": str(store), "secret": SECRET,
+               "tickets": {"kind": "tmf_events", "api": "tmf621", "store": store, "secret": SECRET,
                            "max_body": 4096}}
     inventory = example(sources, {p: "tickets" if p == "problem" else "sql" for p in API_OF},
                         tmp_path / "state.db")
@@ -87,12 +87,9 @@ async def _received(served: Served) -> dict[str, float]:
             for line in text.splitlines() if line.startswith(prefix) and 'source="tickets"' in line}
 
 
-def _rows(store: Path) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(store)
-    try:
-        return db.execute("SELECT id, status, updated_at, reopened FROM trouble_ticket ORDER BY id").fetchall()
-    finally:
-        db.close()
+def _rows(store: str) -> list[tuple[Any, ...]]:
+    return [(r["id"], r["status"], r["updated_at"], r["reopened"]) for r in stored_rows(store, "tickets",
+                                                                                        "trouble_ticket")]
 
 
 async def test_acknowledged_events_are_stored_once_and_the_newest_version_wins(listener: Served) -> None:
@@ -194,13 +191,8 @@ async def _metric(served: Served, prefix: str) -> dict[str, float]:
             for line in text.splitlines() if line.startswith(prefix) and 'source="tickets"' in line}
 
 
-def _row(store: Path, ident: str) -> dict[str, Any]:
-    db = sqlite3.connect(store)
-    db.row_factory = sqlite3.Row
-    try:
-        return dict(db.execute("SELECT * FROM trouble_ticket WHERE id = ?", (ident,)).fetchone())
-    finally:
-        db.close()
+def _row(store: str, ident: str) -> dict[str, Any]:
+    return next(r for r in stored_rows(store, "tickets", "trouble_ticket") if r["id"] == ident)
 
 
 @pytest.mark.parametrize("path", ["typed", "general"])

@@ -17,9 +17,10 @@ from collector.logs import KeyValueFormatter
 from collector.sources import polling
 from collector.sources.http import HttpClient, SourceSchemaMismatch, limits_of
 from collector.sources.polling import TmfPoller
-from collector.sources.store import RecordStore
+from collector.sources.store import Records, RecordStore, open_records
 from collector.sources.times import format_time, parse_time
 from collector.sources.tmf import APIS
+from collector.storeurl import postgres_url
 from tests.sources.helpers import serve_app
 
 T0 = 1_767_225_600.0
@@ -79,13 +80,14 @@ async def server() -> AsyncIterator[tuple[FakeTmf, str]]:
 
 
 @pytest.fixture
-async def poller(tmp_path: Path) -> AsyncIterator[Callable[..., tuple[TmfPoller, RecordStore]]]:
+async def poller(tmp_path: Path, store_location: str) -> AsyncIterator[Callable[..., tuple[TmfPoller, Records]]]:
+    """Pollers, each with a store of its own: a SQLite file, or a schema of one PostgreSQL database."""
     made: list[TmfPoller] = []
 
-    def make(base: str, **options: Any) -> tuple[TmfPoller, RecordStore]:
+    def make(base: str, **options: Any) -> tuple[TmfPoller, Records]:
         source = TmfSource(kind="tmf621", base_url=base, retries=0, timeout=5, fields=False, **options)
-        store = RecordStore(tmp_path / f"store{len(made)}.db", ["tickets"],
-                            final_statuses={"tickets": APIS["tmf621"].finals})
+        location = str(tmp_path / f"store{len(made)}.db") if postgres_url(store_location) is None else store_location
+        store = open_records(location, f"tt{len(made)}", ["tickets"], final_statuses={"tickets": APIS["tmf621"].finals})
         made.append(TmfPoller("tt", source, HttpClient("tt", limits_of(source)), store))
         return made[-1], store
 
@@ -95,7 +97,7 @@ async def poller(tmp_path: Path) -> AsyncIterator[Callable[..., tuple[TmfPoller,
         tt.store.close()
 
 
-def stored(store: RecordStore) -> dict[str, str]:
+def stored(store: Records) -> dict[str, str]:
     return {r["id"]: r["status"] for r in store.rows("tickets")}
 
 

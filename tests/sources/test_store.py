@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 
 from collector.inventory.sources import COLUMNS
-from collector.sources.store import Event, RecordStore
+from collector.sources.pgstore import schema_of
+from collector.sources.store import Event, Records, RecordStore, open_records
+from collector.storeurl import postgres_url
 
 T0 = 1_767_225_600.0
 TABLE = "trouble_ticket"
@@ -17,8 +19,8 @@ FINALS = {TABLE: ("resolved", "closed", "cancelled")}
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Any:
-    opened = RecordStore(tmp_path / "s.db", [TABLE], final_statuses=FINALS)
+def store(store_location: str) -> Any:
+    opened = open_records(store_location, "s", [TABLE], final_statuses=FINALS)
     yield opened
     opened.close()
 
@@ -35,21 +37,22 @@ def partial(event_id: str, ticket: str, updated: float, **attrs: Any) -> Event:
                  partial=True)
 
 
-def seqs(store: RecordStore, ticket: str) -> tuple[int, int | None] | None:
-    found = store._db.execute(f"SELECT fab_created_seq, fab_completed_seq FROM {TABLE} WHERE id = ?",
-                              (ticket,)).fetchone()
+def seqs(store: Records, ticket: str) -> tuple[int, int | None] | None:
+    mark = "?" if isinstance(store, RecordStore) else "%s"
+    found = store._db.execute(  # type: ignore[attr-defined]
+        f"SELECT fab_created_seq, fab_completed_seq FROM {TABLE} WHERE id = {mark}", (ticket,)).fetchone()
     return None if found is None else (found[0], found[1])
 
 
-def last_seq(store: RecordStore) -> int:
+def last_seq(store: Records) -> int:
     return int(store.meta("ingest_seq") or 0)
 
 
-def row(store: RecordStore, ticket: str) -> dict[str, Any]:
+def row(store: Records, ticket: str) -> dict[str, Any]:
     return next(r for r in store.rows(TABLE) if r["id"] == ticket)
 
 
-def test_the_sequence_numbers_the_first_insert_and_each_new_completion(store: RecordStore) -> None:
+def test_the_sequence_numbers_the_first_insert_and_each_new_completion(store: Records) -> None:
     store.apply_events([whole("e1", "T1", "acknowledged", T0 + 1)])
     first = last_seq(store)
     assert first >= 1
@@ -77,7 +80,7 @@ def test_the_sequence_numbers_the_first_insert_and_each_new_completion(store: Re
     assert last_seq(store) > again
 
 
-def test_polling_writes_take_numbers_from_the_same_sequence(store: RecordStore) -> None:
+def test_polling_writes_take_numbers_from_the_same_sequence(store: Records) -> None:
     store.apply_events([whole("e1", "T1", "acknowledged", T0 + 1)])
     store.upsert(TABLE, [{"id": "T2", "created_at": T0, "updated_at": T0, "status": "resolved",
                           "completed_at": T0 + 9}], {"watermark": "1"})
@@ -88,23 +91,43 @@ def test_polling_writes_take_numbers_from_the_same_sequence(store: RecordStore) 
     assert last_seq(store) == polled
 
 
-def test_numbers_increase_strictly_across_commits_and_a_reader_sees_them_with_the_rows(store: RecordStore,
-                                                                                        tmp_path: Path) -> None:
+def test_numbers_increase_strictly_across_commits_and_a_reader_sees_them_with_the_rows(
+        store: Records, store_location: str) -> None:
     given = []
     for n in range(5):
         store.apply_events([whole(f"e{n}", f"T{n}", "acknowledged", T0)])
         given.append(last_seq(store))
     assert given == sorted(set(given))
-    reader = sqlite3.connect(tmp_path / "s.db")
+    reader = _Reader(store_location)
     try:
-        reader.execute("BEGIN")
-        meta = int(reader.execute("SELECT value FROM sync_meta WHERE key = 'ingest_seq'").fetchone()[0])
+        meta = int(reader.one("SELECT value FROM sync_meta WHERE key = 'ingest_seq'"))
         store.apply_events([whole("late", "T9", "acknowledged", T0)])  # committed while the reader reads
-        newest = reader.execute(f"SELECT MAX(fab_created_seq) FROM {TABLE}").fetchone()[0]
+        newest = reader.one(f"SELECT MAX(fab_created_seq) FROM {TABLE}")
         assert newest == meta  # one snapshot: the number and the rows it numbers
-        reader.execute("COMMIT")
     finally:
         reader.close()
+
+
+class _Reader:
+    """A read transaction on the store (one snapshot: SQLite's, or PostgreSQL's REPEATABLE READ)."""
+
+    def __init__(self, location: str) -> None:
+        self._pg = postgres_url(location)
+        if self._pg is None:
+            self._db: Any = sqlite3.connect(location)
+            self._db.execute("BEGIN")
+        else:
+            import psycopg
+
+            self._db = psycopg.connect(self._pg, options=f"-c search_path={schema_of('s')}")
+            self._db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+
+    def one(self, sql: str) -> Any:
+        return self._db.execute(sql).fetchone()[0]
+
+    def close(self) -> None:
+        self._db.rollback()
+        self._db.close()
 
 
 def test_an_older_store_gets_the_sequence_columns_and_its_rows_seq_0(tmp_path: Path) -> None:
@@ -134,7 +157,7 @@ def test_an_older_store_gets_the_sequence_columns_and_its_rows_seq_0(tmp_path: P
         store.close()
 
 
-def test_a_partial_event_is_merged_into_the_stored_row(store: RecordStore) -> None:
+def test_a_partial_event_is_merged_into_the_stored_row(store: Records) -> None:
     store.apply_events([whole("e1", "T1", "inProgress", T0 + 10, channel="phone", handling_minutes=12)])
     created = seqs(store, "T1")[0]  # type: ignore[index]
     assert store.apply_events([partial("p1", "T1", T0 + 60, status="closed")]) == [True]
@@ -155,7 +178,7 @@ def test_a_partial_event_is_merged_into_the_stored_row(store: RecordStore) -> No
     assert row(store, "T1")["completed_at"] == T0 + 97  # a completion date the event gives wins
 
 
-def test_a_partial_event_about_an_unseen_resource_is_kept_until_an_event_completes_it(store: RecordStore) -> None:
+def test_a_partial_event_about_an_unseen_resource_is_kept_until_an_event_completes_it(store: Records) -> None:
     assert store.apply_events([partial("p1", "T1", T0 + 60, status="closed")]) == [True]
     assert store.rows(TABLE) == []  # no creation date: it counts in nothing yet
     assert store.incomplete_counts() == (1, {"api": 0, "event": 0, "failed": 0})
@@ -168,7 +191,7 @@ def test_a_partial_event_about_an_unseen_resource_is_kept_until_an_event_complet
 
 
 def test_a_whole_event_completes_a_kept_resource_in_a_batch_a_newer_partial_merged_over_it(
-        store: RecordStore) -> None:
+        store: Records) -> None:
     store.apply_events([partial("p1", "T1", T0 + 60, status="closed"), partial("p2", "T2", T0 + 5, priority="low")])
     assert store.incomplete_counts()[0] == 2
     store.apply_events([whole("w1", "T1", "inProgress", T0 + 20), whole("w2", "T2", "inProgress", T0 + 20),
@@ -178,7 +201,7 @@ def test_a_whole_event_completes_a_kept_resource_in_a_batch_a_newer_partial_merg
     assert store.incomplete_counts() == (0, {"api": 0, "event": 2, "failed": 0})
 
 
-def test_a_partial_event_older_than_a_deletion_is_not_kept(store: RecordStore) -> None:
+def test_a_partial_event_older_than_a_deletion_is_not_kept(store: Records) -> None:
     store.apply_events([whole("e1", "T1", "inProgress", T0), Event("d", "delete", TABLE, None, "T1", T0 + 50,
                                                                     delete=True)])
     store.apply_events([partial("p1", "T1", T0 + 40, status="closed")])
@@ -186,7 +209,7 @@ def test_a_partial_event_older_than_a_deletion_is_not_kept(store: RecordStore) -
     assert store.incomplete_counts()[0] == 0
 
 
-def test_what_the_api_says_completes_kept_resources_or_gives_them_up(store: RecordStore) -> None:
+def test_what_the_api_says_completes_kept_resources_or_gives_them_up(store: Records) -> None:
     store.apply_events([partial("p1", "T1", T0 + 60, status="closed"), partial("p2", "T2", T0 + 60, status="held"),
                         partial("p3", "T3", T0 + 60, status="held")])
     assert store.incomplete(10) == [(TABLE, "T1"), (TABLE, "T2"), (TABLE, "T3")]
