@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from app.exposure import warn_exposure
 from app.reload import processes_of
 from app.service import GUARD, build_app, reload_inventory, serve, shifted_clock
+from app.workers import EventsWorkers, events_sources, worker_command
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
 from collector.inventory.load import ConfigError, callback_problems, load_inventory, load_web_config
@@ -71,6 +72,13 @@ def _positive(value: str) -> float:
     number = float(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return number
+
+
+def _workers(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return number
 
 
@@ -123,6 +131,10 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _flag(serve_cmd, flags, "--web.config.file", env="WEB_CONFIG", metavar="FILE", dest="web_config",
           help="TLS and basic authentication of the service port, in the Prometheus exporter-toolkit's "
                "web config format (default: service.web_config of the inventory)")
+    _flag(serve_cmd, flags, "--workers", env="WORKERS", convert=_workers, default=1, metavar="N",
+          help="processes serving the events port (service.events_listen), each on a core, each writing "
+               "durably to the record stores; this process keeps sampling and the service port (default: 1, "
+               "this process serves the events port too)")
     _flag(serve_cmd, flags, "--clock-start", env="CLOCK_START", convert=float, metavar="UNIX_TIME",
           help="sample as if the clock read UNIX_TIME at start and ran on from there, to replay a dataset "
                "whose timestamps end at a fixed instant (default: the real clock)")
@@ -379,7 +391,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         assert web_path is not None
         return load_web_config(web_path)
 
-    served = Served(web_config, context, reload, None if web_path is None else reload_web)
+    workers = None
+    if args.workers > 1:
+        if inventory.service.events_listen is None or not events_sources(inventory):
+            print("fabwatch: --workers needs service.events_listen and a tmf_events source: the workers serve "
+                  "the events port", file=sys.stderr)
+            return EXIT_CONFIG
+        workers = EventsWorkers(args.workers, worker_command(paths, args.state, args.log_level),
+                                events_sources(inventory))
+    served = Served(web_config, context, reload, None if web_path is None else reload_web, workers)
     return _run(_serve(inventory, host, port, args.state, clock, served), fast=receives_events(inventory))
 
 
@@ -391,6 +411,7 @@ class Served:
     context: ssl.SSLContext | None = None
     loader: Callable[[], Inventory] | None = None
     web_loader: Callable[[], WebConfig] | None = None
+    workers: EventsWorkers | None = None
 
 
 def load_web_or_report(path: str) -> WebConfig | None:
@@ -462,7 +483,7 @@ async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
     served = served or Served()
     try:
         app = build_app(inventory, state_path=state, clock=clock, web_config=served.web_config, loader=served.loader,
-                        web_loader=served.web_loader)
+                        web_loader=served.web_loader, workers=served.workers)
     except OtlpSettingsError as exc:
         print(f"fabwatch: {exc}", file=sys.stderr)
         return EXIT_CONFIG

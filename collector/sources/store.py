@@ -104,6 +104,10 @@ class RecordStore:
         """Tables with deletion tombstones: only their upserts pay for the check (3 µs a row)."""
         self._incomplete = _incomplete_tables(self._db)
         """Tables with incomplete resources: only their batches look for one the batch completes."""
+        self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        """SQLite's count of commits by other connections as last seen: when it moves, another
+        process (a worker of `serve --workers N`, the sampler) may have added tombstones or
+        incomplete resources, and the two sets above are read again."""
 
     @property
     def dsn(self) -> str:
@@ -142,6 +146,7 @@ class RecordStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._others_wrote(db)
             seq = next_seq(db)
             if any(event.delete or event.partial for event in events):
                 return [self._apply_one(db, event, now, seq) for event in events]
@@ -160,6 +165,17 @@ class RecordStore:
             db.execute("ROLLBACK")
             raise
         return fresh
+
+    def _others_wrote(self, db: sqlite3.Connection) -> None:
+        """Read which tables have tombstones and incomplete resources again, in the write transaction,
+        when another connection committed since this one last looked (one pragma a batch otherwise)."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._version = version
+            self._tombstoned = {t for t in self.tables if db.execute(
+                "SELECT 1 FROM tmf_deleted WHERE tbl = ? LIMIT 1", (t,)).fetchone()}
+            self._incomplete = {t for t in self.tables if db.execute(
+                "SELECT 1 FROM tmf_incomplete WHERE tbl = ? LIMIT 1", (t,)).fetchone()}
 
     def commit(self) -> None:
         """Commit the transaction `stage_events` opened (durable per `synchronous`)."""
