@@ -77,14 +77,16 @@ class WorkerIntake:
         """The last report of each running worker (by pid), for this source."""
         self._gone: dict[str, int] = {}
         self._gone_commits = DurationHistogram(COMMIT_BUCKETS)
-        self._last = time.time()
+        self._started = time.time()
+        self._last: float | None = None
         self._incomplete = 0
         self._completed: dict[str, int] = {}
 
     def report(self, pid: int, report: Mapping[str, Any]) -> None:
         """Take a worker's latest counts (cumulative since its start)."""
         self.reports[pid] = report
-        self._last = max(self._last, float(report["last_received"]))
+        last = float(report["last_received"])
+        self._last = last if self._last is None else max(self._last, last)
         self._incomplete = int(report["incomplete"])  # read from the store: any worker's is the store's
         for how, count in report["completed"].items():
             self._completed[how] = max(self._completed.get(how, 0), int(count))
@@ -108,7 +110,9 @@ class WorkerIntake:
 
     @property
     def last_received(self) -> float:
-        return self._last
+        """The newest of the workers' (each: its last event, or the newest in the store at its start,
+        or its start); the service's start until a worker reports."""
+        return self._started if self._last is None else self._last
 
     @property
     def commits(self) -> DurationHistogram:
