@@ -204,6 +204,7 @@ class EventsWorkers:
             line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
         except TimeoutError:
             line = b""
+            process.kill()
         if not line:
             await self._wait_stopped(index)
             raise CannotListen(0, f"events worker {index} exited with {process.returncode} before it listened "

@@ -25,6 +25,7 @@ hold exactly the acknowledged events afterwards. Medians of `--runs` runs.
 import argparse
 import os
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
@@ -41,7 +42,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 from proc import cpu_seconds, interpreter  # noqa: E402
 from tmf_http import post  # noqa: E402
 
-from tests.servers import free_port  # noqa: E402
 from tests.sources.helpers import EVENT_PATH, FabwatchProcess, events_inventory, stored_events, ticket_event  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -71,6 +71,14 @@ class Result:
     saturation: Load
     half: Load | None = None
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    """A port the kernel picks: other benchmarks and test runs on this machine take theirs from
+    the tests' range, from its start."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def build_loadgen(directory: Path) -> Path:
@@ -187,14 +195,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=4.0, help="length of the phase at half the saturation rate")
     parser.add_argument("--timeout", type=float, default=120.0, help="bound of each phase")
+    parser.add_argument("--only", action="append", choices=CONFIGS,
+                        help="measure only this configuration (repeat for several; default: all, for the ratios)")
     a = parser.parse_args(argv)
+    configs = a.only or CONFIGS
     with tempfile.TemporaryDirectory(prefix="fabwatch-loadgen-") as tmp:
         a.loadgen = build_loadgen(Path(tmp))
-        results: dict[str, list[Result]] = {config: [] for config in CONFIGS}
+        results: dict[str, list[Result]] = {config: [] for config in configs}
         for run in range(a.runs):
-            for config in CONFIGS:
+            for config in configs:
                 results[config].append(one_run(a, config))
-            print(f"run {run + 1}: " + "; ".join(_line(config, results[config][-1]) for config in CONFIGS),
+            print(f"run {run + 1}: " + "; ".join(_line(config, results[config][-1]) for config in configs),
                   flush=True)
     report(a, results)
 
@@ -220,7 +231,7 @@ def report(a: argparse.Namespace, results: dict[str, list[Result]]) -> None:
     print("| configuration | acked/s | server CPU µs/event | client CPU µs/event | at half rate: acked/s | p50 ms "
           "| p99 ms |")
     print("|---|---|---|---|---|---|---|")
-    for config in CONFIGS:
+    for config in results:
         rs = results[config]
         half = [r.half for r in rs if r.half is not None]
         tail = (f"{median([h.rate for h in half]):,.0f} | {median([h.p50 for h in half]) * 1e3:.1f} | "
@@ -228,6 +239,8 @@ def report(a: argparse.Namespace, results: dict[str, list[Result]]) -> None:
         client = median([r.saturation.client_cpu / r.saturation.acked * 1e6 for r in rs])
         print(f"| {config} | {median([r.saturation.rate for r in rs]):,.0f} | {cpu(config):.1f} | "
               f"{client:.1f} | {tail} |")
+    if set(results) != set(CONFIGS):
+        return
     ratios = [w2.saturation.rate / w1.saturation.rate
               for w1, w2 in zip(results["workers 1"], results["workers 2"], strict=True)]
     floors = [(h.saturation.server_cpu / h.saturation.acked + s.saturation.server_cpu / s.saturation.acked) * 1e6
