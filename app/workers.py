@@ -25,7 +25,9 @@ rule are in the store's SQL, so they hold whichever worker gets an event.
 
 A worker that exits on its own (killed, crashed) is logged (`events_worker_exited`), counted
 (`fab_events_worker_restarts_total`) and started again, after a pause that doubles while they
-keep dying young. SIGTERM or SIGINT to the main process stops the workers with SIGTERM: each
+keep dying young; one that stops cleanly (exit 0) on a signal of its own is not (systemd signals
+every process of the service at once). Workers run in a session of their own, so that Ctrl+C
+reaches the main process alone. SIGTERM or SIGINT to the main process stops the workers with SIGTERM: each
 stops accepting, commits and answers what it has received, and exits. A reload (SIGHUP,
 `POST /-/reload`) that succeeds is passed on to the workers with SIGHUP: each reads the inventory
 again and the sender credentials of its listeners (a rotated `token_file`). A worker whose main
@@ -197,7 +199,8 @@ class EventsWorkers:
     async def _spawn(self, index: int) -> None:
         """Start worker `index` and wait for its first report (it listens)."""
         process = await asyncio.create_subprocess_exec(
-            *self.command, "--index", str(index), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+            *self.command, "--index", str(index), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            start_new_session=True)  # Ctrl+C reaches `serve` alone, which stops its workers in order
         self.processes[index] = process
         assert process.stdout is not None
         try:
@@ -225,6 +228,10 @@ class EventsWorkers:
             for intake in self.intakes.values():
                 intake.retire(process.pid)
             if self._stopping:
+                return
+            if code == 0:  # stopped on a signal the service did not send (systemd signals every process)
+                log_event(_LOG, "events_worker_stopped", logging.WARNING, index=index, pid=process.pid,
+                          restarted="no: it stopped cleanly, on a signal of its own")
                 return
             self.restarts += 1
             pause = RESTART_PAUSE[0] if time.monotonic() - began > YOUNG else min(pause * 2, RESTART_PAUSE[1])

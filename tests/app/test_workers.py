@@ -151,6 +151,13 @@ def test_a_killed_worker_is_restarted_and_its_counts_kept(served: Workers) -> No
     assert [status for status, _ in answers] == [201] * 60
     _until(lambda: served.metric(accepted) == 120, "what the killed worker counted is kept, the new one's added")
     assert len(served.stored()) == 120
+    stopped = served.workers()[0]
+    subprocess.run(["kill", "-TERM", str(stopped)], check=True)  # as systemd does, to every process
+    _until(lambda: served.log_count("events_worker_stopped") == 1, "a worker that stops cleanly is no death")
+    assert len(served.workers()) == 1, "it is not started again"
+    assert stopped not in served.workers()
+    _until(lambda: served.metric("fab_events_workers") == 1, "one worker left")
+    assert served.metric("fab_events_worker_restarts_total") == 1
 
 
 @pytest.mark.integration
