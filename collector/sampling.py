@@ -190,8 +190,9 @@ def store_path(name: str, source: SyncedSource, state_path: str | Path) -> Path:
 
 
 def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process],
-               state_path: str | Path) -> "RecordStore":
-    """Open (creating the tables of) the record store of a source."""
+               state_path: str | Path, *, shared: bool = False) -> "RecordStore":
+    """Open (creating the tables of) the record store of a source; `shared`: other processes write
+    events into it too (`RecordStore.shared`)."""
     from collector.sources.store import RecordStore
     from collector.sources.tmf import APIS
 
@@ -201,7 +202,8 @@ def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process]
     if api is not None:
         finals = dict.fromkeys(tables, APIS[api].finals)
     sync = "FULL" if isinstance(source, TmfEventsSource) and source.durability == "full" else "NORMAL"
-    return RecordStore(store_path(name, source, state_path), tables, synchronous=sync, final_statuses=finals)
+    return RecordStore(store_path(name, source, state_path), tables, synchronous=sync, final_statuses=finals,
+                       shared=shared)
 
 
 def store_source(source: SyncedSource, store: "RecordStore") -> SqlSource:
@@ -321,7 +323,7 @@ async def open_listeners(inventory: Inventory, state_path: str | Path, stack: As
         if not isinstance(source, TmfEventsSource):
             continue
         processes = {p: proc for p, proc in inventory.processes.items() if proc.records.source == name}
-        store = open_store(name, source, processes, state_path)
+        store = open_store(name, source, processes, state_path, shared=shared)
         stack.callback(store.close)
         lock = WriterLock(store.path) if shared else None
         if lock is not None:

@@ -85,8 +85,10 @@ class RecordStore:
     """One SQLite file with a records table per process of a source, plus sync bookkeeping."""
 
     def __init__(self, path: str | Path, tables: Iterable[str], *, synchronous: str = "NORMAL",
-                 final_statuses: Mapping[str, Sequence[str]] | None = None) -> None:
+                 final_statuses: Mapping[str, Sequence[str]] | None = None, shared: bool = False) -> None:
         self.path = Path(path)
+        self.shared = shared
+        """Other processes write events into this store too (the workers of `serve --workers N`)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tables = tuple(dict.fromkeys(tables))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -105,9 +107,10 @@ class RecordStore:
         self._incomplete = _incomplete_tables(self._db)
         """Tables with incomplete resources: only their batches look for one the batch completes."""
         self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        """SQLite's count of commits by other connections as last seen: when it moves, another
-        process (a worker of `serve --workers N`, the sampler) may have added tombstones or
-        incomplete resources, and the two sets above are read again."""
+        """SQLite's count of commits by other connections as last seen, in a `shared` store: when it
+        moves, another worker may have added tombstones or incomplete resources, and the two sets
+        above are read again. (Alone, only this connection writes tombstones, and a stale set of
+        incomplete tables costs a lookup, not a wrong row.)"""
 
     @property
     def dsn(self) -> str:
@@ -146,7 +149,8 @@ class RecordStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._others_wrote(db)
+            if self.shared:
+                self._others_wrote(db)
             seq = next_seq(db)
             if any(event.delete or event.partial for event in events):
                 return [self._apply_one(db, event, now, seq) for event in events]

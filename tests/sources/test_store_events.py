@@ -115,8 +115,9 @@ def test_a_store_sees_the_deletions_and_partial_events_another_process_wrote(tmp
     """Two connections on one store, as two workers of `serve --workers N`: what one knows of
     tombstones and incomplete resources must not be stale when the other wrote them."""
     finals = {"trouble_ticket": ("resolved",)}
-    first = RecordStore(tmp_path / "s.db", ["trouble_ticket"], final_statuses=finals)
-    second = RecordStore(tmp_path / "s.db", ["trouble_ticket"], final_statuses=finals)  # opened before any write
+    first = RecordStore(tmp_path / "s.db", ["trouble_ticket"], final_statuses=finals, shared=True)
+    second = RecordStore(tmp_path / "s.db", ["trouble_ticket"], final_statuses=finals,
+                         shared=True)  # opened before any write
     try:
         first.apply_events([event("c", "T1", "acknowledged", T0 + 10), event("d", "T1", "", T0 + 30, delete=True)])
         assert second.apply_events([event("late", "T1", "inProgress", T0 + 20)]) == [True]
