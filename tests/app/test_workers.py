@@ -21,7 +21,7 @@ import yaml
 
 from app.workers import WorkerIntake
 from tests.servers import free_port
-from tests.sources.helpers import EVENT_PATH, FabwatchProcess, events_inventory, ticket_event
+from tests.sources.helpers import EVENT_PATH, EVENT_T0, FabwatchProcess, events_inventory, ticket_event
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30.0
@@ -126,6 +126,13 @@ def test_two_workers_store_each_event_once_and_both_serve(served: Workers) -> No
     assert {int(pid) for _, pid in answers} == set(workers), "both workers answered events"
     stored = served.stored()
     assert sorted(stored) == sorted(f"E{n}" for n in range(300)), "each event stored once across the workers"
+    db = sqlite3.connect(served.directory / "events.db")
+    try:
+        versions = dict(db.execute("SELECT id, updated_at FROM trouble_ticket").fetchall())
+    finally:
+        db.close()
+    assert versions == {f"TT-{t}": EVENT_T0 + t + 6 for t in range(50)}, \
+        "each ticket holds its newest version (6), whichever worker got which version"
     _until(lambda: served.metric('fab_events_received_total{result="accepted",source="events"}') == 300,
            "/metrics adds up what the workers accepted")
     _until(lambda: served.metric('fab_events_received_total{result="duplicate",source="events"}') == 100,
