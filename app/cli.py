@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from app.exposure import warn_exposure
 from app.reload import processes_of
 from app.service import GUARD, HEALTH, build_app, reload_inventory, serve, shifted_clock
+from app.workers import EventsWorkers, events_sources, worker_command
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
 from collector.inventory.durations import parse_duration
@@ -110,6 +111,14 @@ def _add_report_prometheus(report_cmd: argparse.ArgumentParser, flags: list[EnvF
           help="how long before each day's end a reading may be: at least the scrape interval (default: 5m)")
 
 
+def _workers(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return number
+
+
+
 def _formats(value: str) -> list[str]:
     chosen = [part.strip() for part in value.split(",") if part.strip()]
     unknown = [part for part in chosen if part not in REPORT_FORMATS]
@@ -160,6 +169,10 @@ def build_parser(wanted: str | None = None) -> argparse.ArgumentParser:
     _flag(serve_cmd, flags, "--web.config.file", env="WEB_CONFIG", metavar="FILE", dest="web_config",
           help="TLS and basic authentication of the service port, in the Prometheus exporter-toolkit's "
                "web config format (default: service.web_config of the inventory)")
+    _flag(serve_cmd, flags, "--workers", env="WORKERS", convert=_workers, default=1, metavar="N",
+          help="processes serving the events port (service.events_listen), each on a core, each writing "
+               "durably to the record stores; this process keeps sampling and the service port (default: 1, "
+               "this process serves the events port too)")
     _flag(serve_cmd, flags, "--clock-start", env="CLOCK_START", convert=float, metavar="UNIX_TIME",
           help="sample as if the clock read UNIX_TIME at start and ran on from there, to replay a dataset "
                "whose timestamps end at a fixed instant (default: the real clock)")
@@ -424,7 +437,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         assert web_path is not None
         return load_web_config(web_path)
 
-    served = Served(web_config, context, reload, None if web_path is None else reload_web)
+    workers = None
+    if args.workers > 1:
+        if inventory.service.events_listen is None or not events_sources(inventory):
+            print("fabwatch: --workers needs service.events_listen and a tmf_events source: the workers serve "
+                  "the events port", file=sys.stderr)
+            return EXIT_CONFIG
+        workers = EventsWorkers(args.workers, worker_command(paths, args.state, args.log_level),
+                                events_sources(inventory))
+    served = Served(web_config, context, reload, None if web_path is None else reload_web, workers)
     return _run(_serve(inventory, host, port, args.state, clock, served, args.replica_id),
                 fast=receives_events(inventory))
 
@@ -437,6 +458,7 @@ class Served:
     context: ssl.SSLContext | None = None
     loader: Callable[[], Inventory] | None = None
     web_loader: Callable[[], WebConfig] | None = None
+    workers: EventsWorkers | None = None
 
 
 def load_web_or_report(path: str) -> WebConfig | None:
@@ -509,7 +531,7 @@ async def _serve(inventory: Inventory, host: str, port: int, state: str | None,
     served = served or Served()
     try:
         app = build_app(inventory, state_path=state, clock=clock, web_config=served.web_config, loader=served.loader,
-                        web_loader=served.web_loader, replica=replica)
+                        web_loader=served.web_loader, replica=replica, workers=served.workers)
     except OtlpSettingsError as exc:
         print(f"fabwatch: {exc}", file=sys.stderr)
         return EXIT_CONFIG

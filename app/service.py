@@ -25,6 +25,7 @@ from aiohttp.web_response import StreamResponse
 from app.delivery import ReportSchedule
 from app.reload import LiveSampling, ReloadRefused
 from app.rolling import Rolling
+from app.workers import EventsWorkers
 from collector.health import HealthTracker
 from collector.inventory.load import ConfigError
 from collector.inventory.models import Inventory
@@ -52,6 +53,8 @@ LIVE = web.AppKey("live", LiveSampling)
 LOADER = web.AppKey[Callable[[], Inventory] | None]("loader")
 GUARD = web.AppKey[Optional["WebGuard"]]("guard")
 WEB_LOADER = web.AppKey[Callable[[], WebConfig] | None]("web_loader")
+WORKERS = web.AppKey("workers", EventsWorkers)
+"""Present with `serve --workers N`: the worker processes that serve the events port."""
 OTLP = web.AppKey("otlp", OtlpExporter)
 """Present when OTLP export is on (the inventory's `exporters.otlp` or `OTEL_METRICS_EXPORTER=otlp`)."""
 
@@ -65,7 +68,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
               loader: Callable[[], Inventory] | None = None,
               web_loader: Callable[[], WebConfig] | None = None,
-              environ: Mapping[str, str] | None = None, replica: str | None = None) -> web.Application:
+              environ: Mapping[str, str] | None = None, replica: str | None = None,
+              workers: EventsWorkers | None = None) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
@@ -78,6 +82,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     `environ` (default `os.environ`) holds the `OTEL_*` variables that may switch OTLP export on;
     a bad OTLP setting raises `OtlpSettingsError`. `replica`: this replica's id when the state is a
     PostgreSQL URL shared by replicas (see `collector.leases`).
+    `workers` serve the events port in processes of their own (`serve --workers N`), started and
+    stopped with the app; this one then serves none of it.
     """
     guard = _guard(web_config, inventory)
     inner: list[Middleware] = [paced(Pace()), api.json_errors]  # the page and the API yield to scrapes
@@ -111,7 +117,13 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     if rolling is not None:
         app.cleanup_ctx.append(_rolling(rolling))
     app.cleanup_ctx.append(_reporting(schedule))
-    mount_sources(app, inventory, state_path, health)
+    mount_sources(app, inventory, state_path, health, listen=workers is None)
+    if workers is not None:
+        app[WORKERS] = workers
+        health.workers = workers
+        health.intake.update(workers.intakes)
+        health.completions.update(workers.intakes)
+        app.cleanup_ctx.append(_working(workers))
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -173,6 +185,19 @@ def _sampling(live: LiveSampling) -> Callable[[web.Application], AsyncIterator[N
     return context
 
 
+def _working(workers: EventsWorkers) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Return the cleanup context that starts the events port's workers and stops them."""
+
+    async def context(_app: web.Application) -> AsyncIterator[None]:
+        await workers.start()
+        try:
+            yield
+        finally:
+            await workers.stop()
+
+    return context
+
+
 def _rolling(rolling: Rolling) -> Callable[[web.Application], AsyncIterator[None]]:
     """Return the cleanup context that keeps the daily rollups current while the app runs."""
 
@@ -225,6 +250,8 @@ async def reload_inventory(app: web.Application) -> list[str]:
         guard = app[GUARD]
         if guard is not None and web_config is not None:
             guard.replace(web_config, context, auth)
+        if WORKERS in app:
+            app[WORKERS].reload()
         return []
     for problem in problems:
         log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")

@@ -89,6 +89,18 @@ def _always(source: str) -> bool:
     return True
 
 
+class Workers(Protocol):
+    """The worker processes of `serve --workers N` that serve the events port."""
+
+    @property
+    def running(self) -> int:
+        """Workers started and not exited."""
+
+    @property
+    def restarts(self) -> int:
+        """Workers started again after one exited on its own (died) while the service ran."""
+
+
 def fabwatch_version() -> str:
     """Return the installed fabwatch version, or `unknown` when run from a bare checkout."""
     try:
@@ -120,6 +132,8 @@ class HealthTracker:
         """The listener of each `tmf_events` source: its live counts by result, its last event."""
         self.completions: dict[str, Completions] = {}
         """The listener of each `tmf_events` source: its incomplete resources."""
+        self.workers: Workers | None = None
+        """The worker processes serving the events port (`serve --workers N`), when there are some."""
         self.reload_ok = True
         """Whether the last reload of the inventory succeeded (`fab_config_last_reload_successful`)."""
         self.reload_at: float | None = None
@@ -280,8 +294,8 @@ class HealthTracker:
                       [((("version", self.version),), 1.0)])
         leading = (leader,) if self.replica is not None else ()
         return (up, last, durations, errors, *leading, info, *_task_families(), *self._reload_families(),
-                *self._intake_families(), *self._completion_families(), *self._export_families(),
-                *self._rollup_families(), *self._delivery_families())
+                *self._intake_families(), *self._worker_families(), *self._completion_families(),
+                *self._export_families(), *self._rollup_families(), *self._delivery_families())
 
     def _reload_families(self) -> tuple[Family, ...]:
         """`fab_config_last_reload_successful` and its timestamp, named as Prometheus names its own."""
@@ -353,6 +367,18 @@ class HealthTracker:
             done.samples.extend(((("source", name), ("how", how)), float(listener.completed.get(how, 0)))
                                 for how in ("api", "event", "failed"))
         return (waiting, done)
+
+    def _worker_families(self) -> tuple[Family, ...]:
+        """`fab_events_workers` and `fab_events_worker_restarts_total`, with `serve --workers N`."""
+        if self.workers is None:
+            return ()
+        running = Family("fab_events_workers", "gauge",
+                         "Worker processes serving the events port (serve --workers N) that are running.",
+                         [((), float(self.workers.running))])
+        restarts = Family("fab_events_worker_restarts", "counter",
+                          "Worker processes of the events port started again after one exited on its own.",
+                          [((), float(self.workers.restarts))])
+        return (running, restarts)
 
     def _intake_families(self) -> tuple[Family, ...]:
         """`fab_events_received_total` (every result from 0 on), the time of the last event and the

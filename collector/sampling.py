@@ -197,8 +197,9 @@ def store_path(name: str, source: SyncedSource, state_path: str | Path) -> str |
 
 
 def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process],
-               state_path: str | Path) -> "Records":
-    """Open (creating the tables of) the record store of a source."""
+               state_path: str | Path, *, shared: bool = False) -> "Records":
+    """Open (creating the tables of) the record store of a source; `shared`: other processes write
+    events into it too (`RecordStore.shared`)."""
     from collector.sources.store import open_records
     from collector.sources.tmf import APIS
 
@@ -208,7 +209,8 @@ def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process]
     if api is not None:
         finals = dict.fromkeys(tables, APIS[api].finals)
     sync = "FULL" if isinstance(source, TmfEventsSource) and source.durability == "full" else "NORMAL"
-    return open_records(store_path(name, source, state_path), name, tables, synchronous=sync, final_statuses=finals)
+    return open_records(store_path(name, source, state_path), name, tables, synchronous=sync, final_statuses=finals,
+                        shared=shared)
 
 
 def store_source(source: SyncedSource, store: "Records") -> SqlSource:
@@ -301,41 +303,60 @@ class _Polling:
 
 
 def mount_sources(app: web.Application, inventory: Inventory, state_path: str | Path | None = None,
-                  health: "HealthTracker | None" = None) -> None:
+                  health: "HealthTracker | None" = None, *, listen: bool = True) -> None:
     """Open/close the listeners of the `tmf_events` sources with the app; they answer on the events
     port (`service.events_listen`) when there is one, else on the main port's route. `health`
-    exports what each listener received (`fab_events_received_total`)."""
+    exports what each listener received (`fab_events_received_total`). Not `listen`: worker
+    processes serve the events port (`serve --workers N`), this one nothing of it."""
     events = {n: s for n, s in inventory.sources.items() if isinstance(s, TmfEventsSource)}
-    if not events:
+    if not events or not listen:
         return
     app[LISTENERS] = {}
     if inventory.service.events_address is None:
         app.router.add_post("/tmf/{source}/listener/{event}", _dispatch)
-    app.cleanup_ctx.append(_listeners(inventory, events, state_path or inventory.service.state_path, health))
+    app.cleanup_ctx.append(_listeners(inventory, state_path or inventory.service.state_path, health))
 
 
-def _listeners(inventory: Inventory, events: Mapping[str, TmfEventsSource], state_path: str | Path,
+async def open_listeners(inventory: Inventory, state_path: str | Path, stack: AsyncExitStack, *,
+                         shared: bool = False) -> dict[str, "Listener"]:
+    """Open the record store and start the listener of every `tmf_events` source; `stack` stops
+    the listeners (their queued events committed) and closes the stores. `shared`: other processes
+    write the same stores (the workers of `serve --workers N`), one group commit at a time."""
+    from collector.sources.listener import Listener
+    from collector.sources.store import RecordStore
+    from collector.sources.writelock import WriterLock
+
+    listeners: dict[str, Listener] = {}
+    for name, source in inventory.sources.items():
+        if not isinstance(source, TmfEventsSource):
+            continue
+        processes = {p: proc for p, proc in inventory.processes.items() if proc.records.source == name}
+        store = open_store(name, source, processes, state_path, shared=shared)
+        stack.callback(store.close)
+        # PostgreSQL takes concurrent writers itself; SQLite one group commit at a time
+        lock = WriterLock(store.path) if shared and isinstance(store, RecordStore) else None
+        if lock is not None:
+            stack.callback(lock.close)
+        listener = Listener(name, source, store, lock)
+        await listener.start()
+        stack.push_async_callback(listener.stop)
+        listeners[name] = listener
+    return listeners
+
+
+def _listeners(inventory: Inventory, state_path: str | Path,
                health: "HealthTracker | None") -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        from collector.sources.listener import Listener
-
         async with AsyncExitStack() as stack:
-            for name, source in events.items():
-                processes = {p: proc for p, proc in inventory.processes.items() if proc.records.source == name}
-                store = open_store(name, source, processes, state_path)
-                stack.callback(store.close)
-                listener = Listener(name, source, store)
-                await listener.start()
-                stack.push_async_callback(listener.stop)
-                app[LISTENERS][name] = listener
-                if health is not None:
-                    health.intake[name] = listener
-                    health.completions[name] = listener
+            listeners = await open_listeners(inventory, state_path, stack)
+            app[LISTENERS].update(listeners)
+            if health is not None:
+                health.intake.update(listeners)
+                health.completions.update(listeners)
             address = inventory.service.events_address
             if address is not None:
                 from collector.sources.events_http import EventsServer  # httptools only when used
 
-                listeners: dict[str, Listener] = app[LISTENERS]
                 server = EventsServer(listeners, tls=inventory.service.events_tls)
                 await server.start(*address)
                 stack.push_async_callback(server.stop)  # runs before the listeners drain and stop

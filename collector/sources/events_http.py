@@ -66,8 +66,12 @@ class EventsServer:
     def __init__(self, listeners: Mapping[str, Listener], idle_timeout: float = IDLE_TIMEOUT,
                  tls: EventsTls | None = None, *, head_timeout: float = HEAD_TIMEOUT,
                  body_timeout: float = BODY_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
-                 max_per_address: int = MAX_PER_ADDRESS, body_memory: int = BODY_MEMORY) -> None:
+                 max_per_address: int = MAX_PER_ADDRESS, body_memory: int = BODY_MEMORY,
+                 reuse_port: bool = False) -> None:
         self.listeners = listeners
+        self.reuse_port = reuse_port
+        """Bind with SO_REUSEPORT, beside the other worker processes of `serve --workers N`: the kernel
+        spreads the connections over them, and each worker names itself in `X-Fabwatch-Worker`."""
         self.idle_timeout = idle_timeout
         self.head_timeout = head_timeout
         self.body_timeout = body_timeout
@@ -90,12 +94,14 @@ class EventsServer:
         try:
             self._server = await asyncio.get_running_loop().create_server(
                 lambda: _Connection(self.listeners, self.connections, self.routes, self), host, port,
-                reuse_address=True, backlog=1024, ssl=context,
+                reuse_address=True, reuse_port=self.reuse_port or None, backlog=1024, ssl=context,
                 ssl_handshake_timeout=None if context is None else self.head_timeout)
         except OSError as exc:
             cause = os.strerror(exc.errno) if exc.errno else str(exc)
             raise CannotListen(exc.errno, f"cannot listen for events on {host}:{port}: {cause}") from exc
         self._reaper = asyncio.create_task(self._reap(), name="events-idle-reaper")
+        if self.reuse_port:
+            _Heads.name_worker(os.getpid())
         scheme = "http" if context is None else "https"
         log_event(_LOG, "events_listening", url=f"{scheme}://{host}:{port}{_PREFIX}<source>/listener/<eventName>",
                   client_certificates="required" if self.tls and self.tls.client_ca_file else "no")
@@ -516,6 +522,13 @@ class _Heads:
 
     made: dict[tuple[int, bool], bytes] = {}  # noqa: RUF012 (one cache for the process)
     at = 0.0
+    worker = ""
+    """`X-Fabwatch-Worker: <pid>` and its line end, in a worker process of `serve --workers N`."""
+
+    @classmethod
+    def name_worker(cls, pid: int) -> None:
+        """Say in every answer which worker process gave it (which one a connection landed on)."""
+        cls.worker, cls.made, cls.at = f"X-Fabwatch-Worker: {pid}\r\n", {}, 0.0
 
     @classmethod
     def head(cls, status: int, keep_alive: bool) -> bytes:
@@ -527,7 +540,7 @@ class _Heads:
             close = "" if keep_alive else "Connection: close\r\n"
             head = cls.made[(status, keep_alive)] = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: application/json\r\n"
-                f"Date: {formatdate(now, usegmt=True)}\r\n{close}Content-Length: ").encode()
+                f"Date: {formatdate(now, usegmt=True)}\r\n{cls.worker}{close}Content-Length: ").encode()
         return head
 
 

@@ -31,6 +31,7 @@ from collector.sources.store import Event, Records
 from collector.sources.times import maybe_time
 from collector.sources.tmf import APIS, MappingError, TmfApi, event_row
 from collector.sources.typed import TypedEvents
+from collector.sources.writelock import WriterLock
 
 SECRET_HEADER = "X-Fabwatch-Secret"
 Answer = Callable[[int, bytes], None]
@@ -68,8 +69,10 @@ class Listener:
     the aiohttp route (`handle`) and the lean events server (`events_http`) both answer through it.
     """
 
-    def __init__(self, name: str, source: TmfEventsSource, store: Records) -> None:
+    def __init__(self, name: str, source: TmfEventsSource, store: Records, lock: WriterLock | None = None) -> None:
         self.name = name
+        self.lock = lock
+        """Taken around each group commit and pass over old ids when several processes write the store."""
         self.source = source
         self.api: TmfApi = APIS[source.api]
         self.store = store
@@ -97,6 +100,11 @@ class Listener:
         self.forget_every = FORGET_EVERY
         self._forget_at = 0.0
         """When (monotonic) the next pass over old event ids is due; the first is at start."""
+
+    def reread_credentials(self) -> None:
+        """Read the sender's credentials again (a bearer `token_file` rotated); raise `SourceError`
+        when they cannot be read, the old ones kept."""
+        self._authorization = sender_authorization(self.name, self.source.sender_auth)
 
     async def start(self) -> None:
         self._stopping = False
@@ -246,9 +254,7 @@ class Listener:
                 timer.cancel()
                 continue
             await self._gather()
-            limit = self.source.batch_max
-            batch, self._pending = self._pending[:limit], self._pending[limit:]
-            await self._commit(batch)
+            await self._commit()
 
     async def _gather(self) -> None:
         """Let the requests already arriving join the batch before it is taken.
@@ -268,8 +274,14 @@ class Listener:
     async def _forget(self) -> None:
         """Forget event ids older than `dedup_window` (one bounded batch, in a thread: it writes)."""
         try:
-            forgotten = await asyncio.to_thread(self.store.forget_events, time.time() - self.source.dedup_window,
-                                                FORGET_BATCH)
+            if self.lock is not None:
+                await self.lock.acquire()
+            try:
+                forgotten = await asyncio.to_thread(self.store.forget_events, time.time() - self.source.dedup_window,
+                                                    FORGET_BATCH)
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
         except Exception as exc:
             log_event(_LOG, "event_ids_forget_failed", logging.WARNING, source=self.name, error=repr(exc))
             forgotten = 0
@@ -278,20 +290,31 @@ class Listener:
         self._count_incomplete()  # the sampler completes them from the API, on its own connection
         self._forget_at = time.monotonic() + (1.0 if forgotten >= FORGET_BATCH else self.forget_every)
 
-    async def _commit(self, batch: list[tuple[Event, "Answer"]]) -> None:
-        """Write the batch on the loop (CPU work: a thread would only add switches on one core),
-        then commit in a thread, so requests keep being parsed while the disk syncs; answer each."""
+    async def _commit(self) -> None:
+        """Take a batch of at most `batch_max` events, write it on the loop (CPU work: a thread would
+        only add switches on one core), then commit in a thread, so requests keep being parsed while
+        the disk syncs; answer each. With a writer lock, the batch is taken once the lock is held:
+        what arrived while another process wrote joins it."""
         started = time.perf_counter()
+        batch: list[tuple[Event, Answer]] = []
         try:
-            if self.store.remote:  # PostgreSQL: each statement is a round trip, the whole batch in a thread
-                fresh = await asyncio.to_thread(self.store.apply_events, [e for e, _ in batch])
-            else:
-                fresh = self.store.stage_events([e for e, _ in batch])
-                try:
-                    await asyncio.to_thread(self.store.commit)
-                except BaseException:
-                    self.store.rollback()
-                    raise
+            if self.lock is not None:
+                await self.lock.acquire()
+            try:
+                limit = self.source.batch_max
+                batch, self._pending = self._pending[:limit], self._pending[limit:]
+                if self.store.remote:  # PostgreSQL: each statement is a round trip, the whole batch in a thread
+                    fresh = await asyncio.to_thread(self.store.apply_events, [e for e, _ in batch])
+                else:
+                    fresh = self.store.stage_events([e for e, _ in batch])
+                    try:
+                        await asyncio.to_thread(self.store.commit)
+                    except BaseException:
+                        self.store.rollback()
+                        raise
+            finally:
+                if self.lock is not None:
+                    self.lock.release()
         except Exception as exc:
             self.commits.observe(time.perf_counter() - started)
             log_event(_LOG, "event_store_failed", logging.ERROR, source=self.name, events=len(batch), error=repr(exc))

@@ -115,12 +115,13 @@ class Records(Protocol):
 
 
 def open_records(location: str | Path, source: str, tables: Iterable[str], *, synchronous: str = "NORMAL",
-                 final_statuses: Mapping[str, Sequence[str]] | None = None) -> Records:
+                 final_statuses: Mapping[str, Sequence[str]] | None = None, shared: bool = False) -> Records:
     """Open the record store of `source` at `location`: a SQLite file, or a PostgreSQL URL (the
-    source's own schema there, `pgstore.schema_of`; `synchronous` is SQLite's alone)."""
+    source's own schema there, `pgstore.schema_of`; `synchronous` and `shared` are SQLite's alone:
+    the PostgreSQL store keeps nothing between transactions that another writer could make stale)."""
     url = postgres_url(str(location))
     if url is None:
-        return RecordStore(location, tables, synchronous=synchronous, final_statuses=final_statuses)
+        return RecordStore(location, tables, synchronous=synchronous, final_statuses=final_statuses, shared=shared)
     from collector.sources.pgstore import PostgresRecordStore, schema_of
 
     return PostgresRecordStore(url, schema_of(source), tables, final_statuses=final_statuses)
@@ -132,8 +133,10 @@ class RecordStore:
     remote = False
 
     def __init__(self, path: str | Path, tables: Iterable[str], *, synchronous: str = "NORMAL",
-                 final_statuses: Mapping[str, Sequence[str]] | None = None) -> None:
+                 final_statuses: Mapping[str, Sequence[str]] | None = None, shared: bool = False) -> None:
         self.path = Path(path)
+        self.shared = shared
+        """Other processes write events into this store too (the workers of `serve --workers N`)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tables = tuple(dict.fromkeys(tables))
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -151,6 +154,11 @@ class RecordStore:
         """Tables with deletion tombstones: only their upserts pay for the check (3 µs a row)."""
         self._incomplete = _incomplete_tables(self._db)
         """Tables with incomplete resources: only their batches look for one the batch completes."""
+        self._version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        """SQLite's count of commits by other connections as last seen, in a `shared` store: when it
+        moves, another worker may have added tombstones or incomplete resources, and the two sets
+        above are read again. (Alone, only this connection writes tombstones, and a stale set of
+        incomplete tables costs a lookup, not a wrong row.)"""
 
     @property
     def dsn(self) -> str:
@@ -189,6 +197,8 @@ class RecordStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
+            if self.shared:
+                self._others_wrote(db)
             seq = next_seq(db)
             if any(event.delete or event.partial for event in events):
                 return [self._apply_one(db, event, now, seq) for event in events]
@@ -207,6 +217,17 @@ class RecordStore:
             db.execute("ROLLBACK")
             raise
         return fresh
+
+    def _others_wrote(self, db: sqlite3.Connection) -> None:
+        """Read which tables have tombstones and incomplete resources again, in the write transaction,
+        when another connection committed since this one last looked (one pragma a batch otherwise)."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._version = version
+            self._tombstoned = {t for t in self.tables if db.execute(
+                "SELECT 1 FROM tmf_deleted WHERE tbl = ? LIMIT 1", (t,)).fetchone()}
+            self._incomplete = {t for t in self.tables if db.execute(
+                "SELECT 1 FROM tmf_incomplete WHERE tbl = ? LIMIT 1", (t,)).fetchone()}
 
     def commit(self) -> None:
         """Commit the transaction `stage_events` opened (durable per `synchronous`)."""

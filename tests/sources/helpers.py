@@ -171,8 +171,10 @@ class FabwatchProcess:
     """`python -m app.cli serve` in a subprocess on a loopback port: start, SIGKILL, restart."""
 
     def __init__(self, inventory: Path, port: int, *, cpu: int | None = None,
-                 log: Path | None = None, python: str | None = None) -> None:
+                 log: Path | None = None, python: str | None = None, workers: int = 1) -> None:
         self.inventory = inventory
+        self.workers = workers
+        """`serve --workers N` when above 1: worker processes serve the events port."""
         self.python = python or sys.executable
         """The interpreter that runs fabwatch (one with its dependencies installed)."""
         self.port = port
@@ -186,6 +188,8 @@ class FabwatchProcess:
         state = str(self.inventory.parent / "state.db")
         command = [self.python, "-m", "app.cli", "serve", "-c", str(self.inventory),
                    "--listen", f"127.0.0.1:{self.port}", "--state", state]
+        if self.workers > 1:
+            command += ["--workers", str(self.workers)]
         if self.cpu is not None and shutil.which("taskset"):
             command = ["taskset", "-c", str(self.cpu), *command]
         return command

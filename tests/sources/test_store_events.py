@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from collector.sources import pgstore
 from collector.sources import store as store_module
-from collector.sources.store import Event, Records, open_records
+from collector.sources.store import Event, Records, RecordStore, open_records
 from tests.sources.conftest import postgres_store
 
 T0 = 1_767_225_600.0
@@ -118,6 +119,29 @@ def test_rows_are_stored_with_a_missing_number_as_zero_and_nothing_else_changed(
     expected.update({name: row.get(name) if row.get(name) is not None else 0 for name in numbers})
     assert store.rows("trouble_ticket") == [expected]
     store.close()
+
+
+def test_a_store_sees_the_deletions_and_partial_events_another_process_wrote(tmp_path: Path) -> None:
+    """Two connections on one store, as two workers of `serve --workers N`: what one knows of
+    tombstones and incomplete resources must not be stale when the other wrote them."""
+    finals = {"trouble_ticket": ("resolved",)}
+    first = RecordStore(tmp_path / "s.db", ["trouble_ticket"], final_statuses=finals, shared=True)
+    second = RecordStore(tmp_path / "s.db", ["trouble_ticket"], final_statuses=finals,
+                         shared=True)  # opened before any write
+    try:
+        first.apply_events([event("c", "T1", "acknowledged", T0 + 10), event("d", "T1", "", T0 + 30, delete=True)])
+        assert second.apply_events([event("late", "T1", "inProgress", T0 + 20)]) == [True]
+        assert state(second) == [], "a change older than the other worker's deletion does not bring T1 back"
+        partial = Event("p", "change", "trouble_ticket", {"status": "resolved", "updated_at": T0 + 50}, "T9",
+                        T0 + 50, partial=True)
+        first.apply_events([partial])  # about a resource not stored: kept aside
+        second.apply_events([event("whole", "T9", "inProgress", T0 + 40)])
+        assert [(r["id"], r["status"]) for r in second.rows("trouble_ticket")] == [("T9", "resolved")], \
+            "the whole row completes what the other worker kept aside, the newer partial merged over it"
+        assert second._db.execute("SELECT COUNT(*) FROM tmf_incomplete").fetchone()[0] == 0
+    finally:
+        first.close()
+        second.close()
 
 
 def test_two_writers_on_one_store_store_each_event_once_and_the_newest_version(store_location: str) -> None:
