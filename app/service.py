@@ -90,7 +90,7 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
         app.cleanup_ctx.append(_pushing(app[OTLP]))  # before sampling: stopped after it, for a last push
     pushed = (app[OTLP],) if settings is not None else ()
     # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either
-    rolling = Rolling(inventory, state_path, clock, health) if samplers is None else None
+    rolling = Rolling(inventory, state_path, clock, health, app[EXPORTER].invalidate) if samplers is None else None
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
                              sinks=(board, *pushed),
                              on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed),

@@ -276,6 +276,10 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rollup_day (
         process TEXT NOT NULL, day TEXT NOT NULL, timezone TEXT NOT NULL, rolled_at REAL NOT NULL,
         definitions TEXT, PRIMARY KEY (process, day)) WITHOUT ROWID""",
+    # the first start's backfill of a source: planned once, when none of its processes had a day rolled
+    """CREATE TABLE IF NOT EXISTS rollup_backfill (
+        source TEXT PRIMARY KEY, timezone TEXT NOT NULL, first TEXT NOT NULL, last TEXT NOT NULL,
+        planned_at REAL NOT NULL, done_at REAL) WITHOUT ROWID""",
 )
 
 
@@ -418,8 +422,80 @@ class RollupStore:
                 out[date.fromisoformat(day)].setdefault(ALL, {})[measure] = value
         return out
 
+    def any_rolled(self, processes: Iterable[str], zone: str) -> bool:
+        """Whether a day of any of the processes was rolled up in `zone`."""
+        names = list(processes)
+        marks = ", ".join("?" * len(names))
+        row = self._db.execute(f"SELECT 1 FROM rollup_day WHERE timezone = ? AND process IN ({marks}) LIMIT 1",
+                               (zone, *names)).fetchone()
+        return row is not None
+
+    def backfill_plan(self, source: str) -> "BackfillPlan | None":
+        """The first start's backfill planned for a source, if one was."""
+        row = self._db.execute("SELECT timezone, first, last, done_at FROM rollup_backfill WHERE source = ?",
+                               (source,)).fetchone()
+        if row is None:
+            return None
+        zone, first, last, done_at = row
+        return BackfillPlan(source, zone, date.fromisoformat(first), date.fromisoformat(last), done_at)
+
+    def plan_backfill(self, source: str, zone: str, first: date, last: date, now: float) -> "BackfillPlan":
+        """Keep the plan of a source's first-start backfill: the days from `first` to `last`."""
+        self._db.execute("INSERT OR REPLACE INTO rollup_backfill (source, timezone, first, last, planned_at, done_at) "
+                         "VALUES (?, ?, ?, ?, ?, NULL)", (source, zone, first.isoformat(), last.isoformat(), now))
+        return BackfillPlan(source, zone, first, last, None)
+
+    def backfill_done(self, source: str, now: float) -> None:
+        """Mark the first-start backfill of a source done."""
+        self._db.execute("UPDATE rollup_backfill SET done_at = ? WHERE source = ?", (now, source))
+
     def close(self) -> None:
         self._db.close()
+
+
+@dataclass(frozen=True)
+class BackfillPlan:
+    """The days the first start of `serve` rolls up in the background for a source (`first` to `last`), and
+    when that was done (None: not yet; a restart continues it)."""
+
+    source: str
+    timezone: str
+    first: date
+    last: date
+    done_at: float | None
+
+    def missing(self, store: RollupStore, processes: Iterable[str],
+                step: int = CHUNK_DAYS) -> list[tuple[str, list[Day]]]:
+        """What is still to roll up: per month (newest first, so last month's report is complete soonest),
+        each process's days of the plan not rolled up in its zone yet, as (process, days) in that month's
+        order; a process's days are consecutive runs of at most `step` days (`CHUNK_DAYS` at most)."""
+        days = days_between(self.first, self.last, self.timezone)
+        names = list(processes)
+        rolled = {name: store.rolled(name, self.first, self.last, self.timezone) for name in names}
+        out: list[tuple[str, list[Day]]] = []
+        for month in sorted({(d.day.year, d.day.month) for d in days}, reverse=True):
+            in_month = [d for d in days if (d.day.year, d.day.month) == month]
+            for name in names:
+                todo = [d for d in in_month if d.day not in rolled[name]]
+                out.extend((name, run) for run in _runs(todo, min(step, CHUNK_DAYS)))
+        return out
+
+
+def _runs(days: Sequence[Day], most: int) -> Iterator[list[Day]]:
+    """Consecutive days, split where a day is missing or a run reaches `most` days."""
+    run: list[Day] = []
+    for day in days:
+        if run and (day.day != run[-1].day + timedelta(days=1) or len(run) >= most):
+            yield run
+            run = []
+        run.append(day)
+    if run:
+        yield run
+
+
+def backfill_since(today: date) -> date:
+    """The first day a backfill rolls up by default: the first of the same month a year before `today`."""
+    return date(today.year - 1, today.month, 1)
 
 
 def totals(rollup: DayRollup) -> Measures:
@@ -458,21 +534,27 @@ class SourceRoller:
                    clock_: Callable[[], float] = clock.time) -> None:
         """Compute and store the rollups of `days` for every process, a chunk at a time, each chunk
         marked rolled at the `clock_` time its statements started."""
-        if self._engine is None:
-            self._engine = create_engine(self.source)
         chunks = [days[i:i + CHUNK_DAYS] for i in range(0, len(days), CHUNK_DAYS)]
         done, todo = 0, len(days) * len(self.processes)
-        for name, process in self.processes.items():
+        for name in self.processes:
             for chunk in chunks:
-                started = clock_()
-                async with guard(self.name, self.source.timeout * statements(len(chunk))), \
-                        read_only(self.name, self._engine, self.source.timeout) as conn:
-                    roller = await self._roller(conn, name, process, chunk[-1].day.year)
-                    rollups = await roller.roll(conn, chunk)
-                self.store.save(name, rollups, self.zone, definitions(process), started)
+                await self.roll_process(name, chunk, clock_)
                 done += len(chunk)
                 if progress is not None:
                     progress(done, todo)
+
+    async def roll_process(self, name: str, days: Sequence[Day], clock_: Callable[[], float] = clock.time) -> None:
+        """Compute and store the rollups of `days` (at most `CHUNK_DAYS`) for one process, marked rolled at
+        the `clock_` time its statements started."""
+        if self._engine is None:
+            self._engine = create_engine(self.source)
+        process = self.processes[name]
+        started = clock_()
+        async with guard(self.name, self.source.timeout * statements(len(days))), \
+                read_only(self.name, self._engine, self.source.timeout) as conn:
+            roller = await self._roller(conn, name, process, days[-1].day.year)
+            rollups = await roller.roll(conn, days)
+        self.store.save(name, rollups, self.zone, definitions(process), started)
 
     async def _roller(self, conn: AsyncConnection, name: str, process: Process, year: int) -> ProcessRoller:
         roller = self._rollers.get(name)
