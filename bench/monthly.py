@@ -7,11 +7,12 @@ is about 1,000,000 records a year; a second run reuses them), the rollups are co
 `fabwatch report --backfill` runs (timed: records and process-days a second), then, in rounds that
 interleave them so both see the same machine load:
 
-- the report of `--month` (read the daily rollups, summarize, render every format), timed;
+- the report of `--month` (read the daily rollups, summarize, render every format), timed with the
+  templates compiled again, as each `fabwatch report` run does, and without;
 - the steady sampling cycle at the example's interval, with the simulator writing the new rows
   between cycles (not timed), and the re-roll pass `serve` runs every `reconcile` period, on the same
-  records and state. Their database time (the statements' execution, from SQLAlchemy's cursor events)
-  and wall time, and the re-roll's share of an hour of sampling.
+  records and state. Their database time (fabwatch's statements, executed and fetched) and wall time,
+  and the re-roll's share of an hour of sampling.
 
 Prints JSON, medians of `--rounds`, and the ratios: the 10M report over the 1M report, and the
 re-roll over an hour of sampling.
@@ -34,18 +35,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from collector import db  # noqa: E402
 from collector.engine import SourceSampler  # noqa: E402
 from collector.inventory.load import load_inventory  # noqa: E402
 from collector.inventory.models import Inventory, SqlSource  # noqa: E402
 from collector.rollups import RollupStore, SourceRoller, day_of, days_between, late_of, reroll, roll_sources  # noqa: E402
 from collector.state import StateStore  # noqa: E402
-from reports.render import RENDERERS  # noqa: E402
+from reports.render import RENDERERS, _environment  # noqa: E402
 from reports.summary import Month, history_span, read_rollups, read_states, summarize  # noqa: E402
 from simulator.runner import Simulator  # noqa: E402
 from simulator.store import TABLES  # noqa: E402
@@ -56,21 +55,24 @@ YEAR = 365 * 86400.0
 
 
 class DbClock:
-    """The time spent executing statements, on every SQLAlchemy engine, added to the phase running."""
+    """The time spent in fabwatch's statements (`collector.db.AsyncConnection.execute`: executed, and the
+    rows fetched, which is where SQLite does most of its work), added to the phase running."""
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = {}
         self.phase: str | None = None
-        event.listen(Engine, "before_cursor_execute", self._before)
-        event.listen(Engine, "after_cursor_execute", self._after)
+        execute = db.AsyncConnection.execute
+        clock = self
 
-    def _before(self, conn: Any, *_args: Any) -> None:
-        conn.info["bench_started"] = time.perf_counter()
+        async def timed(conn: db.AsyncConnection, statement: Any, parameters: Any = None) -> Any:
+            started = time.perf_counter()
+            try:
+                return await execute(conn, statement, parameters)
+            finally:
+                if clock.phase is not None:
+                    clock.spent[clock.phase] += time.perf_counter() - started
 
-    def _after(self, conn: Any, *_args: Any) -> None:
-        started = conn.info.pop("bench_started", None)
-        if self.phase is not None and started is not None:
-            self.spent[self.phase] = self.spent.get(self.phase, 0.0) + time.perf_counter() - started
+        db.AsyncConnection.execute = timed  # type: ignore[method-assign]
 
     @contextmanager
     def measuring(self, phase: str) -> Iterator[None]:
@@ -159,8 +161,11 @@ async def backfill(inventory: Inventory, state: Path, since: Month, records: int
             "state_bytes": state.stat().st_size}
 
 
-def report_once(inventory: Inventory, state: Path, month: Month) -> float:
-    """Read the rollups a month's report needs, summarize, render every format: the seconds it took."""
+def report_once(inventory: Inventory, state: Path, month: Month, cold: bool) -> float:
+    """Read the rollups a month's report needs, summarize, render every format: the seconds it took;
+    `cold`: with the templates compiled again, as each `fabwatch report` does once."""
+    if cold:
+        _environment.cache_clear()
     started = time.perf_counter()
     store = RollupStore(state)
     try:
@@ -268,12 +273,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         out["sizes"][size] = figures
         runs[size] = inventory, state, Steady(db, inventory, state, info["scale"], clock, args.interval)
     reports: dict[int, list[float]] = {size: [] for size in runs}
+    warm: dict[int, list[float]] = {size: [] for size in runs}
     try:
         for _inventory, _state, steady in runs.values():
             await steady.start()
         for _round in range(args.rounds):  # interleaved: every size and phase sees the same machine load
             for size, (inventory, state, steady) in runs.items():
-                reports[size].append(report_once(inventory, state, month))
+                reports[size].append(report_once(inventory, state, month, cold=True))
+                warm[size].append(report_once(inventory, state, month, cold=False))
                 for _ in range(args.cycles):
                     await steady.cycle()
                 await steady.reroll()
@@ -282,7 +289,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await steady.close()
     for size, (_inventory, _state, steady) in runs.items():
         out["sizes"][size] |= {"report_s": round(statistics.median(reports[size]), 4),
-                               "report_runs_s": [round(t, 4) for t in reports[size]]} | steady.figures()
+                               "report_runs_s": [round(t, 4) for t in reports[size]],
+                               "report_templates_compiled_s": round(statistics.median(warm[size]), 4)
+                               } | steady.figures()
     if len(args.sizes) > 1:
         small, large = min(args.sizes), max(args.sizes)
         ratio = out["sizes"][large]["report_s"] / out["sizes"][small]["report_s"]

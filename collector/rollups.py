@@ -5,8 +5,9 @@ A day is [its local midnight, the next local midnight): 23, 24 or 25 hours acros
 time. The day boundaries are computed here (zoneinfo) and bound as parameters, each as the type of
 the time column it is compared with (`collector.timetypes`), so one statement per chunk of days
 works on SQLite, PostgreSQL and MariaDB with every kind of time column: the days of a chunk are told
-apart by a `CASE` over their starts (`EdgeQuery.bucketed`), the snapshots by one `UNION ALL` part
-per day end (a few day ends per statement).
+apart by a `CASE` over their starts (`EdgeQuery.bucketed`), the snapshots by one column per day end
+over the rows open at any of them, read once (`snapshot_statement`): a day long past costs one scan of
+the rows completed since for the whole chunk, not one per day.
 
 Measures of a day and dimension set (all summed across dimension sets, but `open.oldest_age`: the
 largest):
@@ -49,7 +50,7 @@ from collector.db import AsyncConnection, AsyncEngine, create_engine, guard, rea
 from collector.inventory.models import CostKpi, DurationKpi, Process, SqlSource
 from collector.kpis import fixed_cost, variable_cost
 from collector.reflect import detect_times
-from collector.sql import BUCKET, EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
+from collector.sql import EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
 
 Measures = dict[str, float]
 DayRollup = dict[str, Measures]
@@ -58,14 +59,11 @@ CHUNK_DAYS = 31
 """Days read by one edge statement: one round trip per month of history, and a `CASE` short enough to be cheap."""
 REROLL_DAYS = 62
 """Days one serve re-roll pass recomputes at most (two chunks): a long outage heals over a few passes."""
-SNAPSHOT_DAYS = 4
-"""Day ends one snapshot statement counts the open items at. For a day long past that reads most of the
-table (every item completed since), so a backfill's statement stays within the source's `timeout`."""
 
 
 def statements(days: int) -> int:
-    """How many statements a process's chunk of `days` days runs at most."""
-    return 2 + -(-days // SNAPSHOT_DAYS)
+    """How many statements a process's chunk of `days` days runs at most: created, completed, open items."""
+    return 3
 ALL = "*"
 """The dimension set of a day's totals over all its dimension sets (`RollupStore.read_totals`)."""
 NO_DIMENSIONS = "[]"
@@ -134,47 +132,52 @@ class Snapshot:
 
     statement: Statement
     dims: int
+    days: int
     times: Times
     lookups: tuple[Any, ...]
 
 
 def snapshot_statement(process: Process, times: Times, n: int) -> Snapshot | None:
-    """Items open at the end of each of `n` days (params :e0 ... :e<n-1>), per dimension set, with
-    those due before it and the oldest created time; None without a completion column."""
+    """Items open at the end of each of `n` consecutive days (params :e0 ... :e<n-1>, one per time role), per
+    dimension set, with those due before it and the oldest created time, in one scan of the rows open at
+    any of them; None without a completion column.
+
+    Each row of the result is a dimension set, then for each day end i its count `n<i>`, overdue `o<i>` and
+    oldest created time `c<i>` (the count of a day end where the set had no open item is 0)."""
     records, cols = process.records, process.records.columns
     if cols.completed is None:
         return None
     tbl = records_relation(records, cols.all())
     created, completed = tbl.c[cols.created], tbl.c[cols.completed]
+    due = tbl.c[cols.due] if cols.due else None
     dims = [tbl.c[d] for d in cols.dimensions]
     filters: list[Any] = [text(f"({records.where})")] if records.where else []
 
-    def part(i: int) -> list[Statement]:
-        def end(role: str) -> Expr:
-            return bindparam(f"e{i}__{role}", type_=getattr(times, role).bind_type(True))
+    def end(i: int, role: str) -> Expr:
+        return bindparam(f"e{i}__{role}", type_=getattr(times, role).bind_type(True))
 
-        overdue: Expr = literal(0)
-        if cols.due:
-            due = tbl.c[cols.due]
-            overdue = func.sum(case((and_(due.is_not(None), due < end("due")), 1), else_=0))
+    def branch(still_open: bool) -> Statement:
+        # created is wrapped where it is compared: a constant, so a planner without statistics (SQLite)
+        # ranges on the completion column (a few rows for recent days) and never on `created`
+        made = func.coalesce(created, created)
+        columns: list[Any] = []
+        for i in range(n):
+            open_at = [made < end(i, "created")] + ([] if still_open else [completed >= end(i, "completed")])
+            late: Expr = literal(0)
+            if due is not None:
+                late = func.sum(case((and_(*open_at, due.is_not(None), due < end(i, "due")), 1), else_=0))
+            columns += [func.sum(case((and_(*open_at), 1), else_=0)).label(f"n{i}"), late.label(f"o{i}"),
+                        func.min(case((and_(*open_at), created), else_=None)).label(f"c{i}")]
+        # every row open at one of the day ends, read once: still open now, or completed after the first
+        open_then = completed.is_(None) if still_open else completed >= end(0, "completed")
+        return (select(*[d.label(f"g{j}") for j, d in enumerate(dims)], *columns)
+                .where(open_then, made < end(n - 1, "created"), *filters)
+                .group_by(*dims))
 
-        def branch(open_then: Expr, created_by: Expr) -> Statement:
-            return (select(literal_column(str(i)).label(BUCKET),
-                           *[d.label(f"g{j}") for j, d in enumerate(dims)], func.count().label("n"),
-                           overdue.label("overdue"), func.min(created).label("oldest"))
-                    .where(open_then, created_by < end("created"), *filters)
-                    .group_by(*dims))
-
-        # Two branches, each an index lookup on the completion column: still open now (NULL), and
-        # completed after the day's end (for recent days, a few rows). One `OR` would read every row
-        # created before the day's end, and so would a planner without statistics (SQLite) that
-        # ranges the second branch on `created`: there the created time is wrapped, which only keeps
-        # its index out of the choice.
-        return [branch(completed.is_(None), created),
-                branch(completed >= end("completed"), func.coalesce(created, created))]
-
-    statement = select(union_all(*[b for i in range(n) for b in part(i)]).subquery())
-    return Snapshot(statement, len(dims), times, lookups_of(records, list(cols.dimensions)))
+    # Two branches, each an index lookup on the completion column: still open now (NULL), and completed
+    # after the first day's end. One `OR` would read every row created before the last day's end.
+    statement = select(union_all(branch(True), branch(False)).subquery())
+    return Snapshot(statement, len(dims), n, times, lookups_of(records, list(cols.dimensions)))
 
 
 def _key(values: Sequence[Any], lookups: Sequence[Any]) -> str:
@@ -213,15 +216,11 @@ class ProcessRoller:
             completed = self._cached(("completed", n), lambda: edge_statement(query, n))
             for row in await conn.execute(completed, bounds):
                 self._add_edge(out, days, query, row, "completed")
-        for first in range(0, n, SNAPSHOT_DAYS):
-            part = days[first:first + SNAPSHOT_DAYS]
-            size = len(part)
-            snapshot = self._cached(("open", size), partial(snapshot_statement, self.process, self.times, size))
-            if snapshot is None:
-                break
-            params = {f"e{i}__{role}": d.end for i, d in enumerate(part) for role in ("created", "completed", "due")}
+        snapshot = self._cached(("open", n), partial(snapshot_statement, self.process, self.times, n))
+        if snapshot is not None:
+            params = {f"e{i}__{role}": d.end for i, d in enumerate(days) for role in ("created", "completed", "due")}
             for row in await conn.execute(snapshot.statement, params):
-                self._add_open(out, part, snapshot, row)
+                self._add_open(out, days, snapshot, row)
         for day in days:
             self._add_costs(out[day.day], day)
         return out
@@ -239,14 +238,17 @@ class ProcessRoller:
             _add(measures, f"{edge}.{name}", float(value or 0))
 
     def _add_open(self, out: dict[date, DayRollup], days: Sequence[Day], snapshot: Snapshot, row: Any) -> None:
-        day = days[int(row[0])]
-        mapping = row._mapping
-        measures = out[day.day].setdefault(_key(row[1:1 + snapshot.dims], snapshot.lookups), {})
-        _add(measures, "open", float(mapping["n"]))
-        _add(measures, "open.overdue", float(mapping["overdue"] or 0))
-        oldest = snapshot.times.created.to_epoch(mapping["oldest"])
-        if oldest is not None:
-            measures["open.oldest_age"] = max(measures.get("open.oldest_age", 0.0), day.end - oldest)
+        key = _key(row[:snapshot.dims], snapshot.lookups)
+        for i, day in enumerate(days):
+            count, overdue, oldest = row[snapshot.dims + 3 * i:snapshot.dims + 3 * i + 3]
+            if not count:
+                continue
+            measures = out[day.day].setdefault(key, {})
+            _add(measures, "open", float(count))
+            _add(measures, "open.overdue", float(overdue or 0))
+            oldest_at = snapshot.times.created.to_epoch(oldest)
+            if oldest_at is not None:
+                measures["open.oldest_age"] = max(measures.get("open.oldest_age", 0.0), day.end - oldest_at)
 
     def _add_costs(self, rollup: DayRollup, day: Day) -> None:
         for name, component in self.process.costs.items():
@@ -499,7 +501,11 @@ def backfill_since(today: date) -> date:
 
 
 def totals(rollup: DayRollup) -> Measures:
-    """A day's measures summed over its dimension sets (the oldest age: the largest)."""
+    """A day's measures summed over its dimension sets (the oldest age: the largest). A day of one dimension
+    set (as `RollupStore.read_totals` gives) is its own total: its measures are returned as they are, not
+    copied, so a report summing a year of days does not copy each day at every KPI; do not change them."""
+    if len(rollup) == 1:
+        return next(iter(rollup.values()))
     out: Measures = {}
     for measures in rollup.values():
         for name, value in measures.items():
