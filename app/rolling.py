@@ -51,12 +51,15 @@ class Rolling:
     """One re-roll task per SQL source of the running inventory, on the state file's rollup tables."""
 
     def __init__(self, inventory: Inventory, state_path: str | Path | None, clock: Callable[[], float],
-                 health: HealthTracker | None = None, changed: Callable[[], None] | None = None) -> None:
+                 health: HealthTracker | None = None, changed: Callable[[], None] | None = None,
+                 backfill: bool = True) -> None:
         """`health`: where failed passes, the last final day of each source and the days the backfill has
-        left are counted; `changed`: called when those change (the exposition is rendered again)."""
+        left are counted; `changed`: called when those change (the exposition is rendered again);
+        `backfill=False`: no first-start backfill."""
         self._inventory = inventory
         self._health = health or HealthTracker([])
         self._changed = changed or (lambda: None)
+        self._backfill = backfill
         self._state_path = state_path or inventory.service.state_path  # the service section waits for a restart
         self._clock = clock
         self._store: RollupStore | None = None
@@ -83,7 +86,7 @@ class Rolling:
         zone = inventory.service.timezone
         for name, source in rolled.items():
             processes = processes_of(inventory, name)
-            plan = self._backfill_plan(name, source, list(processes), zone)  # before the re-roll rolls a day
+            plan = self._backfill_plan(name, source, list(processes), zone) if self._backfill else None
             roller = SourceRoller(name, source, processes, self._store, zone)
             self._task(_reroll_every(roller, self._clock, self._health, self._changed), f"rollups-{name}")
             if plan is not None:

@@ -62,7 +62,7 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               clock: Callable[[], float] = time.time, web_config: WebConfig | None = None,
               loader: Callable[[], Inventory] | None = None,
               web_loader: Callable[[], WebConfig] | None = None,
-              environ: Mapping[str, str] | None = None) -> web.Application:
+              environ: Mapping[str, str] | None = None, backfill: bool = True) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
@@ -74,6 +74,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     web config again at each reload (new certificate, users, headers).
     `environ` (default `os.environ`) holds the `OTEL_*` variables that may switch OTLP export on;
     a bad OTLP setting raises `OtlpSettingsError`.
+    `backfill=False` leaves out the first start's backfill of the daily rollups (tests that choreograph
+    the database's locks).
     """
     guard = _guard(web_config, inventory)
     inner: list[Middleware] = [paced(Pace()), api.json_errors]  # the page and the API yield to scrapes
@@ -90,7 +92,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
         app.cleanup_ctx.append(_pushing(app[OTLP]))  # before sampling: stopped after it, for a last push
     pushed = (app[OTLP],) if settings is not None else ()
     # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either
-    rolling = Rolling(inventory, state_path, clock, health, app[EXPORTER].invalidate) if samplers is None else None
+    rolling = (Rolling(inventory, state_path, clock, health, app[EXPORTER].invalidate, backfill=backfill)
+               if samplers is None else None)
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
                              sinks=(board, *pushed),
                              on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed),
