@@ -203,8 +203,10 @@ class ProcessRoller:
             self._statements[key] = build()
         return self._statements[key]
 
-    async def roll(self, conn: AsyncConnection, days: Sequence[Day]) -> dict[date, DayRollup]:
-        """The rollup of each day (at most `CHUNK_DAYS`), read in `statements(len(days))` statements at most."""
+    async def roll(self, conn: AsyncConnection, days: Sequence[Day], now: float | None = None) -> dict[date, DayRollup]:
+        """The rollup of each day (at most `CHUNK_DAYS`), read in `statements(len(days))` statements at most;
+        the open items only at the end of the days ended by `now` (default: all): a day still running has no
+        end-of-day figures yet, and it is rolled again after its end before it is final."""
         n = len(days)
         out: dict[date, DayRollup] = {d.day: {} for d in days}
         bounds = {f"d{i}": d.start for i, d in enumerate(days)} | {f"d{n}": days[-1].end}
@@ -216,11 +218,13 @@ class ProcessRoller:
             completed = self._cached(("completed", n), lambda: edge_statement(query, n))
             for row in await conn.execute(completed, bounds):
                 self._add_edge(out, days, query, row, "completed")
-        snapshot = self._cached(("open", n), partial(snapshot_statement, self.process, self.times, n))
+        ended = [d for d in days if now is None or d.end <= now]
+        snapshot = (self._cached(("open", len(ended)), partial(snapshot_statement, self.process, self.times,
+                                                               len(ended))) if ended else None)
         if snapshot is not None:
-            params = {f"e{i}__{role}": d.end for i, d in enumerate(days) for role in ("created", "completed", "due")}
+            params = {f"e{i}__{role}": d.end for i, d in enumerate(ended) for role in ("created", "completed", "due")}
             for row in await conn.execute(snapshot.statement, params):
-                self._add_open(out, days, snapshot, row)
+                self._add_open(out, ended, snapshot, row)
         for day in days:
             self._add_costs(out[day.day], day)
         return out
@@ -559,7 +563,7 @@ class SourceRoller:
         async with guard(self.name, self.source.timeout * statements(len(days))), \
                 read_only(self.name, self._engine, self.source.timeout) as conn:
             roller = await self._roller(conn, name, process, days[-1].day.year)
-            rollups = await roller.roll(conn, days)
+            rollups = await roller.roll(conn, days, started)
         self.store.save(name, rollups, self.zone, definitions(process), started)
 
     async def _roller(self, conn: AsyncConnection, name: str, process: Process, year: int) -> ProcessRoller:
