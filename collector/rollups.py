@@ -21,7 +21,9 @@ largest):
   `[]`); components read from a `cost_csv` source are not rolled up;
 - `open`, `open.overdue`, `open.oldest_age`: items open at the end of the day, read from the records
   (created before the day's end, not completed by it), those of them due before it, and the age of
-  the oldest. The live backlog KPI counts open statuses instead; a paused item counts as overdue.
+  the oldest. The live backlog KPI counts open statuses instead; a paused item counts as overdue. A
+  day rolled before its end (today, in the serve's re-roll) has none yet: they are counted when it is
+  rolled after its end, as every day is before it is final.
 
 The rollups are kept beside the state, in the state store's SQLite file (`RollupStore`), with when each
 day was rolled and a fingerprint of each KPI's definitions it was rolled under (`definitions`). A day
