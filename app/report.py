@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 from collector.errors import SourceError
 from collector.inventory.models import Inventory
-from collector.rollups import Progress, RollupStore, days_between, roll_sources, sql_sources
+from collector.rollups import Progress, RollupStore, backfill_since, days_between, roll_sources, sql_sources
 from reports.prometheus import Connection, PrometheusError, prometheus_notes, read_prometheus, summarize_history
 from reports.render import write
 from reports.summary import Month, Report, read_rollups, read_states, summarize
@@ -74,7 +74,7 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
     store = RollupStore(args.state or inventory.service.state_path)
     try:
         if args.backfill:
-            first = (since or Month(*_year_month(today(zone))).shift(-12)).first
+            first = since.first if since else backfill_since(today(zone))
             status = backfill(inventory, store, first, today(zone), err)
             if status != EXIT_OK or not args.month:
                 return status
@@ -158,10 +158,6 @@ def mail_now(inventory: Inventory, report: Report, directory: Path, formats: lis
         print(f"fabwatch: {note}", file=err)
     print(f"fabwatch: mailed the report of {report.month} to {', '.join(delivered.mailed_to)}", file=err)
     return EXIT_OK
-
-
-def _year_month(day: date) -> tuple[int, int]:
-    return day.year, day.month
 
 
 def backfill(inventory: Inventory, store: RollupStore, first: date, last: date, err: TextIO) -> int:

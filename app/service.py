@@ -69,7 +69,7 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
               loader: Callable[[], Inventory] | None = None,
               web_loader: Callable[[], WebConfig] | None = None,
               environ: Mapping[str, str] | None = None, replica: str | None = None,
-              workers: EventsWorkers | None = None) -> web.Application:
+              workers: EventsWorkers | None = None, backfill: bool = True) -> web.Application:
     """Build the service for `inventory`.
 
     Samplers are built from the inventory (and opened and closed with the app) unless
@@ -84,6 +84,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     PostgreSQL URL shared by replicas (see `collector.leases`).
     `workers` serve the events port in processes of their own (`serve --workers N`), started and
     stopped with the app; this one then serves none of it.
+    `backfill=False` leaves out the first start's backfill of the daily rollups (tests that choreograph
+    the database's locks).
     """
     guard = _guard(web_config, inventory)
     inner: list[Middleware] = [paced(Pace()), api.json_errors]  # the page and the API yield to scrapes
@@ -102,7 +104,8 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either
     # (rollups on a PostgreSQL state come with the shared rollup store: until then, none there)
     shared = postgres_url(str(state_path or inventory.service.state_path)) is not None
-    rolling = Rolling(inventory, state_path, clock, health) if samplers is None and not shared else None
+    rolling = (Rolling(inventory, state_path, clock, health, app[EXPORTER].invalidate, backfill=backfill)
+               if samplers is None and not shared else None)
     schedule = ReportSchedule(inventory, state_path, clock, health, on_change=app[EXPORTER].invalidate)
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
                              sinks=(board, *pushed),

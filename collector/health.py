@@ -141,6 +141,7 @@ class HealthTracker:
         self._export_errors: dict[str, int] = {}
         self._rollup_errors: dict[str, int] = {}
         self._rollup_final: dict[str, float] = {}
+        self._backfill_remaining: dict[str, float] = {}
         self._deliveries: dict[str, int] = {}
         self._failed_in_a_row = 0
         self._delivered_at: float | None = None
@@ -222,6 +223,15 @@ class HealthTracker:
         names = list(sources)
         self._rollup_errors = {name: self._rollup_errors.get(name, 0) for name in names}
         self._rollup_final = {n: v for n, v in self._rollup_final.items() if n in self._rollup_errors}
+        self._backfill_remaining = {n: v for n, v in self._backfill_remaining.items() if n in self._rollup_errors}
+
+    def record_backfill(self, source: str, remaining: int) -> None:
+        """The process-days the first start's backfill of `source` still has to roll up (0: done)."""
+        self._backfill_remaining[source] = float(remaining)
+
+    def backfill_remaining(self, source: str) -> float | None:
+        """What `record_backfill` last recorded for `source` (None: no backfill)."""
+        return self._backfill_remaining.get(source)
 
     def record_rollup(self, source: str, final_through: float | None) -> None:
         """Record a re-roll pass of `source` that succeeded; `final_through`: the end of its last final day."""
@@ -319,8 +329,8 @@ class HealthTracker:
                        [((("exporter", name),), float(count)) for name, count in sorted(self._export_errors.items())]),)
 
     def _rollup_families(self) -> tuple[Family, ...]:
-        """`fab_rollup_errors_total{source}` and `fab_rollup_last_day_timestamp_seconds{source}`, when serving
-        rolls up days."""
+        """`fab_rollup_errors_total{source}`, `fab_rollup_last_day_timestamp_seconds{source}` and
+        `fab_rollup_backfill_days_remaining{source}`, when serving rolls up days."""
         if not self._rollup_errors:
             return ()
         errors = Family("fab_rollup_errors", "counter",
@@ -331,7 +341,11 @@ class HealthTracker:
                        "End of the last day whose rollup is final for every process of the source, rolled after "
                        "its late window had passed (Unix time).",
                        [((("source", name),), at) for name, at in sorted(self._rollup_final.items())])
-        return (errors, final)
+        backfill = Family("fab_rollup_backfill_days_remaining", "gauge",
+                          "Days the first start's backfill of the daily rollups still has to roll up, a day of "
+                          "each of the source's processes counting one (0: done).",
+                          [((("source", name),), n) for name, n in sorted(self._backfill_remaining.items())])
+        return (errors, final, backfill)
 
     def _delivery_families(self) -> tuple[Family, ...]:
         """`fab_report_deliveries_total{result}`, `fab_report_delivery_failed_attempts` and the last delivery's

@@ -5,8 +5,9 @@ A day is [its local midnight, the next local midnight): 23, 24 or 25 hours acros
 time. The day boundaries are computed here (zoneinfo) and bound as parameters, each as the type of
 the time column it is compared with (`collector.timetypes`), so one statement per chunk of days
 works on SQLite, PostgreSQL and MariaDB with every kind of time column: the days of a chunk are told
-apart by a `CASE` over their starts (`EdgeQuery.bucketed`), the snapshots by one `UNION ALL` part
-per day end (a few day ends per statement).
+apart by a `CASE` over their starts (`EdgeQuery.bucketed`), the snapshots by one column per day end
+over the rows open at any of them, read once (`snapshot_statement`): a day long past costs one scan of
+the rows completed since for the whole chunk, not one per day.
 
 Measures of a day and dimension set (all summed across dimension sets, but `open.oldest_age`: the
 largest):
@@ -20,7 +21,9 @@ largest):
   `[]`); components read from a `cost_csv` source are not rolled up;
 - `open`, `open.overdue`, `open.oldest_age`: items open at the end of the day, read from the records
   (created before the day's end, not completed by it), those of them due before it, and the age of
-  the oldest. The live backlog KPI counts open statuses instead; a paused item counts as overdue.
+  the oldest. The live backlog KPI counts open statuses instead; a paused item counts as overdue. A
+  day rolled before its end (today, in the serve's re-roll) has none yet: they are counted when it is
+  rolled after its end, as every day is before it is final.
 
 The rollups are kept beside the state, in the state store's SQLite file (`RollupStore`), with when each
 day was rolled and a fingerprint of each KPI's definitions it was rolled under (`definitions`). A day
@@ -49,7 +52,7 @@ from collector.db import AsyncConnection, AsyncEngine, create_engine, guard, rea
 from collector.inventory.models import CostKpi, DurationKpi, Process, SqlSource
 from collector.kpis import fixed_cost, variable_cost
 from collector.reflect import detect_times
-from collector.sql import BUCKET, EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
+from collector.sql import EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
 from collector.storeurl import postgres_url
 
 Measures = dict[str, float]
@@ -59,14 +62,11 @@ CHUNK_DAYS = 31
 """Days read by one edge statement: one round trip per month of history, and a `CASE` short enough to be cheap."""
 REROLL_DAYS = 62
 """Days one serve re-roll pass recomputes at most (two chunks): a long outage heals over a few passes."""
-SNAPSHOT_DAYS = 4
-"""Day ends one snapshot statement counts the open items at. For a day long past that reads most of the
-table (every item completed since), so a backfill's statement stays within the source's `timeout`."""
 
 
 def statements(days: int) -> int:
-    """How many statements a process's chunk of `days` days runs at most."""
-    return 2 + -(-days // SNAPSHOT_DAYS)
+    """How many statements a process's chunk of `days` days runs at most: created, completed, open items."""
+    return 3
 ALL = "*"
 """The dimension set of a day's totals over all its dimension sets (`RollupStore.read_totals`)."""
 NO_DIMENSIONS = "[]"
@@ -135,47 +135,52 @@ class Snapshot:
 
     statement: Statement
     dims: int
+    days: int
     times: Times
     lookups: tuple[Any, ...]
 
 
 def snapshot_statement(process: Process, times: Times, n: int) -> Snapshot | None:
-    """Items open at the end of each of `n` days (params :e0 ... :e<n-1>), per dimension set, with
-    those due before it and the oldest created time; None without a completion column."""
+    """Items open at the end of each of `n` consecutive days (params :e0 ... :e<n-1>, one per time role), per
+    dimension set, with those due before it and the oldest created time, in one scan of the rows open at
+    any of them; None without a completion column.
+
+    Each row of the result is a dimension set, then for each day end i its count `n<i>`, overdue `o<i>` and
+    oldest created time `c<i>` (the count of a day end where the set had no open item is 0)."""
     records, cols = process.records, process.records.columns
     if cols.completed is None:
         return None
     tbl = records_relation(records, cols.all())
     created, completed = tbl.c[cols.created], tbl.c[cols.completed]
+    due = tbl.c[cols.due] if cols.due else None
     dims = [tbl.c[d] for d in cols.dimensions]
     filters: list[Any] = [text(f"({records.where})")] if records.where else []
 
-    def part(i: int) -> list[Statement]:
-        def end(role: str) -> Expr:
-            return bindparam(f"e{i}__{role}", type_=getattr(times, role).bind_type(True))
+    def end(i: int, role: str) -> Expr:
+        return bindparam(f"e{i}__{role}", type_=getattr(times, role).bind_type(True))
 
-        overdue: Expr = literal(0)
-        if cols.due:
-            due = tbl.c[cols.due]
-            overdue = func.sum(case((and_(due.is_not(None), due < end("due")), 1), else_=0))
+    def branch(still_open: bool) -> Statement:
+        # created is wrapped where it is compared: a constant, so a planner without statistics (SQLite)
+        # ranges on the completion column (a few rows for recent days) and never on `created`
+        made = func.coalesce(created, created)
+        columns: list[Any] = []
+        for i in range(n):
+            open_at = [made < end(i, "created")] + ([] if still_open else [completed >= end(i, "completed")])
+            late: Expr = literal(0)
+            if due is not None:
+                late = func.sum(case((and_(*open_at, due.is_not(None), due < end(i, "due")), 1), else_=0))
+            columns += [func.sum(case((and_(*open_at), 1), else_=0)).label(f"n{i}"), late.label(f"o{i}"),
+                        func.min(case((and_(*open_at), created), else_=None)).label(f"c{i}")]
+        # every row open at one of the day ends, read once: still open now, or completed after the first
+        open_then = completed.is_(None) if still_open else completed >= end(0, "completed")
+        return (select(*[d.label(f"g{j}") for j, d in enumerate(dims)], *columns)
+                .where(open_then, made < end(n - 1, "created"), *filters)
+                .group_by(*dims))
 
-        def branch(open_then: Expr, created_by: Expr) -> Statement:
-            return (select(literal_column(str(i)).label(BUCKET),
-                           *[d.label(f"g{j}") for j, d in enumerate(dims)], func.count().label("n"),
-                           overdue.label("overdue"), func.min(created).label("oldest"))
-                    .where(open_then, created_by < end("created"), *filters)
-                    .group_by(*dims))
-
-        # Two branches, each an index lookup on the completion column: still open now (NULL), and
-        # completed after the day's end (for recent days, a few rows). One `OR` would read every row
-        # created before the day's end, and so would a planner without statistics (SQLite) that
-        # ranges the second branch on `created`: there the created time is wrapped, which only keeps
-        # its index out of the choice.
-        return [branch(completed.is_(None), created),
-                branch(completed >= end("completed"), func.coalesce(created, created))]
-
-    statement = select(union_all(*[b for i in range(n) for b in part(i)]).subquery())
-    return Snapshot(statement, len(dims), times, lookups_of(records, list(cols.dimensions)))
+    # Two branches, each an index lookup on the completion column: still open now (NULL), and completed
+    # after the first day's end. One `OR` would read every row created before the last day's end.
+    statement = select(union_all(branch(True), branch(False)).subquery())
+    return Snapshot(statement, len(dims), n, times, lookups_of(records, list(cols.dimensions)))
 
 
 def _key(values: Sequence[Any], lookups: Sequence[Any]) -> str:
@@ -201,8 +206,10 @@ class ProcessRoller:
             self._statements[key] = build()
         return self._statements[key]
 
-    async def roll(self, conn: AsyncConnection, days: Sequence[Day]) -> dict[date, DayRollup]:
-        """The rollup of each day (at most `CHUNK_DAYS`), read in `statements(len(days))` statements at most."""
+    async def roll(self, conn: AsyncConnection, days: Sequence[Day], now: float | None = None) -> dict[date, DayRollup]:
+        """The rollup of each day (at most `CHUNK_DAYS`), read in `statements(len(days))` statements at most;
+        the open items only at the end of the days ended by `now` (default: all): a day still running has no
+        end-of-day figures yet, and it is rolled again after its end before it is final."""
         n = len(days)
         out: dict[date, DayRollup] = {d.day: {} for d in days}
         bounds = {f"d{i}": d.start for i, d in enumerate(days)} | {f"d{n}": days[-1].end}
@@ -214,15 +221,13 @@ class ProcessRoller:
             completed = self._cached(("completed", n), lambda: edge_statement(query, n))
             for row in await conn.execute(completed, bounds):
                 self._add_edge(out, days, query, row, "completed")
-        for first in range(0, n, SNAPSHOT_DAYS):
-            part = days[first:first + SNAPSHOT_DAYS]
-            size = len(part)
-            snapshot = self._cached(("open", size), partial(snapshot_statement, self.process, self.times, size))
-            if snapshot is None:
-                break
-            params = {f"e{i}__{role}": d.end for i, d in enumerate(part) for role in ("created", "completed", "due")}
+        ended = [d for d in days if now is None or d.end <= now]
+        snapshot = (self._cached(("open", len(ended)), partial(snapshot_statement, self.process, self.times,
+                                                               len(ended))) if ended else None)
+        if snapshot is not None:
+            params = {f"e{i}__{role}": d.end for i, d in enumerate(ended) for role in ("created", "completed", "due")}
             for row in await conn.execute(snapshot.statement, params):
-                self._add_open(out, part, snapshot, row)
+                self._add_open(out, ended, snapshot, row)
         for day in days:
             self._add_costs(out[day.day], day)
         return out
@@ -240,14 +245,17 @@ class ProcessRoller:
             _add(measures, f"{edge}.{name}", float(value or 0))
 
     def _add_open(self, out: dict[date, DayRollup], days: Sequence[Day], snapshot: Snapshot, row: Any) -> None:
-        day = days[int(row[0])]
-        mapping = row._mapping
-        measures = out[day.day].setdefault(_key(row[1:1 + snapshot.dims], snapshot.lookups), {})
-        _add(measures, "open", float(mapping["n"]))
-        _add(measures, "open.overdue", float(mapping["overdue"] or 0))
-        oldest = snapshot.times.created.to_epoch(mapping["oldest"])
-        if oldest is not None:
-            measures["open.oldest_age"] = max(measures.get("open.oldest_age", 0.0), day.end - oldest)
+        key = _key(row[:snapshot.dims], snapshot.lookups)
+        for i, day in enumerate(days):
+            count, overdue, oldest = row[snapshot.dims + 3 * i:snapshot.dims + 3 * i + 3]
+            if not count:
+                continue
+            measures = out[day.day].setdefault(key, {})
+            _add(measures, "open", float(count))
+            _add(measures, "open.overdue", float(overdue or 0))
+            oldest_at = snapshot.times.created.to_epoch(oldest)
+            if oldest_at is not None:
+                measures["open.oldest_age"] = max(measures.get("open.oldest_age", 0.0), day.end - oldest_at)
 
     def _add_costs(self, rollup: DayRollup, day: Day) -> None:
         for name, component in self.process.costs.items():
@@ -277,6 +285,10 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rollup_day (
         process TEXT NOT NULL, day TEXT NOT NULL, timezone TEXT NOT NULL, rolled_at REAL NOT NULL,
         definitions TEXT, PRIMARY KEY (process, day)) WITHOUT ROWID""",
+    # the first start's backfill of a source: planned once, when none of its processes had a day rolled
+    """CREATE TABLE IF NOT EXISTS rollup_backfill (
+        source TEXT PRIMARY KEY, timezone TEXT NOT NULL, first TEXT NOT NULL, last TEXT NOT NULL,
+        planned_at REAL NOT NULL, done_at REAL) WITHOUT ROWID""",
 )
 
 
@@ -427,6 +439,36 @@ class RollupStore:
                 out[date.fromisoformat(day)].setdefault(ALL, {})[measure] = value
         return out
 
+    def any_rolled(self, processes: Iterable[str], zone: str) -> bool:
+        """Whether a day of any of the processes was rolled up in `zone`."""
+        names = list(processes)
+        marks = ", ".join("?" * len(names))
+        row = self._db.execute(f"SELECT 1 FROM rollup_day WHERE timezone = ? AND process IN ({marks}) LIMIT 1",
+                               (zone, *names)).fetchone()
+        return row is not None
+
+    def backfill_plan(self, source: str) -> "BackfillPlan | None":
+        """The first start's backfill planned for a source, if one was."""
+        row = self._db.execute("SELECT timezone, first, last, done_at FROM rollup_backfill WHERE source = ?",
+                               (source,)).fetchone()
+        if row is None:
+            return None
+        zone, first, last, done_at = row
+        return BackfillPlan(source, zone, date.fromisoformat(first), date.fromisoformat(last), done_at)
+
+    def plan_backfill(self, source: str, zone: str, first: date, last: date, now: float) -> "BackfillPlan":
+        """Keep the plan of a source's first-start backfill: the days from `first` to `last`."""
+        self._db.execute("INSERT INTO rollup_backfill (source, timezone, first, last, planned_at, done_at) "
+                         "VALUES (?, ?, ?, ?, ?, NULL) ON CONFLICT (source) DO UPDATE SET "
+                         "timezone = excluded.timezone, first = excluded.first, last = excluded.last, "
+                         "planned_at = excluded.planned_at, done_at = NULL",  # the SQL PostgreSQL shares
+                         (source, zone, first.isoformat(), last.isoformat(), now))
+        return BackfillPlan(source, zone, first, last, None)
+
+    def backfill_done(self, source: str, now: float) -> None:
+        """Mark the first-start backfill of a source done."""
+        self._db.execute("UPDATE rollup_backfill SET done_at = ? WHERE source = ?", (now, source))
+
     def close(self) -> None:
         self._db.close()
 
@@ -459,8 +501,57 @@ class _PostgresRollups:
         self._conn.close()
 
 
+@dataclass(frozen=True)
+class BackfillPlan:
+    """The days the first start of `serve` rolls up in the background for a source (`first` to `last`), and
+    when that was done (None: not yet; a restart continues it)."""
+
+    source: str
+    timezone: str
+    first: date
+    last: date
+    done_at: float | None
+
+    def missing(self, store: RollupStore, processes: Iterable[str],
+                step: int = CHUNK_DAYS) -> list[tuple[str, list[Day]]]:
+        """What is still to roll up: per month (newest first, so last month's report is complete soonest),
+        each process's days of the plan not rolled up in its zone yet, as (process, days) in that month's
+        order; a process's days are consecutive runs of at most `step` days (`CHUNK_DAYS` at most)."""
+        days = days_between(self.first, self.last, self.timezone)
+        names = list(processes)
+        rolled = {name: store.rolled(name, self.first, self.last, self.timezone) for name in names}
+        out: list[tuple[str, list[Day]]] = []
+        for month in sorted({(d.day.year, d.day.month) for d in days}, reverse=True):
+            in_month = [d for d in days if (d.day.year, d.day.month) == month]
+            for name in names:
+                todo = [d for d in in_month if d.day not in rolled[name]]
+                out.extend((name, run) for run in _runs(todo, min(step, CHUNK_DAYS)))
+        return out
+
+
+def _runs(days: Sequence[Day], most: int) -> Iterator[list[Day]]:
+    """Consecutive days, split where a day is missing or a run reaches `most` days."""
+    run: list[Day] = []
+    for day in days:
+        if run and (day.day != run[-1].day + timedelta(days=1) or len(run) >= most):
+            yield run
+            run = []
+        run.append(day)
+    if run:
+        yield run
+
+
+def backfill_since(today: date) -> date:
+    """The first day a backfill rolls up by default: the first of the same month a year before `today`."""
+    return date(today.year - 1, today.month, 1)
+
+
 def totals(rollup: DayRollup) -> Measures:
-    """A day's measures summed over its dimension sets (the oldest age: the largest)."""
+    """A day's measures summed over its dimension sets (the oldest age: the largest). A day of one dimension
+    set (as `RollupStore.read_totals` gives) is its own total: its measures are returned as they are, not
+    copied, so a report summing a year of days does not copy each day at every KPI; do not change them."""
+    if len(rollup) == 1:
+        return next(iter(rollup.values()))
     out: Measures = {}
     for measures in rollup.values():
         for name, value in measures.items():
@@ -495,21 +586,27 @@ class SourceRoller:
                    clock_: Callable[[], float] = clock.time) -> None:
         """Compute and store the rollups of `days` for every process, a chunk at a time, each chunk
         marked rolled at the `clock_` time its statements started."""
-        if self._engine is None:
-            self._engine = create_engine(self.source)
         chunks = [days[i:i + CHUNK_DAYS] for i in range(0, len(days), CHUNK_DAYS)]
         done, todo = 0, len(days) * len(self.processes)
-        for name, process in self.processes.items():
+        for name in self.processes:
             for chunk in chunks:
-                started = clock_()
-                async with guard(self.name, self.source.timeout * statements(len(chunk))), \
-                        read_only(self.name, self._engine, self.source.timeout) as conn:
-                    roller = await self._roller(conn, name, process, chunk[-1].day.year)
-                    rollups = await roller.roll(conn, chunk)
-                self.store.save(name, rollups, self.zone, definitions(process), started)
+                await self.roll_process(name, chunk, clock_)
                 done += len(chunk)
                 if progress is not None:
                     progress(done, todo)
+
+    async def roll_process(self, name: str, days: Sequence[Day], clock_: Callable[[], float] = clock.time) -> None:
+        """Compute and store the rollups of `days` (at most `CHUNK_DAYS`) for one process, marked rolled at
+        the `clock_` time its statements started."""
+        if self._engine is None:
+            self._engine = create_engine(self.source)
+        process = self.processes[name]
+        started = clock_()
+        async with guard(self.name, self.source.timeout * statements(len(days))), \
+                read_only(self.name, self._engine, self.source.timeout) as conn:
+            roller = await self._roller(conn, name, process, days[-1].day.year)
+            rollups = await roller.roll(conn, days, started)
+        self.store.save(name, rollups, self.zone, definitions(process), started)
 
     async def _roller(self, conn: AsyncConnection, name: str, process: Process, year: int) -> ProcessRoller:
         roller = self._rollers.get(name)

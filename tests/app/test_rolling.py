@@ -1,6 +1,7 @@
 """The rollups kept current while serving, and replaced by a reload."""
 
 import asyncio
+import logging
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
@@ -10,7 +11,7 @@ from app.rolling import Rolling
 from collector.health import HealthTracker
 from collector.inventory.load import load_inventory
 from collector.inventory.models import SqlSource
-from collector.rollups import RollupStore, late_of, midnight, totals
+from collector.rollups import RollupStore, backfill_since, days_between, late_of, midnight, totals
 from tests.app.test_service import make_records, write_inventory
 
 
@@ -103,3 +104,133 @@ async def test_the_last_final_day_and_failed_passes_are_exported(tmp_path: Path)
         assert rollup_samples(health, "fab_rollup_errors") == {"crm": 1.0}
     finally:
         await rolling.stop()
+
+
+# --- the first start's backfill ----------------------------------------------------------------
+
+
+def anchor_now() -> float:
+    """Noon UTC on the 15th of this month: last month and its late window are well in the past."""
+    today = datetime.now(UTC)
+    return datetime(today.year, today.month, 15, 12, tzinfo=UTC).timestamp()
+
+
+def make_history(path: Path, now: float, days: int = 430) -> list[tuple[float, float | None]]:
+    """A trouble-ticket table with a ticket every 5 hours over `days` before `now` (most resolved two
+    hours after creation, every fourth still open); return (created, completed) of each."""
+    make_records(path, count=0)
+    rows, items = [], []
+    for i in range(days * 24 // 5):
+        created = now - 3600 * 5 * (i + 1) + 60
+        completed = None if i % 4 == 0 else created + 7200
+        items.append((created, completed))
+        rows.append((f"h{i}", created, completed, created + 4 * 3600, created, "inProgress" if completed is None
+                     else "resolved", None if completed is None else "resolved", "high", "web", 0.0, 0, 12.0))
+    with sqlite3.connect(path) as db:
+        db.executemany("INSERT INTO trouble_ticket VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    return items
+
+
+def metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_a_fresh_state_backfills_the_past_months_so_last_month_is_final(aiohttp_client, tmp_path: Path,
+                                                                              caplog) -> None:
+    from app.service import build_app, shifted_clock
+    from reports.summary import Month, read_rollups, read_states, summarize
+
+    now = anchor_now()
+    items = make_history(tmp_path / "records.db", now)
+    inventory = load_inventory([write_inventory(tmp_path, tmp_path / "records.db")])
+    state = tmp_path / "state.db"
+    assert not state.exists()
+    caplog.set_level(logging.INFO, logger="fabwatch.rollups")
+    client = await aiohttp_client(build_app(inventory, clock=shifted_clock(now)))
+    deadline = time.monotonic() + 60
+    while True:
+        text = await (await client.get("/metrics")).text()
+        if metric(text, "fab_rollup_backfill_days_remaining") == 0.0:
+            break
+        assert time.monotonic() < deadline, "the backfill did not finish in 60 s"
+        await asyncio.sleep(0.05)
+    today = datetime.fromtimestamp(now, UTC).date()
+    month = Month(today.year, today.month).shift(-1)
+    first = backfill_since(today)
+    store = RollupStore(state)
+    try:  # every day from the same month a year ago is rolled up, up to today (the re-roll's days)
+        assert store.rolled("problem", first, today, "UTC") == {d.day for d in days_between(first, today, "UTC")}
+        report = summarize(inventory, read_rollups(store, inventory, month), month,
+                           read_states(store, inventory, month))
+    finally:
+        store.close()
+    (problem,) = report.processes
+    assert problem.complete
+    assert problem.final, "a day of last month is provisional"
+    start, end = midnight(month.first, "UTC"), midnight(month.shift(1).first, "UTC")
+    volume = next(k for k in problem.kpis if k.kpi == "inflow")
+    assert volume.value == sum(1 for created, _ in items if start <= created < end)
+    logged = [r.fabwatch_fields for r in caplog.records if r.getMessage() == "rollup_backfill_month"]
+    newest = Month(today.year, today.month)
+    assert [m["month"] for m in logged] == [str(newest.shift(-i)) for i in range(13)]  # a line a month, newest first
+    assert all(m["days"] > 0 for m in logged)
+    assert logged[-1]["remaining"] == 0
+
+
+async def test_an_interrupted_backfill_continues_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
+    import app.rolling
+    from app.service import shifted_clock
+
+    monkeypatch.setattr(app.rolling, "BACKFILL_PAUSE", 20.0)  # slow enough to be stopped half way
+    now = anchor_now()
+    make_history(tmp_path / "records.db", now)
+    inventory = load_inventory([write_inventory(tmp_path, tmp_path / "records.db")])
+    state = tmp_path / "state.db"
+    health = HealthTracker([])
+    rolling = Rolling(inventory, state, shifted_clock(now), health)
+    rolling.start()
+    try:
+        deadline, total = time.monotonic() + 30, None
+        while True:  # stop it once it has rolled up some of its days
+            remaining = health.backfill_remaining("crm")
+            total = total or remaining
+            if total and remaining and remaining < total:
+                break
+            assert time.monotonic() < deadline, "no backfill step in 30 s"
+            await asyncio.sleep(0.005)
+    finally:
+        await rolling.stop()
+    store = RollupStore(state)
+    plan = store.backfill_plan("crm")
+    assert plan is not None
+    assert plan.done_at is None
+    before = store.states("problem", plan.first, plan.last, "UTC")
+    store.close()
+    remaining = health.backfill_remaining("crm")
+    assert remaining
+    assert 0 < len(before) < len(days_between(plan.first, plan.last, "UTC"))
+
+    monkeypatch.setattr(app.rolling, "BACKFILL_PAUSE", 0.0)
+    health = HealthTracker([])
+    rolling = Rolling(inventory, state, shifted_clock(now + 60), health)
+    rolling.start()
+    try:
+        deadline = time.monotonic() + 60
+        while health.backfill_remaining("crm") != 0:
+            assert time.monotonic() < deadline, "the continued backfill did not finish in 60 s"
+            await asyncio.sleep(0.02)
+    finally:
+        await rolling.stop()
+    store = RollupStore(state)
+    try:
+        after = store.states("problem", plan.first, plan.last, "UTC")
+        done = store.backfill_plan("crm")
+    finally:
+        store.close()
+    assert set(after) == {d.day for d in days_between(plan.first, plan.last, "UTC")}
+    assert {day: after[day].rolled_at for day in before} == {day: s.rolled_at for day, s in before.items()}
+    assert done is not None
+    assert done.done_at is not None
