@@ -1,10 +1,13 @@
 """The daily rollups kept current while serving: a task per SQL source re-rolls today and the days
 rows may still change in, every `reconcile` period, so late rows and reopened items heal their day.
-A reload replaces the tasks with those of the new inventory."""
+A reload replaces the tasks with those of the new inventory.
+
+On a PostgreSQL state shared by replicas, a source's days are re-rolled only by the replica holding
+its lease (`HealthTracker.owned`), so two replicas never re-roll the same day at once; a replica
+taking a lease over re-rolls at its next look (every `OWNED_POLL` seconds) from what is final."""
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +19,11 @@ from collector.health import HealthTracker
 from collector.inventory.models import Inventory
 from collector.logs import log_event
 from collector.rollups import RollupStore, SourceRoller, final_through, late_of, reroll, sql_sources
+from collector.state import store_errors
 
 _LOG = logging.getLogger("fabwatch.rollups")
+OWNED_POLL = 1.0
+"""Seconds between two looks at whether this replica holds a source's lease, while it does not."""
 
 
 class Rolling:
@@ -71,8 +77,12 @@ class Rolling:
 async def _reroll_every(roller: SourceRoller, clock: Callable[[], float], health: HealthTracker) -> None:
     """Recompute the days not final yet (at start, a missed day too), then wait the source's `reconcile`
     period, until cancelled; count failed passes and the last final day in `health`."""
+    errors = store_errors()
     try:
         while True:
+            if not health.owned(roller.name):  # another replica holds the source: it re-rolls its days
+                await asyncio.sleep(OWNED_POLL)
+                continue
             started = time.monotonic()
             try:
                 days = await reroll(roller, clock())
@@ -80,7 +90,7 @@ async def _reroll_every(roller: SourceRoller, clock: Callable[[], float], health
                 health.record_rollup_error(roller.name)
                 log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason=exc.reason,
                           error=str(exc))
-            except sqlite3.Error as exc:  # the state file: full, locked, read-only
+            except errors as exc:  # the state: full, locked, read-only, unreachable
                 health.record_rollup_error(roller.name)
                 log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason="state", error=str(exc))
             else:

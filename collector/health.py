@@ -323,14 +323,17 @@ class HealthTracker:
         rolls up days."""
         if not self._rollup_errors:
             return ()
+        # with replicas, of the sources this one holds (re-rolls) only
         errors = Family("fab_rollup_errors", "counter",
                         "Re-roll passes of the daily rollups of the source's processes that failed (source "
                         "error, or the state file).",
-                        [((("source", name),), float(count)) for name, count in sorted(self._rollup_errors.items())])
+                        [((("source", name),), float(count)) for name, count in sorted(self._rollup_errors.items())
+                         if self.owned(name)])
         final = Family("fab_rollup_last_day_timestamp_seconds", "gauge",
                        "End of the last day whose rollup is final for every process of the source, rolled after "
                        "its late window had passed (Unix time).",
-                       [((("source", name),), at) for name, at in sorted(self._rollup_final.items())])
+                       [((("source", name),), at) for name, at in sorted(self._rollup_final.items())
+                        if self.owned(name)])
         return (errors, final)
 
     def _delivery_families(self) -> tuple[Family, ...]:
