@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
 from collector.health import HealthTracker
@@ -161,8 +161,9 @@ class ReportSchedule:
             log_event(_LOG, "report_already_delivered", month=str(month))
             return True
         holder = self._replica() or f"{uuid.uuid4()}"
-        if not await self._claim(str(month), holder, until):
-            return False
+        claim = await self._claim(str(month), holder, until)
+        if claim != "mine":
+            return claim == "delivered"
         renewing = asyncio.create_task(self._renew(str(month), holder), name="report-claim")
         try:
             return await self._attempts(config, month, until, holder)
@@ -170,24 +171,24 @@ class ReportSchedule:
             renewing.cancel()
             await asyncio.gather(renewing, return_exceptions=True)
 
-    async def _claim(self, month: str, holder: str, until: float) -> bool:
-        """Wait until this replica holds the claim on `month` (True), or it was delivered by another
-        one, or `until` passed (False)."""
+    async def _claim(self, month: str, holder: str, until: float) -> Literal["mine", "delivered", "later"]:
+        """Wait until this replica holds the claim on `month` ("mine"), or another one delivered it
+        ("delivered"), or the next run `until` is near ("later")."""
         assert self._store is not None
         waiting = False
         while True:
             try:
                 if await asyncio.to_thread(self._store.claim_delivery, month, holder, CLAIM):
-                    return True
+                    return "mine"
                 record = await asyncio.to_thread(self._store.delivery, month)
             except StateError as exc:
                 log_event(_LOG, "report_claim_failed", logging.WARNING, month=month, error=str(exc))
                 record = None
             if record is not None and record[0]:
                 log_event(_LOG, "report_delivered_elsewhere", month=month)
-                return False
-            if self._clock() >= until:
-                return False
+                return "delivered"
+            if self._clock() + CLAIM / 3 >= until:  # back to the schedule before its next run
+                return "later"
             if not waiting:
                 log_event(_LOG, "report_claimed_elsewhere", month=month, replica=holder)
                 waiting = True
