@@ -16,7 +16,7 @@ import yaml
 
 from app import delivery
 from app.delivery import ReportSchedule, reports_directory
-from app.service import shifted_clock
+from app.service import build_app, shifted_clock
 from collector.health import DELIVERY_RESULTS, HealthTracker
 from collector.inventory.load import load_inventory
 from collector.inventory.models import Inventory
@@ -275,3 +275,27 @@ async def test_a_replica_takes_over_a_month_whose_claim_lapsed(tmp_path: Path, p
     assert (tmp_path / "out" / "fabwatch-report-2026-11.html").is_file()
     # without a directory, a PostgreSQL state has no file to put `reports` beside: the working directory's
     assert reports_directory(None, state) == Path("reports")
+
+
+async def test_two_served_replicas_on_a_postgres_state_mail_the_report_once(aiohttp_client, tmp_path: Path,
+                                                                            postgres) -> None:
+    """The same through the service (`build_app`): each replica's schedule claims as the replica its
+    leases name, and only one replica's reports directory gets the files."""
+    state = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    with smtp_server(user="fabwatch", password=SECRET) as server:
+        inventory = inventory_with_reports(tmp_path, server, SECRET)
+        clients = []
+        for name in ("first", "second"):
+            own = inventory.model_copy(update={"reports": inventory.reports.model_copy(  # type: ignore[union-attr]
+                update={"directory": str(tmp_path / name)})})
+            clients.append(await aiohttp_client(build_app(own, state_path=state, replica=name,
+                                                          clock=shifted_clock(FIRE - 2))))
+        [message] = await server.inbox.arrived(1)
+        await asyncio.sleep(2.0)  # time for a second mail, if one were coming
+        assert len(server.inbox.messages) == 1
+        listed = [(await (await client.get("/api/v1/reports")).json()) for client in clients]
+    assert "2026-11" in message["Subject"]
+    written = [name for name in ("first", "second") if (tmp_path / name / "fabwatch-report-2026-11.html").exists()]
+    assert len(written) == 1  # by the replica that claimed the month
+    # /reports/ lists what this replica wrote
+    assert [bool(listing["reports"]) for listing in listed] == [name in written for name in ("first", "second")]
