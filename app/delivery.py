@@ -8,18 +8,23 @@ A failed attempt is logged (which server, what failed; never a password), counte
 The outcome of the last attempt at each month is kept in the state store: a month delivered is not
 delivered again after a restart, a month whose delivery failed is tried again at start, and a run
 missed while the service was down (less than `CATCH_UP` ago) is made up at start.
+
+On a PostgreSQL state shared by replicas, every replica runs the schedule, and each month is claimed
+in the shared store (`StateStore.claim_delivery`): the replica holding the claim writes and mails the
+report, renewing its claim while it works; the others wait, and take the claim over when it lapses
+(its holder died or hung before delivering) or stop when the month is delivered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo
 
 from collector.health import HealthTracker
@@ -27,7 +32,8 @@ from collector.inventory.cron import cron_trigger
 from collector.inventory.models import Inventory
 from collector.inventory.reports import ReportsConfig
 from collector.logs import log_event
-from collector.state import StateStore
+from collector.state import StateError, StateStore, open_state, store_errors
+from collector.storeurl import postgres_url
 
 if TYPE_CHECKING:  # the report code (jinja2, aiosmtplib) is imported when a report is due, not by every serve
     from reports.mail import DeliveryFailed
@@ -39,12 +45,17 @@ CATCH_UP = 86_400.0
 _TICK = timedelta(microseconds=1)
 POLL = 1.0
 """Real seconds between two looks at the clock while waiting (the service clock may run faster)."""
+CLAIM = 60.0
+"""Real seconds a replica's claim on a month's report lasts unless renewed (every third of it)."""
 
 
 def reports_directory(config: ReportsConfig | None, state_path: str | Path) -> Path:
-    """`reports.directory`, else `reports` beside the state file."""
+    """`reports.directory`, else `reports` beside the state file (in the working directory with a
+    PostgreSQL state)."""
     if config is not None and config.directory is not None:
         return Path(config.directory)
+    if postgres_url(str(state_path)) is not None:
+        return Path("reports")
     return Path(state_path).parent / "reports"
 
 
@@ -60,11 +71,14 @@ class ReportSchedule:
     """Writes and mails the monthly report on the schedule of the running inventory's `reports` section."""
 
     def __init__(self, inventory: Inventory, state_path: str | Path | None, clock: Callable[[], float],
-                 health: HealthTracker, on_change: Callable[[], None] = lambda: None) -> None:
-        """`on_change`: called after each attempt has been counted in `health` (the exposition is cached)."""
+                 health: HealthTracker, on_change: Callable[[], None] = lambda: None,
+                 replica: Callable[[], str | None] = lambda: None) -> None:
+        """`on_change`: called after each attempt has been counted in `health` (the exposition is cached).
+        `replica`: this replica's id once sampling started (the holder of its claims on months)."""
         self._inventory = inventory
         self._on_change = on_change
-        self._state_path = Path(state_path or inventory.service.state_path)
+        self._replica = replica
+        self._state_path: str | Path = state_path or inventory.service.state_path
         self.directory = reports_directory(inventory.reports, self._state_path)
         """Where the reports are written and served from (fixed at start: a reload keeps it)."""
         self._clock = clock
@@ -74,7 +88,7 @@ class ReportSchedule:
 
     def start(self) -> None:
         """Open the state store and start the schedule (inside the running loop), if there is one."""
-        self._store = StateStore(self._state_path)
+        self._store = open_state(self._state_path)
         self._spawn()
 
     def replace_inventory(self, new: Inventory) -> None:
@@ -146,6 +160,53 @@ class ReportSchedule:
         if record is not None and record[0]:
             log_event(_LOG, "report_already_delivered", month=str(month))
             return True
+        holder = self._replica() or f"{uuid.uuid4()}"
+        claim = await self._claim(str(month), holder, until)
+        if claim != "mine":
+            return claim == "delivered"
+        renewing = asyncio.create_task(self._renew(str(month), holder), name="report-claim")
+        try:
+            return await self._attempts(config, month, until, holder)
+        finally:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _claim(self, month: str, holder: str, until: float) -> Literal["mine", "delivered", "later"]:
+        """Wait until this replica holds the claim on `month` ("mine"), or another one delivered it
+        ("delivered"), or the next run `until` is near ("later")."""
+        assert self._store is not None
+        waiting = False
+        while True:
+            try:
+                if await asyncio.to_thread(self._store.claim_delivery, month, holder, CLAIM):
+                    return "mine"
+                record = await asyncio.to_thread(self._store.delivery, month)
+            except StateError as exc:
+                log_event(_LOG, "report_claim_failed", logging.WARNING, month=month, error=str(exc))
+                record = None
+            if record is not None and record[0]:
+                log_event(_LOG, "report_delivered_elsewhere", month=month)
+                return "delivered"
+            if self._clock() + CLAIM / 3 >= until:  # back to the schedule before its next run
+                return "later"
+            if not waiting:
+                log_event(_LOG, "report_claimed_elsewhere", month=month, replica=holder)
+                waiting = True
+            await asyncio.sleep(CLAIM / 3)
+
+    async def _renew(self, month: str, holder: str) -> None:
+        """Renew the claim on `month` every third of its length while this replica works on it."""
+        assert self._store is not None
+        while True:
+            await asyncio.sleep(CLAIM / 3)
+            try:
+                if not await asyncio.to_thread(self._store.claim_delivery, month, holder, CLAIM):
+                    log_event(_LOG, "report_claim_lost", logging.WARNING, month=month, replica=holder)
+            except StateError as exc:
+                log_event(_LOG, "report_claim_failed", logging.WARNING, month=month, error=str(exc))
+
+    async def _attempts(self, config: ReportsConfig, month: Month, until: float, holder: str) -> bool:
+        assert self._store is not None
         wait = config.retry_after
         for attempt in range(1, config.retries + 2):
             error = await self._attempt(config, month, attempt)
@@ -156,12 +217,22 @@ class ReportSchedule:
                 log_event(_LOG, "report_delivery_given_up", logging.ERROR, month=str(month), attempts=attempt,
                           reason=error.reason, error=str(error),
                           next="the next scheduled run" if until != float("inf") else "a restart")
+                await self._hold(str(month), holder, until)
                 return False
             log_event(_LOG, "report_retry_scheduled", month=str(month), attempt=attempt + 1,
                       in_seconds=round(wait, 3))
             await self._wait_until(retry_at)
             wait *= 2
         return False
+
+    async def _hold(self, month: str, holder: str, until: float) -> None:
+        """Keep the claim on a month given up until the next run (real time: the claim's clock)."""
+        assert self._store is not None
+        try:
+            await asyncio.to_thread(self._store.hold_delivery, month, holder,
+                                    time.time() + max(0.0, until - self._clock()))
+        except StateError as exc:
+            log_event(_LOG, "report_claim_failed", logging.WARNING, month=month, error=str(exc))
 
     async def _attempt(self, config: ReportsConfig, month: Month, attempt: int) -> DeliveryFailed | None:
         """One attempt: summarize, write, mail; record the outcome. Return the failure, or None."""
@@ -174,8 +245,8 @@ class ReportSchedule:
         try:
             try:
                 report = await asyncio.to_thread(month_report, self._inventory, self._state_path, month)
-            except sqlite3.Error as exc:
-                raise DeliveryFailed("internal", f"cannot read the daily rollups in {self._state_path}: {exc}") \
+            except store_errors() as exc:
+                raise DeliveryFailed("internal", f"cannot read the daily rollups in {self._where()}: {exc}") \
                     from None
             delivered = await deliver(report, self.directory, config.formats, config.email)
         except DeliveryFailed as exc:
@@ -194,6 +265,9 @@ class ReportSchedule:
                   seconds=round(time.monotonic() - started, 3))
         return None
 
+    def _where(self) -> str:
+        return self._store.where if self._store is not None else str(self._state_path)
+
     def _failed(self, config: ReportsConfig, month: Month, attempt: int, exc: DeliveryFailed) -> DeliveryFailed:
         """Count, remember and log a failed attempt."""
         from reports.mail import server_of
@@ -206,3 +280,4 @@ class ReportSchedule:
         log_event(_LOG, "report_delivery_failed", logging.WARNING, month=str(month), attempt=attempt,
                   reason=exc.reason, server=server_of(config.email) if config.email else "-", error=str(exc))
         return exc
+

@@ -6,11 +6,14 @@ On the first start (none of a source's processes has a day rolled up in the stat
 per source rolls up the past days in the background, as `fabwatch report --backfill` would: from the
 first of the same month a year ago to the day before the re-roll's first, newest month first, a few
 days of one process a step, pausing as long as each step took, so sampling keeps the database most
-of the time. The plan is kept in the state file: a restart continues with the days still missing."""
+of the time. The plan is kept in the state file: a restart continues with the days still missing.
+
+On a PostgreSQL state shared by replicas, a source's days are re-rolled only by the replica holding
+its lease (`HealthTracker.owned`), so two replicas never re-roll the same day at once; a replica
+taking a lease over re-rolls at its next look (every `OWNED_POLL` seconds) from what is final."""
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -33,6 +36,7 @@ from collector.rollups import (
     reroll,
     sql_sources,
 )
+from collector.state import store_errors
 
 _LOG = logging.getLogger("fabwatch.rollups")
 BACKFILL_STEP_DAYS = 7
@@ -45,6 +49,8 @@ BACKFILL_WAIT_READY = 60.0
 """Seconds the backfill waits at most for every source's first sample before it starts."""
 BACKFILL_RETRY = 60.0
 """Seconds before a failed backfill step is tried again (at most the source's `reconcile` period)."""
+OWNED_POLL = 1.0
+"""Seconds between two looks at whether this replica holds a source's lease, while it does not."""
 
 
 class Rolling:
@@ -133,8 +139,12 @@ async def _reroll_every(roller: SourceRoller, clock: Callable[[], float], health
                         changed: Callable[[], None]) -> None:
     """Recompute the days not final yet (at start, a missed day too), then wait the source's `reconcile`
     period, until cancelled; count failed passes and the last final day in `health`."""
+    errors = store_errors()
     try:
         while True:
+            if not health.owned(roller.name):  # another replica holds the source: it re-rolls its days
+                await asyncio.sleep(OWNED_POLL)
+                continue
             started = time.monotonic()
             try:
                 days = await reroll(roller, clock())
@@ -142,7 +152,7 @@ async def _reroll_every(roller: SourceRoller, clock: Callable[[], float], health
                 health.record_rollup_error(roller.name)
                 log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason=exc.reason,
                           error=str(exc))
-            except sqlite3.Error as exc:  # the state file: full, locked, read-only
+            except errors as exc:  # the state: full, locked, read-only, unreachable
                 health.record_rollup_error(roller.name)
                 log_event(_LOG, "rollup_failed", logging.WARNING, source=roller.name, reason="state", error=str(exc))
             else:
@@ -175,14 +185,17 @@ async def _backfill(roller: SourceRoller, plan: BackfillPlan, clock: Callable[[]
     """Roll up the days of `plan` not rolled up yet, a step at a time, pausing after each as long as it
     took; log each month done; export what remains; mark the plan done at the end. A failed step is
     retried after `BACKFILL_RETRY` seconds; a cancelled backfill continues at the next start."""
+    errors = store_errors()
     try:
         await _wait_ready(progress.health)
         while True:
+            while not progress.health.owned(plan.source):  # another replica holds the source: it backfills
+                await asyncio.sleep(OWNED_POLL)
             try:
                 await _backfill_pass(roller, plan, clock, progress)
             except SourceError as exc:
                 reason = exc.reason
-            except sqlite3.Error:  # the state file: full, locked, read-only
+            except errors:  # the state: full, locked, read-only, unreachable
                 reason = "state"
             else:
                 roller.store.backfill_done(plan.source, clock())

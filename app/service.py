@@ -33,7 +33,6 @@ from collector.inventory.webconfig import WebConfig
 from collector.logs import log_event
 from collector.sampling import mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
-from collector.storeurl import postgres_url
 from exporters import api, page, reportfiles
 from exporters.otlp import OtlpExporter, otlp_settings
 from exporters.pace import Pace, paced
@@ -101,12 +100,12 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
                                  state_path=state_path or inventory.service.state_path)
         app.cleanup_ctx.append(_pushing(app[OTLP]))  # before sampling: stopped after it, for a last push
     pushed = (app[OTLP],) if settings is not None else ()
-    # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either
-    # (rollups on a PostgreSQL state come with the shared rollup store: until then, none there)
-    shared = postgres_url(str(state_path or inventory.service.state_path)) is not None
+    # a caller's own samplers (tests, replays) read no records of their own: nothing to roll up either;
+    # on a shared PostgreSQL state, each replica re-rolls the sources it holds the lease of (`health.owned`)
     rolling = (Rolling(inventory, state_path, clock, health, app[EXPORTER].invalidate, backfill=backfill)
-               if samplers is None and not shared else None)
-    schedule = ReportSchedule(inventory, state_path, clock, health, on_change=app[EXPORTER].invalidate)
+               if samplers is None else None)
+    schedule = ReportSchedule(inventory, state_path, clock, health, on_change=app[EXPORTER].invalidate,
+                              replica=lambda: _replica(app))
     app[LIVE] = LiveSampling(inventory, health, app[EXPORTER], state_path=state_path, clock=clock, given=samplers,
                              sinks=(board, *pushed),
                              on_reload=(board.replace_inventory, *(otlp.reloaded for otlp in pushed),
@@ -137,6 +136,12 @@ def build_app(inventory: Inventory, *, state_path: str | Path | None = None,
     if guard is not None:
         app.on_response_prepare.append(guard.add_headers)
     return app
+
+
+def _replica(app: web.Application) -> str | None:
+    """This replica's id once sampling started on a shared state (None: a SQLite state, one process)."""
+    leases = app[LIVE].leases if LIVE in app else None
+    return None if leases is None else leases.replica
 
 
 def _guard(web_config: WebConfig | None, inventory: Inventory) -> "WebGuard | None":

@@ -333,18 +333,22 @@ class HealthTracker:
         `fab_rollup_backfill_days_remaining{source}`, when serving rolls up days."""
         if not self._rollup_errors:
             return ()
+        # with replicas, of the sources this one holds (re-rolls) only
         errors = Family("fab_rollup_errors", "counter",
                         "Re-roll passes of the daily rollups of the source's processes that failed (source "
                         "error, or the state file).",
-                        [((("source", name),), float(count)) for name, count in sorted(self._rollup_errors.items())])
+                        [((("source", name),), float(count)) for name, count in sorted(self._rollup_errors.items())
+                         if self.owned(name)])
         final = Family("fab_rollup_last_day_timestamp_seconds", "gauge",
                        "End of the last day whose rollup is final for every process of the source, rolled after "
                        "its late window had passed (Unix time).",
-                       [((("source", name),), at) for name, at in sorted(self._rollup_final.items())])
+                       [((("source", name),), at) for name, at in sorted(self._rollup_final.items())
+                        if self.owned(name)])
         backfill = Family("fab_rollup_backfill_days_remaining", "gauge",
                           "Days the first start's backfill of the daily rollups still has to roll up, a day of "
                           "each of the source's processes counting one (0: done).",
-                          [((("source", name),), n) for name, n in sorted(self._backfill_remaining.items())])
+                          [((("source", name),), n) for name, n in sorted(self._backfill_remaining.items())
+                           if self.owned(name)])
         return (errors, final, backfill)
 
     def _delivery_families(self) -> tuple[Family, ...]:

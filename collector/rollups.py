@@ -482,20 +482,37 @@ class _PostgresRollups:
     schema = "rollups"
 
     def __init__(self, url: str) -> None:
+        self._url = url
+        self._conn = self._connect()
+
+    def _connect(self) -> Any:
+        """A connection with the state store's bounded waits (the serve calls these in its event loop:
+        an unreachable server fails a pass instead of hanging the service), the tables created."""
         import psycopg
 
-        self._conn = psycopg.connect(url, autocommit=True, options=f"-c search_path={self.schema}")
-        with self._conn.transaction():
-            self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('fabwatch rollups'))")
-            self._conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+        from collector.state import CONNECT_TIMEOUT, STATEMENT_TIMEOUT_MS
+
+        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                               options=f"-c search_path={self.schema} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                               keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext('fabwatch rollups'))")
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             for statement in _SCHEMA:
-                self._conn.execute(statement.replace(" WITHOUT ROWID", "").replace(" REAL ", " DOUBLE PRECISION "))
+                conn.execute(statement.replace(" WITHOUT ROWID", "").replace(" REAL ", " DOUBLE PRECISION "))
+        return conn
+
+    def _connection(self) -> Any:
+        """The connection, opened again after a failure broke it (PostgreSQL restarted, a partition)."""
+        if self._conn.closed or self._conn.broken:
+            self._conn = self._connect()
+        return self._conn
 
     def execute(self, statement: str, params: Sequence[Any] = ()) -> Any:
-        return self._conn.execute(statement.replace("?", "%s").replace("BEGIN IMMEDIATE", "BEGIN"), params)
+        return self._connection().execute(statement.replace("?", "%s").replace("BEGIN IMMEDIATE", "BEGIN"), params)
 
     def executemany(self, statement: str, params: Iterable[Sequence[Any]]) -> None:
-        self._conn.cursor().executemany(statement.replace("?", "%s"), params)
+        self._connection().cursor().executemany(statement.replace("?", "%s"), params)
 
     def close(self) -> None:
         self._conn.close()

@@ -116,6 +116,16 @@ class StateStore:
         row = self._db.execute("SELECT max(at) FROM report_delivery WHERE delivered = 1").fetchone()
         return None if row is None else row[0]
 
+    def claim_delivery(self, month: str, holder: str, seconds: float) -> bool:
+        """Whether `holder` may write and mail the report of `month` now, for `seconds` (renewed by
+        calling again). One process owns a SQLite file: always, unless the month was delivered."""
+        record = self.delivery(month)
+        return record is None or not record[0]
+
+    def hold_delivery(self, month: str, holder: str, until: float) -> None:
+        """Keep the claim of `holder` on `month` until `until` (Unix time): a month given up is not
+        taken by another replica before the next run. Nothing to keep in a SQLite file."""
+
     def close(self) -> None:
         self._db.close()
 
@@ -130,6 +140,12 @@ PG_SCHEMA = (
     " expires TIMESTAMPTZ NOT NULL, term BIGINT NOT NULL DEFAULT 1)",
     # The live replicas (a heartbeat each), for a fair share of the sources.
     "CREATE TABLE IF NOT EXISTS fabwatch_replica (replica TEXT PRIMARY KEY, expires TIMESTAMPTZ NOT NULL)",
+    # The scheduled report's outcome by month, as in the SQLite file.
+    "CREATE TABLE IF NOT EXISTS report_delivery (month TEXT PRIMARY KEY, delivered BOOLEAN NOT NULL,"
+    " at DOUBLE PRECISION NOT NULL, detail TEXT NOT NULL)",
+    # Which replica writes and mails a month's report, until when (renewed while it works on it).
+    "CREATE TABLE IF NOT EXISTS report_claim (month TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+    " expires TIMESTAMPTZ NOT NULL)",
 )
 _SCHEMA_LOCK = 7_020_001
 """The advisory lock held while creating the tables: replicas starting together would otherwise race
@@ -165,6 +181,19 @@ ON CONFLICT (source) DO UPDATE SET state = excluded.state, saved_at = excluded.s
 """
 """A save only while `holder` holds the source's lease: the lease row is locked for the statement,
 so a replica taking the lease over waits for it, and then reads the state it saved."""
+
+_CLAIM = """
+INSERT INTO report_claim (month, holder, expires)
+SELECT %(month)s, %(holder)s, now() + %(seconds)s * interval '1 second'
+WHERE NOT EXISTS (SELECT 1 FROM report_delivery WHERE month = %(month)s AND delivered)
+ON CONFLICT (month) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+WHERE report_claim.expires <= now() OR report_claim.holder = excluded.holder
+RETURNING month
+"""
+"""A month's report claimed (or the claim renewed) by `holder`: only when it was not delivered, and
+no other replica's claim is current. A delivering replica's claim is not given back when it has
+delivered: it lapses long after the delivery was committed, so no replica reading an older
+snapshot can claim the month again."""
 
 
 class PostgresStateStore(StateStore):
@@ -235,10 +264,47 @@ class PostgresStateStore(StateStore):
         except psycopg.Error as exc:
             raise StateError(f"{self.where}: {exc}") from exc
 
+    def delivery(self, month: str) -> tuple[bool, float, str] | None:
+        """Whether the scheduled report of `month` (YYYY-MM) was delivered, when it was last tried, and
+        what happened then; None: never tried."""
+        row = self._run("SELECT delivered, at, detail FROM report_delivery WHERE month = %s", (month,)).fetchone()
+        return None if row is None else (bool(row[0]), row[1], row[2])
+
+    def record_delivery(self, month: str, delivered: bool, at: float, detail: str) -> None:
+        """Remember the outcome of the last attempt at delivering the report of `month`."""
+        self._run("INSERT INTO report_delivery (month, delivered, at, detail) VALUES (%s, %s, %s, %s) "
+                  "ON CONFLICT (month) DO UPDATE SET delivered = excluded.delivered, at = excluded.at, "
+                  "detail = excluded.detail", (month, delivered, at, detail))
+
+    def last_delivered(self) -> float | None:
+        """When a scheduled report was last delivered (Unix time); None: never."""
+        row = self._run("SELECT max(at) FROM report_delivery WHERE delivered").fetchone()
+        return None if row is None else row[0]
+
+    def claim_delivery(self, month: str, holder: str, seconds: float) -> bool:
+        """Claim the report of `month` for `holder` for `seconds`, or renew its claim: false when it was
+        delivered or another replica's claim is current (that one writes and mails it)."""
+        params = {"month": month, "holder": holder, "seconds": seconds}
+        return self._run(_CLAIM, params).fetchone() is not None
+
+    def hold_delivery(self, month: str, holder: str, until: float) -> None:
+        """Keep the claim of `holder` on `month` until `until` (Unix time, may be infinite): a month it
+        gave up is not tried again by every other replica in turn before the next run."""
+        self._run("UPDATE report_claim SET expires = to_timestamp(%s) WHERE month = %s AND holder = %s",
+                  (until, month, holder))
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def store_errors() -> tuple[type[Exception], ...]:
+    """What reading or writing the state or its rollups raises on a fault of the store: sqlite3's and
+    psycopg's errors (psycopg imported only now: a SQLite-only service never loads it)."""
+    import psycopg
+
+    return sqlite3.Error, StateError, psycopg.Error
 
 
 def open_state(location: str | Path, holder: str | None = None) -> StateStore:

@@ -75,7 +75,7 @@ class ReportsConfig(Model):
     of `service.timezone` (default: 06:00 on the 1st)."""
     directory: str | None = None
     """Directory the reports are written to and served from at `/reports/`; none: `reports` beside the state
-    file (`service.state_path`, or `--state`)."""
+    file (`service.state_path`, or `--state`), or in the working directory when the state is a PostgreSQL URL."""
     formats: Annotated[list[ReportFormat], Field(min_length=1)] = ["html", "md", "json", "csv"]
     """Formats written, as `fabwatch report --format` takes them."""
     email: ReportEmail | None = None

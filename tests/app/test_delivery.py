@@ -14,12 +14,13 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
+from app import delivery
 from app.delivery import ReportSchedule, reports_directory
-from app.service import shifted_clock
+from app.service import build_app, shifted_clock
 from collector.health import DELIVERY_RESULTS, HealthTracker
 from collector.inventory.load import load_inventory
 from collector.inventory.models import Inventory
-from collector.state import StateStore
+from collector.state import StateStore, open_state
 from reports.summary import Month
 from tests.app.test_service import make_records, write_inventory
 from tests.smtp import SmtpServer, smtp_server
@@ -215,3 +216,86 @@ async def test_a_defect_in_rendering_counts_as_internal_and_the_schedule_goes_on
     crashed = [r for r in caplog.records if r.getMessage() == "report_delivery_crashed"]
     assert crashed
     assert crashed[0].exc_info is not None
+
+
+async def test_two_replicas_on_a_postgres_state_mail_the_report_once(tmp_path: Path, postgres, caplog) -> None:
+    """Both replicas' schedules fire at 06:00: one claims the month, writes and mails it; the other
+    waits, sees it delivered, and mails nothing."""
+    caplog.set_level(logging.INFO, logger="fabwatch.reports")
+    state = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    with smtp_server(user="fabwatch", password=SECRET) as server:
+        inventory = inventory_with_reports(tmp_path, server, SECRET, directory=str(tmp_path / "out"))
+        clock = shifted_clock(FIRE - 1.5)
+        healths = [HealthTracker(inventory.sources) for _ in range(2)]
+        replicas = [ReportSchedule(inventory, state, clock, health, replica=lambda n=n: n)
+                    for n, health in zip(("first", "second"), healths, strict=True)]
+        for schedule in replicas:
+            schedule.start()
+        try:
+            [message] = await server.inbox.arrived(1)
+            await settle(replicas[0], 2.0)  # time for a second mail, if one were coming
+        finally:
+            for schedule in replicas:
+                await schedule.stop()
+        assert len(server.inbox.messages) == 1
+    assert "2026-11" in message["Subject"]
+    assert sum(health.deliveries()["delivered"] for health in healths) == 1
+    assert [r.getMessage() for r in caplog.records].count("report_delivered") == 1
+    store = open_state(state)
+    record = store.delivery("2026-11")
+    store.close()
+    assert record is not None
+    assert record[0] is True
+    assert not (tmp_path / "state.db").exists()
+
+
+async def test_a_replica_takes_over_a_month_whose_claim_lapsed(tmp_path: Path, postgres, monkeypatch) -> None:
+    """A replica that claimed the month died before delivering: another one takes the claim over once
+    it lapses, and mails the report."""
+    monkeypatch.setattr(delivery, "CLAIM", 1.5)
+    state = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    store = open_state(state)
+    assert store.claim_delivery("2026-11", "dead", 1.5)  # claimed, then its holder died
+    assert not store.claim_delivery("2026-11", "alive", 1.5)  # current: not another replica's
+    with smtp_server(user="fabwatch", password=SECRET) as server:
+        inventory = inventory_with_reports(tmp_path, server, SECRET, directory=str(tmp_path / "out"))
+        schedule = ReportSchedule(inventory, state, shifted_clock(FIRE - 0.5), HealthTracker(inventory.sources),
+                                  replica=lambda: "alive")
+        schedule.start()
+        try:
+            [message] = await server.inbox.arrived(1, timeout=30)
+        finally:
+            await schedule.stop()
+    assert "2026-11" in message["Subject"]
+    record = store.delivery("2026-11")
+    assert record is not None
+    assert record[0] is True
+    assert not store.claim_delivery("2026-11", "dead", 1.5)  # delivered: nobody claims it again
+    store.close()
+    assert (tmp_path / "out" / "fabwatch-report-2026-11.html").is_file()
+    # without a directory, a PostgreSQL state has no file to put `reports` beside: the working directory's
+    assert reports_directory(None, state) == Path("reports")
+
+
+async def test_two_served_replicas_on_a_postgres_state_mail_the_report_once(aiohttp_client, tmp_path: Path,
+                                                                            postgres) -> None:
+    """The same through the service (`build_app`): each replica's schedule claims as the replica its
+    leases name, and only one replica's reports directory gets the files."""
+    state = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    with smtp_server(user="fabwatch", password=SECRET) as server:
+        inventory = inventory_with_reports(tmp_path, server, SECRET)
+        clients = []
+        for name in ("first", "second"):
+            own = inventory.model_copy(update={"reports": inventory.reports.model_copy(  # type: ignore[union-attr]
+                update={"directory": str(tmp_path / name)})})
+            clients.append(await aiohttp_client(build_app(own, state_path=state, replica=name,
+                                                          clock=shifted_clock(FIRE - 2))))
+        [message] = await server.inbox.arrived(1)
+        await asyncio.sleep(2.0)  # time for a second mail, if one were coming
+        assert len(server.inbox.messages) == 1
+        listed = [(await (await client.get("/api/v1/reports")).json()) for client in clients]
+    assert "2026-11" in message["Subject"]
+    written = [name for name in ("first", "second") if (tmp_path / name / "fabwatch-report-2026-11.html").exists()]
+    assert len(written) == 1  # by the replica that claimed the month
+    # /reports/ lists what this replica wrote
+    assert [bool(listing["reports"]) for listing in listed] == [name in written for name in ("first", "second")]

@@ -1,17 +1,23 @@
 """The rollups kept current while serving, and replaced by a reload."""
 
 import asyncio
+import copy
 import logging
 import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from app.rolling import Rolling
+import yaml
+
+from app.report import month_report
+from app.rolling import OWNED_POLL, Rolling
+from app.service import HEALTH, build_app
 from collector.health import HealthTracker
 from collector.inventory.load import load_inventory
 from collector.inventory.models import SqlSource
 from collector.rollups import RollupStore, backfill_since, days_between, late_of, midnight, totals
+from reports.summary import Month
 from tests.app.test_service import make_records, write_inventory
 
 
@@ -22,14 +28,14 @@ def created_today(records: Path) -> int:
         return int(db.execute("SELECT COUNT(*) FROM trouble_ticket WHERE created_at >= ?", (start,)).fetchone()[0])
 
 
-async def rolled_created(state: Path, want: int, timeout: float = 20.0) -> float:
-    """Wait until today's rollup of `problem` counts `want` created items; return what it counts."""
+async def rolled_created(state: Path | str, want: int, timeout: float = 20.0, process: str = "problem") -> float:
+    """Wait until today's rollup of `process` counts `want` created items; return what it counts."""
     today = datetime.now(UTC).date()
     store = RollupStore(state)
     deadline = time.monotonic() + timeout
     try:
         while True:
-            days = store.read("problem", today, today, "UTC")
+            days = store.read(process, today, today, "UTC")
             got = totals(days[today]).get("created", 0.0) if days else -1.0
             if got == want or time.monotonic() > deadline:
                 return got
@@ -234,3 +240,69 @@ async def test_an_interrupted_backfill_continues_where_it_stopped(tmp_path: Path
     assert {day: after[day].rolled_at for day in before} == {day: s.rolled_at for day, s in before.items()}
     assert done is not None
     assert done.done_at is not None
+
+
+def two_sources(tmp_path: Path) -> Path:
+    """An inventory of two SQLite sources (crm, crm2), a process each: replicas split them."""
+    make_records(tmp_path / "records.db")
+    make_records(tmp_path / "records2.db", count=12)
+    path = write_inventory(tmp_path, tmp_path / "records.db")
+    data = yaml.safe_load(path.read_text())
+    data["sources"]["crm2"] = {**data["sources"]["crm"], "dsn": f"sqlite+aiosqlite:///{tmp_path / 'records2.db'}"}
+    data["processes"]["problem2"] = copy.deepcopy(data["processes"]["problem"])
+    data["processes"]["problem2"]["etom"] = "1.3.1.4"
+    data["processes"]["problem2"]["records"]["source"] = "crm2"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+async def test_replicas_on_a_postgres_state_each_reroll_only_the_sources_they_hold(aiohttp_client, tmp_path: Path,
+                                                                                   postgres, caplog) -> None:
+    """Two replicas on one PostgreSQL state, both running: each source's days are rolled up once, by
+    the replica holding its lease, with no failed pass; its rollup series only there."""
+    caplog.set_level(logging.DEBUG, logger="fabwatch.rollups")
+    state = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    inventory = load_inventory([two_sources(tmp_path)])
+    first = await aiohttp_client(build_app(inventory, state_path=state, replica="first"))
+    second = await aiohttp_client(build_app(inventory, state_path=state, replica="second"))
+    want = {"problem": created_today(tmp_path / "records.db"), "problem2": created_today(tmp_path / "records2.db")}
+    assert await rolled_created(state, want["problem"]) == want["problem"]
+    assert await rolled_created(state, want["problem2"], process="problem2") == want["problem2"]
+    await asyncio.sleep(3 * OWNED_POLL)  # time for a replica not holding a source to (wrongly) re-roll it too
+    done = [r.fabwatch_fields["source"] for r in caplog.records  # type: ignore[attr-defined]
+            if r.getMessage() == "rollup_done"]
+    assert sorted(done) == ["crm", "crm2"]  # each source once: reconcile (1 h) is the next pass
+    assert not [r for r in caplog.records if r.getMessage() == "rollup_failed"]
+    holders = {}
+    for client in (first, second):
+        health = client.app[HEALTH]
+        assert health.rollup_errors("crm") == health.rollup_errors("crm2") == 0
+        exported = rollup_samples(health, "fab_rollup_last_day_timestamp_seconds")
+        errors = rollup_samples(health, "fab_rollup_errors")
+        assert set(errors) == {name for name in ("crm", "crm2") if health.owned(name)}
+        assert set(exported) <= set(errors)
+        holders.update(dict.fromkeys(errors, health.replica))
+    assert sorted(holders) == ["crm", "crm2"]  # each exported by its holder alone
+
+
+async def test_a_serve_on_a_postgres_state_rolls_up_what_the_report_reads(aiohttp_client, tmp_path: Path,
+                                                                           postgres) -> None:
+    records = tmp_path / "records.db"
+    make_records(records)
+    state = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    inventory = load_inventory([write_inventory(tmp_path, records)])
+    client = await aiohttp_client(build_app(inventory, state_path=state))
+    want = created_today(records)
+    assert await rolled_created(state, want) == want
+    today = datetime.now(UTC).date()
+    report = month_report(inventory, state, Month(today.year, today.month))
+    store = RollupStore(state)
+    first = min(store.rolled("problem", today.replace(day=1), today, "UTC"))
+    store.close()
+    with sqlite3.connect(records) as db:  # the month's items in the days rolled up (the first start: the last few)
+        created = db.execute("SELECT COUNT(*) FROM trouble_ticket WHERE created_at >= ?",
+                             (midnight(first, "UTC"),)).fetchone()[0]
+    [process] = report.processes
+    assert (process.name, process.created, process.days_rolled) == ("problem", created, (today - first).days + 1)
+    assert client.app[HEALTH].rollup_errors("crm") == 0
+    assert not (tmp_path / "state.db").exists()  # rolled up in PostgreSQL

@@ -21,7 +21,7 @@ import yaml
 
 from app.workers import WorkerIntake
 from tests.servers import free_port
-from tests.sources.helpers import EVENT_PATH, EVENT_T0, FabwatchProcess, events_inventory, ticket_event
+from tests.sources.helpers import EVENT_PATH, EVENT_T0, FabwatchProcess, events_inventory, stored_rows, ticket_event
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 30.0
@@ -31,12 +31,17 @@ WAIT = 30.0
 class Workers:
     """`fabwatch serve --workers 2` with a `tmf_events` source on its events port."""
 
-    def __init__(self, directory: Path, *, workers: int = 2, nohup: bool = False) -> None:
+    def __init__(self, directory: Path, *, workers: int = 2, nohup: bool = False, store: str | None = None,
+                 state: str | None = None) -> None:
+        """`store`, `state`: PostgreSQL URLs for the record store and the state, else SQLite files."""
         self.directory = directory
         self.port, self.events_port = free_port(), free_port()
-        self.inventory = events_inventory(directory, interval="1s", events_port=self.events_port)
+        self.inventory = events_inventory(directory, interval="1s", events_port=self.events_port, store=store)
+
         self.log = directory / "fabwatch.log"
         self.fabwatch = FabwatchProcess(self.inventory, self.port, log=self.log, workers=workers)
+        if state is not None:
+            self.fabwatch.state = state
         self.nohup = nohup
         self.url = f"http://127.0.0.1:{self.events_port}{EVENT_PATH}"
 
@@ -139,6 +144,32 @@ def test_two_workers_store_each_event_once_and_both_serve(served: Workers) -> No
            "and the redeliveries")
     assert served.metric("fab_events_workers") == 2
     assert (served.metric('fab_events_commit_duration_seconds_count{source="events"}') or 0) >= 2
+
+
+def test_two_workers_over_a_postgres_store_and_state_store_each_event_once(tmp_path: Path, postgres) -> None:
+    """The workers write a PostgreSQL record store side by side (no writer lock: PostgreSQL takes
+    concurrent writers), the service's state in the same database: each event once, each ticket at
+    its newest version, and /metrics adds up what the workers accepted."""
+    database = postgres.create_database()
+    url = postgres.dsn(database=database, driver="postgresql")
+    service = Workers(tmp_path, store=url, state=url)
+    service.start()
+    try:
+        bodies = [ticket_event(n, n % 20, 1 + n // 20) for n in range(120)]
+        answers = asyncio.run(_post_all(service.url, bodies + bodies[:40], connections=8))  # 40 sent twice
+        assert [status for status, _ in answers] == [201] * 160
+        assert {int(pid) for _, pid in answers} == set(service.workers()), "both workers answered events"
+        events = stored_rows(url, "events", "tmf_event")
+        assert sorted(row["event_id"] for row in events) == sorted(f"E{n}" for n in range(120))
+        tickets = {row["id"]: row["updated_at"] for row in stored_rows(url, "events", "trouble_ticket")}
+        assert tickets == {f"TT-{t}": EVENT_T0 + t + 6 for t in range(20)}
+        _until(lambda: service.metric('fab_events_received_total{result="accepted",source="events"}') == 120,
+               "/metrics adds up what the workers accepted")
+    finally:
+        service.fabwatch.stop()
+    assert not (tmp_path / "events.db").exists()
+    assert not (tmp_path / "state.db").exists()
+    assert not list(tmp_path.glob("*.lock")), "no writer lock over PostgreSQL"
 
 
 @pytest.mark.integration

@@ -277,3 +277,20 @@ async def test_sqlite_time_kinds_give_the_rollups_of_epoch_seconds(spring_rows: 
                                                                    zone: str, declared: str | None) -> None:
     await compare_kinds(spring_rows, f"sqlite+aiosqlite:///{tmp_path / 'typed.db'}",
                         f"sqlite+aiosqlite:///{tmp_path / 'epoch.db'}", tmp_path, kind, zone, declared)
+
+
+def test_the_postgres_rollup_store_reconnects_after_its_connection_was_broken(postgres: Any) -> None:
+    """PostgreSQL restarted or a partition: the call that finds the connection broken fails (a failed
+    pass, counted), the next one opens a new connection instead of failing until a restart."""
+    import psycopg
+
+    database = postgres.create_database()
+    store = RollupStore(postgres.dsn(database=database, driver="postgresql"))
+    day = date(2026, 11, 3)
+    store.save("problem", {day: {}}, "UTC", {}, 1.0)
+    postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                  "WHERE datname = current_database() AND pid <> pg_backend_pid()", database=database)
+    with pytest.raises(psycopg.Error):
+        store.rolled("problem", day, day, "UTC")
+    assert store.rolled("problem", day, day, "UTC") == {day}
+    store.close()

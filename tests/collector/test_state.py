@@ -81,16 +81,37 @@ def test_an_unreachable_postgres_is_named_at_start_with_the_password_masked() ->
 
 def test_a_reachable_postgres_state_is_usable(pg_url: str) -> None:
     assert state_file_problem(pg_url) is None
-def test_report_deliveries_are_kept_by_month_across_a_reopen(tmp_path):
-    store = StateStore(tmp_path / "state.db")
+@pytest.mark.parametrize("where", ["sqlite", "postgres"])
+def test_report_deliveries_are_kept_by_month_across_a_reopen(where: str, tmp_path: Path,
+                                                             request: pytest.FixtureRequest) -> None:
+    location = "sqlite" if where == "sqlite" else request.getfixturevalue("pg_url")
+    store = open_at(location, tmp_path)
     assert store.delivery("2026-11") is None
     assert store.last_delivered() is None
     store.record_delivery("2026-11", False, 10.0, "auth: login refused")
     store.record_delivery("2026-10", True, 5.0, "delivered")
     store.close()
-    store = StateStore(tmp_path / "state.db")
+    store = open_at(location, tmp_path)
     assert store.delivery("2026-11") == (False, 10.0, "auth: login refused")
     store.record_delivery("2026-11", True, 20.0, "delivered")  # the retry succeeded: replaces the failure
     assert store.delivery("2026-11") == (True, 20.0, "delivered")
     assert store.last_delivered() == 20.0
     store.close()
+
+
+def test_a_months_report_is_claimed_by_one_replica_until_it_lapses_and_never_once_delivered(pg_url: str) -> None:
+    first, second = open_state(pg_url), open_state(pg_url)
+    assert first.claim_delivery("2026-11", "first", 60)
+    assert not second.claim_delivery("2026-11", "second", 60)  # the first one's claim is current
+    assert first.claim_delivery("2026-11", "first", 60)  # renewed by its holder
+    assert second.claim_delivery("2026-12", "second", 60)  # another month: another claim
+    first.hold_delivery("2026-12", "first", 0.0)  # only the holder moves its claim
+    assert not first.claim_delivery("2026-12", "first", 60)
+    first.hold_delivery("2026-11", "first", 0.0)  # lapsed (as when its holder died): taken over
+    assert second.claim_delivery("2026-11", "second", 60)
+    second.record_delivery("2026-11", True, 1.0, "delivered")
+    second.hold_delivery("2026-11", "second", 0.0)
+    assert not first.claim_delivery("2026-11", "first", 60)  # delivered: claimed by nobody again
+    assert not second.claim_delivery("2026-11", "second", 60)
+    first.close()
+    second.close()

@@ -182,10 +182,12 @@ class FabwatchProcess:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{port}"
+        self.state = str(inventory.parent / "state.db")
+        """`serve --state`: a SQLite file beside the inventory, or a PostgreSQL URL."""
 
     def command(self) -> list[str]:
         """The exact command line (pinned with `taskset -c <cpu>` when asked and available)."""
-        state = str(self.inventory.parent / "state.db")
+        state = self.state
         command = [self.python, "-m", "app.cli", "serve", "-c", str(self.inventory),
                    "--listen", f"127.0.0.1:{self.port}", "--state", state]
         if self.workers > 1:
