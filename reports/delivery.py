@@ -5,6 +5,7 @@ What a directory holds is listed by `exporters.reportfiles`, which knows the fil
 module writes (`fabwatch-report-<YYYY-MM>.<format>`).
 """
 
+import asyncio
 import importlib.util
 import os
 import tempfile
@@ -83,7 +84,7 @@ async def deliver(report: Report, directory: Path, formats: Sequence[str], email
     known, missing = available(formats)
     notes = [f"format {name} is not available in this installation: not written" for name in missing]
     try:
-        paths = write_atomic(report, directory, known)
+        paths = await asyncio.to_thread(write_atomic, report, directory, known)  # a PDF takes seconds: not in the loop
     except OSError as exc:
         raise DeliveryFailed("write", f"cannot write the report into {directory}: {exc.strerror or exc}") from None
     if email is None:

@@ -4,10 +4,13 @@ writing them leaves the service's event loop free."""
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from pathlib import Path
 
+import pytest
+
 from collector.inventory.load import load_inventory
+from reports import render
 from reports.delivery import available, deliver
 from reports.summary import Month, Report, summarize
 from tests.app.test_service import make_records, write_inventory
@@ -29,3 +32,38 @@ def test_the_pdf_is_written_and_attachable(tmp_path: Path) -> None:
     assert [p.name for p in delivered.paths] == ["fabwatch-report-2026-11.html", "fabwatch-report-2026-11.pdf"]
     assert (tmp_path / "out" / "fabwatch-report-2026-11.pdf").read_bytes().startswith(b"%PDF-")
     assert delivered.notes == []
+
+
+def test_rendering_and_writing_leave_the_event_loop_free(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serve's event loop (events port, samples, scrapes) must not wait while a report is laid out
+    (a PDF takes seconds) and fsynced: each format is rendered in a worker thread."""
+    threads: list[int] = []
+    markdown = render.RENDERERS["md"]
+
+    def watched(report: Report) -> str:
+        threads.append(threading.get_ident())
+        return markdown(report)
+
+    monkeypatch.setitem(render.RENDERERS, "md", watched)
+
+    async def run() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = ticks
+        await deliver(empty_report(tmp_path), tmp_path / "out", ["md", "pdf"], None)
+        task.cancel()
+        return ticks - before
+
+    loop_thread = threading.get_ident()
+    ticked = asyncio.run(run())
+    assert threads
+    assert loop_thread not in threads
+    assert ticked > 10  # the loop ran other tasks while the PDF was laid out
