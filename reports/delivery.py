@@ -75,8 +75,10 @@ def subject(report: Report) -> str:
     total = len(report.processes)
     on_track = sum(1 for p in report.processes if p.status == "on track")
     modify = sum(1 for p in report.processes if p.status == "needs modification")
+    incomplete = sum(1 for p in report.processes if p.status == "incomplete")
     text = f"fabwatch monthly report {report.month}: {on_track} of {total} processes on track"
-    return text + (f", {modify} need modification" if modify else "")
+    return text + (f", {modify} need modification" if modify else "") + (
+        f", {incomplete} without figures for every day" if incomplete else "")
 
 
 async def deliver(report: Report, directory: Path, formats: Sequence[str], email: ReportEmail | None) -> Delivered:

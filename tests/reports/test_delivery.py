@@ -11,7 +11,7 @@ import pytest
 
 from collector.inventory.load import load_inventory
 from reports import render
-from reports.delivery import available, deliver
+from reports.delivery import available, deliver, subject
 from reports.summary import Month, Report, summarize
 from tests.app.test_service import make_records, write_inventory
 
@@ -67,3 +67,13 @@ def test_rendering_and_writing_leave_the_event_loop_free(tmp_path: Path, monkeyp
     assert threads
     assert loop_thread not in threads
     assert ticked > 10  # the loop ran other tasks while the PDF was laid out
+
+
+def test_a_month_without_figures_is_not_on_track(tmp_path: Path) -> None:
+    """A process none of whose days was rolled up (a backfill not run or still running) was "on track", and
+    the mail's subject told managers every process was on track for a month with no figures at all."""
+    report = empty_report(tmp_path)
+    assert report.processes
+    assert {p.status for p in report.processes} == {"incomplete"}
+    assert subject(report) == (f"fabwatch monthly report 2026-11: 0 of {len(report.processes)} processes on track, "
+                               f"{len(report.processes)} without figures for every day")
