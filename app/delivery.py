@@ -3,7 +3,7 @@ of `service.timezone`), the previous calendar month's report is written into the
 and mailed (`reports.delivery`).
 
 A failed attempt is logged (which server, what failed; never a password), counted
-(`fab_report_deliveries_total{result}`, `fab_report_delivery_failing`) and tried again after
+(`fab_report_deliveries_total{result}`, `fab_report_delivery_failed_attempts`) and tried again after
 `retry_after`, then twice as long each time, `retries` times at most and never past the next run.
 The outcome of the last attempt at each month is kept in the state store: a month delivered is not
 delivered again after a restart, a month whose delivery failed is tried again at start, and a run

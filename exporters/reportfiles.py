@@ -41,8 +41,9 @@ FORMAT_ORDER = ("html", "pdf", "md", "json", "csv")
 CONTENT_TYPES = {"html": "text/html; charset=utf-8", "pdf": "application/pdf",
                  "md": "text/markdown; charset=utf-8", "json": "application/json",
                  "csv": "text/csv; charset=utf-8"}
-NAME = re.compile(r"^fabwatch-report-(\d{4}-(?:0[1-9]|1[0-2]))\.(html|pdf|md|json|csv)$")
-"""The name of a report file, the only names served."""
+NAME = re.compile(r"fabwatch-report-(\d{4}-(?:0[1-9]|1[0-2]))\.(html|pdf|md|json|csv)")
+"""The name of a report file, the only names served (matched whole: `fullmatch`, as `$` would let a final
+newline through)."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def list_reports(directory: Path) -> list[ReportFile]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     for entry in entries:
-        match = NAME.match(entry.name)
+        match = NAME.fullmatch(entry.name)
         if match is None or not entry.is_file(follow_symlinks=False):
             continue
         info = entry.stat(follow_symlinks=False)
@@ -72,7 +73,7 @@ def list_reports(directory: Path) -> list[ReportFile]:
 def read_report(directory: Path, name: str) -> bytes | None:
     """The bytes of report file `name` in `directory`; None when it is not a report name, not there, or not
     a regular file in the directory (a symbolic link is never followed)."""
-    if NAME.match(name) is None:
+    if NAME.fullmatch(name) is None:
         return None
     try:
         handle = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))

@@ -5,6 +5,8 @@ What a directory holds is listed by `exporters.reportfiles`, which knows the fil
 module writes (`fabwatch-report-<YYYY-MM>.<format>`).
 """
 
+import asyncio
+import importlib.util
 import os
 import tempfile
 from collections.abc import Sequence
@@ -26,10 +28,23 @@ class Delivered:
     notes: list[str]
 
 
+def renderable(name: str) -> bool:
+    """Whether this installation renders format `name` (`pdf` needs WeasyPrint, an optional dependency)."""
+    return name in render.RENDERERS or (name == "pdf" and importlib.util.find_spec("weasyprint") is not None)
+
+
 def available(formats: Sequence[str]) -> tuple[list[str], list[str]]:
     """The formats this installation can render, and those it cannot (`pdf` without its renderer)."""
-    known = [f for f in formats if f in render.RENDERERS]
-    return known, [f for f in formats if f not in render.RENDERERS]
+    return [f for f in formats if renderable(f)], [f for f in formats if not renderable(f)]
+
+
+def rendered(report: Report, name: str) -> bytes:
+    """The report in format `name`, as the file holds it (the PDF laid out from the HTML, as `render.write`)."""
+    if name == "pdf":
+        from reports.pdf import render_pdf  # here: WeasyPrint is loaded only when a PDF is asked for
+
+        return render_pdf(render.render_html(report))
+    return render.RENDERERS[name](report).encode("utf-8")
 
 
 def write_atomic(report: Report, directory: Path, formats: Sequence[str]) -> list[Path]:
@@ -38,8 +53,7 @@ def write_atomic(report: Report, directory: Path, formats: Sequence[str]) -> lis
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in formats:
-        rendered = render.RENDERERS[name](report)
-        data = rendered.encode("utf-8") if isinstance(rendered, str) else rendered
+        data = rendered(report, name)
         path = directory / f"fabwatch-report-{report.month}.{name}"
         handle, temporary = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -61,8 +75,10 @@ def subject(report: Report) -> str:
     total = len(report.processes)
     on_track = sum(1 for p in report.processes if p.status == "on track")
     modify = sum(1 for p in report.processes if p.status == "needs modification")
+    incomplete = sum(1 for p in report.processes if p.status == "incomplete")
     text = f"fabwatch monthly report {report.month}: {on_track} of {total} processes on track"
-    return text + (f", {modify} need modification" if modify else "")
+    return text + (f", {modify} need modification" if modify else "") + (
+        f", {incomplete} without figures for every day" if incomplete else "")
 
 
 async def deliver(report: Report, directory: Path, formats: Sequence[str], email: ReportEmail | None) -> Delivered:
@@ -70,7 +86,7 @@ async def deliver(report: Report, directory: Path, formats: Sequence[str], email
     known, missing = available(formats)
     notes = [f"format {name} is not available in this installation: not written" for name in missing]
     try:
-        paths = write_atomic(report, directory, known)
+        paths = await asyncio.to_thread(write_atomic, report, directory, known)  # a PDF takes seconds: not in the loop
     except OSError as exc:
         raise DeliveryFailed("write", f"cannot write the report into {directory}: {exc.strerror or exc}") from None
     if email is None:

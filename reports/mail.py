@@ -6,6 +6,7 @@ A failed delivery raises `DeliveryFailed` with a `reason` (the `result` label of
 password.
 """
 
+import asyncio
 import ssl
 from collections.abc import Sequence
 from email.message import EmailMessage
@@ -79,10 +80,11 @@ async def send(email: ReportEmail, message: EmailMessage) -> list[str]:
     where = f"mail server {server_of(email)}"
     context = tls_context(email) if email.security != "none" else None
     try:
-        refused, _ = await aiosmtplib.send(
-            message, hostname=email.host.strip("[]"), port=email.port, username=email.username, password=password,
-            use_tls=email.security == "tls", start_tls=email.security == "starttls",
-            tls_context=context, timeout=email.timeout, recipients=list(email.to))
+        async with asyncio.timeout(email.timeout):  # the whole delivery: aiosmtplib's timeout bounds each answer
+            refused, _ = await aiosmtplib.send(
+                message, hostname=email.host.strip("[]"), port=email.port, username=email.username,
+                password=password, use_tls=email.security == "tls", start_tls=email.security == "starttls",
+                tls_context=context, timeout=email.timeout, recipients=list(email.to))
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise DeliveryFailed("auth", f"{where}: login as {email.username} refused: {_said(exc)}") from None
     except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -92,6 +94,8 @@ async def send(email: ReportEmail, message: EmailMessage) -> list[str]:
         raise DeliveryFailed("refused", f"{where}: {type(exc).__name__}: {_said(exc)}") from None
     except (aiosmtplib.SMTPConnectTimeoutError, aiosmtplib.SMTPTimeoutError) as exc:
         raise DeliveryFailed("timeout", f"{where}: no answer within {email.timeout:g} s: {_clean(exc)}") from None
+    except TimeoutError:  # asyncio.timeout: the whole delivery took longer (each answer came in time)
+        raise DeliveryFailed("timeout", f"{where}: not delivered within {email.timeout:g} s") from None
     except aiosmtplib.SMTPNotSupported as exc:  # no STARTTLS offered, no AUTH offered
         raise DeliveryFailed("tls" if "TLS" in str(exc).upper() else "auth", f"{where}: {_clean(exc)}") from None
     except ssl.SSLError as exc:

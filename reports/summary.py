@@ -220,10 +220,13 @@ class ProcessSummary:
 
     @property
     def status(self) -> str:
-        """"needs modification", "attention" (a target missed this month) or "on track"."""
+        """"needs modification", "attention" (a target missed this month), "incomplete" (days of the month
+        not rolled up: no KPI of it is judged) or "on track"."""
         if self.findings:
             return "needs modification"
-        return "attention" if self.targets_missed else "on track"
+        if self.targets_missed:
+            return "attention"
+        return "on track" if self.complete else "incomplete"
 
 
 @dataclass(frozen=True)

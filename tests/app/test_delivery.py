@@ -139,7 +139,7 @@ async def test_the_schedule_fires_on_the_service_clock_and_mails_last_month(tmp_
             await schedule.stop()
     assert message["Subject"].startswith("fabwatch monthly report 2026-11: ")
     assert message["To"] == "managers@example.com"
-    [attached] = [part.get_filename() for part in message.iter_attachments()]  # html: pdf is not a written format
+    [attached] = [part.get_filename() for part in message.iter_attachments()]  # html: no pdf among these formats
     assert attached == "fabwatch-report-2026-11.html"
     body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert (tmp_path / "out" / "fabwatch-report-2026-11.md").read_text().replace("\n", "\r\n") == body

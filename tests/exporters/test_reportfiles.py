@@ -150,3 +150,12 @@ async def await_status(client, path: str) -> int:
     response = await client.get(path)
     await response.read()
     return response.status
+
+
+def test_a_name_with_a_trailing_newline_is_no_report(tmp_path: Path) -> None:
+    """`$` also matches before a final newline: such a file (any local user can make one) was listed with a
+    broken link and served with an unknown extension (a 500), and a newline reached the response headers."""
+    fill(tmp_path)
+    (tmp_path / "fabwatch-report-2026-08.html\n").write_text("odd name")
+    assert "2026-08" not in {f.month for f in list_reports(tmp_path)}
+    assert read_report(tmp_path, "fabwatch-report-2026-08.html\n") is None

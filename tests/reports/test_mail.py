@@ -134,3 +134,47 @@ def test_refused_recipients(tmp_path: Path) -> None:
         refused = mail(settings(server.port), tmp_path)
         assert [r.split(":")[0] for r in refused] == ["boss@example.com"]
         assert server.inbox.wait(1)[0]["Subject"] == "fabwatch monthly report 2026-11"
+
+
+def test_timeout_bounds_the_whole_delivery_not_each_answer(tmp_path: Path) -> None:
+    """`timeout` is documented as the longest one delivery may take; aiosmtplib's own timeout bounds each
+    answer, so a server answering every command just in time (a tarpit) held a delivery for
+    as many timeouts as it has commands."""
+    answers = {b"EHLO": b"250 slow.example\r\n", b"MAIL": b"250 ok\r\n", b"RCPT": b"250 ok\r\n",
+               b"DATA": b"354 go on\r\n", b"QUIT": b"221 bye\r\n"}
+
+    async def tarpit(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.4)
+        writer.write(b"220 slow.example ESMTP\r\n")
+        while line := await reader.readline():
+            await asyncio.sleep(0.4)
+            if line.startswith(b"DATA"):
+                writer.write(answers[b"DATA"])
+                while (await reader.readline()) not in (b".\r\n", b""):
+                    pass
+                await asyncio.sleep(0.4)
+                writer.write(b"250 queued\r\n")
+            else:
+                writer.write(answers.get(line[:4].upper(), b"250 ok\r\n"))
+            await writer.drain()
+        writer.close()
+
+    async def run() -> tuple[DeliveryFailed | None, float]:
+        server = await asyncio.start_server(tarpit, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        email = settings(port, timeout="1s")
+        message = build_message(email, "fabwatch monthly report 2026-11", "text\n", attachments(tmp_path))
+        started = asyncio.get_running_loop().time()
+        try:
+            await send(email, message)
+        except DeliveryFailed as exc:
+            return exc, asyncio.get_running_loop().time() - started
+        finally:
+            server.close()
+        return None, asyncio.get_running_loop().time() - started
+
+    error, took = asyncio.run(run())
+    assert error is not None, f"delivered after {took:.1f} s with a timeout of 1 s"
+    assert error.reason == "timeout"
+    assert "127.0.0.1" in str(error)
+    assert took < 2.0
