@@ -47,6 +47,8 @@ POLL = 1.0
 """Real seconds between two looks at the clock while waiting (the service clock may run faster)."""
 CLAIM = 60.0
 """Real seconds a replica's claim on a month's report lasts unless renewed (every third of it)."""
+RESTART = 60.0
+"""Seconds before the schedule starts again after the state store or a defect ended it."""
 
 
 def reports_directory(config: ReportsConfig | None, state_path: str | Path) -> Path:
@@ -120,6 +122,20 @@ class ReportSchedule:
             self._store = None
 
     async def _run(self, config: ReportsConfig) -> None:
+        """The schedule, started again `RESTART` seconds after anything ends it (the state store
+        unreachable or full, a defect): logged with its traceback and counted as a failed attempt
+        (`internal`), so that `FabReportDeliveryFailing` fires if it keeps failing, never silent."""
+        while True:
+            try:
+                await self._schedule(config)
+            except Exception:
+                log_event(_LOG, "report_schedule_failed", logging.ERROR, exc_info=True, state=self._where(),
+                          retry_in=RESTART)
+                self._health.record_delivery("internal", self._clock())
+                self._on_change()
+                await asyncio.sleep(RESTART)
+
+    async def _schedule(self, config: ReportsConfig) -> None:
         zone = self._inventory.service.timezone
         trigger = cron_trigger(config.schedule, ZoneInfo(zone))
 

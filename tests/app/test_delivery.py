@@ -300,3 +300,38 @@ async def test_two_served_replicas_on_a_postgres_state_mail_the_report_once(aioh
     assert len(written) == 1  # by the replica that claimed the month
     # /reports/ lists what this replica wrote
     assert [bool(listing["reports"]) for listing in listed] == [name in written for name in ("first", "second")]
+
+
+async def test_a_state_store_failure_does_not_end_the_schedule_silently(tmp_path: Path, caplog, monkeypatch) -> None:
+    """The state store failing under the schedule (locked, full, unreachable) is logged with its
+    traceback, counted as a failed attempt (`internal`: the alert fires if it keeps failing), and
+    the schedule starts again: the report is mailed once the store answers."""
+    import sqlite3
+
+    caplog.set_level(logging.INFO, logger="fabwatch.reports")
+    monkeypatch.setattr(delivery, "RESTART", 0.2)
+    failures = iter([sqlite3.OperationalError("database is locked")])
+    original = StateStore.delivery
+
+    def flaky(self: StateStore, month: str) -> Any:
+        failure = next(failures, None)
+        if failure is not None:
+            raise failure
+        return original(self, month)
+
+    monkeypatch.setattr(StateStore, "delivery", flaky)
+    with smtp_server(user="fabwatch", password=SECRET) as server:
+        inventory = inventory_with_reports(tmp_path, server, SECRET, directory=str(tmp_path / "out"))
+        health = HealthTracker(inventory.sources)
+        schedule = ReportSchedule(inventory, None, shifted_clock(FIRE + 60), health)  # the run missed a minute ago
+        schedule.start()
+        try:
+            [message] = await server.inbox.arrived(1, timeout=30)
+        finally:
+            await schedule.stop()
+    assert "2026-11" in message["Subject"]
+    assert health.deliveries()["internal"] == 1
+    assert health.deliveries()["delivered"] == 1
+    failed = [r for r in caplog.records if r.getMessage() == "report_schedule_failed"]
+    assert len(failed) == 1
+    assert failed[0].exc_info is not None
