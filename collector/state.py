@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector.logs import safe_dsn
-from collector.storeurl import postgres_url
+from collector.storeurl import BOUNDED_WAITS, postgres_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -134,7 +134,6 @@ PG_SCHEMA = (
 _SCHEMA_LOCK = 7_020_001
 """The advisory lock held while creating the tables: replicas starting together would otherwise race
 on `CREATE TABLE IF NOT EXISTS` (a unique violation in PostgreSQL's catalog)."""
-CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT_MS = 10_000
 """A statement of the shared store waits at most this long (a lock, a server that stopped answering)."""
 
@@ -144,9 +143,8 @@ def connect_pg(url: str) -> "psycopg.Connection[Any]":
     waits (connection, statements, TCP keepalives) so a partition fails a call instead of hanging it."""
     import psycopg
 
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                           options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", keepalives_idle=5,
-                           keepalives_interval=2, keepalives_count=3, application_name="fabwatch")
+    conn = psycopg.connect(url, autocommit=True, options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                           application_name="fabwatch", **BOUNDED_WAITS)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         for statement in PG_SCHEMA:
