@@ -150,7 +150,10 @@ class Leases:
             await asyncio.sleep(max(0.0, pause - (self._clock() - started)))
 
     def _apply(self, tick: Tick) -> None:
-        lapsed = {name for name in self._held if name not in tick.held}
+        # Taken again in a new term (its renewal refused, then taken in the same round): lost in
+        # between, and another replica may have sampled the source meanwhile.
+        lapsed = {name for name, (_, term) in self._held.items()
+                  if name not in tick.held or tick.held[name][1] != term}
         self._held = tick.held
         lost = tick.lost | lapsed
         if lost:
