@@ -133,3 +133,19 @@ def test_a_lease_lost_and_taken_again_in_one_round_is_told_as_lost_first(pg_url:
     assert told == [("lost", {"crm"}), ("gained", {"crm"})]
     a._close()
     b._close()
+
+
+async def test_a_stopping_replica_leaves_its_share_to_the_others_at_once(pg_url: str) -> None:
+    """A planned stop (SIGTERM, a rolling restart) gives the leases back; the others must take them
+    then, not only once the stopped replica's heartbeat expires and their fair share grows."""
+    ttls = {f"s{i}": 30.0 for i in range(4)}
+    a, b = Leases(pg_url, "a", ttls), Leases(pg_url, "b", ttls)
+    a.round(take=False)
+    b.round(take=False)
+    a._apply(a.round())
+    b._apply(b.round())
+    assert len(a.held()) == len(b.held()) == 2
+    await a.stop()
+    b._apply(await asyncio.to_thread(b.round))
+    assert b.held() == sorted(ttls)
+    b._close()
