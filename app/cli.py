@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from app.exposure import warn_exposure
 from app.reload import processes_of
 from app.service import GUARD, HEALTH, build_app, reload_inventory, serve, shifted_clock
-from app.workers import EventsWorkers, events_sources, worker_command
+from app.workers import EventsWorkers, events_sources, worker_command, worker_env
 from collector.errors import CannotListen, SourceError
 from collector.health import fabwatch_version
 from collector.inventory.durations import parse_duration
@@ -443,8 +443,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("fabwatch: --workers needs service.events_listen and a tmf_events source: the workers serve "
                   "the events port", file=sys.stderr)
             return EXIT_CONFIG
-        workers = EventsWorkers(args.workers, worker_command(paths, args.state, args.log_level),
-                                events_sources(inventory))
+        workers = EventsWorkers(args.workers, worker_command(paths, args.log_level), events_sources(inventory),
+                                env=worker_env(args.state))
     served = Served(web_config, context, reload, None if web_path is None else reload_web, workers)
     return _run(_serve(inventory, host, port, args.state, clock, served, args.replica_id),
                 fast=receives_events(inventory))

@@ -144,10 +144,12 @@ class EventsWorkers:
     """Starts, watches, restarts and stops the worker processes of the events port."""
 
     def __init__(self, count: int, command: Sequence[str], sources: Sequence[str], *,
-                 stop_timeout: float = STOP_TIMEOUT) -> None:
+                 stop_timeout: float = STOP_TIMEOUT, env: Mapping[str, str] | None = None) -> None:
         self.count = count
         self.command = list(command)
         """The worker's command line, without `--index`."""
+        self.env = None if env is None else dict(env)
+        """The worker's environment (None: this process's)."""
         self.stop_timeout = stop_timeout
         self.intakes = {name: WorkerIntake() for name in sources}
         self.restarts = 0
@@ -200,7 +202,7 @@ class EventsWorkers:
         """Start worker `index` and wait for its first report (it listens)."""
         process = await asyncio.create_subprocess_exec(
             *self.command, "--index", str(index), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            start_new_session=True)  # Ctrl+C reaches `serve` alone, which stops its workers in order
+            env=self.env, start_new_session=True)  # Ctrl+C reaches `serve` alone, which stops its workers in order
         self.processes[index] = process
         assert process.stdout is not None
         try:
@@ -279,14 +281,25 @@ def _status(code: int) -> str:
     return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit {code}"
 
 
-def worker_command(paths: Sequence[str], state: str | None, log_level: str) -> list[str]:
-    """The command line of a worker (without `--index`), for the inventory files `serve` read."""
+def worker_command(paths: Sequence[str], log_level: str) -> list[str]:
+    """The command line of a worker (without `--index`), for the inventory files `serve` read; the
+    state location goes in its environment (`worker_env`)."""
     command = [sys.executable, "-m", "app.workers", "--log-level", log_level]
-    if state is not None:
-        command += ["--state", state]
     for path in paths:
         command += ["-c", path]
     return command
+
+
+STATE_VAR = "FABWATCH_STATE"
+
+
+def worker_env(state: str | None) -> dict[str, str]:
+    """The environment of a worker: `serve`'s, with the state location `serve` was given. Not an
+    argument: a command line is readable by every local user, and a PostgreSQL URL holds a password."""
+    env = dict(os.environ)
+    if state is not None:
+        env[STATE_VAR] = state
+    return env
 
 
 def events_sources(inventory: Inventory) -> list[str]:
@@ -393,7 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it: a reload must not kill a worker
     parser = argparse.ArgumentParser(prog="python -m app.workers", description=main.__doc__)
     parser.add_argument("-c", "--config", action="append", required=True, help="inventory file (repeatable)")
-    parser.add_argument("--state", help="state file (default: service.state_path of the inventory)")
+    parser.add_argument("--state", default=os.environ.get(STATE_VAR),
+                        help=f"state file or PostgreSQL URL [env {STATE_VAR}] (default: service.state_path "
+                             "of the inventory)")
     parser.add_argument("--index", type=int, default=0, help="the worker's number, from 0 (for the logs)")
     parser.add_argument("--log-level", default="info", help="log level (default: info)")
     args = parser.parse_args(argv)

@@ -126,7 +126,7 @@ class Leases:
         given = list(self._held)
         self._held.clear()
         try:
-            await asyncio.to_thread(self._give_back, given)
+            await asyncio.to_thread(self._leave, given)
         except Exception as exc:  # they expire on their own
             log_event(_LOG, "leases_not_given_back", logging.WARNING, error=repr(exc))
         finally:
@@ -150,7 +150,10 @@ class Leases:
             await asyncio.sleep(max(0.0, pause - (self._clock() - started)))
 
     def _apply(self, tick: Tick) -> None:
-        lapsed = {name for name in self._held if name not in tick.held}
+        # Taken again in a new term (its renewal refused, then taken in the same round): lost in
+        # between, and another replica may have sampled the source meanwhile.
+        lapsed = {name for name, (_, term) in self._held.items()
+                  if name not in tick.held or tick.held[name][1] != term}
         self._held = tick.held
         lost = tick.lost | lapsed
         if lost:
@@ -209,6 +212,12 @@ class Leases:
             self._connection().execute(
                 "UPDATE source_lease SET expires = now() WHERE source = ANY(%s) AND holder = %s",
                 (names, self.replica))
+
+    def _leave(self, names: list[str]) -> None:
+        """Give back `names` and end this replica's heartbeat: the others count one replica less and
+        take its share at their next round, not once the heartbeat expires."""
+        self._give_back(names)
+        self._connection().execute("DELETE FROM fabwatch_replica WHERE replica = %s", (self.replica,))
 
     def _connection(self) -> "psycopg.Connection[Any]":
         if self._conn is None or self._conn.closed or self._conn.broken:

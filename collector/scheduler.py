@@ -226,6 +226,13 @@ class SamplingScheduler:
             self._failed(name, "internal", time.perf_counter() - started, repr(exc), trace=True)
             return None
         seconds = time.perf_counter() - started
+        if self._leases is not None and (self._leases.term(name) is None
+                                         or self._leases.term(name) != self._terms.get(name)):
+            # The lease lapsed during the sample (and may be held again, in a later term): another
+            # replica may have sampled the source meanwhile, its counters ahead of these ones.
+            log_event(_LOG, "sample_dropped", logging.WARNING, source=name, seconds=round(seconds, 4),
+                      why="the lease lapsed while it ran")
+            return None
         was_up = self._health.is_up(name)
         self._health.record_success(name, seconds, time.time())  # real time, even in a replay
         self._exporter.update(sample)
@@ -240,11 +247,12 @@ class SamplingScheduler:
             return
         term = self._leases.term(name)
         sampler = self._samplers[name]
-        if term is not None and term != self._terms.get(name) and isinstance(sampler, Resumable):
-            try:
-                await asyncio.to_thread(sampler.resume)
-            except StateError as exc:
-                raise StateFailed(name, f"cannot read the shared state: {exc}") from exc
+        if term is not None and term != self._terms.get(name):
+            if isinstance(sampler, Resumable):
+                try:
+                    await asyncio.to_thread(sampler.resume)
+                except StateError as exc:
+                    raise StateFailed(name, f"cannot read the shared state: {exc}") from exc
             self._terms[name] = term
 
     def _failed(self, name: str, reason: str, seconds: float, error: str,

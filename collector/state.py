@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from collector.logs import safe_dsn
-from collector.storeurl import postgres_url
+from collector.storeurl import BOUNDED_WAITS, postgres_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -150,7 +150,6 @@ PG_SCHEMA = (
 _SCHEMA_LOCK = 7_020_001
 """The advisory lock held while creating the tables: replicas starting together would otherwise race
 on `CREATE TABLE IF NOT EXISTS` (a unique violation in PostgreSQL's catalog)."""
-CONNECT_TIMEOUT = 5
 STATEMENT_TIMEOUT_MS = 10_000
 """A statement of the shared store waits at most this long (a lock, a server that stopped answering)."""
 
@@ -160,9 +159,8 @@ def connect_pg(url: str) -> "psycopg.Connection[Any]":
     waits (connection, statements, TCP keepalives) so a partition fails a call instead of hanging it."""
     import psycopg
 
-    conn = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                           options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}", keepalives_idle=5,
-                           keepalives_interval=2, keepalives_count=3, application_name="fabwatch")
+    conn = psycopg.connect(url, autocommit=True, options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                           application_name="fabwatch", **BOUNDED_WAITS)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
         for statement in PG_SCHEMA:
@@ -173,14 +171,22 @@ def connect_pg(url: str) -> "psycopg.Connection[Any]":
 _FENCED_SAVE = """
 WITH lease AS (
     SELECT 1 FROM source_lease
-    WHERE source = %(source)s AND holder = %(holder)s AND expires > now() FOR UPDATE
+    WHERE source = %(source)s AND holder = %(holder)s AND expires > now()
+      AND (%(term)s::bigint IS NULL OR term = %(term)s::bigint) FOR UPDATE
 )
 INSERT INTO source_state (source, state, saved_at)
 SELECT %(source)s, %(state)s, %(at)s WHERE EXISTS (SELECT 1 FROM lease)
 ON CONFLICT (source) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at
 """
-"""A save only while `holder` holds the source's lease: the lease row is locked for the statement,
-so a replica taking the lease over waits for it, and then reads the state it saved."""
+"""A save only while `holder` holds the source's lease, in the term its state was read under (when
+read under one): the lease row is locked for the statement, so a replica taking the lease over waits
+for it, and then reads the state it saved; and a holder that lost the lease and took it again while
+a slow sample ran cannot save that sample's state over the one another replica saved in between."""
+_LOAD_FENCED = """
+SELECT (SELECT state FROM source_state WHERE source = %(source)s),
+       (SELECT term FROM source_lease WHERE source = %(source)s AND holder = %(holder)s AND expires > now())
+"""
+"""A source's state and, in the same snapshot, the term of `holder`'s lease on it (NULL: not held)."""
 
 _CLAIM = """
 INSERT INTO report_claim (month, holder, expires)
@@ -206,6 +212,8 @@ class PostgresStateStore(StateStore):
         self.path = Path(self.where)
         self.holder = holder
         """The replica whose lease every save needs (None: saves are not fenced)."""
+        self._terms: dict[str, int] = {}
+        """The lease term each source's state was last read under by `holder`: its saves need it."""
         self._conn: psycopg.Connection[Any] | None = None
         self._connection()
 
@@ -229,14 +237,24 @@ class PostgresStateStore(StateStore):
             raise StateError(f"{self.where}: {exc}") from exc
 
     def load(self, source: str) -> dict[str, Any]:
-        """Return the saved state of a source, or an empty state if it was never sampled."""
-        row = self._run("SELECT state FROM source_state WHERE source = %s", (source,)).fetchone()
-        return json.loads(row[0]) if row else {}
+        """Return the saved state of a source, or an empty state if it was never sampled; with a
+        `holder`, remember the term of its lease then (a later save needs that term)."""
+        if self.holder is None:
+            row = self._run("SELECT state FROM source_state WHERE source = %s", (source,)).fetchone()
+            return json.loads(row[0]) if row else {}
+        row = self._run(_LOAD_FENCED, {"source": source, "holder": self.holder}).fetchone()
+        state, term = row if row is not None else (None, None)
+        if term is None:
+            self._terms.pop(source, None)
+        else:
+            self._terms[source] = int(term)
+        return json.loads(state) if state is not None else {}
 
     def save(self, source: str, state: dict[str, Any]) -> None:
         """Replace the state of a source in one statement; fenced by the lease of `holder` if set."""
         document = json.dumps(state, separators=(",", ":"), sort_keys=True)
-        params = {"source": source, "state": document, "at": time.time(), "holder": self.holder}
+        params = {"source": source, "state": document, "at": time.time(), "holder": self.holder,
+                  "term": self._terms.get(source)}
         if self.holder is None:
             self._run("INSERT INTO source_state (source, state, saved_at) VALUES (%(source)s, %(state)s, %(at)s) "
                       "ON CONFLICT (source) DO UPDATE SET state = excluded.state, saved_at = excluded.saved_at",

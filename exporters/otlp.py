@@ -246,7 +246,11 @@ class OtlpExporter:
         return self._sampled() + list(self._health.families())
 
     def _sampled(self) -> list[Family]:
-        return [family for source in sorted(self._samples) for family in self._samples[source].families]
+        """The latest samples' families; with replicas, of the sources this one holds now (by its own
+        clock, as `/metrics`: a lease lapsed during a pause is not pushed before the next lease round)."""
+        leased = self._health.replica is not None
+        return [family for source in sorted(self._samples) if not leased or self._health.owned(source)
+                for family in self._samples[source].families]
 
     async def start(self) -> None:
         """Build the SDK exporter (importing opentelemetry) and start exporting every interval."""

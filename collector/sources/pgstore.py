@@ -39,6 +39,7 @@ from collector.sources.store import (
     is_complete,
     merge_partial,
 )
+from collector.storeurl import BOUNDED_WAITS
 
 _TYPES = {"REAL": "FLOAT8", "INTEGER": "BIGINT"}
 """SQLite's column types as PostgreSQL's: REAL is 4 bytes there (epoch seconds need 8)."""
@@ -114,7 +115,8 @@ class PostgresRecordStore:
         return f"postgresql+asyncpg://{self.url.partition('://')[2]}{joiner}search_path={quote(self.schema)}"
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.url, autocommit=True, options=f"-c search_path={self.schema}")
+        return psycopg.connect(self.url, autocommit=True, options=f"-c search_path={self.schema}",
+                               application_name="fabwatch", **BOUNDED_WAITS)
 
     def _conn(self) -> psycopg.Connection[Any]:
         """The connection, opened again when the last one broke (a server restart)."""

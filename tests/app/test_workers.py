@@ -306,3 +306,23 @@ def test_the_intake_adds_up_workers_and_keeps_the_count_of_those_gone() -> None:
     assert intake.commits.counts[2] == 5
     assert intake.last_received == 300.0
     assert (intake.incomplete, dict(intake.completed)) == (3, {"api": 2})
+
+
+def test_the_workers_command_line_carries_no_postgres_password(tmp_path: Path) -> None:
+    """A worker's command line is readable by every local user (`ps`, /proc/<pid>/cmdline): a
+    PostgreSQL state URL given in FABWATCH_STATE to keep its password out of it must reach the
+    workers by their environment, not by their arguments."""
+    from app.workers import worker_command, worker_env
+
+    url = "postgresql://fabwatch:s3cret@127.0.0.1:5432/fabwatch"
+    command = worker_command([str(tmp_path / "inventory.yaml")], "info")
+    assert not any("s3cret" in part or part == "--state" for part in command)
+    assert worker_env(url)["FABWATCH_STATE"] == url
+
+
+def test_the_state_reaches_the_workers_by_their_environment(served: Workers) -> None:
+    for pid in served.workers():
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"--state" not in arguments
+        assert f"FABWATCH_STATE={served.directory / 'state.db'}".encode() in environment

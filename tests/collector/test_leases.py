@@ -109,3 +109,43 @@ def test_a_starting_replica_forgets_the_replicas_gone_for_an_hour(pg_url: str, p
     rows = postgres.psql("SELECT replica FROM fabwatch_replica ORDER BY replica", database=database).split()
     assert rows == ["a", "recent"]
     a._close()
+
+
+def test_a_lease_lost_and_taken_again_in_one_round_is_told_as_lost_first(pg_url: str) -> None:
+    """A holder paused past its lease, while another replica sampled the source and then died, takes
+    it back in the round that finds its renewal refused: its last sample, older than the other
+    replica's, must be dropped (told lost) before the source is sampled again, or its counters would
+    be exported below the other's, which Prometheus reads as a reset and counts again."""
+    ttls = {"crm": 30.0}
+    a, b = Leases(pg_url, "a", ttls), Leases(pg_url, "b", ttls)
+    told: list[tuple[str, set[str]]] = []
+    a.on_lost = lambda names: told.append(("lost", set(names)))
+    a.on_gained = lambda names: told.append(("gained", set(names)))
+    a._apply(a.round())
+    assert told == [("gained", {"crm"})]
+    a._connection().execute("UPDATE source_lease SET expires = now() - interval '1 second'")  # a paused
+    b._apply(b.round())
+    assert b.term("crm") == 2
+    b._give_back(["crm"])  # b dies (or stops)
+    told.clear()
+    a._apply(a.round())  # a resumes: its renewal is refused, and it takes the source back
+    assert a.term("crm") == 3
+    assert told == [("lost", {"crm"}), ("gained", {"crm"})]
+    a._close()
+    b._close()
+
+
+async def test_a_stopping_replica_leaves_its_share_to_the_others_at_once(pg_url: str) -> None:
+    """A planned stop (SIGTERM, a rolling restart) gives the leases back; the others must take them
+    then, not only once the stopped replica's heartbeat expires and their fair share grows."""
+    ttls = {f"s{i}": 30.0 for i in range(4)}
+    a, b = Leases(pg_url, "a", ttls), Leases(pg_url, "b", ttls)
+    a.round(take=False)
+    b.round(take=False)
+    a._apply(a.round())
+    b._apply(b.round())
+    assert len(a.held()) == len(b.held()) == 2
+    await a.stop()
+    b._apply(await asyncio.to_thread(b.round))
+    assert b.held() == sorted(ttls)
+    b._close()

@@ -322,3 +322,32 @@ async def test_with_leases_a_source_is_sampled_only_while_held_and_resumed_under
     assert len(sampler.calls) == 3
     for leases in (mine, theirs):
         leases._close()
+
+
+async def test_a_sample_that_outlived_its_lease_is_not_kept_for_export_under_a_later_lease(
+        postgres: PostgresServer) -> None:
+    """A slow sample that ends after its lease went to another replica (and the lease came back)
+    must not be exported: its counters are older than the other replica's, and Prometheus would
+    read the drop as a reset and count the whole total again."""
+    url = postgres.dsn(database=postgres.create_database(), driver="postgresql")
+    mine, theirs = Leases(url, "a", {"crm": 30.0}), Leases(url, "b", {"crm": 30.0})
+    sampler = ScriptedSampler("crm", delay=0.5)
+    health = HealthTracker(["crm"])
+    health.lease("a", mine.holds)
+    exporter = PrometheusExporter(health)
+    mine.on_lost = exporter.forget  # as the service wires it: a lost source's series go
+    scheduler = SamplingScheduler({"crm": source()}, {"crm": sampler}, health, exporter, leases=mine)
+    mine._apply(await asyncio.to_thread(mine.round))
+    slow = asyncio.create_task(scheduler.run_once("crm"))
+    await wait_for(lambda: sampler.active == 1)
+    await asyncio.to_thread(mine._give_back, ["crm"])  # lost while the sample runs ...
+    mine._apply(await asyncio.to_thread(mine.round))
+    theirs._apply(await asyncio.to_thread(theirs.round))  # ... another replica samples it ...
+    await asyncio.to_thread(theirs._give_back, ["crm"])
+    mine._apply(await asyncio.to_thread(mine.round))  # ... and this one takes it back
+    assert mine.holds("crm")
+    assert await slow is None
+    assert exporter.latest("crm") is None
+    assert b"fab_backlog_items" not in exporter.render()
+    for leases in (mine, theirs):
+        leases._close()

@@ -115,3 +115,30 @@ def test_a_months_report_is_claimed_by_one_replica_until_it_lapses_and_never_onc
     assert not second.claim_delivery("2026-11", "second", 60)
     first.close()
     second.close()
+
+
+def test_a_save_of_a_state_read_under_an_older_lease_of_the_same_holder_is_refused(pg_url: str) -> None:
+    """A holder whose slow sample outlived its lease, and that took the source again after another
+    replica had sampled it, must not overwrite that replica's state with the one it read before:
+    the other replica's counts would be lost and counted again from the older watermark."""
+    first = Leases(pg_url, "a", {"crm": 30.0})
+    second = Leases(pg_url, "b", {"crm": 30.0})
+    store_a, store_b = PostgresStateStore(pg_url, holder="a"), PostgresStateStore(pg_url, holder="b")
+    assert first.round().gained == {"crm"}
+    store_a.save("crm", {"watermark": 1})
+    assert store_a.load("crm") == {"watermark": 1}  # a's slow sample starts from this state
+    store_a._run("UPDATE source_lease SET expires = now() - interval '1 second'")  # a's lease lapses
+    assert second.round().gained == {"crm"}
+    assert store_b.load("crm") == {"watermark": 1}
+    store_b.save("crm", {"watermark": 5})  # b samples it on
+    store_b._run("UPDATE source_lease SET expires = now() - interval '1 second'")  # b dies
+    assert first.round().gained == {"crm"}  # a takes it again, its slow sample still running
+    with pytest.raises(LeaseLost):
+        store_a.save("crm", {"watermark": 2})  # the slow sample's save: read before b's
+    assert store_a.load("crm") == {"watermark": 5}  # a new term reads b's state again ...
+    store_a.save("crm", {"watermark": 6})  # ... and saves on from there
+    assert store_b.load("crm") == {"watermark": 6}
+    for closing in (store_a, store_b):
+        closing.close()
+    first._close()
+    second._close()

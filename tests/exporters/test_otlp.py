@@ -646,3 +646,18 @@ def test_start_times_are_saved_at_once_and_values_every_few_minutes():
     assert starts.number("c", labels, 2.0, 2000 + LEVELS_EVERY) == 1000 + LEVELS_EVERY  # a reset: saved at once
     assert [(start, json.loads(level)) for _, start, level, _ in starts.drain(2000 + LEVELS_EVERY)] == [
         (1000 + LEVELS_EVERY, [2.0])]
+
+
+def test_with_replicas_only_the_sources_held_now_are_pushed():
+    """As `/metrics`: a replica whose lease lapsed by its own clock (paused past it) pushes nothing of
+    the source, even before its next lease round tells it so; the holder's series alone go on."""
+    settings = otlp_settings(OtlpConfig(), {})
+    assert settings is not None
+    health = HealthTracker(["crm"])
+    held = {"crm"}
+    health.lease("a", held.__contains__)
+    otlp = OtlpExporter(settings, health)
+    otlp.update(one_source(5.0, ((1.0, 1.0),)))
+    assert "fab_items_created" in {family.name for family in otlp.snapshot()}
+    held.clear()  # the lease lapsed
+    assert "fab_items_created" not in {family.name for family in otlp.snapshot()}
