@@ -53,7 +53,7 @@ from collector.inventory.models import CostKpi, DurationKpi, Process, SqlSource
 from collector.kpis import fixed_cost, variable_cost
 from collector.reflect import detect_times
 from collector.sql import EdgeQuery, Expr, Statement, Times, build_queries, label, lookups_of, records_relation
-from collector.storeurl import postgres_url
+from collector.storeurl import BOUNDED_WAITS, postgres_url
 
 Measures = dict[str, float]
 DayRollup = dict[str, Measures]
@@ -490,11 +490,11 @@ class _PostgresRollups:
         an unreachable server fails a pass instead of hanging the service), the tables created."""
         import psycopg
 
-        from collector.state import CONNECT_TIMEOUT, STATEMENT_TIMEOUT_MS
+        from collector.state import STATEMENT_TIMEOUT_MS
 
-        conn = psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+        conn = psycopg.connect(self._url, autocommit=True,
                                options=f"-c search_path={self.schema} -c statement_timeout={STATEMENT_TIMEOUT_MS}",
-                               keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+                               **BOUNDED_WAITS)
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(hashtext('fabwatch rollups'))")
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
