@@ -32,7 +32,7 @@ LabelCache = dict[tuple[Labels, str | None], str]
 
 
 PER_REPLICA = ("fab_build_info", "fab_service_tasks", "fab_config_.+", "fab_events_.+", "fab_records_incomplete",
-               "fab_records_completed_total", "fab_rollup_.+", "fab_export_errors_total")
+               "fab_records_completed_total", "fab_export_errors_total")
 """The series each replica exports of itself (its build, its events port, its reloads); every other
 `fab_` series belongs to a source and is exported by the replica holding that source's lease only."""
 SHARED_INSTANCE = "fabwatch"
