@@ -5,7 +5,7 @@ background) and with one whose backfill is done (it does not), alternately, in o
 For each start: the seconds from the process start to `/readyz` answering ready (every source sampled
 once), the first sample's duration, and the mean duration of the samples taken in the `--watch`
 seconds after it (from `fab_source_sample_duration_seconds`), with how many days the backfill still
-had to do at the end (`fab_rollup_backfill_days_remaining`). Prints JSON with the medians and ratios.
+had to do at the end (`fab_rollup_backfill_pending`). Prints JSON with the medians and ratios.
 
     .venv/bin/python bench/first_start.py --db /var/tmp/fabwatch-monthly/operator-1000000.db
 """
@@ -88,7 +88,7 @@ def start(db: Path, state: Path, clock: float, watch: float, timeout: float) -> 
         spent = (value(last, "fab_source_sample_duration_seconds_sum") or 0.0) - sum0
         return {"ready_s": round(to_ready, 3), "first_sample_s": round(sum0 / count0, 3) if count0 else None,
                 "samples_watched": int(count), "sample_mean_s": round(spent / count, 4) if count else None,
-                "backfill_days_remaining": value(last, "fab_rollup_backfill_days_remaining")}
+                "backfill_days_remaining": value(last, "fab_rollup_backfill_pending")}
     finally:
         proc.terminate()
         try:

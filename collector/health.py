@@ -330,7 +330,7 @@ class HealthTracker:
 
     def _rollup_families(self) -> tuple[Family, ...]:
         """`fab_rollup_errors_total{source}`, `fab_rollup_last_day_timestamp_seconds{source}` and
-        `fab_rollup_backfill_days_remaining{source}`, when serving rolls up days."""
+        `fab_rollup_backfill_pending{source}`, when serving rolls up days."""
         if not self._rollup_errors:
             return ()
         # with replicas, of the sources this one holds (re-rolls) only
@@ -344,7 +344,7 @@ class HealthTracker:
                        "its late window had passed (Unix time).",
                        [((("source", name),), at) for name, at in sorted(self._rollup_final.items())
                         if self.owned(name)])
-        backfill = Family("fab_rollup_backfill_days_remaining", "gauge",
+        backfill = Family("fab_rollup_backfill_pending", "gauge",
                           "Days the first start's backfill of the daily rollups still has to roll up, a day of "
                           "each of the source's processes counting one (0: done).",
                           [((("source", name),), n) for name, n in sorted(self._backfill_remaining.items())

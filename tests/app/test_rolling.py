@@ -159,7 +159,7 @@ async def test_a_fresh_state_backfills_the_past_months_so_last_month_is_final(ai
     deadline = time.monotonic() + 60
     while True:
         text = await (await client.get("/metrics")).text()
-        if metric(text, "fab_rollup_backfill_days_remaining") == 0.0:
+        if metric(text, "fab_rollup_backfill_pending") == 0.0:
             break
         assert time.monotonic() < deadline, "the backfill did not finish in 60 s"
         await asyncio.sleep(0.05)
