@@ -189,7 +189,10 @@ async def test_victoriametrics_answers_what_the_local_prometheus_answers(
         local_rules, remote_rules = raw_samples(prometheus, rules, end), raw_samples(vm, rules, end)
         ranged = {name: (range_samples(prometheus, name, end - WINDOW + 5, end),
                          range_samples(vm, name, end - WINDOW + 5, end)) for name in records}
+    # NaN on either side: 0/0 ratios, and the staleness markers Prometheus writes (and sends) for every
+    # series of a scrape that failed on a loaded machine, hidden by its own queries, kept by VictoriaMetrics
     local_raw, local_rules = numbers(local_raw), numbers(local_rules)
+    remote_raw, remote_rules = numbers(remote_raw), numbers(remote_rules)
     assert len(local_raw) > 500
     assert {"fab_items_created_total", "fab_cycle_time_seconds_bucket", "fab_kpi_value",
             "fab_cost_total"} <= names(local_raw)
@@ -202,7 +205,7 @@ async def test_victoriametrics_answers_what_the_local_prometheus_answers(
     assert differences(local_rules, remote_rules) == []
     for name, (local, remote) in ranged.items():
         assert local, name
-        assert differences(numbers(local), remote) == [], name
+        assert differences(numbers(local), numbers(remote)) == [], name
 
 
 def test_the_documented_filter_is_the_tested_one() -> None:

@@ -145,7 +145,7 @@ async def test_an_export_equals_metrics_at_the_same_sample(receiver, aiohttp_cli
 def add_tickets(records: Path, count: int) -> None:
     """Add `count` tickets created and resolved just now (after the last sample's watermark)."""
     now = time.time()
-    db = sqlite3.connect(records)
+    db = sqlite3.connect(records, timeout=30)  # the service reads the records meanwhile
     db.executemany("INSERT INTO trouble_ticket VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                    [(f"new{i}", now - 1, now - 0.5, now + 3600, now - 0.5, "resolved", "resolved", "high", "web",
                      0.0, 0, 5.0) for i in range(count)])
@@ -162,7 +162,8 @@ async def test_delta_temporality_sends_the_change_since_the_last_export(receiver
     records = tmp_path / "records.db"
     make_records(records)
     env = otel_env(receiver.url, OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE="delta")
-    app = build_app(load_inventory([write_inventory(tmp_path, records)]), environ=env)
+    # no first-start backfill: its reads of the records would hold the file while the test writes to it
+    app = build_app(load_inventory([write_inventory(tmp_path, records)]), environ=env, backfill=False)
     client = await aiohttp_client(app)
     await wait_ready(client)
     before = await scrape(client)
