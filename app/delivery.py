@@ -49,6 +49,8 @@ CLAIM = 60.0
 """Real seconds a replica's claim on a month's report lasts unless renewed (every third of it)."""
 RESTART = 60.0
 """Seconds before the schedule starts again after the state store or a defect ended it."""
+STOP_WAIT = 10.0
+"""Seconds a stop waits at most for the schedule's task to end once cancelled."""
 
 
 def reports_directory(config: ReportsConfig | None, state_path: str | Path) -> Path:
@@ -115,7 +117,9 @@ class ReportSchedule:
         """Stop the schedule and close the state store."""
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT)
+            if not done:  # a stop of the service never hangs on the schedule
+                log_event(_LOG, "report_schedule_stop_timeout", logging.WARNING, seconds=STOP_WAIT)
             self._task = None
         if self._store is not None:
             self._store.close()
