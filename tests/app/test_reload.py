@@ -54,7 +54,7 @@ def counter(body: str, prefix: str) -> float:
 
 def add_tickets(path: Path, count: int) -> None:
     """Add tickets created now (a sample counts them once they are `settle`, 2 s, old)."""
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(path, timeout=30)  # the service (its first-start backfill too) reads meanwhile
     created = time.time()
     db.executemany("INSERT INTO trouble_ticket (id, created_at, updated_at, status, priority, channel) "
                    "VALUES (?, ?, ?, 'inProgress', 'high', 'web')",
@@ -116,7 +116,7 @@ KNOB_SQL = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHER
 
 
 def set_knob(records: Path, n: int) -> None:
-    db = sqlite3.connect(records)
+    db = sqlite3.connect(records, timeout=30)
     db.execute("CREATE TABLE IF NOT EXISTS knob (n INTEGER)")
     db.execute("DELETE FROM knob")
     db.execute("INSERT INTO knob VALUES (?)", (n,))
