@@ -45,7 +45,8 @@ from collector.engine import SourceSampler  # noqa: E402
 from collector.inventory.sources import TmfEventsSource  # noqa: E402
 from collector.sampling import store_source  # noqa: E402
 from collector.sources.pgstore import schema_of  # noqa: E402
-from collector.sources.store import Event, Records, open_records  # noqa: E402
+from collector.sources.records import open_records  # noqa: E402
+from collector.sources.store import Event, Records  # noqa: E402
 from collector.sources.tmf import APIS  # noqa: E402
 from collector.state import StateStore  # noqa: E402
 from tests.servers import (  # noqa: E402

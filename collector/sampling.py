@@ -200,7 +200,7 @@ def open_store(name: str, source: SyncedSource, processes: Mapping[str, Process]
                state_path: str | Path, *, shared: bool = False) -> "Records":
     """Open (creating the tables of) the record store of a source; `shared`: other processes write
     events into it too (`RecordStore.shared`)."""
-    from collector.sources.store import open_records
+    from collector.sources.records import open_records
     from collector.sources.tmf import APIS
 
     tables = sorted({p.records.table for p in processes.values() if p.records.table}) or [name]

@@ -114,19 +114,6 @@ class Records(Protocol):
     def rows(self, table: str) -> list[Row]: ...
 
 
-def open_records(location: str | Path, source: str, tables: Iterable[str], *, synchronous: str = "NORMAL",
-                 final_statuses: Mapping[str, Sequence[str]] | None = None, shared: bool = False) -> Records:
-    """Open the record store of `source` at `location`: a SQLite file, or a PostgreSQL URL (the
-    source's own schema there, `pgstore.schema_of`; `synchronous` and `shared` are SQLite's alone:
-    the PostgreSQL store keeps nothing between transactions that another writer could make stale)."""
-    url = postgres_url(str(location))
-    if url is None:
-        return RecordStore(location, tables, synchronous=synchronous, final_statuses=final_statuses, shared=shared)
-    from collector.sources.pgstore import PostgresRecordStore, schema_of
-
-    return PostgresRecordStore(url, schema_of(source), tables, final_statuses=final_statuses)
-
-
 class RecordStore:
     """One SQLite file with a records table per process of a source, plus sync bookkeeping."""
 

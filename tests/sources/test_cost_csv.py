@@ -17,7 +17,8 @@ from collector.kpis import MONTH_SECONDS
 from collector.samples import SourceSample
 from collector.sampling import build_sampler, monthly_costs
 from collector.sources.files import CostCsvSync
-from collector.sources.store import Records, open_records
+from collector.sources.records import open_records
+from collector.sources.store import Records
 from collector.state import StateStore
 from tests.app.test_service import make_records
 from tests.sources.helpers import EXAMPLE, sample_source

@@ -17,7 +17,8 @@ import pytest
 from collector.inventory.sources import TmfEventsSource
 from collector.sources.events_http import EventsServer
 from collector.sources.listener import BadEvent, Listener
-from collector.sources.store import Event, Records, RecordStore, open_records
+from collector.sources.records import open_records
+from collector.sources.store import Event, Records, RecordStore
 from collector.sources.tmf import APIS
 from tests.servers import free_port
 from tests.sources.helpers import stored_events, stored_rows, ticket_event

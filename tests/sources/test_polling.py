@@ -17,7 +17,8 @@ from collector.logs import KeyValueFormatter
 from collector.sources import polling
 from collector.sources.http import HttpClient, SourceSchemaMismatch, limits_of
 from collector.sources.polling import TmfPoller
-from collector.sources.store import Records, RecordStore, open_records
+from collector.sources.records import open_records
+from collector.sources.store import Records, RecordStore
 from collector.sources.times import format_time, parse_time
 from collector.sources.tmf import APIS
 from collector.storeurl import postgres_url

@@ -10,7 +10,8 @@ import pytest
 
 from collector.inventory.sources import COLUMNS
 from collector.sources.pgstore import schema_of
-from collector.sources.store import Event, Records, RecordStore, open_records
+from collector.sources.records import open_records
+from collector.sources.store import Event, Records, RecordStore
 from collector.storeurl import postgres_url
 
 T0 = 1_767_225_600.0

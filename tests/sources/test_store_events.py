@@ -10,7 +10,8 @@ import pytest
 
 from collector.sources import pgstore
 from collector.sources import store as store_module
-from collector.sources.store import Event, Records, RecordStore, open_records
+from collector.sources.records import open_records
+from collector.sources.store import Event, Records, RecordStore
 from tests.sources.conftest import postgres_store
 
 T0 = 1_767_225_600.0
