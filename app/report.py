@@ -82,13 +82,9 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
                            read_states(store, inventory, month))
     finally:
         store.close()
-    if args.mail:
-        status = mail_now(inventory, report, Path(args.out), args.format, out, err)
-        if status != EXIT_OK:
-            return status
-    else:
-        for path in write(report, Path(args.out), args.format):
-            print(path, file=out)
+    status = write_or_mail(inventory, report, args, out, err)
+    if status != EXIT_OK:
+        return status
     sql = sql_sources(inventory.sources)
     missing = [p.name for p in report.processes if not p.complete
                and inventory.processes[p.name].records.source in sql]
@@ -110,6 +106,15 @@ def run_report(inventory: Inventory, args: argparse.Namespace, out: TextIO, err:
     return EXIT_OK
 
 
+def write_or_mail(inventory: Inventory, report: Report, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Write the report's files (printing their paths), and with `--mail` mail them too."""
+    if args.mail:
+        return mail_now(inventory, report, Path(args.out), args.format, out, err)
+    for path in write(report, Path(args.out), args.format):
+        print(path, file=out)
+    return EXIT_OK
+
+
 def connection_of(args: argparse.Namespace) -> Connection:
     return Connection(args.prometheus, token_file=args.prometheus_token_file, username=args.prometheus_user,
                       password_file=args.prometheus_password_file, ca_file=args.prometheus_ca,
@@ -125,13 +130,9 @@ def report_from_prometheus(inventory: Inventory, args: argparse.Namespace, month
         print(f"fabwatch: cannot read the history from Prometheus: {exc}", file=err)
         return EXIT_FAILED
     report = summarize_history(inventory, history, month)
-    if args.mail:
-        status = mail_now(inventory, report, Path(args.out), args.format, out, err)
-        if status != EXIT_OK:
-            return status
-    else:
-        for path in write(report, Path(args.out), args.format):
-            print(path, file=out)
+    status = write_or_mail(inventory, report, args, out, err)
+    if status != EXIT_OK:
+        return status
     for line in prometheus_notes(inventory, report, history, month):
         print(f"fabwatch: {line}", file=err)
     return EXIT_OK
