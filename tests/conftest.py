@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import faulthandler
+import os
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -31,6 +35,55 @@ VictoriaMetricsFactory = Callable[..., VictoriaMetricsServer]
 SERVER_FIXTURES = frozenset({"postgres", "mariadb", "promtool", "amtool", "prometheus_factory", "alertmanager_factory",
                              "victoriametrics_factory"})
 """The fixtures that start a real server or run a Prometheus tool: a test using one is `integration`."""
+
+
+HARD_TIMEOUT_MARGIN = 120.0
+"""Seconds past pytest-timeout's limit after which a test's process is ended (see `pytest_runtest_protocol`)."""
+
+_watchdog_stream: list[IO[str]] = []
+_watchdog_deadline: list[float] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep a copy of the real stderr before pytest captures it: the watchdog writes its stacks there."""
+    if not _watchdog_stream:
+        _watchdog_stream.append(os.fdopen(os.dup(2), "w"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, None, None]:
+    """End the process, with every thread's stack on stderr, if a test outlives its timeout by two minutes.
+
+    pytest-timeout's signal method raises in the test; a teardown that then hangs (an event loop whose
+    task ignores cancellation, a server that never stops) has no timer left, and the whole run waits for
+    CI's limit with nothing printed. faulthandler's watchdog is a C thread: it fires even then, and xdist
+    reports the test as the one that crashed its worker."""
+    limit = float(item.config.getini("timeout") or 0)
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and marker.args:
+        limit = float(marker.args[0])
+    _watchdog_deadline.clear()
+    if limit > 0 and _watchdog_stream:
+        _watchdog_deadline.append(time.monotonic() + limit + HARD_TIMEOUT_MARGIN)
+        _arm_watchdog()
+    try:
+        yield
+    finally:
+        _watchdog_deadline.clear()
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact() -> None:
+    """Arm the watchdog again: pytest's own faulthandler plugin cancels every timer when a test fails,
+    and a teardown after a timeout is where the hang this guards against happens."""
+    _arm_watchdog()
+
+
+def _arm_watchdog() -> None:
+    if _watchdog_deadline and _watchdog_stream:
+        remaining = max(1.0, _watchdog_deadline[0] - time.monotonic())
+        faulthandler.dump_traceback_later(remaining, exit=True, file=_watchdog_stream[0])
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
