@@ -341,8 +341,15 @@ def resolve_env(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
         setattr(args, flag.dest, value)
 
 
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""The signals fabwatch acts on: stop (SIGINT, SIGTERM) and reload (SIGHUP)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the fabwatch command line; return the exit status."""
+    # A blocked signal mask is inherited across exec: a supervisor or CI runner that starts fabwatch
+    # with these blocked would leave a stop or a reload pending forever, the handlers never called
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command_word(words))
     args = parser.parse_args(words)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -45,7 +46,14 @@ _watchdog_deadline: list[float] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Keep a copy of the real stderr before pytest captures it: the watchdog writes its stacks there."""
+    """Unblock every signal, and keep a copy of the real stderr before pytest captures it: the watchdog
+    writes its stacks there.
+
+    A signal mask is inherited across exec: a CI runner that starts the run with SIGALRM blocked would
+    silence pytest-timeout's signal (a hung test then runs until CI's limit), and one with SIGTERM or
+    SIGHUP blocked would hand the servers and fabwatch processes the tests start a mask they never
+    have in production."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     if not _watchdog_stream:
         _watchdog_stream.append(os.fdopen(os.dup(2), "w"))
 

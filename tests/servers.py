@@ -621,13 +621,16 @@ def start_prometheus(
     workdir.mkdir(parents=True, exist_ok=True)
     write_files(workdir, files)
     (workdir / "prometheus.yml").write_text(config)
-    port = free_port()
-    cmd = [
-        binary, f"--config.file={workdir / 'prometheus.yml'}",
-        f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}",
-        "--web.enable-lifecycle", "--log.level=warn", *args,
-    ]  # fmt: skip
-    return PrometheusServer(start_http_server(cmd, port, workdir, "prometheus"), port, workdir)
+
+    def command(port: int) -> list[str]:
+        return [
+            binary, f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}",
+            "--web.enable-lifecycle", "--log.level=warn", *args,
+        ]  # fmt: skip
+
+    proc, port = start_on_free_port(command, workdir, "prometheus")
+    return PrometheusServer(proc, port, workdir)
 
 
 def start_alertmanager(
@@ -638,14 +641,36 @@ def start_alertmanager(
     workdir.mkdir(parents=True, exist_ok=True)
     write_files(workdir, files)
     (workdir / "alertmanager.yml").write_text(config)
-    port = free_port()
-    cmd = [
-        binary, f"--config.file={workdir / 'alertmanager.yml'}",
-        f"--storage.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}",
-        "--cluster.listen-address=", "--log.level=warn", *args,
-    ]  # fmt: skip
-    proc = start_http_server(cmd, port, workdir, "alertmanager")
+
+    def command(port: int) -> list[str]:
+        return [
+            binary, f"--config.file={workdir / 'alertmanager.yml'}",
+            f"--storage.path={workdir / 'data'}", f"--web.listen-address={HOST}:{port}",
+            "--cluster.listen-address=", "--log.level=warn", *args,
+        ]  # fmt: skip
+
+    proc, port = start_on_free_port(command, workdir, "alertmanager")
     return AlertmanagerServer(proc, port, workdir)
+
+
+BIND_ATTEMPTS = 3
+
+
+def start_on_free_port(
+    command: Callable[[int], list[str]], workdir: Path, what: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start `command(port)` on a free port with `start_http_server`. A port taken between `free_port`
+    and the server's bind (by a process outside this test run) is replaced by another, up to
+    `BIND_ATTEMPTS` times."""
+    for attempt in range(1, BIND_ATTEMPTS + 1):
+        port = free_port()
+        try:
+            return start_http_server(command(port), port, workdir, what), port
+        except pytest.fail.Exception:
+            if attempt < BIND_ATTEMPTS and "address already in use" in log_tail(workdir / "server.log"):
+                continue
+            raise
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- VictoriaMetrics
@@ -722,9 +747,6 @@ def run_in_terminal(cmd: Sequence[str], timeout: float) -> tuple[int, str]:
         os.close(master)
 
 
-BIND_ATTEMPTS = 3
-
-
 def start_victoriametrics(workdir: Path, args: Sequence[str]) -> VictoriaMetricsServer:
     """Start single-node VictoriaMetrics with its data in `workdir`, wait until ready.
 
@@ -734,18 +756,13 @@ def start_victoriametrics(workdir: Path, args: Sequence[str]) -> VictoriaMetrics
     replaced by another, up to `BIND_ATTEMPTS` times."""
     binary = require_binary("victoria-metrics")
     workdir.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1, BIND_ATTEMPTS + 1):
-        port = free_port()
-        cmd = [
+
+    def command(port: int) -> list[str]:
+        return [
             binary, f"-storageDataPath={workdir / 'data'}", f"-httpListenAddr={HOST}:{port}",
             f"-retentionPeriod={VICTORIAMETRICS_RETENTION}", "-search.latencyOffset=0s",
             "-search.disableCache", "-loggerLevel=WARN", *args,
         ]  # fmt: skip
-        try:
-            proc = start_http_server(cmd, port, workdir, "victoria-metrics")
-        except pytest.fail.Exception:
-            if attempt < BIND_ATTEMPTS and "address already in use" in log_tail(workdir / "server.log"):
-                continue
-            raise
-        return VictoriaMetricsServer(proc, port, workdir)
-    raise AssertionError("unreachable")
+
+    proc, port = start_on_free_port(command, workdir, "victoria-metrics")
+    return VictoriaMetricsServer(proc, port, workdir)

@@ -184,8 +184,13 @@ SIGINT_AT_START = {"default": "signal.default_int_handler", "ignored": "signal.S
 run (`nohup make test &` starts it ignored), so that each test knows what it tests."""
 
 
-def run_fabwatch(*args: str, env: dict[str, str] | None = None, sigint: str = "default") -> subprocess.Popen[str]:
-    start = (f"import runpy, signal, sys; signal.signal(signal.SIGINT, {SIGINT_AT_START[sigint]}); "
+def run_fabwatch(*args: str, env: dict[str, str] | None = None, sigint: str = "default",
+                 blocked: bool = False) -> subprocess.Popen[str]:
+    """`python -m app.cli ARGS` with SIGINT as `sigint` says; `blocked`: with SIGINT, SIGTERM and SIGHUP
+    in the blocked signal mask, as a parent that blocked them would leave it (inherited across exec)."""
+    block = ("signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}); "
+             if blocked else "")
+    start = (f"import runpy, signal, sys; signal.signal(signal.SIGINT, {SIGINT_AT_START[sigint]}); {block}"
              "sys.argv = ['fabwatch', *sys.argv[1:]]; runpy.run_module('app.cli', run_name='__main__', alter_sys=True)")
     return subprocess.Popen([sys.executable, "-c", start, *args], cwd=ROOT,
                             env={**os.environ, **(env or {})}, text=True,
@@ -216,10 +221,11 @@ def stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM) -> tuple[int, s
 
 
 @pytest.mark.slow
-def test_serve_stops_cleanly_on_sigterm(inventory_file):
+@pytest.mark.parametrize("blocked", [False, True], ids=["signals-open", "signals-blocked-by-the-parent"])
+def test_serve_stops_cleanly_on_sigterm(inventory_file, blocked):
     port = free_port()
     proc = run_fabwatch("serve", "-c", str(inventory_file), env={"FABWATCH_LISTEN":
-                                                                 f"127.0.0.1:{port}"})
+                                                                 f"127.0.0.1:{port}"}, blocked=blocked)
     wait_http(f"http://127.0.0.1:{port}/readyz", proc)
     body = wait_http(f"http://127.0.0.1:{port}/metrics", proc)
     assert b'fab_source_up{source="crm"} 1.0' in body

@@ -207,14 +207,24 @@ class FabwatchProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"fabwatch exited with {self.process.returncode}; log: {self.log}")
+                raise RuntimeError(f"fabwatch exited with {self.process.returncode}; {self.log_tail()}")
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as reply:
                     if reply.status == 200:
                         return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"fabwatch did not answer on {self.url} within {timeout} s; log: {self.log}")
+        raise RuntimeError(f"fabwatch did not answer on {self.url} within {timeout} s; {self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        """The log's path and its last lines, for an error (the temporary directory may be gone when read)."""
+        if self.log is None:
+            return "no log"
+        try:
+            tail = Path(self.log).read_text(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            return f"log: {self.log} ({exc})"
+        return f"log: {self.log}, ending:\n" + "\n".join(tail)
 
     def kill(self) -> None:
         """SIGKILL: no clean shutdown, whatever is in flight is lost unless committed."""
