@@ -483,7 +483,7 @@ class _Connection(asyncio.Protocol):
 
     def _acknowledged(self, slot: list[bytes | None], keep_alive: bool, status: int, body: bytes) -> None:
         """The commit is done (or failed): fill the answer slot and write what is ready."""
-        slot[0] = _response(status, body, keep_alive)
+        slot[0] = b"%s%d\r\n\r\n%s" % (_Heads.head(status, keep_alive), len(body), body)  # `_response`, inlined
         self._flush()
 
     def _answer(self, slot: list[bytes | None], keep_alive: bool) -> None:

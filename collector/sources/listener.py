@@ -328,8 +328,11 @@ class Listener:
         self.last_received = time.time()
         self.received["accepted"] += new
         self.received["duplicate"] += len(fresh) - new
-        for (event, answer), is_new in zip(batch, fresh, strict=True):
-            self._answer(answer, 201, ack_body(event.event_id, is_new))
+        for (event, answer), is_new in zip(batch, fresh, strict=True):  # `_answer`, inlined: a call less per event
+            try:
+                answer(201, _ACK % (_encode(event.event_id), b"false" if is_new else b"true"))
+            except Exception as exc:
+                log_event(_LOG, "event_answer_failed", logging.WARNING, source=self.name, error=repr(exc))
         if self.incomplete or any(event.partial for event, _ in batch):
             self._count_incomplete()
 
@@ -354,9 +357,9 @@ def _resolve(future: "asyncio.Future[tuple[int, bytes]]", status: int, body: byt
         future.set_result((status, body))
 
 
-def ack_body(event_id: str, new: bool) -> bytes:
-    """The JSON body of a 201: the event id and whether it was a duplicate."""
-    return b'{"eventId":%s,"duplicate":%s}' % (msgspec.json.encode(event_id), b"false" if new else b"true")
+_ACK = b'{"eventId":%s,"duplicate":%s}'
+"""The JSON body of a 201: the event id (JSON-encoded) and whether it was a duplicate."""
+_encode = msgspec.json.encode
 
 
 def ignored_body(event_id: object, name: str) -> bytes:
