@@ -87,6 +87,8 @@ class Listener:
         self._writer: asyncio.Task[None] | None = None
         self._authorization = sender_authorization(name, source.sender_auth)
         """(scheme, credentials) every event must carry in `Authorization`, when the source asks."""
+        self.guarded = source.secret is not None or self._authorization is not None
+        """Whether `authorize` has anything to check (the events port skips the call otherwise)."""
         self.received: dict[str, int] = dict.fromkeys(RESULTS, 0)
         """Events received so far, by result (`RESULTS`); exported as `fab_events_received_total`."""
         self.last_received = time.time()
@@ -105,6 +107,7 @@ class Listener:
         """Read the sender's credentials again (a bearer `token_file` rotated); raise `SourceError`
         when they cannot be read, the old ones kept."""
         self._authorization = sender_authorization(self.name, self.source.sender_auth)
+        self.guarded = self.source.secret is not None or self._authorization is not None
 
     async def start(self) -> None:
         self._stopping = False
@@ -133,7 +136,9 @@ class Listener:
         event = None if kind is None or kind == "delete" else self._typed.event(name, raw)
         if event is not None:
             self._pending.append((event, answer))
-            self._notify()
+            wake = self._wake  # `_notify`, inlined: a call less an event
+            if wake is not None and not wake.done():
+                wake.set_result(None)
             return
         try:
             body = self._decode(raw)
