@@ -19,6 +19,13 @@ per second, the server's CPU per event from /proc, all its processes), then offe
 saturation rate for `--seconds`, open loop (p50/p99 from the scheduled send time). The store must
 hold exactly the acknowledged events afterwards. Medians of `--runs` runs.
 
+`cores used` is the server's and the load generator's CPU per second of the saturation phase:
+two workers and the load generator on two free cores would use nearly 2.0; on a machine shared
+with other jobs it says how much of the two cores the run got. The last lines give the bound that
+the CPU costs alone set on two cores: one worker is pinned with the load generator on the other
+core, so it runs at 1 / (its µs per event); two workers share both cores with the load generator,
+so at most 2 / (their µs + the load generator's) a second; the ratio of the two.
+
     .venv/bin/python bench/events_workers.py --runs 5
 """
 
@@ -228,17 +235,18 @@ def report(a: argparse.Namespace, results: dict[str, list[Result]]) -> None:
     print(f"load: bench/loadgen.c, {a.connections} keep-alive connections, {a.events:,} events at saturation, "
           f"then half the saturation rate for {a.seconds:g} s; durability full; median of {a.runs} runs")
     print()
-    print("| configuration | acked/s | server CPU µs/event | client CPU µs/event | at half rate: acked/s | p50 ms "
-          "| p99 ms |")
-    print("|---|---|---|---|---|---|---|")
+    print("| configuration | acked/s | server CPU µs/event | client CPU µs/event | cores used | at half rate: acked/s "
+          "| p50 ms | p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
     for config in results:
         rs = results[config]
         half = [r.half for r in rs if r.half is not None]
         tail = (f"{median([h.rate for h in half]):,.0f} | {median([h.p50 for h in half]) * 1e3:.1f} | "
                 f"{median([h.p99 for h in half]) * 1e3:.1f}") if half else "- | - | -"
         client = median([r.saturation.client_cpu / r.saturation.acked * 1e6 for r in rs])
+        cores = median([(r.saturation.server_cpu + r.saturation.client_cpu) / r.saturation.seconds for r in rs])
         print(f"| {config} | {median([r.saturation.rate for r in rs]):,.0f} | {cpu(config):.1f} | "
-              f"{client:.1f} | {tail} |")
+              f"{client:.1f} | {cores:.2f} | {tail} |")
     if set(results) != set(CONFIGS):
         return
     ratios = [w2.saturation.rate / w1.saturation.rate
@@ -250,6 +258,11 @@ def report(a: argparse.Namespace, results: dict[str, list[Result]]) -> None:
     print()
     print(f"workers 2 / workers 1, acked/s: median {median(ratios):.2f} "
           f"(runs: {', '.join(f'{r:.2f}' for r in ratios)})")
+    bounds = [2 * w1.saturation.server_cpu / w1.saturation.acked
+              / ((w2.saturation.server_cpu + w2.saturation.client_cpu) / w2.saturation.acked)
+              for w1, w2 in zip(results["workers 1"], results["workers 2"], strict=True)]
+    print(f"at most on two free cores, from these CPU costs (2 x workers 1 server µs / (workers 2 server + client "
+          f"µs)): median {median(bounds):.2f} (runs: {', '.join(f'{r:.2f}' for r in bounds)})")
     print(f"floor (http + store) {median(floors):.1f} µs/event; workers 1 CPU / floor: median {median(over):.2f} "
           f"(runs: {', '.join(f'{r:.2f}' for r in over)})")
 

@@ -7,16 +7,22 @@ decodes is mapped to the row `event_row` gives (a whole row, or a partial one), 
 value of another type, an empty one, a date-time that does not parse, malformed JSON) makes
 `event` return None, and the listener takes the general path, which gives the same row or the
 error. A test checks that both paths agree on every event shape it generates.
+
+The mapping is written out as Python source for each API and version (`_compile_row`) and
+compiled once: a loop over the field plan cost about as much as the decoding itself. The
+structs are not tracked by the cyclic garbage collector (`gc=False`): decoded JSON holds no cycle.
 """
 
 import time
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
 from collector.inventory.sources import NAMES
 from collector.sources.store import FLOATS, INTEGERS, Event, Row
-from collector.sources.times import maybe_time, parse_time
+from collector.sources.times import parse_time
 from collector.sources.tmf import (
     EXTENSION,
     TIMES,
@@ -37,7 +43,7 @@ Tree = dict[str | int, Any]
 """A path tree: a key leads to a subtree, or to the column its value fills (a leaf)."""
 
 
-class _Change(msgspec.Struct):
+class _Change(msgspec.Struct, gc=False):
     """One item of a status history; values of any type, as the general path reads them."""
 
     status: Any = None
@@ -53,11 +59,16 @@ class TypedEvents:
         self.plan = plan(api, version)
         self.history = api.history.get(version)
         resource = _resource_type(api, version, self.plan, self.history)
-        payload = msgspec.defstruct(f"{api.type_name}Payload", [(api.resource, resource | None, None)])
+        payload = msgspec.defstruct(f"{api.type_name}Payload", [(api.resource, resource | None, None)], gc=False)
         envelope = msgspec.defstruct(f"{api.type_name}Event", [
             ("eventId", str | None, None), ("eventType", str | None, None),
-            *((key, str | None, None) for key in _EVENTTIMES), ("event", payload | None, None)])
+            *((key, str | None, None) for key in _EVENTTIMES), ("event", payload | None, None)], gc=False)
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope)
+        self.row: Callable[[Any, float], tuple[Row, bool] | None] = _compile_row(api, version, self.plan, self.history)
+        """`row(resource, observed)`: the row of a decoded resource and whether it is partial, as
+        `event_row` maps it; None when it has no id, version or an empty status (the general path
+        says which). It raises `ValueError` (a date-time that does not parse) or `MappingError`:
+        the general path then."""
 
     def event(self, name: str, raw: bytes | bytearray) -> Event | None:
         """The event of a create or change body, or None: take the general path."""
@@ -72,51 +83,101 @@ class TypedEvents:
         if resource is None or not resource.id:
             return None
         try:
-            when = maybe_time(body.eventTime or body.timeOccurred or body.timeOcurred)
+            when = body.eventTime or body.timeOccurred or body.timeOcurred
+            if when:  # `maybe_time`: "" and None are no time
+                when = _DATETIME(when).timestamp() if len(when) == 20 and when[4:20:3] == "--T::Z" else parse_time(when)
+            else:
+                when = None
             mapped = self.row(resource, when if when is not None else time.time())
         except _UNUSUAL:
             return None
         if mapped is None:
             return None
         row, partial = mapped
-        return Event(event_id, name, self.table, row, resource.id, when, False, partial)  # positional: faster
-
-    def row(self, resource: Any, observed: float) -> tuple[Row, bool] | None:
-        """The row of a decoded resource and whether it is partial, as `event_row` maps it; None
-        when it has no id, version or an empty status (the general path says which)."""
-        api = self.api
-        row: Row = dict.fromkeys(NAMES)
-        row["id"] = resource.id
-        for name, key, path in self.plan:
-            value = getattr(resource, key) if key is not None else _dig(resource, path)
-            if value is not None:  # a string when it is a time: "" is no time, as `maybe_time` has it
-                row[name] = (parse_time(value) if value else None) if name in TIMES else value
-        extension = getattr(resource, EXTENSION)
-        if extension:
-            fill_from_extension(api, row, extension)
-        if row["updated_at"] is None:
-            row["updated_at"] = version_of(api, lambda key: getattr(resource, key), observed)
-        if row["status"] in api.fallout:
-            row["fallout"] = 1
-        if self.history is not None and (history := getattr(resource, self.history)) is not None:
-            changes = [(when, change.status) for change in history
-                       if (when := change.changeDate or change.statusChangeDate)]
-            if reopened_in(api, changes):
-                row["reopened"] = 1
-        if row["updated_at"] is None or row["status"] == "":
-            return None
-        if row["created_at"] is None or row["status"] is None:
-            return {name: value for name, value in row.items() if value is not None}, True
-        return row, False
+        return _TUPLE(Event, (event_id, name, self.table, row, resource.id, when, False, partial))
 
 
-def _dig(node: Any, path: Path) -> Any:
-    """Follow a path through decoded structs and lists; None where it leads nowhere."""
-    for step in path:
-        node = (node[step] if len(node) > step else None) if isinstance(step, int) else getattr(node, step)
-        if node is None:
-            return None
-    return node
+_DATETIME = datetime.fromisoformat
+_TUPLE = tuple.__new__
+"""`Event(...)` without the Python-level `__new__` of a named tuple: a call less per event."""
+
+
+def _compile_row(api: TmfApi, version: int, columns: Plan,
+                 history: str | None) -> Callable[[Any, float], tuple[Row, bool] | None]:
+    """The mapping of a decoded resource to its row, written out for one API and version.
+
+    The same rules as a loop over the plan (`tmf.event_row`), unrolled: each attribute is read
+    into a local, a date-time parsed in place (the common `...Z` form in C, any other through
+    `parse_time`), and the row built as one dict display in the order of `NAMES`. A loop over the
+    plan costs a tuple unpacking, a lookup and two tests per column on every event.
+    """
+    lines = ["def row(r, observed):"]
+    local = {name: f"c_{name}" for name, _, _ in columns}
+    for name, _, path in columns:
+        lines += _read(path, local[name], name in TIMES)
+    values = ", ".join(f"{name!r}: {local.get(name, 'None')}" for name in NAMES[1:])
+    updated, status, created = (local.get(n, "None") for n in ("updated_at", "status", "created_at"))
+    lines += [
+        f"    row = {{'id': r.id, {values}}}",
+        f"    extension = r.{EXTENSION}",
+        "    if extension:",
+        "        fill_from_extension(api, row, extension)",
+        "        updated, status, created = row['updated_at'], row['status'], row['created_at']",
+        "    else:",
+        f"        updated, status, created = {updated}, {status}, {created}",
+        "    if updated is None:",
+        "        updated = row['updated_at'] = version_of(api, lambda key: getattr(r, key), observed)",
+    ]
+    if api.fallout:
+        lines += ["    if status in api.fallout:", "        row['fallout'] = 1"]
+    if history is not None:
+        lines += [
+            f"    history = r.{history}",
+            "    if history is not None:",
+            "        changes = [(when, change.status) for change in history",
+            "                   if (when := change.changeDate or change.statusChangeDate)]",
+            "        if reopened_in(api, changes):",
+            "            row['reopened'] = 1",
+        ]
+    lines += [
+        "    if updated is None or status == '':",
+        "        return None",
+        "    if created is None or status is None:",
+        "        return {name: value for name, value in row.items() if value is not None}, True",
+        "    return row, False",
+    ]
+    scope: dict[str, Any] = {"api": api, "fill_from_extension": fill_from_extension, "version_of": version_of,
+                             "reopened_in": reopened_in, "parse_time": parse_time, "_DATETIME": _DATETIME}
+    exec(compile("\n".join(lines), f"<typed row of {api.kind} v{version}>", "exec"), scope)
+    return scope["row"]  # type: ignore[no-any-return]
+
+
+def _read(path: Path, target: str, is_time: bool) -> list[str]:
+    """Lines that set `target` to the value at `path` under `r` (None where it leads nowhere), as
+    `_dig` follows it, then parsed when it is a date-time ("" is no time, as `maybe_time` has it)."""
+    if len(path) == 1 and isinstance(path[0], str):  # a top-level attribute: most columns
+        if not is_time:
+            return [f"    {target} = r.{path[0]}"]
+        return [f"    v0 = r.{path[0]}",
+                f"    {target} = (_DATETIME(v0).timestamp() if len(v0) == 20 and v0[4:20:3] == '--T::Z' "
+                "else parse_time(v0)) if v0 else None"]
+    lines, indent, node = [f"    {target} = None"], "    ", "r"
+    for number, step in enumerate(path):
+        last = number == len(path) - 1
+        value = f"v{number}"
+        access = f"{node}.{step}" if isinstance(step, str) else f"({node}[{step}] if len({node}) > {step} else None)"
+        lines.append(f"{indent}{value} = {access}")
+        if not last:
+            lines.append(f"{indent}if {value} is not None:")
+            indent += "    "
+        node = value
+    if is_time:
+        lines += [f"{indent}if {node}:",
+                  f"{indent}    {target} = (_DATETIME({node}).timestamp() if len({node}) == 20 and "
+                  f"{node}[4:20:3] == '--T::Z' else parse_time({node}))"]
+    else:
+        lines.append(f"{indent}{target} = {node}")
+    return lines
 
 
 def _resource_type(api: TmfApi, version: int, columns: Plan, history: str | None) -> type[msgspec.Struct]:
@@ -132,7 +193,7 @@ def _resource_type(api: TmfApi, version: int, columns: Plan, history: str | None
     fields.append((EXTENSION, dict[str, Any] | None, None))
     if history is not None:
         fields.append((history, list[_Change] | None, None))
-    return msgspec.defstruct(f"{api.type_name}V{version}", fields)
+    return msgspec.defstruct(f"{api.type_name}V{version}", fields, gc=False)
 
 
 def _add(tree: Tree, path: Path, column: str) -> None:
@@ -154,4 +215,5 @@ def _type(name: str, node: "Tree | str") -> Any:
         return float if node in FLOATS and node not in TIMES else int if node in INTEGERS else str
     if 0 in node:
         return list[_type(f"{name}_item", node[0])]  # type: ignore[misc]
-    return msgspec.defstruct(name, [(str(key), _type(f"{name}_{key}", sub) | None, None) for key, sub in node.items()])
+    return msgspec.defstruct(name, [(str(key), _type(f"{name}_{key}", sub) | None, None) for key, sub in node.items()],
+                             gc=False)
