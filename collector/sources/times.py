@@ -35,9 +35,10 @@ def _format(epoch: float, digits: int) -> str:
 
 def parse_time(text: str) -> float:
     """Return the epoch seconds of an RFC 3339 date-time; no zone means UTC."""
-    if len(text) == 20 and text[4:20:3] == "--T::Z":  # the separators at 4, 7, 10, 13, 16 and 19
+    if len(text) == 20 and text[4:20:3] == "--T::Z" and "\0" not in text:  # separators at 4, 7, 10, 13, 16, 19
         # The common `YYYY-MM-DDTHH:MM:SSZ`, parsed in C. Not cached: an event's times are mostly
-        # new ones, and a cache miss costs twice this parse.
+        # new ones, and a cache miss costs twice this parse. Not with a NUL: `fromisoformat` stops
+        # reading there, and takes `2026-01-01T10:00:Z\0Z` for 10:00 UTC.
         try:
             return datetime.fromisoformat(text).timestamp()
         except ValueError as exc:

@@ -85,7 +85,8 @@ class TypedEvents:
         try:
             when = body.eventTime or body.timeOccurred or body.timeOcurred
             if when:  # `maybe_time`: "" and None are no time
-                when = _DATETIME(when).timestamp() if len(when) == 20 and when[4:20:3] == "--T::Z" else parse_time(when)
+                when = _DATETIME(when).timestamp() if len(when) == 20 and when[4:20:3] == "--T::Z" \
+                    and "\0" not in when else parse_time(when)
             else:
                 when = None
             mapped = self.row(resource, when if when is not None else time.time())
@@ -158,9 +159,7 @@ def _read(path: Path, target: str, is_time: bool) -> list[str]:
     if len(path) == 1 and isinstance(path[0], str):  # a top-level attribute: most columns
         if not is_time:
             return [f"    {target} = r.{path[0]}"]
-        return [f"    v0 = r.{path[0]}",
-                f"    {target} = (_DATETIME(v0).timestamp() if len(v0) == 20 and v0[4:20:3] == '--T::Z' "
-                "else parse_time(v0)) if v0 else None"]
+        return [f"    v0 = r.{path[0]}", f"    {target} = ({_plain('v0')}) if v0 else None"]
     lines, indent, node = [f"    {target} = None"], "    ", "r"
     for number, step in enumerate(path):
         last = number == len(path) - 1
@@ -172,12 +171,18 @@ def _read(path: Path, target: str, is_time: bool) -> list[str]:
             indent += "    "
         node = value
     if is_time:
-        lines += [f"{indent}if {node}:",
-                  f"{indent}    {target} = (_DATETIME({node}).timestamp() if len({node}) == 20 and "
-                  f"{node}[4:20:3] == '--T::Z' else parse_time({node}))"]
+        lines += [f"{indent}if {node}:", f"{indent}    {target} = {_plain(node)}"]
     else:
         lines.append(f"{indent}{target} = {node}")
     return lines
+
+
+def _plain(value: str) -> str:
+    """The expression that parses the date-time string `value` as `parse_time` does: the common
+    `YYYY-MM-DDTHH:MM:SSZ` in C (not with a NUL, where `fromisoformat` stops reading), any other
+    form through `parse_time`."""
+    return (f"_DATETIME({value}).timestamp() if len({value}) == 20 and {value}[4:20:3] == '--T::Z' "
+            f"and '\\0' not in {value} else parse_time({value})")
 
 
 def _resource_type(api: TmfApi, version: int, columns: Plan, history: str | None) -> type[msgspec.Struct]:

@@ -1,5 +1,6 @@
 """RFC 3339 parsing and formatting: exact round trips, zones, and refusals."""
 
+import itertools
 import random
 from datetime import datetime
 
@@ -55,8 +56,13 @@ def test_the_fast_path_agrees_with_the_general_parser() -> None:
     good = "2026-03-31T23:59:59Z"
     texts = [format_time(float(rng.randrange(-86_400 * 400, 4_102_444_800))) for _ in range(2000)]
     for position in range(len(good)):  # one character changed, anywhere
-        for char in "0a:-TZ ٣+":
+        for char in "0a:-TZ ٣+\x00":
             texts.append(good[:position] + char + good[position + 1:])
+    for first, second in itertools.combinations(range(len(good)), 2):  # two: a NUL and what it cuts short
+        for pair in itertools.product("\x00Z:0", repeat=2):
+            changed = list(good)
+            changed[first], changed[second] = pair
+            texts.append("".join(changed))
     for text in texts:
         try:
             expected: float | str = _parse_general(text)
@@ -67,3 +73,13 @@ def test_the_fast_path_agrees_with_the_general_parser() -> None:
         except ValueError:
             got = "refused"
         assert got == expected, text
+
+
+@pytest.mark.parametrize("text", ["2026-01-01T10:00:Z\x00Z", "2026-01-01T10:Z\x00:00Z", "2026-01-01T10:Z\x00:٣٣Z"])
+def test_a_nul_inside_the_common_form_is_refused(text: str) -> None:
+    """`fromisoformat` (in C) stops at a NUL: with one where the seconds are, the 20 characters of the
+    common form, separators in place, read as a shorter time (`10:00:Z` is 10:00 UTC to it)."""
+    assert len(text) == 20
+    assert text[4:20:3] == "--T::Z"
+    with pytest.raises(ValueError, match=r"^not an RFC 3339 date-time: "):
+        parse_time(text)

@@ -185,3 +185,32 @@ def test_a_change_event_with_only_what_changed_is_partial_on_both_paths(
         assert typed == general(listener, name, raw)
         seen += 1
     assert seen >= 4
+
+
+NOT_TIMES = ["2026-01-01T10:00:Z\x00Z", "2026-01-01T10:Z\x00:00Z", "2026-13-01T00:00:00Z", "2026-02-30T10:00:00Z",
+             "2026-01-01T23:59:60Z", "2026-01-01T10:00:0\u0663Z", "abcd-ef-ghTij:kl:mnZ"]
+"""Twenty characters with the separators of `YYYY-MM-DDTHH:MM:SSZ` in place that are no date-time:
+a NUL (where `fromisoformat` stops reading), a month or day the calendar has not, a leap second,
+a digit that is not ASCII, letters."""
+
+
+@pytest.mark.parametrize(("kind", "version"), ENDPOINTS)
+@pytest.mark.parametrize("text", NOT_TIMES)
+def test_a_date_time_that_is_not_one_is_refused_on_both_paths(
+        kind: str, version: int, text: str, records: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """At each date-time the plan reads (top-level or nested) and at `eventTime`: the typed path
+    steps aside and the general path refuses the event (400 invalidResource), nothing is stored."""
+    listener = listener_for(kind, version, tmp_path)
+    api = APIS[kind]
+    name, body = next(bodies(kind, version, records))
+    times = [("event", api.resource, *path) for column, _, path in listener._typed.plan if column.endswith("_at")]
+    seen = 0
+    for path in [("eventTime",), *times]:
+        try:
+            raw = json.dumps(changed(body, path, text)).encode()
+        except (KeyError, IndexError, TypeError):  # not in this event: the simulator leaves it out
+            continue
+        assert listener._typed.event(name, raw) is None, path
+        assert general(listener, name, raw) == "invalidResource", path
+        seen += 1
+    assert seen >= 2  # eventTime and the creation date at least
