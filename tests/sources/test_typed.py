@@ -28,7 +28,18 @@ from tests.simulator.helpers import NOW, backfill
 
 ENDPOINTS = [(kind, version) for kind in API_PROCESSES for version in sorted(APIS[kind].base_paths)]
 VALUES: list[Any] = [None, "", "x", "held", "resolved", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789+02:00",
-                     0, 1, 2.5, True, [], [{}], [{"name": "x", "status": "resolved"}], {}, {"name": "x", "value": 3}]
+                     "2026-01-01t10:00:00z", "2026-01-01T10:00:00+00:00", "2026-13-01T00:00:00Z",
+                     "2026-01-01T10:00:Z\x00Z",
+                     0, 1, 2.5, True, 10**30, -1e300, "12.5", [], [{}], [{"name": "x", "status": "resolved"}],
+                     [{"status": "resolved", "changeDate": "2026-01-01T00:00:00Z"},
+                      {"status": "open", "statusChangeDate": "2026-01-02T00:00:00Z"}],
+                     {}, {"name": "x", "value": 3},
+                     {"status": "held", "updated_at": "", "amount": "12.5", "reopened": "1"}]
+"""Each attribute is set to each of these: every JSON type, empty ones, date-times in other forms and
+not ones, huge numbers, a status history that reopens, what the `fabwatch` extension may hold."""
+ADDED = ("fabwatch", "statusChange", "statusChangeHistory", "lastUpdate", "statusDate", "statusChangeDate",
+         "eventTime", "timeOccurred", "timeOcurred", "eventType", "channel", "relatedChannel", "interactionDate")
+"""Attributes the simulator's events may lack that one path or the other reads: each is added too."""
 DELETE = object()
 FROZEN = NOW + 123.0
 """`time.time()` in these tests: an event without a time is versioned by it, in both paths alike."""
@@ -133,6 +144,27 @@ def test_any_one_change_to_an_event_maps_as_in_general_or_takes_the_general_path
                 general_refused += isinstance(expected, str)
     assert typed_accepted > 100  # both sides of the comparison were exercised
     assert general_refused > 100
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kind", "version"), ENDPOINTS)
+def test_an_attribute_added_to_an_event_maps_as_in_general_or_takes_the_general_path(
+        kind: str, version: int, records: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """An extension, a status history, a change date or an event time where the event had none, at
+    the top and in the resource, with each value: what the typed path accepts maps as in general."""
+    listener = listener_for(kind, version, tmp_path)
+    resource_key = APIS[kind].resource
+    typed_accepted = 0
+    for name, body in bodies(kind, version, records):
+        for key in ADDED:
+            for path in ((key,), ("event", resource_key, key)):
+                for value in VALUES:
+                    raw = json.dumps(changed(body, path, value)).encode()
+                    typed = listener._typed.event(name, raw)
+                    if typed is not None:
+                        assert typed == general(listener, name, raw), (path, value)
+                        typed_accepted += 1
+    assert typed_accepted > 100
 
 
 @pytest.mark.parametrize("raw", [
