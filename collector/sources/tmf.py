@@ -8,6 +8,7 @@ failed/held/partial count as fallout, and a status history, when given, also rev
 """
 
 import itertools
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -244,6 +245,11 @@ TIMES = frozenset(name for name in NAMES if name.endswith("_at"))
 """The time columns: RFC 3339 date-times in the APIs, epoch seconds in the store."""
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+"""What an integer column keeps (SQLite INTEGER, PostgreSQL BIGINT): one past it would fail the
+group commit of every event it joined, not only its own."""
+
+
 def convert(api: TmfApi, name: str, value: Any) -> Any:
     """A standard attribute's or the extension's value as the column keeps it; `MappingError` if it cannot be."""
     if value is None:
@@ -252,9 +258,15 @@ def convert(api: TmfApi, name: str, value: Any) -> Any:
         if name in TIMES:
             return maybe_time(value)
         if name in FLOATS:
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # "nan" would be stored as NULL, "inf" summed into every KPI
+                raise ValueError(f"{value!r} is not a finite number")
+            return number
         if name in INTEGERS:
-            return int(value)
+            integer = int(value)
+            if not _INT64[0] <= integer <= _INT64[1]:  # the store's INTEGER/BIGINT: its commit would fail
+                raise ValueError(f"{value!r} is past a 64-bit integer")
+            return integer
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: float() of a 400-digit integer
         raise MappingError(f"{api.resource} {name}: {exc}") from exc
     if not isinstance(value, str):

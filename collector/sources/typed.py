@@ -16,7 +16,7 @@ structs are not tracked by the cyclic garbage collector (`gc=False`): decoded JS
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -98,6 +98,9 @@ class TypedEvents:
         return _TUPLE(Event, (event_id, name, self.table, row, resource.id, when, False, partial))
 
 
+_INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""An integer column's attribute: msgspec takes up to 2**64 - 1, which `convert` refuses (the store
+cannot keep it); the general path says so. (A JSON float is finite: msgspec refuses 1e400.)"""
 _DATETIME = datetime.fromisoformat
 _TUPLE = tuple.__new__
 """`Event(...)` without the Python-level `__new__` of a named tuple: a call less per event."""
@@ -217,7 +220,7 @@ def _add(tree: Tree, path: Path, column: str) -> None:
 def _type(name: str, node: "Tree | str") -> Any:
     """The type of a subtree: a leaf is a string or a number; keys make a struct; an index, a list."""
     if isinstance(node, str):
-        return float if node in FLOATS and node not in TIMES else int if node in INTEGERS else str
+        return float if node in FLOATS and node not in TIMES else _INT64 if node in INTEGERS else str
     if 0 in node:
         return list[_type(f"{name}_item", node[0])]  # type: ignore[misc]
     return msgspec.defstruct(name, [(str(key), _type(f"{name}_{key}", sub) | None, None) for key, sub in node.items()],

@@ -265,6 +265,35 @@ async def test_a_failed_commit_is_answered_503_stores_nothing_and_is_counted(sto
     assert listener.commits.count == 2  # the failed commit's time is shown too
 
 
+@pytest.mark.parametrize("extension", [{"reopened": 2**63}, {"paused_seconds": "nan"}, {"amount": "inf"}])
+async def test_a_number_no_column_can_keep_is_refused_alone_not_failing_the_others_commit(
+        store_location: str, extension: dict[str, Any]) -> None:
+    """An event with a number past what a column keeps (a 64-bit integer, a finite float) is refused
+    (400 invalidResource); it once failed the whole group commit it joined, every event in it
+    answered 503, and again at each redelivery."""
+    store = open_records(store_location, "tickets", ["trouble_ticket"], synchronous="FULL")
+    listener = Listener("tickets", TmfEventsSource(kind="tmf_events", api="tmf621"), store)
+    await listener.start()
+    bad = json.loads(ticket_event(2, 2, 1))
+    bad["event"]["troubleTicket"]["fabwatch"] = extension
+    try:
+        answers = await asyncio.gather(*(_submit_or_refused(listener, body) for body in (
+            ticket_event(1, 1, 1), json.dumps(bad).encode(), ticket_event(3, 3, 1))))  # one batch
+    finally:
+        await listener.stop()
+        store.close()
+    assert [(status, body.get("code")) for status, body in answers] == [
+        (201, None), (400, "invalidResource"), (201, None)]
+    assert stored_events(store_location) == 2
+
+
+async def _submit_or_refused(listener: Listener, body: bytes) -> tuple[int, Any]:
+    try:
+        return await _submit(listener, body)
+    except BadEvent as exc:
+        return exc.status, {"code": exc.code}
+
+
 class _SlowCommit(RecordStore):
     """A record store whose commits take 0.3 s, as on a saturated disk."""
 

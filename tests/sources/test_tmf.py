@@ -58,6 +58,21 @@ def test_a_bad_date_names_the_column() -> None:
         resource_to_row(APIS["tmf621"], 4, ticket(creationDate="yesterday"))
 
 
+UNSTORABLE = [("reopened", 2**63), ("reopened", -(2**63) - 1), ("fallout", 10**30),
+              ("reopened", "99999999999999999999"), ("paused_seconds", "nan"), ("amount", "inf"),
+              ("wait_seconds", "-Infinity"), ("amount", "1e400")]
+"""Numbers a column cannot keep: an integer past 64 bits (SQLite and PostgreSQL refuse it at the
+commit), not a number (stored as NULL, which the column refuses) or an infinity."""
+
+
+@pytest.mark.parametrize(("column", "value"), UNSTORABLE)
+def test_a_number_no_column_can_keep_is_a_mapping_error(column: str, value: object) -> None:
+    with pytest.raises(MappingError, match=f"troubleTicket {column}: "):
+        resource_to_row(APIS["tmf621"], 4, ticket(fabwatch={column: value}))
+    assert resource_to_row(APIS["tmf621"], 4, ticket(fabwatch={column: 2**63 - 1 if column in (
+        "reopened", "fallout") else "-1e308"}))[column] is not None  # the largest that fit still do
+
+
 @pytest.mark.parametrize("version", [4, 5])
 def test_a_bad_date_in_the_status_history_is_a_mapping_error(version: int) -> None:
     """Not a bare ValueError: the poller reports a mapping error as `reason="schema"`, anything else

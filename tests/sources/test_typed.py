@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from collector.inventory.sources import TmfEventsSource
 from collector.sources.listener import BadEvent, Listener
 from collector.sources.store import Event, RecordStore
 from collector.sources.tmf import APIS
+from collector.sources.typed import _type
 from simulator.profiles import PROFILES
 from simulator.tmf_render import API_PROCESSES, event, resource
 from tests.simulator.helpers import NOW, backfill
@@ -246,3 +248,14 @@ def test_a_date_time_that_is_not_one_is_refused_on_both_paths(
         assert general(listener, name, raw) == "invalidResource", path
         seen += 1
     assert seen >= 2  # eventTime and the creation date at least
+
+
+def test_an_integer_column_past_64_bits_is_left_to_the_general_path() -> None:
+    """msgspec takes integers up to 2**64 - 1; the store keeps 64-bit signed ones and `convert` refuses
+    the others: an integer column read by the typed path steps aside for them."""
+    holder = msgspec.defstruct("Holder", [("value", _type("Holder_value", "reopened"))])
+    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(holder)
+    assert decoder.decode(b'{"value": 9223372036854775807}').value == 2**63 - 1
+    for raw in (b'{"value": 9223372036854775808}', b'{"value": -9223372036854775809}'):
+        with pytest.raises(msgspec.ValidationError):
+            decoder.decode(raw)
