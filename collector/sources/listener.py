@@ -223,10 +223,14 @@ class Listener:
         event_id = body.get("eventId")
         if not isinstance(event_id, str) or not event_id:
             raise BadEvent(400, "missingEventId", "eventId is missing")
+        if "\0" in event_id:  # PostgreSQL text cannot hold it: the group commit it joined would fail
+            raise BadEvent(400, "invalidEvent", "eventId holds a NUL character")
         payload = body.get("event")
         resource = payload.get(self.api.resource) if isinstance(payload, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
             raise BadEvent(400, "missingResource", f"event.{self.api.resource}.id is missing")
+        if "\0" in resource["id"]:  # a deletion's too, which `event_row` does not see
+            raise BadEvent(400, "invalidResource", f"event.{self.api.resource}.id holds a NUL character")
         return self._event(name, kind, event_id, body, resource)
 
     def _event(self, name: str, kind: str, event_id: str, body: Mapping[str, Any],

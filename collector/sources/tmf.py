@@ -271,6 +271,8 @@ def convert(api: TmfApi, name: str, value: Any) -> Any:
         raise MappingError(f"{api.resource} {name}: {exc}") from exc
     if not isinstance(value, str):
         raise MappingError(f"{api.resource} {name}: expected a string, got {type(value).__name__}")
+    if "\0" in value:  # PostgreSQL text cannot hold it: the group commit it joined would fail
+        raise MappingError(f"{api.resource} {name}: a NUL character")
     return value
 
 

@@ -38,6 +38,9 @@ from collector.sources.tmf import (
 
 _UNUSUAL = (msgspec.DecodeError, RecursionError, MappingError, ValueError)
 """What sends an event to the general path: it refuses the event with the right code and text."""
+_NUL = b"\\u0000"
+"""How JSON writes a NUL in a string (a raw one is malformed JSON); `\\u0000` escaped (`\\\\u0000`)
+steps aside too, harmlessly."""
 _EVENTTIMES = ("eventTime", "timeOccurred", "timeOcurred")
 Tree = dict[str | int, Any]
 """A path tree: a key leads to a subtree, or to the column its value fills (a leaf)."""
@@ -72,6 +75,8 @@ class TypedEvents:
 
     def event(self, name: str, raw: bytes | bytearray) -> Event | None:
         """The event of a create or change body, or None: take the general path."""
+        if _NUL in raw:  # a NUL in any string: the general path refuses it where the store would keep it
+            return None
         try:
             body = self.decoder.decode(raw)
         except _UNUSUAL:
