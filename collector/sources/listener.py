@@ -29,7 +29,7 @@ from collector.inventory.sources import BasicAuth, BearerAuth, TmfEventsSource
 from collector.logs import log_event
 from collector.sources.store import Event, Records
 from collector.sources.times import maybe_time
-from collector.sources.tmf import APIS, MappingError, TmfApi, event_row
+from collector.sources.tmf import APIS, MappingError, TmfApi, checked_text, event_row
 from collector.sources.typed import TypedEvents
 from collector.sources.writelock import WriterLock
 
@@ -223,14 +223,18 @@ class Listener:
         event_id = body.get("eventId")
         if not isinstance(event_id, str) or not event_id:
             raise BadEvent(400, "missingEventId", "eventId is missing")
-        if "\0" in event_id:  # PostgreSQL text cannot hold it: the group commit it joined would fail
-            raise BadEvent(400, "invalidEvent", "eventId holds a NUL character")
+        try:
+            checked_text("eventId", event_id, ValueError)
+        except ValueError as exc:
+            raise BadEvent(400, "invalidEvent", str(exc)) from None
         payload = body.get("event")
         resource = payload.get(self.api.resource) if isinstance(payload, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
             raise BadEvent(400, "missingResource", f"event.{self.api.resource}.id is missing")
-        if "\0" in resource["id"]:  # a deletion's too, which `event_row` does not see
-            raise BadEvent(400, "invalidResource", f"event.{self.api.resource}.id holds a NUL character")
+        try:  # a deletion's too, which `event_row` does not see
+            checked_text(f"event.{self.api.resource}.id", resource["id"], ValueError)
+        except ValueError as exc:
+            raise BadEvent(400, "invalidResource", str(exc)) from None
         return self._event(name, kind, event_id, body, resource)
 
     def _event(self, name: str, kind: str, event_id: str, body: Mapping[str, Any],

@@ -271,8 +271,21 @@ def convert(api: TmfApi, name: str, value: Any) -> Any:
         raise MappingError(f"{api.resource} {name}: {exc}") from exc
     if not isinstance(value, str):
         raise MappingError(f"{api.resource} {name}: expected a string, got {type(value).__name__}")
-    if "\0" in value:  # PostgreSQL text cannot hold it: the group commit it joined would fail
-        raise MappingError(f"{api.resource} {name}: a NUL character")
+    return checked_text(f"{api.resource} {name}", value, MappingError)
+
+
+MAX_TEXT = 512
+"""Characters a string the store keeps may have (2,048 bytes of UTF-8 at most): a PostgreSQL index
+row (event id, resource id, status) holds 2,704 bytes, and one past it fails the commit."""
+
+
+def checked_text(what: str, value: str, error: type[Exception]) -> str:
+    """`value`, a string the store keeps, or `error`: PostgreSQL cannot keep a NUL, nor index more
+    than 2,704 bytes, and the group commit the event joined would fail for every event in it."""
+    if "\0" in value:
+        raise error(f"{what}: a NUL character")
+    if len(value) > MAX_TEXT:
+        raise error(f"{what}: over {MAX_TEXT} characters")
     return value
 
 

@@ -25,6 +25,7 @@ from collector.sources.store import FLOATS, INTEGERS, Event, Row
 from collector.sources.times import parse_time
 from collector.sources.tmf import (
     EXTENSION,
+    MAX_TEXT,
     TIMES,
     MappingError,
     Path,
@@ -64,7 +65,7 @@ class TypedEvents:
         resource = _resource_type(api, version, self.plan, self.history)
         payload = msgspec.defstruct(f"{api.type_name}Payload", [(api.resource, resource | None, None)], gc=False)
         envelope = msgspec.defstruct(f"{api.type_name}Event", [
-            ("eventId", str | None, None), ("eventType", str | None, None),
+            ("eventId", _TEXT | None, None), ("eventType", str | None, None),
             *((key, str | None, None) for key in _EVENTTIMES), ("event", payload | None, None)], gc=False)
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(envelope)
         self.row: Callable[[Any, float], tuple[Row, bool] | None] = _compile_row(api, version, self.plan, self.history)
@@ -106,6 +107,8 @@ class TypedEvents:
 _INT64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 """An integer column's attribute: msgspec takes up to 2**64 - 1, which `convert` refuses (the store
 cannot keep it); the general path says so. (A JSON float is finite: msgspec refuses 1e400.)"""
+_TEXT = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+"""A string the store keeps: a longer one is the general path's to refuse (a NUL: see `_NUL`)."""
 _DATETIME = datetime.fromisoformat
 _TUPLE = tuple.__new__
 """`Event(...)` without the Python-level `__new__` of a named tuple: a call less per event."""
@@ -201,7 +204,7 @@ def _resource_type(api: TmfApi, version: int, columns: Plan, history: str | None
         _add(tree, path, name)
     for key in ("lastUpdate", *api.change_dates):
         tree.setdefault(key, "updated_at")
-    fields: list[tuple[str, Any, None]] = [("id", str | None, None)]
+    fields: list[tuple[str, Any, None]] = [("id", _TEXT | None, None)]
     fields += [(str(key), _type(f"{api.type_name}_{key}", sub) | None, None) for key, sub in tree.items()]
     fields.append((EXTENSION, dict[str, Any] | None, None))
     if history is not None:
@@ -225,7 +228,7 @@ def _add(tree: Tree, path: Path, column: str) -> None:
 def _type(name: str, node: "Tree | str") -> Any:
     """The type of a subtree: a leaf is a string or a number; keys make a struct; an index, a list."""
     if isinstance(node, str):
-        return float if node in FLOATS and node not in TIMES else _INT64 if node in INTEGERS else str
+        return float if node in FLOATS and node not in TIMES else _INT64 if node in INTEGERS else _TEXT
     if 0 in node:
         return list[_type(f"{name}_item", node[0])]  # type: ignore[misc]
     return msgspec.defstruct(name, [(str(key), _type(f"{name}_{key}", sub) | None, None) for key, sub in node.items()],

@@ -73,6 +73,20 @@ def test_a_number_no_column_can_keep_is_a_mapping_error(column: str, value: obje
         "reopened", "fallout") else "-1e308"}))[column] is not None  # the largest that fit still do
 
 
+@pytest.mark.parametrize("value", ["a\x00b", "x" * 513])
+@pytest.mark.parametrize("where", ["status", "priority", "fabwatch"])
+def test_a_string_the_store_cannot_keep_is_a_mapping_error(where: str, value: str) -> None:
+    """A NUL (PostgreSQL text cannot hold it), more than 512 characters (past a PostgreSQL index row)."""
+    column = "segment" if where == "fabwatch" else where
+
+    def resource(text: str) -> dict[str, Any]:
+        return ticket(fabwatch={column: text}) if where == "fabwatch" else ticket(**{column: text})
+
+    with pytest.raises(MappingError, match=f"troubleTicket {column}: "):
+        resource_to_row(APIS["tmf621"], 4, resource(value))
+    assert resource_to_row(APIS["tmf621"], 4, resource("x" * 512))[column] == "x" * 512
+
+
 @pytest.mark.parametrize("version", [4, 5])
 def test_a_bad_date_in_the_status_history_is_a_mapping_error(version: int) -> None:
     """Not a bare ValueError: the poller reports a mapping error as `reason="schema"`, anything else

@@ -31,7 +31,7 @@ from tests.simulator.helpers import NOW, backfill
 ENDPOINTS = [(kind, version) for kind in API_PROCESSES for version in sorted(APIS[kind].base_paths)]
 VALUES: list[Any] = [None, "", "x", "held", "resolved", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123456789+02:00",
                      "2026-01-01t10:00:00z", "2026-01-01T10:00:00+00:00", "2026-13-01T00:00:00Z",
-                     "2026-01-01T10:00:Z\x00Z",
+                     "2026-01-01T10:00:Z\x00Z", "a\x00b", "x" * 513,
                      0, 1, 2.5, True, 10**30, -1e300, "12.5", [], [{}], [{"name": "x", "status": "resolved"}],
                      [{"status": "resolved", "changeDate": "2026-01-01T00:00:00Z"},
                       {"status": "open", "statusChangeDate": "2026-01-02T00:00:00Z"}],
