@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from collector.errors import SourceError
 from collector.inventory.sources import TmfEventsSource
 from collector.sources.events_http import EventsServer
 from collector.sources.listener import BadEvent, Listener
@@ -39,11 +40,11 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def events_port(directory: Path, max_body: int = LIMIT, sender_auth: Any = None, store_at: str | None = None,
-                      **options: Any) -> AsyncIterator[Running]:
+                      secret: str | None = SECRET, **options: Any) -> AsyncIterator[Running]:
     """An events server on a free loopback port with one listener `tickets` (secret SECRET) whose
     store is `store_at` (default `directory/events.db`); `options` go to `EventsServer`. Stopping
     twice is harmless."""
-    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=SECRET, max_body=max_body,
+    source = TmfEventsSource(kind="tmf_events", api="tmf621", secret=secret, max_body=max_body,
                              sender_auth=sender_auth)
     store = open_records(store_at or directory / "events.db", "tickets", ["trouble_ticket"], synchronous="FULL",
                          final_statuses={"trouble_ticket": APIS["tmf621"].finals})
@@ -665,3 +666,39 @@ async def test_sender_credentials_are_asked_for_besides_the_secret(tmp_path: Pat
     assert [(a[0], (a[2] or {}).get("code")) for a in answers] == [
         (401, "unauthorized"), (401, "unauthorized"), (201, None)]
     assert stored_events(tmp_path / "events.db") == 1
+
+
+async def test_a_rotated_sender_token_is_asked_for_at_once_and_a_source_without_credentials_asks_none(
+        tmp_path: Path) -> None:
+    """The events port checks credentials only for a listener that asks for some (`guarded`); read
+    again (a worker's SIGHUP), a rotated `token_file` is the one asked for from the next request,
+    on a connection already open; a token file that cannot be read keeps the old token."""
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    auth = {"kind": "bearer", "token_file": str(token)}
+    async with events_port(tmp_path, sender_auth=auth, secret=None) as running:
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+
+        async def post(number: int, bearer: str | None) -> int:
+            writer.write(request(ticket_event(number, number, 1),
+                                 headers=f"Authorization: Bearer {bearer}\r\n" if bearer else ""))
+            return (await read_answer(reader))[0]
+
+        assert running.listener.guarded
+        assert [await post(1, "first"), await post(2, None)] == [201, 401]
+        token.write_text("second\n")
+        assert await post(3, "first") == 201  # read when the listener starts, and when told to
+        running.listener.reread_credentials()
+        assert [await post(4, "first"), await post(5, "second")] == [401, 201]
+        token.unlink()
+        with pytest.raises(SourceError, match="cannot read the sender token file"):
+            running.listener.reread_credentials()
+        assert running.listener.guarded
+        assert [await post(6, None), await post(7, "second")] == [401, 201]
+        writer.close()
+    async with events_port(tmp_path / "open", secret=None) as running:
+        assert not running.listener.guarded
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(f"POST {PATH} HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n".encode())
+        assert (await read_answer(reader))[0] == 400  # past the credentials: an empty body is no event
+        writer.close()
