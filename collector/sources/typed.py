@@ -39,8 +39,9 @@ from collector.sources.tmf import (
 
 _UNUSUAL = (msgspec.DecodeError, RecursionError, MappingError, ValueError)
 """What sends an event to the general path: it refuses the event with the right code and text."""
-_NUL = b"\\u0000"
-"""How JSON writes a NUL in a string (a raw one is malformed JSON); `\\u0000` escaped (`\\\\u0000`)
+_ESCAPE, _NUL = b"\\", b"\\u0000"
+"""How JSON writes a NUL in a string (a raw one is malformed JSON), and the byte it starts with,
+looked for first (memchr: most bodies have no escape at all). `\\u0000` escaped (`\\\\u0000`)
 steps aside too, harmlessly."""
 _EVENTTIMES = ("eventTime", "timeOccurred", "timeOcurred")
 Tree = dict[str | int, Any]
@@ -76,7 +77,7 @@ class TypedEvents:
 
     def event(self, name: str, raw: bytes | bytearray) -> Event | None:
         """The event of a create or change body, or None: take the general path."""
-        if _NUL in raw:  # a NUL in any string: the general path refuses it where the store would keep it
+        if _ESCAPE in raw and _NUL in raw:  # a NUL in a string: the general path refuses it where it is kept
             return None
         try:
             body = self.decoder.decode(raw)
