@@ -31,7 +31,7 @@ from collector.inventory.load import ConfigError
 from collector.inventory.models import Inventory
 from collector.inventory.webconfig import WebConfig
 from collector.logs import log_event
-from collector.sampling import mount_sources
+from collector.sampling import LISTENERS, mount_sources
 from collector.scheduler import Sampler, SamplingScheduler
 from exporters import api, page, reportfiles
 from exporters.otlp import OtlpExporter, otlp_settings
@@ -258,12 +258,25 @@ async def reload_inventory(app: web.Application) -> list[str]:
         guard = app[GUARD]
         if guard is not None and web_config is not None:
             guard.replace(web_config, context, auth)
+        _reread_sender_credentials(app)
         if WORKERS in app:
             app[WORKERS].reload()
         return []
     for problem in problems:
         log_event(_LOG, "reload_refused", logging.ERROR, problem=problem, kept="the last good inventory")
     return problems
+
+
+def _reread_sender_credentials(app: web.Application) -> None:
+    """After a reload: the listeners of this process read their senders' credentials again (a rotated
+    bearer `token_file`), as the workers of `serve --workers N` do on the SIGHUP passed on to them.
+    An unreadable file keeps the old credentials, logged."""
+    for name, listener in app.get(LISTENERS, {}).items():
+        try:
+            listener.reread_credentials()
+        except Exception as exc:
+            log_event(_LOG, "sender_credentials_reload_failed", logging.ERROR, source=name, error=repr(exc),
+                      kept="the credentials read before")
 
 
 async def _reload_web_config(app: web.Application) -> tuple[WebConfig | None, ssl.SSLContext | None,

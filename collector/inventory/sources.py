@@ -89,7 +89,9 @@ class BearerAuth(Model):
     token: Credential | None = None
     """The token; give it as `${ENV}` or `${file:/run/secrets/...}`, not inline."""
     token_file: Credential | None = None
-    """A file holding the token, read at each request (a rotated token is used at once)."""
+    """A file holding the token. Sent by fabwatch (a source's `auth`): read at each request, so a rotated
+    token is used at once. Asked of event senders (`sender_auth`): read when the listener starts and
+    again at each reload."""
 
     @model_validator(mode="after")
     def _one(self) -> "BearerAuth":
@@ -234,7 +236,7 @@ class TmfEventsSource(_Synced):
     """Shared secret the sender must put in the `X-Fabwatch-Secret` header."""
     sender_auth: SenderAuth | None = None
     """Credentials every event must carry in its `Authorization` header, as the hub is set up to send
-    them: `{kind: bearer, token: ...}` (or `token_file`, read when the listener starts) or `{kind:
+    them: `{kind: bearer, token: ...}` (or `token_file`, read when the listener starts and at each reload) or `{kind:
     basic, username: ..., password: ...}`. Checked besides the shared secret and mutual TLS; a
     missing or wrong one gets 401."""
     max_body: Annotated[int, Field(gt=0)] = MIB

@@ -21,6 +21,7 @@ from tests.app.test_cli import run_fabwatch, stop, wait_http
 from tests.app.test_service import make_records, write_inventory
 from tests.exporters.test_otlp import otel_env
 from tests.servers import free_port, http_get, poll
+from tests.sources.helpers import EVENT_PATH, events_inventory, ticket_event
 
 
 def base_document(tmp_path: Path) -> dict[str, Any]:
@@ -295,3 +296,30 @@ def test_serve_reloads_on_sighup_and_refuses_a_bad_file(tmp_path: Path) -> None:
     assert code == 0, err
     assert "event=inventory_reloaded" in err
     assert "event=reload_refused" in err
+
+
+async def test_a_reload_reads_a_rotated_sender_token_file(aiohttp_client: Any, tmp_path: Path) -> None:
+    """One process (no workers): after a reload, events must carry the rotated bearer token; an
+    unreadable token file keeps the one read before."""
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    path = events_inventory(tmp_path)
+    document = yaml.safe_load(path.read_text())
+    document["sources"]["events"]["sender_auth"] = {"kind": "bearer", "token_file": str(token)}
+    path.write_text(yaml.safe_dump(document))
+    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]), backfill=False)
+    client = await aiohttp_client(app)
+
+    async def post(credential: str, number: int) -> int:
+        reply = await client.post(EVENT_PATH,
+                                  data=ticket_event(number, number, 1),
+                                  headers={"Authorization": f"Bearer {credential}"})
+        return reply.status
+
+    assert [await post("first", 1), await post("second", 2)] == [201, 401]
+    token.write_text("second\n")
+    assert (await client.post("/-/reload")).status == 200
+    assert [await post("first", 3), await post("second", 4)] == [401, 201]
+    token.unlink()
+    assert (await client.post("/-/reload")).status == 200
+    assert await post("second", 5) == 201
