@@ -204,6 +204,7 @@ def _mapped(api: TmfApi, version: int, resource: Mapping[str, Any], observed: fl
 def _check_id(api: TmfApi, row: Row) -> None:
     if not isinstance(row["id"], str):
         raise MappingError(f"{api.resource} id must be a string")
+    checked_text(f"{api.resource} id", row["id"], MappingError)  # a polled id too, not only an event's
 
 
 def fill_from_extension(api: TmfApi, row: Row, extension: Mapping[str, Any]) -> None:

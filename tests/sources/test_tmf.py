@@ -87,6 +87,15 @@ def test_a_string_the_store_cannot_keep_is_a_mapping_error(where: str, value: st
     assert resource_to_row(APIS["tmf621"], 4, resource("x" * 512))[column] == "x" * 512
 
 
+@pytest.mark.parametrize("value", ["TT\x001", "T" * 513])
+def test_a_polled_id_the_store_cannot_keep_is_a_mapping_error(value: str) -> None:
+    """A polled resource's id is checked as an event's: the poller reports `reason="schema"` naming it,
+    instead of a failed write."""
+    with pytest.raises(MappingError, match="troubleTicket id: "):
+        resource_to_row(APIS["tmf621"], 4, ticket(id=value))
+    assert resource_to_row(APIS["tmf621"], 4, ticket(id="T" * 512))["id"] == "T" * 512
+
+
 @pytest.mark.parametrize("version", [4, 5])
 def test_a_bad_date_in_the_status_history_is_a_mapping_error(version: int) -> None:
     """Not a bare ValueError: the poller reports a mapping error as `reason="schema"`, anything else
