@@ -3,9 +3,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 
 # Test workers (pytest-xdist): most of the suite waits on servers and subprocesses, so two cores
-# keep four workers busy. `make test WORKERS=0` runs in one process.
+# keep four workers busy. `make test WORKERS=0` runs in one process. A worker that crashes (the
+# watchdog in tests/conftest.py ends one whose test hangs) ends the run: xdist's loadgroup scheduler
+# hands a replacement worker nothing, and the run would wait forever on the crashed one's tests.
 WORKERS ?= 4
-XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup)
+XDIST = $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --dist loadgroup --max-worker-restart 0)
 
 .PHONY: demo test check lint docs fmt clean distclean venv deps
 

@@ -84,7 +84,8 @@ def test_only_what_changed_is_reopened_and_the_service_section_waits_for_a_resta
 async def test_a_reload_keeps_unchanged_samplers_counters_and_schedules(aiohttp_client: Any, tmp_path: Path) -> None:
     document = base_document(tmp_path)
     path = write(tmp_path / "inventory.yaml", document)
-    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]))
+    # no first-start backfill: the test writes to the records (not in WAL mode) between samples
+    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]), backfill=False)
     client = await aiohttp_client(app)
     live = app[LIVE]
     await poll_async_body(lambda: _text(client, "/metrics"), 'fab_source_up{source="crm"} 1.0')
@@ -103,7 +104,9 @@ async def test_a_reload_keeps_unchanged_samplers_counters_and_schedules(aiohttp_
     assert live.scheduler.runs["crm"] == 0  # kept its next run, an hour away: no extra sample
     assert created_of(await _text(client, "/metrics"), "problem") == created
 
-    add_tickets(tmp_path / "records.db", 5)
+    # off the event loop: the service's own reads of the records run on it, and a write waiting for
+    # them on the loop's thread would wait for itself until SQLite's timeout
+    await asyncio.to_thread(add_tickets, tmp_path / "records.db", 5)
     await asyncio.sleep(2.5)
     await live.scheduler.run_once("crm")
     body = await _text(client, "/metrics")
@@ -134,7 +137,7 @@ async def test_a_sample_cancelled_by_a_reload_leaves_its_kept_source_up(
     document["processes"]["problem"]["kpis"]["slow"] = {"kind": "value", "sql": KNOB_SQL}
     set_knob(tmp_path / "records.db", 1_000_000_000)
     path = write(tmp_path / "inventory.yaml", document)
-    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]))
+    app = build_app(load_inventory([path]), loader=lambda: load_inventory([path]), backfill=False)
     client = await aiohttp_client(app)
     live = app[LIVE]
     assert live.scheduler is not None
@@ -146,7 +149,8 @@ async def test_a_sample_cancelled_by_a_reload_leaves_its_kept_source_up(
     answer = await client.post("/-/reload")
     assert answer.status == 200, await answer.text()
     await in_flight
-    set_knob(tmp_path / "records.db", 2_000_000)  # some 0.5 s: many periods of the interrupts (0.05 s)
+    # some 0.5 s: many periods of the interrupts (0.05 s)
+    await asyncio.to_thread(set_knob, tmp_path / "records.db", 2_000_000)
     assert live.samplers["crm"] is crm
     whys = {getattr(r, "fabwatch_fields", {}).get("why")
             for r in caplog.records if r.getMessage() == "sample_cancelled"}
@@ -173,7 +177,7 @@ async def test_a_process_moved_to_another_source_is_served_once(aiohttp_client: 
     moved["sources"]["desk"] = desk
     moved["processes"]["inquiry"]["records"]["source"] = "desk"
     write(path, moved)
-    set_knob(tmp_path / "records.db", 1_000_000_000)  # crm's next sample (it is reopened) takes long
+    await asyncio.to_thread(set_knob, tmp_path / "records.db", 1_000_000_000)  # crm's next sample (reopened) takes long
     answer = await client.post("/-/reload")
     assert answer.status == 200, await answer.text()
     await poll_async_body(lambda: _text(client, "/metrics"), 'fab_source_up{source="desk"} 1.0')
