@@ -50,10 +50,12 @@ async def test_a_reload_rolls_up_the_new_inventorys_records(tmp_path: Path) -> N
     second.mkdir()
     make_records(first / "records.db")
     make_records(second / "records.db", count=10)
-    with sqlite3.connect(second / "records.db") as db:  # five more today: the two databases differ today
+    # five or six more today, so that the two databases differ today whatever the time of day
+    more = 5 if created_today(second / "records.db") + 5 != created_today(first / "records.db") else 6
+    with sqlite3.connect(second / "records.db") as db:
         now = time.time()
         db.executemany("INSERT INTO trouble_ticket (id, created_at, updated_at, status) VALUES (?, ?, ?, 'inProgress')",
-                       [(f"new{i}", now - 60, now - 60) for i in range(5)])
+                       [(f"new{i}", now - 60, now - 60) for i in range(more)])
     old = load_inventory([write_inventory(first, first / "records.db")])
     new = load_inventory([write_inventory(second, second / "records.db")])
     state = tmp_path / "state.db"
