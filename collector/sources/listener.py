@@ -85,10 +85,11 @@ class Listener:
         self._wake: asyncio.Future[None] | None = None
         self._stopping = False
         self._writer: asyncio.Task[None] | None = None
-        self._authorization = sender_authorization(name, source.sender_auth)
+        self._authorization: tuple[str, str] | None = None
         """(scheme, credentials) every event must carry in `Authorization`, when the source asks."""
-        self.guarded = source.secret is not None or self._authorization is not None
+        self.guarded = False
         """Whether `authorize` has anything to check (the events port skips the call otherwise)."""
+        self.reread_credentials()
         self.received: dict[str, int] = dict.fromkeys(RESULTS, 0)
         """Events received so far, by result (`RESULTS`); exported as `fab_events_received_total`."""
         self.last_received = time.time()
@@ -223,18 +224,13 @@ class Listener:
         event_id = body.get("eventId")
         if not isinstance(event_id, str) or not event_id:
             raise BadEvent(400, "missingEventId", "eventId is missing")
-        try:
-            checked_text("eventId", event_id, ValueError)
-        except ValueError as exc:
-            raise BadEvent(400, "invalidEvent", str(exc)) from None
+        _kept("eventId", event_id, "invalidEvent")
         payload = body.get("event")
         resource = payload.get(self.api.resource) if isinstance(payload, dict) else None
         if not isinstance(resource, dict) or not isinstance(resource.get("id"), str) or not resource["id"]:
             raise BadEvent(400, "missingResource", f"event.{self.api.resource}.id is missing")
-        try:  # a deletion's too, which `event_row` does not see
-            checked_text(f"event.{self.api.resource}.id", resource["id"], ValueError)
-        except ValueError as exc:
-            raise BadEvent(400, "invalidResource", str(exc)) from None
+        # a deletion's id too, which `event_row` never sees
+        _kept(f"event.{self.api.resource}.id", resource["id"], "invalidResource")
         return self._event(name, kind, event_id, body, resource)
 
     def _event(self, name: str, kind: str, event_id: str, body: Mapping[str, Any],
@@ -388,6 +384,14 @@ def error_body(status: int, code: str, reason: str) -> bytes:
 
 def _error(status: int, code: str, reason: str) -> web.Response:
     return web.Response(body=error_body(status, code, reason), status=status, content_type="application/json")
+
+
+def _kept(what: str, value: str, code: str) -> None:
+    """Refuse (400 `code`) a string the store cannot keep (`tmf.checked_text`)."""
+    try:
+        checked_text(what, value, ValueError)
+    except ValueError as exc:
+        raise BadEvent(400, code, str(exc)) from None
 
 
 def sender_authorization(name: str, auth: BearerAuth | BasicAuth | None) -> tuple[str, str] | None:

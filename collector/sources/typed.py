@@ -91,11 +91,7 @@ class TypedEvents:
             return None
         try:
             when = body.eventTime or body.timeOccurred or body.timeOcurred
-            if when:  # `maybe_time`: "" and None are no time
-                when = _DATETIME(when).timestamp() if len(when) == 20 and when[4:20:3] == "--T::Z" \
-                    and "\0" not in when else parse_time(when)
-            else:
-                when = None
+            when = parse_time(when) if when else None  # `maybe_time`: "" and None are no time
             mapped = self.row(resource, when if when is not None else time.time())
         except _UNUSUAL:
             return None
